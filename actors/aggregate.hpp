@@ -1,0 +1,282 @@
+// The aggregate runtime: one actor per live aggregate instance, spawned on
+// first use by a sharded registry, recovered from snapshot + later events,
+// passivated when idle or when too many are alive (least recently used first).
+//
+// It is generic over an aggregate definition `A` (see todo_aggregate.hpp for
+// the one eventsd ships); adding an aggregate type touches nothing here.
+//
+// Actor ownership: aggregate actors and registry shards run on CAF's shared
+// scheduler; each aggregate actor owns its state; the only blocking call is
+// recovery from the local RocksDB (block-cache reads) at activation.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <list>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include <caf/all.hpp>
+
+#include "actors/log_writer.hpp"
+#include "core/messages.hpp"
+#include "core/metrics.hpp"
+#include "core/uuid.hpp"
+#include "storage/event_log.hpp"
+
+namespace eventsd::actors {
+
+/// Conditions a client put on a write.
+struct write_conditions {
+  std::optional<uint64_t> if_match;                     ///< `If-Match` version
+  std::optional<storage::idempotency_claim> idempotency; ///< `Idempotency-Key`
+};
+
+/// The answer to an accepted write.
+struct write_outcome {
+  std::string id;        ///< aggregate id
+  uint64_t version = 0;  ///< version after the write
+  uint64_t position = 0; ///< position of the event in `$all`
+  bool replayed = false; ///< answered from an earlier request with the same key
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, write_outcome& x) {
+  return f(caf::meta::type_name("write_outcome"), x.id, x.version, x.position, x.replayed);
+}
+
+/// Runtime options of the aggregate actors.
+struct runtime_options {
+  /// Stop an aggregate actor after this long without commands (default 60 s).
+  std::chrono::milliseconds idle_timeout{60'000};
+  /// Most live aggregate actors in all shards together (default 1 000 000).
+  size_t max_live = 1'000'000;
+  /// Store a snapshot every this many events (default 100; 0 disables).
+  uint64_t snapshot_every = 100;
+  /// Number of registry shards (default 8).
+  size_t shards = 8;
+};
+
+/// Handle of one aggregate actor of definition `A`.
+template <class A>
+using aggregate_actor = caf::typed_actor<
+  typename caf::replies_to<execute_atom, typename A::command_type,
+                            write_conditions>::template with<write_outcome>,
+  caf::reacts_to<passivate_atom>>;
+
+/// Handle of one registry shard: routes a command to the aggregate `id`.
+template <class A>
+using registry_actor
+  = caf::typed_actor<typename caf::replies_to<execute_atom, std::string, typename A::command_type,
+                                              write_conditions>::template with<write_outcome>,
+                     caf::reacts_to<idle_atom, std::string>,
+                     caf::replies_to<stats_atom>::with<uint64_t>>;
+
+/// Recovers the state of aggregate `id` from its latest snapshot plus the
+/// events after it. Fails only when the log cannot be read or decoded.
+template <class A>
+storage::result<typename A::state_type> recover(const storage::event_log& log,
+                                                const std::string& id) {
+  auto stream = std::string{A::stream_prefix} + id;
+  auto st = A::initial(id);
+  uint64_t from = 1;
+  if (auto snap = log.load_snapshot(stream); snap.ok()) {
+    if (auto decoded = A::decode_state(snap->state)) {
+      st = std::move(*decoded);
+      from = snap->version + 1;
+    }
+  }
+  constexpr size_t page = 1024;
+  for (;;) {
+    auto events = log.read_stream(stream, from, page);
+    if (!events.ok()) {
+      if (events.error().code == storage::storage_errc::stream_not_found)
+        return st;
+      return events.error();
+    }
+    for (auto& e : *events) {
+      auto ev = A::decode(e.type, e.data);
+      if (!ev)
+        return storage::storage_error{storage::storage_errc::corrupted,
+                                      "undecodable event " + e.id + " in " + stream};
+      st = A::evolve(std::move(st), *ev);
+    }
+    if (events->size() < page)
+      return st;
+    from += page;
+  }
+}
+
+template <class A>
+struct aggregate_state {
+  typename A::state_type current;
+  bool recovered = false;
+  static inline const char* name = "aggregate";
+};
+
+/// Behavior of one aggregate actor. Commands are decided one at a time: the
+/// next command waits (`await`) until the previous one's event is durable.
+template <class A>
+typename aggregate_actor<A>::behavior_type
+aggregate(typename aggregate_actor<A>::template stateful_pointer<aggregate_state<A>> self,
+          std::string id, storage::event_log* log, log_writer_actor writer,
+          registry_actor<A> registry, runtime_options opts) {
+  auto& m = core::metrics::instance();
+  m.live_aggregates.add(1);
+  m.aggregate_activations.add();
+  self->attach_functor([] {
+    auto& mm = core::metrics::instance();
+    mm.live_aggregates.add(-1);
+    mm.aggregate_passivations.add();
+  });
+  auto started = std::chrono::steady_clock::now();
+  auto rec = recover<A>(*log, id);
+  std::optional<caf::error> broken;
+  if (rec.ok()) {
+    self->state.current = std::move(rec.value());
+    self->state.recovered = true;
+  } else {
+    broken = core::make_error(rec.error());
+  }
+  m.activation_seconds.observe(
+    std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  return {
+    [=](execute_atom, typename A::command_type& cmd,
+        write_conditions& cond) -> caf::result<write_outcome> {
+      if (broken) {
+        // Recovery failed (the store could not be read): answer the error
+        // and stop, so the next command retries a fresh activation.
+        auto err = *broken;
+        self->send(registry, idle_atom_v, id);
+        return err;
+      }
+      auto& cur = self->state.current;
+      if (cond.if_match && A::exists(cur) && *cond.if_match != A::version(cur))
+        return caf::make_error(core::runtime_errc::precondition_failed,
+                               std::to_string(A::version(cur)));
+      auto decided = A::decide(cur, cmd);
+      if (auto rej = A::rejected(decided)) {
+        if (!A::exists(cur))
+          self->send(registry, idle_atom_v, id); // nothing to keep alive
+        return *rej;
+      }
+      auto ev = A::event_of(std::move(decided));
+      storage::append_request req;
+      req.stream = std::string{A::stream_prefix} + id;
+      req.expected_version = A::version(cur);
+      req.events.push_back(storage::proposed_event{
+        core::make_uuid(), std::string{A::type_name(ev)}, A::encode(ev),
+        std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::system_clock::now().time_since_epoch())
+          .count()});
+      req.idempotency = std::move(cond.idempotency);
+      auto rp = self->template make_response_promise<write_outcome>();
+      self->request(writer, caf::infinite, append_atom_v, std::move(req))
+        .await(
+          [=](storage::append_result& r) mutable {
+            if (r.replayed) {
+              auto stream_id = r.stream.substr(A::stream_prefix.size());
+              rp.deliver(write_outcome{stream_id, r.version, r.last_position, true});
+              return;
+            }
+            auto before = A::version(self->state.current);
+            self->state.current = A::evolve(std::move(self->state.current), ev);
+            auto after = A::version(self->state.current);
+            if (opts.snapshot_every > 0
+                && after / opts.snapshot_every != before / opts.snapshot_every)
+              log->save_snapshot(r.stream, storage::snapshot_record{
+                                             after, A::encode_state(self->state.current)});
+            rp.deliver(write_outcome{id, after, r.last_position, false});
+          },
+          [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+      return rp;
+    },
+    [=](passivate_atom) { self->quit(); },
+    caf::after(opts.idle_timeout) >> [=] { self->send(registry, idle_atom_v, id); },
+  };
+}
+
+/// Where a registry shard keeps one live aggregate.
+template <class A>
+struct registry_entry {
+  aggregate_actor<A> handle;
+  typename std::list<std::string>::iterator lru; // position in the recency list
+};
+
+template <class A>
+struct registry_state {
+  std::unordered_map<std::string, registry_entry<A>> live;
+  std::list<std::string> recency; // front = most recently used
+  static inline const char* name = "aggregate_registry";
+};
+
+/// Behavior of one registry shard. `max_live` is this shard's share.
+template <class A>
+typename registry_actor<A>::behavior_type
+registry_shard(typename registry_actor<A>::template stateful_pointer<registry_state<A>> self,
+               storage::event_log* log, log_writer_actor writer, runtime_options opts,
+               size_t max_live) {
+  return {
+    [=](execute_atom, const std::string& id, typename A::command_type& cmd,
+        write_conditions& cond) -> caf::delegated<write_outcome> {
+      auto& st = self->state;
+      auto i = st.live.find(id);
+      if (i == st.live.end()) {
+        while (st.live.size() >= max_live && !st.recency.empty()) {
+          auto victim = st.live.find(st.recency.back());
+          self->send(victim->second.handle, passivate_atom_v);
+          st.live.erase(victim);
+          st.recency.pop_back();
+        }
+        auto handle = self->template spawn<caf::linked>(aggregate<A>, id, log, writer,
+                                  caf::actor_cast<registry_actor<A>>(self), opts);
+        st.recency.push_front(id);
+        i = st.live.emplace(id, registry_entry<A>{handle, st.recency.begin()}).first;
+      } else if (i->second.lru != st.recency.begin()) {
+        st.recency.splice(st.recency.begin(), st.recency, i->second.lru);
+      }
+      return self->delegate(i->second.handle, execute_atom_v, std::move(cmd), std::move(cond));
+    },
+    [=](idle_atom, const std::string& id) {
+      // The aggregate asked to stop. Messages we delegated earlier precede
+      // the passivate message in its mailbox, so none is lost.
+      auto& st = self->state;
+      auto i = st.live.find(id);
+      if (i == st.live.end())
+        return;
+      self->send(i->second.handle, passivate_atom_v);
+      st.recency.erase(i->second.lru);
+      st.live.erase(i);
+    },
+    [=](stats_atom) -> uint64_t { return self->state.live.size(); },
+  };
+}
+
+/// The sharded registry of aggregates of definition `A`.
+template <class A>
+class registry {
+public:
+  registry(caf::actor_system& sys, storage::event_log* log, log_writer_actor writer,
+           runtime_options opts) {
+    auto n = std::max<size_t>(1, opts.shards);
+    auto share = std::max<size_t>(1, (opts.max_live + n - 1) / n);
+    for (size_t i = 0; i < n; ++i)
+      shards_.push_back(sys.spawn(registry_shard<A>, log, writer, opts, share));
+  }
+
+  /// The shard responsible for aggregate `id`.
+  const registry_actor<A>& shard_for(const std::string& id) const {
+    return shards_[std::hash<std::string>{}(id) % shards_.size()];
+  }
+
+  const std::vector<registry_actor<A>>& shards() const { return shards_; }
+
+private:
+  std::vector<registry_actor<A>> shards_;
+};
+
+} // namespace eventsd::actors
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::actors::write_conditions)

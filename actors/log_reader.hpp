@@ -1,0 +1,40 @@
+// Read-only access to the event log for the HTTP side: streams, `$all`,
+// stream listing and the Todo history / state at an event.
+//
+// Actor ownership: spawn each reader `detached` (RocksDB reads block); run
+// several for parallel reads. Readers share the `event_log` (reads are
+// thread-safe) and keep no other state.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <caf/all.hpp>
+
+#include "actors/todo_aggregate.hpp"
+#include "core/messages.hpp"
+#include "storage/event_log.hpp"
+
+namespace eventsd::actors {
+
+using recorded_events = std::vector<storage::recorded_event>;
+using stream_summaries = std::vector<storage::stream_summary>;
+using todo_history_items = std::vector<todo_history_item>;
+
+/// Handle of one log reader.
+using log_reader_actor = caf::typed_actor<
+  caf::replies_to<history_atom, std::string>::with<todo_history_items>,
+  caf::replies_to<state_at_atom, std::string, std::string>::with<todo::state>,
+  caf::replies_to<stream_atom, std::string, uint64_t, uint64_t>::with<recorded_events>,
+  caf::replies_to<all_atom, uint64_t, uint64_t>::with<recorded_events>,
+  caf::replies_to<streams_atom, uint64_t, uint64_t>::with<stream_summaries>>;
+
+/// Behavior of a log reader. REQUIRES: `log` outlives the actor.
+log_reader_actor::behavior_type log_reader(log_reader_actor::pointer self,
+                                           const storage::event_log* log);
+
+} // namespace eventsd::actors
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::actors::todo_history_items)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::todo::state)

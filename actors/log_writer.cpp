@@ -1,0 +1,80 @@
+#include "actors/log_writer.hpp"
+
+#include "core/metrics.hpp"
+
+namespace eventsd::actors {
+
+namespace {
+
+void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
+  auto& st = self->state;
+  st.flush_scheduled = false;
+  if (st.pending.empty())
+    return;
+  auto& m = core::metrics::instance();
+  auto started = std::chrono::steady_clock::now();
+  auto results = st.log->append(st.pending);
+  auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);
+  m.fsync_batches.add();
+  m.fsync_seconds.observe(elapsed.count());
+  m.batch_events.observe(static_cast<double>(st.pending.size()));
+  for (size_t i = 0; i < results.size(); ++i) {
+    auto& r = results[i];
+    if (r.ok()) {
+      if (!r->replayed)
+        m.events_appended.add(r->last_position - r->first_position + 1);
+      st.promises[i].deliver(std::move(r.value()));
+    } else {
+      if (r.error().code != storage::storage_errc::not_writable)
+        m.append_conflicts.add();
+      st.promises[i].deliver(core::make_error(r.error()));
+    }
+  }
+  st.pending.clear();
+  st.promises.clear();
+  auto head = st.log->head();
+  m.log_head.set(static_cast<int64_t>(head));
+  for (auto& l : st.listeners)
+    self->send(l, core::committed{head});
+}
+
+} // namespace
+
+log_writer_actor::behavior_type
+log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::event_log* log,
+           writer_options options) {
+  self->state.log = log;
+  self->state.options = options;
+  self->state.pending.reserve(options.max_batch);
+  self->state.promises.reserve(options.max_batch);
+  return {
+    [=](append_atom, storage::append_request& req)
+      -> caf::typed_response_promise<storage::append_result> {
+      auto& st = self->state;
+      auto rp = self->make_response_promise<storage::append_result>();
+      st.pending.push_back(std::move(req));
+      st.promises.push_back(rp);
+      if (st.pending.size() >= st.options.max_batch) {
+        flush(self);
+      } else if (!st.flush_scheduled) {
+        st.flush_scheduled = true;
+        // The flush message queues behind every append already in the
+        // mailbox, so one batch takes all of them.
+        if (st.options.max_wait.count() > 0)
+          self->delayed_send(self, st.options.max_wait, flush_atom_v);
+        else
+          self->send(self, flush_atom_v);
+      }
+      return rp;
+    },
+    [=](listen_atom, position_listener_actor listener) {
+      self->state.listeners.push_back(std::move(listener));
+    },
+    [=](flush_atom) {
+      if (self->state.flush_scheduled)
+        flush(self);
+    },
+  };
+}
+
+} // namespace eventsd::actors

@@ -1,0 +1,51 @@
+// The single log writer: group commit of the appends of every aggregate.
+//
+// Actor ownership: spawned `detached` (it blocks on RocksDB writes and
+// fsync on its own thread); it is the only caller of `event_log::append`.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <vector>
+
+#include <caf/all.hpp>
+
+#include "core/messages.hpp"
+#include "storage/event_log.hpp"
+
+namespace eventsd::actors {
+
+/// Receives the newest durable position after every committed batch.
+using position_listener_actor = caf::typed_actor<caf::reacts_to<core::committed>>;
+
+/// Appends streams' events; answers with where they landed once durable.
+using log_writer_actor = caf::typed_actor<
+  caf::replies_to<append_atom, storage::append_request>::with<storage::append_result>,
+  caf::reacts_to<listen_atom, position_listener_actor>, caf::reacts_to<flush_atom>>;
+
+/// Group-commit bounds.
+struct writer_options {
+  /// Most appends in one WriteBatch (default 512).
+  size_t max_batch = 512;
+  /// How long the first append of a batch may wait for company (default 0:
+  /// a batch is whatever queued up while the previous fsync ran).
+  std::chrono::microseconds max_wait{0};
+};
+
+/// State of the log writer actor.
+struct log_writer_state {
+  storage::event_log* log = nullptr;
+  writer_options options;
+  std::vector<storage::append_request> pending;
+  std::vector<caf::typed_response_promise<storage::append_result>> promises;
+  bool flush_scheduled = false;
+  std::vector<position_listener_actor> listeners;
+  static inline const char* name = "log_writer";
+};
+
+/// Behavior of the log writer. REQUIRES: `log` outlives the actor.
+log_writer_actor::behavior_type
+log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::event_log* log,
+           writer_options options);
+
+} // namespace eventsd::actors

@@ -1,0 +1,80 @@
+// Binds the pure Todo model to the aggregate runtime, and the Todo read
+// operations on the log (history, state at an event).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <caf/all.hpp>
+
+#include "actors/aggregate.hpp"
+#include "actors/todo.hpp"
+#include "actors/todo_codec.hpp"
+#include "storage/event_log.hpp"
+
+CAF_ERROR_CODE_ENUM(eventsd::todo::todo_errc, "todo")
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::todo::command)
+
+namespace eventsd::actors {
+
+/// The Todo aggregate definition used by the runtime.
+struct todo_aggregate {
+  using state_type = todo::state;
+  using command_type = todo::command;
+  using event_type = todo::event;
+
+  static constexpr std::string_view stream_prefix = "todo-";
+
+  static state_type initial(const std::string& id) { return state_type{id, {}, {}, 0}; }
+  static uint64_t version(const state_type& s) { return s.version; }
+  static bool exists(const state_type& s) { return s.exists(); }
+
+  static todo::decision decide(const state_type& s, const command_type& c) {
+    return todo::decide(s, c);
+  }
+  static state_type evolve(state_type s, const event_type& e) {
+    return todo::evolve(std::move(s), e);
+  }
+
+  /// The CAF error of a refused command; the context carries field and message.
+  static std::optional<caf::error> rejected(const todo::decision& d) {
+    if (auto r = std::get_if<todo::rejection>(&d))
+      return caf::make_error(r->code, r->field, r->message);
+    return std::nullopt;
+  }
+  static event_type event_of(todo::decision&& d) { return std::get<event_type>(std::move(d)); }
+
+  static std::string_view type_name(const event_type& e) { return todo::type_name(e); }
+  static std::string encode(const event_type& e) { return todo::encode_data(e); }
+  static std::optional<event_type> decode(std::string_view type, std::string_view data) {
+    return todo::decode_event(type, data);
+  }
+  static std::string encode_state(const state_type& s) { return todo::encode_state(s); }
+  static std::optional<state_type> decode_state(std::string_view b) {
+    return todo::decode_state(b);
+  }
+};
+
+using todo_registry = registry<todo_aggregate>;
+using todo_registry_actor = registry_actor<todo_aggregate>;
+
+/// One event of a todo together with the state right after it.
+struct todo_history_item {
+  storage::recorded_event event;
+  todo::state state;
+};
+
+/// The whole history of todo `id`, oldest first. Fails with
+/// `stream_not_found` for an unknown todo.
+storage::result<std::vector<todo_history_item>> todo_history(const storage::event_log& log,
+                                                             const std::string& id);
+
+/// The state of todo `id` right after event `event_id`. Fails with
+/// `stream_not_found` (unknown todo) or `event_not_found` (no such event in
+/// this todo).
+storage::result<todo::state> todo_state_at(const storage::event_log& log, const std::string& id,
+                                           const std::string& event_id);
+
+} // namespace eventsd::actors

@@ -1,0 +1,103 @@
+#include "actors/todo_codec.hpp"
+
+#include <nlohmann/json.hpp>
+
+namespace eventsd::todo {
+
+namespace {
+
+using json = nlohmann::json;
+
+template <class... Fs>
+struct overload : Fs... {
+  using Fs::operator()...;
+};
+template <class... Fs>
+overload(Fs...) -> overload<Fs...>;
+
+std::optional<std::string> string_field(const json& j, const char* key) {
+  auto i = j.find(key);
+  if (i == j.end() || !i->is_string())
+    return std::nullopt;
+  return i->get<std::string>();
+}
+
+std::optional<status> status_field(const json& j, const char* key) {
+  auto s = string_field(j, key);
+  if (!s)
+    return std::nullopt;
+  return parse_status(*s);
+}
+
+} // namespace
+
+std::string encode_data(const event& e) {
+  json j = json::object();
+  std::visit(overload{
+               [&](const created& x) {
+                 j["description"] = x.description;
+                 j["status"] = to_string(status::created);
+               },
+               [&](const description_changed& x) { j["description"] = x.description; },
+               [&](const status_changed_to_in_progress&) {
+                 j["status"] = to_string(status::in_progress);
+               },
+               [&](const status_changed_to_done&) { j["status"] = to_string(status::done); },
+               [&](const undone_to& x) {
+                 j["eventId"] = x.event_id;
+                 j["version"] = x.target_version;
+                 j["description"] = x.description;
+                 j["status"] = to_string(x.status);
+               },
+             },
+             e);
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::optional<event> decode_event(std::string_view type, std::string_view data) {
+  auto j = json::parse(data, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return std::nullopt;
+  if (type == "created") {
+    if (auto d = string_field(j, "description"))
+      return created{std::move(*d)};
+  } else if (type == "description-changed") {
+    if (auto d = string_field(j, "description"))
+      return description_changed{std::move(*d)};
+  } else if (type == "status-changed-to-in-progress") {
+    return status_changed_to_in_progress{};
+  } else if (type == "status-changed-to-done") {
+    return status_changed_to_done{};
+  } else if (type == "undo-to-some-history-state") {
+    auto id = string_field(j, "eventId");
+    auto d = string_field(j, "description");
+    auto s = status_field(j, "status");
+    auto v = j.find("version");
+    if (id && d && s && v != j.end() && v->is_number_unsigned())
+      return undone_to{std::move(*id), v->get<uint64_t>(), std::move(*d), *s};
+  }
+  return std::nullopt;
+}
+
+std::string encode_state(const state& s) {
+  json j{{"id", s.id},
+         {"description", s.description},
+         {"status", to_string(s.status)},
+         {"version", s.version}};
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::optional<state> decode_state(std::string_view bytes) {
+  auto j = json::parse(bytes, nullptr, false);
+  if (j.is_discarded() || !j.is_object())
+    return std::nullopt;
+  auto id = string_field(j, "id");
+  auto d = string_field(j, "description");
+  auto s = status_field(j, "status");
+  auto v = j.find("version");
+  if (!id || !d || !s || v == j.end() || !v->is_number_unsigned())
+    return std::nullopt;
+  return state{std::move(*id), std::move(*d), *s, v->get<uint64_t>()};
+}
+
+} // namespace eventsd::todo

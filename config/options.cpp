@@ -1,0 +1,90 @@
+#include "config/options.hpp"
+
+#include <cstdlib>
+#include <filesystem>
+#include <string_view>
+
+#include <caf/config_option_adder.hpp>
+
+namespace eventsd::config {
+
+options::options() {
+  opt_group{custom_options_, "http"}
+    .add(http_address, "address", "listen address (default 127.0.0.1)")
+    .add(http_port, "port", "listen port (default 8000; 0 picks a free one)")
+    .add(http_threads, "threads", "io threads (default 2)")
+    .add(http_body_limit, "body-limit", "largest request body in bytes, inclusive (default 65536)")
+    .add(http_admin_token, "admin-token", "bearer token for /admin routes (default none)")
+    .add(http_static_dir, "static-dir", "OpenAPI, Swagger UI and /ui files (default <binary dir>/static)")
+    .add(http_read_timeout_ms, "read-timeout-ms", "idle/read/write timeout per connection (default 30000)")
+    .add(http_sse_heartbeat_ms, "sse-heartbeat-ms", "SSE heartbeat interval (default 15000)");
+  opt_group{custom_options_, "storage"}
+    .add(storage_dir, "dir", "RocksDB directory (default var/data)")
+    .add(storage_sync, "sync", "fsync (default, durable) or none (UNSAFE: loses acknowledged writes on power loss)")
+    .add(storage_max_batch, "max-batch", "most appends per group commit (default 512)")
+    .add(storage_max_wait_us, "max-wait-us", "extra wait for a batch to fill, in microseconds (default 0)")
+    .add(storage_block_cache_mb, "block-cache-mb", "RocksDB block cache (default 256)")
+    .add(storage_idempotency_retention_s, "idempotency-retention-s", "how long Idempotency-Key answers are kept (default 86400)");
+  opt_group{custom_options_, "postgres"}
+    .add(postgres_dsn, "dsn", "libpq conninfo of the read model (env EVENTSD_POSTGRES_DSN)")
+    .add(postgres_readers, "readers", "read-model connections for GET /todo (default 4)");
+  opt_group{custom_options_, "projection"}
+    .add(projection_mode, "mode", "eventual (default), unit-of-work, on-demand or scheduled")
+    .add(projection_uow_timeout_ms, "uow-timeout-ms", "unit-of-work wait before answering 202 (default 5000)")
+    .add(projection_interval_ms, "interval-ms", "scheduled mode period (default 1000)")
+    .add(projection_batch_size, "batch-size", "most events per read-model transaction (default 1000)");
+  opt_group{custom_options_, "actors"}
+    .add(actors_idle_timeout_s, "idle-timeout", "seconds before an idle aggregate actor stops (default 60)")
+    .add(actors_max_live, "max-live", "most live aggregate actors (default 1000000)")
+    .add(actors_snapshot_every, "snapshot-every", "store a snapshot every N events (default 100, 0 = never)")
+    .add(actors_shards, "shards", "registry shards (default 8)")
+    .add(actors_log_readers, "log-readers", "threads reading the log for HTTP (default 4)");
+  opt_group{custom_options_, "global"}
+    .add(rebuild, "rebuild", "rebuild the named projection (todos) offline and exit");
+}
+
+std::optional<std::string> parse(options& opts, int argc, char** argv) {
+  bool dsn_on_command_line = false;
+  std::string file = "config/eventsd.conf";
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a.rfind("--postgres.dsn", 0) == 0)
+      dsn_on_command_line = true;
+    if (a.rfind("--config-file=", 0) == 0)
+      file = std::string{a.substr(14)};
+  }
+  std::error_code ec;
+  bool has_file = std::filesystem::exists(file, ec);
+  if (auto err = opts.parse(argc, argv, has_file ? file.c_str() : "/dev/null"))
+    return "invalid configuration: " + caf::to_string(err);
+  if (!opts.remainder.empty())
+    return "unknown argument: " + opts.remainder.front();
+  if (!dsn_on_command_line)
+    if (const char* env = std::getenv("EVENTSD_POSTGRES_DSN"); env && *env)
+      opts.postgres_dsn = env;
+  if (opts.postgres_dsn.empty())
+    return "no PostgreSQL DSN: pass --postgres.dsn=... or set EVENTSD_POSTGRES_DSN";
+  if (opts.storage_sync != "fsync" && opts.storage_sync != "none")
+    return "invalid --storage.sync `" + opts.storage_sync + "`: expected fsync or none";
+  if (opts.projection_mode != "eventual" && opts.projection_mode != "unit-of-work"
+      && opts.projection_mode != "on-demand" && opts.projection_mode != "scheduled")
+    return "invalid --projection.mode `" + opts.projection_mode
+           + "`: expected eventual, unit-of-work, on-demand or scheduled";
+  if (opts.http_threads == 0 || opts.http_threads > 64)
+    return "invalid --http.threads: expected 1..64";
+  if (opts.http_body_limit == 0)
+    return "invalid --http.body-limit: expected at least 1";
+  if (opts.storage_max_batch == 0)
+    return "invalid --storage.max-batch: expected at least 1";
+  if (opts.actors_max_live == 0 || opts.actors_shards == 0)
+    return "invalid --actors.max-live/--actors.shards: expected at least 1";
+  if (opts.postgres_readers == 0 || opts.actors_log_readers == 0)
+    return "invalid reader count: expected at least 1";
+  if (opts.projection_interval_ms == 0 || opts.projection_batch_size == 0)
+    return "invalid --projection.interval-ms/--projection.batch-size: expected at least 1";
+  if (!opts.rebuild.empty() && opts.rebuild != "todos")
+    return "invalid --rebuild `" + opts.rebuild + "`: the only projection is todos";
+  return std::nullopt;
+}
+
+} // namespace eventsd::config

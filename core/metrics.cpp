@@ -1,0 +1,179 @@
+#include "core/metrics.hpp"
+
+#include <cmath>
+#include <cstdio>
+
+namespace eventsd::core {
+
+namespace {
+
+std::string format_double(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%.9g", v);
+  return buf;
+}
+
+void family(std::string& out, const char* name, const char* type, const char* help) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+template <class T>
+void sample(std::string& out, const char* name, T value) {
+  out += name;
+  out += ' ';
+  out += std::to_string(value);
+  out += '\n';
+}
+
+std::string escape_label(const std::string& s) {
+  std::string r;
+  for (char c : s) {
+    if (c == '\\' || c == '"')
+      r += '\\';
+    if (c == '\n') {
+      r += "\\n";
+      continue;
+    }
+    r += c;
+  }
+  return r;
+}
+
+} // namespace
+
+histogram::histogram(std::vector<double> bounds)
+  : bounds_(std::move(bounds)),
+    buckets_(new std::atomic<uint64_t>[bounds_.size() + 1]) {
+  for (size_t i = 0; i <= bounds_.size(); ++i)
+    buckets_[i].store(0, std::memory_order_relaxed);
+}
+
+void histogram::observe(double v) noexcept {
+  size_t i = 0;
+  while (i < bounds_.size() && v > bounds_[i])
+    ++i;
+  buckets_[i].fetch_add(1, std::memory_order_relaxed);
+  count_.fetch_add(1, std::memory_order_relaxed);
+  sum_micros_.fetch_add(static_cast<uint64_t>(std::llround(v * 1e6)),
+                        std::memory_order_relaxed);
+}
+
+void histogram::render(std::string& out, const std::string& name,
+                       const std::string& labels) const {
+  uint64_t cumulative = 0;
+  auto sep = labels.empty() ? std::string{} : labels + ",";
+  for (size_t i = 0; i <= bounds_.size(); ++i) {
+    cumulative += buckets_[i].load(std::memory_order_relaxed);
+    out += name + "_bucket{" + sep + "le=\""
+           + (i < bounds_.size() ? format_double(bounds_[i]) : std::string{"+Inf"}) + "\"} "
+           + std::to_string(cumulative) + "\n";
+  }
+  auto braces = labels.empty() ? std::string{} : "{" + labels + "}";
+  out += name + "_sum" + braces + " "
+         + format_double(static_cast<double>(sum_micros_.load(std::memory_order_relaxed)) / 1e6)
+         + "\n";
+  out += name + "_count" + braces + " "
+         + std::to_string(count_.load(std::memory_order_relaxed)) + "\n";
+}
+
+std::vector<double> latency_bounds() {
+  return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+          0.025,  0.05,    0.1,    0.25,  0.5,    1,     2.5, 5, 10};
+}
+
+std::vector<double> size_bounds() {
+  return {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096};
+}
+
+void metrics::observe_request(const std::string& method, const std::string& route,
+                              int status, double seconds) {
+  auto key = method + " " + route;
+  std::lock_guard<std::mutex> guard{mtx_};
+  auto& slot = routes_[key];
+  if (!slot)
+    slot = std::make_unique<route_stats>();
+  ++slot->by_status[status];
+  slot->latency.observe(seconds);
+}
+
+std::string metrics::render() const {
+  std::string out;
+  out.reserve(8192);
+  {
+    std::lock_guard<std::mutex> guard{mtx_};
+    family(out, "eventsd_http_requests_total", "counter", "HTTP requests by route and status.");
+    for (auto& [key, stats] : routes_) {
+      auto space = key.find(' ');
+      auto labels = "method=\"" + escape_label(key.substr(0, space)) + "\",route=\""
+                    + escape_label(key.substr(space + 1)) + "\"";
+      for (auto& [status, n] : stats->by_status)
+        out += "eventsd_http_requests_total{" + labels + ",status=\"" + std::to_string(status)
+               + "\"} " + std::to_string(n) + "\n";
+    }
+    family(out, "eventsd_http_request_duration_seconds", "histogram",
+           "HTTP request latency by route.");
+    for (auto& [key, stats] : routes_) {
+      auto space = key.find(' ');
+      auto labels = "method=\"" + escape_label(key.substr(0, space)) + "\",route=\""
+                    + escape_label(key.substr(space + 1)) + "\"";
+      stats->latency.render(out, "eventsd_http_request_duration_seconds", labels);
+    }
+  }
+  family(out, "eventsd_events_appended_total", "counter", "Events appended to the log.");
+  sample(out, "eventsd_events_appended_total", events_appended.value());
+  family(out, "eventsd_append_conflicts_total", "counter",
+         "Appends refused by an expected-version or idempotency conflict.");
+  sample(out, "eventsd_append_conflicts_total", append_conflicts.value());
+  family(out, "eventsd_fsync_batches_total", "counter", "Group-commit batches written.");
+  sample(out, "eventsd_fsync_batches_total", fsync_batches.value());
+  family(out, "eventsd_fsync_batch_events", "histogram", "Appends per group-commit batch.");
+  batch_events.render(out, "eventsd_fsync_batch_events", "");
+  family(out, "eventsd_fsync_duration_seconds", "histogram",
+         "Time to write and fsync one batch.");
+  fsync_seconds.render(out, "eventsd_fsync_duration_seconds", "");
+  family(out, "eventsd_log_head_position", "gauge", "Position of the newest event in $all.");
+  sample(out, "eventsd_log_head_position", log_head.value());
+  family(out, "eventsd_live_aggregates", "gauge", "Aggregate actors currently alive.");
+  sample(out, "eventsd_live_aggregates", live_aggregates.value());
+  family(out, "eventsd_aggregate_activations_total", "counter", "Aggregate actors spawned.");
+  sample(out, "eventsd_aggregate_activations_total", aggregate_activations.value());
+  family(out, "eventsd_aggregate_passivations_total", "counter", "Aggregate actors stopped.");
+  sample(out, "eventsd_aggregate_passivations_total", aggregate_passivations.value());
+  family(out, "eventsd_aggregate_activation_seconds", "histogram",
+         "Time to recover an aggregate from snapshot and log.");
+  activation_seconds.render(out, "eventsd_aggregate_activation_seconds", "");
+  family(out, "eventsd_projection_position", "gauge", "Last position applied to the read model.");
+  sample(out, "eventsd_projection_position", projection_position.value());
+  family(out, "eventsd_projection_lag_events", "gauge", "Log head minus projection position.");
+  sample(out, "eventsd_projection_lag_events", projection_lag_events.value());
+  family(out, "eventsd_projection_lag_milliseconds", "gauge",
+         "Age of the oldest event not yet applied to the read model.");
+  sample(out, "eventsd_projection_lag_milliseconds", projection_lag_ms.value());
+  family(out, "eventsd_projection_batches_total", "counter", "Read-model transactions committed.");
+  sample(out, "eventsd_projection_batches_total", projection_batches.value());
+  family(out, "eventsd_projection_errors_total", "counter", "Failed read-model transactions.");
+  sample(out, "eventsd_projection_errors_total", projection_errors.value());
+  family(out, "eventsd_projection_batch_events", "histogram", "Events per read-model batch.");
+  projection_batch_events.render(out, "eventsd_projection_batch_events", "");
+  family(out, "eventsd_projection_apply_seconds", "histogram",
+         "Time to apply one read-model batch.");
+  projection_apply_seconds.render(out, "eventsd_projection_apply_seconds", "");
+  family(out, "eventsd_sse_subscribers", "gauge", "Open /subscribe/$all connections.");
+  sample(out, "eventsd_sse_subscribers", sse_subscribers.value());
+  return out;
+}
+
+metrics& metrics::instance() {
+  static metrics m;
+  return m;
+}
+
+} // namespace eventsd::core

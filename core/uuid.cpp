@@ -1,0 +1,50 @@
+#include "core/uuid.hpp"
+
+#include <random>
+
+namespace eventsd::core {
+
+std::string make_uuid() {
+  thread_local std::mt19937_64 rng{[] {
+    std::random_device rd;
+    std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
+    return std::mt19937_64{seq};
+  }()};
+  uint64_t hi = rng();
+  uint64_t lo = rng();
+  hi = (hi & 0xFFFFFFFFFFFF0FFFULL) | 0x0000000000004000ULL; // version 4
+  lo = (lo & 0x3FFFFFFFFFFFFFFFULL) | 0x8000000000000000ULL; // RFC 4122 variant
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out(36, '-');
+  size_t pos = 0;
+  auto put = [&](uint64_t v, int nibbles) {
+    for (int i = nibbles - 1; i >= 0; --i) {
+      if (pos == 8 || pos == 13 || pos == 18 || pos == 23)
+        ++pos;
+      out[pos++] = digits[(v >> (i * 4)) & 0xF];
+    }
+  };
+  put(hi, 16);
+  put(lo, 16);
+  return out;
+}
+
+std::optional<std::string> normalize_uuid(std::string_view text) {
+  if (text.size() != 36)
+    return std::nullopt;
+  std::string out(text);
+  for (size_t i = 0; i < out.size(); ++i) {
+    char& c = out[i];
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      if (c != '-')
+        return std::nullopt;
+    } else if (c >= 'A' && c <= 'F') {
+      c = static_cast<char>(c - 'A' + 'a');
+    } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+      return std::nullopt;
+    }
+  }
+  return out;
+}
+
+} // namespace eventsd::core

@@ -1,0 +1,16 @@
+// Starts Swagger UI over the server's own OpenAPI document (served by eventsd at /openapi.json).
+'use strict';
+window.addEventListener('load', function () {
+  window.ui = SwaggerUIBundle({
+    url: '/openapi.json',
+    dom_id: '#swagger-ui',
+    deepLinking: true,
+    tryItOutEnabled: true,
+    displayRequestDuration: true,
+    persistAuthorization: true,
+    validatorUrl: null, // no internet: never call the public validator
+    presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
+    plugins: [SwaggerUIBundle.plugins.DownloadUrl],
+    layout: 'StandaloneLayout',
+  });
+});

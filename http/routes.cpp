@@ -1,0 +1,818 @@
+#include "http/routes.hpp"
+
+#include <charconv>
+#include <ctime>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "core/metrics.hpp"
+#include "core/uuid.hpp"
+#include "http/static_files.hpp"
+
+namespace eventsd::http {
+
+namespace {
+
+using json = nlohmann::json;
+using namespace std::chrono_literals;
+
+constexpr auto actor_timeout = std::chrono::seconds{30};
+
+std::string dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+reply json_reply(unsigned status, const json& j) {
+  reply r;
+  r.status = status;
+  r.body = dump(j);
+  return r;
+}
+
+std::string lower(std::string s) {
+  for (auto& c : s)
+    if (c >= 'A' && c <= 'Z')
+      c = static_cast<char>(c - 'A' + 'a');
+  return s;
+}
+
+std::optional<uint64_t> parse_uint(std::string_view s) {
+  if (s.empty() || s.size() > 19)
+    return std::nullopt;
+  uint64_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc{} || p != s.data() + s.size())
+    return std::nullopt;
+  return v;
+}
+
+/// A numeric query parameter: absent -> fallback; above max -> max;
+/// non-numeric or negative -> a 400 naming the parameter.
+std::optional<reply> query_number(const incoming& req, const std::string& name,
+                                  uint64_t fallback, uint64_t max, uint64_t min,
+                                  uint64_t& out) {
+  auto i = req.query.find(name);
+  if (i == req.query.end()) {
+    out = fallback;
+    return std::nullopt;
+  }
+  auto v = parse_uint(i->second);
+  if (!v && !i->second.empty() && i->second.size() > 19
+      && i->second.find_first_not_of("0123456789") == std::string::npos)
+    v = UINT64_MAX; // huge but numeric: clamp below
+  if (!v)
+    return problem(400, "query parameter `" + name + "` must be a non-negative integer",
+                   {{name, {"must be a non-negative integer"}}});
+  if (*v < min)
+    return problem(400, "query parameter `" + name + "` must be at least " + std::to_string(min),
+                   {{name, {"must be at least " + std::to_string(min)}}});
+  out = std::min(*v, max);
+  return std::nullopt;
+}
+
+std::string rfc3339(int64_t ms) {
+  std::time_t secs = static_cast<std::time_t>(ms / 1000);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[40];
+  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                static_cast<int>(ms % 1000));
+  return buf;
+}
+
+json todo_json(const todo::state& s) {
+  return {{"id", s.id},
+          {"description", s.description},
+          {"status", std::string{todo::to_string(s.status)}},
+          {"version", s.version}};
+}
+
+json row_json(const projections::todo_row& r) {
+  return {{"id", r.id}, {"description", r.description}, {"status", r.status},
+          {"version", r.version}};
+}
+
+json event_json(const storage::recorded_event& e) {
+  auto data = json::parse(e.data, nullptr, false);
+  if (data.is_discarded())
+    data = e.data;
+  return {{"id", e.id},          {"stream", e.stream},
+          {"type", e.type},      {"version", e.version},
+          {"position", e.position}, {"occurredAt", rfc3339(e.occurred_at_ms)},
+          {"data", std::move(data)}};
+}
+
+/// FNV-1a 64 of `s`, as 16 hex digits: the idempotency fingerprint.
+std::string fingerprint(std::string_view s) {
+  uint64_t h = 1469598103934665603ULL;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ULL;
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
+  return buf;
+}
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+           std::chrono::system_clock::now().time_since_epoch())
+    .count();
+}
+
+/// Checks Content-Type and parses a JSON object body.
+std::optional<reply> require_json_object(const incoming& req, json& out) {
+  auto type = lower(req.header("content-type"));
+  auto media = type.substr(0, type.find(';'));
+  while (!media.empty() && (media.back() == ' ' || media.back() == '\t'))
+    media.pop_back();
+  if (media != "application/json")
+    return problem(415, "expected a body of type application/json");
+  if (!todo::count_code_points(req.body))
+    return problem(400, "body is not valid UTF-8");
+  out = json::parse(req.body, nullptr, false);
+  if (out.is_discarded())
+    return problem(400, "body is not well-formed JSON");
+  if (!out.is_object())
+    return problem(400, "body must be a JSON object");
+  return std::nullopt;
+}
+
+/// `description` of a body: must be present and a string.
+std::optional<reply> description_of(const json& body, std::string& out) {
+  auto i = body.find("description");
+  if (i == body.end())
+    return problem(400, "validation failed", {{"description", {"is required"}}});
+  if (!i->is_string())
+    return problem(400, "validation failed", {{"description", {"must be a string"}}});
+  out = i->get<std::string>();
+  if (auto rej = todo::validate_description(out))
+    return problem(400, "validation failed", {{"description", {rej->message}}});
+  return std::nullopt;
+}
+
+/// Parses `If-Match`: `"<version>"`, `W/"<version>"`, a bare number or `*`.
+/// A malformed value matches no version.
+std::optional<uint64_t> if_match_of(const incoming& req) {
+  auto h = req.header("if-match");
+  if (h.empty())
+    return std::nullopt;
+  std::string_view v = h;
+  while (!v.empty() && v.front() == ' ')
+    v.remove_prefix(1);
+  while (!v.empty() && v.back() == ' ')
+    v.remove_suffix(1);
+  if (v == "*")
+    return std::nullopt;
+  if (v.substr(0, 2) == "W/")
+    v.remove_prefix(2);
+  if (v.size() >= 2 && v.front() == '"' && v.back() == '"')
+    v = v.substr(1, v.size() - 2);
+  if (auto n = parse_uint(v))
+    return *n;
+  return UINT64_MAX; // never equal to a real version -> 412
+}
+
+reply write_reply(const actors::write_outcome& o, unsigned status) {
+  auto r = json_reply(status, {{"id", o.id}, {"version", o.version}, {"position", o.position}});
+  r.header("ETag", "\"" + std::to_string(o.version) + "\"");
+  if (status == 201 || (status == 202 && o.version == 1))
+    r.header("Location", "/todo/" + o.id);
+  return r;
+}
+
+} // namespace
+
+std::string incoming::header(const std::string& lower_name) const {
+  auto i = headers.find(lower_name);
+  return i == headers.end() ? std::string{} : i->second;
+}
+
+bool parse_target(std::string_view target, std::string& path,
+                  std::map<std::string, std::string>& query) {
+  auto decode = [](std::string_view in, bool plus_is_space, std::string& out) {
+    out.clear();
+    for (size_t i = 0; i < in.size(); ++i) {
+      char c = in[i];
+      if (c == '%') {
+        auto hex = [](char h) -> int {
+          if (h >= '0' && h <= '9')
+            return h - '0';
+          if (h >= 'a' && h <= 'f')
+            return h - 'a' + 10;
+          if (h >= 'A' && h <= 'F')
+            return h - 'A' + 10;
+          return -1;
+        };
+        if (i + 2 >= in.size())
+          return false;
+        int hi = hex(in[i + 1]), lo = hex(in[i + 2]);
+        if (hi < 0 || lo < 0)
+          return false;
+        out += static_cast<char>(hi * 16 + lo);
+        i += 2;
+      } else if (c == '+' && plus_is_space) {
+        out += ' ';
+      } else {
+        out += c;
+      }
+    }
+    return true;
+  };
+  auto q = target.find('?');
+  if (!decode(target.substr(0, q), false, path))
+    return false;
+  query.clear();
+  if (q == std::string_view::npos)
+    return true;
+  auto rest = target.substr(q + 1);
+  while (!rest.empty()) {
+    auto amp = rest.find('&');
+    auto pair = rest.substr(0, amp);
+    auto eq = pair.find('=');
+    std::string key, value;
+    if (!decode(pair.substr(0, eq), true, key))
+      return false;
+    if (eq != std::string_view::npos && !decode(pair.substr(eq + 1), true, value))
+      return false;
+    if (!key.empty())
+      query.emplace(std::move(key), std::move(value));
+    if (amp == std::string_view::npos)
+      break;
+    rest = rest.substr(amp + 1);
+  }
+  return true;
+}
+
+router::router(services& svc) : svc_(svc) {
+  auto& s = svc_;
+  auto mode = s.mode;
+  auto uow_timeout = s.options.uow_timeout;
+  auto retention = s.options.idempotency_retention_ms;
+
+  // Sends `cmd` to todo `id`; answers 200/201 (202 when the read model does
+  // not catch up in time in unit-of-work mode) or a problem.
+  auto execute = [&s, mode, uow_timeout](std::string id, todo::command cmd,
+                                         actors::write_conditions cond, unsigned success,
+                                         responder respond) {
+    auto shard = s.registry.shard_for(id);
+    auto projection = s.projection;
+    s.jobs.run([=](caf::event_based_actor* self) {
+      self->request(shard, actor_timeout, execute_atom_v, id, cmd, cond)
+        .then(
+          [=](const actors::write_outcome& o) {
+            if (mode != projections::projection_mode::unit_of_work || o.replayed) {
+              respond(write_reply(o, success));
+              return;
+            }
+            self
+              ->request(projection, uow_timeout + 1s, wait_atom_v, o.position,
+                        static_cast<uint64_t>(uow_timeout.count()))
+              .then([=](uint64_t) { respond(write_reply(o, success)); },
+                    [=](caf::error&) { respond(write_reply(o, 202)); });
+          },
+          [=](caf::error& err) { respond(problem_for(err)); });
+    });
+  };
+
+  // Resolves a path id: canonical lowercase UUID or a 404 answer.
+  auto path_id = [](const std::string& raw, responder& respond) -> std::optional<std::string> {
+    auto id = core::normalize_uuid(raw);
+    if (!id)
+      respond(problem(404, "no todo has the id `" + raw + "` (not a UUID)"));
+    return id;
+  };
+
+  // -- writes ---------------------------------------------------------------
+
+  add("POST", "/todo", [=, &s](incoming& req, auto&, responder& respond) {
+    json body;
+    if (auto err = require_json_object(req, body))
+      return respond(*err);
+    std::string description;
+    if (auto err = description_of(body, description))
+      return respond(*err);
+    actors::write_conditions cond;
+    if (auto key = req.headers.find("idempotency-key"); key != req.headers.end()) {
+      if (key->second.empty() || key->second.size() > 128)
+        return respond(problem(400, "Idempotency-Key must be 1..128 characters",
+                               {{"Idempotency-Key", {"must be 1..128 characters"}}}));
+      cond.idempotency = storage::idempotency_claim{key->second, fingerprint(dump(body)),
+                                                    now_ms(), retention};
+    }
+    execute(core::make_uuid(), todo::create{std::move(description)}, std::move(cond), 201,
+            respond);
+  });
+
+  add("PUT", "/todo/change-description", [=](incoming& req, auto&, responder& respond) {
+    json body;
+    if (auto err = require_json_object(req, body))
+      return respond(*err);
+    std::vector<field_error> errors;
+    std::optional<std::string> id;
+    auto idv = body.find("id");
+    if (idv == body.end())
+      errors.push_back({"id", {"is required"}});
+    else if (!idv->is_string())
+      errors.push_back({"id", {"must be a string"}});
+    else if (!(id = core::normalize_uuid(idv->get<std::string>())))
+      errors.push_back({"id", {"must be a UUID (8-4-4-4-12 hex digits)"}});
+    std::string description;
+    if (auto err = description_of(body, description)) {
+      auto d = json::parse(err->body);
+      for (auto& e : d["errors"])
+        errors.push_back({e["field"], e["messages"].get<std::vector<std::string>>()});
+    }
+    if (!errors.empty())
+      return respond(problem(400, "validation failed", std::move(errors)));
+    execute(*id, todo::change_description{std::move(description)},
+            {if_match_of(req), std::nullopt}, 200, respond);
+  });
+
+  add("PUT", "/todo/{id}/put-in-progress", [=](incoming& req, auto& p, responder& respond) {
+    if (auto id = path_id(p[0], respond))
+      execute(*id, todo::put_in_progress{}, {if_match_of(req), std::nullopt}, 200, respond);
+  });
+
+  add("PUT", "/todo/{id}/done", [=](incoming& req, auto& p, responder& respond) {
+    if (auto id = path_id(p[0], respond))
+      execute(*id, todo::mark_done{}, {if_match_of(req), std::nullopt}, 200, respond);
+  });
+
+  add("PUT", "/todo/{id}/undo-to/{eventId}",
+      [=, &s](incoming& req, auto& p, responder& respond) {
+        auto id = path_id(p[0], respond);
+        if (!id)
+          return;
+        auto event_id = core::normalize_uuid(p[1]);
+        if (!event_id)
+          return respond(problem(404, "no event has the id `" + p[1] + "` (not a UUID)"));
+        auto reader = s.log_reader();
+        auto if_match = if_match_of(req);
+        auto execute_undo = execute;
+        s.jobs.run([=](caf::event_based_actor* self) {
+          self->request(reader, actor_timeout, state_at_atom_v, *id, *event_id)
+            .then(
+              [=](const todo::state& target) {
+                execute_undo(*id, todo::undo_to{*event_id, target}, {if_match, std::nullopt},
+                             200, respond);
+              },
+              [=](caf::error& err) { respond(problem_for(err)); });
+        });
+      });
+
+  // -- reads from the read model ----------------------------------------------
+
+  // Brings the read model where the request asks (minPosition, or the head in
+  // on-demand mode), then runs `query`.
+  auto read_model = [&s, mode](incoming& req, responder& respond,
+                               std::function<void(caf::event_based_actor*)> query) {
+    uint64_t min_position = 0;
+    uint64_t wait_ms = 0;
+    if (auto err = query_number(req, "minPosition", 0, UINT64_MAX, 0, min_position))
+      return respond(*err);
+    if (auto err = query_number(req, "waitMs", 5000, 30000, 0, wait_ms))
+      return respond(*err);
+    auto projection = s.projection;
+    bool has_min = req.query.count("minPosition") > 0;
+    s.jobs.run([=](caf::event_based_actor* self) {
+      auto timeout = std::chrono::milliseconds{wait_ms} + 5s;
+      if (mode == projections::projection_mode::on_demand) {
+        auto catch_up_ms = std::max<uint64_t>(wait_ms, 1);
+        self->request(projection, timeout, catch_up_atom_v, catch_up_ms)
+          .then(
+            [=](uint64_t pos) {
+              if (pos >= min_position) {
+                query(self);
+                return;
+              }
+              self->request(projection, timeout, wait_atom_v, min_position, wait_ms)
+                .then([=](uint64_t) { query(self); },
+                      [=](caf::error& err) { respond(problem_for(err)); });
+            },
+            [=](caf::error& err) { respond(problem_for(err)); });
+      } else if (has_min) {
+        self->request(projection, timeout, wait_atom_v, min_position, wait_ms)
+          .then([=](uint64_t) { query(self); },
+                [=](caf::error& err) { respond(problem_for(err)); });
+      } else {
+        query(self);
+      }
+    });
+  };
+
+  add("GET", "/todo", [=, &s](incoming& req, auto&, responder& respond) {
+    projections::todo_query q;
+    uint64_t limit = 0;
+    if (auto err = query_number(req, "limit", 100, 1000, 1, limit))
+      return respond(*err);
+    q.limit = limit;
+    if (auto a = req.query.find("after"); a != req.query.end()) {
+      if (a->second.empty() || !parse_uint(a->second))
+        return respond(problem(400, "malformed cursor", {{"after", {"is not a cursor from `next`"}}}));
+      q.after = a->second;
+    }
+    if (auto st = req.query.find("status"); st != req.query.end()) {
+      if (!todo::parse_status(st->second))
+        return respond(problem(400, "unknown status filter",
+                               {{"status", {"must be one of Created, InProgress, Done"}}}));
+      q.status = st->second;
+    }
+    auto reader = s.read_model_reader();
+    read_model(req, respond, [=](caf::event_based_actor* self) {
+      self->request(reader, actor_timeout, list_atom_v, q)
+        .then(
+          [=](const projections::todo_page& page) {
+            json items = json::array();
+            for (auto& r : page.items)
+              items.push_back(row_json(r));
+            json next = page.next ? json(*page.next) : json(nullptr);
+            auto r = json_reply(200, {{"items", std::move(items)}, {"next", next}});
+            r.header("X-Read-Model-Position", std::to_string(page.position));
+            respond(std::move(r));
+          },
+          [=](caf::error& err) { respond(problem_for(err)); });
+    });
+  });
+
+  add("GET", "/todo/{id}", [=, &s](incoming& req, auto& p, responder& respond) {
+    auto id = path_id(p[0], respond);
+    if (!id)
+      return;
+    auto reader = s.read_model_reader();
+    auto key = *id;
+    read_model(req, respond, [=](caf::event_based_actor* self) {
+      self->request(reader, actor_timeout, fetch_atom_v, key)
+        .then(
+          [=](const projections::todo_answer& a) {
+            auto r = json_reply(200, row_json(a.row));
+            r.header("X-Read-Model-Position", std::to_string(a.position));
+            r.header("ETag", "\"" + std::to_string(a.row.version) + "\"");
+            respond(std::move(r));
+          },
+          [=](caf::error& err) { respond(problem_for(err)); });
+    });
+  });
+
+  // -- reads from the log ---------------------------------------------------
+
+  add("GET", "/todo/{id}/history", [=, &s](incoming&, auto& p, responder& respond) {
+    auto id = path_id(p[0], respond);
+    if (!id)
+      return;
+    auto reader = s.log_reader();
+    auto key = *id;
+    s.jobs.run([=](caf::event_based_actor* self) {
+      self->request(reader, actor_timeout, history_atom_v, key)
+        .then(
+          [=](const actors::todo_history_items& items) {
+            json arr = json::array();
+            for (auto& it : items)
+              arr.push_back({{"id", it.event.id},
+                             {"type", it.event.type},
+                             {"version", it.event.version},
+                             {"position", it.event.position},
+                             {"occurredAt", rfc3339(it.event.occurred_at_ms)},
+                             {"snapshot", todo_json(it.state)}});
+            respond(json_reply(200, {{"items", std::move(arr)}}));
+          },
+          [=](caf::error& err) {
+            if (err == storage::storage_errc::stream_not_found)
+              return respond(problem(404, "todo not found"));
+            respond(problem_for(err));
+          });
+    });
+  });
+
+  add("GET", "/todo/{id}/snapshot/{eventId}", [=, &s](incoming&, auto& p, responder& respond) {
+    auto id = path_id(p[0], respond);
+    if (!id)
+      return;
+    auto event_id = core::normalize_uuid(p[1]);
+    if (!event_id)
+      return respond(problem(404, "no event has the id `" + p[1] + "` (not a UUID)"));
+    auto reader = s.log_reader();
+    auto key = *id;
+    auto ev = *event_id;
+    s.jobs.run([=](caf::event_based_actor* self) {
+      self->request(reader, actor_timeout, state_at_atom_v, key, ev)
+        .then([=](const todo::state& st) { respond(json_reply(200, todo_json(st))); },
+              [=](caf::error& err) {
+                if (err == storage::storage_errc::stream_not_found)
+                  return respond(problem(404, "todo not found"));
+                respond(problem_for(err));
+              });
+    });
+  });
+
+  add("GET", "/streams/{streamId}", [=, &s](incoming& req, auto& p, responder& respond) {
+    uint64_t from = 0, limit = 0;
+    if (auto err = query_number(req, "from", 1, UINT64_MAX, 0, from))
+      return respond(*err);
+    if (auto err = query_number(req, "limit", 100, 1000, 1, limit))
+      return respond(*err);
+    from = std::max<uint64_t>(from, 1);
+    auto reader = s.log_reader();
+    auto stream = p[0];
+    bool all = stream == "$all";
+    s.jobs.run([=](caf::event_based_actor* self) {
+      auto render = [=](const actors::recorded_events& events) {
+        json items = json::array();
+        size_t n = std::min<size_t>(events.size(), limit);
+        for (size_t i = 0; i < n; ++i)
+          items.push_back(event_json(events[i]));
+        json next = nullptr;
+        if (events.size() > limit)
+          next = all ? events[limit].position : events[limit].version;
+        respond(json_reply(200, {{"items", std::move(items)}, {"next", next}}));
+      };
+      auto on_error = [=](caf::error& err) { respond(problem_for(err)); };
+      if (all)
+        self->request(reader, actor_timeout, all_atom_v, from, limit + 1).then(render, on_error);
+      else
+        self->request(reader, actor_timeout, stream_atom_v, stream, from, limit + 1)
+          .then(render, on_error);
+    });
+  });
+
+  add("GET", "/streams", [=, &s](incoming& req, auto&, responder& respond) {
+    uint64_t before = 0, limit = 0;
+    if (auto err = query_number(req, "before", 0, UINT64_MAX, 0, before))
+      return respond(*err);
+    if (auto err = query_number(req, "limit", 50, 1000, 1, limit))
+      return respond(*err);
+    auto reader = s.log_reader();
+    s.jobs.run([=](caf::event_based_actor* self) {
+      self->request(reader, actor_timeout, streams_atom_v, before, limit + 1)
+        .then(
+          [=](const actors::stream_summaries& list) {
+            json items = json::array();
+            size_t n = std::min<size_t>(list.size(), limit);
+            for (size_t i = 0; i < n; ++i)
+              items.push_back({{"stream", list[i].stream},
+                               {"version", list[i].version},
+                               {"lastPosition", list[i].last_position}});
+            json next = nullptr;
+            if (list.size() > limit)
+              next = list[limit - 1].last_position;
+            respond(json_reply(200, {{"items", std::move(items)}, {"next", next}}));
+          },
+          [=](caf::error& err) { respond(problem_for(err)); });
+    });
+  });
+
+  // The SSE route is served by the session; registered here for 405/OpenAPI.
+  add("GET", "/subscribe/$all", [](incoming&, auto&, responder& respond) {
+    respond(problem(404, "subscriptions are served by the streaming session"));
+  });
+
+  // -- operations -------------------------------------------------------------
+
+  add("GET", "/healthz", [](incoming&, auto&, responder& respond) {
+    respond(json_reply(200, {{"status", "ok"}}));
+  });
+
+  add("GET", "/readyz", [=, &s](incoming&, auto&, responder& respond) {
+    auto projection = s.projection;
+    s.jobs.run([=](caf::event_based_actor* self) {
+      self->request(projection, 3s, stats_atom_v)
+        .then(
+          [=](const projections::projection_status& st) {
+            if (st.connected)
+              return respond(json_reply(
+                200, {{"status", "ready"}, {"eventStore", "open"}, {"postgres", "reachable"}}));
+            auto r = problem(503, "PostgreSQL is not reachable: " + st.last_error);
+            auto j = json::parse(r.body);
+            j["checks"] = {{"eventStore", "open"}, {"postgres", "unreachable"}};
+            r.body = dump(j);
+            respond(std::move(r));
+          },
+          [=](caf::error&) {
+            respond(problem(503, "the projection did not answer (busy with PostgreSQL)"));
+          });
+    });
+  });
+
+  add("GET", "/metrics", [](incoming&, auto&, responder& respond) {
+    reply r;
+    r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    r.body = core::metrics::instance().render();
+    respond(std::move(r));
+  });
+
+  // -- admin ------------------------------------------------------------------
+
+  auto authorized = [&s](incoming& req, responder& respond) {
+    auto& token = s.options.admin_token;
+    if (token.empty()) {
+      if (!is_loopback_address(s.options.address)) {
+        respond(problem(403, "admin routes are disabled: the server listens on a "
+                             "non-loopback address without --http.admin-token"));
+        return false;
+      }
+      return true;
+    }
+    auto h = req.header("authorization");
+    std::string prefix = "Bearer ";
+    bool ok = h.size() > prefix.size() && h.compare(0, prefix.size(), prefix) == 0
+              && constant_time_equal(h.substr(prefix.size()), token);
+    if (!ok) {
+      auto r = problem(401, "admin routes need Authorization: Bearer <token>");
+      r.header("WWW-Authenticate", "Bearer");
+      respond(std::move(r));
+    }
+    return ok;
+  };
+
+  add("GET", "/admin/projections", [=, &s](incoming& req, auto&, responder& respond) {
+    if (!authorized(req, respond))
+      return;
+    auto projection = s.projection;
+    s.jobs.run([=](caf::event_based_actor* self) {
+      self->request(projection, 10s, stats_atom_v)
+        .then(
+          [=](const projections::projection_status& st) {
+            json item{{"name", st.name},
+                      {"mode", st.mode},
+                      {"state", st.state},
+                      {"position", st.position},
+                      {"head", st.head},
+                      {"lag", st.head > st.position ? st.head - st.position : 0},
+                      {"lagMs", st.lag_ms},
+                      {"connected", st.connected},
+                      {"lastError", st.last_error.empty() ? json(nullptr) : json(st.last_error)},
+                      {"rebuild",
+                       {{"active", st.rebuilding},
+                        {"position", st.rebuild_position},
+                        {"head", st.rebuild_head},
+                        {"completed", st.rebuilds_completed}}}};
+            respond(json_reply(200, {{"items", json::array({item})}}));
+          },
+          [=](caf::error& err) { respond(problem(503, "projection busy: " + caf::to_string(err))); });
+    });
+  });
+
+  add("POST", "/admin/projections/{name}/rebuild",
+      [=, &s](incoming& req, auto& p, responder& respond) {
+        if (!authorized(req, respond))
+          return;
+        if (p[0] != "todos")
+          return respond(problem(404, "no projection named `" + p[0] + "`"));
+        auto projection = s.projection;
+        s.jobs.run([=](caf::event_based_actor* self) {
+          self->request(projection, 10s, rebuild_atom_v)
+            .then(
+              [=](bool started) {
+                if (!started)
+                  return respond(problem(409, "a rebuild of `todos` is already running"));
+                auto r = json_reply(202, {{"name", "todos"}, {"status", "rebuilding"}});
+                r.header("Location", "/admin/projections");
+                respond(std::move(r));
+              },
+              [=](caf::error& err) { respond(problem_for(err)); });
+        });
+      });
+
+  // -- documents and pages ----------------------------------------------------
+
+  auto files = std::make_shared<static_files>(s.options.static_dir);
+  auto serve = [files](const std::string& path, responder& respond) {
+    if (auto f = files->find(path)) {
+      reply r;
+      r.content_type = f->content_type;
+      r.body = f->body;
+      r.header("Cache-Control", "no-cache");
+      return respond(std::move(r));
+    }
+    respond(problem(404, "no such file: " + path));
+  };
+  add("GET", "/openapi.json", [serve](incoming&, auto&, responder& respond) {
+    serve("openapi.json", respond);
+  });
+  add("GET", "/swagger", [serve](incoming&, auto&, responder& respond) {
+    serve("swagger/index.html", respond);
+  });
+  add("GET", "/swagger/{file}", [serve](incoming&, auto& p, responder& respond) {
+    serve("swagger/" + p[0], respond);
+  });
+  add("GET", "/ui", [serve](incoming&, auto&, responder& respond) {
+    serve("ui/index.html", respond);
+  });
+  add("GET", "/ui/{file}", [serve](incoming&, auto& p, responder& respond) {
+    serve("ui/" + p[0], respond);
+  });
+}
+
+void router::add(std::string method, std::string pattern, handler fn) {
+  route r{std::move(method), pattern, {}, std::move(fn)};
+  std::stringstream ss{pattern.substr(1)};
+  std::string seg;
+  while (std::getline(ss, seg, '/'))
+    r.segments.push_back(seg);
+  routes_.push_back(std::move(r));
+}
+
+namespace {
+
+std::vector<std::string> split_path(const std::string& path) {
+  std::vector<std::string> out;
+  if (path.empty() || path[0] != '/')
+    return out;
+  size_t start = 1;
+  for (;;) {
+    auto slash = path.find('/', start);
+    out.push_back(path.substr(start, slash - start));
+    if (slash == std::string::npos)
+      break;
+    start = slash + 1;
+  }
+  return out;
+}
+
+/// Matches `segments` against a route; literal segments must be equal,
+/// `{x}` segments must be non-empty and are captured.
+bool match(const std::vector<std::string>& pattern, const std::vector<std::string>& segments,
+           std::vector<std::string>& params, int& literals) {
+  if (pattern.size() != segments.size())
+    return false;
+  params.clear();
+  literals = 0;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    auto& p = pattern[i];
+    if (!p.empty() && p.front() == '{') {
+      if (segments[i].empty())
+        return false;
+      params.push_back(segments[i]);
+    } else if (p != segments[i]) {
+      return false;
+    } else {
+      ++literals;
+    }
+  }
+  return true;
+}
+
+} // namespace
+
+bool router::is_subscription(const incoming& req) const {
+  return req.method == "GET" && req.path == "/subscribe/$all";
+}
+
+std::string router::handle(incoming req, responder respond) {
+  auto segments = split_path(req.path);
+  const route* best = nullptr;
+  int best_literals = -1;
+  std::vector<std::string> params, best_params;
+  std::vector<std::string> allowed;
+  for (auto& r : routes_) {
+    int literals = 0;
+    if (!match(r.segments, segments, params, literals))
+      continue;
+    if (r.method == req.method || (req.method == "HEAD" && r.method == "GET")) {
+      if (literals > best_literals) {
+        best = &r;
+        best_literals = literals;
+        best_params = params;
+      }
+    } else if (std::find(allowed.begin(), allowed.end(), r.method) == allowed.end()) {
+      allowed.push_back(r.method);
+    }
+  }
+  if (best) {
+    best->fn(req, best_params, respond);
+    return best->pattern;
+  }
+  if (!allowed.empty()) {
+    std::string allow;
+    for (auto& m : allowed)
+      allow += (allow.empty() ? "" : ", ") + m;
+    auto r = problem(405, "method " + req.method + " is not allowed on " + req.path);
+    r.header("Allow", allow);
+    respond(std::move(r));
+    return "method-not-allowed";
+  }
+  respond(problem(404, "no route for " + req.method + " " + req.path));
+  return "unmatched";
+}
+
+bool is_loopback_address(const std::string& address) {
+  return address == "localhost" || address == "::1" || address.rfind("127.", 0) == 0;
+}
+
+bool constant_time_equal(std::string_view a, std::string_view b) {
+  // Compare every byte of the longer input so timing does not reveal where
+  // (or whether early) the strings differ.
+  size_t n = std::max(a.size(), b.size());
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < n; ++i) {
+    unsigned char x = i < a.size() ? static_cast<unsigned char>(a[i]) : 0;
+    unsigned char y = i < b.size() ? static_cast<unsigned char>(b[i]) : 0;
+    diff |= static_cast<unsigned char>(x ^ y);
+  }
+  return diff == 0;
+}
+
+} // namespace eventsd::http

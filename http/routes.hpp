@@ -1,0 +1,82 @@
+// The route table of API.md and the handlers behind it, free of Beast types:
+// a request comes in as `incoming`, the answer leaves through `respond`.
+//
+// Thread-safety: `handle` is called concurrently from every io thread; it
+// never blocks — work for actors goes through `services::jobs`.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "http/reply.hpp"
+#include "http/services.hpp"
+
+namespace eventsd::http {
+
+/// A parsed request.
+struct incoming {
+  std::string method;
+  std::string target;              ///< raw request target
+  std::string path;                ///< decoded path, no query
+  std::map<std::string, std::string> query;
+  std::map<std::string, std::string> headers; ///< lowercase names
+  std::string body;
+  bool peer_is_loopback = true;
+
+  /// Header value or empty.
+  std::string header(const std::string& lower_name) const;
+};
+
+/// Delivers the answer of one request (exactly once, from any thread).
+using responder = std::function<void(reply)>;
+
+/// Splits `target` into path and query (percent-decoded). Fails when the
+/// target has malformed percent escapes.
+bool parse_target(std::string_view target, std::string& path,
+                  std::map<std::string, std::string>& query);
+
+/// True for 127.0.0.0/8, ::1 and "localhost".
+bool is_loopback_address(const std::string& address);
+
+/// Compares secrets in time independent of where they differ.
+bool constant_time_equal(std::string_view a, std::string_view b);
+
+/// Where a request goes: the route pattern (for metrics) and whether it is
+/// the SSE subscription, which the session serves itself.
+struct route_match {
+  std::string pattern;
+  bool subscription = false;
+};
+
+class router {
+public:
+  explicit router(services& svc);
+
+  /// Answers `req` through `respond`; returns the matched route pattern
+  /// (or "unmatched") for metrics.
+  std::string handle(incoming req, responder respond);
+
+  /// True when `req` is `GET /subscribe/$all` (served by the SSE session).
+  bool is_subscription(const incoming& req) const;
+
+  services& svc() { return svc_; }
+
+private:
+  using handler = std::function<void(incoming&, std::vector<std::string>&, responder&)>;
+  struct route {
+    std::string method;
+    std::string pattern;
+    std::vector<std::string> segments;
+    handler fn;
+  };
+  void add(std::string method, std::string pattern, handler fn);
+
+  services& svc_;
+  std::vector<route> routes_;
+};
+
+} // namespace eventsd::http

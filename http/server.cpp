@@ -1,0 +1,510 @@
+#include "http/server.hpp"
+
+#include <csignal>
+#include <iostream>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+
+#include <boost/asio.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+
+#include "actors/log_writer.hpp"
+#include "core/metrics.hpp"
+#include "http/routes.hpp"
+
+namespace eventsd::http {
+
+namespace beast = boost::beast;
+namespace bhttp = beast::http;
+namespace net = boost::asio;
+using tcp = net::ip::tcp;
+using namespace std::chrono_literals;
+
+namespace {
+
+void fail(beast::error_code ec, const char* what) {
+  if (ec == net::error::operation_aborted || ec == beast::error::timeout
+      || ec == net::error::eof || ec == net::error::connection_reset
+      || ec == net::error::broken_pipe || ec == bhttp::error::end_of_stream)
+    return;
+  std::cerr << "eventsd: http " << what << ": " << ec.message() << "\n";
+}
+
+/// Wakes SSE sessions when the log head moves. Thread-safe.
+class head_signal {
+public:
+  using callback = std::function<void(uint64_t)>;
+
+  uint64_t subscribe(callback cb) {
+    std::lock_guard<std::mutex> guard{mtx_};
+    auto id = ++next_id_;
+    callbacks_.emplace(id, std::move(cb));
+    return id;
+  }
+
+  void unsubscribe(uint64_t id) {
+    std::lock_guard<std::mutex> guard{mtx_};
+    callbacks_.erase(id);
+  }
+
+  void notify(uint64_t head) {
+    std::vector<callback> copy;
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      copy.reserve(callbacks_.size());
+      for (auto& [id, cb] : callbacks_)
+        copy.push_back(cb);
+    }
+    for (auto& cb : copy)
+      cb(head);
+  }
+
+private:
+  std::mutex mtx_;
+  uint64_t next_id_ = 0;
+  std::unordered_map<uint64_t, callback> callbacks_;
+};
+
+/// One `GET /subscribe/$all` connection: catch-up from the log, then live.
+/// Pull-based: the next page is read only after the previous one was
+/// written, so a slow client never makes the server buffer more than one
+/// page, and never slows writers.
+class sse_session : public std::enable_shared_from_this<sse_session> {
+public:
+  sse_session(beast::tcp_stream stream, services& svc, head_signal& signal, uint64_t from)
+    : stream_(std::move(stream)), svc_(svc), signal_(signal), next_(from),
+      heartbeat_(stream_.get_executor()) {}
+
+  void start() {
+    core::metrics::instance().sse_subscribers.add(1);
+    auto self = shared_from_this();
+    sub_id_ = signal_.subscribe([weak = weak_from_this()](uint64_t head) {
+      if (auto s = weak.lock())
+        net::post(s->stream_.get_executor(), [s, head] { s->on_head(head); });
+    });
+    out_ = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+           "Connection: close\r\nX-Accel-Buffering: no\r\n\r\n: subscribed from "
+           + std::to_string(next_) + "\n\n";
+    write();
+    arm_heartbeat();
+  }
+
+  ~sse_session() { core::metrics::instance().sse_subscribers.add(-1); }
+
+private:
+  void on_head(uint64_t head) {
+    known_head_ = std::max(known_head_, head);
+    if (!writing_ && !reading_ && next_ <= known_head_)
+      read_page();
+  }
+
+  void read_page() {
+    reading_ = true;
+    auto reader = svc_.log_reader();
+    auto from = next_;
+    auto weak = weak_from_this();
+    auto executor = stream_.get_executor();
+    svc_.jobs.run([=](caf::event_based_actor* self) {
+      self->request(reader, 30s, all_atom_v, from, page_size)
+        .then(
+          [=](const actors::recorded_events& events) {
+            net::post(executor, [weak, events] {
+              if (auto s = weak.lock())
+                s->on_page(events);
+            });
+          },
+          [=](caf::error&) {
+            net::post(executor, [weak] {
+              if (auto s = weak.lock())
+                s->close(": log read failed\n\n");
+            });
+          });
+    });
+  }
+
+  void on_page(const actors::recorded_events& events) {
+    reading_ = false;
+    if (closed_)
+      return;
+    if (events.empty()) {
+      if (next_ <= svc_.log.head())
+        read_page();
+      return;
+    }
+    for (auto& e : events) {
+      nlohmann::json data = nlohmann::json::parse(e.data, nullptr, false);
+      if (data.is_discarded())
+        data = e.data;
+      std::time_t secs = static_cast<std::time_t>(e.occurred_at_ms / 1000);
+      std::tm tm{};
+      gmtime_r(&secs, &tm);
+      char ts[40];
+      std::snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
+                    tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                    static_cast<int>(e.occurred_at_ms % 1000));
+      nlohmann::json j{{"id", e.id},         {"stream", e.stream},
+                       {"type", e.type},     {"version", e.version},
+                       {"position", e.position}, {"occurredAt", ts},
+                       {"data", std::move(data)}};
+      out_ += "id: " + std::to_string(e.position) + "\nevent: " + e.type + "\ndata: "
+              + j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n\n";
+      next_ = e.position + 1;
+    }
+    known_head_ = std::max(known_head_, next_ - 1);
+    write();
+  }
+
+  void write() {
+    if (closed_ || writing_ || out_.empty())
+      return;
+    writing_ = true;
+    sending_.swap(out_);
+    out_.clear();
+    stream_.expires_after(svc_.options.read_timeout);
+    net::async_write(stream_, net::buffer(sending_),
+                     [self = shared_from_this()](beast::error_code ec, size_t) {
+                       self->on_write(ec);
+                     });
+  }
+
+  void on_write(beast::error_code ec) {
+    writing_ = false;
+    sending_.clear();
+    if (ec) {
+      // A client too slow to take one page within the timeout is dropped;
+      // it resumes with Last-Event-ID.
+      return shutdown();
+    }
+    if (closing_)
+      return shutdown();
+    if (!out_.empty())
+      return write();
+    if (!reading_ && (next_ <= svc_.log.head()))
+      read_page();
+  }
+
+  void arm_heartbeat() {
+    heartbeat_.expires_after(svc_.options.sse_heartbeat);
+    heartbeat_.async_wait([weak = weak_from_this()](beast::error_code ec) {
+      auto s = weak.lock();
+      if (!s || ec || s->closed_)
+        return;
+      s->out_ += ": heartbeat\n\n";
+      s->write();
+      s->arm_heartbeat();
+    });
+  }
+
+  void close(std::string final_comment) {
+    closing_ = true;
+    out_ += final_comment;
+    if (!writing_)
+      write();
+  }
+
+  void shutdown() {
+    if (closed_)
+      return;
+    closed_ = true;
+    signal_.unsubscribe(sub_id_);
+    heartbeat_.cancel();
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream_.close();
+  }
+
+  static constexpr uint64_t page_size = 500;
+  beast::tcp_stream stream_;
+  services& svc_;
+  head_signal& signal_;
+  uint64_t next_;
+  uint64_t known_head_ = 0;
+  uint64_t sub_id_ = 0;
+  net::steady_timer heartbeat_;
+  std::string out_;
+  std::string sending_;
+  bool writing_ = false;
+  bool reading_ = false;
+  bool closing_ = false;
+  bool closed_ = false;
+};
+
+class session : public std::enable_shared_from_this<session> {
+public:
+  session(tcp::socket&& socket, router& r, head_signal& signal)
+    : stream_(std::move(socket)), router_(r), signal_(signal) {}
+
+  void run() {
+    net::dispatch(stream_.get_executor(),
+                  beast::bind_front_handler(&session::do_read, shared_from_this()));
+  }
+
+private:
+  void do_read() {
+    parser_.emplace();
+    parser_->body_limit(router_.svc().options.body_limit);
+    parser_->header_limit(16 * 1024);
+    stream_.expires_after(router_.svc().options.read_timeout);
+    bhttp::async_read(stream_, buffer_, *parser_,
+                      beast::bind_front_handler(&session::on_read, shared_from_this()));
+  }
+
+  void on_read(beast::error_code ec, size_t) {
+    if (ec == bhttp::error::end_of_stream)
+      return do_close();
+    if (ec == bhttp::error::body_limit) {
+      close_after_ = true;
+      return send(problem(413, "body larger than the limit of "
+                                 + std::to_string(router_.svc().options.body_limit)
+                                 + " bytes"),
+                  "too-large", std::chrono::steady_clock::now());
+    }
+    if (ec == bhttp::error::header_limit) {
+      close_after_ = true;
+      return send(problem(431, "request headers too large"), "too-large",
+                  std::chrono::steady_clock::now());
+    }
+    if (ec) {
+      fail(ec, "read");
+      if (ec != beast::error::timeout && ec != net::error::eof
+          && ec.category() == bhttp::make_error_code(bhttp::error::bad_target).category()) {
+        close_after_ = true;
+        return send(problem(400, "malformed HTTP request: " + ec.message()), "bad-request",
+                    std::chrono::steady_clock::now());
+      }
+      return do_close();
+    }
+    auto started = std::chrono::steady_clock::now();
+    auto msg = parser_->release();
+    incoming req;
+    req.method = std::string{msg.method_string()};
+    method_ = req.method;
+    req.target = std::string{msg.target()};
+    for (auto& f : msg) {
+      auto name = std::string{f.name_string()};
+      for (auto& c : name)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      req.headers[name] = std::string{f.value()};
+    }
+    req.body = std::move(msg.body());
+    keep_alive_ = msg.keep_alive();
+    head_ = msg.method() == bhttp::verb::head;
+    if (!parse_target(req.target, req.path, req.query)) {
+      return send(problem(400, "malformed request target"), "bad-request", started);
+    }
+    if (router_.is_subscription(req))
+      return start_subscription(req);
+    auto executor = stream_.get_executor();
+    auto self = shared_from_this();
+    auto route = std::make_shared<std::string>();
+    *route = router_.handle(std::move(req), [self, executor, route, started](reply r) {
+      net::post(executor, [self, r = std::move(r), route, started]() mutable {
+        self->send(std::move(r), *route, started);
+      });
+    });
+  }
+
+  void start_subscription(const incoming& req) {
+    uint64_t from = 1;
+    auto f = req.query.find("from");
+    auto bad = [&](const char* field) {
+      send(problem(400, std::string{"`"} + field + "` must be a non-negative integer",
+                   {{field, {"must be a non-negative integer"}}}),
+           "/subscribe/$all", std::chrono::steady_clock::now());
+    };
+    if (f != req.query.end()) {
+      if (f->second.empty() || f->second.find_first_not_of("0123456789") != std::string::npos
+          || f->second.size() > 19)
+        return bad("from");
+      from = std::max<uint64_t>(1, std::stoull(f->second));
+    }
+    if (auto last = req.header("last-event-id"); !last.empty()) {
+      if (last.find_first_not_of("0123456789") != std::string::npos || last.size() > 19)
+        return bad("Last-Event-ID");
+      from = std::stoull(last) + 1;
+    }
+    core::metrics::instance().observe_request("GET", "/subscribe/$all", 200, 0);
+    stream_.expires_never();
+    std::make_shared<sse_session>(std::move(stream_), router_.svc(), signal_, from)->start();
+  }
+
+  void send(reply r, const std::string& route, std::chrono::steady_clock::time_point started) {
+    auto res = std::make_shared<bhttp::response<bhttp::string_body>>(
+      static_cast<bhttp::status>(r.status), 11);
+    res->set(bhttp::field::server, "eventsd");
+    res->set(bhttp::field::content_type, r.content_type);
+    for (auto& [name, value] : r.headers)
+      res->insert(name, value);
+    res->body() = std::move(r.body);
+    res->keep_alive(keep_alive_ && !close_after_);
+    res->prepare_payload();
+    if (head_)
+      res->body().clear();
+    auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);
+    core::metrics::instance().observe_request(method_, route, static_cast<int>(r.status),
+                                              elapsed.count());
+    res_ = res;
+    stream_.expires_after(router_.svc().options.read_timeout);
+    bhttp::async_write(stream_, *res,
+                       beast::bind_front_handler(&session::on_write, shared_from_this(),
+                                                 !res->keep_alive()));
+  }
+
+  void on_write(bool close, beast::error_code ec, size_t) {
+    res_.reset();
+    if (ec)
+      return fail(ec, "write");
+    if (close)
+      return do_close();
+    do_read();
+  }
+
+  void do_close() {
+    beast::error_code ec;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+  }
+
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
+  std::shared_ptr<void> res_;
+  router& router_;
+  head_signal& signal_;
+  std::string method_;
+  bool keep_alive_ = true;
+  bool close_after_ = false;
+  bool head_ = false;
+};
+
+class listener : public std::enable_shared_from_this<listener> {
+public:
+  listener(net::io_context& ioc, router& r, head_signal& signal)
+    : ioc_(ioc), acceptor_(net::make_strand(ioc)), router_(r), signal_(signal) {}
+
+  std::string open(const tcp::endpoint& ep) {
+    beast::error_code ec;
+    acceptor_.open(ep.protocol(), ec);
+    if (!ec)
+      acceptor_.set_option(net::socket_base::reuse_address(true), ec);
+    if (!ec)
+      acceptor_.bind(ep, ec);
+    if (!ec)
+      acceptor_.listen(net::socket_base::max_listen_connections, ec);
+    return ec ? ec.message() : std::string{};
+  }
+
+  uint16_t port() const { return acceptor_.local_endpoint().port(); }
+
+  void run() { do_accept(); }
+
+  void stop() {
+    net::post(acceptor_.get_executor(), [self = shared_from_this()] {
+      beast::error_code ec;
+      self->acceptor_.close(ec);
+    });
+  }
+
+private:
+  void do_accept() {
+    acceptor_.async_accept(net::make_strand(ioc_),
+                           beast::bind_front_handler(&listener::on_accept, shared_from_this()));
+  }
+
+  void on_accept(beast::error_code ec, tcp::socket socket) {
+    if (ec) {
+      if (ec == net::error::operation_aborted)
+        return;
+      fail(ec, "accept");
+    } else {
+      socket.set_option(tcp::no_delay(true), ec);
+      std::make_shared<session>(std::move(socket), router_, signal_)->run();
+    }
+    do_accept();
+  }
+
+  net::io_context& ioc_;
+  tcp::acceptor acceptor_;
+  router& router_;
+  head_signal& signal_;
+};
+
+} // namespace
+
+struct server::impl {
+  services& svc;
+  net::io_context ioc;
+  router routes;
+  head_signal signal;
+  std::shared_ptr<listener> accept;
+  std::vector<std::thread> threads;
+  actors::position_listener_actor head_listener;
+  std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+
+  explicit impl(services& s)
+    : svc(s), ioc(static_cast<int>(std::max<size_t>(1, s.options.threads))), routes(s) {}
+};
+
+server::server(services& svc) : impl_(std::make_unique<impl>(svc)) {}
+
+server::~server() {
+  stop();
+}
+
+uint16_t server::start(std::string& error) {
+  auto& d = *impl_;
+  beast::error_code ec;
+  auto address = net::ip::make_address(d.svc.options.address == "localhost"
+                                         ? std::string{"127.0.0.1"}
+                                         : d.svc.options.address,
+                                       ec);
+  if (ec) {
+    error = "invalid --http.address `" + d.svc.options.address + "`: " + ec.message();
+    return 0;
+  }
+  d.accept = std::make_shared<listener>(d.ioc, d.routes, d.signal);
+  if (auto err = d.accept->open(tcp::endpoint{address, d.svc.options.port}); !err.empty()) {
+    error = "cannot listen on " + d.svc.options.address + ":"
+            + std::to_string(d.svc.options.port) + ": " + err;
+    return 0;
+  }
+  // Log-head notifications for SSE sessions.
+  auto* signal = &d.signal;
+  d.head_listener = d.svc.system.spawn(
+    [signal](actors::position_listener_actor::pointer) -> actors::position_listener_actor::behavior_type {
+      return {[signal](core::committed c) { signal->notify(c.position); }};
+    });
+  caf::anon_send(d.svc.writer, listen_atom_v, d.head_listener);
+  d.accept->run();
+  d.work.emplace(d.ioc.get_executor());
+  for (size_t i = 0; i < std::max<size_t>(1, d.svc.options.threads); ++i)
+    d.threads.emplace_back([&d] { d.ioc.run(); });
+  return d.accept->port();
+}
+
+void server::stop() {
+  auto& d = *impl_;
+  if (d.threads.empty())
+    return;
+  if (d.accept)
+    d.accept->stop();
+  d.work.reset();
+  d.ioc.stop();
+  for (auto& t : d.threads)
+    t.join();
+  d.threads.clear();
+  if (d.head_listener)
+    caf::anon_send_exit(d.head_listener, caf::exit_reason::user_shutdown);
+}
+
+void server::wait_for_signal() {
+  net::io_context sig_ioc;
+  net::signal_set signals{sig_ioc, SIGINT, SIGTERM};
+  signals.async_wait([&](beast::error_code, int) { sig_ioc.stop(); });
+  sig_ioc.run();
+}
+
+} // namespace eventsd::http

@@ -1,0 +1,35 @@
+// The Beast HTTP server: listener, sessions, SSE subscriptions.
+//
+// Thread-safety: `start` and `stop` from one controlling thread; the server
+// runs on its own io threads. No Beast type leaks out of this header.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "http/services.hpp"
+
+namespace eventsd::http {
+
+class server {
+public:
+  explicit server(services& svc);
+  ~server();
+
+  /// Binds and starts the io threads; returns the bound port (useful with
+  /// port 0) or an error message in `error`.
+  uint16_t start(std::string& error);
+
+  /// Stops accepting, closes connections and joins the io threads.
+  void stop();
+
+  /// Blocks until stop() is called or a SIGINT/SIGTERM arrives.
+  void wait_for_signal();
+
+private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+} // namespace eventsd::http

@@ -1,0 +1,34 @@
+#include "http/services.hpp"
+
+namespace eventsd::http {
+
+bridge::bridge(caf::actor_system& sys, size_t actors) {
+  for (size_t i = 0; i < std::max<size_t>(1, actors); ++i)
+    actors_.push_back(sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      return {
+        [self](run_atom, const core::bridge_job& job) { job(self); },
+      };
+    }));
+}
+
+void bridge::run(core::bridge_job job) {
+  auto& target = actors_[next_.fetch_add(1, std::memory_order_relaxed) % actors_.size()];
+  caf::anon_send(target, run_atom_v, std::move(job));
+}
+
+void bridge::stop() {
+  for (auto& a : actors_)
+    caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
+}
+
+const actors::log_reader_actor& services::log_reader() {
+  return log_readers[next_log_reader.fetch_add(1, std::memory_order_relaxed)
+                     % log_readers.size()];
+}
+
+const projections::read_model_reader_actor& services::read_model_reader() {
+  return read_model_readers[next_read_model_reader.fetch_add(1, std::memory_order_relaxed)
+                            % read_model_readers.size()];
+}
+
+} // namespace eventsd::http

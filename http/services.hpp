@@ -1,0 +1,78 @@
+// Everything the HTTP gateway talks to, wired once by `main` (or a test).
+// Holds actor handles only; no Beast types here.
+//
+// Thread-safety: immutable after construction except for the round-robin
+// counters, which are atomics; used by every io thread.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <caf/all.hpp>
+
+#include "actors/log_reader.hpp"
+#include "actors/todo_aggregate.hpp"
+#include "core/messages.hpp"
+#include "projections/projection.hpp"
+#include "storage/event_log.hpp"
+
+namespace eventsd::http {
+
+/// HTTP options (see config/eventsd.conf for defaults and meaning).
+struct http_options {
+  std::string address = "127.0.0.1";
+  uint16_t port = 8000;
+  size_t threads = 2;
+  size_t body_limit = 64 * 1024;
+  std::chrono::milliseconds read_timeout{30'000};
+  std::string admin_token;
+  std::string static_dir;
+  std::chrono::milliseconds uow_timeout{5000};
+  std::chrono::milliseconds sse_heartbeat{15'000};
+  size_t sse_buffer_limit = 4 * 1024 * 1024;
+  int64_t idempotency_retention_ms = 24LL * 3600 * 1000;
+};
+
+/// Runs jobs inside CAF actors so io threads never block on an actor: a job
+/// calls `request(...).then(...)` and posts its answer back to a strand.
+class bridge {
+public:
+  bridge(caf::actor_system& sys, size_t actors);
+
+  /// Runs `job` in one of the bridge actors (round robin).
+  void run(core::bridge_job job);
+
+  /// Stops the bridge actors.
+  void stop();
+
+private:
+  std::vector<caf::actor> actors_;
+  std::atomic<size_t> next_{0};
+};
+
+/// The gateway's view of the rest of eventsd.
+struct services {
+  caf::actor_system& system;
+  storage::event_log& log;
+  actors::todo_registry& registry;
+  actors::log_writer_actor writer;
+  std::vector<actors::log_reader_actor> log_readers;
+  std::vector<projections::read_model_reader_actor> read_model_readers;
+  projections::projection_actor projection;
+  projections::projection_mode mode;
+  bridge& jobs;
+  http_options options;
+
+  /// Next log reader / read-model reader, round robin.
+  const actors::log_reader_actor& log_reader();
+  const projections::read_model_reader_actor& read_model_reader();
+
+  std::atomic<size_t> next_log_reader{0};
+  std::atomic<size_t> next_read_model_reader{0};
+};
+
+} // namespace eventsd::http

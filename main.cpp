@@ -1,0 +1,153 @@
+// eventsd: wires storage, actors, projections and the HTTP gateway, then
+// serves until SIGINT/SIGTERM.
+#include <filesystem>
+#include <iostream>
+#include <unistd.h>
+
+#include <caf/all.hpp>
+
+#include "actors/log_reader.hpp"
+#include "actors/log_writer.hpp"
+#include "actors/todo_aggregate.hpp"
+#include "config/options.hpp"
+#include "core/messages.hpp"
+#include "http/server.hpp"
+#include "http/services.hpp"
+#include "projections/projection.hpp"
+#include "storage/event_log.hpp"
+
+namespace {
+
+using namespace eventsd;
+
+std::string default_static_dir() {
+  std::error_code ec;
+  auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec)
+    return "static";
+  return (exe.parent_path() / "static").string();
+}
+
+int rebuild_offline(storage::event_log& log, const std::string& dsn) {
+  bool tty = isatty(STDERR_FILENO);
+  auto r = projections::rebuild_offline(log, dsn, [tty](uint64_t pos, uint64_t head) {
+    if (!tty)
+      return;
+    int width = 40;
+    int filled = head == 0 ? width : static_cast<int>(width * pos / std::max<uint64_t>(head, 1));
+    std::cerr << "\rrebuilding todos [" << std::string(filled, '#')
+              << std::string(width - filled, ' ') << "] " << pos << "/" << head << std::flush;
+  });
+  if (tty)
+    std::cerr << "\n";
+  if (!r.ok()) {
+    std::cerr << "eventsd: rebuild failed: " << r.error().detail << "\n";
+    return 1;
+  }
+  std::cerr << "eventsd: rebuilt todos up to position " << r.value() << "\n";
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+  config::options opts;
+  core::configure_messages(opts);
+  core::add_error_category<todo::todo_errc>(opts, "todo");
+  core::add_error_category<projections::projection_errc>(opts, "projection");
+  if (auto err = config::parse(opts, argc, argv)) {
+    std::cerr << "eventsd: " << *err << "\n";
+    return 2;
+  }
+  if (opts.cli_helptext_printed)
+    return 0;
+
+  std::error_code ec;
+  std::filesystem::create_directories(opts.storage_dir, ec);
+  storage::log_options lopts;
+  lopts.dir = opts.storage_dir;
+  lopts.sync = opts.storage_sync == "fsync";
+  lopts.block_cache_mb = opts.storage_block_cache_mb;
+  auto opened = storage::event_log::open(lopts);
+  if (!opened.ok()) {
+    std::cerr << "eventsd: cannot open the event store in " << opts.storage_dir << ": "
+              << opened.error().detail << "\n";
+    return 1;
+  }
+  auto log = std::move(opened.value());
+  if (!lopts.sync)
+    std::cerr << "eventsd: WARNING --storage.sync=none: acknowledged writes can be lost\n";
+
+  if (!opts.rebuild.empty())
+    return rebuild_offline(*log, opts.postgres_dsn);
+
+  caf::actor_system sys{opts};
+  actors::writer_options wopts;
+  wopts.max_batch = opts.storage_max_batch;
+  wopts.max_wait = std::chrono::microseconds{opts.storage_max_wait_us};
+  auto writer = sys.spawn<caf::detached>(actors::log_writer, log.get(), wopts);
+
+  actors::runtime_options ropts;
+  ropts.idle_timeout = std::chrono::seconds{opts.actors_idle_timeout_s};
+  ropts.max_live = opts.actors_max_live;
+  ropts.snapshot_every = opts.actors_snapshot_every;
+  ropts.shards = opts.actors_shards;
+  actors::todo_registry registry{sys, log.get(), writer, ropts};
+
+  projections::projection_options popts;
+  popts.dsn = opts.postgres_dsn;
+  popts.mode = *projections::parse_projection_mode(opts.projection_mode);
+  popts.interval = std::chrono::milliseconds{opts.projection_interval_ms};
+  popts.batch_size = opts.projection_batch_size;
+  auto projection = projections::spawn_projection(sys, log.get(), popts);
+  caf::anon_send(writer, listen_atom_v,
+                 caf::actor_cast<actors::position_listener_actor>(projection));
+
+  std::vector<actors::log_reader_actor> log_readers;
+  for (size_t i = 0; i < opts.actors_log_readers; ++i)
+    log_readers.push_back(sys.spawn<caf::detached>(actors::log_reader, log.get()));
+  std::vector<projections::read_model_reader_actor> pg_readers;
+  for (size_t i = 0; i < opts.postgres_readers; ++i)
+    pg_readers.push_back(projections::spawn_read_model_reader(sys, opts.postgres_dsn));
+
+  http::bridge jobs{sys, 4};
+  http::http_options hopts;
+  hopts.address = opts.http_address;
+  hopts.port = opts.http_port;
+  hopts.threads = opts.http_threads;
+  hopts.body_limit = opts.http_body_limit;
+  hopts.read_timeout = std::chrono::milliseconds{opts.http_read_timeout_ms};
+  hopts.admin_token = opts.http_admin_token;
+  hopts.static_dir = opts.http_static_dir.empty() ? default_static_dir() : opts.http_static_dir;
+  hopts.uow_timeout = std::chrono::milliseconds{opts.projection_uow_timeout_ms};
+  hopts.sse_heartbeat = std::chrono::milliseconds{opts.http_sse_heartbeat_ms};
+  hopts.idempotency_retention_ms = static_cast<int64_t>(opts.storage_idempotency_retention_s) * 1000;
+  http::services svc{sys,       *log,         registry, writer, log_readers, pg_readers,
+                     projection, popts.mode, jobs,     hopts};
+  http::server srv{svc};
+  auto shutdown = [&] {
+    srv.stop();
+    jobs.stop();
+    caf::anon_send_exit(writer, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(projection, caf::exit_reason::user_shutdown);
+    for (auto& r : log_readers)
+      caf::anon_send_exit(r, caf::exit_reason::user_shutdown);
+    for (auto& r : pg_readers)
+      caf::anon_send_exit(r, caf::exit_reason::user_shutdown);
+    for (auto& shard : registry.shards())
+      caf::anon_send_exit(shard, caf::exit_reason::user_shutdown);
+  };
+  std::string error;
+  auto port = srv.start(error);
+  if (port == 0) {
+    std::cerr << "eventsd: " << error << "\n";
+    shutdown();
+    return 2;
+  }
+  std::cout << "eventsd: listening on http://" << hopts.address << ":" << port << " (mode "
+            << opts.projection_mode << ", store " << opts.storage_dir << ")" << std::endl;
+  srv.wait_for_signal();
+  std::cout << "eventsd: shutting down" << std::endl;
+  shutdown();
+  return 0;
+}

@@ -1,0 +1,98 @@
+// Small RAII helpers over libpq: owning pointers for connections and results,
+// statements with $n text parameters, failures as values.
+//
+// Thread-safety: none of their own; a PGconn must be used by one thread at a
+// time (libpq's rule). All calls are blocking I/O.
+#pragma once
+
+#include <libpq-fe.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "storage/result.hpp"
+
+namespace eventsd::projections::pg {
+
+/// Closes a connection with PQfinish.
+struct conn_deleter {
+  void operator()(PGconn* c) const noexcept { PQfinish(c); }
+};
+
+/// Frees a result with PQclear.
+struct result_deleter {
+  void operator()(PGresult* r) const noexcept { PQclear(r); }
+};
+
+/// An owned libpq connection.
+using conn_ptr = std::unique_ptr<PGconn, conn_deleter>;
+
+/// An owned libpq result.
+using result_ptr = std::unique_ptr<PGresult, result_deleter>;
+
+/// Why a libpq call failed.
+struct failure {
+  bool connection_lost = false; ///< the server is unreachable or the connection broke
+  std::string sqlstate;         ///< five-character SQLSTATE, empty when none was received
+  std::string message;          ///< libpq's or the server's message, one line
+
+  /// True for failures a whole transaction may be retried after
+  /// (serialization_failure 40001, deadlock_detected 40P01).
+  bool retryable() const noexcept {
+    return !connection_lost && (sqlstate == "40001" || sqlstate == "40P01");
+  }
+};
+
+template <class T>
+using outcome = storage::result<T, failure>;
+
+/// One text parameter; `std::nullopt` is SQL NULL. The string must outlive
+/// the call it is passed to.
+using param = std::optional<std::string_view>;
+
+/// Opens a connection to `dsn` (a conninfo string or URI). Defaults that the
+/// DSN does not override: connect_timeout=3, TCP keepalives (idle 10 s,
+/// interval 5 s, 3 probes), application_name=eventsd.
+outcome<conn_ptr> connect(const std::string& dsn);
+
+/// True when `c` is non-null and libpq believes the connection is up.
+bool is_up(const PGconn* c) noexcept;
+
+/// Runs `sql` (no parameters; may hold several statements) with the simple
+/// query protocol.
+outcome<result_ptr> exec(PGconn* c, const char* sql);
+
+/// Runs `sql` with `$1..$n` bound to `params` (unnamed statement).
+outcome<result_ptr> exec(PGconn* c, const char* sql, std::span<const param> params);
+
+/// Prepares `sql` as the named statement `name` on `c`.
+outcome<void> prepare(PGconn* c, const char* name, const char* sql, int n_params);
+
+/// Runs the prepared statement `name` with `params`.
+outcome<result_ptr> exec_prepared(PGconn* c, const char* name, std::span<const param> params);
+
+/// True when field (`row`, `col`) of `r` is SQL NULL.
+bool is_null(const PGresult* r, int row, int col) noexcept;
+
+/// Field (`row`, `col`) of `r` as text ("" for NULL). The view lives as long as `r`.
+std::string_view text(const PGresult* r, int row, int col) noexcept;
+
+/// Field (`row`, `col`) of `r` as a non-negative bigint; nullopt when NULL,
+/// negative or not a number.
+std::optional<uint64_t> to_u64(const PGresult* r, int row, int col) noexcept;
+
+/// Appends `s` as one element of a PostgreSQL array literal: double-quoted,
+/// with backslash and double quote escaped.
+void append_array_element(std::string& out, std::string_view s);
+
+/// Appends `s` as one element of a PostgreSQL array literal, NULL when empty.
+void append_array_element(std::string& out, const std::optional<std::string>& s);
+
+/// True for a plain lowercase SQL identifier: [a-z_][a-z0-9_]*, 1..`max_len` chars.
+bool is_plain_identifier(std::string_view s, size_t max_len = 63) noexcept;
+
+} // namespace eventsd::projections::pg

@@ -1,0 +1,446 @@
+#include "projections/projection.hpp"
+
+#include <algorithm>
+
+#include <nlohmann/json.hpp>
+
+#include "core/metrics.hpp"
+
+namespace eventsd::projections {
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+constexpr const char* live_table = "todos";
+constexpr const char* rebuild_table = "todos_rebuild";
+
+caf::error to_caf(const projection_error& err) {
+  return caf::make_error(err.code, err.detail);
+}
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+           std::chrono::system_clock::now().time_since_epoch())
+    .count();
+}
+
+struct waiter {
+  uint64_t position;
+  clock::time_point deadline;
+  caf::typed_response_promise<uint64_t> promise;
+};
+
+struct projection_state {
+  const storage::event_log* log = nullptr;
+  projection_options opts;
+  std::unique_ptr<todo_read_model> model;
+  uint64_t position = 0;
+  bool position_known = false;
+  uint64_t target = 0; // apply up to here now
+  bool run_scheduled = false;
+  std::chrono::milliseconds backoff{0};
+  std::string last_error;
+  std::vector<waiter> waiters;
+  // online rebuild
+  std::unique_ptr<todo_read_model> rebuild_model;
+  bool rebuilding = false;
+  uint64_t rebuild_position = 0;
+  uint64_t rebuilds_completed = 0;
+  static inline const char* name = "todo_projection";
+};
+
+using self_ptr = projection_actor::stateful_pointer<projection_state>;
+
+void schedule_run(self_ptr self, std::chrono::milliseconds delay = std::chrono::milliseconds{0}) {
+  auto& st = self->state;
+  if (st.run_scheduled)
+    return;
+  st.run_scheduled = true;
+  if (delay.count() > 0)
+    self->delayed_send(self, delay, run_atom_v);
+  else
+    self->send(self, run_atom_v);
+}
+
+void fail(self_ptr self, const projection_error& err) {
+  auto& st = self->state;
+  st.last_error = err.detail.empty() ? to_string(err.code) : err.detail;
+  core::metrics::instance().projection_errors.add();
+  auto next = st.backoff.count() == 0 ? st.opts.retry_min : st.backoff * 2;
+  st.backoff = std::min(next, st.opts.retry_max);
+}
+
+void deliver_waiters(self_ptr self) {
+  auto& st = self->state;
+  auto ready = std::partition(st.waiters.begin(), st.waiters.end(),
+                              [&](const waiter& w) { return w.position > st.position; });
+  for (auto i = ready; i != st.waiters.end(); ++i)
+    i->promise.deliver(st.position);
+  st.waiters.erase(ready, st.waiters.end());
+}
+
+void update_metrics(self_ptr self) {
+  auto& st = self->state;
+  auto& m = core::metrics::instance();
+  auto head = st.log->head();
+  m.projection_position.set(static_cast<int64_t>(st.position));
+  m.projection_lag_events.set(static_cast<int64_t>(head > st.position ? head - st.position : 0));
+  int64_t lag_ms = 0;
+  if (head > st.position) {
+    if (auto next = st.log->read_all(st.position + 1, 1); next.ok() && !next->empty())
+      lag_ms = std::max<int64_t>(0, now_ms() - next->front().occurred_at_ms);
+  }
+  m.projection_lag_ms.set(lag_ms);
+}
+
+/// Connects when needed and learns the checkpoint; false on failure.
+bool ensure_connected(self_ptr self) {
+  auto& st = self->state;
+  if (st.model->connected() && st.position_known)
+    return true;
+  if (auto r = st.model->connect(); !r.ok()) {
+    fail(self, r.error());
+    return false;
+  }
+  auto cp = st.model->checkpoint();
+  if (!cp.ok()) {
+    fail(self, cp.error());
+    return false;
+  }
+  st.position = *cp;
+  st.position_known = true;
+  return true;
+}
+
+std::vector<todo_change> to_changes(const std::vector<storage::recorded_event>& events) {
+  std::vector<todo_change> changes;
+  changes.reserve(events.size());
+  for (auto& e : events)
+    if (auto c = to_change(e))
+      changes.push_back(std::move(*c));
+  return changes;
+}
+
+/// Applies one batch towards `target`; schedules the next step.
+void step(self_ptr self) {
+  auto& st = self->state;
+  if (!ensure_connected(self)) {
+    schedule_run(self, st.backoff);
+    return;
+  }
+  if (st.position >= st.target) {
+    deliver_waiters(self);
+    return;
+  }
+  auto events = st.log->read_all(st.position + 1, st.opts.batch_size);
+  if (!events.ok()) {
+    fail(self, {projection_errc::query_failed, events.error().detail});
+    schedule_run(self, st.backoff);
+    return;
+  }
+  if (events->empty())
+    return;
+  auto started = clock::now();
+  auto changes = to_changes(*events);
+  auto last = events->back().position;
+  if (auto r = st.model->apply(changes, last); !r.ok()) {
+    fail(self, r.error());
+    st.position_known = false; // re-read the checkpoint after reconnecting
+    schedule_run(self, st.backoff);
+    return;
+  }
+  auto& m = core::metrics::instance();
+  m.projection_batches.add();
+  m.projection_batch_events.observe(static_cast<double>(events->size()));
+  m.projection_apply_seconds.observe(
+    std::chrono::duration<double>(clock::now() - started).count());
+  st.position = last;
+  st.backoff = std::chrono::milliseconds{0};
+  st.last_error.clear();
+  deliver_waiters(self);
+  update_metrics(self);
+  if (st.position < st.target)
+    schedule_run(self);
+}
+
+void add_waiter(self_ptr self, uint64_t position, uint64_t timeout_ms,
+                caf::typed_response_promise<uint64_t> rp) {
+  auto timeout = std::chrono::milliseconds{timeout_ms};
+  self->state.waiters.push_back(waiter{position, clock::now() + timeout, rp});
+  self->delayed_send(self, timeout, expire_atom_v);
+}
+
+void rebuild_step(self_ptr self) {
+  auto& st = self->state;
+  if (!st.rebuilding)
+    return;
+  auto retry = [&](const projection_error& err) {
+    fail(self, err);
+    self->delayed_send(self, st.backoff, rebuild_step_atom_v);
+  };
+  if (!st.rebuild_model->connected()) {
+    if (auto r = st.rebuild_model->connect(); !r.ok())
+      return retry(r.error());
+    auto cp = st.rebuild_model->checkpoint();
+    if (!cp.ok())
+      return retry(cp.error());
+    st.rebuild_position = *cp;
+  }
+  auto head = st.log->head();
+  if (st.rebuild_position < head) {
+    auto events = st.log->read_all(st.rebuild_position + 1, st.opts.rebuild_batch_size);
+    if (!events.ok())
+      return retry({projection_errc::query_failed, events.error().detail});
+    auto last = events->back().position;
+    if (auto r = st.rebuild_model->apply(to_changes(*events), last); !r.ok())
+      return retry(r.error());
+    st.rebuild_position = last;
+    self->send(self, rebuild_step_atom_v); // let live work and reads interleave
+    return;
+  }
+  // Caught up with the head: swap the fresh table in, atomically.
+  if (auto r = st.rebuild_model->swap_into(live_table); !r.ok())
+    return retry(r.error());
+  st.rebuilding = false;
+  st.rebuild_model.reset();
+  ++st.rebuilds_completed;
+  st.model = std::make_unique<todo_read_model>(st.opts.dsn, live_table);
+  st.position_known = false;
+  st.backoff = std::chrono::milliseconds{0};
+  if (ensure_connected(self)) {
+    deliver_waiters(self);
+    update_metrics(self);
+  }
+  if (st.position < st.target)
+    schedule_run(self);
+}
+
+projection_actor::behavior_type projection(self_ptr self, const storage::event_log* log,
+                                           projection_options opts) {
+  auto& st = self->state;
+  st.log = log;
+  st.opts = opts;
+  st.model = std::make_unique<todo_read_model>(opts.dsn, live_table);
+  auto mode = opts.mode;
+  if (mode == projection_mode::eventual || mode == projection_mode::unit_of_work) {
+    st.target = log->head();
+    schedule_run(self);
+  } else if (mode == projection_mode::scheduled) {
+    self->delayed_send(self, opts.interval, tick_atom_v);
+  }
+  ensure_connected(self);
+  update_metrics(self);
+  return {
+    [=](core::committed c) {
+      auto& st = self->state;
+      if (mode == projection_mode::eventual || mode == projection_mode::unit_of_work) {
+        st.target = std::max(st.target, c.position);
+        schedule_run(self);
+      }
+    },
+    [=](wait_atom, uint64_t position,
+        uint64_t timeout_ms) -> caf::typed_response_promise<uint64_t> {
+      auto& st = self->state;
+      auto rp = self->make_response_promise<uint64_t>();
+      if (st.position_known && st.position >= position) {
+        rp.deliver(st.position);
+        return rp;
+      }
+      if (mode == projection_mode::on_demand) {
+        st.target = std::max(st.target, std::min(position, st.log->head()));
+        schedule_run(self);
+      }
+      add_waiter(self, position, timeout_ms, rp);
+      return rp;
+    },
+    [=](catch_up_atom, uint64_t timeout_ms) -> caf::typed_response_promise<uint64_t> {
+      auto& st = self->state;
+      auto rp = self->make_response_promise<uint64_t>();
+      auto head = st.log->head();
+      if (st.position_known && st.position >= head) {
+        rp.deliver(st.position);
+        return rp;
+      }
+      st.target = std::max(st.target, head);
+      schedule_run(self);
+      add_waiter(self, head, timeout_ms, rp);
+      return rp;
+    },
+    [=](stats_atom) {
+      auto& st = self->state;
+      update_metrics(self);
+      projection_status s;
+      s.name = "todos";
+      s.mode = to_string(mode);
+      s.position = st.position;
+      s.head = st.log->head();
+      s.lag_ms = core::metrics::instance().projection_lag_ms.value();
+      s.connected = st.model->connected();
+      s.last_error = st.last_error;
+      if (!st.last_error.empty())
+        s.state = "error";
+      else if (s.position >= s.head)
+        s.state = "live";
+      else if (mode == projection_mode::scheduled || mode == projection_mode::on_demand)
+        s.state = "waiting";
+      else
+        s.state = "catching-up";
+      s.rebuilding = st.rebuilding;
+      s.rebuild_position = st.rebuild_position;
+      s.rebuild_head = s.head;
+      s.rebuilds_completed = st.rebuilds_completed;
+      return s;
+    },
+    [=](rebuild_atom) {
+      auto& st = self->state;
+      if (st.rebuilding)
+        return false;
+      st.rebuilding = true;
+      st.rebuild_position = 0;
+      st.rebuild_model = std::make_unique<todo_read_model>(st.opts.dsn, rebuild_table);
+      if (st.rebuild_model->connect().ok())
+        st.rebuild_model->reset();
+      // A failed connect/reset is retried by the steps; reset happens again
+      // there only on a fresh connection, so do it here when we can.
+      self->send(self, rebuild_step_atom_v);
+      return true;
+    },
+    [=](run_atom) {
+      self->state.run_scheduled = false;
+      step(self);
+    },
+    [=](expire_atom) {
+      auto& st = self->state;
+      auto now = clock::now();
+      auto expired = std::partition(st.waiters.begin(), st.waiters.end(),
+                                    [&](const waiter& w) { return w.deadline > now; });
+      for (auto i = expired; i != st.waiters.end(); ++i)
+        i->promise.deliver(caf::make_error(projection_errc::timeout,
+                                           "read model at position "
+                                             + std::to_string(st.position)));
+      st.waiters.erase(expired, st.waiters.end());
+    },
+    [=](rebuild_step_atom) { rebuild_step(self); },
+    [=](tick_atom) {
+      auto& st = self->state;
+      st.target = std::max(st.target, st.log->head());
+      schedule_run(self);
+      self->delayed_send(self, st.opts.interval, tick_atom_v);
+    },
+  };
+}
+
+struct reader_state {
+  std::unique_ptr<todo_read_model> model;
+  static inline const char* name = "todo_read_model_reader";
+};
+
+using reader_ptr = read_model_reader_actor::stateful_pointer<reader_state>;
+
+} // namespace
+
+const char* to_string(projection_mode x) {
+  switch (x) {
+    case projection_mode::eventual:
+      return "eventual";
+    case projection_mode::unit_of_work:
+      return "unit-of-work";
+    case projection_mode::on_demand:
+      return "on-demand";
+    case projection_mode::scheduled:
+      return "scheduled";
+  }
+  return "eventual";
+}
+
+std::optional<projection_mode> parse_projection_mode(std::string_view name) {
+  for (auto m : {projection_mode::eventual, projection_mode::unit_of_work,
+                 projection_mode::on_demand, projection_mode::scheduled})
+    if (name == to_string(m))
+      return m;
+  return std::nullopt;
+}
+
+std::optional<todo_change> to_change(const storage::recorded_event& e) {
+  constexpr std::string_view prefix = "todo-";
+  if (e.stream.compare(0, prefix.size(), prefix) != 0)
+    return std::nullopt;
+  auto data = nlohmann::json::parse(e.data, nullptr, false);
+  if (data.is_discarded() || !data.is_object())
+    return std::nullopt;
+  todo_change c;
+  c.id = e.stream.substr(prefix.size());
+  c.version = e.version;
+  c.position = e.position;
+  if (auto d = data.find("description"); d != data.end() && d->is_string())
+    c.description = d->get<std::string>();
+  if (auto s = data.find("status"); s != data.end() && s->is_string())
+    c.status = s->get<std::string>();
+  return c;
+}
+
+projection_actor spawn_projection(caf::actor_system& sys, const storage::event_log* log,
+                                  projection_options opts) {
+  return sys.spawn<caf::detached>(projection, log, std::move(opts));
+}
+
+read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::string dsn) {
+  return sys.spawn<caf::detached>(
+    [](reader_ptr self, std::string dsn) -> read_model_reader_actor::behavior_type {
+      self->state.model = std::make_unique<todo_read_model>(std::move(dsn), live_table);
+      auto ready = [self]() -> std::optional<caf::error> {
+        if (self->state.model->connected())
+          return std::nullopt;
+        if (auto r = self->state.model->connect(); !r.ok())
+          return to_caf(r.error());
+        return std::nullopt;
+      };
+      return {
+        [=](fetch_atom, const std::string& id) -> caf::result<todo_answer> {
+          if (auto err = ready())
+            return *err;
+          auto r = self->state.model->get(id);
+          if (!r.ok())
+            return to_caf(r.error());
+          return std::move(r.value());
+        },
+        [=](list_atom, const todo_query& q) -> caf::result<todo_page> {
+          if (auto err = ready())
+            return *err;
+          auto r = self->state.model->list(q);
+          if (!r.ok())
+            return to_caf(r.error());
+          return std::move(r.value());
+        },
+      };
+    },
+    std::move(dsn));
+}
+
+pg_result<uint64_t> rebuild_offline(const storage::event_log& log, const std::string& dsn,
+                                    const std::function<void(uint64_t, uint64_t)>& progress) {
+  todo_read_model fresh{dsn, rebuild_table};
+  if (auto r = fresh.connect(); !r.ok())
+    return r.error();
+  if (auto r = fresh.reset(); !r.ok())
+    return r.error();
+  uint64_t position = 0;
+  for (;;) {
+    auto head = log.head();
+    auto events = log.read_all(position + 1, 5000);
+    if (!events.ok())
+      return projection_error{projection_errc::query_failed, events.error().detail};
+    if (events->empty())
+      break;
+    auto last = events->back().position;
+    if (auto r = fresh.apply(to_changes(*events), last); !r.ok())
+      return r.error();
+    position = last;
+    progress(position, head);
+  }
+  if (auto r = fresh.swap_into(live_table); !r.ok())
+    return r.error();
+  return position;
+}
+
+} // namespace eventsd::projections

@@ -1,0 +1,109 @@
+// The projection that feeds the PostgreSQL Todo read model, its four
+// synchronization modes, rebuild, and the reader actors that answer
+// `GET /todo` and `GET /todo/{id}`.
+//
+// Actor ownership: the projection and every reader are spawned `detached`;
+// each owns its own libpq connection (blocking I/O on its own thread).
+// The projection reads the durable log by position; a `committed` message
+// from the log writer only wakes it.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <caf/all.hpp>
+
+#include "core/messages.hpp"
+#include "projections/todo_read_model.hpp"
+#include "storage/event_log.hpp"
+
+CAF_ERROR_CODE_ENUM(eventsd::projections::projection_errc, "projection")
+
+namespace eventsd::projections {
+
+/// How the read model keeps up with the log (API.md §5).
+enum class projection_mode : uint8_t { eventual, unit_of_work, on_demand, scheduled };
+
+/// API name of `x`: "eventual", "unit-of-work", "on-demand" or "scheduled".
+const char* to_string(projection_mode x);
+
+/// Parses a mode name; empty when `name` is not one.
+std::optional<projection_mode> parse_projection_mode(std::string_view name);
+
+/// Options of the Todo projection.
+struct projection_options {
+  std::string dsn;                                     ///< libpq conninfo
+  projection_mode mode = projection_mode::eventual;    ///< default eventual
+  size_t batch_size = 1000;                            ///< most events per transaction
+  size_t rebuild_batch_size = 5000;                    ///< most events per rebuild transaction
+  std::chrono::milliseconds interval{1000};            ///< tick of `scheduled` mode
+  std::chrono::milliseconds retry_min{100};            ///< first retry after a failure
+  std::chrono::milliseconds retry_max{5000};           ///< cap of the retry backoff
+};
+
+/// What `GET /admin/projections` shows of one projection.
+struct projection_status {
+  std::string name;
+  std::string mode;
+  std::string state;     ///< "live", "catching-up", "waiting" (scheduled/on-demand), "error"
+  uint64_t position = 0; ///< last applied position
+  uint64_t head = 0;     ///< log head
+  int64_t lag_ms = 0;    ///< age of the oldest unapplied event
+  bool connected = false;
+  std::string last_error;
+  bool rebuilding = false;
+  uint64_t rebuild_position = 0;
+  uint64_t rebuild_head = 0;
+  uint64_t rebuilds_completed = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, projection_status& x) {
+  return f(caf::meta::type_name("projection_status"), x.name, x.mode, x.state, x.position,
+           x.head, x.lag_ms, x.connected, x.last_error, x.rebuilding, x.rebuild_position,
+           x.rebuild_head, x.rebuilds_completed);
+}
+
+/// Handle of the Todo projection.
+using projection_actor = caf::typed_actor<
+  caf::reacts_to<core::committed>,
+  /// Answers the position once it is >= the given one; fails with
+  /// `projection_errc::timeout` after the given milliseconds.
+  caf::replies_to<wait_atom, uint64_t, uint64_t>::with<uint64_t>,
+  /// Applies everything up to the current head (on-demand reads), then
+  /// answers the position; fails with `timeout` after the given milliseconds.
+  caf::replies_to<catch_up_atom, uint64_t>::with<uint64_t>,
+  caf::replies_to<stats_atom>::with<projection_status>,
+  /// Starts a rebuild into a fresh table; false when one is running.
+  caf::replies_to<rebuild_atom>::with<bool>,
+  caf::reacts_to<run_atom>, caf::reacts_to<expire_atom>, caf::reacts_to<rebuild_step_atom>,
+  caf::reacts_to<tick_atom>>;
+
+/// Spawns the projection (detached). REQUIRES: `log` outlives it.
+projection_actor spawn_projection(caf::actor_system& sys, const storage::event_log* log,
+                                  projection_options opts);
+
+/// Converts one logged event to its effect on the `todos` table; empty for
+/// events of other streams or types the read model ignores.
+std::optional<todo_change> to_change(const storage::recorded_event& e);
+
+/// Handle of a read-model reader.
+using read_model_reader_actor
+  = caf::typed_actor<caf::replies_to<fetch_atom, std::string>::with<todo_answer>,
+                     caf::replies_to<list_atom, todo_query>::with<todo_page>>;
+
+/// Spawns one reader (detached) with its own connection to `dsn`.
+read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::string dsn);
+
+/// Replays the whole log into `table` offline (CLI `--rebuild`), printing
+/// progress through `progress(position, head)`. Returns the final position.
+pg_result<uint64_t> rebuild_offline(const storage::event_log& log, const std::string& dsn,
+                                    const std::function<void(uint64_t, uint64_t)>& progress);
+
+} // namespace eventsd::projections
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::projections::todo_answer)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::projections::todo_page)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::projections::todo_query)

@@ -1,0 +1,542 @@
+// Thread-safety: one instance, one connection, one thread at a time (see the header).
+#include "projections/todo_read_model.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cstdint>
+#include <limits>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+
+#include "projections/pg.hpp"
+
+namespace eventsd::projections {
+
+const char* to_string(projection_errc x) {
+  switch (x) {
+    case projection_errc::unavailable:
+      return "unavailable";
+    case projection_errc::not_found:
+      return "not_found";
+    case projection_errc::query_failed:
+      return "query_failed";
+    case projection_errc::invalid_cursor:
+      return "invalid_cursor";
+    case projection_errc::timeout:
+      return "timeout";
+  }
+  return "unknown";
+}
+
+namespace {
+
+// ---- SQL ------------------------------------------------------------------
+// `{t}` stands for the read-model table and `{u}` for the swap target; both are
+// checked against [a-z_][a-z0-9_]* before they are substituted, once.
+
+// Serializes DDL on the read model across connections and processes: concurrent
+// CREATE TABLE IF NOT EXISTS can fail on pg_type's unique index.
+constexpr const char* sql_schema_lock = "SELECT pg_advisory_xact_lock(7305960472135221101)";
+
+constexpr const char* sql_create_checkpoints =
+  "CREATE TABLE IF NOT EXISTS eventsd_checkpoints ("
+  "name text PRIMARY KEY, position bigint NOT NULL)";
+
+constexpr const char* sql_create_table =
+  "CREATE TABLE IF NOT EXISTS {t} ("
+  "id uuid CONSTRAINT {t}_pkey PRIMARY KEY, description text, status text, "
+  "version bigint NOT NULL, created_position bigint NOT NULL)";
+
+constexpr const char* sql_create_created_idx =
+  "CREATE INDEX IF NOT EXISTS {t}_created_idx ON {t} (created_position)";
+
+constexpr const char* sql_create_status_idx =
+  "CREATE INDEX IF NOT EXISTS {t}_status_idx ON {t} (status, created_position)";
+
+constexpr const char* sql_insert_checkpoint =
+  "INSERT INTO eventsd_checkpoints (name, position) VALUES ($1, 0) "
+  "ON CONFLICT (name) DO NOTHING";
+
+constexpr const char* sql_drop_table = "DROP TABLE IF EXISTS {t}";
+
+constexpr const char* sql_zero_checkpoint =
+  "INSERT INTO eventsd_checkpoints (name, position) VALUES ($1, 0) "
+  "ON CONFLICT (name) DO UPDATE SET position = 0";
+
+// swap_into: checkpoint rows are locked first, in name order, as apply() locks
+// its checkpoint row before touching its table; this keeps the lock order the
+// same and avoids deadlocks with a projection still applying to the target.
+constexpr const char* sql_lock_two_checkpoints =
+  "SELECT name FROM eventsd_checkpoints WHERE name IN ($1, $2) ORDER BY name FOR UPDATE";
+constexpr const char* sql_drop_target = "DROP TABLE IF EXISTS {u}";
+constexpr const char* sql_rename_table = "ALTER TABLE {t} RENAME TO {u}";
+constexpr const char* sql_rename_pkey = "ALTER INDEX IF EXISTS {t}_pkey RENAME TO {u}_pkey";
+constexpr const char* sql_rename_created_idx =
+  "ALTER INDEX IF EXISTS {t}_created_idx RENAME TO {u}_created_idx";
+constexpr const char* sql_rename_status_idx =
+  "ALTER INDEX IF EXISTS {t}_status_idx RENAME TO {u}_status_idx";
+constexpr const char* sql_move_checkpoint_row =
+  "INSERT INTO eventsd_checkpoints (name, position) "
+  "SELECT $2, position FROM eventsd_checkpoints WHERE name = $1 "
+  "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position";
+constexpr const char* sql_delete_checkpoint_row =
+  "DELETE FROM eventsd_checkpoints WHERE name = $1";
+
+// Prepared statements (names are per connection).
+constexpr const char* stmt_checkpoint = "checkpoint";
+constexpr const char* sql_checkpoint = "SELECT position FROM eventsd_checkpoints WHERE name = $1";
+
+constexpr const char* stmt_lock_checkpoint = "lock_checkpoint";
+constexpr const char* sql_lock_checkpoint =
+  "SELECT position FROM eventsd_checkpoints WHERE name = $1 FOR UPDATE";
+
+constexpr const char* stmt_upsert = "upsert_todos";
+constexpr const char* sql_upsert =
+  "INSERT INTO {t} AS t (id, description, status, version, created_position) "
+  "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) "
+  "ON CONFLICT (id) DO UPDATE SET "
+  "description = COALESCE(EXCLUDED.description, t.description), "
+  "status = COALESCE(EXCLUDED.status, t.status), "
+  "version = EXCLUDED.version";
+
+constexpr const char* stmt_advance_checkpoint = "advance_checkpoint";
+constexpr const char* sql_advance_checkpoint =
+  "UPDATE eventsd_checkpoints SET position = GREATEST(position, $2::bigint) WHERE name = $1";
+
+constexpr const char* stmt_get = "get_todo";
+constexpr const char* sql_get =
+  "SELECT id::text, description, status, version, "
+  "(SELECT position FROM eventsd_checkpoints WHERE name = $2) "
+  "FROM {t} WHERE id = $1::uuid";
+
+// One statement, so rows and checkpoint come from one snapshot; the one-row
+// outer side makes the checkpoint arrive even when the page is empty.
+constexpr const char* stmt_list = "list_todos";
+constexpr const char* sql_list =
+  "SELECT (SELECT position FROM eventsd_checkpoints WHERE name = $1), "
+  "r.id::text, r.description, r.status, r.version, r.created_position "
+  "FROM (VALUES (1)) AS one (x) LEFT JOIN LATERAL ("
+  "SELECT id, description, status, version, created_position FROM {t} "
+  "WHERE created_position > $2::bigint ORDER BY created_position LIMIT $3::bigint"
+  ") AS r ON true ORDER BY r.created_position";
+
+constexpr const char* stmt_list_by_status = "list_todos_by_status";
+constexpr const char* sql_list_by_status =
+  "SELECT (SELECT position FROM eventsd_checkpoints WHERE name = $1), "
+  "r.id::text, r.description, r.status, r.version, r.created_position "
+  "FROM (VALUES (1)) AS one (x) LEFT JOIN LATERAL ("
+  "SELECT id, description, status, version, created_position FROM {t} "
+  "WHERE status = $4 AND created_position > $2::bigint "
+  "ORDER BY created_position LIMIT $3::bigint"
+  ") AS r ON true ORDER BY r.created_position";
+
+// Longest table name: leaves room for "_created_idx" within PostgreSQL's 63.
+constexpr size_t max_table_name = 48;
+
+constexpr int max_attempts = 5;
+
+std::string with_tables(std::string_view sql, std::string_view t, std::string_view u = {}) {
+  std::string out;
+  out.reserve(sql.size() + 4 * t.size());
+  for (size_t i = 0; i < sql.size(); ++i) {
+    if (sql[i] == '{' && i + 2 < sql.size() && sql[i + 2] == '}'
+        && (sql[i + 1] == 't' || sql[i + 1] == 'u')) {
+      out += sql[i + 1] == 't' ? t : u;
+      i += 2;
+    } else {
+      out.push_back(sql[i]);
+    }
+  }
+  return out;
+}
+
+std::string lowercase(std::string s) {
+  for (auto& ch : s)
+    if (ch >= 'A' && ch <= 'Z')
+      ch = static_cast<char>(ch - 'A' + 'a');
+  return s;
+}
+
+pg::failure logic_failure(std::string msg) {
+  return pg::failure{false, "", std::move(msg)};
+}
+
+// Parses a cursor: decimal digits of a created_position that fits a bigint.
+std::optional<int64_t> parse_cursor(std::string_view s) {
+  if (s.empty() || s.size() > 19)
+    return std::nullopt;
+  for (char ch : s)
+    if (ch < '0' || ch > '9')
+      return std::nullopt;
+  int64_t v = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc{} || end != s.data() + s.size())
+    return std::nullopt;
+  return v;
+}
+
+// The effect of a batch on one row, after folding its changes in order.
+struct folded_row {
+  std::string id;
+  std::optional<std::string> description;
+  std::optional<std::string> status;
+  uint64_t version = 0;
+  uint64_t created_position = 0; // first change of this id in the batch
+};
+
+} // namespace
+
+struct todo_read_model::impl {
+  std::string dsn;
+  std::string table;
+  bool table_valid;
+  /// This table's SQL, built once with the name substituted.
+  struct table_sql {
+    std::string create_table, create_created_idx, create_status_idx, drop_table;
+    std::string upsert, get, list, list_by_status;
+  } sql;
+  pg::conn_ptr conn;
+  bool ready = false; // schema ensured and statements prepared on `conn`
+
+  impl(std::string dsn_in, std::string table_in)
+    : dsn(std::move(dsn_in)),
+      table(std::move(table_in)),
+      table_valid(pg::is_plain_identifier(table, max_table_name)
+                  && table != "eventsd_checkpoints") {
+    if (!table_valid)
+      return;
+    sql.create_table = with_tables(sql_create_table, table);
+    sql.create_created_idx = with_tables(sql_create_created_idx, table);
+    sql.create_status_idx = with_tables(sql_create_status_idx, table);
+    sql.drop_table = with_tables(sql_drop_table, table);
+    sql.upsert = with_tables(sql_upsert, table);
+    sql.get = with_tables(sql_get, table);
+    sql.list = with_tables(sql_list, table);
+    sql.list_by_status = with_tables(sql_list_by_status, table);
+  }
+
+  PGconn* c() const { return conn.get(); }
+
+  /// Turns a libpq failure into a projection error; forgets a broken
+  /// connection so that connected() says so and connect() opens a new one.
+  projection_error fail(const pg::failure& f) {
+    if (f.connection_lost) {
+      conn.reset();
+      ready = false;
+      return {projection_errc::unavailable, f.message};
+    }
+    if (f.sqlstate.empty())
+      return {projection_errc::query_failed, f.message};
+    return {projection_errc::query_failed, f.sqlstate + ": " + f.message};
+  }
+
+  std::optional<projection_error> require_ready() const {
+    if (!table_valid)
+      return projection_error{projection_errc::query_failed, "invalid table name: " + table};
+    if (!pg::is_up(c()) || !ready)
+      return projection_error{projection_errc::unavailable, "not connected"};
+    return std::nullopt;
+  }
+
+  pg::outcome<void> run(const std::string& sql) {
+    auto r = pg::exec(c(), sql.c_str());
+    if (!r)
+      return r.error();
+    return {};
+  }
+
+  pg::outcome<void> run(const char* sql) {
+    auto r = pg::exec(c(), sql);
+    if (!r)
+      return r.error();
+    return {};
+  }
+
+  pg::outcome<void> run(const char* sql, std::initializer_list<pg::param> ps) {
+    auto r = pg::exec(c(), sql, std::span{ps.begin(), ps.size()});
+    if (!r)
+      return r.error();
+    return {};
+  }
+
+  /// Runs `body` between BEGIN and COMMIT, retrying the whole transaction on
+  /// serialization failures and deadlocks. A COMMIT whose outcome is unknown
+  /// (connection lost) is never retried here.
+  template <class F>
+  pg_result<void> in_transaction(F&& body) {
+    for (int attempt = 1;; ++attempt) {
+      auto r = attempt_transaction(body);
+      if (r)
+        return {};
+      if (r.error().retryable() && attempt < max_attempts) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5 * attempt));
+        continue;
+      }
+      return fail(r.error());
+    }
+  }
+
+  template <class F>
+  pg::outcome<void> attempt_transaction(F& body) {
+    if (PQtransactionStatus(c()) != PQTRANS_IDLE)
+      pg::exec(c(), "ROLLBACK"); // leftover of an earlier failure; the result does not matter
+    if (auto r = run("BEGIN"); !r)
+      return r;
+    pg::outcome<void> r = body();
+    if (r)
+      r = run("COMMIT");
+    if (!r && !r.error().connection_lost && PQtransactionStatus(c()) != PQTRANS_IDLE)
+      pg::exec(c(), "ROLLBACK");
+    return r;
+  }
+
+  pg::outcome<void> create_schema(bool drop_first) {
+    for (const char* ddl : {sql_schema_lock, sql_create_checkpoints})
+      if (auto r = run(ddl); !r)
+        return r;
+    if (drop_first)
+      if (auto r = run(sql.drop_table); !r)
+        return r;
+    for (const std::string* ddl : {&sql.create_table, &sql.create_created_idx,
+                                   &sql.create_status_idx})
+      if (auto r = run(*ddl); !r)
+        return r;
+    return run(drop_first ? sql_zero_checkpoint : sql_insert_checkpoint, {table});
+  }
+
+  pg::outcome<void> prepare_all() {
+    struct statement {
+      const char* name;
+      const char* sql;
+      int n_params;
+    };
+    const statement statements[] = {
+      {stmt_checkpoint, sql_checkpoint, 1},
+      {stmt_lock_checkpoint, sql_lock_checkpoint, 1},
+      {stmt_upsert, sql.upsert.c_str(), 5},
+      {stmt_advance_checkpoint, sql_advance_checkpoint, 2},
+      {stmt_get, sql.get.c_str(), 2},
+      {stmt_list, sql.list.c_str(), 3},
+      {stmt_list_by_status, sql.list_by_status.c_str(), 4},
+    };
+    for (const auto& s : statements)
+      if (auto r = pg::prepare(c(), s.name, s.sql, s.n_params); !r)
+        return r;
+    return {};
+  }
+
+  pg::outcome<void> apply_once(std::span<const todo_change> changes, uint64_t new_checkpoint) {
+    const pg::param name[] = {table};
+    auto locked = pg::exec_prepared(c(), stmt_lock_checkpoint, name);
+    if (!locked)
+      return locked.error();
+    if (PQntuples(locked->get()) != 1)
+      return logic_failure("no checkpoint row for table " + table);
+    auto stored = pg::to_u64(locked->get(), 0, 0);
+    if (!stored)
+      return logic_failure("unreadable checkpoint for table " + table);
+
+    std::vector<folded_row> rows;
+    std::unordered_map<std::string, size_t> index_of;
+    for (const auto& ch : changes) {
+      if (ch.position <= *stored)
+        continue;
+      auto id = lowercase(ch.id);
+      auto [it, inserted] = index_of.try_emplace(id, rows.size());
+      if (inserted)
+        rows.push_back(folded_row{std::move(id), {}, {}, 0, ch.position});
+      auto& row = rows[it->second];
+      if (ch.description)
+        row.description = ch.description;
+      if (ch.status)
+        row.status = ch.status;
+      row.version = ch.version;
+    }
+
+    if (!rows.empty()) {
+      std::string ids = "{", descriptions = "{", statuses = "{", versions = "{", created = "{";
+      for (size_t i = 0; i < rows.size(); ++i) {
+        if (i > 0)
+          for (auto* s : {&ids, &descriptions, &statuses, &versions, &created})
+            s->push_back(',');
+        pg::append_array_element(ids, std::string_view{rows[i].id});
+        pg::append_array_element(descriptions, rows[i].description);
+        pg::append_array_element(statuses, rows[i].status);
+        versions += std::to_string(rows[i].version);
+        created += std::to_string(rows[i].created_position);
+      }
+      for (auto* s : {&ids, &descriptions, &statuses, &versions, &created})
+        s->push_back('}');
+      const pg::param ps[] = {ids, descriptions, statuses, versions, created};
+      if (auto r = pg::exec_prepared(c(), stmt_upsert, ps); !r)
+        return r.error();
+    }
+
+    auto position = std::to_string(new_checkpoint);
+    const pg::param ps[] = {table, position};
+    if (auto r = pg::exec_prepared(c(), stmt_advance_checkpoint, ps); !r)
+      return r.error();
+    return {};
+  }
+
+  pg::outcome<void> swap_once(const std::string& target) {
+    if (auto r = run(sql_schema_lock); !r)
+      return r;
+    if (auto r = run(sql_lock_two_checkpoints, {table, target}); !r)
+      return r;
+    for (const char* ddl : {sql_drop_target, sql_rename_table, sql_rename_pkey,
+                            sql_rename_created_idx, sql_rename_status_idx})
+      if (auto r = run(with_tables(ddl, table, target)); !r)
+        return r;
+    const pg::param ps[] = {table, target};
+    auto moved = pg::exec(c(), sql_move_checkpoint_row, ps);
+    if (!moved)
+      return moved.error();
+    if (std::string_view{PQcmdTuples(moved->get())} != "1")
+      return logic_failure("no checkpoint row for table " + table);
+    return run(sql_delete_checkpoint_row, {table});
+  }
+};
+
+todo_read_model::todo_read_model(std::string dsn, std::string table)
+  : impl_(std::make_unique<impl>(std::move(dsn), std::move(table))) {
+}
+
+todo_read_model::~todo_read_model() = default;
+
+pg_result<void> todo_read_model::connect() {
+  auto& d = *impl_;
+  if (!d.table_valid)
+    return projection_error{projection_errc::query_failed, "invalid table name: " + d.table};
+  if (pg::is_up(d.c()) && d.ready)
+    return {};
+  d.ready = false;
+  d.conn.reset();
+  auto c = pg::connect(d.dsn);
+  if (!c)
+    return d.fail(c.error());
+  d.conn = std::move(*c);
+  if (auto r = d.in_transaction([&] { return d.create_schema(false); }); !r)
+    return r;
+  if (auto r = d.prepare_all(); !r)
+    return d.fail(r.error());
+  d.ready = true;
+  return {};
+}
+
+bool todo_read_model::connected() const {
+  return pg::is_up(impl_->c());
+}
+
+pg_result<uint64_t> todo_read_model::checkpoint() {
+  auto& d = *impl_;
+  if (auto e = d.require_ready())
+    return *e;
+  const pg::param ps[] = {d.table};
+  auto r = pg::exec_prepared(d.c(), stmt_checkpoint, ps);
+  if (!r)
+    return d.fail(r.error());
+  if (PQntuples(r->get()) == 0)
+    return uint64_t{0};
+  if (auto v = pg::to_u64(r->get(), 0, 0))
+    return *v;
+  return projection_error{projection_errc::query_failed, "unreadable checkpoint"};
+}
+
+pg_result<void> todo_read_model::apply(std::span<const todo_change> changes,
+                                       uint64_t new_checkpoint) {
+  auto& d = *impl_;
+  if (auto e = d.require_ready())
+    return *e;
+  return d.in_transaction([&] { return d.apply_once(changes, new_checkpoint); });
+}
+
+pg_result<todo_answer> todo_read_model::get(std::string_view id) {
+  auto& d = *impl_;
+  if (auto e = d.require_ready())
+    return *e;
+  const pg::param ps[] = {id, d.table};
+  auto r = pg::exec_prepared(d.c(), stmt_get, ps);
+  if (!r)
+    return d.fail(r.error());
+  const PGresult* res = r->get();
+  if (PQntuples(res) == 0)
+    return projection_error{projection_errc::not_found, "no todo " + std::string{id}};
+  todo_answer a;
+  a.row.id = pg::text(res, 0, 0);
+  a.row.description = pg::text(res, 0, 1);
+  a.row.status = pg::text(res, 0, 2);
+  a.row.version = pg::to_u64(res, 0, 3).value_or(0);
+  a.position = pg::to_u64(res, 0, 4).value_or(0);
+  return a;
+}
+
+pg_result<todo_page> todo_read_model::list(const todo_query& q) {
+  auto& d = *impl_;
+  if (auto e = d.require_ready())
+    return *e;
+  int64_t after = -1;
+  if (q.after) {
+    auto v = parse_cursor(*q.after);
+    if (!v)
+      return projection_error{projection_errc::invalid_cursor, "malformed cursor"};
+    after = *v;
+  }
+  const size_t limit = std::clamp<size_t>(q.limit, 1, 1000);
+  // One extra row tells whether another page follows.
+  auto after_text = std::to_string(after);
+  auto fetch_text = std::to_string(limit + 1);
+  pg::outcome<pg::result_ptr> r = pg::failure{};
+  if (q.status) {
+    const pg::param ps[] = {d.table, after_text, fetch_text, *q.status};
+    r = pg::exec_prepared(d.c(), stmt_list_by_status, ps);
+  } else {
+    const pg::param ps[] = {d.table, after_text, fetch_text};
+    r = pg::exec_prepared(d.c(), stmt_list, ps);
+  }
+  if (!r)
+    return d.fail(r.error());
+  const PGresult* res = r->get();
+  todo_page page;
+  const int n = PQntuples(res);
+  if (n > 0)
+    page.position = pg::to_u64(res, 0, 0).value_or(0);
+  uint64_t last_created = 0;
+  for (int i = 0; i < n && page.items.size() < limit; ++i) {
+    if (pg::is_null(res, i, 1))
+      continue; // the empty page's placeholder row
+    todo_row row;
+    row.id = pg::text(res, i, 1);
+    row.description = pg::text(res, i, 2);
+    row.status = pg::text(res, i, 3);
+    row.version = pg::to_u64(res, i, 4).value_or(0);
+    last_created = pg::to_u64(res, i, 5).value_or(0);
+    page.items.push_back(std::move(row));
+  }
+  if (static_cast<size_t>(n) > limit && !pg::is_null(res, static_cast<int>(limit), 1))
+    page.next = std::to_string(last_created);
+  return page;
+}
+
+pg_result<void> todo_read_model::reset() {
+  auto& d = *impl_;
+  if (auto e = d.require_ready())
+    return *e;
+  return d.in_transaction([&] { return d.create_schema(true); });
+}
+
+pg_result<void> todo_read_model::swap_into(std::string_view target) {
+  auto& d = *impl_;
+  if (auto e = d.require_ready())
+    return *e;
+  std::string t{target};
+  if (!pg::is_plain_identifier(t, max_table_name) || t == "eventsd_checkpoints")
+    return projection_error{projection_errc::query_failed, "invalid table name: " + t};
+  if (t == d.table)
+    return projection_error{projection_errc::query_failed, "cannot swap " + t + " into itself"};
+  return d.in_transaction([&] { return d.swap_once(t); });
+}
+
+} // namespace eventsd::projections

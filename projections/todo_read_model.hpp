@@ -1,0 +1,130 @@
+// The Todo read model in PostgreSQL (the CQRS read side) and its checkpoint.
+//
+// Thread-safety: one instance owns one libpq connection and is used by one
+// thread (or one detached actor) at a time. Every call is blocking I/O.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "storage/result.hpp"
+
+namespace eventsd::projections {
+
+/// Why a read-model operation failed. Starts at 1.
+enum class projection_errc : uint8_t {
+  unavailable = 1, ///< PostgreSQL cannot be reached or the connection broke
+  not_found,       ///< no todo with that id in the read model
+  query_failed,    ///< PostgreSQL answered an error to a statement
+  invalid_cursor,  ///< the `after` cursor is malformed
+  timeout,         ///< the read model did not reach a position in time
+};
+
+/// Stable lowercase name of `x`.
+const char* to_string(projection_errc x);
+
+/// A failed read-model operation.
+struct projection_error {
+  projection_errc code;
+  std::string detail;
+};
+
+template <class T>
+using pg_result = storage::result<T, projection_error>;
+
+/// One row of the `todos` read model.
+struct todo_row {
+  std::string id;          ///< canonical lowercase UUID
+  std::string description;
+  std::string status;      ///< "Created", "InProgress" or "Done"
+  uint64_t version = 0;
+
+  friend bool operator==(const todo_row&, const todo_row&) = default;
+};
+
+/// A page of `GET /todo`.
+struct todo_page {
+  std::vector<todo_row> items;
+  std::optional<std::string> next; ///< cursor for the next page; empty at the end
+  uint64_t position = 0;           ///< read-model checkpoint at the time of the query
+
+  friend bool operator==(const todo_page&, const todo_page&) = default;
+};
+
+/// Query of `GET /todo`.
+struct todo_query {
+  size_t limit = 100;                ///< REQUIRES: 1..1000
+  std::optional<std::string> after;  ///< cursor from a previous page's `next`
+  std::optional<std::string> status; ///< filter: "Created", "InProgress" or "Done"
+};
+
+/// The effect of one event on one row: fields left empty are unchanged.
+/// A `created` event sets both description and status.
+struct todo_change {
+  std::string id;                         ///< canonical lowercase UUID
+  std::optional<std::string> description; ///< new description, if the event set one
+  std::optional<std::string> status;      ///< new status, if the event set one
+  uint64_t version = 0;                   ///< stream version after the event
+  uint64_t position = 0;                  ///< position of the event in `$all`
+
+  friend bool operator==(const todo_change&, const todo_change&) = default;
+};
+
+/// A row answered together with the read model's position.
+struct todo_answer {
+  todo_row row;
+  uint64_t position = 0;
+};
+
+/// The `todos` table (or a rebuild table) plus its checkpoint row, behind
+/// one PostgreSQL connection.
+class todo_read_model {
+public:
+  /// `dsn` is a libpq conninfo string; `table` names the read-model table
+  /// (the checkpoint row uses the same name). Does not connect yet.
+  todo_read_model(std::string dsn, std::string table = "todos");
+  ~todo_read_model();
+  todo_read_model(const todo_read_model&) = delete;
+  todo_read_model& operator=(const todo_read_model&) = delete;
+
+  /// Connects when not connected (or the connection broke), creates the
+  /// schema idempotently and prepares the statements.
+  pg_result<void> connect();
+
+  /// True while the connection is up.
+  bool connected() const;
+
+  /// Position of the last event applied to this table (0 when none).
+  pg_result<uint64_t> checkpoint();
+
+  /// Applies `changes` (ascending by position) and moves the checkpoint to
+  /// `new_checkpoint`, in one transaction. Changes at or below the stored
+  /// checkpoint are skipped, so a retried batch is never applied twice.
+  /// Uses one multi-row statement per batch, not one round trip per event.
+  pg_result<void> apply(std::span<const todo_change> changes, uint64_t new_checkpoint);
+
+  /// One todo by id (lowercase). Fails with `not_found`.
+  pg_result<todo_answer> get(std::string_view id);
+
+  /// A page of todos in creation order.
+  pg_result<todo_page> list(const todo_query& q);
+
+  /// Drops and recreates this table and resets its checkpoint to 0
+  /// (used to start a rebuild into a fresh table).
+  pg_result<void> reset();
+
+  /// Atomically replaces table `target` (and its checkpoint) by this table:
+  /// readers of `target` see the old rows until the commit, the new rows after.
+  pg_result<void> swap_into(std::string_view target);
+
+private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+} // namespace eventsd::projections

@@ -1,0 +1,61 @@
+# shellcheck shell=bash
+# Shared shell functions for scripts/run, scripts/test and .ci/run.
+# Source it; it defines functions and EVENTSD_ROOT, and changes no shell options.
+
+# Absolute, symlink-free path of the repository root (two levels above this file).
+EVENTSD_ROOT=${EVENTSD_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)}
+export EVENTSD_ROOT
+
+# Debian packages the build, the tests and the benchmarks need.
+EVENTSD_PACKAGES=(
+  build-essential cmake ninja-build
+  libcaf-dev librocksdb-dev libboost-dev libboost-system-dev libpq-dev
+  catch2 nlohmann-json3-dev
+  postgresql-15 postgresql-client-15 postgresql-contrib
+  curl nodejs npm wrk rocksdb-tools
+)
+
+log()  { printf '==> %s\n' "$*" >&2; }
+warn() { printf 'warning: %s\n' "$*" >&2; }
+die()  { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Runs "$@" as root: directly when we are root, else through sudo (if there is one).
+as_root() {
+  if [[ ${EUID} -eq 0 ]]; then
+    "$@"
+  elif command -v sudo >/dev/null 2>&1; then
+    sudo "$@"
+  else
+    die "need root to run: $* (no sudo available)"
+  fi
+}
+
+# Installs those of EVENTSD_PACKAGES (or of "$@", when given) that are not installed yet.
+# apt-get update runs only when something is missing.
+ensure_packages() {
+  local pkgs=("$@")
+  [[ ${#pkgs[@]} -gt 0 ]] || pkgs=("${EVENTSD_PACKAGES[@]}")
+  local missing=() p status
+  for p in "${pkgs[@]}"; do
+    status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+    [[ $status == "install ok installed" ]] || missing+=("$p")
+  done
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  log "installing missing packages: ${missing[*]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# Configures build/ (Ninja, Release) unless it already is, then builds everything,
+# tests included. The server ends up in build/eventsd.
+build_release() {
+  local src=${EVENTSD_ROOT} bin=${EVENTSD_ROOT}/build
+  [[ -f $src/CMakeLists.txt ]] || die "no CMakeLists.txt in $src"
+  if [[ ! -f $bin/build.ninja ]] \
+     || ! grep -qx 'CMAKE_BUILD_TYPE:STRING=Release' "$bin/CMakeCache.txt" 2>/dev/null; then
+    log "configuring $bin (Ninja, Release)"
+    cmake -S "$src" -B "$bin" -G Ninja -DCMAKE_BUILD_TYPE=Release
+  fi
+  log "building"
+  cmake --build "$bin" -j"$(nproc)"
+}

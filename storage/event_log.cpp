@@ -1,0 +1,593 @@
+// The event log on RocksDB.
+//
+// Thread-safety: appends and idempotency purges are serialised by `write_mutex`
+// (the single writer owns position assignment); reads take a RocksDB snapshot
+// and run concurrently with them. `rocksdb::Status` never leaves this file.
+#include "storage/event_log.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <exception>
+#include <limits>
+#include <map>
+#include <mutex>
+
+#include <rocksdb/cache.h>
+#include <rocksdb/db.h>
+#include <rocksdb/filter_policy.h>
+#include <rocksdb/iterator.h>
+#include <rocksdb/options.h>
+#include <rocksdb/snapshot.h>
+#include <rocksdb/slice.h>
+#include <rocksdb/table.h>
+#include <rocksdb/write_batch.h>
+
+#include "storage/keys.hpp"
+
+namespace eventsd::storage {
+
+const char* to_string(storage_errc x) {
+  switch (x) {
+    case storage_errc::wrong_expected_version:
+      return "wrong_expected_version";
+    case storage_errc::stream_not_found:
+      return "stream_not_found";
+    case storage_errc::event_not_found:
+      return "event_not_found";
+    case storage_errc::snapshot_not_found:
+      return "snapshot_not_found";
+    case storage_errc::idempotency_conflict:
+      return "idempotency_conflict";
+    case storage_errc::not_writable:
+      return "not_writable";
+    case storage_errc::corrupted:
+      return "corrupted";
+    case storage_errc::io_error:
+      return "io_error";
+  }
+  return "unknown";
+}
+
+namespace {
+
+using keys::stream_head;
+using keys::idempotency_record;
+
+/// Idempotency purges delete at most this many keys per WriteBatch, so the
+/// writer lock is never held for a long scan.
+constexpr size_t purge_chunk = 1024;
+
+/// Upper bound for `reserve` so that a huge `limit` does not allocate up front.
+constexpr size_t max_reserve = 1024;
+
+rocksdb::Slice as_slice(std::string_view s) {
+  return rocksdb::Slice{s.data(), s.size()};
+}
+
+std::string_view as_view(const rocksdb::Slice& s) {
+  return std::string_view{s.data(), s.size()};
+}
+
+/// Translates a failed read status.
+storage_error read_error(const rocksdb::Status& st, std::string_view what) {
+  auto code = st.IsCorruption() ? storage_errc::corrupted : storage_errc::io_error;
+  return storage_error{code, std::string{what} + ": " + st.ToString()};
+}
+
+storage_error corrupted(std::string_view what, std::string_view key) {
+  std::string detail{what};
+  detail += " (key of ";
+  detail += std::to_string(key.size());
+  detail += " bytes)";
+  return storage_error{storage_errc::corrupted, std::move(detail)};
+}
+
+storage_error unexpected(storage_errc code, const char* what) {
+  return storage_error{code, std::string{"unexpected exception: "} + what};
+}
+
+/// A `ReadOptions` that reads from `snap` and keeps its bounds alive.
+struct bounded_read {
+  std::string lower;
+  std::string upper;
+  rocksdb::Slice lower_slice;
+  rocksdb::Slice upper_slice;
+  rocksdb::ReadOptions options;
+
+  bounded_read(const rocksdb::Snapshot* snap, std::string lo, std::string up)
+    : lower(std::move(lo)), upper(std::move(up)) {
+    lower_slice = as_slice(lower);
+    upper_slice = as_slice(upper);
+    options.snapshot = snap;
+    options.iterate_lower_bound = &lower_slice;
+    options.iterate_upper_bound = &upper_slice;
+  }
+
+  bounded_read(const bounded_read&) = delete;
+  bounded_read& operator=(const bounded_read&) = delete;
+};
+
+bool field_too_large(std::string_view s) {
+  return s.size() > std::numeric_limits<uint32_t>::max();
+}
+
+} // namespace
+
+struct event_log::impl {
+  std::unique_ptr<rocksdb::DB> db;
+  bool sync = true;
+  /// Serialises the writers: `append` and `purge_idempotency_keys`.
+  std::mutex write_mutex;
+  /// Position of the newest durable event; written only under `write_mutex`.
+  std::atomic<uint64_t> head{0};
+
+  /// Point lookup; nullopt when absent, error on I/O failure.
+  result<std::optional<std::string>> get(const rocksdb::ReadOptions& ro,
+                                         const std::string& key) const {
+    std::string value;
+    auto st = db->Get(ro, db->DefaultColumnFamily(), key, &value);
+    if (st.ok())
+      return std::optional<std::string>{std::move(value)};
+    if (st.IsNotFound())
+      return std::optional<std::string>{};
+    return read_error(st, "get");
+  }
+
+  /// The stream's head; nullopt when the stream has no events.
+  result<std::optional<stream_head>> get_head(const rocksdb::ReadOptions& ro,
+                                              std::string_view stream) const {
+    auto raw = get(ro, keys::head_key(stream));
+    if (!raw)
+      return raw.error();
+    if (!raw->has_value())
+      return std::optional<stream_head>{};
+    auto head = keys::decode_head(**raw);
+    if (!head)
+      return corrupted("stream head record", stream);
+    return std::optional<stream_head>{*head};
+  }
+
+  /// Position of the last key in `$all` (0 when empty).
+  result<uint64_t> last_position() const {
+    bounded_read br{nullptr, std::string(1, keys::all_prefix),
+                    keys::prefix_end(keys::all_prefix)};
+    std::unique_ptr<rocksdb::Iterator> it{db->NewIterator(br.options)};
+    it->SeekToLast();
+    if (!it->Valid()) {
+      if (!it->status().ok())
+        return read_error(it->status(), "seek to the last $all key");
+      return uint64_t{0};
+    }
+    auto pos = keys::position_of_all_key(as_view(it->key()));
+    if (!pos)
+      return corrupted("$all key", as_view(it->key()));
+    return *pos;
+  }
+
+  /// Events of `$all` at `positions` (ascending, from one snapshot).
+  result<std::vector<recorded_event>>
+  fetch_positions(const rocksdb::ReadOptions& ro, const std::vector<uint64_t>& positions) const {
+    std::vector<std::string> key_bytes;
+    key_bytes.reserve(positions.size());
+    for (auto pos : positions)
+      key_bytes.push_back(keys::all_key(pos));
+    std::vector<rocksdb::Slice> key_slices;
+    key_slices.reserve(key_bytes.size());
+    for (const auto& k : key_bytes)
+      key_slices.emplace_back(k);
+    std::vector<rocksdb::PinnableSlice> values(key_slices.size());
+    std::vector<rocksdb::Status> statuses(key_slices.size());
+    db->MultiGet(ro, db->DefaultColumnFamily(), key_slices.size(), key_slices.data(),
+                 values.data(), statuses.data(), /*sorted_input=*/true);
+    std::vector<recorded_event> events;
+    events.reserve(positions.size());
+    for (size_t i = 0; i < positions.size(); ++i) {
+      if (statuses[i].IsNotFound())
+        return storage_error{storage_errc::corrupted,
+                             "index points to missing $all position "
+                               + std::to_string(positions[i])};
+      if (!statuses[i].ok())
+        return read_error(statuses[i], "read $all");
+      auto ev = keys::decode_event(as_view(values[i]), positions[i]);
+      if (!ev)
+        return storage_error{storage_errc::corrupted,
+                             "event record at position " + std::to_string(positions[i])};
+      events.push_back(std::move(*ev));
+    }
+    return events;
+  }
+};
+
+event_log::event_log(std::unique_ptr<impl> pimpl) : impl_(std::move(pimpl)) {}
+
+event_log::~event_log() {
+  if (!impl_ || !impl_->db)
+    return;
+  // Unsafe mode: at least a clean shutdown leaves the WAL on disk.
+  if (!impl_->sync)
+    impl_->db->SyncWAL();
+  impl_->db->Close();
+}
+
+result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try {
+  rocksdb::Options options;
+  options.create_if_missing = true;
+  // Every write goes to the WAL before Write returns, in order; the
+  // durability rules in docs/storage.md depend on both.
+  options.manual_wal_flush = false;
+  options.unordered_write = false;
+  options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  options.write_buffer_size = 64 << 20;
+  options.max_write_buffer_number = 3;
+  options.keep_log_file_num = 5;
+  options.level_compaction_dynamic_level_bytes = true;
+
+  rocksdb::BlockBasedTableOptions table;
+  table.block_cache = rocksdb::NewLRUCache(opts.block_cache_mb << 20);
+  // Point lookups (stream heads, event ids, idempotency keys) mostly miss on
+  // new keys; a bloom filter answers those without touching data blocks.
+  table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+  table.cache_index_and_filter_blocks = true;
+  table.pin_l0_filter_and_index_blocks_in_cache = true;
+  options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+
+  rocksdb::DB* raw = nullptr;
+  auto st = rocksdb::DB::Open(options, opts.dir, &raw);
+  std::unique_ptr<rocksdb::DB> db{raw};
+  if (!st.ok()) {
+    auto code = st.IsCorruption() ? storage_errc::corrupted : storage_errc::not_writable;
+    return storage_error{code, "open " + opts.dir + ": " + st.ToString()};
+  }
+  if (!db)
+    return storage_error{storage_errc::not_writable, "open " + opts.dir + ": no database"};
+
+  auto pimpl = std::make_unique<impl>();
+  pimpl->db = std::move(db);
+  pimpl->sync = opts.sync;
+  auto last = pimpl->last_position();
+  if (!last)
+    return last.error();
+  pimpl->head.store(*last, std::memory_order_release);
+  return std::unique_ptr<event_log>{new event_log(std::move(pimpl))};
+} catch (const std::exception& e) {
+  return unexpected(storage_errc::not_writable, e.what());
+} catch (...) {
+  return unexpected(storage_errc::not_writable, "unknown");
+}
+
+std::vector<result<append_result>>
+event_log::append(std::span<const append_request> batch) {
+  std::vector<result<append_result>> results;
+  try {
+    results.reserve(batch.size());
+    std::lock_guard<std::mutex> guard{impl_->write_mutex};
+    auto& db = *impl_->db;
+    rocksdb::ReadOptions ro;
+    rocksdb::WriteBatch wb;
+    // Heads and idempotency keys written by earlier requests of this batch.
+    std::map<std::string, stream_head, std::less<>> pending_heads;
+    std::map<std::string, idempotency_record, std::less<>> pending_keys;
+    const uint64_t first_free = impl_->head.load(std::memory_order_relaxed) + 1;
+    uint64_t next = first_free;
+
+    for (const auto& req : batch) {
+      if (req.events.empty()) {
+        results.emplace_back(storage_error{storage_errc::not_writable,
+                                           "append to " + req.stream + " has no events"});
+        continue;
+      }
+      auto too_large = std::any_of(req.events.begin(), req.events.end(), [](const auto& e) {
+        return field_too_large(e.id) || field_too_large(e.type) || field_too_large(e.data);
+      });
+      if (too_large || field_too_large(req.stream)) {
+        results.emplace_back(storage_error{storage_errc::not_writable,
+                                           "append to " + req.stream + ": field over 4 GiB"});
+        continue;
+      }
+
+      // Idempotency first: a replay must not be judged on the (since advanced)
+      // expected version.
+      if (req.idempotency) {
+        const auto& claim = *req.idempotency;
+        std::optional<idempotency_record> live;
+        if (auto i = pending_keys.find(claim.key); i != pending_keys.end()) {
+          live = i->second;
+        } else {
+          auto raw = impl_->get(ro, keys::idempotency_key(claim.key));
+          if (!raw) {
+            results.emplace_back(raw.error());
+            continue;
+          }
+          if (raw->has_value()) {
+            auto rec = keys::decode_idempotency(**raw);
+            if (!rec) {
+              results.emplace_back(corrupted("idempotency record", claim.key));
+              continue;
+            }
+            if (rec->created_ms + claim.retention_ms > claim.now_ms)
+              live = std::move(*rec);
+          }
+        }
+        if (live) {
+          if (live->fingerprint != claim.fingerprint) {
+            results.emplace_back(storage_error{
+              storage_errc::idempotency_conflict,
+              "idempotency key " + claim.key + " was used by a different request"});
+          } else {
+            results.emplace_back(append_result{live->stream, live->version,
+                                               live->first_position,
+                                               live->last_position, true});
+          }
+          continue;
+        }
+      }
+
+      stream_head head;
+      if (auto i = pending_heads.find(req.stream); i != pending_heads.end()) {
+        head = i->second;
+      } else {
+        auto stored = impl_->get_head(ro, req.stream);
+        if (!stored) {
+          results.emplace_back(stored.error());
+          continue;
+        }
+        if (stored->has_value())
+          head = **stored;
+      }
+      if (req.expected_version != any_version && req.expected_version != head.version) {
+        results.emplace_back(storage_error{
+          storage_errc::wrong_expected_version,
+          "stream " + req.stream + " is at version " + std::to_string(head.version)
+            + ", expected " + std::to_string(req.expected_version)});
+        continue;
+      }
+
+      const uint64_t first_position = next;
+      stream_head after = head;
+      for (const auto& proposed : req.events) {
+        recorded_event ev{proposed.id,   req.stream, proposed.type, after.version + 1,
+                          next,          proposed.occurred_at_ms,   proposed.data};
+        wb.Put(keys::all_key(next), keys::encode_event(ev));
+        wb.Put(keys::stream_index_key(req.stream, ev.version), keys::be64(next));
+        wb.Put(keys::event_id_key(proposed.id), keys::be64(next));
+        after.version = ev.version;
+        after.last_position = next;
+        ++next;
+      }
+      // Each recency key is put exactly once (positions are unique), so a
+      // SingleDelete applies; its tombstone vanishes with the put at the first
+      // flush or compaction that sees both, keeping list_streams' scans short.
+      if (head.version > 0)
+        wb.SingleDelete(keys::recency_key(head.last_position, req.stream));
+      wb.Put(keys::recency_key(after.last_position, req.stream), keys::be64(after.version));
+      wb.Put(keys::head_key(req.stream), keys::encode_head(after));
+      if (req.idempotency) {
+        const auto& claim = *req.idempotency;
+        idempotency_record rec{claim.fingerprint,    req.stream,       after.version,
+                               first_position,       after.last_position, claim.now_ms};
+        // Overwrites an expired record with the same key, if any.
+        wb.Put(keys::idempotency_key(claim.key), keys::encode_idempotency(rec));
+        pending_keys.insert_or_assign(claim.key, std::move(rec));
+      }
+      pending_heads.insert_or_assign(req.stream, after);
+      results.emplace_back(append_result{req.stream, after.version, first_position,
+                                         after.last_position, false});
+    }
+
+    if (wb.Count() == 0)
+      return results;
+
+    rocksdb::WriteOptions wo;
+    wo.sync = impl_->sync;
+    auto st = db.Write(wo, &wb);
+    if (!st.ok()) {
+      storage_error err{storage_errc::not_writable, "write: " + st.ToString()};
+      for (auto& r : results)
+        r = err;
+      // Positions stay unconsumed, unless the batch reached the log after all
+      // (e.g. WAL written, fsync failed): then never hand them out again.
+      if (auto last = impl_->last_position(); last && *last >= first_free)
+        impl_->head.store(*last, std::memory_order_release);
+      return results;
+    }
+    impl_->head.store(next - 1, std::memory_order_release);
+    return results;
+  } catch (const std::exception& e) {
+    results.assign(batch.size(), unexpected(storage_errc::not_writable, e.what()));
+  } catch (...) {
+    results.assign(batch.size(), unexpected(storage_errc::not_writable, "unknown"));
+  }
+  return results;
+}
+
+result<std::vector<recorded_event>>
+event_log::read_stream(std::string_view stream, uint64_t from_version, size_t limit) const try {
+  rocksdb::ManagedSnapshot snap{impl_->db.get()};
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snap.snapshot();
+  auto head = impl_->get_head(ro, stream);
+  if (!head)
+    return head.error();
+  if (!head->has_value())
+    return storage_error{storage_errc::stream_not_found, "stream " + std::string{stream}};
+  from_version = std::max<uint64_t>(from_version, 1);
+  if (from_version > (*head)->version || limit == 0)
+    return std::vector<recorded_event>{};
+
+  bounded_read br{snap.snapshot(), keys::stream_index_key(stream, from_version),
+                  keys::stream_index_end(stream)};
+  std::unique_ptr<rocksdb::Iterator> it{impl_->db->NewIterator(br.options)};
+  std::vector<uint64_t> positions;
+  positions.reserve(std::min<uint64_t>({limit, (*head)->version - from_version + 1,
+                                        max_reserve}));
+  for (it->Seek(br.lower_slice); it->Valid() && positions.size() < limit; it->Next()) {
+    auto pos = keys::get_be64(as_view(it->value()));
+    if (!pos)
+      return corrupted("stream index entry", as_view(it->key()));
+    positions.push_back(*pos);
+  }
+  if (!it->status().ok())
+    return read_error(it->status(), "read stream index");
+  return impl_->fetch_positions(ro, positions);
+} catch (const std::exception& e) {
+  return unexpected(storage_errc::io_error, e.what());
+}
+
+result<std::vector<recorded_event>> event_log::read_all(uint64_t from_position,
+                                                        size_t limit) const try {
+  std::vector<recorded_event> events;
+  if (limit == 0)
+    return events;
+  bounded_read br{nullptr, keys::all_key(std::max<uint64_t>(from_position, 1)),
+                  keys::prefix_end(keys::all_prefix)};
+  std::unique_ptr<rocksdb::Iterator> it{impl_->db->NewIterator(br.options)};
+  events.reserve(std::min(limit, max_reserve));
+  for (it->Seek(br.lower_slice); it->Valid() && events.size() < limit; it->Next()) {
+    auto pos = keys::position_of_all_key(as_view(it->key()));
+    if (!pos)
+      return corrupted("$all key", as_view(it->key()));
+    auto ev = keys::decode_event(as_view(it->value()), *pos);
+    if (!ev)
+      return storage_error{storage_errc::corrupted,
+                           "event record at position " + std::to_string(*pos)};
+    events.push_back(std::move(*ev));
+  }
+  if (!it->status().ok())
+    return read_error(it->status(), "read $all");
+  return events;
+} catch (const std::exception& e) {
+  return unexpected(storage_errc::io_error, e.what());
+}
+
+result<recorded_event> event_log::find_event(std::string_view event_id) const try {
+  rocksdb::ManagedSnapshot snap{impl_->db.get()};
+  rocksdb::ReadOptions ro;
+  ro.snapshot = snap.snapshot();
+  auto raw = impl_->get(ro, keys::event_id_key(event_id));
+  if (!raw)
+    return raw.error();
+  if (!raw->has_value())
+    return storage_error{storage_errc::event_not_found, "event " + std::string{event_id}};
+  auto pos = keys::get_be64(**raw);
+  if (!pos)
+    return corrupted("event id index entry", event_id);
+  auto events = impl_->fetch_positions(ro, {*pos});
+  if (!events)
+    return events.error();
+  return std::move(events->front());
+} catch (const std::exception& e) {
+  return unexpected(storage_errc::io_error, e.what());
+}
+
+result<uint64_t> event_log::stream_version(std::string_view stream) const try {
+  auto head = impl_->get_head(rocksdb::ReadOptions{}, stream);
+  if (!head)
+    return head.error();
+  if (!head->has_value())
+    return storage_error{storage_errc::stream_not_found, "stream " + std::string{stream}};
+  return (*head)->version;
+} catch (const std::exception& e) {
+  return unexpected(storage_errc::io_error, e.what());
+}
+
+result<std::vector<stream_summary>> event_log::list_streams(uint64_t before_position,
+                                                            size_t limit) const try {
+  std::vector<stream_summary> streams;
+  if (limit == 0)
+    return streams;
+  // Keys with last_position < before_position sort strictly below
+  // `r` + be64(before_position), whatever stream name follows.
+  auto upper = before_position == 0 ? keys::prefix_end(keys::recency_prefix)
+                                    : keys::recency_key(before_position, {});
+  bounded_read br{nullptr, std::string(1, keys::recency_prefix), std::move(upper)};
+  std::unique_ptr<rocksdb::Iterator> it{impl_->db->NewIterator(br.options)};
+  streams.reserve(std::min(limit, max_reserve));
+  for (it->SeekToLast(); it->Valid() && streams.size() < limit; it->Prev()) {
+    auto key = as_view(it->key());
+    auto version = keys::get_be64(as_view(it->value()));
+    if (key.size() < 9 || !version)
+      return corrupted("recency index entry", key);
+    streams.push_back(
+      stream_summary{std::string{key.substr(9)}, *version, *keys::get_be64(key.substr(1, 8))});
+  }
+  if (!it->status().ok())
+    return read_error(it->status(), "read recency index");
+  return streams;
+} catch (const std::exception& e) {
+  return unexpected(storage_errc::io_error, e.what());
+}
+
+uint64_t event_log::head() const {
+  return impl_->head.load(std::memory_order_acquire);
+}
+
+result<void> event_log::save_snapshot(std::string_view stream,
+                                      const snapshot_record& snap) try {
+  if (field_too_large(snap.state))
+    return storage_error{storage_errc::not_writable, "snapshot over 4 GiB"};
+  rocksdb::WriteOptions wo;
+  wo.sync = false;
+  auto st = impl_->db->Put(wo, keys::snapshot_key(stream), keys::encode_snapshot(snap));
+  if (!st.ok())
+    return storage_error{storage_errc::not_writable, "save snapshot: " + st.ToString()};
+  return {};
+} catch (const std::exception& e) {
+  return unexpected(storage_errc::not_writable, e.what());
+}
+
+result<snapshot_record> event_log::load_snapshot(std::string_view stream) const try {
+  auto raw = impl_->get(rocksdb::ReadOptions{}, keys::snapshot_key(stream));
+  if (!raw)
+    return raw.error();
+  if (!raw->has_value())
+    return storage_error{storage_errc::snapshot_not_found,
+                         "no snapshot of " + std::string{stream}};
+  auto snap = keys::decode_snapshot(**raw);
+  if (!snap)
+    return corrupted("snapshot record", stream);
+  return std::move(*snap);
+} catch (const std::exception& e) {
+  return unexpected(storage_errc::io_error, e.what());
+}
+
+result<size_t> event_log::purge_idempotency_keys(int64_t older_than_ms) try {
+  size_t purged = 0;
+  std::string resume_at(1, keys::idempotency_prefix);
+  const std::string end = keys::prefix_end(keys::idempotency_prefix);
+  for (;;) {
+    // One chunk per writer-lock hold: an append can never see a key vanish
+    // between its check and its write.
+    std::lock_guard<std::mutex> guard{impl_->write_mutex};
+    bounded_read br{nullptr, resume_at, end};
+    br.options.fill_cache = false;
+    std::unique_ptr<rocksdb::Iterator> it{impl_->db->NewIterator(br.options)};
+    rocksdb::WriteBatch wb;
+    size_t scanned = 0;
+    it->Seek(br.lower_slice);
+    for (; it->Valid() && wb.Count() < purge_chunk && scanned < 4 * purge_chunk;
+         it->Next(), ++scanned) {
+      auto rec = keys::decode_idempotency(as_view(it->value()));
+      // An undecodable record can never be replayed: purge it too.
+      if (!rec || rec->created_ms < older_than_ms)
+        wb.Delete(it->key());
+    }
+    if (!it->status().ok())
+      return read_error(it->status(), "scan idempotency keys");
+    const bool done = !it->Valid();
+    if (!done)
+      resume_at = it->key().ToString();
+    if (wb.Count() > 0) {
+      // Losing a purge in a crash only keeps an expired key: no fsync needed.
+      auto st = impl_->db->Write(rocksdb::WriteOptions{}, &wb);
+      if (!st.ok())
+        return storage_error{storage_errc::not_writable, "purge: " + st.ToString()};
+      purged += wb.Count();
+    }
+    if (done)
+      return purged;
+  }
+} catch (const std::exception& e) {
+  return unexpected(storage_errc::not_writable, e.what());
+}
+
+} // namespace eventsd::storage

@@ -1,0 +1,162 @@
+// The event log on RocksDB.
+//
+// Thread-safety: `append` must be called by one thread at a time (the single
+// log writer assigns positions); every read operation may run concurrently
+// with `append` and with other reads, from any thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "storage/result.hpp"
+
+namespace eventsd::storage {
+
+/// Expected version that demands the stream does not exist yet.
+inline constexpr uint64_t no_stream = 0;
+
+/// Expected version that skips the optimistic concurrency check.
+inline constexpr uint64_t any_version = UINT64_MAX;
+
+/// One event as stored in the log.
+struct recorded_event {
+  std::string id;          ///< event id, canonical lowercase UUID
+  std::string stream;      ///< e.g. "todo-<uuid>"
+  std::string type;        ///< e.g. "created"
+  uint64_t version = 0;    ///< 1-based version inside its stream
+  uint64_t position = 0;   ///< 1-based position in `$all`
+  int64_t occurred_at_ms = 0; ///< milliseconds since the Unix epoch, UTC
+  std::string data;        ///< event payload as JSON text
+
+  friend bool operator==(const recorded_event&, const recorded_event&) = default;
+};
+
+/// An event proposed for appending; version and position are assigned by the log.
+struct proposed_event {
+  std::string id;
+  std::string type;
+  std::string data;
+  int64_t occurred_at_ms = 0;
+
+  friend bool operator==(const proposed_event&, const proposed_event&) = default;
+};
+
+/// An idempotency key claimed by an append (API: `Idempotency-Key`).
+struct idempotency_claim {
+  std::string key;         ///< client-chosen, at most 128 characters
+  std::string fingerprint; ///< digest of the request that first used the key
+  int64_t now_ms = 0;      ///< time of this request, for expiry
+  int64_t retention_ms = 24LL * 3600 * 1000; ///< keys older than this are expired
+
+  friend bool operator==(const idempotency_claim&, const idempotency_claim&) = default;
+};
+
+/// One stream's append: all of `events` or nothing.
+struct append_request {
+  std::string stream;
+  uint64_t expected_version = any_version; ///< `no_stream`, a version, or `any_version`
+  std::vector<proposed_event> events;      ///< REQUIRES: not empty
+  std::optional<idempotency_claim> idempotency;
+
+  friend bool operator==(const append_request&, const append_request&) = default;
+};
+
+/// What an append did.
+struct append_result {
+  std::string stream;          ///< the stream written (for a replay: the original one)
+  uint64_t version = 0;        ///< stream version after the append
+  uint64_t first_position = 0; ///< position of the first appended event
+  uint64_t last_position = 0;  ///< position of the last appended event
+  bool replayed = false;       ///< true: idempotency key seen before, nothing appended
+
+  friend bool operator==(const append_result&, const append_result&) = default;
+};
+
+/// A stored aggregate snapshot: the folded state after `version`.
+struct snapshot_record {
+  uint64_t version = 0;
+  std::string state; ///< opaque bytes, encoded by the aggregate
+
+  friend bool operator==(const snapshot_record&, const snapshot_record&) = default;
+};
+
+/// A stream listed by recency.
+struct stream_summary {
+  std::string stream;
+  uint64_t version = 0;       ///< current version (number of events)
+  uint64_t last_position = 0; ///< position of its newest event
+
+  friend bool operator==(const stream_summary&, const stream_summary&) = default;
+};
+
+/// Options for opening the log.
+struct log_options {
+  std::string dir;              ///< RocksDB directory; created when missing
+  bool sync = true;             ///< fsync the WAL on every append batch (unsafe when false)
+  size_t block_cache_mb = 256;  ///< RocksDB block cache size
+};
+
+/// The append-only event log: streams, the global `$all` order, idempotency
+/// keys and snapshots, all in one RocksDB database.
+class event_log {
+public:
+  /// Opens (or creates) the log in `opts.dir`.
+  static result<std::unique_ptr<event_log>> open(const log_options& opts);
+
+  ~event_log();
+  event_log(const event_log&) = delete;
+  event_log& operator=(const event_log&) = delete;
+
+  /// Appends every request of `batch` in one RocksDB WriteBatch (and one
+  /// fsync when `sync`). Each request gets its own result: a version
+  /// conflict or idempotency conflict fails only that request. When the
+  /// write itself fails every request fails with `not_writable` and nothing
+  /// is appended (positions are not consumed).
+  /// REQUIRES: called from one thread at a time.
+  std::vector<result<append_result>> append(std::span<const append_request> batch);
+
+  /// Events of `stream` with version >= `from_version`, at most `limit`,
+  /// ascending. Fails with `stream_not_found` for an unknown stream.
+  result<std::vector<recorded_event>> read_stream(std::string_view stream,
+                                                  uint64_t from_version,
+                                                  size_t limit) const;
+
+  /// Events of `$all` with position >= `from_position`, at most `limit`, ascending.
+  result<std::vector<recorded_event>> read_all(uint64_t from_position, size_t limit) const;
+
+  /// One event by its id. Fails with `event_not_found`.
+  result<recorded_event> find_event(std::string_view event_id) const;
+
+  /// Current version of `stream`. Fails with `stream_not_found`.
+  result<uint64_t> stream_version(std::string_view stream) const;
+
+  /// Streams ordered by their newest event, newest first, starting strictly
+  /// below `before_position` (0 = from the head).
+  result<std::vector<stream_summary>> list_streams(uint64_t before_position,
+                                                   size_t limit) const;
+
+  /// Position of the newest event in `$all` (0 when empty).
+  uint64_t head() const;
+
+  /// Stores `snap` as the latest snapshot of `stream` (not fsynced: a
+  /// snapshot is a cache that can always be rebuilt from the log).
+  result<void> save_snapshot(std::string_view stream, const snapshot_record& snap);
+
+  /// Latest snapshot of `stream`. Fails with `snapshot_not_found`.
+  result<snapshot_record> load_snapshot(std::string_view stream) const;
+
+  /// Deletes idempotency keys created before `older_than_ms`; returns how many.
+  result<size_t> purge_idempotency_keys(int64_t older_than_ms);
+
+private:
+  struct impl;
+  explicit event_log(std::unique_ptr<impl> pimpl);
+  std::unique_ptr<impl> impl_;
+};
+
+} // namespace eventsd::storage

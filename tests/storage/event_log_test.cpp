@@ -1,0 +1,642 @@
+// Tests of the event log on a real RocksDB, one fresh temp dir per test.
+#include "storage/event_log.hpp"
+
+#include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+
+#include "storage/keys.hpp"
+
+namespace fs = std::filesystem;
+using namespace eventsd::storage;
+
+namespace {
+
+/// A fresh, unique directory under the system temp dir, removed afterwards.
+class temp_dir {
+public:
+  temp_dir() {
+    static std::atomic<uint64_t> counter{0};
+    std::random_device rd;
+    path_ = fs::temp_directory_path()
+            / ("eventsd-storage-test-" + std::to_string(::getpid()) + "-"
+               + std::to_string(counter++) + "-" + std::to_string(rd()));
+    fs::create_directories(path_);
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+
+  const fs::path& path() const { return path_; }
+  std::string db() const { return (path_ / "db").string(); }
+
+private:
+  fs::path path_;
+};
+
+std::unique_ptr<event_log> open_log(const temp_dir& dir, bool sync = true) {
+  log_options opts;
+  opts.dir = dir.db();
+  opts.sync = sync;
+  opts.block_cache_mb = 8;
+  auto log = event_log::open(opts);
+  if (!log)
+    FAIL("open failed: " << log.error().detail);
+  return std::move(log).value();
+}
+
+/// `prefix` followed by `i` (spelt out to dodge GCC 12's -Wrestrict false positive).
+std::string numbered(std::string prefix, uint64_t i) {
+  prefix += std::to_string(i);
+  return prefix;
+}
+
+std::string event_id(const std::string& stream, size_t i) {
+  return stream + "-event-" + std::to_string(i);
+}
+
+/// A request for `n` events of `stream`, ids unique per (stream, first_tag + i).
+append_request request(const std::string& stream, uint64_t expected, size_t n,
+                       size_t first_tag = 0) {
+  append_request req;
+  req.stream = stream;
+  req.expected_version = expected;
+  for (size_t i = 0; i < n; ++i) {
+    auto tag = first_tag + i;
+    req.events.push_back(proposed_event{event_id(stream, tag), "created",
+                                        "{\"n\":" + std::to_string(tag) + "}",
+                                        static_cast<int64_t>(1'700'000'000'000 + tag)});
+  }
+  return req;
+}
+
+append_request with_key(append_request req, std::string key, std::string fingerprint,
+                        int64_t now_ms, int64_t retention_ms = 1000) {
+  req.idempotency = idempotency_claim{std::move(key), std::move(fingerprint), now_ms,
+                                      retention_ms};
+  return req;
+}
+
+append_result append_one(event_log& log, const append_request& req) {
+  auto results = log.append(std::span{&req, 1});
+  REQUIRE(results.size() == 1);
+  if (!results[0])
+    FAIL("append failed: " << to_string(results[0].error().code) << ": "
+                           << results[0].error().detail);
+  return results[0].value();
+}
+
+std::vector<uint64_t> positions_of(const std::vector<recorded_event>& events) {
+  std::vector<uint64_t> out;
+  for (const auto& ev : events)
+    out.push_back(ev.position);
+  return out;
+}
+
+std::vector<uint64_t> range(uint64_t first, uint64_t last) {
+  std::vector<uint64_t> out;
+  for (auto i = first; i <= last; ++i)
+    out.push_back(i);
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("appended events are read back from their stream in order with versions and "
+          "positions") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  auto res = append_one(*log, request("todo-1", no_stream, 3));
+  CHECK(res == append_result{"todo-1", 3, 1, 3, false});
+  CHECK(log->head() == 3);
+
+  auto events = log->read_stream("todo-1", 1, 100);
+  REQUIRE(events);
+  REQUIRE(events->size() == 3);
+  for (size_t i = 0; i < 3; ++i) {
+    const auto& ev = (*events)[i];
+    CHECK(ev.id == event_id("todo-1", i));
+    CHECK(ev.stream == "todo-1");
+    CHECK(ev.type == "created");
+    CHECK(ev.version == i + 1);
+    CHECK(ev.position == i + 1);
+    CHECK(ev.occurred_at_ms == static_cast<int64_t>(1'700'000'000'000 + i));
+    CHECK(ev.data == "{\"n\":" + std::to_string(i) + "}");
+  }
+
+  SECTION("from a later version and with a limit") {
+    auto tail = log->read_stream("todo-1", 2, 1);
+    REQUIRE(tail);
+    REQUIRE(tail->size() == 1);
+    CHECK(tail->front().version == 2);
+  }
+  SECTION("from version 0 reads from the first event") {
+    auto all = log->read_stream("todo-1", 0, 100);
+    REQUIRE(all);
+    CHECK(all->size() == 3);
+  }
+}
+
+TEST_CASE("reading a stream past its end is empty and an unknown stream is "
+          "stream_not_found") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  append_one(*log, request("todo-1", no_stream, 2));
+  auto past = log->read_stream("todo-1", 3, 10);
+  REQUIRE(past);
+  CHECK(past->empty());
+  auto unknown = log->read_stream("todo-2", 1, 10);
+  REQUIRE_FALSE(unknown);
+  CHECK(unknown.error().code == storage_errc::stream_not_found);
+}
+
+TEST_CASE("streams whose names share a prefix do not see each other's events") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  const std::string a = "todo";
+  const std::string a_nul = std::string("todo\0x", 6);
+  const std::string a_one = std::string("todo\x01", 5);
+  append_one(*log, request(a, no_stream, 2));
+  append_one(*log, request(a_nul, no_stream, 3));
+  append_one(*log, request(a_one, no_stream, 1));
+  append_one(*log, request("todox", no_stream, 1));
+  auto read = [&](const std::string& s) { return log->read_stream(s, 1, 100).value().size(); };
+  CHECK(read(a) == 2);
+  CHECK(read(a_nul) == 3);
+  CHECK(read(a_one) == 1);
+  CHECK(read("todox") == 1);
+  CHECK(log->read_stream(a_nul, 1, 100).value().front().stream == a_nul);
+}
+
+TEST_CASE("a version conflict appends nothing and leaves the other requests of the batch "
+          "intact") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  append_one(*log, request("todo-1", no_stream, 2));
+
+  std::vector<append_request> batch{request("todo-2", no_stream, 1),
+                                    request("todo-1", 1, 1, 10), // stale: it is at 2
+                                    request("todo-3", no_stream, 2)};
+  auto results = log->append(batch);
+  REQUIRE(results.size() == 3);
+  REQUIRE(results[0]);
+  CHECK(*results[0] == append_result{"todo-2", 1, 3, 3, false});
+  REQUIRE_FALSE(results[1]);
+  CHECK(results[1].error().code == storage_errc::wrong_expected_version);
+  REQUIRE(results[2]);
+  CHECK(*results[2] == append_result{"todo-3", 2, 4, 5, false});
+
+  CHECK(log->stream_version("todo-1").value() == 2);
+  CHECK(log->read_stream("todo-1", 1, 100).value().size() == 2);
+  CHECK(log->head() == 5);
+  CHECK(positions_of(log->read_all(1, 100).value()) == range(1, 5));
+  CHECK_FALSE(log->find_event(event_id("todo-1", 10)));
+}
+
+TEST_CASE("no_stream on an existing stream is a version conflict") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  append_one(*log, request("todo-1", no_stream, 1));
+  auto req = request("todo-1", no_stream, 1, 1);
+  auto results = log->append(std::span{&req, 1});
+  REQUIRE_FALSE(results[0]);
+  CHECK(results[0].error().code == storage_errc::wrong_expected_version);
+  CHECK(log->head() == 1);
+}
+
+TEST_CASE("an expected version on a stream that does not exist is a version conflict") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  auto req = request("todo-1", 3, 1);
+  auto results = log->append(std::span{&req, 1});
+  REQUIRE_FALSE(results[0]);
+  CHECK(results[0].error().code == storage_errc::wrong_expected_version);
+  CHECK(log->head() == 0);
+}
+
+TEST_CASE("any_version appends whatever the stream's version") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  CHECK(append_one(*log, request("todo-1", any_version, 1)).version == 1);
+  CHECK(append_one(*log, request("todo-1", any_version, 2, 1)).version == 3);
+}
+
+TEST_CASE("expected versions account for earlier requests of the same batch") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  std::vector<append_request> batch{request("todo-1", no_stream, 2),
+                                    request("todo-1", 2, 1, 2),
+                                    request("todo-1", 2, 1, 3)}; // stale by now
+  auto results = log->append(batch);
+  REQUIRE(results[0]);
+  REQUIRE(results[1]);
+  CHECK(*results[1] == append_result{"todo-1", 3, 3, 3, false});
+  REQUIRE_FALSE(results[2]);
+  CHECK(results[2].error().code == storage_errc::wrong_expected_version);
+
+  auto events = log->read_stream("todo-1", 1, 100).value();
+  REQUIRE(events.size() == 3);
+  CHECK(events[2].id == event_id("todo-1", 2));
+  auto streams = log->list_streams(0, 10).value();
+  REQUIRE(streams.size() == 1); // the in-batch recency entry was replaced
+  CHECK(streams[0] == stream_summary{"todo-1", 3, 3});
+}
+
+TEST_CASE("$all is read from any position with a limit and is empty past the end") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  append_one(*log, request("todo-1", no_stream, 3));
+  append_one(*log, request("todo-2", no_stream, 2));
+
+  CHECK(positions_of(log->read_all(0, 100).value()) == range(1, 5));
+  CHECK(positions_of(log->read_all(1, 100).value()) == range(1, 5));
+  CHECK(positions_of(log->read_all(3, 100).value()) == range(3, 5));
+  CHECK(positions_of(log->read_all(2, 2).value()) == range(2, 3));
+  CHECK(positions_of(log->read_all(5, 100).value()) == range(5, 5));
+  CHECK(log->read_all(6, 100).value().empty());
+  CHECK(log->read_all(1, 0).value().empty());
+  auto fourth = log->read_all(4, 1).value();
+  REQUIRE(fourth.size() == 1);
+  CHECK(fourth[0].stream == "todo-2");
+  CHECK(fourth[0].version == 1);
+}
+
+TEST_CASE("$all of an empty log is empty, not an error") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  CHECK(log->head() == 0);
+  auto events = log->read_all(1, 10);
+  REQUIRE(events);
+  CHECK(events->empty());
+  auto streams = log->list_streams(0, 10);
+  REQUIRE(streams);
+  CHECK(streams->empty());
+}
+
+TEST_CASE("positions are consecutive and gap-free across batches") {
+  temp_dir dir;
+  auto log = open_log(dir, /*sync=*/false);
+  uint64_t expected_first = 1;
+  for (size_t b = 0; b < 20; ++b) {
+    std::vector<append_request> batch;
+    for (size_t r = 0; r < 5; ++r)
+      batch.push_back(request(numbered("todo-", r), any_version, 1 + (b + r) % 3,
+                              b * 10));
+    auto results = log->append(batch);
+    for (size_t r = 0; r < batch.size(); ++r) {
+      REQUIRE(results[r]);
+      CHECK(results[r]->first_position == expected_first);
+      CHECK(results[r]->last_position == expected_first + batch[r].events.size() - 1);
+      expected_first = results[r]->last_position + 1;
+    }
+  }
+  CHECK(log->head() == expected_first - 1);
+  CHECK(positions_of(log->read_all(1, 10'000).value()) == range(1, expected_first - 1));
+}
+
+TEST_CASE("reopening keeps every event and continues positions without reuse") {
+  temp_dir dir;
+  {
+    auto log = open_log(dir);
+    append_one(*log, request("todo-1", no_stream, 3));
+    append_one(*log, request("todo-2", no_stream, 1));
+    REQUIRE(log->save_snapshot("todo-1", snapshot_record{3, "state"}));
+  }
+  auto log = open_log(dir);
+  CHECK(log->head() == 4);
+  CHECK(log->stream_version("todo-1").value() == 3);
+  CHECK(log->read_stream("todo-1", 1, 10).value().size() == 3);
+  CHECK(log->load_snapshot("todo-1").value() == snapshot_record{3, "state"});
+
+  auto res = append_one(*log, request("todo-1", 3, 1, 3));
+  CHECK(res == append_result{"todo-1", 4, 5, 5, false});
+  CHECK(positions_of(log->read_all(1, 100).value()) == range(1, 5));
+  CHECK(log->find_event(event_id("todo-1", 0)).value().position == 1);
+}
+
+TEST_CASE("find_event returns the event by id and an unknown id is event_not_found") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  append_one(*log, request("todo-1", no_stream, 2));
+  append_one(*log, request("todo-2", no_stream, 1));
+  auto ev = log->find_event(event_id("todo-1", 1));
+  REQUIRE(ev);
+  CHECK(ev->stream == "todo-1");
+  CHECK(ev->version == 2);
+  CHECK(ev->position == 2);
+  CHECK(ev.value() == log->read_all(2, 1).value().front());
+  auto missing = log->find_event("no-such-id");
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error().code == storage_errc::event_not_found);
+}
+
+TEST_CASE("stream_version is the number of events and an unknown stream is "
+          "stream_not_found") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  auto missing = log->stream_version("todo-1");
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error().code == storage_errc::stream_not_found);
+  append_one(*log, request("todo-1", no_stream, 2));
+  append_one(*log, request("todo-1", 2, 3, 2));
+  CHECK(log->stream_version("todo-1").value() == 5);
+}
+
+TEST_CASE("list_streams orders streams by their newest event and pages by position") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  append_one(*log, request("a", no_stream, 1));  // a: 1
+  append_one(*log, request("b", no_stream, 2));  // b: 2..3
+  append_one(*log, request("c", no_stream, 1));  // c: 4
+  append_one(*log, request("a", 1, 1, 1));       // a: 5, moves to the front
+
+  auto all = log->list_streams(0, 10).value();
+  CHECK(all == std::vector<stream_summary>{{"a", 2, 5}, {"c", 1, 4}, {"b", 2, 3}});
+
+  auto first_page = log->list_streams(0, 2).value();
+  CHECK(first_page == std::vector<stream_summary>{{"a", 2, 5}, {"c", 1, 4}});
+  auto second_page = log->list_streams(first_page.back().last_position, 2).value();
+  CHECK(second_page == std::vector<stream_summary>{{"b", 2, 3}});
+  CHECK(log->list_streams(second_page.back().last_position, 2).value().empty());
+  CHECK(log->list_streams(0, 0).value().empty());
+}
+
+TEST_CASE("an idempotency key with the same fingerprint replays the original result and "
+          "appends nothing") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  append_one(*log, request("todo-0", no_stream, 1));
+  auto first = append_one(*log, with_key(request("todo-1", no_stream, 2), "k1", "fp", 1000));
+  CHECK(first == append_result{"todo-1", 2, 2, 3, false});
+
+  // A retry: the stream has moved on, so its expected version would fail,
+  // and it may even name another stream; the key decides.
+  auto retry = append_one(*log, with_key(request("todo-9", no_stream, 2, 50), "k1", "fp", 1500));
+  CHECK(retry == append_result{"todo-1", 2, 2, 3, true});
+  CHECK(log->head() == 3);
+  CHECK_FALSE(log->stream_version("todo-9"));
+}
+
+TEST_CASE("an idempotency key used twice in one batch replays the first request") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  std::vector<append_request> batch{
+    with_key(request("todo-1", no_stream, 1), "k1", "fp", 1000),
+    with_key(request("todo-1", no_stream, 1, 1), "k1", "fp", 1000),
+    with_key(request("todo-2", no_stream, 1), "k1", "other", 1000)};
+  auto results = log->append(batch);
+  REQUIRE(results[0]);
+  CHECK(*results[0] == append_result{"todo-1", 1, 1, 1, false});
+  REQUIRE(results[1]);
+  CHECK(*results[1] == append_result{"todo-1", 1, 1, 1, true});
+  REQUIRE_FALSE(results[2]);
+  CHECK(results[2].error().code == storage_errc::idempotency_conflict);
+  CHECK(log->head() == 1);
+}
+
+TEST_CASE("an idempotency key reused with a different fingerprint is "
+          "idempotency_conflict") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  append_one(*log, with_key(request("todo-1", no_stream, 1), "k1", "fp-a", 1000));
+  auto req = with_key(request("todo-1", any_version, 1, 1), "k1", "fp-b", 1001);
+  auto results = log->append(std::span{&req, 1});
+  REQUIRE_FALSE(results[0]);
+  CHECK(results[0].error().code == storage_errc::idempotency_conflict);
+  CHECK(log->head() == 1);
+}
+
+TEST_CASE("an idempotency key whose retention elapsed is treated as new") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  append_one(*log, with_key(request("todo-1", no_stream, 1), "k1", "fp", 1000, 500));
+  // created 1000 + retention 500 == now 1500: expired.
+  auto fresh = append_one(*log, with_key(request("todo-1", 1, 1, 1), "k1", "fp2", 1500, 500));
+  CHECK(fresh == append_result{"todo-1", 2, 2, 2, false});
+  // The key now belongs to the new request.
+  auto replay = append_one(*log, with_key(request("todo-1", 2, 1, 2), "k1", "fp2", 1600, 500));
+  CHECK(replay == append_result{"todo-1", 2, 2, 2, true});
+  CHECK(log->head() == 2);
+}
+
+TEST_CASE("idempotency keys survive a reopen") {
+  temp_dir dir;
+  {
+    auto log = open_log(dir);
+    append_one(*log, with_key(request("todo-1", no_stream, 2), "k1", "fp", 1000));
+  }
+  auto log = open_log(dir);
+  auto replay = append_one(*log, with_key(request("todo-1", no_stream, 2), "k1", "fp", 1100));
+  CHECK(replay == append_result{"todo-1", 2, 1, 2, true});
+  auto req = with_key(request("todo-1", any_version, 1, 5), "k1", "other", 1100);
+  auto conflict = log->append(std::span{&req, 1});
+  REQUIRE_FALSE(conflict[0]);
+  CHECK(conflict[0].error().code == storage_errc::idempotency_conflict);
+}
+
+TEST_CASE("purging idempotency keys deletes only those created before the cutoff") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  for (int i = 0; i < 5; ++i)
+    append_one(*log, with_key(request(numbered("todo-", i), no_stream, 1),
+                              numbered("k", i), "fp", 1000 + i * 100, 1'000'000));
+  auto purged = log->purge_idempotency_keys(1200); // k0 (1000) and k1 (1100)
+  REQUIRE(purged);
+  CHECK(*purged == 2);
+
+  // A purged key is free again; a kept one still replays.
+  auto reuse = append_one(*log, with_key(request("todo-0", 1, 1, 1), "k0", "new", 2000,
+                                         1'000'000));
+  CHECK_FALSE(reuse.replayed);
+  auto kept = append_one(*log, with_key(request("todo-2", no_stream, 1), "k2", "fp", 2000,
+                                        1'000'000));
+  CHECK(kept.replayed);
+  CHECK(log->purge_idempotency_keys(0).value() == 0);
+  CHECK(log->purge_idempotency_keys(INT64_MAX).value() == 4);
+}
+
+TEST_CASE("purging many idempotency keys works across chunks") {
+  temp_dir dir;
+  auto log = open_log(dir, /*sync=*/false);
+  std::vector<append_request> batch;
+  for (int i = 0; i < 3000; ++i)
+    batch.push_back(with_key(request(numbered("s", i), no_stream, 1),
+                             numbered("k", i), "fp", i % 2 == 0 ? 10 : 5000));
+  for (const auto& r : log->append(batch))
+    REQUIRE(r);
+  CHECK(log->purge_idempotency_keys(100).value() == 1500);
+  CHECK(log->purge_idempotency_keys(INT64_MAX).value() == 1500);
+}
+
+TEST_CASE("snapshots are saved, overwritten and loaded; a missing one is "
+          "snapshot_not_found") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  auto missing = log->load_snapshot("todo-1");
+  REQUIRE_FALSE(missing);
+  CHECK(missing.error().code == storage_errc::snapshot_not_found);
+
+  const std::string bytes("\0binary\xff", 8);
+  REQUIRE(log->save_snapshot("todo-1", snapshot_record{3, bytes}));
+  CHECK(log->load_snapshot("todo-1").value() == snapshot_record{3, bytes});
+  REQUIRE(log->save_snapshot("todo-1", snapshot_record{7, "later"}));
+  CHECK(log->load_snapshot("todo-1").value() == snapshot_record{7, "later"});
+  CHECK_FALSE(log->load_snapshot("todo-2"));
+}
+
+TEST_CASE("opening on a path that is a regular file fails with an error") {
+  temp_dir dir;
+  auto file = dir.path() / "not-a-dir";
+  std::ofstream{file} << "x";
+  log_options opts;
+  opts.dir = file.string();
+  auto log = event_log::open(opts);
+  REQUIRE_FALSE(log);
+  auto code = log.error().code;
+  CHECK((code == storage_errc::not_writable || code == storage_errc::io_error));
+  CHECK_FALSE(log.error().detail.empty());
+}
+
+namespace {
+
+/// Size of the newest WAL file (`NNNNNN.log`) in `db`.
+uintmax_t current_wal_size(const fs::path& db) {
+  fs::path newest;
+  for (const auto& entry : fs::directory_iterator{db})
+    if (entry.path().extension() == ".log" && entry.path() > newest)
+      newest = entry.path();
+  REQUIRE_FALSE(newest.empty());
+  return fs::file_size(newest);
+}
+
+/// While alive, no file of this process may grow past `bytes`
+/// (root ignores permissions but not RLIMIT_FSIZE).
+class file_size_limit {
+public:
+  explicit file_size_limit(rlim_t bytes) {
+    ::getrlimit(RLIMIT_FSIZE, &saved_);
+    old_handler_ = std::signal(SIGXFSZ, SIG_IGN);
+    rlimit lim = saved_;
+    lim.rlim_cur = bytes;
+    ::setrlimit(RLIMIT_FSIZE, &lim);
+  }
+  ~file_size_limit() {
+    ::setrlimit(RLIMIT_FSIZE, &saved_);
+    std::signal(SIGXFSZ, old_handler_);
+  }
+  file_size_limit(const file_size_limit&) = delete;
+  file_size_limit& operator=(const file_size_limit&) = delete;
+
+private:
+  rlimit saved_{};
+  void (*old_handler_)(int) = nullptr;
+};
+
+} // namespace
+
+TEST_CASE("a failed write fails every request of the batch and consumes no positions") {
+  temp_dir dir;
+  {
+    auto log = open_log(dir);
+    // The limit must stop only the WAL: RocksDB's info LOG (this build keeps
+    // its asserts) must stay writable, so make the WAL the biggest file first.
+    auto big = request("todo-1", no_stream, 2);
+    big.events[0].data = std::string(1 << 20, 'x');
+    append_one(*log, big);
+    auto wal = current_wal_size(dir.db());
+    REQUIRE(wal > fs::file_size(fs::path{dir.db()} / "LOG") + (64 << 10));
+
+    std::vector<append_request> batch{request("todo-2", no_stream, 1),
+                                      request("todo-1", 7, 1, 2), // would conflict anyway
+                                      request("todo-3", no_stream, 2)};
+    std::vector<result<append_result>> results;
+    {
+      file_size_limit limit{static_cast<rlim_t>(wal)};
+      results = log->append(batch);
+    }
+    REQUIRE(results.size() == 3);
+    for (const auto& r : results) {
+      REQUIRE_FALSE(r);
+      CHECK(r.error().code == storage_errc::not_writable);
+      CHECK_FALSE(r.error().detail.empty());
+    }
+    CHECK(log->head() == 2);
+    CHECK(positions_of(log->read_all(1, 100).value()) == range(1, 2));
+    CHECK_FALSE(log->stream_version("todo-2"));
+  }
+  // After a restart the log continues right after the last durable event.
+  auto log = open_log(dir);
+  CHECK(log->head() == 2);
+  auto res = append_one(*log, request("todo-2", no_stream, 1));
+  CHECK(res.first_position == 3);
+  CHECK(positions_of(log->read_all(1, 100).value()) == range(1, 3));
+}
+
+TEST_CASE("readers see a gap-free prefix of $all while a writer appends") {
+  temp_dir dir;
+  auto log = open_log(dir, /*sync=*/false);
+  constexpr uint64_t total = 2000;
+  std::atomic<bool> done{false};
+  std::thread writer{[&] {
+    for (uint64_t i = 0; i < total / 4; ++i) {
+      std::vector<append_request> batch{request(numbered("x-", i % 7), any_version, 2, i * 2),
+                                        request(numbered("y-", i % 5), any_version, 2, i * 2)};
+      log->append(batch);
+    }
+    done = true;
+  }};
+  bool ordered = true;
+  while (!done) {
+    auto head = log->head();
+    auto events = log->read_all(1, 100'000).value();
+    // Everything up to the head is visible, and nothing has a gap.
+    ordered = ordered && events.size() >= head;
+    for (size_t i = 0; i < events.size(); ++i)
+      ordered = ordered && events[i].position == i + 1;
+  }
+  writer.join();
+  CHECK(ordered);
+  CHECK(log->head() == total);
+  CHECK(log->read_all(1, 100'000).value().size() == total);
+}
+
+TEST_CASE("the record codec round-trips and rejects truncated records") {
+  recorded_event ev{"id", std::string("s\0t", 3), "type", 7, 42, -5, "{\"a\":1}"};
+  auto bytes = keys::encode_event(ev);
+  CHECK(keys::decode_event(bytes, 42) == ev);
+  CHECK_FALSE(keys::decode_event(bytes.substr(0, bytes.size() - 1), 42));
+  CHECK_FALSE(keys::decode_event(bytes + "x", 42));
+  CHECK_FALSE(keys::decode_event("", 42));
+
+  keys::idempotency_record rec{"fp", "todo-1", 3, 10, 12, -1};
+  auto raw = keys::encode_idempotency(rec);
+  CHECK(keys::decode_idempotency(raw) == rec);
+  CHECK_FALSE(keys::decode_idempotency(raw.substr(0, 5)));
+
+  CHECK(keys::decode_snapshot(keys::encode_snapshot({9, "state"}))
+        == snapshot_record{9, "state"});
+  CHECK(keys::decode_head(keys::encode_head({4, 9})) == keys::stream_head{4, 9});
+  CHECK_FALSE(keys::decode_head("short"));
+}
+
+TEST_CASE("$all and recency keys sort by position") {
+  CHECK(keys::all_key(255) < keys::all_key(256));
+  CHECK(keys::all_key(1) < keys::prefix_end(keys::all_prefix));
+  CHECK(keys::recency_key(255, "zzz") < keys::recency_key(256, "a"));
+  CHECK(keys::stream_index_key("s", 1) < keys::stream_index_end("s"));
+  CHECK(keys::stream_index_key("s", UINT64_MAX) < keys::stream_index_end("s"));
+  CHECK_FALSE(keys::stream_index_key(std::string("s\0", 2), 1) < keys::stream_index_end("s"));
+}

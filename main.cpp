@@ -85,6 +85,7 @@ int main(int argc, char** argv) {
   actors::writer_options wopts;
   wopts.max_batch = opts.storage_max_batch;
   wopts.max_wait = std::chrono::microseconds{opts.storage_max_wait_us};
+  wopts.idempotency_retention = std::chrono::seconds{opts.storage_idempotency_retention_s};
   auto writer = sys.spawn<caf::detached>(actors::log_writer, log.get(), wopts);
 
   actors::runtime_options ropts;

@@ -47,6 +47,7 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
   self->state.options = options;
   self->state.pending.reserve(options.max_batch);
   self->state.promises.reserve(options.max_batch);
+  self->delayed_send(self, options.purge_interval, expire_atom_v);
   return {
     [=](append_atom, storage::append_request& req)
       -> caf::typed_response_promise<storage::append_result> {
@@ -73,6 +74,13 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
     [=](flush_atom) {
       if (self->state.flush_scheduled)
         flush(self);
+    },
+    [=](expire_atom) {
+      auto& opts = self->state.options;
+      auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::system_clock::now().time_since_epoch());
+      self->state.log->purge_idempotency_keys((now - opts.idempotency_retention).count());
+      self->delayed_send(self, opts.purge_interval, expire_atom_v);
     },
   };
 }

@@ -21,7 +21,8 @@ using position_listener_actor = caf::typed_actor<caf::reacts_to<core::committed>
 /// Appends streams' events; answers with where they landed once durable.
 using log_writer_actor = caf::typed_actor<
   caf::replies_to<append_atom, storage::append_request>::with<storage::append_result>,
-  caf::reacts_to<listen_atom, position_listener_actor>, caf::reacts_to<flush_atom>>;
+  caf::reacts_to<listen_atom, position_listener_actor>, caf::reacts_to<flush_atom>,
+  caf::reacts_to<expire_atom>>;
 
 /// Group-commit bounds.
 struct writer_options {
@@ -30,6 +31,10 @@ struct writer_options {
   /// How long the first append of a batch may wait for company (default 0:
   /// a batch is whatever queued up while the previous fsync ran).
   std::chrono::microseconds max_wait{0};
+  /// Idempotency keys older than this are deleted (default 24 h).
+  std::chrono::milliseconds idempotency_retention{24 * 3600 * 1000};
+  /// How often expired idempotency keys are purged (default 10 min).
+  std::chrono::milliseconds purge_interval{10 * 60 * 1000};
 };
 
 /// State of the log writer actor.

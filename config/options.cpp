@@ -55,6 +55,14 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
   }
   std::error_code ec;
   bool has_file = std::filesystem::exists(file, ec);
+  if (has_file) {
+    // CAF skips config-file values it cannot convert; check them first so
+    // a typo stops the server instead of being ignored.
+    auto checked = caf::actor_system_config::parse_config_file(file.c_str(),
+                                                               opts.custom_options());
+    if (!checked)
+      return "invalid config file " + file + ": " + caf::to_string(checked.error());
+  }
   if (auto err = opts.parse(argc, argv, has_file ? file.c_str() : "/dev/null"))
     return "invalid configuration: " + caf::to_string(err);
   if (!opts.remainder.empty())

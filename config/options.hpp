@@ -19,6 +19,9 @@ class options : public caf::actor_system_config {
 public:
   options();
 
+  /// The eventsd options (for checking a config file).
+  const caf::config_option_set& custom_options() const { return custom_options_; }
+
   // [http]
   std::string http_address = "127.0.0.1";
   uint16_t http_port = 8000;

@@ -120,6 +120,9 @@ struct event_log::impl {
   std::mutex write_mutex;
   /// Position of the newest durable event; written only under `write_mutex`.
   std::atomic<uint64_t> head{0};
+  /// A write failed: RocksDB may hold a background error that refuses every
+  /// later write until `Resume()` succeeds (written only under `write_mutex`).
+  bool needs_resume = false;
 
   /// Point lookup; nullopt when absent, error on I/O failure.
   result<std::optional<std::string>> get(const rocksdb::ReadOptions& ro,
@@ -262,6 +265,18 @@ event_log::append(std::span<const append_request> batch) {
     results.reserve(batch.size());
     std::lock_guard<std::mutex> guard{impl_->write_mutex};
     auto& db = *impl_->db;
+    if (impl_->needs_resume) {
+      // Recover from the previous failure once the fault has cleared (disk
+      // space freed, device back); until then every append fails cleanly.
+      if (auto st = db.Resume(); !st.ok()) {
+        results.assign(batch.size(), storage_error{storage_errc::not_writable,
+                                                   "store not writable: " + st.ToString()});
+        return results;
+      }
+      impl_->needs_resume = false;
+      if (auto last = impl_->last_position(); last && *last > impl_->head.load())
+        impl_->head.store(*last, std::memory_order_release);
+    }
     rocksdb::ReadOptions ro;
     rocksdb::WriteBatch wb;
     // Heads and idempotency keys written by earlier requests of this batch.
@@ -384,6 +399,7 @@ event_log::append(std::span<const append_request> batch) {
       storage_error err{storage_errc::not_writable, "write: " + st.ToString()};
       for (auto& r : results)
         r = err;
+      impl_->needs_resume = true;
       // Positions stay unconsumed, unless the batch reached the log after all
       // (e.g. WAL written, fsync failed): then never hand them out again.
       if (auto last = impl_->last_position(); last && *last >= first_free)

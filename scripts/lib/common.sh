@@ -38,12 +38,15 @@ ensure_packages() {
   local missing=() p status
   for p in "${pkgs[@]}"; do
     status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
-    [[ $status == "install ok installed" ]] || missing+=("$p")
+    [[ $status == "install ok installed" ]] && continue
+    # NodeSource's nodejs bundles npm and conflicts with Debian's npm package.
+    [[ $p == npm ]] && command -v npm >/dev/null 2>&1 && continue
+    missing+=("$p")
   done
   [[ ${#missing[@]} -eq 0 ]] && return 0
   log "installing missing packages: ${missing[*]}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -q
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
 }
 
 # Configures build/ (Ninja, Release) unless it already is, then builds everything,

@@ -26,12 +26,13 @@ _pg_log()  { printf '==> pg: %s\n' "$*" >&2; }
 _pg_fail() { printf 'error: pg: %s\n' "$*" >&2; return 1; }
 
 # Runs a command as the cluster's owner (postgres when we are root, else ourselves), from /
-# so that an unreadable working directory does not upset initdb or pg_ctl.
+# so that an unreadable working directory does not upset initdb or pg_ctl, and without the
+# lock's descriptor 9, which a postmaster would otherwise hold for its whole life.
 _pg_as() {
   if [[ ${EUID} -eq 0 ]]; then
-    (cd / && runuser -u postgres -- "$@")
+    (cd / && runuser -u postgres -- "$@") 9>&-
   else
-    (cd / && "$@")
+    (cd / && "$@") 9>&-
   fi
 }
 
@@ -216,7 +217,7 @@ _pg_locked() {
 # exports EVENTSD_POSTGRES_DSN and EVENTSD_TEST_PG_DSN. Does nothing when
 # EVENTSD_POSTGRES_DSN is already set. Safe to call again and from concurrent scripts.
 pg_start() {
-  if [[ -n ${EVENTSD_POSTGRES_DSN:-} ]]; then
+  if [[ -n ${EVENTSD_POSTGRES_DSN:-} && ${EVENTSD_POSTGRES_DSN} != "${_pg_own_dsn:-}" ]]; then
     _pg_log "using EVENTSD_POSTGRES_DSN from the environment; no private cluster"
     [[ -n ${EVENTSD_TEST_PG_DSN:-} ]] \
       || _pg_log "EVENTSD_TEST_PG_DSN is not set; tests that need PostgreSQL will lack a database"
@@ -227,6 +228,7 @@ pg_start() {
   _pg_paths
   export EVENTSD_POSTGRES_DSN="host=127.0.0.1 port=$_pg_port dbname=eventsd user=postgres"
   export EVENTSD_TEST_PG_DSN="host=127.0.0.1 port=$_pg_port dbname=eventsd_test user=postgres"
+  _pg_own_dsn=$EVENTSD_POSTGRES_DSN  # a later pg_start in this shell still manages the cluster
 }
 
 _pg_stop_locked() {

@@ -1,0 +1,592 @@
+// Tests of the generic aggregate runtime (aggregate actors, registry shards,
+// passivation, recovery, snapshots) with the Todo aggregate, on a real
+// RocksDB and a real actor system.
+#include "actors/aggregate.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <caf/all.hpp>
+#include <catch2/catch.hpp>
+
+#include "actors/todo_aggregate.hpp"
+#include "core/uuid.hpp"
+#include "runtime_fixture.hpp"
+
+using namespace eventsd;
+using namespace eventsd::test;
+using actors::todo_aggregate;
+using actors::write_conditions;
+
+namespace {
+
+std::string stream_of(const std::string& id) {
+  return "todo-" + id;
+}
+
+/// The state of todo `id` by folding its whole stream, without snapshots.
+todo::state fold(const storage::event_log& log, const std::string& id) {
+  auto st = todo_aggregate::initial(id);
+  auto events = log.read_stream(stream_of(id), 1, 100'000);
+  if (!events.ok())
+    return st;
+  for (auto& e : *events) {
+    auto ev = todo::decode_event(e.type, e.data);
+    REQUIRE(ev);
+    st = todo::evolve(std::move(st), *ev);
+  }
+  return st;
+}
+
+std::vector<storage::recorded_event> events_of(const storage::event_log& log,
+                                               const std::string& id) {
+  auto events = log.read_stream(stream_of(id), 1, 100'000);
+  if (!events.ok())
+    return {};
+  return std::move(events).value();
+}
+
+write_conditions if_match(uint64_t version) {
+  write_conditions c;
+  c.if_match = version;
+  return c;
+}
+
+/// The event type a command appends when accepted.
+std::string type_appended_by(const todo::command& c) {
+  switch (c.index()) {
+    case 0:
+      return "created";
+    case 1:
+      return "description-changed";
+    case 2:
+      return "status-changed-to-in-progress";
+    case 3:
+      return "status-changed-to-done";
+    default:
+      return "undo-to-some-history-state";
+  }
+}
+
+/// An accepted command of a cycle that changes description and status.
+todo::command nth_command(size_t n) {
+  switch (n % 3) {
+    case 0:
+      return todo::put_in_progress{};
+    case 1:
+      return todo::change_description{"description #" + std::to_string(n)};
+    default:
+      return todo::mark_done{};
+  }
+}
+
+} // namespace
+
+TEST_CASE("concurrent commands on one aggregate get contiguous versions and one event each",
+          "[aggregate][concurrency]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto id = core::make_uuid();
+  auto created = rt.execute(id, todo::create{"contended"});
+  REQUIRE_OK(created);
+  REQUIRE(created->version == 1);
+
+  constexpr size_t threads = 4;
+  constexpr size_t per_thread = 50;
+  std::vector<std::vector<todo::command>> sent(threads);
+  std::vector<std::vector<outcome>> answers(threads);
+  std::vector<std::thread> workers;
+  for (size_t t = 0; t < threads; ++t) {
+    std::vector<runtime::addressed_command> burst;
+    for (size_t i = 0; i < per_thread; ++i) {
+      sent[t].push_back(nth_command(t * per_thread + i));
+      burst.push_back({id, sent[t].back()});
+    }
+    workers.emplace_back(
+      [&, t, burst = std::move(burst)]() mutable { answers[t] = rt.execute_burst(std::move(burst)); });
+  }
+  for (auto& w : workers)
+    w.join();
+
+  // Every command is accepted; versions are exactly 2..201, each once.
+  std::map<uint64_t, std::pair<uint64_t, std::string>> by_version; // -> position, type
+  for (size_t t = 0; t < threads; ++t) {
+    uint64_t previous = 1;
+    for (size_t i = 0; i < per_thread; ++i) {
+      auto& o = answers[t][i];
+      REQUIRE_OK(o);
+      CHECK(o->id == id);
+      // One sender's commands are decided in the order it sent them.
+      CHECK(o->version > previous);
+      previous = o->version;
+      auto inserted = by_version.emplace(o->version,
+                                         std::make_pair(o->position, type_appended_by(sent[t][i])));
+      CHECK(inserted.second);
+    }
+  }
+  const uint64_t n = 1 + threads * per_thread;
+  REQUIRE(by_version.size() == n - 1);
+  CHECK(by_version.begin()->first == 2);
+  CHECK(by_version.rbegin()->first == n);
+
+  // The stream holds exactly those events, at the answered positions.
+  auto events = events_of(*log, id);
+  REQUIRE(events.size() == n);
+  CHECK(events[0].type == "created");
+  for (uint64_t v = 2; v <= n; ++v) {
+    auto& e = events[v - 1];
+    CHECK(e.version == v);
+    CHECK(e.position == by_version[v].first);
+    CHECK(e.type == by_version[v].second);
+  }
+  auto recovered = actors::recover<todo_aggregate>(*log, id);
+  REQUIRE(recovered.ok());
+  CHECK(recovered->version == n);
+  CHECK(*recovered == fold(*log, id));
+}
+
+TEST_CASE("commands on many aggregates at once get independent results in arrival order",
+          "[aggregate][concurrency]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  actors::runtime_options ropts;
+  ropts.shards = 4;
+  runtime rt{log.get(), ropts};
+
+  constexpr size_t todos = 40;
+  std::vector<std::string> ids;
+  for (size_t i = 0; i < todos; ++i)
+    ids.push_back(core::make_uuid());
+  // Interleaved: every todo's create, then every todo's second command, ...
+  std::vector<runtime::addressed_command> burst;
+  for (size_t step = 0; step < 4; ++step) {
+    for (size_t i = 0; i < todos; ++i) {
+      todo::command c;
+      switch (step) {
+        case 0:
+          c = todo::create{"todo number " + std::to_string(i)};
+          break;
+        case 1:
+          c = todo::put_in_progress{};
+          break;
+        case 2:
+          // Todo 0 gets an invalid description: refused, and only for it.
+          c = todo::change_description{i == 0 ? std::string{"x"} : "renamed " + std::to_string(i)};
+          break;
+        default:
+          c = todo::mark_done{};
+      }
+      burst.push_back({ids[i], c});
+    }
+  }
+  auto answers = rt.execute_burst(burst);
+  REQUIRE(answers.size() == 4 * todos);
+
+  std::set<uint64_t> positions;
+  for (size_t i = 0; i < todos; ++i) {
+    INFO("todo " << i);
+    std::vector<outcome*> mine;
+    for (size_t step = 0; step < 4; ++step)
+      mine.push_back(&answers[step * todos + i]);
+    if (i == 0) {
+      REQUIRE_OK(*mine[0]);
+      REQUIRE_OK(*mine[1]);
+      REQUIRE_FALSE(*mine[2]);
+      CHECK(is_error(mine[2]->error, todo::todo_errc::invalid_description));
+      REQUIRE_OK(*mine[3]);
+      CHECK((*mine[3])->version == 3);
+      CHECK(fold(*log, ids[i]) == todo::state{ids[i], "todo number 0", todo::status::done, 3});
+      continue;
+    }
+    for (size_t step = 0; step < 4; ++step) {
+      REQUIRE_OK(*mine[step]);
+      CHECK((*mine[step])->id == ids[i]);
+      CHECK((*mine[step])->version == step + 1);
+      CHECK(positions.insert((*mine[step])->position).second);
+    }
+    auto events = events_of(*log, ids[i]);
+    REQUIRE(events.size() == 4);
+    CHECK(events[0].type == "created");
+    CHECK(events[1].type == "status-changed-to-in-progress");
+    CHECK(events[2].type == "description-changed");
+    CHECK(events[3].type == "status-changed-to-done");
+    CHECK(fold(*log, ids[i])
+          == todo::state{ids[i], "renamed " + std::to_string(i), todo::status::done, 4});
+  }
+  CHECK(log->head() == 4 * todos - 1);
+}
+
+TEST_CASE("If-Match with a stale version fails with precondition_failed and appends nothing",
+          "[aggregate][if-match]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto id = core::make_uuid();
+  REQUIRE_OK(rt.execute(id, todo::create{"guarded"}));
+  REQUIRE_OK(rt.execute(id, todo::put_in_progress{}));
+  auto head = log->head();
+
+  for (uint64_t stale : {uint64_t{0}, uint64_t{1}, uint64_t{3}, uint64_t{99}}) {
+    INFO("If-Match " << stale);
+    auto o = rt.execute(id, todo::mark_done{}, if_match(stale));
+    REQUIRE_FALSE(o);
+    CHECK(is_error(o.error, core::runtime_errc::precondition_failed));
+    CHECK(o.rendered.find("runtime: precondition_failed") != std::string::npos);
+  }
+  CHECK(log->head() == head);
+  CHECK(log->stream_version(stream_of(id)).value() == 2);
+
+  auto ok = rt.execute(id, todo::mark_done{}, if_match(2));
+  REQUIRE_OK(ok);
+  CHECK(ok->version == 3);
+}
+
+TEST_CASE("If-Match on an unknown todo is not_found", "[aggregate][if-match]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto id = core::make_uuid();
+  std::vector<todo::command> commands{todo::put_in_progress{}, todo::mark_done{},
+                                      todo::change_description{"valid text"}};
+  for (auto& c : commands) {
+    auto o = rt.execute(id, c, if_match(1));
+    REQUIRE_FALSE(o);
+    CHECK(is_error(o.error, todo::todo_errc::not_found));
+  }
+  CHECK(log->head() == 0);
+  CHECK_FALSE(log->stream_version(stream_of(id)).ok());
+}
+
+TEST_CASE("refused commands reach the sender as todo errors and append nothing",
+          "[aggregate][errors]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto id = core::make_uuid();
+
+  auto missing = rt.execute(id, todo::put_in_progress{});
+  REQUIRE_FALSE(missing);
+  CHECK(is_error(missing.error, todo::todo_errc::not_found));
+  CHECK(missing.rendered.find("todo: not_found") != std::string::npos);
+
+  auto invalid = rt.execute(id, todo::create{"x"});
+  REQUIRE_FALSE(invalid);
+  CHECK(is_error(invalid.error, todo::todo_errc::invalid_description));
+  // The context names the field.
+  CHECK(invalid.rendered.find("description") != std::string::npos);
+  CHECK(log->head() == 0);
+
+  REQUIRE_OK(rt.execute(id, todo::create{"exists now"}));
+  auto twice = rt.execute(id, todo::create{"again"});
+  REQUIRE_FALSE(twice);
+  CHECK(is_error(twice.error, todo::todo_errc::already_exists));
+  CHECK(log->head() == 1);
+}
+
+TEST_CASE("an idempotent create retried on another id answers the first outcome",
+          "[aggregate][idempotency]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto claim = [](std::string fingerprint) {
+    write_conditions c;
+    c.idempotency = storage::idempotency_claim{"client-key-1", std::move(fingerprint),
+                                               now_ms()};
+    return c;
+  };
+  auto first_id = core::make_uuid();
+  auto first = rt.execute(first_id, todo::create{"only once"}, claim("fp"));
+  REQUIRE_OK(first);
+  CHECK_FALSE(first->replayed);
+
+  // The gateway makes a fresh id for every POST: the retry names another one.
+  auto retry_id = core::make_uuid();
+  auto retry = rt.execute(retry_id, todo::create{"only once"}, claim("fp"));
+  REQUIRE_OK(retry);
+  CHECK(retry->replayed);
+  CHECK(retry->id == first_id);
+  CHECK(retry->version == first->version);
+  CHECK(retry->position == first->position);
+  CHECK(log->head() == 1);
+  CHECK_FALSE(log->stream_version(stream_of(retry_id)).ok());
+
+  auto conflict = rt.execute(core::make_uuid(), todo::create{"different body"}, claim("fp2"));
+  REQUIRE_FALSE(conflict);
+  CHECK(is_error(conflict.error, storage::storage_errc::idempotency_conflict));
+  CHECK(log->head() == 1);
+}
+
+TEST_CASE("idle aggregates are passivated and a later command reactivates them intact",
+          "[aggregate][passivation]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  actors::runtime_options ropts;
+  ropts.idle_timeout = std::chrono::milliseconds{200};
+  ropts.shards = 4;
+  runtime rt{log.get(), ropts};
+  auto actors_before = live_actors();
+
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) {
+    ids.push_back(core::make_uuid());
+    REQUIRE_OK(rt.execute(ids.back(), todo::create{"idle " + std::to_string(i)}));
+    REQUIRE_OK(rt.execute(ids.back(), todo::put_in_progress{}));
+  }
+  CHECK(rt.live() >= 1); // the last one was used a moment ago
+
+  CHECK(eventually([&] { return rt.live() == 0; }));
+  CHECK(eventually([&] { return live_actors() == actors_before; }));
+
+  // Reactivation recovers version, description and status from the log.
+  auto o = rt.execute(ids[2], todo::mark_done{}, if_match(2));
+  REQUIRE_OK(o);
+  CHECK(o->version == 3);
+  CHECK(rt.live() == 1);
+  auto again = rt.execute(ids[2], todo::create{"again"});
+  CHECK(is_error(again.error, todo::todo_errc::already_exists));
+  CHECK(fold(*log, ids[2]) == todo::state{ids[2], "idle 2", todo::status::done, 3});
+
+  // And it is passivated again once idle.
+  CHECK(eventually([&] { return rt.live() == 0; }));
+}
+
+TEST_CASE("a refused command on a missing todo leaves no live aggregate behind",
+          "[aggregate][passivation]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  for (int i = 0; i < 10; ++i)
+    REQUIRE_FALSE(rt.execute(core::make_uuid(), todo::mark_done{}));
+  CHECK(eventually([&] { return rt.live() == 0; }));
+}
+
+TEST_CASE("max_live caps the live aggregates and evicted ones keep their state",
+          "[aggregate][passivation]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  actors::runtime_options ropts;
+  ropts.max_live = 10;
+  ropts.shards = 1;
+  runtime rt{log.get(), ropts};
+  auto actors_before = live_actors();
+
+  std::vector<std::string> ids;
+  for (int i = 0; i < 50; ++i) {
+    ids.push_back(core::make_uuid());
+    REQUIRE_OK(rt.execute(ids.back(), todo::create{"capped " + std::to_string(i)}));
+    REQUIRE(rt.live() <= 10);
+  }
+  CHECK(rt.live() == 10);
+  // The evicted actors really stop.
+  CHECK(eventually([&] { return live_actors() - actors_before <= 10; }));
+
+  for (int i = 0; i < 50; ++i) {
+    INFO("todo " << i);
+    auto o = rt.execute(ids[i], todo::put_in_progress{}, if_match(1));
+    REQUIRE_OK(o);
+    CHECK(o->version == 2);
+    REQUIRE(rt.live() <= 10);
+  }
+  for (int i = 0; i < 50; ++i)
+    CHECK(fold(*log, ids[i])
+          == todo::state{ids[i], "capped " + std::to_string(i), todo::status::in_progress, 2});
+  CHECK(eventually([&] { return live_actors() - actors_before <= 10; }));
+}
+
+TEST_CASE("max_live caps the live aggregates of all shards together",
+          "[aggregate][passivation][!mayfail]") {
+  // runtime_options::max_live is "most live aggregate actors in all shards
+  // together"; each shard gets ceil(max_live / shards), so 4 shards of 3 can
+  // hold 12 when max_live is 10.
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  actors::runtime_options ropts;
+  ropts.max_live = 10;
+  ropts.shards = 4;
+  runtime rt{log.get(), ropts};
+  uint64_t most = 0;
+  for (int i = 0; i < 100; ++i) {
+    REQUIRE_OK(rt.execute(core::make_uuid(), todo::create{"spread " + std::to_string(i)}));
+    most = std::max(most, rt.live());
+  }
+  CHECK(most <= 10);
+}
+
+TEST_CASE("commands to an aggregate evicted while its last command is in flight still succeed",
+          "[aggregate][passivation][!mayfail]") {
+  // Eviction (max_live) stops an actor that may still have a command in flight;
+  // the next command for the same id spawns a fresh actor that must not decide
+  // on a state recovered before that in-flight event became durable.
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  actors::runtime_options ropts;
+  ropts.max_live = 1;
+  ropts.shards = 1;
+  runtime rt{log.get(), ropts};
+  auto a = core::make_uuid();
+  auto b = core::make_uuid();
+  REQUIRE_OK(rt.execute(a, todo::create{"todo a"}));
+  REQUIRE_OK(rt.execute(b, todo::create{"todo b"}));
+
+  constexpr size_t rounds = 100;
+  std::vector<runtime::addressed_command> burst;
+  for (size_t i = 0; i < rounds; ++i)
+    burst.push_back({i % 2 == 0 ? a : b, nth_command(i / 2)});
+  auto answers = rt.execute_burst(burst);
+
+  size_t failed = 0;
+  std::string first_error;
+  for (auto& o : answers) {
+    if (!o) {
+      if (failed++ == 0)
+        first_error = o.rendered;
+    }
+  }
+  INFO(failed << " of " << rounds << " commands failed, first: " << first_error);
+  CHECK(failed == 0);
+  CHECK(log->stream_version(stream_of(a)).value() == 1 + rounds / 2);
+  CHECK(log->stream_version(stream_of(b)).value() == 1 + rounds / 2);
+}
+
+TEST_CASE("an aggregate whose append hit a version conflict accepts the next command",
+          "[aggregate][!mayfail]") {
+  // A conflict means the actor decided on a stale state (e.g. it was spawned
+  // while an evicted predecessor still had an append in flight). The next
+  // command must be decided on the stream as it is in the log, not refused
+  // again and again until the actor happens to be passivated.
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto id = core::make_uuid();
+  REQUIRE_OK(rt.execute(id, todo::create{"raced"}));
+
+  // An event the live actor has not seen (what an evicted predecessor's
+  // in-flight append looks like to it).
+  storage::append_request foreign;
+  foreign.stream = stream_of(id);
+  foreign.expected_version = 1;
+  todo::event done = todo::status_changed_to_done{};
+  foreign.events.push_back(storage::proposed_event{core::make_uuid(),
+                                                   std::string{todo::type_name(done)},
+                                                   todo::encode_data(done), now_ms()});
+  {
+    caf::scoped_actor self{rt.sys()};
+    self->request(rt.writer(), caf::infinite, append_atom_v, std::move(foreign))
+      .receive([](storage::append_result& r) { REQUIRE(r.version == 2); },
+               [&](caf::error& e) { FAIL(rt.sys().render(e)); });
+  }
+
+  auto first = rt.execute(id, todo::put_in_progress{});
+  if (!first)
+    CHECK(is_error(first.error, storage::storage_errc::wrong_expected_version));
+  auto second = rt.execute(id, todo::change_description{"raced, renamed"});
+  INFO("first: " << first.rendered << "; second: " << second.rendered);
+  REQUIRE(second);
+  CHECK(second->version == (first ? 4u : 3u));
+  CHECK(fold(*log, id).description == "raced, renamed");
+}
+
+TEST_CASE("aggregates recover their state after the actor system is rebuilt on the same store",
+          "[aggregate][recovery]") {
+  temp_dir dir;
+  auto id = core::make_uuid();
+  uint64_t head = 0;
+  {
+    auto log = open_log(dir.db());
+    runtime rt{log.get()};
+    REQUIRE_OK(rt.execute(id, todo::create{"survives restarts"}));
+    REQUIRE_OK(rt.execute(id, todo::change_description{"survives restarts, renamed"}));
+    REQUIRE_OK(rt.execute(id, todo::put_in_progress{}));
+    REQUIRE_OK(rt.execute(id, todo::mark_done{}));
+    head = log->head();
+  } // actor system, writer and log all gone
+
+  auto log = open_log(dir.db());
+  CHECK(log->head() == head);
+  runtime rt{log.get()};
+  auto created = rt.execute(id, todo::create{"again"});
+  REQUIRE_FALSE(created);
+  CHECK(is_error(created.error, todo::todo_errc::already_exists));
+
+  auto o = rt.execute(id, todo::put_in_progress{}, if_match(4));
+  REQUIRE_OK(o);
+  CHECK(o->version == 5);
+  CHECK(o->position == head + 1); // positions continue, never reused
+  CHECK(fold(*log, id)
+        == todo::state{id, "survives restarts, renamed", todo::status::in_progress, 5});
+}
+
+TEST_CASE("recovery from a snapshot plus the tail equals a full replay",
+          "[aggregate][snapshot]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  actors::runtime_options ropts;
+  ropts.snapshot_every = 10;
+  runtime rt{log.get(), ropts};
+  auto id = core::make_uuid();
+
+  REQUIRE_OK(rt.execute(id, todo::create{"snapshotted"}));
+  for (size_t i = 0; i < 34; ++i) {
+    // Events 31..35 change only the status, so the snapshot's description
+    // is still current at the end.
+    auto c = i + 2 <= 30 ? nth_command(i) : (i % 2 ? todo::command{todo::mark_done{}}
+                                                   : todo::command{todo::put_in_progress{}});
+    auto o = rt.execute(id, c);
+    REQUIRE_OK(o);
+    REQUIRE(o->version == i + 2);
+  }
+  auto events = events_of(*log, id);
+  REQUIRE(events.size() == 35);
+
+  auto snap = log->load_snapshot(stream_of(id));
+  REQUIRE(snap.ok());
+  CHECK(snap->version == 30);
+  auto snap_state = todo::decode_state(snap->state);
+  REQUIRE(snap_state);
+  auto at_30 = todo_aggregate::initial(id);
+  for (size_t i = 0; i < 30; ++i)
+    at_30 = todo::evolve(at_30, *todo::decode_event(events[i].type, events[i].data));
+  CHECK(*snap_state == at_30);
+
+  auto full = fold(*log, id);
+  CHECK(full.version == 35);
+  auto recovered = actors::recover<todo_aggregate>(*log, id);
+  REQUIRE(recovered.ok());
+  CHECK(*recovered == full);
+
+  SECTION("recover starts from the snapshot, not from event 1") {
+    auto doctored = *snap_state;
+    doctored.description = "only in the snapshot";
+    REQUIRE(log->save_snapshot(stream_of(id),
+                               storage::snapshot_record{30, todo::encode_state(doctored)})
+              .ok());
+    auto from_snapshot = actors::recover<todo_aggregate>(*log, id);
+    REQUIRE(from_snapshot.ok());
+    CHECK(from_snapshot->description == "only in the snapshot");
+    CHECK(from_snapshot->version == 35);
+    CHECK(from_snapshot->status == full.status);
+  }
+
+  SECTION("an undecodable snapshot falls back to a full replay") {
+    REQUIRE(log->save_snapshot(stream_of(id), storage::snapshot_record{30, "not a state"}).ok());
+    auto replayed = actors::recover<todo_aggregate>(*log, id);
+    REQUIRE(replayed.ok());
+    CHECK(*replayed == full);
+  }
+}
+
+TEST_CASE("recover of an unknown aggregate is its initial state", "[aggregate][recovery]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  auto id = core::make_uuid();
+  auto st = actors::recover<todo_aggregate>(*log, id);
+  REQUIRE(st.ok());
+  CHECK(*st == todo_aggregate::initial(id));
+  CHECK_FALSE(st->exists());
+}

@@ -1,0 +1,214 @@
+// Shared helpers of the actor runtime tests: a fresh RocksDB directory, an
+// actor system configured like main, and a running writer + Todo registry.
+//
+// Thread-safety: a `runtime` is built and torn down by one test thread; its
+// `execute`/`live` helpers make their own scoped actors and may be called
+// from any thread (but Catch2 assertions only from the test thread).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <unistd.h>
+
+#include <caf/all.hpp>
+#include <catch2/catch.hpp>
+
+#include "actors/log_writer.hpp"
+#include "actors/todo_aggregate.hpp"
+#include "core/messages.hpp"
+#include "storage/event_log.hpp"
+
+namespace eventsd::test {
+
+/// A fresh, unique directory under the system temp dir, removed afterwards.
+class temp_dir {
+public:
+  temp_dir() {
+    static std::atomic<uint64_t> counter{0};
+    std::random_device rd;
+    path_ = std::filesystem::temp_directory_path()
+            / ("eventsd-actors-test-" + std::to_string(::getpid()) + "-"
+               + std::to_string(counter++) + "-" + std::to_string(rd()));
+    std::filesystem::create_directories(path_);
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+
+  std::string db() const { return (path_ / "db").string(); }
+
+private:
+  std::filesystem::path path_;
+};
+
+/// Opens the event log in `dir` (fsync on, as in production).
+inline std::unique_ptr<storage::event_log> open_log(const std::string& dir) {
+  storage::log_options opts;
+  opts.dir = dir;
+  opts.block_cache_mb = 8;
+  auto log = storage::event_log::open(opts);
+  if (!log.ok())
+    FAIL("cannot open the event log in " << dir << ": " << log.error().detail);
+  return std::move(log).value();
+}
+
+/// An actor system configuration set up exactly like main's.
+struct test_config : caf::actor_system_config {
+  test_config() {
+    core::configure_messages(*this);
+    core::add_error_category<todo::todo_errc>(*this, "todo");
+    set("scheduler.max-threads", 4);
+  }
+};
+
+/// True when `err` is error code `code` of its enum's category.
+template <class Enum>
+bool is_error(const caf::error& err, Enum code) {
+  return err.category() == caf::detail::error_factory<Enum>::category
+         && err.code() == static_cast<uint8_t>(code);
+}
+
+/// Polls `done` every 20 ms for up to `limit`; true once it holds.
+inline bool eventually(const std::function<bool()>& done,
+                       std::chrono::milliseconds limit = std::chrono::seconds{5}) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline)
+      return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds{20});
+  }
+  return true;
+}
+
+/// Outcome of one command sent to the registry: a write outcome or an error.
+struct outcome {
+  std::optional<actors::write_outcome> value;
+  caf::error error;
+  std::string rendered; ///< the error as the actor system renders it
+
+  explicit operator bool() const { return value.has_value(); }
+  const actors::write_outcome* operator->() const { return &*value; }
+};
+
+/// A running log writer and Todo registry over an event log, wired like main.
+/// REQUIRES: `log` outlives the runtime.
+class runtime {
+public:
+  runtime(storage::event_log* log, actors::runtime_options ropts = {},
+          actors::writer_options wopts = {})
+    : log_(log), sys_(cfg_) {
+    writer_ = sys_.spawn<caf::detached>(actors::log_writer, log, wopts);
+    registry_.emplace(sys_, log, writer_, ropts);
+  }
+
+  ~runtime() {
+    for (auto& shard : registry_->shards())
+      caf::anon_send_exit(shard, caf::exit_reason::user_shutdown);
+    caf::anon_send_exit(writer_, caf::exit_reason::user_shutdown);
+  }
+
+  runtime(const runtime&) = delete;
+  runtime& operator=(const runtime&) = delete;
+
+  caf::actor_system& sys() { return sys_; }
+  storage::event_log& log() { return *log_; }
+  const actors::log_writer_actor& writer() const { return writer_; }
+  const actors::todo_registry& registry() const { return *registry_; }
+
+  /// Sends one command to the shard of `id` and waits for the answer.
+  outcome execute(const std::string& id, todo::command cmd,
+                  actors::write_conditions cond = {}) {
+    caf::scoped_actor self{sys_};
+    outcome result;
+    self
+      ->request(registry_->shard_for(id), caf::infinite, execute_atom_v, id, std::move(cmd),
+                std::move(cond))
+      .receive([&](actors::write_outcome& o) { result.value = std::move(o); },
+               [&](caf::error& e) {
+                 result.rendered = sys_.render(e);
+                 result.error = std::move(e);
+               });
+    return result;
+  }
+
+  /// One command of a burst.
+  struct addressed_command {
+    std::string id;
+    todo::command cmd;
+    actors::write_conditions cond = {};
+  };
+
+  /// Sends every command from one scoped actor without waiting in between,
+  /// then collects the answers in sending order.
+  std::vector<outcome> execute_burst(std::vector<addressed_command> cmds) {
+    caf::scoped_actor self{sys_};
+    using handle = decltype(self->request(registry_->shard_for(""), caf::infinite,
+                                          execute_atom_v, std::string{}, todo::command{},
+                                          actors::write_conditions{}));
+    std::vector<handle> handles;
+    for (auto& c : cmds)
+      handles.push_back(self->request(registry_->shard_for(c.id), caf::infinite, execute_atom_v,
+                                      c.id, std::move(c.cmd), std::move(c.cond)));
+    std::vector<outcome> results(handles.size());
+    for (size_t i = 0; i < handles.size(); ++i)
+      handles[i].receive([&](actors::write_outcome& o) { results[i].value = std::move(o); },
+                         [&](caf::error& e) {
+                           results[i].rendered = sys_.render(e);
+                           results[i].error = std::move(e);
+                         });
+    return results;
+  }
+
+  /// Live aggregates as the registry shards count them (sum of `stats_atom`).
+  uint64_t live() {
+    caf::scoped_actor self{sys_};
+    uint64_t sum = 0;
+    for (auto& shard : registry_->shards())
+      self->request(shard, caf::infinite, stats_atom_v)
+        .receive([&](uint64_t n) { sum += n; },
+                 [&](caf::error& e) { FAIL("stats failed: " << sys_.render(e)); });
+    return sum;
+  }
+
+private:
+  storage::event_log* log_;
+  test_config cfg_;
+  caf::actor_system sys_;
+  actors::log_writer_actor writer_;
+  std::optional<actors::todo_registry> registry_;
+};
+
+/// Requires that an `outcome` is a success, showing the error otherwise.
+/// Evaluates its argument once.
+#define REQUIRE_OK(expr)                                                       \
+  do {                                                                         \
+    auto&& outcome_ = (expr);                                                  \
+    INFO("error: " << outcome_.rendered);                                      \
+    REQUIRE(outcome_);                                                         \
+  } while (false)
+
+/// Milliseconds since the Unix epoch, now (idempotency claims carry it).
+inline int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+           std::chrono::system_clock::now().time_since_epoch())
+    .count();
+}
+
+/// Aggregate actors alive in the whole process (metrics gauge).
+inline int64_t live_actors() {
+  return core::metrics::instance().live_aggregates.value();
+}
+
+} // namespace eventsd::test

@@ -1,0 +1,272 @@
+// End-to-end test harness: runs the real `eventsd` binary as a child process
+// against its own PostgreSQL database and talks to it over loopback HTTP.
+// Thread-safety: a `server` is driven from one thread; an `http_client` is used
+// by one thread at a time (give each thread its own); `raw_exchange` is free.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <sys/types.h>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace eventsd::e2e {
+
+using json = nlohmann::json;
+
+/// The DSN from EVENTSD_TEST_PG_DSN. Throws a clear error when it is unset or empty.
+std::string test_dsn();
+
+/// `dsn` with its `dbname` replaced by `dbname` (conninfo strings and URIs alike).
+std::string dsn_with_dbname(const std::string& dsn, const std::string& dbname);
+
+/// A uniquely named PostgreSQL database (`eventsd_e2e_<random>`), created on the
+/// server of EVENTSD_TEST_PG_DSN and dropped `WITH (FORCE)` on destruction.
+class test_database {
+public:
+  test_database();
+  ~test_database();
+  test_database(const test_database&) = delete;
+  test_database& operator=(const test_database&) = delete;
+
+  /// Conninfo of the new database.
+  const std::string& dsn() const { return dsn_; }
+  const std::string& name() const { return name_; }
+
+private:
+  std::string admin_dsn_;
+  std::string name_;
+  std::string dsn_;
+};
+
+/// `dsn` with its `host` and `port` replaced (and `hostaddr` dropped).
+std::string dsn_with_host_port(const std::string& dsn, const std::string& host, uint16_t port);
+
+/// The `host` and `port` that `dsn` names (defaults: 127.0.0.1 and 5432).
+std::pair<std::string, uint16_t> host_port_of(const std::string& dsn);
+
+/// A loopback TCP forwarder to stand between eventsd and PostgreSQL: `cut()`
+/// closes every forwarded connection and refuses new ones (as if PostgreSQL
+/// were down); `restore()` forwards again on the same port. Thread-safe.
+class tcp_proxy {
+public:
+  tcp_proxy(std::string target_host, uint16_t target_port);
+  ~tcp_proxy();
+  tcp_proxy(const tcp_proxy&) = delete;
+  tcp_proxy& operator=(const tcp_proxy&) = delete;
+
+  /// The local port that forwards to the target.
+  uint16_t port() const { return port_; }
+  void cut();
+  void restore();
+
+private:
+  struct state;
+  std::unique_ptr<state> state_;
+  uint16_t port_ = 0;
+};
+
+/// A fresh directory under $TMPDIR (or /tmp), removed recursively on destruction.
+class temp_dir {
+public:
+  explicit temp_dir(const std::string& prefix = "eventsd-e2e-");
+  ~temp_dir();
+  temp_dir(const temp_dir&) = delete;
+  temp_dir& operator=(const temp_dir&) = delete;
+  const std::string& path() const { return path_; }
+
+private:
+  std::string path_;
+};
+
+/// Options of a `server`.
+struct server_options {
+  /// Extra command-line arguments, e.g. `--projection.mode=unit-of-work`.
+  std::vector<std::string> args;
+  /// When set, used as `--postgres.dsn` and no database is created (e.g. an
+  /// unreachable server). Otherwise a fresh `test_database` is created.
+  std::optional<std::string> dsn;
+  /// How long to wait for the "listening on" line (default 20 s).
+  std::chrono::milliseconds start_timeout{20000};
+
+  /// Options with just these extra arguments.
+  static server_options with_args(std::vector<std::string> extra) {
+    server_options o;
+    o.args = std::move(extra);
+    return o;
+  }
+};
+
+/// The real eventsd (EVENTSD_BINARY) on a fresh storage directory and database,
+/// listening on a free loopback port. The directory and the database outlive
+/// restarts of the process and are removed with the `server`.
+/// REQUIRES: the thread that (re)starts the process outlives it: the child gets
+/// SIGKILL when that thread ends (so a crashed test leaves no server behind).
+class server {
+public:
+  /// Creates the storage directory and database and starts the process.
+  /// Throws with the process's output when it does not start listening in time.
+  explicit server(server_options opts = {});
+  /// SIGTERM, then SIGKILL after 5 s; removes the directory, drops the database.
+  /// Prints the process's output to stderr when unwinding from a failure (or
+  /// always with EVENTSD_E2E_VERBOSE=1).
+  ~server();
+  server(const server&) = delete;
+  server& operator=(const server&) = delete;
+
+  /// Starts the process again (same directory, same database, same args);
+  /// REQUIRES: it is not running. The port changes.
+  void start();
+  /// Sends SIGTERM and waits (SIGKILL after 5 s). Returns the exit status as
+  /// from waitpid, or -1 when nothing ran.
+  int stop();
+  /// Sends SIGKILL and reaps the process.
+  void kill();
+  /// stop() then start().
+  void restart();
+  bool running() const { return pid_ > 0; }
+
+  uint16_t port() const { return port_; }
+  /// The storage directory passed as `--storage.dir`.
+  const std::string& storage_dir() const { return storage_dir_; }
+  const std::string& dsn() const { return dsn_; }
+  /// Everything the process has written to stdout and stderr so far.
+  std::string output() const;
+
+private:
+  struct output_pump;
+  server_options opts_;
+  std::unique_ptr<temp_dir> dir_;
+  std::unique_ptr<test_database> db_;
+  std::string dsn_;
+  std::string storage_dir_;
+  pid_t pid_ = -1;
+  uint16_t port_ = 0;
+  std::shared_ptr<output_pump> pump_;
+  std::string previous_output_;
+};
+
+/// Case-insensitive ordering for header names.
+struct ci_less {
+  bool operator()(const std::string& a, const std::string& b) const;
+};
+
+using header_list = std::vector<std::pair<std::string, std::string>>;
+
+/// An HTTP answer.
+struct response {
+  unsigned status = 0;
+  std::multimap<std::string, std::string, ci_less> headers;
+  std::string body;
+
+  /// The first value of header `name` (any letter case), or nullopt.
+  std::optional<std::string> header(const std::string& name) const;
+  /// The body parsed as JSON; throws with the body when it is not JSON.
+  json json_body() const;
+};
+
+/// A synchronous HTTP/1.1 client over one keep-alive loopback connection
+/// (reconnects when the server closed it). Not thread-safe.
+class http_client {
+public:
+  explicit http_client(uint16_t port);
+  ~http_client();
+  http_client(const http_client&) = delete;
+  http_client& operator=(const http_client&) = delete;
+
+  /// Sends one request; `body` nullopt sends none. Adds Host and
+  /// Content-Length only; pass Content-Type in `headers`. Throws on I/O errors.
+  response request(const std::string& method, const std::string& target,
+                   const std::optional<std::string>& body = std::nullopt,
+                   const header_list& headers = {});
+
+  /// GET `target`.
+  response get(const std::string& target, const header_list& headers = {});
+  /// `method` with a JSON body and Content-Type: application/json.
+  response send_json(const std::string& method, const std::string& target, const json& body,
+                     const header_list& headers = {});
+  response post_json(const std::string& target, const json& body, const header_list& headers = {});
+  response put_json(const std::string& target, const json& body, const header_list& headers = {});
+  /// PUT without a body.
+  response put(const std::string& target, const header_list& headers = {});
+
+  /// Connections opened so far (1 while keep-alive holds).
+  int connections() const { return connections_; }
+  uint16_t port() const { return port_; }
+
+private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+  uint16_t port_;
+  int connections_ = 0;
+};
+
+/// Opens a new connection, writes `bytes` as they are (errors while writing are
+/// ignored: the server may answer and close early), then reads until the server
+/// closes or `timeout` passes. Returns everything read.
+std::string raw_exchange(uint16_t port, const std::string& bytes,
+                         std::chrono::milliseconds timeout = std::chrono::milliseconds{5000});
+
+/// Parses the first HTTP/1.1 response in `raw` (status, headers, body by
+/// Content-Length). Throws when `raw` holds no complete response head.
+response parse_response(const std::string& raw);
+
+/// A write's answer `{id, version, position}`.
+struct write_ack {
+  std::string id;
+  uint64_t version = 0;
+  uint64_t position = 0;
+};
+
+/// The ack in a write answer's body. Throws when the body lacks one.
+write_ack ack_of(const response& r);
+
+/// The highest position in `$all` (0 when empty), paging from `hint` (a
+/// position known to exist, or 1).
+uint64_t all_head(http_client& c, uint64_t hint = 1);
+
+/// Every event of `$all` from `from` on, paging with `next`.
+std::vector<json> read_all(http_client& c, uint64_t from = 1);
+
+/// The entity tag of `version`: `"<version>"` with the quotes.
+std::string etag_of(uint64_t version);
+
+/// True when `s` is a canonical lowercase UUID (8-4-4-4-12 hex).
+bool is_canonical_uuid(const std::string& s);
+
+/// True when `s` is RFC 3339 UTC with milliseconds, e.g. 2026-11-26T07:04:41.123Z.
+bool is_rfc3339_ms_utc(const std::string& s);
+
+/// A random canonical UUID (version 4).
+std::string random_uuid();
+
+/// `s` in upper case (ASCII).
+std::string upper(std::string s);
+
+/// Polls `fn` every `every` until it returns true or `within` passes.
+/// Returns the last result.
+template <class F>
+bool eventually(F&& fn, std::chrono::milliseconds within = std::chrono::milliseconds{10000},
+                std::chrono::milliseconds every = std::chrono::milliseconds{20});
+
+void sleep_for(std::chrono::milliseconds d);
+
+template <class F>
+bool eventually(F&& fn, std::chrono::milliseconds within, std::chrono::milliseconds every) {
+  auto deadline = std::chrono::steady_clock::now() + within;
+  for (;;) {
+    if (fn())
+      return true;
+    if (std::chrono::steady_clock::now() >= deadline)
+      return false;
+    sleep_for(every);
+  }
+}
+
+} // namespace eventsd::e2e

@@ -1,0 +1,336 @@
+// End-to-end tests of the read-model synchronization modes (API.md §5): each
+// test starts the real eventsd in one `--projection.mode` on its own database.
+#include "e2e/harness.hpp"
+
+#include <catch2/catch.hpp>
+
+using namespace eventsd::e2e;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct expected_write {
+  write_ack ack;
+  json state; // {id, description, status, version} right after the write
+};
+
+json todo_state(const std::string& id, const std::string& description, const std::string& status,
+                uint64_t version) {
+  return {{"id", id}, {"description", description}, {"status", status}, {"version", version}};
+}
+
+/// Performs write number `i` of a fixed script over a few todos; `ids` grows
+/// with each create. Every fourth write creates a todo, the next three change it.
+expected_write scripted_write(http_client& c, int i, std::vector<json>& todos,
+                              unsigned expected_status) {
+  response r;
+  int step = i % 4;
+  if (step == 0) {
+    auto d = "mode todo " + std::to_string(i / 4);
+    r = c.post_json("/todo", {{"description", d}});
+  } else {
+    auto& t = todos.back();
+    auto id = t["id"].get<std::string>();
+    if (step == 1)
+      r = c.put_json("/todo/change-description",
+                     {{"id", id}, {"description", t["description"].get<std::string>() + "!"}});
+    else if (step == 2)
+      r = c.put("/todo/" + id + "/put-in-progress");
+    else
+      r = c.put("/todo/" + id + "/done");
+  }
+  INFO("write " << i << " answered " << r.status << ": " << r.body);
+  REQUIRE(r.status == (step == 0 && expected_status == 200 ? 201u : expected_status));
+  auto ack = ack_of(r);
+  CHECK(r.header("ETag") == etag_of(ack.version));
+  if (step == 0) {
+    todos.push_back(todo_state(ack.id, "mode todo " + std::to_string(i / 4), "Created", 1));
+  } else {
+    auto& t = todos.back();
+    if (step == 1)
+      t["description"] = t["description"].get<std::string>() + "!";
+    else
+      t["status"] = step == 2 ? "InProgress" : "Done";
+    t["version"] = ack.version;
+  }
+  return {ack, todos.back()};
+}
+
+/// GET /todo/{id} without minPosition, right now.
+response read_now(http_client& c, const std::string& id) {
+  return c.get("/todo/" + id);
+}
+
+void check_sees(const response& r, const expected_write& w) {
+  INFO("GET /todo/" << w.ack.id << " answered " << r.status << ": " << r.body);
+  REQUIRE(r.status == 200);
+  CHECK(r.json_body() == w.state);
+  auto p = r.header("X-Read-Model-Position");
+  REQUIRE(p);
+  CHECK(std::stoull(*p) >= w.ack.position);
+}
+
+} // namespace
+
+TEST_CASE("unit-of-work: a read right after a write's answer sees the write",
+          "[e2e][modes][unit-of-work]") {
+  server s{server_options::with_args({"--projection.mode=unit-of-work"})};
+  http_client c{s.port()};
+  std::vector<json> todos;
+  for (int i = 0; i < 20; ++i) {
+    auto w = scripted_write(c, i, todos, 200);
+    check_sees(read_now(c, w.ack.id), w);
+  }
+  // The list, too.
+  auto r = c.get("/todo?limit=1000");
+  REQUIRE(r.status == 200);
+  auto items = r.json_body()["items"];
+  CHECK(items.size() == todos.size());
+  for (auto& t : todos) {
+    bool found = false;
+    for (auto& i : items)
+      found = found || i == t;
+    CHECK(found);
+  }
+}
+
+TEST_CASE("eventual: the read model converges to the state folded from the log",
+          "[e2e][modes][eventual]") {
+  server s{server_options::with_args({"--projection.mode=eventual"})};
+  http_client c{s.port()};
+  std::vector<json> todos;
+  for (int i = 0; i < 20; ++i)
+    scripted_write(c, i, todos, 200);
+  for (auto& t : todos) {
+    auto id = t["id"].get<std::string>();
+    json seen;
+    bool converged = eventually([&] {
+      auto r = read_now(c, id);
+      if (r.status != 200)
+        return false;
+      seen = r.json_body();
+      return seen == t;
+    });
+    INFO("todo " << t.dump() << " last seen " << seen.dump());
+    CHECK(converged);
+    // Folding the log gives the same state.
+    auto h = c.get("/todo/" + id + "/history");
+    REQUIRE(h.status == 200);
+    CHECK(h.json_body()["items"].back()["snapshot"] == t);
+  }
+}
+
+TEST_CASE("on-demand: a read right after a write brings the read model up to the write",
+          "[e2e][modes][on-demand]") {
+  server s{server_options::with_args({"--projection.mode=on-demand"})};
+  http_client c{s.port()};
+  std::vector<json> todos;
+  for (int i = 0; i < 12; ++i) {
+    auto w = scripted_write(c, i, todos, 200);
+    check_sees(read_now(c, w.ack.id), w);
+  }
+  auto r = c.get("/todo?limit=1000");
+  REQUIRE(r.status == 200);
+  CHECK(r.json_body()["items"].size() == todos.size());
+  // A position the log has not reached cannot be caught up to.
+  auto future = c.get("/todo?minPosition=1000000&waitMs=200");
+  CHECK(future.status == 503);
+  CHECK(future.header("Retry-After"));
+}
+
+TEST_CASE("scheduled: the read model applies new events only every interval-ms",
+          "[e2e][modes][scheduled]") {
+  server s{server_options::with_args({"--projection.mode=scheduled", "--projection.interval-ms=1500"})};
+  http_client c{s.port()};
+  auto a = ack_of(c.post_json("/todo", {{"description", "first scheduled"}}));
+  // Wait for a's tick: the next one is then about 1.5 s away.
+  bool applied = eventually([&] { return read_now(c, a.id).status == 200; }, 5000ms, 10ms);
+  REQUIRE(applied);
+  auto written = std::chrono::steady_clock::now();
+  auto b = c.post_json("/todo", {{"description", "second scheduled"}});
+  REQUIRE(b.status == 201);
+  auto bid = ack_of(b).id;
+  auto d = c.put("/todo/" + a.id + "/done");
+  REQUIRE(d.status == 200);
+
+  auto early_b = read_now(c, bid);
+  INFO("right after the write: " << early_b.status << " " << early_b.body);
+  CHECK(early_b.status == 404);
+  auto early_a = read_now(c, a.id);
+  REQUIRE(early_a.status == 200);
+  CHECK(early_a.json_body()["version"] == 1);
+  CHECK(std::chrono::steady_clock::now() - written < 1000ms); // still before the next tick
+
+  // minPosition waits for the next tick instead of answering 404.
+  auto waited = c.get("/todo/" + bid + "?minPosition=" + std::to_string(ack_of(b).position)
+                      + "&waitMs=5000");
+  INFO("with minPosition: " << waited.status << " " << waited.body);
+  CHECK(waited.status == 200);
+
+  sleep_for(2000ms);
+  bool converged = eventually(
+    [&] {
+      auto r = read_now(c, bid);
+      auto ra = read_now(c, a.id);
+      return r.status == 200 && ra.status == 200 && ra.json_body()["version"] == 2;
+    },
+    1500ms);
+  CHECK(converged);
+}
+
+TEST_CASE("unit-of-work with PostgreSQL unreachable: writes answer 202 with the same body, "
+          "/readyz and read-model reads answer 503",
+          "[e2e][modes][unit-of-work][postgres-down]") {
+  server_options o;
+  o.dsn = "host=127.0.0.1 port=1 dbname=eventsd user=postgres connect_timeout=1";
+  o.args = {"--projection.mode=unit-of-work", "--projection.uow-timeout-ms=300"};
+  server s{o};
+  http_client c{s.port()};
+
+  auto created = c.post_json("/todo", {{"description", "written while PostgreSQL is down"}});
+  INFO("POST answered " << created.status << ": " << created.body);
+  REQUIRE(created.status == 202);
+  auto a = ack_of(created);
+  CHECK(is_canonical_uuid(a.id));
+  CHECK(a.version == 1);
+  CHECK(a.position == 1);
+  CHECK(created.header("ETag") == "\"1\"");
+  CHECK(created.json_body().size() == 3);
+
+  auto p = c.put("/todo/" + a.id + "/put-in-progress");
+  REQUIRE(p.status == 202);
+  CHECK(ack_of(p).version == 2);
+  CHECK(ack_of(p).position == 2);
+  CHECK(p.header("ETag") == "\"2\"");
+  auto ch = c.put_json("/todo/change-description", {{"id", a.id}, {"description", "still down"}});
+  REQUIRE(ch.status == 202);
+  CHECK(ack_of(ch).version == 3);
+  auto d = c.put("/todo/" + a.id + "/done");
+  REQUIRE(d.status == 202);
+  CHECK(ack_of(d).version == 4);
+
+  // The events are durable in the log.
+  auto h = c.get("/todo/" + a.id + "/history");
+  REQUIRE(h.status == 200);
+  auto items = h.json_body()["items"];
+  REQUIRE(items.size() == 4);
+  CHECK(items.back()["snapshot"] == todo_state(a.id, "still down", "Done", 4));
+  CHECK(all_head(c) == 4);
+
+  auto ready = c.get("/readyz");
+  INFO("/readyz answered " << ready.status << ": " << ready.body);
+  CHECK(ready.status == 503);
+  CHECK(ready.header("Content-Type").value_or("").rfind("application/problem+json", 0) == 0);
+  auto rj = json::parse(ready.body, nullptr, false);
+  REQUIRE(rj.is_object());
+  CHECK(rj.value("status", 0) == 503);
+  CHECK(rj.contains("type"));
+  CHECK(rj.contains("title"));
+  CHECK(rj.contains("detail"));
+
+  auto one = c.get("/todo/" + a.id);
+  INFO("GET /todo/{id} answered " << one.status << ": " << one.body);
+  CHECK(one.status == 503);
+  CHECK(one.header("Content-Type").value_or("").rfind("application/problem+json", 0) == 0);
+  auto list = c.get("/todo");
+  CHECK(list.status == 503);
+  CHECK(c.get("/healthz").status == 200);
+}
+
+namespace {
+
+/// A server whose PostgreSQL connections pass through `proxy` (so the test can cut them).
+struct server_behind_proxy {
+  test_database db;
+  tcp_proxy proxy;
+  server srv;
+
+  explicit server_behind_proxy(std::vector<std::string> args)
+      : proxy(host_port_of(db.dsn()).first, host_port_of(db.dsn()).second),
+        srv([&] {
+          server_options o;
+          o.dsn = dsn_with_host_port(db.dsn(), "127.0.0.1", proxy.port()) + " connect_timeout=2";
+          o.args = std::move(args);
+          return o;
+        }()) {}
+};
+
+} // namespace
+
+TEST_CASE("unit-of-work: while PostgreSQL is down writes answer 202; when it returns the read "
+          "model catches up and writes answer 200 again",
+          "[e2e][modes][unit-of-work][postgres-down]") {
+  server_behind_proxy s{{"--projection.mode=unit-of-work", "--projection.uow-timeout-ms=300"}};
+  http_client c{s.srv.port()};
+  auto first = c.post_json("/todo", {{"description", "before the outage"}});
+  REQUIRE(first.status == 201);
+  auto a = ack_of(first);
+  REQUIRE(c.get("/readyz").status == 200);
+
+  s.proxy.cut();
+  std::vector<write_ack> during;
+  for (int i = 0; i < 3; ++i) {
+    auto r = i == 0 ? c.put("/todo/" + a.id + "/put-in-progress")
+                    : c.post_json("/todo", {{"description", "during the outage " + std::to_string(i)}});
+    INFO("write during the outage answered " << r.status << ": " << r.body);
+    REQUIRE(r.status == 202);
+    during.push_back(ack_of(r));
+  }
+  CHECK(during[0].version == 2);
+  CHECK(during[2].position == a.position + 3);
+  CHECK(eventually([&] { return c.get("/readyz").status == 503; }, 10000ms, 100ms));
+
+  s.proxy.restore();
+  CHECK(eventually([&] { return c.get("/readyz").status == 200; }, 20000ms, 100ms));
+  auto r = c.get("/todo/" + a.id + "?minPosition=" + std::to_string(during.back().position)
+                 + "&waitMs=20000");
+  INFO("after the outage: " << r.status << " " << r.body);
+  REQUIRE(r.status == 200);
+  CHECK(r.json_body() == todo_state(a.id, "before the outage", "InProgress", 2));
+  for (size_t i = 1; i < during.size(); ++i)
+    CHECK(c.get("/todo/" + during[i].id).status == 200);
+  auto after = c.put("/todo/" + a.id + "/done");
+  CHECK(after.status == 200);
+}
+
+TEST_CASE("eventual: writes while PostgreSQL is down are accepted and the read model catches up "
+          "when it returns",
+          "[e2e][modes][eventual][postgres-down]") {
+  server_behind_proxy s{{"--projection.mode=eventual"}};
+  http_client c{s.srv.port()};
+  auto a = ack_of(c.post_json("/todo", {{"description", "eventual before"}}));
+  s.proxy.cut();
+  std::vector<json> expected;
+  uint64_t last = a.position;
+  for (int i = 0; i < 10; ++i) {
+    auto r = c.post_json("/todo", {{"description", "eventual during " + std::to_string(i)}});
+    INFO("write during the outage answered " << r.status << ": " << r.body);
+    REQUIRE(r.status == 201);
+    auto w = ack_of(r);
+    expected.push_back(todo_state(w.id, "eventual during " + std::to_string(i), "Created", 1));
+    last = w.position;
+  }
+  auto d = c.put("/todo/" + a.id + "/done");
+  REQUIRE(d.status == 200);
+  last = ack_of(d).position;
+  expected.push_back(todo_state(a.id, "eventual before", "Done", 2));
+  s.proxy.restore();
+  auto l = c.get("/todo?limit=1000&waitMs=20000&minPosition=" + std::to_string(last));
+  INFO("after the outage: " << l.status << " " << l.body);
+  REQUIRE(l.status == 200);
+  auto items = l.json_body()["items"];
+  CHECK(items.size() == expected.size());
+  for (auto& t : expected) {
+    bool found = false;
+    for (auto& i : items)
+      found = found || i == t;
+    CHECK(found);
+  }
+}
+
+TEST_CASE("an unknown projection mode stops eventsd at start with a message naming the modes",
+          "[e2e][modes]") {
+  REQUIRE_THROWS_WITH(server{server_options::with_args({"--projection.mode=sometimes"})},
+                      Catch::Contains("exited before listening")
+                        && Catch::Contains("eventual, unit-of-work, on-demand or scheduled"));
+}

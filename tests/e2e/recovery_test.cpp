@@ -1,0 +1,310 @@
+// End-to-end tests of durability across restarts and crashes: the real eventsd
+// is stopped (SIGTERM) or killed (SIGKILL, under load) and started again on the
+// same storage directory and database.
+#include "e2e/harness.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <sys/wait.h>
+#include <thread>
+
+using namespace eventsd::e2e;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// One acknowledged write: what the server promised is durable.
+struct acked_write {
+  write_ack ack;
+  std::string type;
+};
+
+/// The state of each todo folded from `$all` (no undo events expected).
+std::map<std::string, json> fold(const std::vector<json>& events) {
+  std::map<std::string, json> todos;
+  for (auto& e : events) {
+    auto stream = e["stream"].get<std::string>();
+    REQUIRE(stream.rfind("todo-", 0) == 0);
+    auto id = stream.substr(5);
+    auto& t = todos[id];
+    auto type = e["type"].get<std::string>();
+    if (type == "created")
+      t = {{"id", id}, {"description", e["data"]["description"]}, {"status", "Created"}};
+    else if (type == "description-changed")
+      t["description"] = e["data"]["description"];
+    else if (type == "status-changed-to-in-progress")
+      t["status"] = "InProgress";
+    else if (type == "status-changed-to-done")
+      t["status"] = "Done";
+    else
+      FAIL("unexpected event type " << type);
+    t["version"] = e["version"];
+  }
+  return todos;
+}
+
+/// Every todo of GET /todo once the read model has applied `position`.
+std::map<std::string, json> list_read_model(http_client& c, uint64_t position) {
+  std::map<std::string, json> out;
+  std::string after;
+  for (;;) {
+    auto target = "/todo?limit=1000&waitMs=30000&minPosition=" + std::to_string(position)
+                  + (after.empty() ? "" : "&after=" + after);
+    auto r = c.get(target);
+    INFO("GET " << target << " answered " << r.status << ": " << r.body.substr(0, 300));
+    REQUIRE(r.status == 200);
+    auto j = r.json_body();
+    for (auto& i : j["items"]) {
+      auto id = i["id"].get<std::string>();
+      CHECK(out.count(id) == 0);
+      out[id] = i;
+    }
+    if (j["next"].is_null())
+      return out;
+    after = j["next"].get<std::string>();
+  }
+}
+
+} // namespace
+
+TEST_CASE("a restart on the same storage and database keeps history, versions and positions, "
+          "and new writes continue the positions",
+          "[e2e][recovery]") {
+  server s;
+  std::vector<json> log_before;
+  json history_a, history_b;
+  write_ack a, b, keyed;
+  std::string key = "restart-" + random_uuid();
+  {
+    http_client c{s.port()};
+    a = ack_of(c.post_json("/todo", {{"description", "survives restarts"}}));
+    REQUIRE(c.put_json("/todo/change-description", {{"id", a.id}, {"description", "renamed"}})
+              .status == 200);
+    REQUIRE(c.put("/todo/" + a.id + "/put-in-progress").status == 200);
+    b = ack_of(c.post_json("/todo", {{"description", "second survivor"}}));
+    REQUIRE(c.put("/todo/" + b.id + "/done").status == 200);
+    auto k = c.post_json("/todo", {{"description", "keyed"}}, {{"Idempotency-Key", key}});
+    REQUIRE(k.status == 201);
+    keyed = ack_of(k);
+    log_before = read_all(c);
+    REQUIRE(log_before.size() == 6);
+    history_a = c.get("/todo/" + a.id + "/history").json_body();
+    history_b = c.get("/todo/" + b.id + "/history").json_body();
+  }
+
+  int status = s.stop();
+  INFO("output so far:\n" << s.output());
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  s.start();
+
+  http_client c{s.port()};
+  CHECK(read_all(c) == log_before);
+  CHECK(c.get("/todo/" + a.id + "/history").json_body() == history_a);
+  CHECK(c.get("/todo/" + b.id + "/history").json_body() == history_b);
+
+  // The idempotency record survived too.
+  auto replay = c.post_json("/todo", {{"description", "keyed"}}, {{"Idempotency-Key", key}});
+  CHECK(replay.status == 201);
+  auto r = ack_of(replay);
+  CHECK(r.id == keyed.id);
+  CHECK(r.position == keyed.position);
+  CHECK(all_head(c) == 6);
+
+  auto next = c.put("/todo/" + a.id + "/done");
+  REQUIRE(next.status == 200);
+  auto n = ack_of(next);
+  CHECK(n.version == 4);
+  CHECK(n.position == 7);
+  auto created = ack_of(c.post_json("/todo", {{"description", "after the restart"}}));
+  CHECK(created.position == 8);
+
+  auto ra = c.get("/todo/" + a.id + "?minPosition=8");
+  REQUIRE(ra.status == 200);
+  CHECK(ra.json_body() == json{{"id", a.id}, {"description", "renamed"}, {"status", "Done"},
+                               {"version", 4}});
+  auto listed = list_read_model(c, 8);
+  CHECK(listed.size() == 4);
+}
+
+TEST_CASE("SIGKILL under load loses no acknowledged write, leaves no gap in $all, and the "
+          "read model converges",
+          "[e2e][recovery][crash]") {
+  server s;
+  std::atomic<bool> stop{false};
+  std::mutex mtx;
+  std::vector<acked_write> acked;
+  std::atomic<int> unexpected{0};
+  std::vector<std::string> unexpected_answers;
+
+  auto worker = [&](int t) {
+    std::mt19937 gen{static_cast<unsigned>(t * 7919 + 1)};
+    std::vector<write_ack> mine;
+    std::vector<acked_write> local;
+    try {
+      http_client c{s.port()};
+      while (!stop) {
+        response r;
+        std::string type;
+        if (mine.empty() || gen() % 3 == 0) {
+          type = "created";
+          r = c.post_json("/todo", {{"description", "load " + std::to_string(t) + "/"
+                                                      + std::to_string(local.size())}});
+        } else {
+          auto& target = mine[gen() % mine.size()];
+          switch (gen() % 3) {
+            case 0:
+              type = "description-changed";
+              r = c.put_json("/todo/change-description",
+                             {{"id", target.id},
+                              {"description", "changed " + std::to_string(local.size())}});
+              break;
+            case 1:
+              type = "status-changed-to-in-progress";
+              r = c.put("/todo/" + target.id + "/put-in-progress");
+              break;
+            default:
+              type = "status-changed-to-done";
+              r = c.put("/todo/" + target.id + "/done");
+          }
+        }
+        if (r.status != 200 && r.status != 201) {
+          std::lock_guard lock{mtx};
+          ++unexpected;
+          unexpected_answers.push_back(std::to_string(r.status) + " " + r.body);
+          continue;
+        }
+        auto ack = ack_of(r);
+        if (type == "created")
+          mine.push_back(ack);
+        local.push_back({ack, type});
+      }
+    } catch (const std::exception&) {
+      // The server was killed: the request in flight is not acknowledged.
+    }
+    std::lock_guard lock{mtx};
+    acked.insert(acked.end(), local.begin(), local.end());
+  };
+
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t)
+    threads.emplace_back(worker, t);
+  sleep_for(1500ms);
+  s.kill(); // mid-load: the workers are still sending
+  sleep_for(100ms);
+  stop = true;
+  for (auto& th : threads)
+    th.join();
+
+  INFO("unexpected answers: " << (unexpected_answers.empty() ? "" : unexpected_answers.front()));
+  CHECK(unexpected == 0);
+  REQUIRE(acked.size() > 50);
+
+  s.start();
+  http_client c{s.port()};
+  auto events = read_all(c);
+  REQUIRE(events.size() >= acked.size());
+
+  // $all is 1..head without gaps.
+  for (size_t i = 0; i < events.size(); ++i) {
+    INFO("event " << events[i].dump());
+    REQUIRE(events[i]["position"] == i + 1);
+  }
+  // Every acknowledged write is where its answer said.
+  size_t missing = 0;
+  for (auto& w : acked) {
+    REQUIRE(w.ack.position >= 1);
+    if (w.ack.position > events.size()) {
+      ++missing;
+      continue;
+    }
+    auto& e = events[w.ack.position - 1];
+    INFO("acked " << w.ack.id << " v" << w.ack.version << " @" << w.ack.position << " " << w.type
+                  << "; log has " << e.dump());
+    CHECK(e["stream"] == "todo-" + w.ack.id);
+    CHECK(e["version"] == w.ack.version);
+    CHECK(e["type"] == w.type);
+  }
+  CHECK(missing == 0);
+  // Each stream's versions are 1..n in position order.
+  std::map<std::string, uint64_t> versions;
+  for (auto& e : events) {
+    auto& v = versions[e["stream"].get<std::string>()];
+    CHECK(e["version"] == v + 1);
+    v = e["version"].get<uint64_t>();
+  }
+
+  // The read model converges to the fold of the log.
+  auto expected = fold(events);
+  auto listed = list_read_model(c, events.size());
+  CHECK(listed.size() == expected.size());
+  size_t mismatches = 0;
+  for (auto& [id, t] : expected) {
+    auto i = listed.find(id);
+    if (i == listed.end() || i->second != t) {
+      if (++mismatches <= 5) {
+        INFO("folded " << t.dump());
+        CHECK(i != listed.end());
+        if (i != listed.end())
+          CHECK(i->second == t);
+      }
+    }
+  }
+  CHECK(mismatches == 0);
+
+  // And the server goes on writing after the crash.
+  auto next = c.post_json("/todo", {{"description", "after the crash"}});
+  REQUIRE(next.status == 201);
+  CHECK(ack_of(next).position == events.size() + 1);
+}
+
+TEST_CASE("aggregates evicted, passivated and recovered from snapshots keep versions, history "
+          "and undo",
+          "[e2e][recovery][actors]") {
+  server s{server_options::with_args(
+    {"--actors.max-live=1", "--actors.snapshot-every=2", "--actors.idle-timeout=1"})};
+  http_client c{s.port()};
+  // Three todos written in turn: with one live actor each write recovers its todo.
+  std::vector<std::string> ids;
+  for (int i = 0; i < 3; ++i)
+    ids.push_back(ack_of(c.post_json("/todo", {{"description", "evicted " + std::to_string(i)}})).id);
+  for (int round = 0; round < 6; ++round)
+    for (size_t i = 0; i < ids.size(); ++i) {
+      auto r = round % 2 == 0
+                 ? c.put_json("/todo/change-description",
+                              {{"id", ids[i]}, {"description", "round " + std::to_string(round)}})
+                 : c.put("/todo/" + ids[i] + (round % 4 == 1 ? "/put-in-progress" : "/done"));
+      INFO("round " << round << " todo " << i << ": " << r.status << " " << r.body);
+      REQUIRE(r.status == 200);
+      CHECK(ack_of(r).version == static_cast<uint64_t>(round) + 2);
+    }
+  auto first_event = c.get("/todo/" + ids[0] + "/history").json_body()["items"][0]["id"];
+  auto u = c.put("/todo/" + ids[0] + "/undo-to/" + first_event.get<std::string>());
+  REQUIRE(u.status == 200);
+  CHECK(ack_of(u).version == 8);
+
+  sleep_for(1500ms); // past the idle timeout: every actor passivated
+  auto after_idle = c.put("/todo/" + ids[1] + "/done");
+  REQUIRE(after_idle.status == 200);
+  CHECK(ack_of(after_idle).version == 8);
+
+  s.restart(); // recovery from stored snapshots after a restart
+  http_client c2{s.port()};
+  auto h = c2.get("/todo/" + ids[0] + "/history").json_body()["items"];
+  REQUIRE(h.size() == 8);
+  for (size_t v = 0; v < h.size(); ++v)
+    CHECK(h[v]["version"] == v + 1);
+  CHECK(h.back()["snapshot"] == json{{"id", ids[0]}, {"description", "evicted 0"},
+                                     {"status", "Created"}, {"version", 8}});
+  auto next = c2.put("/todo/" + ids[0] + "/put-in-progress");
+  REQUIRE(next.status == 200);
+  CHECK(ack_of(next).version == 9);
+  auto r2 = c2.put("/todo/" + ids[2] + "/done");
+  REQUIRE(r2.status == 200);
+  CHECK(ack_of(r2).version == 8);
+}

@@ -1,0 +1,1369 @@
+// End-to-end tests of the Todo HTTP API (API.md §1, §4, §6) against the real
+// eventsd binary and PostgreSQL. One server (eventual mode, its own database)
+// is shared by every test case of this file; each test works on todos it
+// creates itself, and checks `$all` around every rejected write.
+#include "e2e/harness.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <exception>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <thread>
+
+using namespace eventsd::e2e;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// The server of this file, started by the first test that needs it. When it
+/// cannot start, every later test fails at once with the first error.
+server& shared_server() {
+  static std::string failure;
+  if (!failure.empty())
+    throw std::runtime_error("the shared eventsd did not start (see the first failing test): "
+                             + failure.substr(0, 300));
+  try {
+    static server s{};
+    return s;
+  } catch (const std::exception& e) {
+    failure = e.what();
+    throw;
+  }
+}
+
+http_client& client() {
+  static http_client c{shared_server().port()};
+  return c;
+}
+
+/// Position of the last event in `$all`; remembered to page from it next time.
+uint64_t head() {
+  static uint64_t hint = 1;
+  auto h = all_head(client(), hint);
+  hint = std::max<uint64_t>(h, 1);
+  return h;
+}
+
+/// Checks that `r` is an RFC 9457 problem with `status`.
+void check_problem(const response& r, unsigned status) {
+  INFO("answer " << r.status << ": " << r.body);
+  CHECK(r.status == status);
+  auto type = r.header("Content-Type").value_or("");
+  CHECK(type.rfind("application/problem+json", 0) == 0);
+  auto j = json::parse(r.body, nullptr, false);
+  REQUIRE(j.is_object());
+  CHECK(j.contains("type"));
+  CHECK(j.value("type", json{}).is_string());
+  CHECK_FALSE(j.value("type", std::string{}).empty());
+  CHECK(j.value("title", json{}).is_string());
+  CHECK_FALSE(j.value("title", std::string{}).empty());
+  CHECK(j.value("status", json{}).is_number_integer());
+  CHECK(j.value("status", 0u) == status);
+  CHECK(j.value("detail", json{}).is_string());
+  CHECK_FALSE(j.value("detail", std::string{}).empty());
+}
+
+/// Checks that problem `r` has `errors` naming `field` with at least one message.
+void check_field_error(const response& r, const std::string& field) {
+  INFO("answer " << r.status << ": " << r.body);
+  auto j = json::parse(r.body, nullptr, false);
+  REQUIRE(j.is_object());
+  REQUIRE(j.contains("errors"));
+  REQUIRE(j["errors"].is_array());
+  bool found = false;
+  for (auto& e : j["errors"])
+    if (e.is_object() && e.value("field", std::string{}) == field) {
+      found = true;
+      REQUIRE(e.contains("messages"));
+      REQUIRE(e["messages"].is_array());
+      CHECK_FALSE(e["messages"].empty());
+      for (auto& m : e["messages"])
+        CHECK(m.is_string());
+    }
+  CHECK(found);
+}
+
+/// Checks that `r` is a problem with `status` and that `$all` still ends at `before`.
+void check_rejected(const response& r, unsigned status, uint64_t before) {
+  check_problem(r, status);
+  CHECK(head() == before);
+}
+
+/// Checks a write answer: `status`, JSON `{id, version, position}` and `ETag: "<version>"`.
+write_ack check_write(const response& r, unsigned status) {
+  INFO("answer " << r.status << ": " << r.body);
+  REQUIRE(r.status == status);
+  CHECK(r.header("Content-Type").value_or("").rfind("application/json", 0) == 0);
+  auto ack = ack_of(r);
+  CHECK(is_canonical_uuid(ack.id));
+  CHECK(r.header("ETag") == etag_of(ack.version));
+  auto j = r.json_body();
+  CHECK(j.size() == 3);
+  return ack;
+}
+
+write_ack create(const std::string& description, const header_list& headers = {}) {
+  return check_write(client().post_json("/todo", {{"description", description}}, headers), 201);
+}
+
+write_ack change_description(const std::string& id, const std::string& description,
+                             const header_list& headers = {}) {
+  return check_write(
+    client().put_json("/todo/change-description", {{"id", id}, {"description", description}},
+                      headers),
+    200);
+}
+
+write_ack put_in_progress(const std::string& id, const header_list& headers = {}) {
+  return check_write(client().put("/todo/" + id + "/put-in-progress", headers), 200);
+}
+
+write_ack done(const std::string& id, const header_list& headers = {}) {
+  return check_write(client().put("/todo/" + id + "/done", headers), 200);
+}
+
+write_ack undo_to(const std::string& id, const std::string& event_id,
+                  const header_list& headers = {}) {
+  return check_write(client().put("/todo/" + id + "/undo-to/" + event_id, headers), 200);
+}
+
+/// The history items of todo `id` (REQUIRE 200).
+json history(const std::string& id) {
+  auto r = client().get("/todo/" + id + "/history");
+  INFO("history answer " << r.status << ": " << r.body);
+  REQUIRE(r.status == 200);
+  auto j = r.json_body();
+  REQUIRE(j.contains("items"));
+  REQUIRE(j["items"].is_array());
+  return j["items"];
+}
+
+/// Todo `id` from the read model once it has applied `position` (REQUIRE 200).
+json read_todo(const std::string& id, uint64_t position) {
+  auto r = client().get("/todo/" + id + "?minPosition=" + std::to_string(position));
+  INFO("GET /todo/" << id << " answer " << r.status << ": " << r.body);
+  REQUIRE(r.status == 200);
+  auto p = r.header("X-Read-Model-Position");
+  REQUIRE(p);
+  CHECK(std::stoull(*p) >= position);
+  return r.json_body();
+}
+
+json todo_state(const std::string& id, const std::string& description, const std::string& status,
+                uint64_t version) {
+  return {{"id", id}, {"description", description}, {"status", status}, {"version", version}};
+}
+
+/// Every item of GET /todo<query>, following `next` (each page ≤ `limit`).
+std::vector<json> list_all(const std::string& query, size_t limit) {
+  std::vector<json> out;
+  std::string after;
+  for (int pages = 0; pages < 10000; ++pages) {
+    auto target = "/todo?limit=" + std::to_string(limit) + query
+                  + (after.empty() ? "" : "&after=" + after);
+    auto r = client().get(target);
+    INFO("GET " << target << " answer " << r.status << ": " << r.body);
+    REQUIRE(r.status == 200);
+    REQUIRE(r.header("X-Read-Model-Position"));
+    auto j = r.json_body();
+    REQUIRE(j.contains("items"));
+    REQUIRE(j["items"].is_array());
+    REQUIRE(j.contains("next"));
+    CHECK(j["items"].size() <= limit);
+    for (auto& i : j["items"])
+      out.push_back(i);
+    if (j["next"].is_null())
+      return out;
+    REQUIRE(j["next"].is_string());
+    after = j["next"].get<std::string>();
+  }
+  FAIL("GET /todo paging did not end");
+  return out;
+}
+
+std::string repeat(const std::string& s, size_t n) {
+  std::string out;
+  for (size_t i = 0; i < n; ++i)
+    out += s;
+  return out;
+}
+
+/// A JSON body of exactly `size` bytes: a valid create padded by an unknown field.
+std::string padded_create_body(size_t size) {
+  std::string prefix = R"({"description":"exactly sized body","pad":")";
+  std::string suffix = R"("})";
+  REQUIRE(size > prefix.size() + suffix.size());
+  auto body = prefix + std::string(size - prefix.size() - suffix.size(), 'x') + suffix;
+  REQUIRE(body.size() == size);
+  return body;
+}
+
+const header_list json_type{{"Content-Type", "application/json"}};
+
+} // namespace
+
+// -- §1 writes ------------------------------------------------------------------
+
+TEST_CASE("POST /todo creates a todo: 201, Location path, ETag \"1\" and {id, version 1, position}",
+          "[e2e][todo][write]") {
+  auto before = head();
+  auto r = client().post_json("/todo", {{"description", "write the e2e tests"}});
+  auto ack = check_write(r, 201);
+  CHECK(ack.version == 1);
+  CHECK(ack.position == before + 1);
+  CHECK(r.header("Location") == "/todo/" + ack.id);
+  CHECK(r.header("ETag") == "\"1\"");
+  CHECK(head() == before + 1);
+  auto items = history(ack.id);
+  REQUIRE(items.size() == 1);
+  CHECK(items[0]["type"] == "created");
+  CHECK(items[0]["snapshot"] == todo_state(ack.id, "write the e2e tests", "Created", 1));
+}
+
+TEST_CASE("positions of writes are strictly increasing without gaps and name the event in $all",
+          "[e2e][todo][write]") {
+  auto before = head();
+  std::vector<std::tuple<write_ack, std::string>> acks;
+  auto a = create("first of two");
+  acks.emplace_back(a, "created");
+  auto b = create("second of two");
+  acks.emplace_back(b, "created");
+  acks.emplace_back(change_description(a.id, "first, renamed"), "description-changed");
+  acks.emplace_back(put_in_progress(b.id), "status-changed-to-in-progress");
+  acks.emplace_back(done(a.id), "status-changed-to-done");
+  acks.emplace_back(undo_to(a.id, history(a.id)[0]["id"].get<std::string>()),
+                    "undo-to-some-history-state");
+  for (size_t i = 0; i < acks.size(); ++i)
+    CHECK(std::get<0>(acks[i]).position == before + 1 + i);
+  auto events = read_all(client(), before + 1);
+  REQUIRE(events.size() == acks.size());
+  for (size_t i = 0; i < acks.size(); ++i) {
+    auto& [ack, type] = acks[i];
+    INFO("event " << events[i].dump());
+    CHECK(events[i]["position"] == ack.position);
+    CHECK(events[i]["stream"] == "todo-" + ack.id);
+    CHECK(events[i]["version"] == ack.version);
+    CHECK(events[i]["type"] == type);
+  }
+}
+
+TEST_CASE("change-description appends exactly one description-changed event",
+          "[e2e][todo][write]") {
+  auto c = create("before the change");
+  auto r = client().put_json("/todo/change-description",
+                             {{"id", c.id}, {"description", "after the change"}});
+  auto ack = check_write(r, 200);
+  CHECK(ack.id == c.id);
+  CHECK(ack.version == 2);
+  CHECK(ack.position == c.position + 1);
+  CHECK(head() == ack.position);
+  auto items = history(c.id);
+  REQUIRE(items.size() == 2);
+  CHECK(items[1]["type"] == "description-changed");
+  CHECK(items[1]["snapshot"] == todo_state(c.id, "after the change", "Created", 2));
+}
+
+TEST_CASE("put-in-progress appends exactly one status-changed-to-in-progress event",
+          "[e2e][todo][write]") {
+  auto c = create("to be started");
+  auto ack = put_in_progress(c.id);
+  CHECK(ack.id == c.id);
+  CHECK(ack.version == 2);
+  CHECK(ack.position == c.position + 1);
+  CHECK(head() == ack.position);
+  auto items = history(c.id);
+  REQUIRE(items.size() == 2);
+  CHECK(items[1]["type"] == "status-changed-to-in-progress");
+  CHECK(items[1]["snapshot"] == todo_state(c.id, "to be started", "InProgress", 2));
+}
+
+TEST_CASE("done twice appends two status-changed-to-done events", "[e2e][todo][write]") {
+  auto c = create("finish me twice");
+  auto first = done(c.id);
+  auto second = done(c.id);
+  CHECK(first.version == 2);
+  CHECK(second.version == 3);
+  CHECK(second.position == first.position + 1);
+  CHECK(head() == second.position);
+  auto items = history(c.id);
+  REQUIRE(items.size() == 3);
+  CHECK(items[1]["type"] == "status-changed-to-done");
+  CHECK(items[2]["type"] == "status-changed-to-done");
+  CHECK(items[2]["snapshot"] == todo_state(c.id, "finish me twice", "Done", 3));
+}
+
+TEST_CASE("Done to InProgress is allowed and put-in-progress twice appends twice",
+          "[e2e][todo][write]") {
+  auto c = create("reopen me");
+  done(c.id);
+  auto reopened = put_in_progress(c.id);
+  CHECK(reopened.version == 3);
+  auto again = put_in_progress(c.id);
+  CHECK(again.version == 4);
+  auto items = history(c.id);
+  REQUIRE(items.size() == 4);
+  CHECK(items[2]["type"] == "status-changed-to-in-progress");
+  CHECK(items[2]["snapshot"]["status"] == "InProgress");
+  CHECK(items[3]["snapshot"] == todo_state(c.id, "reopen me", "InProgress", 4));
+  auto renamed = change_description(c.id, "reopened and renamed");
+  CHECK(renamed.version == 5);
+}
+
+TEST_CASE("undo-to restores description and status of the named event by appending "
+          "undo-to-some-history-state",
+          "[e2e][todo][write][undo]") {
+  auto c = create("original text");
+  change_description(c.id, "second text");
+  put_in_progress(c.id);
+  auto last = done(c.id);
+  auto items = history(c.id);
+  REQUIRE(items.size() == 4);
+  auto e1 = items[0]["id"].get<std::string>();
+  auto e2 = items[1]["id"].get<std::string>();
+  auto e3 = items[2]["id"].get<std::string>();
+
+  auto u = undo_to(c.id, e2);
+  CHECK(u.id == c.id);
+  CHECK(u.version == 5);
+  CHECK(u.position == last.position + 1);
+  CHECK(head() == u.position);
+  items = history(c.id);
+  REQUIRE(items.size() == 5);
+  CHECK(items[4]["type"] == "undo-to-some-history-state");
+  CHECK(items[4]["snapshot"] == todo_state(c.id, "second text", "Created", 5));
+  // History is never rewritten: the earlier events are still there.
+  CHECK(items[3]["type"] == "status-changed-to-done");
+  CHECK(read_todo(c.id, u.position) == todo_state(c.id, "second text", "Created", 5));
+
+  auto u3 = undo_to(c.id, e3);
+  CHECK(u3.version == 6);
+  CHECK(history(c.id)[5]["snapshot"] == todo_state(c.id, "second text", "InProgress", 6));
+
+  auto u1 = undo_to(c.id, e1);
+  CHECK(u1.version == 7);
+  CHECK(history(c.id)[6]["snapshot"] == todo_state(c.id, "original text", "Created", 7));
+  CHECK(read_todo(c.id, u1.position) == todo_state(c.id, "original text", "Created", 7));
+
+  // Undoing to an undo event is allowed too: it restores that event's state.
+  auto undo_event = history(c.id)[4]["id"].get<std::string>();
+  auto u4 = undo_to(c.id, undo_event);
+  CHECK(u4.version == 8);
+  CHECK(history(c.id)[7]["snapshot"] == todo_state(c.id, "second text", "Created", 8));
+
+  // Undoing to the latest event changes nothing but still appends one event.
+  auto latest = history(c.id)[7]["id"].get<std::string>();
+  auto same = undo_to(c.id, latest);
+  CHECK(same.version == 9);
+  CHECK(history(c.id)[8]["snapshot"] == todo_state(c.id, "second text", "Created", 9));
+}
+
+TEST_CASE("undo-to with an event of another todo is a 404 and appends nothing",
+          "[e2e][todo][write][undo]") {
+  auto a = create("todo a");
+  auto b = create("todo b");
+  auto event_of_b = history(b.id)[0]["id"].get<std::string>();
+  auto before = head();
+  check_rejected(client().put("/todo/" + a.id + "/undo-to/" + event_of_b), 404, before);
+  CHECK(history(a.id).size() == 1);
+  CHECK(history(b.id).size() == 1);
+}
+
+TEST_CASE("undo-to with an unknown or malformed event id is a 404 and appends nothing",
+          "[e2e][todo][write][undo]") {
+  auto a = create("todo with few events");
+  auto before = head();
+  check_rejected(client().put("/todo/" + a.id + "/undo-to/" + random_uuid()), 404, before);
+  check_rejected(client().put("/todo/" + a.id + "/undo-to/not-an-event"), 404, before);
+  CHECK(history(a.id).size() == 1);
+}
+
+TEST_CASE("writes on an unknown todo are 404 and append nothing", "[e2e][todo][write]") {
+  auto unknown = random_uuid();
+  auto event = random_uuid();
+  auto before = head();
+  check_rejected(client().put("/todo/" + unknown + "/put-in-progress"), 404, before);
+  check_rejected(client().put("/todo/" + unknown + "/done"), 404, before);
+  check_rejected(client().put("/todo/" + unknown + "/undo-to/" + event), 404, before);
+  check_rejected(client().put_json("/todo/change-description",
+                                   {{"id", unknown}, {"description", "nobody home"}}),
+                 404, before);
+  check_problem(client().get("/todo/" + unknown + "/history"), 404);
+  check_problem(client().get("/todo/" + unknown + "/snapshot/" + event), 404);
+}
+
+// -- §1 history and snapshots -------------------------------------------------
+
+TEST_CASE("history lists events oldest first with id, type, version, position, occurredAt "
+          "and snapshot",
+          "[e2e][todo][history]") {
+  auto c = create("history subject");
+  auto a2 = change_description(c.id, "history subject, renamed");
+  auto a3 = put_in_progress(c.id);
+  auto a4 = done(c.id);
+  auto items = history(c.id);
+  REQUIRE(items.size() == 4);
+  std::vector<uint64_t> positions{c.position, a2.position, a3.position, a4.position};
+  std::vector<std::string> types{"created", "description-changed",
+                                 "status-changed-to-in-progress", "status-changed-to-done"};
+  std::vector<json> snapshots{
+    todo_state(c.id, "history subject", "Created", 1),
+    todo_state(c.id, "history subject, renamed", "Created", 2),
+    todo_state(c.id, "history subject, renamed", "InProgress", 3),
+    todo_state(c.id, "history subject, renamed", "Done", 4),
+  };
+  std::set<std::string> ids;
+  std::string previous_time;
+  for (size_t i = 0; i < items.size(); ++i) {
+    auto& it = items[i];
+    INFO("item " << it.dump());
+    REQUIRE(it.is_object());
+    CHECK(it.size() == 6);
+    REQUIRE(it["id"].is_string());
+    CHECK(is_canonical_uuid(it["id"].get<std::string>()));
+    ids.insert(it["id"].get<std::string>());
+    CHECK(it["type"] == types[i]);
+    CHECK(it["version"] == i + 1);
+    CHECK(it["position"] == positions[i]);
+    REQUIRE(it["occurredAt"].is_string());
+    auto t = it["occurredAt"].get<std::string>();
+    CHECK(is_rfc3339_ms_utc(t));
+    CHECK(t >= previous_time);
+    previous_time = t;
+    CHECK(it["snapshot"] == snapshots[i]);
+  }
+  CHECK(ids.size() == 4);
+  // The same events, as the event store shows them.
+  auto stream = client().get("/streams/todo-" + c.id);
+  REQUIRE(stream.status == 200);
+  auto events = stream.json_body()["items"];
+  REQUIRE(events.size() == 4);
+  for (size_t i = 0; i < 4; ++i) {
+    CHECK(events[i]["id"] == items[i]["id"]);
+    CHECK(events[i]["occurredAt"] == items[i]["occurredAt"]);
+  }
+}
+
+TEST_CASE("snapshot/{eventId} equals the history snapshot of that event",
+          "[e2e][todo][history]") {
+  auto c = create("snapshot subject");
+  change_description(c.id, "snapshot subject v2");
+  put_in_progress(c.id);
+  done(c.id);
+  undo_to(c.id, history(c.id)[1]["id"].get<std::string>());
+  auto items = history(c.id);
+  REQUIRE(items.size() == 5);
+  for (auto& it : items) {
+    auto r = client().get("/todo/" + c.id + "/snapshot/" + it["id"].get<std::string>());
+    INFO("snapshot answer " << r.status << ": " << r.body);
+    REQUIRE(r.status == 200);
+    CHECK(r.header("Content-Type").value_or("").rfind("application/json", 0) == 0);
+    CHECK(r.json_body() == it["snapshot"]);
+  }
+}
+
+TEST_CASE("snapshot of an unknown event, an event of another todo or a malformed event id "
+          "is a 404",
+          "[e2e][todo][history]") {
+  auto a = create("snapshot owner");
+  auto b = create("someone else");
+  auto event_of_b = history(b.id)[0]["id"].get<std::string>();
+  check_problem(client().get("/todo/" + a.id + "/snapshot/" + random_uuid()), 404);
+  check_problem(client().get("/todo/" + a.id + "/snapshot/" + event_of_b), 404);
+  check_problem(client().get("/todo/" + a.id + "/snapshot/not-a-uuid"), 404);
+}
+
+// -- §1 reads from the read model ------------------------------------------------
+
+TEST_CASE("GET /todo/{id} with minPosition shows the write at once, with X-Read-Model-Position",
+          "[e2e][todo][read]") {
+  auto c = create("read me back");
+  auto r = client().get("/todo/" + c.id + "?minPosition=" + std::to_string(c.position));
+  INFO("answer " << r.body);
+  REQUIRE(r.status == 200);
+  CHECK(r.header("Content-Type").value_or("").rfind("application/json", 0) == 0);
+  REQUIRE(r.header("X-Read-Model-Position"));
+  CHECK(std::stoull(*r.header("X-Read-Model-Position")) >= c.position);
+  CHECK(r.json_body() == todo_state(c.id, "read me back", "Created", 1));
+
+  auto d = done(c.id);
+  CHECK(read_todo(c.id, d.position) == todo_state(c.id, "read me back", "Done", 2));
+}
+
+TEST_CASE("GET /todo/{id} and GET /todo eventually show a write without minPosition",
+          "[e2e][todo][read]") {
+  auto c = create("eventually visible");
+  auto p = put_in_progress(c.id);
+  json seen;
+  bool converged = eventually([&] {
+    auto r = client().get("/todo/" + c.id);
+    if (r.status != 200)
+      return false;
+    CHECK(r.header("X-Read-Model-Position"));
+    seen = r.json_body();
+    return seen["version"] == p.version;
+  });
+  INFO("last seen " << seen.dump());
+  REQUIRE(converged);
+  CHECK(seen == todo_state(c.id, "eventually visible", "InProgress", 2));
+
+  bool listed = eventually([&] {
+    auto items = list_all("&status=InProgress", 1000);
+    for (auto& i : items)
+      if (i["id"] == c.id)
+        return true;
+    return false;
+  });
+  CHECK(listed);
+}
+
+TEST_CASE("GET /todo with minPosition lists the write, items are {id, description, status, "
+          "version}",
+          "[e2e][todo][read]") {
+  auto c = create("listed todo");
+  auto r = client().get("/todo?limit=1000&minPosition=" + std::to_string(c.position));
+  REQUIRE(r.status == 200);
+  REQUIRE(r.header("X-Read-Model-Position"));
+  CHECK(std::stoull(*r.header("X-Read-Model-Position")) >= c.position);
+  auto j = r.json_body();
+  REQUIRE(j.is_object());
+  REQUIRE(j.contains("items"));
+  REQUIRE(j.contains("next"));
+  bool found = false;
+  for (auto& i : list_all("&minPosition=" + std::to_string(c.position), 1000)) {
+    INFO("item " << i.dump());
+    CHECK(i.size() == 4);
+    CHECK(i["id"].is_string());
+    CHECK(i["description"].is_string());
+    CHECK(i["status"].is_string());
+    CHECK(i["version"].is_number_unsigned());
+    if (i["id"] == c.id) {
+      found = true;
+      CHECK(i == todo_state(c.id, "listed todo", "Created", 1));
+    }
+  }
+  CHECK(found);
+}
+
+TEST_CASE("minPosition beyond the log head with waitMs=200 is a 503 with Retry-After",
+          "[e2e][todo][read]") {
+  auto c = create("waiting for the future");
+  auto future = std::to_string(c.position + 1000000);
+  for (auto target : {"/todo?minPosition=" + future + "&waitMs=200",
+                      "/todo/" + c.id + "?minPosition=" + future + "&waitMs=200"}) {
+    INFO("GET " << target);
+    auto started = std::chrono::steady_clock::now();
+    auto r = client().get(target);
+    auto took = std::chrono::steady_clock::now() - started;
+    check_problem(r, 503);
+    CHECK(r.header("Retry-After"));
+    CHECK(took < 5s); // waitMs was honoured, not the 5 s default
+  }
+}
+
+TEST_CASE("waitMs above 30000 is accepted (clamped), not a 400", "[e2e][todo][read]") {
+  auto c = create("clamped wait");
+  auto r = client().get("/todo/" + c.id + "?minPosition=" + std::to_string(c.position)
+                        + "&waitMs=999999999");
+  INFO(r.body);
+  CHECK(r.status == 200);
+  auto l = client().get("/todo?minPosition=" + std::to_string(c.position) + "&waitMs=30001");
+  CHECK(l.status == 200);
+}
+
+TEST_CASE("non-numeric or negative minPosition and waitMs are 400", "[e2e][todo][read]") {
+  auto c = create("bad query numbers");
+  for (auto path : {std::string{"/todo"}, "/todo/" + c.id}) {
+    for (auto q : {"minPosition=abc", "minPosition=-1", "waitMs=abc", "waitMs=-1"}) {
+      INFO("GET " << path << "?" << q);
+      check_problem(client().get(path + "?" + q), 400);
+    }
+  }
+}
+
+TEST_CASE("GET /todo/{id} of an unknown todo is a 404", "[e2e][todo][read]") {
+  auto c = create("make the read model non-empty");
+  check_problem(client().get("/todo/" + random_uuid() + "?minPosition="
+                             + std::to_string(c.position)),
+                404);
+  check_problem(client().get("/todo/" + random_uuid()), 404);
+}
+
+TEST_CASE("GET /todo pages with limit and the next cursor, each todo exactly once",
+          "[e2e][todo][read][paging]") {
+  std::set<std::string> mine;
+  uint64_t last = 0;
+  for (int i = 0; i < 7; ++i) {
+    auto a = create("paged todo " + std::to_string(i));
+    mine.insert(a.id);
+    last = a.position;
+  }
+  // Every page but the last is full and carries a cursor.
+  auto first = client().get("/todo?limit=3&minPosition=" + std::to_string(last));
+  REQUIRE(first.status == 200);
+  auto fj = first.json_body();
+  CHECK(fj["items"].size() == 3);
+  REQUIRE(fj["next"].is_string());
+
+  auto items = list_all("", 3);
+  std::set<std::string> seen;
+  for (auto& i : items) {
+    auto id = i["id"].get<std::string>();
+    INFO("id " << id);
+    CHECK(seen.insert(id).second); // no todo twice
+  }
+  for (auto& id : mine)
+    CHECK(seen.count(id) == 1);
+  // Same set whatever the page size.
+  auto big = list_all("", 1000);
+  CHECK(big.size() == items.size());
+}
+
+TEST_CASE("GET /todo?status= lists only todos with that status", "[e2e][todo][read]") {
+  auto a = create("filter created");
+  auto b = create("filter in progress");
+  auto c = create("filter done");
+  put_in_progress(b.id);
+  auto last = done(c.id);
+  read_todo(c.id, last.position);
+  std::map<std::string, std::string> expected{
+    {"Created", a.id}, {"InProgress", b.id}, {"Done", c.id}};
+  for (auto& [status, id] : expected) {
+    INFO("status " << status);
+    std::set<std::string> ids;
+    for (auto& i : list_all("&status=" + status, 100)) {
+      CHECK(i["status"] == status);
+      ids.insert(i["id"].get<std::string>());
+    }
+    CHECK(ids.count(a.id) == (status == "Created" ? 1u : 0u));
+    CHECK(ids.count(b.id) == (status == "InProgress" ? 1u : 0u));
+    CHECK(ids.count(c.id) == (status == "Done" ? 1u : 0u));
+  }
+}
+
+TEST_CASE("GET /todo with an unknown status filter is a 400", "[e2e][todo][read]") {
+  for (auto s : {"Archived", "InProgres", "Created,Done"}) {
+    INFO("status=" << s);
+    auto r = client().get(std::string{"/todo?status="} + s);
+    check_problem(r, 400);
+    check_field_error(r, "status");
+  }
+}
+
+TEST_CASE("GET /todo with a non-numeric or negative limit is a 400", "[e2e][todo][read]") {
+  for (auto l : {"abc", "-1", "10x"}) {
+    INFO("limit=" << l);
+    check_problem(client().get(std::string{"/todo?limit="} + l), 400);
+  }
+}
+
+TEST_CASE("GET /todo with a malformed after cursor is a 400", "[e2e][todo][read]") {
+  for (auto a : {"abc", "-1", "%7B%7D", "not-a-cursor"}) {
+    INFO("after=" << a);
+    check_problem(client().get(std::string{"/todo?after="} + a), 400);
+  }
+}
+
+TEST_CASE("GET /todo clamps limit above 1000 to 1000", "[e2e][todo][read][paging]") {
+  // Make sure more than 1000 todos exist; eight writers keep this quick.
+  std::atomic<int> failures{0};
+  std::atomic<uint64_t> last{0};
+  std::mutex mtx;
+  std::string first_failure;
+  auto port = shared_server().port(); // started here: the server dies with its starting thread
+  std::vector<std::thread> writers;
+  for (int t = 0; t < 8; ++t)
+    writers.emplace_back([&, t] {
+      auto fail = [&](const std::string& why) {
+        std::lock_guard lock{mtx};
+        if (failures++ == 0)
+          first_failure = why;
+      };
+      try {
+        http_client c{port};
+        for (int i = 0; i < 126; ++i) {
+          auto r = c.post_json("/todo", {{"description", "bulk " + std::to_string(t) + "/"
+                                                           + std::to_string(i)}});
+          if (r.status != 201) {
+            fail(std::to_string(r.status) + " " + r.body);
+            continue;
+          }
+          auto p = ack_of(r).position;
+          auto prev = last.load();
+          while (p > prev && !last.compare_exchange_weak(prev, p)) {
+          }
+        }
+      } catch (const std::exception& e) {
+        fail(e.what());
+      }
+    });
+  for (auto& w : writers)
+    w.join();
+  INFO("first failure: " << first_failure);
+  REQUIRE(failures == 0);
+  for (auto limit : {"1001", "5000", "99999999999999999999999"}) {
+    INFO("limit=" << limit);
+    auto r = client().get(std::string{"/todo?limit="} + limit
+                          + "&minPosition=" + std::to_string(last.load()));
+    INFO(r.body.substr(0, 300));
+    REQUIRE(r.status == 200);
+    auto j = r.json_body();
+    CHECK(j["items"].size() == 1000);
+    CHECK(j["next"].is_string());
+  }
+  auto exact = client().get("/todo?limit=1000");
+  REQUIRE(exact.status == 200);
+  CHECK(exact.json_body()["items"].size() == 1000);
+}
+
+// -- §1 optimistic concurrency ----------------------------------------------
+
+TEST_CASE("If-Match with the current version is accepted by every write", "[e2e][todo][if-match]") {
+  auto c = create("guarded todo");
+  auto e1 = history(c.id)[0]["id"].get<std::string>();
+  CHECK(put_in_progress(c.id, {{"If-Match", "\"1\""}}).version == 2);
+  CHECK(change_description(c.id, "guarded, renamed", {{"If-Match", "\"2\""}}).version == 3);
+  CHECK(done(c.id, {{"If-Match", "\"3\""}}).version == 4);
+  CHECK(undo_to(c.id, e1, {{"If-Match", "\"4\""}}).version == 5);
+  CHECK(history(c.id).size() == 5);
+}
+
+TEST_CASE("If-Match with another version is a 412 and appends nothing",
+          "[e2e][todo][if-match]") {
+  auto c = create("stale client");
+  put_in_progress(c.id);
+  auto e1 = history(c.id)[0]["id"].get<std::string>();
+  auto before = head();
+  for (auto tag : {"\"1\"", "\"3\"", "\"999\"", "\"abc\""}) {
+    INFO("If-Match: " << tag);
+    header_list h{{"If-Match", tag}};
+    check_rejected(client().put("/todo/" + c.id + "/put-in-progress", h), 412, before);
+    check_rejected(client().put("/todo/" + c.id + "/done", h), 412, before);
+    check_rejected(client().put("/todo/" + c.id + "/undo-to/" + e1, h), 412, before);
+    check_rejected(client().put_json("/todo/change-description",
+                                     {{"id", c.id}, {"description", "lost update"}}, h),
+                   412, before);
+  }
+  auto items = history(c.id);
+  CHECK(items.size() == 2);
+  CHECK(items.back()["snapshot"] == todo_state(c.id, "stale client", "InProgress", 2));
+}
+
+TEST_CASE("If-Match on an unknown todo is a 404", "[e2e][todo][if-match]") {
+  auto unknown = random_uuid();
+  auto before = head();
+  header_list h{{"If-Match", "\"1\""}};
+  check_rejected(client().put("/todo/" + unknown + "/done", h), 404, before);
+  check_rejected(client().put("/todo/" + unknown + "/put-in-progress", h), 404, before);
+  check_rejected(client().put_json("/todo/change-description",
+                                   {{"id", unknown}, {"description", "nobody"}}, h),
+                 404, before);
+}
+
+// -- §1/§6 idempotency -----------------------------------------------------------
+
+TEST_CASE("an Idempotency-Key replay answers the same 201, id, version and position and "
+          "appends nothing",
+          "[e2e][todo][idempotency]") {
+  auto key = "e2e-" + random_uuid();
+  header_list h{{"Idempotency-Key", key}};
+  auto first = client().post_json("/todo", {{"description", "only once"}}, h);
+  auto a = check_write(first, 201);
+  auto before = head();
+  CHECK(before == a.position);
+  for (int i = 0; i < 2; ++i) {
+    auto again = client().post_json("/todo", {{"description", "only once"}}, h);
+    auto b = check_write(again, 201);
+    CHECK(b.id == a.id);
+    CHECK(b.version == a.version);
+    CHECK(b.position == a.position);
+    CHECK(again.header("Location") == first.header("Location"));
+    CHECK(again.header("ETag") == first.header("ETag"));
+    CHECK(head() == before);
+  }
+  CHECK(history(a.id).size() == 1);
+  // A different key creates a different todo.
+  auto other = create("only once", {{"Idempotency-Key", key + "-other"}});
+  CHECK(other.id != a.id);
+}
+
+TEST_CASE("an Idempotency-Key reused with a different body is a 409 and appends nothing",
+          "[e2e][todo][idempotency]") {
+  auto key = "e2e-" + random_uuid();
+  header_list h{{"Idempotency-Key", key}};
+  auto a = create("the first body", h);
+  auto before = head();
+  check_rejected(client().post_json("/todo", {{"description", "another body"}}, h), 409,
+                 before);
+  CHECK(history(a.id).size() == 1);
+}
+
+TEST_CASE("an Idempotency-Key of 128 characters is accepted, 129 is a 400",
+          "[e2e][todo][idempotency]") {
+  auto base = random_uuid();
+  auto k128 = base + std::string(128 - base.size(), 'k');
+  auto k129 = k128 + "k";
+  auto ok = create("key of 128", {{"Idempotency-Key", k128}});
+  CHECK(ok.version == 1);
+  auto before = head();
+  check_rejected(client().post_json("/todo", {{"description", "key of 129"}},
+                                    {{"Idempotency-Key", k129}}),
+                 400, before);
+}
+
+// -- §4/§6 validation ------------------------------------------------------------
+
+TEST_CASE("a description of 0 or 1 character is a 400 naming description and appends nothing",
+          "[e2e][todo][validation]") {
+  auto c = create("ok"); // two characters is the minimum
+  CHECK(c.version == 1);
+  auto before = head();
+  for (auto d : {"", "x", " ", "é"}) {
+    INFO("description `" << d << "`");
+    auto r = client().post_json("/todo", {{"description", d}});
+    check_rejected(r, 400, before);
+    check_field_error(r, "description");
+    auto u = client().put_json("/todo/change-description", {{"id", c.id}, {"description", d}});
+    check_rejected(u, 400, before);
+    check_field_error(u, "description");
+  }
+  CHECK(history(c.id).size() == 1);
+}
+
+TEST_CASE("descriptions are not trimmed: two spaces is a valid description",
+          "[e2e][todo][validation]") {
+  auto c = create("  ");
+  CHECK(history(c.id)[0]["snapshot"]["description"] == "  ");
+  auto padded = create(" padded ");
+  CHECK(history(padded.id)[0]["snapshot"]["description"] == " padded ");
+}
+
+TEST_CASE("a description of 255 multi-byte code points is accepted and 256 is a 400",
+          "[e2e][todo][validation]") {
+  for (std::string ch : {"é", "€", "😀"}) {
+    INFO("character " << ch);
+    auto ok = repeat(ch, 255);
+    auto c = create(ok);
+    CHECK(history(c.id)[0]["snapshot"]["description"] == ok);
+    CHECK(read_todo(c.id, c.position)["description"] == ok);
+    auto before = head();
+    auto r = client().post_json("/todo", {{"description", repeat(ch, 256)}});
+    check_rejected(r, 400, before);
+    check_field_error(r, "description");
+    auto u = client().put_json("/todo/change-description",
+                               {{"id", c.id}, {"description", repeat(ch, 256)}});
+    check_rejected(u, 400, before);
+    check_field_error(u, "description");
+    CHECK(change_description(c.id, repeat(ch, 254) + "a").version == 2);
+  }
+  auto ascii = create(std::string(255, 'a'));
+  CHECK(ascii.version == 1);
+  auto before = head();
+  check_rejected(client().post_json("/todo", {{"description", std::string(256, 'a')}}), 400,
+                 before);
+}
+
+TEST_CASE("a description of the wrong type or missing is a 400 naming description",
+          "[e2e][todo][validation]") {
+  auto c = create("typed todo");
+  auto before = head();
+  for (auto body : {json{{"description", 42}}, json{{"description", nullptr}},
+                    json{{"description", json::array({"ab"})}}, json{{"description", true}},
+                    json::object(), json{{"desc", "typo in the name"}}}) {
+    INFO("body " << body.dump());
+    auto r = client().post_json("/todo", body);
+    check_rejected(r, 400, before);
+    check_field_error(r, "description");
+    auto with_id = body;
+    with_id["id"] = c.id;
+    auto u = client().put_json("/todo/change-description", with_id);
+    check_rejected(u, 400, before);
+    check_field_error(u, "description");
+  }
+}
+
+TEST_CASE("unknown fields in a body are ignored", "[e2e][todo][validation]") {
+  auto r = client().post_json(
+    "/todo", {{"description", "with extras"}, {"priority", 3}, {"tags", {"a", "b"}}, {"id", 7}});
+  auto c = check_write(r, 201);
+  auto u = client().put_json("/todo/change-description",
+                             {{"id", c.id}, {"description", "still fine"}, {"status", "Done"}});
+  check_write(u, 200);
+  CHECK(history(c.id).back()["snapshot"] == todo_state(c.id, "still fine", "Created", 2));
+}
+
+TEST_CASE("a malformed JSON body is a 400 problem and appends nothing",
+          "[e2e][todo][validation]") {
+  auto c = create("json target");
+  auto before = head();
+  for (std::string body : {R"({"description": "abc")", R"({description: "abc"})", "", "{}}",
+                           R"({"description": "abc",})", "nul"}) {
+    INFO("body `" << body << "`");
+    check_rejected(client().request("POST", "/todo", body, json_type), 400, before);
+    check_rejected(client().request("PUT", "/todo/change-description", body, json_type), 400,
+                   before);
+  }
+  CHECK(history(c.id).size() == 1);
+}
+
+TEST_CASE("a JSON body that is not an object is a 400", "[e2e][todo][validation]") {
+  auto c = create("array target");
+  auto before = head();
+  for (std::string body : {R"([{"description": "abc"}])", R"("abc")", "42", "null", "true"}) {
+    INFO("body `" << body << "`");
+    check_rejected(client().request("POST", "/todo", body, json_type), 400, before);
+    auto arr = "[{\"id\":\"" + c.id + "\",\"description\":\"abc\"}]";
+    check_rejected(client().request("PUT", "/todo/change-description", arr, json_type), 400,
+                   before);
+  }
+}
+
+TEST_CASE("a body with invalid UTF-8 is a 400", "[e2e][todo][validation]") {
+  auto c = create("utf-8 target");
+  auto before = head();
+  for (std::string body : {std::string{"{\"description\":\"ab\xff\xfe\"}"},
+                           std::string{"{\"description\":\"caf\xc3\"}"},
+                           std::string{"{\"description\":\"ok text\",\"x\":\"\xed\xa0\x80\"}"},
+                           std::string{"{\"description\":\"overlong \xc0\xaf\"}"}}) {
+    INFO("body of " << body.size() << " bytes");
+    check_rejected(client().request("POST", "/todo", body, json_type), 400, before);
+  }
+  std::string bad_change =
+    "{\"id\":\"" + c.id + "\",\"description\":\"bad \xff\xff bytes\"}";
+  check_rejected(client().request("PUT", "/todo/change-description", bad_change, json_type), 400,
+                 before);
+}
+
+TEST_CASE("a body without Content-Type or with a non-JSON type is a 415",
+          "[e2e][todo][validation]") {
+  auto c = create("media type target");
+  auto before = head();
+  std::string create_body = R"({"description":"typed wrong"})";
+  std::string change_body = R"({"id":")" + c.id + R"(","description":"typed wrong"})";
+  for (auto type : {std::optional<std::string>{}, std::optional<std::string>{"text/plain"},
+                    std::optional<std::string>{"application/x-www-form-urlencoded"},
+                    std::optional<std::string>{"application/jsonx"},
+                    std::optional<std::string>{"text/json"}}) {
+    INFO("Content-Type " << type.value_or("(none)"));
+    header_list h;
+    if (type)
+      h.push_back({"Content-Type", *type});
+    check_rejected(client().request("POST", "/todo", create_body, h), 415, before);
+    check_rejected(client().request("PUT", "/todo/change-description", change_body, h), 415,
+                   before);
+  }
+}
+
+TEST_CASE("Content-Type application/json with parameters or in another letter case is accepted",
+          "[e2e][todo][validation]") {
+  for (auto type : {"application/json; charset=utf-8", "application/json;charset=UTF-8",
+                    "Application/JSON"}) {
+    INFO("Content-Type " << type);
+    auto r = client().request("POST", "/todo", R"({"description":"typed right"})",
+                              {{"Content-Type", type}});
+    auto c = check_write(r, 201);
+    auto u = client().request("PUT", "/todo/change-description",
+                              R"({"id":")" + c.id + R"(","description":"typed right too"})",
+                              {{"Content-Type", type}});
+    check_write(u, 200);
+  }
+}
+
+TEST_CASE("a body of exactly 65536 bytes is accepted and 65537 bytes is a 413",
+          "[e2e][todo][validation]") {
+  auto exact = padded_create_body(65536);
+  auto ok = client().request("POST", "/todo", exact, json_type);
+  auto c = check_write(ok, 201);
+  CHECK(history(c.id)[0]["snapshot"]["description"] == "exactly sized body");
+
+  auto before = head();
+  auto over = padded_create_body(65537);
+  check_rejected(client().request("POST", "/todo", over, json_type), 413, before);
+  // Declared too large before any body byte is sent.
+  auto raw = raw_exchange(shared_server().port(),
+                          "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          "Content-Length: 1000000\r\n\r\n");
+  check_rejected(parse_response(raw), 413, before);
+  // A chunked body over the limit too.
+  std::string chunked = "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        "Transfer-Encoding: chunked\r\n\r\n";
+  char size_line[32];
+  std::snprintf(size_line, sizeof size_line, "%zx\r\n", over.size());
+  chunked += size_line + over + "\r\n0\r\n\r\n";
+  check_rejected(parse_response(raw_exchange(shared_server().port(), chunked)), 413, before);
+}
+
+TEST_CASE("a malformed HTTP request is a 400 problem", "[e2e][todo][validation]") {
+  auto before = head();
+  auto raw = raw_exchange(shared_server().port(), "THIS IS NOT HTTP\r\n\r\n");
+  INFO("raw answer: " << raw);
+  auto r = parse_response(raw);
+  check_rejected(r, 400, before);
+}
+
+// -- §4/§6 ids and routes ---------------------------------------------------------
+
+TEST_CASE("a malformed UUID in a path is a 404", "[e2e][todo][routes]") {
+  auto c = create("real todo");
+  auto e1 = history(c.id)[0]["id"].get<std::string>();
+  auto before = head();
+  for (std::string bad : std::vector<std::string>{"not-a-uuid", "12345678-1234-1234-1234-12345678901",
+                          "12345678-1234-1234-1234-1234567890123", "g2345678-1234-1234-1234-123456789012",
+                          c.id + "0", "{" + c.id + "}"}) {
+    INFO("id " << bad);
+    check_problem(client().get("/todo/" + bad), 404);
+    check_problem(client().get("/todo/" + bad + "/history"), 404);
+    check_problem(client().get("/todo/" + bad + "/snapshot/" + e1), 404);
+    check_problem(client().get("/todo/" + c.id + "/snapshot/" + bad), 404);
+    check_rejected(client().put("/todo/" + bad + "/put-in-progress"), 404, before);
+    check_rejected(client().put("/todo/" + bad + "/done"), 404, before);
+    check_rejected(client().put("/todo/" + bad + "/undo-to/" + e1), 404, before);
+    check_rejected(client().put("/todo/" + c.id + "/undo-to/" + bad), 404, before);
+  }
+}
+
+TEST_CASE("an uppercase UUID in a path or body is accepted and answered in lowercase",
+          "[e2e][todo][routes]") {
+  auto c = create("case insensitive");
+  auto up = upper(c.id);
+  REQUIRE(up != c.id);
+  auto e1 = upper(history(c.id)[0]["id"].get<std::string>());
+
+  auto p = check_write(client().put("/todo/" + up + "/put-in-progress"), 200);
+  CHECK(p.id == c.id);
+  CHECK(p.version == 2);
+  auto d = check_write(client().put("/todo/" + up + "/done"), 200);
+  CHECK(d.id == c.id);
+  auto ch = check_write(
+    client().put_json("/todo/change-description", {{"id", up}, {"description", "renamed"}}), 200);
+  CHECK(ch.id == c.id);
+  CHECK(ch.version == 4);
+  auto u = check_write(client().put("/todo/" + up + "/undo-to/" + e1), 200);
+  CHECK(u.id == c.id);
+  CHECK(u.version == 5);
+
+  auto h = client().get("/todo/" + up + "/history");
+  REQUIRE(h.status == 200);
+  auto items = h.json_body()["items"];
+  REQUIRE(items.size() == 5);
+  for (auto& it : items) {
+    CHECK(it["snapshot"]["id"] == c.id);
+    CHECK(is_canonical_uuid(it["id"].get<std::string>()));
+  }
+  auto s = client().get("/todo/" + up + "/snapshot/" + e1);
+  REQUIRE(s.status == 200);
+  CHECK(s.json_body() == todo_state(c.id, "case insensitive", "Created", 1));
+
+  auto r = client().get("/todo/" + up + "?minPosition=" + std::to_string(u.position));
+  REQUIRE(r.status == 200);
+  CHECK(r.json_body() == todo_state(c.id, "case insensitive", "Created", 5));
+
+  // Mixed case too.
+  auto mixed = c.id;
+  for (size_t i = 0; i < mixed.size(); i += 2)
+    mixed[i] = static_cast<char>(std::toupper(static_cast<unsigned char>(mixed[i])));
+  auto m = check_write(client().put("/todo/" + mixed + "/done"), 200);
+  CHECK(m.id == c.id);
+}
+
+TEST_CASE("a malformed id in a change-description body is a 400 naming id",
+          "[e2e][todo][validation]") {
+  auto c = create("id validation");
+  auto before = head();
+  for (auto id : {json("not-a-uuid"), json(c.id + "0"), json(42), json(nullptr),
+                  json(c.id.substr(0, 35))}) {
+    INFO("id " << id.dump());
+    auto r = client().put_json("/todo/change-description", {{"id", id}, {"description", "fine"}});
+    check_rejected(r, 400, before);
+    check_field_error(r, "id");
+  }
+  auto missing = client().put_json("/todo/change-description", {{"description", "fine"}});
+  check_rejected(missing, 400, before);
+  check_field_error(missing, "id");
+  // Both fields wrong: both named.
+  auto both = client().put_json("/todo/change-description", {{"id", "nope"}, {"description", 1}});
+  check_rejected(both, 400, before);
+  check_field_error(both, "id");
+  check_field_error(both, "description");
+}
+
+TEST_CASE("an unknown route is a 404", "[e2e][todo][routes]") {
+  auto c = create("route owner");
+  for (std::string target : std::vector<std::string>{"/nope", "/todos", "/todo/" + c.id + "/unknown",
+                             "/todo/" + c.id + "/done/again", "/todo/" + c.id + "/history/x",
+                             "/", "/todo/" + c.id + "/undo-to"}) {
+    INFO("GET " << target);
+    check_problem(client().get(target), 404);
+  }
+  auto before = head();
+  check_rejected(client().request("POST", "/nope", R"({"description":"abc"})", json_type), 404,
+                 before);
+  check_rejected(client().put("/todo/" + c.id + "/archive"), 404, before);
+}
+
+TEST_CASE("a wrong method on a known path is a 405 with Allow", "[e2e][todo][routes]") {
+  auto c = create("method target");
+  auto e1 = history(c.id)[0]["id"].get<std::string>();
+  struct attempt {
+    std::string method, target, allowed;
+  };
+  std::vector<attempt> attempts{
+    {"DELETE", "/todo", "POST"},
+    {"PUT", "/todo", "GET"},
+    {"DELETE", "/todo/" + c.id, "GET"},
+    {"POST", "/todo/" + c.id, "GET"},
+    {"GET", "/todo/" + c.id + "/done", "PUT"},
+    {"POST", "/todo/" + c.id + "/done", "PUT"},
+    {"GET", "/todo/" + c.id + "/put-in-progress", "PUT"},
+    {"DELETE", "/todo/" + c.id + "/undo-to/" + e1, "PUT"},
+    {"POST", "/todo/" + c.id + "/history", "GET"},
+    {"PUT", "/todo/" + c.id + "/snapshot/" + e1, "GET"},
+    {"POST", "/todo/change-description", "PUT"},
+  };
+  auto before = head();
+  for (auto& a : attempts) {
+    INFO(a.method << " " << a.target);
+    auto r = client().request(a.method, a.target, std::nullopt);
+    check_rejected(r, 405, before);
+    auto allow = r.header("Allow");
+    REQUIRE(allow);
+    CHECK(allow->find(a.allowed) != std::string::npos);
+    CHECK(allow->find(a.method) == std::string::npos);
+  }
+}
+
+TEST_CASE("every error answer is application/problem+json with type, title, status and detail",
+          "[e2e][todo][errors]") {
+  auto c = create("error catalogue");
+  auto future = std::to_string(c.position + 1000000);
+  std::vector<std::pair<response, unsigned>> answers;
+  answers.emplace_back(client().post_json("/todo", {{"description", "x"}}), 400);
+  answers.emplace_back(client().get("/todo/" + random_uuid() + "/history"), 404);
+  answers.emplace_back(client().get("/nowhere"), 404);
+  answers.emplace_back(client().request("DELETE", "/todo"), 405);
+  answers.emplace_back(client().put("/todo/" + c.id + "/done", {{"If-Match", "\"7\""}}), 412);
+  answers.emplace_back(client().request("POST", "/todo", padded_create_body(70000), json_type),
+                       413);
+  answers.emplace_back(client().request("POST", "/todo", R"({"description":"abc"})"), 415);
+  answers.emplace_back(client().get("/todo?minPosition=" + future + "&waitMs=100"), 503);
+  auto key = random_uuid();
+  create("conflict one", {{"Idempotency-Key", key}});
+  answers.emplace_back(
+    client().post_json("/todo", {{"description", "conflict two"}}, {{"Idempotency-Key", key}}),
+    409);
+  for (auto& [r, status] : answers) {
+    INFO("expected " << status);
+    check_problem(r, status);
+  }
+}
+
+TEST_CASE("the client keeps one connection alive across requests and errors",
+          "[e2e][todo][http]") {
+  http_client c{shared_server().port()};
+  auto a = ack_of(c.post_json("/todo", {{"description", "keep alive"}}));
+  c.put("/todo/" + a.id + "/done");
+  c.get("/todo/" + a.id + "/history");
+  c.get("/nowhere");
+  c.request("POST", "/todo", R"({"description":"abc"})", {{"Content-Type", "text/plain"}});
+  c.post_json("/todo", {{"description", "x"}});
+  c.get("/todo/" + a.id + "/history");
+  CHECK(c.connections() == 1);
+}
+
+// -- concurrency ---------------------------------------------------------------
+
+namespace {
+
+/// Runs `fn(thread_index, client)` on `threads` threads at once, each with its own
+/// connection; collects what each returns. Exceptions are rethrown here.
+template <class F>
+auto on_threads(int threads, F fn) {
+  using result = decltype(fn(0, std::declval<http_client&>()));
+  auto port = shared_server().port();
+  std::vector<result> results(static_cast<size_t>(threads));
+  std::vector<std::exception_ptr> errors(static_cast<size_t>(threads));
+  std::atomic<int> ready{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      try {
+        http_client c{port};
+        c.get("/healthz"); // connect before the start line
+        ++ready;
+        while (ready < threads)
+          std::this_thread::yield();
+        results[static_cast<size_t>(t)] = fn(t, c);
+      } catch (...) {
+        errors[static_cast<size_t>(t)] = std::current_exception();
+        ++ready;
+      }
+    });
+  for (auto& th : pool)
+    th.join();
+  for (auto& e : errors)
+    if (e)
+      std::rethrow_exception(e);
+  return results;
+}
+
+} // namespace
+
+TEST_CASE("concurrent writes to one todo each append exactly one event with consecutive versions",
+          "[e2e][todo][concurrency]") {
+  auto c = create("contended todo");
+  auto before = head();
+  auto answers = on_threads(8, [&](int t, http_client& hc) {
+    std::vector<response> out;
+    for (int i = 0; i < 10; ++i)
+      out.push_back(i % 2 == 0 ? hc.put("/todo/" + c.id + "/done")
+                               : hc.put_json("/todo/change-description",
+                                             {{"id", c.id},
+                                              {"description", "writer " + std::to_string(t)}}));
+    return out;
+  });
+  std::set<uint64_t> versions, positions;
+  for (auto& list : answers)
+    for (auto& r : list) {
+      INFO("answer " << r.status << ": " << r.body);
+      REQUIRE(r.status == 200);
+      auto a = ack_of(r);
+      CHECK(versions.insert(a.version).second);
+      CHECK(positions.insert(a.position).second);
+    }
+  REQUIRE(versions.size() == 80);
+  CHECK(*versions.begin() == 2);
+  CHECK(*versions.rbegin() == 81);
+  CHECK(*positions.begin() == before + 1);
+  CHECK(*positions.rbegin() == before + 80);
+  CHECK(head() == before + 80);
+  CHECK(history(c.id).size() == 81);
+}
+
+TEST_CASE("concurrent writes with the same If-Match: exactly one succeeds, the others are 412",
+          "[e2e][todo][if-match][concurrency]") {
+  auto c = create("raced todo");
+  auto before = head();
+  auto answers = on_threads(8, [&](int, http_client& hc) {
+    return hc.put("/todo/" + c.id + "/done", {{"If-Match", "\"1\""}}).status;
+  });
+  CHECK(std::count(answers.begin(), answers.end(), 200u) == 1);
+  CHECK(std::count(answers.begin(), answers.end(), 412u) == 7);
+  CHECK(head() == before + 1);
+  CHECK(history(c.id).size() == 2);
+}
+
+TEST_CASE("concurrent POSTs with the same Idempotency-Key and body create one todo",
+          "[e2e][todo][idempotency][concurrency]") {
+  auto key = "race-" + random_uuid();
+  auto before = head();
+  auto answers = on_threads(8, [&](int, http_client& hc) {
+    return hc.post_json("/todo", {{"description", "created once"}}, {{"Idempotency-Key", key}});
+  });
+  std::set<std::string> ids;
+  std::set<uint64_t> positions;
+  for (auto& r : answers) {
+    INFO("answer " << r.status << ": " << r.body);
+    CHECK(r.status == 201);
+    if (r.status == 201) {
+      ids.insert(ack_of(r).id);
+      positions.insert(ack_of(r).position);
+    }
+  }
+  CHECK(ids.size() == 1);
+  CHECK(positions.size() == 1);
+  CHECK(head() == before + 1);
+}
+
+TEST_CASE("paging with next lists every earlier todo exactly once while todos are written "
+          "between pages",
+          "[e2e][todo][read][paging]") {
+  std::set<std::string> existing;
+  uint64_t last = 0;
+  for (int i = 0; i < 10; ++i) {
+    auto a = create("stable page " + std::to_string(i));
+    existing.insert(a.id);
+    last = a.position;
+  }
+  // Every todo present before paging starts (read model at `last`).
+  std::set<std::string> all_before;
+  for (auto& i : list_all("&minPosition=" + std::to_string(last), 1000))
+    all_before.insert(i["id"].get<std::string>());
+  for (auto& id : existing)
+    REQUIRE(all_before.count(id) == 1);
+
+  std::set<std::string> seen;
+  std::string after;
+  std::vector<std::string> mine(existing.begin(), existing.end());
+  for (int page = 0;; ++page) {
+    REQUIRE(page < 100000);
+    auto target = "/todo?limit=25" + (after.empty() ? "" : "&after=" + after);
+    auto r = client().get(target);
+    REQUIRE(r.status == 200);
+    auto j = r.json_body();
+    for (auto& i : j["items"]) {
+      INFO("item " << i.dump());
+      CHECK(seen.insert(i["id"].get<std::string>()).second);
+    }
+    // Between pages: a new todo, a changed one, a finished one.
+    auto fresh = create("written while paging " + std::to_string(page));
+    mine.push_back(fresh.id);
+    change_description(mine[static_cast<size_t>(page) % mine.size()], "changed while paging");
+    done(mine[static_cast<size_t>(page * 7) % mine.size()]);
+    if (j["next"].is_null())
+      break;
+    after = j["next"].get<std::string>();
+  }
+  for (auto& id : all_before) {
+    INFO("todo " << id);
+    CHECK(seen.count(id) == 1);
+  }
+}
+
+TEST_CASE("a JSON string with a lone surrogate escape is a 400", "[e2e][todo][validation]") {
+  auto before = head();
+  check_rejected(client().request("POST", "/todo", R"({"description":"ab\ud800cd"})", json_type),
+                 400, before);
+}
+
+TEST_CASE("the body limit is configurable and inclusive", "[e2e][todo][validation]") {
+  server s{server_options::with_args({"--http.body-limit=200"})};
+  http_client c{s.port()};
+  auto ok = c.request("POST", "/todo", padded_create_body(200), json_type);
+  CHECK(ok.status == 201);
+  auto over = c.request("POST", "/todo", padded_create_body(201), json_type);
+  check_problem(over, 413);
+  CHECK(all_head(c) == 1);
+}
+
+TEST_CASE("a todo with hundreds of events keeps its full history and every snapshot",
+          "[e2e][todo][history]") {
+  auto c = create("long lived");
+  for (int i = 2; i <= 250; ++i) {
+    if (i % 3 == 0)
+      put_in_progress(c.id);
+    else if (i % 3 == 1)
+      done(c.id);
+    else
+      change_description(c.id, "long lived " + std::to_string(i));
+  }
+  auto items = history(c.id);
+  REQUIRE(items.size() == 250);
+  for (size_t i = 0; i < items.size(); ++i)
+    REQUIRE(items[i]["version"] == i + 1);
+  // Spot checks across snapshot boundaries.
+  for (size_t v : {1u, 99u, 100u, 101u, 200u, 201u, 250u}) {
+    auto& it = items[v - 1];
+    auto r = client().get("/todo/" + c.id + "/snapshot/" + it["id"].get<std::string>());
+    REQUIRE(r.status == 200);
+    CHECK(r.json_body() == it["snapshot"]);
+  }
+  CHECK(items[249]["snapshot"] == todo_state(c.id, "long lived 248", "Done", 250));
+  auto u = undo_to(c.id, items[100]["id"].get<std::string>()); // version 101
+  CHECK(u.version == 251);
+  CHECK(history(c.id).back()["snapshot"]
+        == todo_state(c.id, items[100]["snapshot"]["description"].get<std::string>(),
+                      items[100]["snapshot"]["status"].get<std::string>(), 251));
+}

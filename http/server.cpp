@@ -1,5 +1,6 @@
 #include "http/server.hpp"
 
+#include <array>
 #include <csignal>
 #include <iostream>
 #include <mutex>
@@ -81,7 +82,9 @@ public:
 
   void start() {
     core::metrics::instance().sse_subscribers.add(1);
-    auto self = shared_from_this();
+    // The session owns itself while the connection is open: between pages
+    // no pending operation holds it. shutdown() lets go.
+    self_ = shared_from_this();
     sub_id_ = signal_.subscribe([weak = weak_from_this()](uint64_t head) {
       if (auto s = weak.lock())
         net::post(s->stream_.get_executor(), [s, head] { s->on_head(head); });
@@ -91,6 +94,7 @@ public:
            + std::to_string(next_) + "\n\n";
     write();
     arm_heartbeat();
+    watch_peer();
   }
 
   ~sse_session() { core::metrics::instance().sse_subscribers.add(-1); }
@@ -150,7 +154,7 @@ private:
                        {"type", e.type},     {"version", e.version},
                        {"position", e.position}, {"occurredAt", ts},
                        {"data", std::move(data)}};
-      out_ += "id: " + std::to_string(e.position) + "\nevent: " + e.type + "\ndata: "
+      out_ += "id: " + std::to_string(e.position) + "\ndata: "
               + j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n\n";
       next_ = e.position + 1;
     }
@@ -187,6 +191,19 @@ private:
       read_page();
   }
 
+  /// Notices a client that went away while we have nothing to send.
+  void watch_peer() {
+    stream_.socket().async_read_some(
+      net::buffer(peer_buf_), [weak = weak_from_this()](beast::error_code ec, size_t) {
+        auto s = weak.lock();
+        if (!s || s->closed_)
+          return;
+        if (ec)
+          return s->shutdown();
+        s->watch_peer(); // ignore anything the client sends
+      });
+  }
+
   void arm_heartbeat() {
     heartbeat_.expires_after(svc_.options.sse_heartbeat);
     heartbeat_.async_wait([weak = weak_from_this()](beast::error_code ec) {
@@ -215,6 +232,8 @@ private:
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
     stream_.close();
+    auto keep = std::move(self_); // destroyed after this returns
+    net::post(stream_.get_executor(), [keep] {});
   }
 
   static constexpr uint64_t page_size = 500;
@@ -225,6 +244,8 @@ private:
   uint64_t known_head_ = 0;
   uint64_t sub_id_ = 0;
   net::steady_timer heartbeat_;
+  std::shared_ptr<sse_session> self_;
+  std::array<char, 512> peer_buf_{};
   std::string out_;
   std::string sending_;
   bool writing_ = false;

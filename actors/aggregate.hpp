@@ -10,6 +10,7 @@
 // recovery from the local RocksDB (block-cache reads) at activation.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <list>
@@ -71,7 +72,8 @@ template <class A>
 using registry_actor
   = caf::typed_actor<typename caf::replies_to<execute_atom, std::string, typename A::command_type,
                                               write_conditions>::template with<write_outcome>,
-                     caf::reacts_to<idle_atom, std::string>,
+                     caf::reacts_to<idle_atom, std::string>, caf::reacts_to<tick_atom>,
+                     caf::reacts_to<stopped_atom, std::string>,
                      caf::replies_to<stats_atom>::with<uint64_t>>;
 
 /// Recovers the state of aggregate `id` from its latest snapshot plus the
@@ -122,17 +124,24 @@ template <class A>
 typename aggregate_actor<A>::behavior_type
 aggregate(typename aggregate_actor<A>::template stateful_pointer<aggregate_state<A>> self,
           std::string id, storage::event_log* log, log_writer_actor writer,
-          registry_actor<A> registry, runtime_options opts) {
+          registry_actor<A> registry, runtime_options opts, bool fresh) {
   auto& m = core::metrics::instance();
   m.live_aggregates.add(1);
   m.aggregate_activations.add();
-  self->attach_functor([] {
+  self->attach_functor([registry, id] {
     auto& mm = core::metrics::instance();
     mm.live_aggregates.add(-1);
     mm.aggregate_passivations.add();
+    // Only now may a successor for `id` recover: every append of this
+    // instance has been answered.
+    caf::anon_send(registry, stopped_atom_v, id);
   });
   auto started = std::chrono::steady_clock::now();
-  auto rec = recover<A>(*log, id);
+  // A fresh aggregate (its first command creates it under a new random id)
+  // has nothing to recover; the append's expected version `no_stream` still
+  // guards against an id that exists after all.
+  auto rec = fresh ? storage::result<typename A::state_type>{A::initial(id)}
+                   : recover<A>(*log, id);
   std::optional<caf::error> broken;
   if (rec.ok()) {
     self->state.current = std::move(rec.value());
@@ -190,11 +199,26 @@ aggregate(typename aggregate_actor<A>::template stateful_pointer<aggregate_state
                                              after, A::encode_state(self->state.current)});
             rp.deliver(write_outcome{id, after, r.last_position, false});
           },
-          [=](caf::error& err) mutable { rp.deliver(std::move(err)); });
+          [=](caf::error& err) mutable {
+            // Our view of the stream was stale (a fresh aggregate whose id
+            // exists after all, or another writer): recover from the log and
+            // answer what the command means against the real state.
+            if (err == storage::storage_errc::wrong_expected_version) {
+              if (auto rec = recover<A>(*log, id); rec.ok()) {
+                self->state.current = std::move(rec.value());
+                if (auto rej = A::rejected(A::decide(self->state.current, cmd))) {
+                  rp.deliver(std::move(*rej));
+                  return;
+                }
+              } else {
+                self->send(registry, idle_atom_v, id);
+              }
+            }
+            rp.deliver(std::move(err));
+          });
       return rp;
     },
     [=](passivate_atom) { self->quit(); },
-    caf::after(opts.idle_timeout) >> [=] { self->send(registry, idle_atom_v, id); },
   };
 }
 
@@ -203,13 +227,36 @@ template <class A>
 struct registry_entry {
   aggregate_actor<A> handle;
   typename std::list<std::string>::iterator lru; // position in the recency list
+  std::chrono::steady_clock::time_point last_used;
+};
+
+/// A command that arrived while its aggregate was stopping.
+template <class A>
+struct queued_command {
+  typename A::command_type cmd;
+  write_conditions cond;
+  caf::typed_response_promise<write_outcome> promise;
 };
 
 template <class A>
 struct registry_state {
   std::unordered_map<std::string, registry_entry<A>> live;
   std::list<std::string> recency; // front = most recently used
+  /// Aggregates told to stop that have not stopped yet, with the commands
+  /// that arrived meanwhile (they go to the successor, in order).
+  std::unordered_map<std::string, std::vector<queued_command<A>>> stopping;
   static inline const char* name = "aggregate_registry";
+
+  /// Stops the aggregate `i` points at. Messages delegated to it earlier
+  /// precede the passivate message in its mailbox, so none is lost; later
+  /// ones wait in `stopping` until it has stopped.
+  template <class Self, class Iter>
+  void passivate(Self* self, Iter i) {
+    self->send(i->second.handle, passivate_atom_v);
+    stopping.try_emplace(i->first);
+    recency.erase(i->second.lru);
+    live.erase(i);
+  }
 };
 
 /// Behavior of one registry shard. `max_live` is this shard's share.
@@ -218,37 +265,73 @@ typename registry_actor<A>::behavior_type
 registry_shard(typename registry_actor<A>::template stateful_pointer<registry_state<A>> self,
                storage::event_log* log, log_writer_actor writer, runtime_options opts,
                size_t max_live) {
+  // Idle aggregates are found by a periodic sweep from the cold end of the
+  // recency list, so a live aggregate costs no timer of its own.
+  auto sweep_every = std::max<std::chrono::milliseconds>(opts.idle_timeout / 4,
+                                                         std::chrono::milliseconds{10});
+  self->delayed_send(self, sweep_every, tick_atom_v);
   return {
     [=](execute_atom, const std::string& id, typename A::command_type& cmd,
-        write_conditions& cond) -> caf::delegated<write_outcome> {
+        write_conditions& cond) -> caf::typed_response_promise<write_outcome> {
       auto& st = self->state;
+      auto rp = self->template make_response_promise<write_outcome>();
+      if (auto q = st.stopping.find(id); q != st.stopping.end()) {
+        q->second.push_back(queued_command<A>{std::move(cmd), std::move(cond), rp});
+        return rp;
+      }
+      auto now = std::chrono::steady_clock::now();
       auto i = st.live.find(id);
       if (i == st.live.end()) {
-        while (st.live.size() >= max_live && !st.recency.empty()) {
-          auto victim = st.live.find(st.recency.back());
-          self->send(victim->second.handle, passivate_atom_v);
-          st.live.erase(victim);
-          st.recency.pop_back();
-        }
-        auto handle = self->template spawn<caf::linked>(aggregate<A>, id, log, writer,
-                                  caf::actor_cast<registry_actor<A>>(self), opts);
+        while (st.live.size() >= max_live && !st.recency.empty())
+          st.passivate(self, st.live.find(st.recency.back()));
+        auto handle = self->template spawn<caf::linked>(
+          aggregate<A>, id, log, writer, caf::actor_cast<registry_actor<A>>(self), opts,
+          A::creates(cmd));
         st.recency.push_front(id);
-        i = st.live.emplace(id, registry_entry<A>{handle, st.recency.begin()}).first;
-      } else if (i->second.lru != st.recency.begin()) {
-        st.recency.splice(st.recency.begin(), st.recency, i->second.lru);
+        i = st.live.emplace(id, registry_entry<A>{handle, st.recency.begin(), now}).first;
+      } else {
+        if (i->second.lru != st.recency.begin())
+          st.recency.splice(st.recency.begin(), st.recency, i->second.lru);
+        i->second.last_used = now;
       }
-      return self->delegate(i->second.handle, execute_atom_v, std::move(cmd), std::move(cond));
+      return rp.delegate(i->second.handle, execute_atom_v, std::move(cmd), std::move(cond));
     },
     [=](idle_atom, const std::string& id) {
-      // The aggregate asked to stop. Messages we delegated earlier precede
-      // the passivate message in its mailbox, so none is lost.
+      // The aggregate asked to stop (nothing to keep, stale, or recovery
+      // failed); ignore the request of an instance that is already gone.
       auto& st = self->state;
       auto i = st.live.find(id);
-      if (i == st.live.end())
+      if (i != st.live.end()
+          && caf::actor_cast<caf::strong_actor_ptr>(i->second.handle) == self->current_sender())
+        st.passivate(self, i);
+    },
+    [=](stopped_atom, const std::string& id) {
+      auto& st = self->state;
+      auto q = st.stopping.find(id);
+      if (q == st.stopping.end())
         return;
-      self->send(i->second.handle, passivate_atom_v);
-      st.recency.erase(i->second.lru);
-      st.live.erase(i);
+      auto waiting = std::move(q->second);
+      st.stopping.erase(q);
+      if (waiting.empty())
+        return;
+      auto handle = self->template spawn<caf::linked>(
+        aggregate<A>, id, log, writer, caf::actor_cast<registry_actor<A>>(self), opts, false);
+      st.recency.push_front(id);
+      st.live.emplace(id, registry_entry<A>{handle, st.recency.begin(),
+                                            std::chrono::steady_clock::now()});
+      for (auto& w : waiting)
+        w.promise.delegate(handle, execute_atom_v, std::move(w.cmd), std::move(w.cond));
+    },
+    [=](tick_atom) {
+      auto& st = self->state;
+      auto cutoff = std::chrono::steady_clock::now() - opts.idle_timeout;
+      while (!st.recency.empty()) {
+        auto i = st.live.find(st.recency.back());
+        if (i->second.last_used > cutoff)
+          break;
+        st.passivate(self, i);
+      }
+      self->delayed_send(self, sweep_every, tick_atom_v);
     },
     [=](stats_atom) -> uint64_t { return self->state.live.size(); },
   };
@@ -260,10 +343,13 @@ class registry {
 public:
   registry(caf::actor_system& sys, storage::event_log* log, log_writer_actor writer,
            runtime_options opts) {
-    auto n = std::max<size_t>(1, opts.shards);
-    auto share = std::max<size_t>(1, (opts.max_live + n - 1) / n);
-    for (size_t i = 0; i < n; ++i)
-      shards_.push_back(sys.spawn(registry_shard<A>, log, writer, opts, share));
+    // The shares add up to max_live exactly (no more shards than that).
+    auto n = std::clamp<size_t>(opts.shards, 1, std::max<size_t>(1, opts.max_live));
+    for (size_t i = 0; i < n; ++i) {
+      auto share = opts.max_live / n + (i < opts.max_live % n ? 1 : 0);
+      shards_.push_back(sys.spawn(registry_shard<A>, log, writer, opts,
+                                  std::max<size_t>(1, share)));
+    }
   }
 
   /// The shard responsible for aggregate `id`.

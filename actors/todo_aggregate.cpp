@@ -41,8 +41,12 @@ storage::result<todo::state> todo_state_at(const storage::event_log& log, const 
                                            const std::string& event_id) {
   auto stream = stream_of(id);
   auto target = log.find_event(event_id);
-  if (!target.ok())
+  if (!target.ok()) {
+    // An unknown todo is reported as such, whatever the event id.
+    if (auto v = log.stream_version(stream); !v.ok())
+      return v.error();
     return target.error();
+  }
   if (target->stream != stream) {
     if (auto v = log.stream_version(stream); !v.ok())
       return v.error();

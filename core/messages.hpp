@@ -49,9 +49,10 @@ void add_error_category(caf::actor_system_config& cfg, const char (&name)[N]) {
   std::string prefix = name;
   cfg.add_error_category(caf::atom(name), [prefix](uint8_t code, caf::atom_value,
                                                    const caf::message& ctx) {
-    std::string out = prefix + ": " + to_string(static_cast<Enum>(code));
+    std::string out = prefix;
+    out.append(": ").append(to_string(static_cast<Enum>(code)));
     if (!ctx.empty())
-      out += " " + caf::to_string(ctx);
+      out.append(" ").append(caf::to_string(ctx));
     return out;
   });
 }
@@ -117,6 +118,7 @@ CAF_BEGIN_TYPE_ID_BLOCK(eventsd, caf::first_custom_type_id)
   CAF_ADD_ATOM(eventsd, eventsd, list_atom, "list")
   CAF_ADD_ATOM(eventsd, eventsd, passivate_atom, "passivate")
   CAF_ADD_ATOM(eventsd, eventsd, fetch_atom, "fetch")
+  CAF_ADD_ATOM(eventsd, eventsd, stopped_atom, "stopped")
   CAF_ADD_ATOM(eventsd, eventsd, expire_atom, "expire")
   CAF_ADD_ATOM(eventsd, eventsd, rebuild_step_atom, "rb_step")
 

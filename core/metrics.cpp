@@ -154,9 +154,10 @@ std::string metrics::render() const {
   sample(out, "eventsd_projection_position", projection_position.value());
   family(out, "eventsd_projection_lag_events", "gauge", "Log head minus projection position.");
   sample(out, "eventsd_projection_lag_events", projection_lag_events.value());
-  family(out, "eventsd_projection_lag_milliseconds", "gauge",
+  family(out, "eventsd_projection_lag_seconds", "gauge",
          "Age of the oldest event not yet applied to the read model.");
-  sample(out, "eventsd_projection_lag_milliseconds", projection_lag_ms.value());
+  out += "eventsd_projection_lag_seconds "
+         + format_double(static_cast<double>(projection_lag_ms.value()) / 1000.0) + "\n";
   family(out, "eventsd_projection_batches_total", "counter", "Read-model transactions committed.");
   sample(out, "eventsd_projection_batches_total", projection_batches.value());
   family(out, "eventsd_projection_errors_total", "counter", "Failed read-model transactions.");

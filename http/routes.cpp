@@ -453,7 +453,13 @@ router::router(services& svc) : svc_(svc) {
             r.header("ETag", "\"" + std::to_string(a.row.version) + "\"");
             respond(std::move(r));
           },
-          [=](caf::error& err) { respond(problem_for(err)); });
+          [=](caf::error& err) {
+            auto r = problem_for(err);
+            auto& ctx = err.context();
+            if (ctx.size() > 1 && ctx.match_element<uint64_t>(1))
+              r.header("X-Read-Model-Position", std::to_string(ctx.get_as<uint64_t>(1)));
+            respond(std::move(r));
+          });
     });
   });
 

@@ -400,8 +400,13 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
           if (auto err = ready())
             return *err;
           auto r = self->state.model->get(id);
-          if (!r.ok())
+          if (!r.ok()) {
+            // A 404 is a read-model answer too: say how far the model was.
+            if (r.error().code == projection_errc::not_found)
+              if (auto cp = self->state.model->checkpoint(); cp.ok())
+                return caf::make_error(projection_errc::not_found, r.error().detail, *cp);
             return to_caf(r.error());
+          }
           return std::move(r.value());
         },
         [=](list_atom, const todo_query& q) -> caf::result<todo_page> {

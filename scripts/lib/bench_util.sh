@@ -76,6 +76,26 @@ bench_wait_ready() {
   die "$1 not ready within 60 s"
 }
 
+# bench_wait_rocksdb_idle PID: waits (up to 10 min) until RocksDB's background threads of
+# PID (flushes and compactions, e.g. of a freshly seeded store) have used no CPU for 2 s;
+# prints the seconds waited.
+bench_wait_rocksdb_idle() {
+  local pid=$1 last=-1 now quiet=0 t0=$SECONDS
+  while (( SECONDS - t0 < 600 )); do
+    now=$(for t in /proc/"$pid"/task/*; do
+            [[ $(cat "$t/comm" 2>/dev/null) == rocksdb:* ]] && awk '{ print $14 + $15 }' "$t/stat" 2>/dev/null
+          done | awk '{ s += $1 } END { print s + 0 }')
+    if [[ $now == "$last" ]]; then
+      (( ++quiet >= 2 )) && break
+    else
+      quiet=0
+    fi
+    last=$now
+    sleep 1
+  done
+  printf '%s\n' "$((SECONDS - t0))"
+}
+
 # bench_metric BASE_URL NAME: the value of one unlabelled Prometheus sample of /metrics.
 bench_metric() {
   curl -s "$1/metrics" | awk -v n="$2" '$1 == n && !seen { print $2; seen = 1 }'
@@ -126,7 +146,10 @@ bench_percentiles() {
 # With BENCH_METRICS_URL set (an eventsd base URL), also the write detail of the run; with
 # BENCH_CPU_PID set, NAME.cpu_us and NAME.ctxsw (CPU microseconds and context switches of
 # that process per request) and, with BENCH_PG_DSN, NAME.pg_cpu_us (of the PostgreSQL
-# backends connected to that database, the server's projection and readers).
+# backends connected to that database, the server's projection and readers). Always:
+# NAME.wrk_us (wrk's CPU per request), NAME.others (cores kept busy by every other process
+# of the machine during the run: builds and tests of others disturb the figures) and
+# NAME.load (1-minute load average at the end).
 bench_wrk() {
   local name=$1 url=$2 script=$3 ids=${4:-} out=$BENCH_DIR/wrk-$1.txt
   local args=(-t"$BENCH_THREADS" -c"$BENCH_CONNECTIONS" -s "$script" "$url")
@@ -140,7 +163,7 @@ bench_wrk() {
   if [[ -n ${BENCH_METRICS_URL:-} ]]; then
     bench_metrics_snapshot "$BENCH_METRICS_URL" "$BENCH_DIR/metrics-$name.before"
   fi
-  local cpu0=
+  local cpu0= cpu1= busy0 busy1
   if [[ -n ${BENCH_CPU_PID:-} ]]; then
     BENCH_PG_PIDS=
     if [[ -n ${BENCH_PG_DSN:-} ]]; then
@@ -150,9 +173,13 @@ bench_wrk() {
     fi
     cpu0=$(bench_cpu_sample)
   fi
-  wrk -d"${BENCH_DURATION}s" "${args[@]}" >"$out" 2>&1 || { cat "$out" >&2; die "wrk $name failed"; }
-  local cpu1=
+  busy0=$(bench_busy_ticks)
+  local TIMEFORMAT='%3U %3S'
+  { time wrk -d"${BENCH_DURATION}s" "${args[@]}" >"$out" 2>&1; } 2>"$out.cpu" \
+    || { cat "$out" >&2; die "wrk $name failed"; }
+  busy1=$(bench_busy_ticks)
   [[ -z ${BENCH_CPU_PID:-} ]] || cpu1=$(bench_cpu_sample)
+  BENCH_R[$name.load]=$(cut -d' ' -f1 /proc/loadavg)
   if [[ -n ${BENCH_METRICS_URL:-} ]]; then
     bench_metrics_snapshot "$BENCH_METRICS_URL" "$BENCH_DIR/metrics-$name.after"
     bench_write_detail "$name" "$BENCH_DIR/metrics-$name.before" "$BENCH_DIR/metrics-$name.after"
@@ -169,13 +196,24 @@ bench_wrk() {
   requests=$(sed -n 's/.*requests=\([^ ]*\).*/\1/p' <<<"$line")
   bench_result "$name" "$rps" "$p50" "$p99" "$((non2xx + sock))" "$requests" \
     "non-2xx $non2xx, socket $sock"
-  if [[ -n $cpu0 ]]; then
-    read -r BENCH_R[$name.cpu_us] BENCH_R[$name.pg_cpu_us] BENCH_R[$name.ctxsw] < <(
-      awk -v a="$cpu0" -v b="$cpu1" -v n="$requests" -v hz="$(getconf CLK_TCK)" 'BEGIN {
-        split(a, x, " "); split(b, y, " ")
-        if (n == 0) n = 1
-        printf "%.0f %.0f %.2f\n", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) * 1e6 / hz / n, (y[3] - x[3]) / n }')
-  fi
+  # Per request: server, its PostgreSQL backends, wrk; then what the rest of the machine
+  # (other processes than these) kept busy, in cores, over the run.
+  local wrk_cpu secs
+  wrk_cpu=$(awk '{ print $1 + $2 }' "$out.cpu")
+  secs=$(sed -n 's/.* duration_s=\([^ ]*\).*/\1/p' <<<"$line")
+  read -r BENCH_R[$name.cpu_us] BENCH_R[$name.pg_cpu_us] BENCH_R[$name.ctxsw] \
+    BENCH_R[$name.wrk_us] BENCH_R[$name.others] < <(
+    awk -v a="${cpu0:-0 0 0}" -v b="${cpu1:-0 0 0}" -v n="$requests" -v hz="$(getconf CLK_TCK)" \
+        -v w="$wrk_cpu" -v b0="$busy0" -v b1="$busy1" -v t="$secs" -v has="${cpu0:+1}" 'BEGIN {
+      split(a, x, " "); split(b, y, " ")
+      if (n == 0) n = 1
+      if (t == 0) t = 1
+      srv = (y[1] - x[1]) / hz; pg = (y[2] - x[2]) / hz
+      others = ((b1 - b0) / hz - srv - pg - w) / t
+      if (others < 0) others = 0
+      if (has) printf "%.0f %.0f %.2f ", srv * 1e6 / n, pg * 1e6 / n, (y[3] - x[3]) / n
+      else printf "– – – "
+      printf "%.0f %.2f\n", w * 1e6 / n, others }')
   log "  $name: $rps req/s, p50 $p50 ms, p99 $p99 ms, errors $((non2xx + sock))"
 }
 
@@ -192,6 +230,7 @@ bench_pgbench() {
   BENCH_COMMANDS+=("pgbench ${args[*]} \"\$DSN\"")
   "$EVENTSD_PG_BIN/pgbench" "${args[@]}" -l --log-prefix="$prefix" "$dsn" >"$out" 2>&1 \
     || { cat "$out" >&2; die "pgbench $name failed"; }
+  BENCH_R[$name.load]=$(cut -d' ' -f1 /proc/loadavg)
   local tps failed aborted p
   tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$out")
   failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$out")
@@ -218,6 +257,7 @@ bench_db_bench() {
   BENCH_COMMANDS+=("db_bench ${args[*]} --db=DIR")
   db_bench "${args[@]}" --db="$db" >"$out" 2>"$out.stderr" \
     || { tail -n 20 "$out" "$out.stderr" >&2; die "db_bench $name failed"; }
+  BENCH_R[$name.load]=$(cut -d' ' -f1 /proc/loadavg)
   rm -rf "$db"
   local ops p50 p99 count
   ops=$(sed -n 's/^fillrandom *: *[0-9.]* micros\/op \([0-9]*\) ops\/sec.*/\1/p' "$out" | awk 'NR == 1')
@@ -285,6 +325,11 @@ bench_cpu_ticks() {
   printf '%s\n' "$t"
 }
 
+# bench_busy_ticks: clock ticks all CPUs of the machine spent busy (not idle, not iowait).
+bench_busy_ticks() {
+  awk '$1 == "cpu" { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat
+}
+
 # bench_cpu_sample: "server_ticks pg_backend_ticks context_switches" for BENCH_CPU_PID (the
 # server under test, all its threads) and BENCH_PG_PIDS (PostgreSQL backends serving it).
 bench_cpu_sample() {
@@ -297,9 +342,10 @@ bench_cpu_sample() {
 
 # -- eventsd's own counters around a measured run ---------------------------------------
 
-# bench_metrics_snapshot BASE_URL FILE: saves the unlabelled samples of /metrics.
+# bench_metrics_snapshot BASE_URL FILE: saves the unlabelled samples of /metrics (FILE.raw: all).
 bench_metrics_snapshot() {
-  curl -s "$1/metrics" | awk '!/^#/ && $1 !~ /[{]/ { print $1, $2 }' >"$2"
+  curl -s "$1/metrics" >"$2.raw"
+  awk '!/^#/ && $1 !~ /[{]/ { print $1, $2 }' "$2.raw" >"$2"
 }
 
 # bench_write_detail NAME BEFORE AFTER: from two snapshots, stores NAME.batch (events per

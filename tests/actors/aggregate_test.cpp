@@ -400,7 +400,7 @@ TEST_CASE("max_live caps the live aggregates and evicted ones keep their state",
 }
 
 TEST_CASE("max_live caps the live aggregates of all shards together",
-          "[aggregate][passivation][!mayfail]") {
+          "[aggregate][passivation]") {
   // runtime_options::max_live is "most live aggregate actors in all shards
   // together"; each shard gets ceil(max_live / shards), so 4 shards of 3 can
   // hold 12 when max_live is 10.
@@ -419,7 +419,7 @@ TEST_CASE("max_live caps the live aggregates of all shards together",
 }
 
 TEST_CASE("commands to an aggregate evicted while its last command is in flight still succeed",
-          "[aggregate][passivation][!mayfail]") {
+          "[aggregate][passivation]") {
   // Eviction (max_live) stops an actor that may still have a command in flight;
   // the next command for the same id spawns a fresh actor that must not decide
   // on a state recovered before that in-flight event became durable.
@@ -455,7 +455,7 @@ TEST_CASE("commands to an aggregate evicted while its last command is in flight 
 }
 
 TEST_CASE("an aggregate whose append hit a version conflict accepts the next command",
-          "[aggregate][!mayfail]") {
+          "[aggregate]") {
   // A conflict means the actor decided on a stale state (e.g. it was spawned
   // while an evicted predecessor still had an append in flight). The next
   // command must be decided on the stream as it is in the log, not refused
@@ -477,7 +477,7 @@ TEST_CASE("an aggregate whose append hit a version conflict accepts the next com
                                                    todo::encode_data(done), now_ms()});
   {
     caf::scoped_actor self{rt.sys()};
-    self->request(rt.writer(), caf::infinite, append_atom_v, std::move(foreign))
+    self->request(rt.writer(), reply_timeout, append_atom_v, std::move(foreign))
       .receive([](storage::append_result& r) { REQUIRE(r.version == 2); },
                [&](caf::error& e) { FAIL(rt.sys().render(e)); });
   }

@@ -26,7 +26,7 @@ TEST_CASE("the log reader answers history, state at an event, streams and $all",
   auto fail = [&](caf::error& e) { FAIL(rt.sys().render(e)); };
 
   std::string first_event;
-  self->request(reader, caf::infinite, history_atom_v, id)
+  self->request(reader, reply_timeout, history_atom_v, id)
     .receive(
       [&](actors::todo_history_items& items) {
         REQUIRE(items.size() == 2);
@@ -34,22 +34,22 @@ TEST_CASE("the log reader answers history, state at an event, streams and $all",
         first_event = items[0].event.id;
       },
       fail);
-  self->request(reader, caf::infinite, state_at_atom_v, id, first_event)
+  self->request(reader, reply_timeout, state_at_atom_v, id, first_event)
     .receive(
       [&](todo::state& st) {
         CHECK(st == todo::state{id, "read me", todo::status::created, 1});
       },
       fail);
-  self->request(reader, caf::infinite, stream_atom_v, "todo-" + id, uint64_t{2}, uint64_t{10})
+  self->request(reader, reply_timeout, stream_atom_v, "todo-" + id, uint64_t{2}, uint64_t{10})
     .receive(
       [&](actors::recorded_events& events) {
         REQUIRE(events.size() == 1);
         CHECK(events[0].version == 2);
       },
       fail);
-  self->request(reader, caf::infinite, all_atom_v, uint64_t{1}, uint64_t{10})
+  self->request(reader, reply_timeout, all_atom_v, uint64_t{1}, uint64_t{10})
     .receive([&](actors::recorded_events& events) { CHECK(events.size() == 2); }, fail);
-  self->request(reader, caf::infinite, streams_atom_v, uint64_t{0}, uint64_t{10})
+  self->request(reader, reply_timeout, streams_atom_v, uint64_t{0}, uint64_t{10})
     .receive(
       [&](actors::stream_summaries& streams) {
         REQUIRE(streams.size() == 1);
@@ -69,13 +69,13 @@ TEST_CASE("the log reader answers storage errors for unknown todos and events",
   caf::scoped_actor self{rt.sys()};
 
   caf::error history_error;
-  self->request(reader, caf::infinite, history_atom_v, core::make_uuid())
+  self->request(reader, reply_timeout, history_atom_v, core::make_uuid())
     .receive([&](actors::todo_history_items&) { FAIL("history of an unknown todo"); },
              [&](caf::error& e) { history_error = e; });
   CHECK(is_error(history_error, storage::storage_errc::stream_not_found));
 
   caf::error stream_error;
-  self->request(reader, caf::infinite, stream_atom_v, std::string{"todo-nope"}, uint64_t{1},
+  self->request(reader, reply_timeout, stream_atom_v, std::string{"todo-nope"}, uint64_t{1},
                 uint64_t{10})
     .receive([&](actors::recorded_events&) { FAIL("an unknown stream"); },
              [&](caf::error& e) { stream_error = e; });

@@ -49,11 +49,11 @@ append_request request(const std::string& stream, uint64_t expected, size_t n = 
 std::vector<append_answer> burst(caf::actor_system& sys, const actors::log_writer_actor& writer,
                                  std::vector<append_request> requests) {
   caf::scoped_actor self{sys};
-  using handle = decltype(self->request(writer, caf::infinite, append_atom_v,
+  using handle = decltype(self->request(writer, reply_timeout, append_atom_v,
                                         std::move(requests.front())));
   std::vector<handle> handles;
   for (auto& req : requests)
-    handles.push_back(self->request(writer, caf::infinite, append_atom_v, std::move(req)));
+    handles.push_back(self->request(writer, reply_timeout, append_atom_v, std::move(req)));
   std::vector<append_answer> answers(handles.size());
   for (size_t i = 0; i < handles.size(); ++i)
     handles[i].receive([&](append_result& r) { answers[i].value = std::move(r); },

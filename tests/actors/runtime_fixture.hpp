@@ -29,6 +29,10 @@
 
 namespace eventsd::test {
 
+/// How long a test waits for any actor's answer before failing (a broken
+/// runtime fails the test instead of hanging it).
+inline const caf::duration reply_timeout{std::chrono::seconds{20}};
+
 /// A fresh, unique directory under the system temp dir, removed afterwards.
 class temp_dir {
 public:
@@ -133,7 +137,7 @@ public:
     caf::scoped_actor self{sys_};
     outcome result;
     self
-      ->request(registry_->shard_for(id), caf::infinite, execute_atom_v, id, std::move(cmd),
+      ->request(registry_->shard_for(id), reply_timeout, execute_atom_v, id, std::move(cmd),
                 std::move(cond))
       .receive([&](actors::write_outcome& o) { result.value = std::move(o); },
                [&](caf::error& e) {
@@ -154,12 +158,12 @@ public:
   /// then collects the answers in sending order.
   std::vector<outcome> execute_burst(std::vector<addressed_command> cmds) {
     caf::scoped_actor self{sys_};
-    using handle = decltype(self->request(registry_->shard_for(""), caf::infinite,
+    using handle = decltype(self->request(registry_->shard_for(""), reply_timeout,
                                           execute_atom_v, std::string{}, todo::command{},
                                           actors::write_conditions{}));
     std::vector<handle> handles;
     for (auto& c : cmds)
-      handles.push_back(self->request(registry_->shard_for(c.id), caf::infinite, execute_atom_v,
+      handles.push_back(self->request(registry_->shard_for(c.id), reply_timeout, execute_atom_v,
                                       c.id, std::move(c.cmd), std::move(c.cond)));
     std::vector<outcome> results(handles.size());
     for (size_t i = 0; i < handles.size(); ++i)
@@ -176,7 +180,7 @@ public:
     caf::scoped_actor self{sys_};
     uint64_t sum = 0;
     for (auto& shard : registry_->shards())
-      self->request(shard, caf::infinite, stats_atom_v)
+      self->request(shard, reply_timeout, stats_atom_v)
         .receive([&](uint64_t n) { sum += n; },
                  [&](caf::error& e) { FAIL("stats failed: " << sys_.render(e)); });
     return sum;

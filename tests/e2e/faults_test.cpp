@@ -1,0 +1,1035 @@
+// End-to-end fault tests of the real eventsd (issues 3.7 and 4.4): a full disk
+// under the event store, bad storage directories and option values at start,
+// PostgreSQL stopped under a running server (a private cluster this test starts
+// itself), and SIGKILL while the projection catches up a large backlog.
+//
+// Needs root for the tmpfs mounts and for running PostgreSQL as `postgres`; the
+// parts that cannot mount say so (WARN) and skip only that part.
+#include "e2e/harness.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pwd.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+using namespace eventsd::e2e;
+using namespace std::chrono_literals;
+
+extern char** environ;
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+// -- child processes -----------------------------------------------------------
+
+struct run_result {
+  int status = -1;        ///< as from waitpid
+  bool timed_out = false; ///< killed after the timeout (or on `stop_at`)
+  std::string output;     ///< stdout and stderr, merged
+
+  int exit_code() const { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
+};
+
+/// Runs `args` (argv[0] looked up in PATH) in `cwd` with stdout+stderr captured,
+/// without the environment variables named in `unset`. Kills it (SIGKILL) after
+/// `timeout`, or as soon as its output contains `stop_at` (when not empty).
+run_result run_command(const std::vector<std::string>& args,
+                       std::chrono::milliseconds timeout = 30s, const std::string& cwd = "/",
+                       const std::vector<std::string>& unset = {},
+                       const std::string& stop_at = {}) {
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string kv = *e;
+    bool drop = std::any_of(unset.begin(), unset.end(),
+                            [&](const std::string& n) { return kv.rfind(n + "=", 0) == 0; });
+    if (!drop)
+      env_strings.push_back(kv);
+  }
+  std::vector<char*> envp;
+  for (auto& s : env_strings)
+    envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::vector<std::string> argv_strings = args;
+  std::vector<char*> argv;
+  for (auto& a : argv_strings)
+    argv.push_back(a.data());
+  argv.push_back(nullptr);
+
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0)
+    throw std::runtime_error(std::string{"pipe2: "} + std::strerror(errno));
+  pid_t pid = ::fork();
+  if (pid < 0)
+    throw std::runtime_error(std::string{"fork: "} + std::strerror(errno));
+  if (pid == 0) {
+    ::dup2(fds[1], STDOUT_FILENO);
+    ::dup2(fds[1], STDERR_FILENO);
+    int devnull = ::open("/dev/null", O_RDONLY);
+    if (devnull >= 0)
+      ::dup2(devnull, STDIN_FILENO);
+    // Nothing else of ours may leak into the child (a postmaster lives on).
+    ::syscall(SYS_close_range, 3u, ~0u, 0u);
+    if (::chdir(cwd.c_str()) != 0)
+      ::_exit(126);
+    ::execvpe(argv[0], argv.data(), envp.data());
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  run_result r;
+  auto deadline = clock_type::now() + timeout;
+  char buf[4096];
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now());
+    if (left.count() <= 0 || (!stop_at.empty() && r.output.find(stop_at) != std::string::npos)) {
+      r.timed_out = true;
+      ::kill(pid, SIGKILL);
+      break;
+    }
+    pollfd p{fds[0], POLLIN, 0};
+    int n = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 100)));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      continue;
+    auto got = ::read(fds[0], buf, sizeof buf);
+    if (got < 0 && errno == EINTR)
+      continue;
+    if (got <= 0)
+      break;
+    r.output.append(buf, static_cast<size_t>(got));
+  }
+  ::close(fds[0]);
+  ::waitpid(pid, &r.status, 0);
+  return r;
+}
+
+std::string eventsd_binary() {
+  const char* bin = std::getenv("EVENTSD_BINARY");
+  if (bin == nullptr || *bin == '\0')
+    throw std::runtime_error("EVENTSD_BINARY is not set: run the tests through ctest, or export "
+                             "EVENTSD_BINARY=<build>/eventsd");
+  return bin;
+}
+
+/// True when `out` is exactly one non-empty line (with or without its newline).
+bool one_line(const std::string& out) {
+  auto s = out;
+  if (!s.empty() && s.back() == '\n')
+    s.pop_back();
+  return !s.empty() && s.find('\n') == std::string::npos;
+}
+
+/// A DSN nothing listens on (eventsd starts without PostgreSQL).
+const std::string unreachable_dsn = "host=127.0.0.1 port=1 dbname=eventsd user=postgres connect_timeout=1";
+
+// -- tmpfs ---------------------------------------------------------------------
+
+/// A tmpfs mounted on `dir` (created when missing), unmounted (lazily) on destruction.
+class tmpfs_mount {
+public:
+  tmpfs_mount(const std::string& dir, const std::string& options, unsigned long flags = 0)
+      : dir_(dir) {
+    std::filesystem::create_directories(dir);
+    if (::mount("tmpfs", dir.c_str(), "tmpfs", flags, options.c_str()) == 0)
+      mounted_ = true;
+    else
+      error_ = std::strerror(errno);
+  }
+  ~tmpfs_mount() {
+    if (mounted_)
+      ::umount2(dir_.c_str(), MNT_DETACH);
+  }
+  tmpfs_mount(const tmpfs_mount&) = delete;
+  tmpfs_mount& operator=(const tmpfs_mount&) = delete;
+
+  bool mounted() const { return mounted_; }
+  const std::string& error() const { return error_; }
+  const std::string& dir() const { return dir_; }
+
+private:
+  std::string dir_;
+  bool mounted_ = false;
+  std::string error_;
+};
+
+uint64_t free_bytes(const std::string& dir) {
+  struct statvfs st{};
+  if (::statvfs(dir.c_str(), &st) != 0)
+    throw std::runtime_error("statvfs(" + dir + "): " + std::strerror(errno));
+  return static_cast<uint64_t>(st.f_bavail) * st.f_frsize;
+}
+
+/// Writes zeros to `path` until only about `leave` bytes are free on its file system.
+void fill_disk(const std::string& path, uint64_t leave) {
+  auto dir = std::filesystem::path(path).parent_path().string();
+  auto free = free_bytes(dir);
+  uint64_t want = free > leave ? free - leave : 0;
+  int fd = ::open(path.c_str(), O_CREAT | O_WRONLY | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0)
+    throw std::runtime_error("open(" + path + "): " + std::strerror(errno));
+  std::vector<char> zeros(64 * 1024, 0);
+  while (want > 0) {
+    auto n = ::write(fd, zeros.data(), std::min<uint64_t>(want, zeros.size()));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n <= 0)
+      break;
+    want -= static_cast<uint64_t>(n);
+  }
+  ::close(fd);
+}
+
+// -- the log and the read model ----------------------------------------------
+
+/// The state of each todo folded from `$all`; `error` names the first event it
+/// could not fold.
+std::map<std::string, json> fold(const std::vector<json>& events, std::string& error) {
+  std::map<std::string, json> todos;
+  for (auto& e : events) {
+    auto stream = e.at("stream").get<std::string>();
+    if (stream.rfind("todo-", 0) != 0) {
+      error = "not a todo stream: " + e.dump();
+      continue;
+    }
+    auto id = stream.substr(5);
+    auto& t = todos[id];
+    auto type = e.at("type").get<std::string>();
+    auto& data = e.at("data");
+    if (type == "created") {
+      t = {{"id", id}, {"description", data.at("description")}, {"status", "Created"}};
+    } else if (type == "description-changed") {
+      t["description"] = data.at("description");
+    } else if (type == "status-changed-to-in-progress") {
+      t["status"] = "InProgress";
+    } else if (type == "status-changed-to-done") {
+      t["status"] = "Done";
+    } else if (type == "undo-to-some-history-state") {
+      t["description"] = data.at("description");
+      t["status"] = data.at("status");
+    } else {
+      error = "unexpected event type: " + e.dump();
+    }
+    t["version"] = e.at("version");
+  }
+  return todos;
+}
+
+/// Every todo of GET /todo once the read model has applied `position` (empty
+/// and `error` set when a page does not answer 200).
+std::map<std::string, json> list_read_model(http_client& c, uint64_t position, std::string& error) {
+  std::map<std::string, json> out;
+  std::string after;
+  for (;;) {
+    auto target = "/todo?limit=1000&waitMs=30000&minPosition=" + std::to_string(position)
+                  + (after.empty() ? "" : "&after=" + after);
+    auto r = c.get(target);
+    if (r.status != 200) {
+      error = "GET " + target + " answered " + std::to_string(r.status) + ": " + r.body.substr(0, 300);
+      return {};
+    }
+    auto j = r.json_body();
+    for (auto& i : j.at("items")) {
+      auto id = i.at("id").get<std::string>();
+      if (out.count(id) != 0)
+        error = "todo " + id + " listed twice";
+      out[id] = i;
+    }
+    if (j.at("next").is_null())
+      return out;
+    after = j.at("next").get<std::string>();
+  }
+}
+
+/// Differences between the read model and the expected states (at most 5 described).
+std::vector<std::string> differences(const std::map<std::string, json>& actual,
+                                     const std::map<std::string, json>& expected, size_t& count) {
+  std::vector<std::string> out;
+  count = 0;
+  auto note = [&](std::string s) {
+    if (++count <= 5)
+      out.push_back(std::move(s));
+  };
+  for (auto& [id, t] : expected) {
+    auto i = actual.find(id);
+    if (i == actual.end())
+      note("missing from the read model: " + t.dump());
+    else if (i->second != t)
+      note("read model " + i->second.dump() + " but the log folds to " + t.dump());
+  }
+  for (auto& [id, t] : actual)
+    if (expected.count(id) == 0)
+      note("in the read model but not in the log: " + t.dump());
+  return out;
+}
+
+/// Checks that the read model equals the fold of the whole log, at the log's head.
+void check_read_model_is_fold_of_log(http_client& c) {
+  auto events = read_all(c);
+  std::string fold_error, list_error;
+  auto expected = fold(events, fold_error);
+  INFO("fold: " << fold_error);
+  REQUIRE(fold_error.empty());
+  for (size_t i = 0; i < events.size(); ++i)
+    REQUIRE(events[i].at("position") == i + 1);
+  auto actual = list_read_model(c, events.size(), list_error);
+  INFO("read model: " << list_error);
+  REQUIRE(list_error.empty());
+  size_t count = 0;
+  auto diffs = differences(actual, expected, count);
+  for (auto& d : diffs)
+    UNSCOPED_INFO(d);
+  CHECK(count == 0);
+  CHECK(actual.size() == expected.size());
+}
+
+/// The projection as GET /admin/projections shows it.
+json projection_status(http_client& c) {
+  auto r = c.get("/admin/projections");
+  if (r.status != 200)
+    throw std::runtime_error("GET /admin/projections answered " + std::to_string(r.status) + ": "
+                             + r.body);
+  return r.json_body().at("items").at(0);
+}
+
+/// A counter or gauge of GET /metrics (-1 when absent).
+double metric(http_client& c, const std::string& name) {
+  auto r = c.get("/metrics");
+  std::istringstream in{r.body};
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(name + " ", 0) == 0)
+      return std::stod(line.substr(name.size() + 1));
+  return -1;
+}
+
+bool is_problem(const response& r, unsigned status) {
+  if (r.status != status)
+    return false;
+  if (r.header("Content-Type").value_or("").rfind("application/problem+json", 0) != 0)
+    return false;
+  auto j = json::parse(r.body, nullptr, false);
+  return j.is_object() && j.value("status", 0u) == status && j.contains("type")
+         && j.contains("title") && j.contains("detail");
+}
+
+// -- writing many events -----------------------------------------------------------
+
+/// Writes about `events` events from `threads` clients: each todo is created,
+/// renamed, put in progress and done; every tenth is then undone to its first event.
+/// Returns the answers that were not 2xx (at most 5) and counts them in `failures`.
+std::vector<std::string> write_events(uint16_t port, size_t events, int threads,
+                                      size_t& failures) {
+  std::atomic<size_t> budget{0};
+  std::atomic<size_t> failed{0};
+  std::mutex mtx;
+  std::vector<std::string> samples;
+  auto worker = [&](int t) {
+    try {
+      http_client c{port};
+      for (size_t k = 0;; ++k) {
+        auto take = [&] { return budget.fetch_add(1) < events; };
+        auto ok = [&](const response& r) {
+          if (r.status == 200 || r.status == 201)
+            return true;
+          ++failed;
+          std::lock_guard lock{mtx};
+          if (samples.size() < 5)
+            samples.push_back(std::to_string(r.status) + " " + r.body.substr(0, 200));
+          return false;
+        };
+        if (!take())
+          return;
+        auto name = "bulk " + std::to_string(t) + "/" + std::to_string(k);
+        auto created = c.post_json("/todo", {{"description", name}});
+        if (!ok(created))
+          continue;
+        auto id = ack_of(created).id;
+        if (!take() || !ok(c.put_json("/todo/change-description",
+                                      {{"id", id}, {"description", name + " renamed"}})))
+          continue;
+        if (!take() || !ok(c.put("/todo/" + id + "/put-in-progress")))
+          continue;
+        if (!take() || !ok(c.put("/todo/" + id + "/done")))
+          continue;
+        if (k % 10 == 0) {
+          auto h = c.get("/todo/" + id + "/history");
+          if (!take() || !ok(h))
+            continue;
+          auto first = h.json_body().at("items").at(0).at("id").get<std::string>();
+          ok(c.put("/todo/" + id + "/undo-to/" + first));
+        }
+      }
+    } catch (const std::exception& e) {
+      ++failed;
+      std::lock_guard lock{mtx};
+      samples.push_back(std::string{"client error: "} + e.what());
+    }
+  };
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t)
+    ts.emplace_back(worker, t);
+  for (auto& th : ts)
+    th.join();
+  failures = failed;
+  return samples;
+}
+
+// -- a private PostgreSQL cluster ------------------------------------------------
+
+uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof a;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0
+      || ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(fd);
+    throw std::runtime_error(std::string{"cannot find a free port: "} + std::strerror(errno));
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+/// A PostgreSQL cluster of its own (initdb into a fresh directory under /tmp, run
+/// as `postgres` on a free loopback port), so that stopping it disturbs nobody.
+/// Stopped (immediate) and removed on destruction. REQUIRES: root and a `postgres` user.
+class private_cluster {
+public:
+  private_cluster() {
+    const char* bin = std::getenv("EVENTSD_PG_BIN");
+    bin_ = bin && *bin ? bin : "/usr/lib/postgresql/15/bin";
+    passwd* pw = ::getpwnam("postgres");
+    if (::geteuid() != 0 || pw == nullptr)
+      throw std::runtime_error("a private PostgreSQL cluster needs root and a `postgres` user");
+    char tmpl[] = "/tmp/eventsd-faults-pg-XXXXXX";
+    if (::mkdtemp(tmpl) == nullptr)
+      throw std::runtime_error(std::string{"mkdtemp: "} + std::strerror(errno));
+    dir_ = tmpl;
+    if (::chown(dir_.c_str(), pw->pw_uid, pw->pw_gid) != 0)
+      throw std::runtime_error("chown " + dir_ + ": " + std::strerror(errno));
+    port_ = free_port();
+    auto r = as_postgres({bin_ + "/initdb", "-D", dir_ + "/data", "-A", "trust", "-U", "postgres",
+                          "--no-sync", "-E", "UTF8"});
+    if (r.exit_code() != 0)
+      throw std::runtime_error("initdb failed:\n" + r.output);
+    start();
+  }
+
+  ~private_cluster() {
+    if (running_)
+      as_postgres({bin_ + "/pg_ctl", "-D", dir_ + "/data", "-m", "immediate", "-w", "stop"});
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+
+  private_cluster(const private_cluster&) = delete;
+  private_cluster& operator=(const private_cluster&) = delete;
+
+  void start() {
+    auto r = as_postgres({bin_ + "/pg_ctl", "-D", dir_ + "/data", "-l", dir_ + "/postgres.log",
+                          "-w", "-t", "30", "-o",
+                          "-p " + std::to_string(port_) + " -k " + dir_
+                            + " -c listen_addresses=127.0.0.1 -c fsync=off"
+                              " -c synchronous_commit=off -c full_page_writes=off",
+                          "start"});
+    if (r.exit_code() != 0)
+      throw std::runtime_error("pg_ctl start failed:\n" + r.output + "\n" + log());
+    running_ = true;
+  }
+
+  /// Stops it as a crash would: no shutdown checkpoint, connections cut.
+  void stop_immediately() {
+    auto r = as_postgres({bin_ + "/pg_ctl", "-D", dir_ + "/data", "-m", "immediate", "-w", "stop"});
+    if (r.exit_code() != 0)
+      throw std::runtime_error("pg_ctl stop failed:\n" + r.output);
+    running_ = false;
+  }
+
+  std::string dsn() const {
+    return "host=127.0.0.1 port=" + std::to_string(port_)
+           + " dbname=postgres user=postgres connect_timeout=2";
+  }
+
+  std::string log() const {
+    std::ifstream in{dir_ + "/postgres.log"};
+    std::stringstream s;
+    s << in.rdbuf();
+    auto t = s.str();
+    return t.size() > 4000 ? t.substr(t.size() - 4000) : t;
+  }
+
+private:
+  run_result as_postgres(std::vector<std::string> args) {
+    args.insert(args.begin(), {"runuser", "-u", "postgres", "--"});
+    return run_command(args, 60s);
+  }
+
+  std::string bin_;
+  std::string dir_;
+  uint16_t port_ = 0;
+  bool running_ = false;
+};
+
+// -- the disk-full scenario --------------------------------------------------------
+
+/// One write while the disk fills up, identified by its unique description.
+struct fill_write {
+  std::string description;
+  std::string type; // "created" or "description-changed"
+  unsigned status = 0;   // 0: no answer (connection failed)
+  std::string body;
+  std::optional<write_ack> ack;
+  bool problem_json = false;
+};
+
+/// Writes from `threads` clients until one answers 503, then `extra` more each;
+/// every write carries a unique ~200-character description.
+std::vector<fill_write> write_until_full(uint16_t port, int threads, int extra, bool& died) {
+  std::atomic<bool> full{false};
+  std::atomic<bool> dead{false};
+  std::mutex mtx;
+  std::vector<fill_write> all;
+  std::string pad(180, 'x');
+  auto worker = [&](int t) {
+    std::vector<fill_write> mine;
+    std::vector<std::string> ids;
+    int after_full = 0;
+    http_client c{port};
+    for (int i = 0; i < 20000 && after_full <= extra && !dead; ++i) {
+      if (full)
+        ++after_full;
+      fill_write w;
+      w.description = "fill " + std::to_string(t) + "/" + std::to_string(i) + " " + pad;
+      try {
+        response r;
+        if (ids.empty() || i % 3 != 0) {
+          w.type = "created";
+          r = c.post_json("/todo", {{"description", w.description}});
+        } else {
+          w.type = "description-changed";
+          r = c.put_json("/todo/change-description",
+                         {{"id", ids[static_cast<size_t>(i) % ids.size()]},
+                          {"description", w.description}});
+        }
+        w.status = r.status;
+        w.body = r.body.substr(0, 400);
+        w.problem_json = is_problem(r, r.status);
+        if (r.status == 200 || r.status == 201) {
+          w.ack = ack_of(r);
+          if (w.type == "created")
+            ids.push_back(w.ack->id);
+        } else if (r.status == 503) {
+          full = true;
+        }
+      } catch (const std::exception& e) {
+        w.body = e.what();
+        dead = true;
+      }
+      mine.push_back(std::move(w));
+    }
+    std::lock_guard lock{mtx};
+    all.insert(all.end(), mine.begin(), mine.end());
+  };
+  std::vector<std::thread> ts;
+  for (int t = 0; t < threads; ++t)
+    ts.emplace_back(worker, t);
+  for (auto& th : ts)
+    th.join();
+  died = dead;
+  return all;
+}
+
+/// Checks `$all` against the writes: positions 1..n without gaps, every 2xx at
+/// the position, version and stream its answer named, no 503 anywhere.
+void check_log_against(const std::vector<json>& events, const std::vector<fill_write>& writes) {
+  std::map<std::string, const json*> by_description;
+  for (size_t i = 0; i < events.size(); ++i) {
+    INFO("event " << events[i].dump());
+    REQUIRE(events[i].at("position") == i + 1);
+    auto& d = events[i].at("data");
+    if (d.contains("description"))
+      by_description[d.at("description").get<std::string>()] = &events[i];
+  }
+  size_t acked = 0, refused = 0, lost = 0, leaked = 0;
+  for (auto& w : writes) {
+    auto found = by_description.find(w.description);
+    if (w.ack) {
+      ++acked;
+      if (found == by_description.end()) {
+        if (++lost <= 3)
+          UNSCOPED_INFO("acknowledged but not in $all: " << w.type << " " << w.body);
+        continue;
+      }
+      auto& e = *found->second;
+      INFO("acknowledged " << w.body << "; the log has " << e.dump().substr(0, 300));
+      CHECK(e.at("position") == w.ack->position);
+      CHECK(e.at("version") == w.ack->version);
+      CHECK(e.at("stream") == "todo-" + w.ack->id);
+      CHECK(e.at("type") == w.type);
+    } else if (w.status == 503) {
+      ++refused;
+      if (found != by_description.end() && ++leaked <= 3)
+        UNSCOPED_INFO("answered 503 but in $all: " << found->second->dump().substr(0, 300));
+    }
+  }
+  CHECK(lost == 0);
+  CHECK(leaked == 0);
+  INFO(acked << " acknowledged, " << refused << " refused");
+  CHECK(acked > 0);
+}
+
+} // namespace
+
+TEST_CASE("a full disk loses no acknowledged write and leaks no refused one, across a restart",
+          "[e2e][faults][disk-full]") {
+  temp_dir base{"eventsd-faults-disk-"};
+  tmpfs_mount fs{base.path() + "/fs", "size=8m,mode=0755"};
+  if (!fs.mounted()) {
+    WARN("skipped: cannot mount a tmpfs here (" << fs.error() << "); this test needs root");
+    return;
+  }
+  auto store = fs.dir() + "/data";
+  auto filler = fs.dir() + "/filler";
+  server s{server_options::with_args({"--storage.dir=" + store})};
+  {
+    http_client c{s.port()};
+    REQUIRE(c.post_json("/todo", {{"description", "before the disk fills"}}).status == 201);
+  }
+  fill_disk(filler, 160 * 1024);
+
+  bool died = false;
+  auto writes = write_until_full(s.port(), 4, 5, died);
+  size_t n503 = std::count_if(writes.begin(), writes.end(), [](auto& w) { return w.status == 503; });
+  for (auto& w : writes) {
+    INFO("answer " << w.status << ": " << w.body);
+    CHECK((w.status == 200 || w.status == 201 || w.status == 503 || w.status == 0));
+  }
+  if (died)
+    WARN("eventsd died while the disk was full (see the [!mayfail] disk-full test); output:\n"
+         << s.output().substr(s.output().size() > 2000 ? s.output().size() - 2000 : 0));
+  else
+    REQUIRE(n503 > 0);
+
+  std::filesystem::remove(filler);
+  if (died)
+    s.kill();
+  else
+    s.stop();
+  s.start();
+  http_client c{s.port()};
+  auto events = read_all(c);
+  check_log_against(events, writes);
+  // And the store takes writes again, continuing the positions.
+  auto next = c.post_json("/todo", {{"description", "after the restart"}});
+  INFO("after the restart: " << next.status << " " << next.body);
+  REQUIRE(next.status == 201);
+  CHECK(ack_of(next).position == events.size() + 1);
+}
+
+TEST_CASE("a full disk answers 503 problem+json while the server stays up, and writes succeed "
+          "again as soon as space is freed",
+          "[e2e][faults][disk-full][!mayfail]") {
+  temp_dir base{"eventsd-faults-disk-"};
+  tmpfs_mount fs{base.path() + "/fs", "size=8m,mode=0755"};
+  if (!fs.mounted()) {
+    WARN("skipped: cannot mount a tmpfs here (" << fs.error() << "); this test needs root");
+    return;
+  }
+  auto store = fs.dir() + "/data";
+  auto filler = fs.dir() + "/filler";
+  server s{server_options::with_args({"--storage.dir=" + store})};
+  http_client c{s.port()};
+  auto first = c.post_json("/todo", {{"description", "before the disk fills"}});
+  REQUIRE(first.status == 201);
+  fill_disk(filler, 160 * 1024);
+
+  bool died = false;
+  auto writes = write_until_full(s.port(), 4, 10, died);
+  INFO("eventsd output:\n" << s.output().substr(s.output().size() > 3000 ? s.output().size() - 3000 : 0));
+  // Bug 1: the process can abort (RocksDB's assertion on its LOG file in the full directory).
+  REQUIRE_FALSE(died);
+  size_t n503 = 0;
+  for (auto& w : writes) {
+    if (w.status != 503)
+      continue;
+    ++n503;
+    INFO("503 answer: " << w.body);
+    CHECK(w.problem_json);
+    CHECK(w.body.find("not writable") != std::string::npos);
+  }
+  REQUIRE(n503 > 0);
+  CHECK(c.get("/healthz").status == 200);
+  auto while_full = read_all(c); // reads still work
+  check_log_against(while_full, writes);
+
+  // Space comes back: the next append resumes the store.
+  std::filesystem::remove(filler);
+  auto freed = clock_type::now();
+  auto r = c.post_json("/todo", {{"description", "first write after freeing space"}});
+  INFO("first write after freeing space: " << r.status << " " << r.body);
+  CHECK(r.status == 201);
+  // Bug 2: RocksDB's own recovery holds the store (Resume() answers Busy) until
+  // 64 MiB are free; give it well over its 5 s poll before failing.
+  bool resumed = r.status == 201 || eventually(
+                                      [&] {
+                                        r = c.post_json("/todo", {{"description", "after freeing space"}});
+                                        return r.status == 201;
+                                      },
+                                      7000ms, 250ms);
+  INFO("last answer after freeing space: " << r.status << " " << r.body << " after "
+                                           << std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                clock_type::now() - freed)
+                                                .count()
+                                           << " ms");
+  REQUIRE(resumed);
+  CHECK(ack_of(r).position == while_full.size() + 1);
+
+  s.stop();
+  s.start();
+  http_client c2{s.port()};
+  auto after = read_all(c2);
+  check_log_against(after, writes);
+  CHECK(after.size() >= while_full.size() + 1);
+}
+
+TEST_CASE("eventsd refuses to start on a storage directory it cannot use: non-zero exit, "
+          "one-line reason, nothing changed",
+          "[e2e][faults][startup]") {
+  auto bin = eventsd_binary();
+  temp_dir d{"eventsd-faults-start-"};
+  auto file = d.path() + "/store-is-a-file";
+  {
+    std::ofstream out{file};
+    out << "not a database\n";
+  }
+  auto run = [&](const std::string& dir) {
+    return run_command({bin, "--storage.dir=" + dir, "--http.port=0", "--postgres.dsn=" + unreachable_dsn},
+                       20s, d.path(), {}, "listening on");
+  };
+
+  SECTION("the path is a regular file") {
+    auto r = run(file);
+    INFO("output: " << r.output);
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.exit_code() == 1);
+    CHECK(one_line(r.output));
+    CHECK(r.output.rfind("eventsd: cannot open the event store in " + file, 0) == 0);
+    std::ifstream in{file};
+    std::string content{std::istreambuf_iterator<char>{in}, {}};
+    CHECK(content == "not a database\n");
+  }
+  SECTION("the path lies below a regular file") {
+    auto r = run(file + "/data");
+    INFO("output: " << r.output);
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.exit_code() == 1);
+    CHECK(one_line(r.output));
+    CHECK(r.output.find("cannot open the event store") != std::string::npos);
+  }
+  SECTION("the file system is read-only") {
+    tmpfs_mount ro{d.path() + "/ro", "size=1m", MS_RDONLY};
+    if (!ro.mounted()) {
+      WARN("skipped: cannot mount a read-only tmpfs here (" << ro.error() << ")");
+      return;
+    }
+    auto r = run(ro.dir() + "/data");
+    INFO("output: " << r.output);
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.exit_code() != 0);
+    CHECK(one_line(r.output));
+    CHECK(r.output.find("cannot open the event store") != std::string::npos);
+  }
+}
+
+TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reason, before it "
+          "touches the storage directory",
+          "[e2e][faults][startup]") {
+  auto bin = eventsd_binary();
+  temp_dir d{"eventsd-faults-options-"};
+  auto dir = d.path() + "/data";
+  struct bad {
+    std::vector<std::string> args;
+    std::string names; // what the reason must mention
+  };
+  std::vector<bad> cases{
+    {{"--http.port=eighty"}, "--http.port=eighty"},
+    {{"--http.port=70000"}, "--http.port=70000"},
+    {{"--http.threads=0"}, "--http.threads"},
+    {{"--http.threads=-1"}, "--http.threads=-1"},
+    {{"--storage.sync=maybe"}, "--storage.sync"},
+    {{"--storage.max-batch=0"}, "--storage.max-batch"},
+    {{"--projection.mode=sometimes"}, "--projection.mode"},
+    {{"--projection.batch-size=0"}, "--projection.batch-size"},
+    {{"--projection.interval-ms=soon"}, "--projection.interval-ms=soon"},
+    {{"--rebuild=users"}, "--rebuild"},
+    {{"--no-such-option=1"}, "--no-such-option=1"},
+  };
+  for (auto& c : cases) {
+    std::vector<std::string> args{bin, "--storage.dir=" + dir, "--postgres.dsn=" + unreachable_dsn};
+    args.insert(args.end(), c.args.begin(), c.args.end());
+    auto r = run_command(args, 20s, d.path(), {}, "listening on");
+    INFO(c.args.front() << " -> exit " << r.exit_code() << ": " << r.output);
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.exit_code() == 2);
+    CHECK(one_line(r.output));
+    CHECK(r.output.rfind("eventsd: ", 0) == 0);
+    CHECK(r.output.find(c.names) != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(dir));
+  }
+  // No DSN anywhere (command line or EVENTSD_POSTGRES_DSN) is a bad configuration too.
+  auto r = run_command({bin, "--storage.dir=" + dir, "--http.port=0"}, 20s, d.path(),
+                       {"EVENTSD_POSTGRES_DSN"}, "listening on");
+  INFO("no DSN -> exit " << r.exit_code() << ": " << r.output);
+  CHECK(r.exit_code() == 2);
+  CHECK(one_line(r.output));
+  CHECK(r.output.find("postgres.dsn") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir));
+}
+
+TEST_CASE("a bad value in the config file stops eventsd with exit code 2 and a one-line reason",
+          "[e2e][faults][startup][!mayfail]") {
+  auto bin = eventsd_binary();
+  temp_dir d{"eventsd-faults-config-"};
+  auto dir = d.path() + "/data";
+  auto conf = d.path() + "/bad.conf";
+  for (std::string body : {"[http]\nthreads=\"many\"\n", "[projection]\nbatch-size=-3\n"}) {
+    {
+      std::ofstream out{conf};
+      out << body;
+    }
+    auto r = run_command({bin, "--config-file=" + conf, "--storage.dir=" + dir, "--http.port=0",
+                          "--postgres.dsn=" + unreachable_dsn},
+                         10s, d.path(), {}, "listening on");
+    INFO("config file:\n" << body << "-> exit " << r.exit_code() << (r.timed_out ? " (killed: it started serving)" : "")
+                          << ": " << r.output);
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.exit_code() == 2);
+    CHECK(one_line(r.output));
+    CHECK(r.output.find(conf) != std::string::npos);
+  }
+}
+
+TEST_CASE("PostgreSQL stopped under a running server: writes go on, /readyz and read-model reads "
+          "answer 503, the projection reconnects by itself within the capped backoff and the "
+          "read model converges to the fold of the log",
+          "[e2e][faults][postgres-down]") {
+  private_cluster pg;
+  server_options o;
+  o.dsn = pg.dsn();
+  o.args = {"--projection.mode=eventual"};
+  server s{o};
+  http_client c{s.port()};
+
+  // A few todos through every kind of write, undo included.
+  std::vector<std::string> ids;
+  for (int i = 0; i < 12; ++i) {
+    auto r = c.post_json("/todo", {{"description", "outage todo " + std::to_string(i)}});
+    REQUIRE(r.status == 201);
+    ids.push_back(ack_of(r).id);
+  }
+  size_t step = 0;
+  auto write_one = [&]() -> response {
+    auto& id = ids[step % ids.size()];
+    auto kind = (step / ids.size()) % 5;
+    ++step;
+    switch (kind) {
+      case 0:
+        return c.put_json("/todo/change-description",
+                          {{"id", id}, {"description", "renamed " + std::to_string(step)}});
+      case 1:
+        return c.put("/todo/" + id + "/put-in-progress");
+      case 2:
+        return c.put("/todo/" + id + "/done");
+      case 3: {
+        auto h = c.get("/todo/" + id + "/history");
+        auto first = h.json_body().at("items").at(0).at("id").get<std::string>();
+        return c.put("/todo/" + id + "/undo-to/" + first);
+      }
+      default: {
+        auto r = c.post_json("/todo", {{"description", "created " + std::to_string(step)}});
+        if (r.status == 201)
+          ids.push_back(ack_of(r).id);
+        return r;
+      }
+    }
+  };
+  for (int i = 0; i < 30; ++i)
+    REQUIRE(write_one().status / 100 == 2);
+  uint64_t head = all_head(c);
+  REQUIRE(c.get("/todo?minPosition=" + std::to_string(head) + "&waitMs=10000").status == 200);
+  REQUIRE(c.get("/readyz").status == 200);
+
+  pg.stop_immediately();
+  auto stopped = clock_type::now();
+  double errors_at_start = -1;
+  bool saw_not_ready = false, checked_reads = false;
+  std::vector<std::string> refused;
+  size_t written = 0;
+  // Long enough that an uncapped doubling backoff (100 ms, 200 ms, ...) would
+  // next retry only about 12 s after PostgreSQL returns.
+  while (clock_type::now() - stopped < 13s) {
+    auto r = write_one();
+    if (r.status / 100 != 2)
+      refused.push_back(std::to_string(r.status) + " " + r.body.substr(0, 200));
+    else
+      ++written;
+    if (!saw_not_ready) {
+      auto ready = c.get("/readyz");
+      if (ready.status == 503) {
+        saw_not_ready = true;
+        INFO("/readyz: " << ready.body);
+        CHECK(is_problem(ready, 503));
+        auto j = ready.json_body();
+        CHECK(j.at("detail").get<std::string>().find("PostgreSQL") != std::string::npos);
+        CHECK(j["checks"]["postgres"] == "unreachable");
+        errors_at_start = metric(c, "eventsd_projection_errors_total");
+      }
+    } else if (!checked_reads) {
+      checked_reads = true;
+      auto one = c.get("/todo/" + ids.front());
+      INFO("GET /todo/{id}: " << one.status << " " << one.body);
+      CHECK(is_problem(one, 503));
+      CHECK(one.header("Retry-After"));
+      auto list = c.get("/todo");
+      INFO("GET /todo: " << list.status << " " << list.body);
+      CHECK(is_problem(list, 503));
+      auto waited = c.get("/todo/" + ids.front() + "?minPosition=" + std::to_string(all_head(c, head))
+                          + "&waitMs=300");
+      INFO("GET /todo/{id}?minPosition: " << waited.status << " " << waited.body);
+      CHECK(is_problem(waited, 503));
+      CHECK(waited.header("Retry-After"));
+      CHECK(c.get("/todo/" + ids.front() + "/history").status == 200);
+      CHECK(c.get("/healthz").status == 200);
+    }
+    sleep_for(40ms);
+  }
+  INFO("refused writes: " << (refused.empty() ? std::string{"none"} : refused.front()));
+  CHECK(refused.empty());
+  CHECK(written > 50);
+  CHECK(saw_not_ready);
+  CHECK(checked_reads);
+  // Backoff, not a hot loop: a doubling backoff from 100 ms capped at 5 s fails
+  // about 8 times in 13 s.
+  double errors_during = metric(c, "eventsd_projection_errors_total") - errors_at_start;
+  INFO("projection errors during the outage: " << errors_during);
+  CHECK(errors_at_start >= 0);
+  CHECK(errors_during <= 15);
+
+  pg.start();
+  auto restarted = clock_type::now();
+  bool ready = eventually([&] { return c.get("/readyz").status == 200; }, 15000ms, 50ms);
+  auto took = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - restarted);
+  INFO("the projection reconnected " << took.count() << " ms after PostgreSQL returned");
+  REQUIRE(ready);
+  CHECK(took < 7500ms); // the 5 s cap plus slack
+
+  check_read_model_is_fold_of_log(c);
+  // And by the other way the brief asks for: each todo's read-model row is the
+  // last snapshot of its own history.
+  uint64_t last = all_head(c, head);
+  std::string error;
+  auto listed = list_read_model(c, last, error);
+  REQUIRE(error.empty());
+  size_t mismatches = 0;
+  for (auto& id : ids) {
+    auto h = c.get("/todo/" + id + "/history");
+    REQUIRE(h.status == 200);
+    auto snap = h.json_body().at("items").back().at("snapshot");
+    auto i = listed.find(id);
+    if (i == listed.end() || i->second != snap) {
+      if (++mismatches <= 3)
+        UNSCOPED_INFO("history ends in " << snap.dump() << ", read model has "
+                                          << (i == listed.end() ? "nothing" : i->second.dump()));
+    }
+  }
+  CHECK(mismatches == 0);
+  // Writes after the outage are projected as usual.
+  auto after = c.put("/todo/" + ids.front() + "/done");
+  REQUIRE(after.status == 200);
+  auto seen = c.get("/todo/" + ids.front() + "?minPosition=" + std::to_string(ack_of(after).position));
+  CHECK(seen.status == 200);
+}
+
+TEST_CASE("SIGKILL while the projection catches up a 20 000-event backlog: after a restart the "
+          "read model equals the fold of the log, nothing skipped or applied twice",
+          "[e2e][faults][crash][postgres-down]") {
+  test_database db;
+  tcp_proxy proxy{host_port_of(db.dsn()).first, host_port_of(db.dsn()).second};
+  server_options o;
+  o.dsn = dsn_with_host_port(db.dsn(), "127.0.0.1", proxy.port()) + " connect_timeout=2";
+  // Small batches: many transactions to be killed between (or inside).
+  o.args = {"--projection.mode=eventual", "--projection.batch-size=100"};
+  server s{o};
+  http_client c{s.port()};
+  auto first = c.post_json("/todo", {{"description", "before the backlog"}});
+  REQUIRE(first.status == 201);
+  REQUIRE(c.get("/todo/" + ack_of(first).id + "?minPosition=1").status == 200);
+
+  proxy.cut();
+  size_t failures = 0;
+  auto samples = write_events(s.port(), 20000, 12, failures);
+  INFO("failed writes: " << failures << (samples.empty() ? "" : ": " + samples.front()));
+  REQUIRE(failures == 0);
+  uint64_t head = all_head(c);
+  REQUIRE(head >= 20000);
+  auto before = projection_status(c);
+  INFO("projection while cut off: " << before.dump());
+  REQUIRE(before.at("position").get<uint64_t>() < 100);
+
+  proxy.restore();
+  // Kill once about a quarter of the backlog is applied.
+  uint64_t observed = 0;
+  json last_status;
+  bool killed = eventually(
+    [&] {
+      last_status = projection_status(c);
+      observed = last_status.at("position").get<uint64_t>();
+      if (observed >= head / 4 && observed < head) {
+        s.kill();
+        return true;
+      }
+      return observed >= head; // too late: fails below
+    },
+    15000ms, 2ms);
+  INFO("last status before the kill: " << last_status.dump());
+  REQUIRE(killed);
+  REQUIRE(observed < head); // killed in the middle of the catch-up
+
+  s.start();
+  http_client c2{s.port()};
+  auto resumed = projection_status(c2);
+  INFO("after the restart: " << resumed.dump());
+  // It resumes from its checkpoint, not from the start of the log.
+  CHECK(resumed.at("position").get<uint64_t>() >= observed);
+  check_read_model_is_fold_of_log(c2);
+  // Batches after the restart cover only the rest of the log.
+  double batches = metric(c2, "eventsd_projection_batches_total");
+  INFO("batches after the restart: " << batches);
+  CHECK(batches <= static_cast<double>(head - observed) / 100.0 + 5);
+}

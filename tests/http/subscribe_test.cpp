@@ -1,0 +1,453 @@
+// API.md §2 and §6: GET /subscribe/$all as Server-Sent Events, read by a raw
+// streaming client (http_support.hpp's sse_client) from the real eventsd:
+// catch-up then live under concurrent writers (every position exactly once, in
+// order), Last-Event-ID over from, heartbeat comments (--http.sse-heartbeat-ms),
+// a slow reader that must not slow writers, and vanished clients
+// (eventsd_sse_subscribers back to 0). One server is shared by the file.
+#include "http_support.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <fstream>
+#include <thread>
+
+using namespace eventsd::e2e;
+using namespace eventsd::http_tests;
+using namespace std::chrono_literals;
+
+namespace {
+
+server& shared_server() {
+  static std::string failure;
+  if (!failure.empty())
+    throw std::runtime_error("the shared eventsd did not start: " + failure.substr(0, 300));
+  try {
+    static server s{server_options::with_args({"--http.sse-heartbeat-ms=200"})};
+    return s;
+  } catch (const std::exception& e) {
+    failure = e.what();
+    throw;
+  }
+}
+
+uint16_t port() {
+  return shared_server().port();
+}
+
+http_client& client() {
+  static http_client c{port()};
+  return c;
+}
+
+uint64_t head() {
+  return all_head(client());
+}
+
+/// Makes sure the log holds at least `n` events.
+void ensure_events(uint64_t n) {
+  auto h = head();
+  while (h < n) {
+    auto r = client().post_json("/todo", {{"description", "filler " + std::to_string(h)}});
+    REQUIRE(r.status == 201);
+    h = ack_of(r).position;
+  }
+}
+
+std::string subscribe_target(uint64_t from) {
+  return "/subscribe/$all?from=" + std::to_string(from);
+}
+
+/// Opens a subscription and checks its answer head (200, text/event-stream).
+std::unique_ptr<sse_client> subscribe(const std::string& target, sse_client::options o = {}) {
+  auto s = std::make_unique<sse_client>(port(), target, std::move(o));
+  auto& h = s->head();
+  INFO("GET " << target << " answered " << h.status << ": " << h.body);
+  REQUIRE(h.status == 200);
+  REQUIRE(media_type(h) == "text/event-stream");
+  return s;
+}
+
+/// Reads messages until one has id `last` (or `within` passes); returns them all.
+std::vector<sse_message> read_until(sse_client& s, uint64_t last,
+                                    std::chrono::milliseconds within = 20000ms) {
+  std::vector<sse_message> out;
+  auto deadline = std::chrono::steady_clock::now() + within;
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0)
+      return out;
+    auto m = s.next(left);
+    if (!m)
+      return out;
+    out.push_back(*m);
+    if (m->id && *m->id == std::to_string(last))
+      return out;
+  }
+}
+
+/// The positions that `messages` carry as `id:`; 0 for a message without an id.
+std::vector<uint64_t> ids_of(const std::vector<sse_message>& messages) {
+  std::vector<uint64_t> out;
+  for (auto& m : messages)
+    out.push_back(m.id ? std::stoull(*m.id) : 0);
+  return out;
+}
+
+std::vector<uint64_t> range(uint64_t first, uint64_t last) {
+  std::vector<uint64_t> out;
+  for (auto p = first; p <= last; ++p)
+    out.push_back(p);
+  return out;
+}
+
+/// Reports the first place where `got` differs from `want` (a gap, a duplicate, disorder).
+std::string first_difference(const std::vector<uint64_t>& got, const std::vector<uint64_t>& want) {
+  for (size_t i = 0; i < std::max(got.size(), want.size()); ++i) {
+    if (i >= got.size())
+      return "missing from index " + std::to_string(i) + " (position " + std::to_string(want[i])
+             + ")";
+    if (i >= want.size())
+      return "extra at index " + std::to_string(i) + ": " + std::to_string(got[i]);
+    if (got[i] != want[i])
+      return "index " + std::to_string(i) + ": got " + std::to_string(got[i]) + ", want "
+             + std::to_string(want[i]);
+  }
+  return "none";
+}
+
+/// The largest TCP send buffer the kernel autotunes to (net.ipv4.tcp_wmem max).
+size_t kernel_send_buffer_max() {
+  std::ifstream in{"/proc/sys/net/ipv4/tcp_wmem"};
+  size_t lo = 0, def = 0, max = 4 * 1024 * 1024;
+  in >> lo >> def >> max;
+  return max;
+}
+
+double subscribers_metric() {
+  auto r = client().get("/metrics");
+  REQUIRE(r.status == 200);
+  return parse_prometheus(r.body).value("eventsd_sse_subscribers");
+}
+
+} // namespace
+
+TEST_CASE("SSE: catch-up from 1 then live while writers append: every position exactly once, "
+          "in order",
+          "[http][sse]") {
+  ensure_events(500);
+  auto before = head();
+
+  // Writers: 4 clients appending 2000 events (creates and status changes).
+  std::string writer_error;
+  write_batch written;
+  std::thread writers{[&] {
+    try {
+      written = parallel_writes(port(), 4, 500, [](http_client& c, size_t t, size_t i) {
+        static thread_local std::string id;
+        if (i % 3 == 0 || id.empty()) {
+          auto r = c.post_json("/todo", {{"description", "live " + std::to_string(t) + "/"
+                                                           + std::to_string(i)}});
+          if (r.status == 201)
+            id = ack_of(r).id;
+          return r;
+        }
+        return i % 3 == 1 ? c.put("/todo/" + id + "/put-in-progress") : c.put("/todo/" + id + "/done");
+      });
+    } catch (const std::exception& e) {
+      writer_error = e.what();
+    }
+  }};
+  // Subscribe while the writers run: catch-up (from 1 and from the middle of
+  // the catch-up range) and live only (from just past the current head).
+  REQUIRE(eventually([&] { return head() > before + 100; }, 10000ms, 5ms));
+  auto live_from = head() + 1;
+  struct reader {
+    uint64_t from;
+    std::unique_ptr<sse_client> sse;
+    std::vector<sse_message> got;
+    std::thread thread;
+  };
+  std::vector<reader> readers;
+  for (uint64_t from : {uint64_t{1}, before / 2, live_from})
+    readers.push_back({from, subscribe(subscribe_target(from)), {}, {}});
+  std::atomic<uint64_t> final_head{0};
+  for (auto& r : readers)
+    r.thread = std::thread{[&r, &final_head] {
+      auto deadline = std::chrono::steady_clock::now() + 30s;
+      while (std::chrono::steady_clock::now() < deadline) {
+        auto m = r.sse->next(100ms);
+        if (m) {
+          r.got.push_back(*m);
+          continue;
+        }
+        auto h = final_head.load();
+        if (r.sse->ended() || (h > 0 && !r.got.empty() && r.got.back().id == std::to_string(h)))
+          return;
+      }
+    }};
+  writers.join();
+  REQUIRE(writer_error.empty());
+  REQUIRE(written.acks.size() == 2000);
+  auto h = head();
+  final_head = h;
+  for (auto& r : readers)
+    r.thread.join();
+
+  auto log = read_all(client());
+  REQUIRE(log.size() == h);
+  for (auto& r : readers) {
+    INFO("subscriber from " << r.from << " (head " << h << ")");
+    auto ids = ids_of(r.got);
+    auto want = range(r.from, h);
+    INFO("first difference: " << first_difference(ids, want));
+    CHECK(ids == want);
+    // Each message: `id: <position>` and `data: <event JSON>`, the event as $all has it.
+    bool all_match = true;
+    for (auto& m : r.got) {
+      auto e = json::parse(m.data, nullptr, false);
+      auto pos = m.id ? std::stoull(*m.id) : 0;
+      bool ok = m.event.empty() && !e.is_discarded() && pos >= 1 && pos <= log.size()
+                && e == log[pos - 1];
+      if (!ok) {
+        INFO("message id " << m.id.value_or("<none>") << " data " << m.data);
+        CHECK(ok);
+        all_match = false;
+        break;
+      }
+    }
+    CHECK(all_match);
+  }
+  check_event_shape(json::parse(readers[0].got.front().data));
+  check_event_shape(json::parse(readers[0].got.back().data));
+}
+
+TEST_CASE("SSE: from is inclusive; Last-Event-ID: P overrides from and resumes at P + 1",
+          "[http][sse]") {
+  ensure_events(20);
+  auto h = head();
+
+  SECTION("from=3 starts at 3") {
+    auto s = subscribe(subscribe_target(3));
+    auto got = read_until(*s, h);
+    CHECK(ids_of(got) == range(3, h));
+    CHECK(s->head().header("Cache-Control").value_or("").find("no-cache") != std::string::npos);
+  }
+  SECTION("Last-Event-ID: 5 with from=1 starts at 6") {
+    auto s = subscribe(subscribe_target(1), {{{"Last-Event-ID", "5"}}});
+    auto got = read_until(*s, h);
+    CHECK(ids_of(got) == range(6, h));
+  }
+  SECTION("Last-Event-ID: 10 with from=15 starts at 11") {
+    auto s = subscribe(subscribe_target(15), {{{"Last-Event-ID", "10"}}});
+    auto got = read_until(*s, h);
+    CHECK(ids_of(got) == range(11, h));
+  }
+  SECTION("Last-Event-ID without from") {
+    auto s = subscribe("/subscribe/$all", {{{"Last-Event-ID", std::to_string(h - 2)}}});
+    auto got = read_until(*s, h);
+    CHECK(ids_of(got) == range(h - 1, h));
+  }
+  SECTION("Last-Event-ID: 0 starts at 1") {
+    auto s = subscribe(subscribe_target(7), {{{"Last-Event-ID", "0"}}});
+    auto got = read_until(*s, h);
+    CHECK(ids_of(got) == range(1, h));
+  }
+  SECTION("no from: the whole log") {
+    auto s = subscribe("/subscribe/$all");
+    auto got = read_until(*s, h);
+    CHECK(ids_of(got) == range(1, h));
+  }
+  SECTION("Last-Event-ID at the head: nothing until the next write, then exactly it") {
+    auto s = subscribe(subscribe_target(1), {{{"Last-Event-ID", std::to_string(h)}}});
+    CHECK_FALSE(s->next(400ms));
+    auto w = client().post_json("/todo", {{"description", "after the resume point"}});
+    REQUIRE(w.status == 201);
+    auto m = s->next(5000ms);
+    REQUIRE(m);
+    CHECK(m->id == std::to_string(ack_of(w).position));
+    CHECK(json::parse(m->data)["stream"] == "todo-" + ack_of(w).id);
+  }
+  SECTION("from past the end: nothing until the log reaches it, then from there") {
+    auto s = subscribe(subscribe_target(h + 3));
+    CHECK_FALSE(s->next(300ms));
+    std::vector<uint64_t> positions;
+    for (int i = 0; i < 4; ++i) {
+      auto w = client().post_json("/todo", {{"description", "filling up to from"}});
+      REQUIRE(w.status == 201);
+      positions.push_back(ack_of(w).position);
+    }
+    REQUIRE(positions.front() == h + 1);
+    auto got = read_until(*s, h + 4, 5000ms);
+    CHECK(ids_of(got) == range(h + 3, h + 4));
+  }
+}
+
+TEST_CASE("SSE: a malformed from is a 400 problem", "[http][sse][errors]") {
+  for (auto q : {"from=abc", "from=-1", "from=1.5", "from="}) {
+    INFO("GET /subscribe/$all?" << q);
+    sse_client s{port(), std::string{"/subscribe/$all?"} + q};
+    check_problem(s.head(), 400);
+  }
+}
+
+TEST_CASE("SSE: heartbeats are comment lines every --http.sse-heartbeat-ms", "[http][sse]") {
+  auto s = subscribe(subscribe_target(head() + 1));
+  auto started = std::chrono::steady_clock::now();
+  s->pump(1300ms);
+  CHECK_FALSE(s->ended());
+  CHECK_FALSE(s->next(0ms)); // no event, only comments
+  // Besides any greeting comment, one heartbeat per 200 ms (allow scheduling slack).
+  size_t count = s->comments().size();
+  INFO("comments in " << std::chrono::duration_cast<std::chrono::milliseconds>(
+                           std::chrono::steady_clock::now() - started)
+                           .count()
+                      << " ms: " << count);
+  CHECK(count >= 4);
+  CHECK(count <= 12);
+  // Heartbeats keep coming between events, and events still arrive.
+  auto w = client().post_json("/todo", {{"description", "between heartbeats"}});
+  REQUIRE(w.status == 201);
+  auto m = s->next(3000ms);
+  REQUIRE(m);
+  CHECK(m->id == std::to_string(ack_of(w).position));
+  auto after = s->comments().size();
+  s->pump(700ms);
+  CHECK(s->comments().size() >= after + 2);
+}
+
+TEST_CASE("SSE: a slow reader does not slow writers, and loses nothing", "[http][sse][slow]") {
+  // Events of ~1.2 KB (255 code points of 4 UTF-8 bytes each): 5000 of them
+  // exceed what the kernel buffers between the server and a stuck client, so
+  // the server really has to hold back.
+  const std::string pad = "\xF0\x9F\x90\xA2"; // U+1F422 TURTLE
+  ensure_events(1);
+  // Baseline write latency with no subscriber.
+  auto baseline = create_todos(port(), 4, 150, "baseline", 255, pad);
+  auto h = head();
+
+  // A reader that reads nothing, with a small receive buffer, and a normal one.
+  sse_client::options small;
+  small.receive_buffer = 4096;
+  auto slow = subscribe(subscribe_target(h + 1), small);
+  auto fast = subscribe(subscribe_target(h + 1));
+  std::vector<sse_message> fast_got;
+  std::atomic<uint64_t> last{0};
+  std::thread fast_reader{[&] {
+    auto deadline = std::chrono::steady_clock::now() + 40s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      auto m = fast->next(100ms);
+      if (m)
+        fast_got.push_back(*m);
+      else if (fast->ended() || (last > 0 && !fast_got.empty()
+                                 && fast_got.back().id == std::to_string(last.load())))
+        return;
+    }
+  }};
+  // Health stays good while the slow reader's buffers are full.
+  std::atomic<bool> writing{true};
+  std::vector<double> health_ms;
+  std::vector<unsigned> health_status;
+  std::thread prober{[&] {
+    http_client c{port()};
+    while (writing) {
+      auto t0 = std::chrono::steady_clock::now();
+      auto r = c.get("/healthz");
+      health_ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      health_status.push_back(r.status);
+      std::this_thread::sleep_for(20ms);
+    }
+  }};
+  auto loaded = create_todos(port(), 4, 1250, "while a reader sleeps", 255, pad);
+  writing = false;
+  prober.join();
+  REQUIRE(loaded.acks.size() == 5000);
+  auto end = head();
+  REQUIRE(end == h + 5000);
+  last = end;
+  fast_reader.join();
+
+  auto p50_base = quantile(baseline.latency_ms, 0.5), p99_base = quantile(baseline.latency_ms, 0.99);
+  auto p50 = quantile(loaded.latency_ms, 0.5), p99 = quantile(loaded.latency_ms, 0.99);
+  auto worst = quantile(loaded.latency_ms, 1.0);
+  INFO("write latency ms: baseline p50 " << p50_base << " p99 " << p99_base << "; with a slow "
+       "reader p50 " << p50 << " p99 " << p99 << " max " << worst);
+  CHECK(p50 <= std::max(4 * p50_base, p50_base + 10));
+  CHECK(p99 <= std::max(5 * p99_base, p99_base + 100));
+  CHECK(worst < 2000);
+  INFO("healthz probes: " << health_ms.size() << ", slowest " << quantile(health_ms, 1.0) << " ms");
+  CHECK_FALSE(health_ms.empty());
+  CHECK(std::all_of(health_status.begin(), health_status.end(), [](unsigned s) { return s == 200; }));
+  CHECK(quantile(health_ms, 1.0) < 1000);
+
+  // The normal reader got everything live.
+  size_t bytes = 0;
+  for (auto& m : fast_got)
+    bytes += m.data.size();
+  INFO("the 5000 events are " << bytes << " bytes of SSE data; the kernel may buffer up to "
+       << kernel_send_buffer_max() << " bytes per connection");
+  CHECK(bytes > kernel_send_buffer_max() + 256 * 1024);
+  auto fast_ids = ids_of(fast_got);
+  INFO("fast reader first difference: " << first_difference(fast_ids, range(h + 1, end)));
+  CHECK(fast_ids == range(h + 1, end));
+
+  // The slow reader now reads: every event, in order, nothing lost (a server
+  // may drop a client that stays stuck; then it resumes with Last-Event-ID).
+  CHECK_FALSE(slow->ended());
+  auto got = read_until(*slow, end, 30000ms);
+  auto ids = ids_of(got);
+  if (ids.empty() || ids.back() != end) {
+    REQUIRE(slow->ended());
+    auto resume_after = ids.empty() ? h : ids.back();
+    CHECK(ids == range(h + 1, resume_after));
+    auto again = subscribe(subscribe_target(1), {{{"Last-Event-ID", std::to_string(resume_after)}}});
+    auto rest = ids_of(read_until(*again, end, 30000ms));
+    ids.insert(ids.end(), rest.begin(), rest.end());
+  }
+  INFO("slow reader first difference: " << first_difference(ids, range(h + 1, end)));
+  CHECK(ids == range(h + 1, end));
+
+  // And the server is still healthy.
+  CHECK(client().get("/healthz").status == 200);
+  auto w = client().post_json("/todo", {{"description", "after the slow reader"}});
+  CHECK(w.status == 201);
+}
+
+TEST_CASE("SSE: vanished clients are noticed (eventsd_sse_subscribers drops back to 0)",
+          "[http][sse][vanish]") {
+  // Earlier tests' subscribers are gone.
+  CHECK(eventually([] { return subscribers_metric() == 0; }, 5000ms, 50ms));
+
+  auto h = head();
+  auto a = subscribe(subscribe_target(h + 1));
+  auto b = subscribe(subscribe_target(h + 1));
+  auto c = subscribe(subscribe_target(h + 1));
+  sse_client::options small;
+  small.receive_buffer = 4096;
+  auto stuck = subscribe(subscribe_target(1), small); // catch-up fills its buffers
+  CHECK(eventually([] { return subscribers_metric() == 4; }, 5000ms, 20ms));
+
+  // Closed normally while idle (nothing to send it).
+  a->close();
+  CHECK(eventually([] { return subscribers_metric() == 3; }, 5000ms, 20ms));
+  // Reset (a crashed client) while idle.
+  b->reset();
+  CHECK(eventually([] { return subscribers_metric() == 2; }, 5000ms, 20ms));
+  // Gone while the server is blocked writing to it.
+  stuck->reset();
+  CHECK(eventually([] { return subscribers_metric() == 1; }, 5000ms, 20ms));
+  // Closed, then events are written.
+  c->close();
+  for (int i = 0; i < 5; ++i)
+    REQUIRE(client().post_json("/todo", {{"description", "nobody listens"}}).status == 201);
+  CHECK(eventually([] { return subscribers_metric() == 0; }, 5000ms, 20ms));
+
+  // A new subscriber still works.
+  auto d = subscribe(subscribe_target(head()));
+  auto m = d->next(5000ms);
+  REQUIRE(m);
+  CHECK(m->id == std::to_string(head()));
+  CHECK(eventually([] { return subscribers_metric() == 1; }, 5000ms, 20ms));
+}

@@ -268,6 +268,15 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
     },
     [=](stats_atom) {
       auto& st = self->state;
+      // Probe PostgreSQL: libpq only notices a lost server when the
+      // connection is used, and an idle projection does not use it.
+      if (!st.model->connected() || !st.model->checkpoint().ok()) {
+        st.position_known = false;
+        if (ensure_connected(self)) {
+          st.last_error.clear();
+          st.backoff = std::chrono::milliseconds{0};
+        }
+      }
       update_metrics(self);
       projection_status s;
       s.name = "todos";

@@ -1,1 +1,145 @@
+// API.md §3: the OpenAPI document as the running server serves it validates
+// (tests/http/validate_openapi.js: swagger-parser + every route of API.md), and
+// /swagger is Swagger UI whose assets (swagger-ui-bundle.js ...) are served.
+#include "http_support.hpp"
+
 #include <catch2/catch.hpp>
+
+#include <fstream>
+#include <regex>
+#include <set>
+#include <sstream>
+
+using namespace eventsd::e2e;
+using namespace eventsd::http_tests;
+using namespace std::chrono_literals;
+
+namespace {
+
+server& shared_server() {
+  static server s{};
+  return s;
+}
+
+http_client& client() {
+  static http_client c{shared_server().port()};
+  return c;
+}
+
+/// `#/components/parameters/X` (or an inline parameter) resolved in `doc`.
+json resolve(const json& doc, const json& node) {
+  if (!node.contains("$ref"))
+    return node;
+  auto ref = node["$ref"].get<std::string>();
+  REQUIRE(ref.rfind("#/", 0) == 0);
+  return doc.at(json::json_pointer{ref.substr(1)});
+}
+
+} // namespace
+
+TEST_CASE("GET /openapi.json: the served document is valid OpenAPI 3 listing every route",
+          "[http][openapi]") {
+  auto r = client().get("/openapi.json");
+  REQUIRE(r.status == 200);
+  CHECK(media_type(r) == "application/json");
+  auto doc = r.json_body();
+  REQUIRE(doc.is_object());
+
+  // It is the project's document (http/assets/openapi.json).
+  std::ifstream in{require_env("EVENTSD_SOURCE_DIR") + "/http/assets/openapi.json"};
+  std::stringstream source;
+  source << in.rdbuf();
+  CHECK(doc == json::parse(source.str()));
+
+  // The validator of tests/http/, run on the document fetched from the live server.
+  temp_dir dir{"eventsd-http-openapi-"};
+  auto file = write_temp_file(dir, "served-openapi.json", r.body);
+  auto result = run_command({require_env("EVENTSD_NODE"), require_env("EVENTSD_OPENAPI_VALIDATOR"),
+                             file},
+                            {}, {}, 60000ms);
+  INFO("validate_openapi.js (exit " << result.exit_code << "):\n" << result.output);
+  CHECK(result.exit_code == 0);
+  CHECK(result.output.find("valid OpenAPI") != std::string::npos);
+
+  // GET /streams (the /ui's list) is documented with before and limit.
+  REQUIRE(doc["paths"].contains("/streams"));
+  auto op = doc["paths"]["/streams"]["get"];
+  std::set<std::string> params;
+  for (auto& p : op.value("parameters", json::array())) {
+    auto param = resolve(doc, p);
+    CHECK(param["in"] == "query");
+    params.insert(param["name"].get<std::string>());
+  }
+  CHECK(params == std::set<std::string>{"before", "limit"});
+  auto page = resolve(doc, op["responses"]["200"]["content"]["application/json"]["schema"]);
+  CHECK(page["required"] == json::array({"items", "next"}));
+  // The subscription is documented as an event stream with Last-Event-ID.
+  auto sub = doc["paths"]["/subscribe/$all"]["get"];
+  CHECK(sub["responses"]["200"]["content"].contains("text/event-stream"));
+  std::set<std::string> sub_params;
+  for (auto& p : sub.value("parameters", json::array()))
+    sub_params.insert(resolve(doc, p)["name"].get<std::string>());
+  CHECK(sub_params == std::set<std::string>{"from", "Last-Event-ID"});
+  // Relative server URL: "Try it out" talks to whichever host and port served it.
+  CHECK(doc["servers"] == json::array({{{"url", "/"}}}));
+}
+
+TEST_CASE("the validator fails a broken document (the check has teeth)", "[http][openapi]") {
+  auto doc = client().get("/openapi.json").json_body();
+  doc["paths"].erase("/subscribe/$all");
+  doc["paths"]["/todo"]["post"]["responses"]["201"]["content"]["application/json"]["schema"] =
+    {{"$ref", "#/components/schemas/NoSuchSchema"}};
+  temp_dir dir{"eventsd-http-openapi-"};
+  auto file = write_temp_file(dir, "broken.json", doc.dump());
+  auto result = run_command({require_env("EVENTSD_NODE"), require_env("EVENTSD_OPENAPI_VALIDATOR"),
+                             file},
+                            {}, {}, 60000ms);
+  INFO(result.output);
+  CHECK(result.exit_code == 1);
+  CHECK(result.output.find("missing path /subscribe/$all") != std::string::npos);
+  CHECK(result.output.find("NoSuchSchema") != std::string::npos);
+}
+
+TEST_CASE("GET /swagger: Swagger UI whose scripts and styles are all served", "[http][swagger]") {
+  auto r = client().get("/swagger");
+  REQUIRE(r.status == 200);
+  CHECK(media_type(r) == "text/html");
+  CHECK(r.body.find("<div id=\"swagger-ui\">") != std::string::npos);
+  CHECK(r.body.find("src=\"/swagger/swagger-ui-bundle.js\"") != std::string::npos);
+
+  // Every local asset the page references is served with a fitting type.
+  static const std::regex ref{R"((?:src|href)=\"(/[^\"]*)\")"};
+  std::set<std::string> assets;
+  for (auto it = std::sregex_iterator(r.body.begin(), r.body.end(), ref); it != std::sregex_iterator();
+       ++it)
+    assets.insert((*it)[1].str());
+  CHECK(assets.count("/swagger/swagger-ui-bundle.js") == 1);
+  CHECK(assets.count("/swagger/swagger-ui.css") == 1);
+  CHECK(assets.count("/swagger/swagger-init.js") == 1);
+  for (auto& path : assets) {
+    INFO("GET " << path);
+    auto a = client().get(path);
+    CHECK(a.status == 200);
+    CHECK_FALSE(a.body.empty());
+    auto type = media_type(a);
+    if (path.size() > 3 && path.compare(path.size() - 3, 3, ".js") == 0)
+      CHECK((type == "text/javascript" || type == "application/javascript"));
+    else if (path.size() > 4 && path.compare(path.size() - 4, 4, ".css") == 0)
+      CHECK(type == "text/css");
+    else if (path.size() > 4 && path.compare(path.size() - 4, 4, ".png") == 0)
+      CHECK(type == "image/png");
+  }
+
+  auto bundle = client().get("/swagger/swagger-ui-bundle.js");
+  REQUIRE(bundle.status == 200);
+  CHECK((media_type(bundle) == "text/javascript" || media_type(bundle) == "application/javascript"));
+  CHECK(bundle.body.size() > 500 * 1024); // the real bundle, not a stub
+  CHECK(bundle.body.find("SwaggerUIBundle") != std::string::npos);
+  CHECK(std::stoul(bundle.header("Content-Length").value_or("0")) == bundle.body.size());
+
+  // The page loads the server's own document.
+  auto init = client().get("/swagger/swagger-init.js");
+  CHECK(init.body.find("'/openapi.json'") != std::string::npos);
+
+  check_problem(client().get("/swagger/no-such-file.js"), 404);
+}

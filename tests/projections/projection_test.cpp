@@ -1,0 +1,589 @@
+// Tests of projections/projection.hpp: `to_change` for every Todo event type,
+// and the projection actor on a real RocksDB event log (fresh temp dir) and a
+// real PostgreSQL (a fresh database on the server of EVENTSD_TEST_PG_DSN,
+// dropped afterwards), in the eventual, on-demand and scheduled modes.
+#include "projections/projection.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <libpq-fe.h>
+#include <unistd.h>
+
+#include <caf/all.hpp>
+#include <catch2/catch.hpp>
+
+#include "actors/todo.hpp"
+#include "actors/todo_codec.hpp"
+#include "core/messages.hpp"
+#include "core/uuid.hpp"
+#include "projections/todo_read_model.hpp"
+#include "storage/event_log.hpp"
+
+using namespace eventsd;
+using namespace eventsd::projections;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+namespace {
+
+// -- to_change -----------------------------------------------------------------
+
+const std::string todo_id = "0b7c1e5e-3f0a-4d8e-9a4c-1f2e3d4c5b6a";
+
+storage::recorded_event recorded(const std::string& stream, const std::string& type,
+                                 const std::string& data, uint64_t version, uint64_t position) {
+  return storage::recorded_event{core::make_uuid(), stream, type, version, position,
+                                 1'700'000'000'000, data};
+}
+
+/// `e` as the Todo aggregate logs it: stream, type name and codec payload.
+storage::recorded_event logged(const todo::event& e, uint64_t version, uint64_t position) {
+  return recorded("todo-" + todo_id, std::string{todo::type_name(e)}, todo::encode_data(e),
+                  version, position);
+}
+
+todo_change change(std::optional<std::string> description, std::optional<std::string> status,
+                   uint64_t version, uint64_t position) {
+  return todo_change{todo_id, std::move(description), std::move(status), version, position};
+}
+
+// -- PostgreSQL ------------------------------------------------------------------
+
+std::string test_dsn() {
+  const char* v = std::getenv("EVENTSD_TEST_PG_DSN");
+  if (v == nullptr || *v == '\0')
+    FAIL("EVENTSD_TEST_PG_DSN is not set: these tests need a real PostgreSQL. Start one with "
+         "scripts/lib/pg.sh's pg_start, or export e.g. "
+         "EVENTSD_TEST_PG_DSN='host=127.0.0.1 port=55432 dbname=eventsd_test user=postgres'.");
+  return v;
+}
+
+std::string random_hex(size_t n) {
+  static thread_local std::mt19937_64 gen{std::random_device{}() ^ uint64_t(::getpid())};
+  std::string s;
+  for (size_t i = 0; i < n; ++i)
+    s += "0123456789abcdef"[gen() % 16];
+  return s;
+}
+
+/// `dsn` (conninfo or URI) with its dbname replaced.
+std::string with_dbname(const std::string& dsn, const std::string& dbname) {
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(dsn.c_str(), &err);
+  if (opts == nullptr) {
+    std::string msg = err ? err : "out of memory";
+    PQfreemem(err);
+    FAIL("cannot parse EVENTSD_TEST_PG_DSN: " << msg);
+  }
+  std::string out;
+  for (auto* o = opts; o->keyword != nullptr; ++o) {
+    if (o->val == nullptr || std::string{o->keyword} == "dbname")
+      continue;
+    std::string v;
+    for (const char* p = o->val; *p; ++p) {
+      if (*p == '\'' || *p == '\\')
+        v += '\\';
+      v += *p;
+    }
+    out += std::string{o->keyword} + "='" + v + "' ";
+  }
+  PQconninfoFree(opts);
+  return out + "dbname=" + dbname;
+}
+
+void admin_exec(const std::string& dsn, const std::string& sql) {
+  PGconn* c = PQconnectdb(dsn.c_str());
+  if (PQstatus(c) != CONNECTION_OK) {
+    std::string err = PQerrorMessage(c);
+    PQfinish(c);
+    FAIL("cannot connect to PostgreSQL: " << err);
+  }
+  PGresult* r = PQexec(c, sql.c_str());
+  bool ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
+  std::string err = PQerrorMessage(c);
+  PQclear(r);
+  PQfinish(c);
+  if (!ok)
+    FAIL("`" << sql << "` failed: " << err);
+}
+
+/// A fresh database on the server of EVENTSD_TEST_PG_DSN, dropped on destruction.
+struct fresh_database {
+  std::string admin = test_dsn();
+  std::string name = "eventsd_proj_" + random_hex(12);
+  std::string dsn = with_dbname(admin, name);
+
+  fresh_database() { admin_exec(admin, "CREATE DATABASE " + name); }
+  ~fresh_database() {
+    PGconn* c = PQconnectdb(admin.c_str());
+    if (PQstatus(c) == CONNECTION_OK)
+      PQclear(PQexec(c, ("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)").c_str()));
+    PQfinish(c);
+  }
+};
+
+// -- the actor fixture ----------------------------------------------------------
+
+/// An actor system configured like main's.
+struct projection_config : caf::actor_system_config {
+  projection_config() {
+    core::configure_messages(*this);
+    core::add_error_category<todo::todo_errc>(*this, "todo");
+    core::add_error_category<projection_errc>(*this, "projection");
+    set("scheduler.max-threads", 4);
+  }
+};
+
+template <class Enum>
+bool is_error(const caf::error& err, Enum code) {
+  return err.category() == caf::detail::error_factory<Enum>::category
+         && err.code() == static_cast<uint8_t>(code);
+}
+
+/// A projection's answer: a position or an error.
+struct answer {
+  std::optional<uint64_t> position;
+  caf::error error;
+  std::string rendered;
+  std::chrono::milliseconds took{0};
+};
+
+/// A fresh event log and database, an actor system, and helpers to write Todo
+/// events and to ask the projections.
+class fixture {
+public:
+  fixture() : sys_(cfg_) {
+    char tmpl[] = "/tmp/eventsd-projection-test-XXXXXX";
+    if (::mkdtemp(tmpl) == nullptr)
+      FAIL("mkdtemp failed");
+    dir_ = tmpl;
+    storage::log_options lo;
+    lo.dir = dir_ + "/log";
+    lo.block_cache_mb = 8;
+    auto opened = storage::event_log::open(lo);
+    if (!opened.ok())
+      FAIL("cannot open the event log: " << opened.error().detail);
+    log_ = std::move(opened).value();
+  }
+
+  ~fixture() {
+    for (auto& p : spawned_)
+      caf::anon_send_exit(p, caf::exit_reason::user_shutdown);
+    sys_.await_all_actors_done();
+    log_.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+
+  fixture(const fixture&) = delete;
+  fixture& operator=(const fixture&) = delete;
+
+  const std::string& dsn() const { return db_.dsn; }
+  storage::event_log& log() { return *log_; }
+  caf::actor_system& sys() { return sys_; }
+
+  projection_actor spawn(projection_mode mode, std::chrono::milliseconds interval = 1000ms,
+                         std::optional<std::string> dsn = std::nullopt) {
+    projection_options o;
+    o.dsn = dsn.value_or(db_.dsn);
+    o.mode = mode;
+    o.interval = interval;
+    auto p = spawn_projection(sys_, log_.get(), o);
+    spawned_.push_back(p);
+    return p;
+  }
+
+  void stop(const projection_actor& p) {
+    caf::scoped_actor self{sys_};
+    self->monitor(p);
+    caf::anon_send_exit(p, caf::exit_reason::user_shutdown);
+    self->receive([](const caf::down_msg&) {}, caf::after(10s) >> [] { FAIL("did not stop"); });
+  }
+
+  /// Appends one Todo event to `id`'s stream; returns its position.
+  uint64_t append(const std::string& id, const todo::event& e) {
+    storage::append_request req;
+    req.stream = "todo-" + id;
+    req.expected_version = storage::any_version;
+    req.events.push_back(storage::proposed_event{core::make_uuid(),
+                                                 std::string{todo::type_name(e)},
+                                                 todo::encode_data(e), 1'700'000'000'000});
+    auto results = log_->append(std::span{&req, 1});
+    if (results.size() != 1 || !results.front().ok())
+      FAIL("append failed");
+    return results.front()->last_position;
+  }
+
+  /// Tells `p` that the log grew (as the log writer does).
+  void notify(const projection_actor& p) { caf::anon_send(p, core::committed{log_->head()}); }
+
+  answer wait(const projection_actor& p, uint64_t position, uint64_t timeout_ms) {
+    caf::scoped_actor self{sys_};
+    answer a;
+    auto started = clock_type::now();
+    self->request(p, caf::duration{30s}, wait_atom_v, position, timeout_ms)
+      .receive([&](uint64_t pos) { a.position = pos; },
+               [&](caf::error& e) {
+                 a.rendered = sys_.render(e);
+                 a.error = std::move(e);
+               });
+    a.took = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - started);
+    return a;
+  }
+
+  answer catch_up(const projection_actor& p, uint64_t timeout_ms) {
+    caf::scoped_actor self{sys_};
+    answer a;
+    auto started = clock_type::now();
+    self->request(p, caf::duration{30s}, catch_up_atom_v, timeout_ms)
+      .receive([&](uint64_t pos) { a.position = pos; },
+               [&](caf::error& e) {
+                 a.rendered = sys_.render(e);
+                 a.error = std::move(e);
+               });
+    a.took = std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - started);
+    return a;
+  }
+
+  projection_status stats(const projection_actor& p) {
+    caf::scoped_actor self{sys_};
+    projection_status s;
+    self->request(p, caf::duration{30s}, stats_atom_v)
+      .receive([&](projection_status& st) { s = std::move(st); },
+               [&](caf::error& e) { FAIL("stats failed: " << sys_.render(e)); });
+    return s;
+  }
+
+  /// The `todos` checkpoint as stored in PostgreSQL.
+  uint64_t checkpoint() {
+    auto& m = model();
+    auto cp = m.checkpoint();
+    if (!cp.ok())
+      FAIL("checkpoint: " << cp.error().detail);
+    return cp.value();
+  }
+
+  /// The `todos` row of `id`, or nullopt when there is none.
+  std::optional<todo_row> row(const std::string& id) {
+    auto r = model().get(id);
+    if (!r.ok()) {
+      if (r.error().code != projection_errc::not_found)
+        FAIL("get " << id << ": " << r.error().detail);
+      return std::nullopt;
+    }
+    return r.value().row;
+  }
+
+  /// Runs `sql` on the test database.
+  void exec(const std::string& sql) { admin_exec(db_.dsn, sql); }
+
+private:
+  todo_read_model& model() {
+    if (!model_) {
+      model_ = std::make_unique<todo_read_model>(db_.dsn);
+      auto r = model_->connect();
+      if (!r.ok())
+        FAIL("connect: " << r.error().detail);
+    }
+    return *model_;
+  }
+
+  fresh_database db_;
+  std::string dir_;
+  std::unique_ptr<storage::event_log> log_;
+  projection_config cfg_;
+  caf::actor_system sys_;
+  std::vector<projection_actor> spawned_;
+  std::unique_ptr<todo_read_model> model_;
+};
+
+todo_row row_of(const std::string& id, const std::string& description, const std::string& status,
+                uint64_t version) {
+  return todo_row{id, description, status, version};
+}
+
+/// Polls `done` every 10 ms for up to `limit`.
+bool eventually(const std::function<bool()>& done, std::chrono::milliseconds limit) {
+  auto deadline = clock_type::now() + limit;
+  while (!done()) {
+    if (clock_type::now() > deadline)
+      return false;
+    std::this_thread::sleep_for(10ms);
+  }
+  return true;
+}
+
+} // namespace
+
+// -- to_change --------------------------------------------------------------------
+
+TEST_CASE("to_change: created sets description and status Created", "[projections][to_change]") {
+  auto c = to_change(logged(todo::created{"buy milk"}, 1, 7));
+  REQUIRE(c);
+  CHECK(*c == change("buy milk", "Created", 1, 7));
+  // The wire format the read model relies on, independent of the codec.
+  auto literal = to_change(recorded("todo-" + todo_id, "created",
+                                    R"({"description":"tea","status":"Created"})", 1, 3));
+  REQUIRE(literal);
+  CHECK(*literal == change("tea", "Created", 1, 3));
+}
+
+TEST_CASE("to_change: description-changed sets only the description", "[projections][to_change]") {
+  auto c = to_change(logged(todo::description_changed{"buy oat milk"}, 2, 9));
+  REQUIRE(c);
+  CHECK(*c == change("buy oat milk", std::nullopt, 2, 9));
+}
+
+TEST_CASE("to_change: status-changed-to-in-progress sets only the status InProgress",
+          "[projections][to_change]") {
+  auto c = to_change(logged(todo::status_changed_to_in_progress{}, 3, 12));
+  REQUIRE(c);
+  CHECK(*c == change(std::nullopt, "InProgress", 3, 12));
+}
+
+TEST_CASE("to_change: status-changed-to-done sets only the status Done",
+          "[projections][to_change]") {
+  auto c = to_change(logged(todo::status_changed_to_done{}, 4, 20));
+  REQUIRE(c);
+  CHECK(*c == change(std::nullopt, "Done", 4, 20));
+}
+
+TEST_CASE("to_change: undo-to-some-history-state restores description and status",
+          "[projections][to_change]") {
+  auto undo = todo::undone_to{core::make_uuid(), 1, "buy milk", todo::status::created};
+  auto c = to_change(logged(undo, 5, 31));
+  REQUIRE(c);
+  CHECK(*c == change("buy milk", "Created", 5, 31));
+  auto back_to_done = todo::undone_to{core::make_uuid(), 4, "buy oat milk", todo::status::done};
+  auto d = to_change(logged(back_to_done, 6, 40));
+  REQUIRE(d);
+  CHECK(*d == change("buy oat milk", "Done", 6, 40));
+  // The target version in the payload is not the row's version.
+  CHECK(d->version == 6);
+}
+
+TEST_CASE("to_change: events of other streams and unreadable payloads change nothing",
+          "[projections][to_change]") {
+  CHECK_FALSE(to_change(recorded("account-" + todo_id, "created",
+                                 R"({"description":"x","status":"Created"})", 1, 1)));
+  CHECK_FALSE(to_change(recorded("todos-" + todo_id, "created",
+                                 R"({"description":"x","status":"Created"})", 1, 1)));
+  CHECK_FALSE(to_change(recorded("todo-" + todo_id, "created", "{not json", 1, 1)));
+  CHECK_FALSE(to_change(recorded("todo-" + todo_id, "created", R"(["a","b"])", 1, 1)));
+}
+
+// -- the projection actor ------------------------------------------------------------
+
+TEST_CASE("projection (eventual): wait_atom answers once the position is applied, and the rows "
+          "are the fold of the log",
+          "[projections][actor][postgres]") {
+  fixture f;
+  auto a = core::make_uuid(), b = core::make_uuid();
+  auto p = f.spawn(projection_mode::eventual);
+  f.append(a, todo::created{"first todo"});
+  f.append(a, todo::description_changed{"first todo, renamed"});
+  f.append(b, todo::created{"second todo"});
+  auto last = f.append(a, todo::status_changed_to_done{});
+  f.notify(p);
+
+  auto w = f.wait(p, last, 5000);
+  INFO("wait: " << w.rendered);
+  REQUIRE(w.position);
+  CHECK(*w.position >= last);
+  CHECK(f.checkpoint() == last);
+  CHECK(f.row(a) == row_of(a, "first todo, renamed", "Done", 3));
+  CHECK(f.row(b) == row_of(b, "second todo", "Created", 1));
+
+  // A position already applied answers at once.
+  auto again = f.wait(p, 2, 5000);
+  REQUIRE(again.position);
+  CHECK(*again.position == last);
+  CHECK(again.took < 1000ms);
+
+  // More events, woken by `committed`: undo back to the first event.
+  f.append(b, todo::status_changed_to_in_progress{});
+  auto undo = f.append(a, todo::undone_to{core::make_uuid(), 1, "first todo", todo::status::created});
+  f.notify(p);
+  auto w2 = f.wait(p, undo, 5000);
+  REQUIRE(w2.position);
+  CHECK(f.row(a) == row_of(a, "first todo", "Created", 4));
+  CHECK(f.row(b) == row_of(b, "second todo", "InProgress", 2));
+
+  auto st = f.stats(p);
+  CHECK(st.name == "todos");
+  CHECK(st.mode == "eventual");
+  CHECK(st.position == undo);
+  CHECK(st.head == undo);
+  CHECK(st.state == "live");
+  CHECK(st.connected);
+  CHECK(st.last_error.empty());
+  CHECK_FALSE(st.rebuilding);
+}
+
+TEST_CASE("projection: wait_atom for a position the log has not reached fails with "
+          "projection_errc::timeout after its timeout, and the projection goes on",
+          "[projections][actor][postgres]") {
+  fixture f;
+  auto a = core::make_uuid();
+  auto p = f.spawn(projection_mode::eventual);
+  auto first = f.append(a, todo::created{"waiting"});
+  f.notify(p);
+  REQUIRE(f.wait(p, first, 5000).position);
+
+  auto w = f.wait(p, first + 3, 300);
+  INFO("wait: " << w.rendered << " after " << w.took.count() << " ms");
+  REQUIRE_FALSE(w.position);
+  CHECK(is_error(w.error, projection_errc::timeout));
+  CHECK(w.took >= 250ms);
+  CHECK(w.took < 3000ms);
+
+  // Two waiters at once: the nearer one is answered first, the farther one later.
+  caf::scoped_actor self{f.sys()};
+  std::optional<uint64_t> near_answer, far_answer;
+  auto near = self->request(p, caf::duration{30s}, wait_atom_v, first + 1, uint64_t{5000});
+  auto far = self->request(p, caf::duration{30s}, wait_atom_v, first + 2, uint64_t{5000});
+  f.append(a, todo::status_changed_to_in_progress{});
+  f.notify(p);
+  near.receive([&](uint64_t pos) { near_answer = pos; },
+               [&](caf::error& e) { FAIL("near wait failed: " << f.sys().render(e)); });
+  CHECK(near_answer == first + 1);
+  f.append(a, todo::status_changed_to_done{});
+  f.notify(p);
+  far.receive([&](uint64_t pos) { far_answer = pos; },
+              [&](caf::error& e) { FAIL("far wait failed: " << f.sys().render(e)); });
+  CHECK(far_answer == first + 2);
+  CHECK(f.row(a) == row_of(a, "waiting", "Done", 3));
+}
+
+TEST_CASE("projection (on-demand): nothing is applied until catch_up_atom, which applies up to "
+          "the head; wait_atom catches up too",
+          "[projections][actor][postgres]") {
+  fixture f;
+  auto a = core::make_uuid();
+  auto p = f.spawn(projection_mode::on_demand);
+  f.append(a, todo::created{"on demand"});
+  auto head = f.append(a, todo::description_changed{"on demand, renamed"});
+  f.notify(p); // ignored in this mode
+  std::this_thread::sleep_for(300ms);
+  CHECK(f.stats(p).position == 0);
+  CHECK(f.checkpoint() == 0);
+  CHECK_FALSE(f.row(a));
+
+  auto c = f.catch_up(p, 5000);
+  INFO("catch_up: " << c.rendered);
+  REQUIRE(c.position);
+  CHECK(*c.position == head);
+  CHECK(f.checkpoint() == head);
+  CHECK(f.row(a) == row_of(a, "on demand, renamed", "Created", 2));
+
+  // Caught up already: answers at once.
+  auto c2 = f.catch_up(p, 5000);
+  REQUIRE(c2.position);
+  CHECK(*c2.position == head);
+
+  auto next = f.append(a, todo::status_changed_to_done{});
+  std::this_thread::sleep_for(100ms);
+  CHECK(f.checkpoint() == head);
+  auto w = f.wait(p, next, 5000);
+  INFO("wait: " << w.rendered);
+  REQUIRE(w.position);
+  CHECK(*w.position == next);
+  CHECK(f.row(a) == row_of(a, "on demand, renamed", "Done", 3));
+  CHECK(f.stats(p).mode == "on-demand");
+
+  // A position past the head cannot be caught up to: it times out.
+  auto beyond = f.wait(p, next + 10, 200);
+  CHECK(is_error(beyond.error, projection_errc::timeout));
+}
+
+TEST_CASE("projection (scheduled): applies what is new on each tick and nothing between ticks",
+          "[projections][actor][postgres]") {
+  fixture f;
+  auto a = core::make_uuid();
+  auto spawned = clock_type::now();
+  auto p = f.spawn(projection_mode::scheduled, 1000ms);
+  auto first = f.append(a, todo::created{"scheduled"});
+  f.notify(p); // ignored in this mode
+  // Before the first tick (1 s after the spawn) nothing is applied.
+  while (clock_type::now() - spawned < 600ms) {
+    CHECK(f.checkpoint() == 0);
+    std::this_thread::sleep_for(50ms);
+  }
+  REQUIRE(eventually([&] { return f.checkpoint() == first; }, 2000ms));
+  auto ticked = clock_type::now();
+  INFO("first tick applied " << std::chrono::duration_cast<std::chrono::milliseconds>(ticked - spawned).count()
+                             << " ms after the spawn");
+  CHECK(ticked - spawned >= 900ms);
+
+  auto second = f.append(a, todo::status_changed_to_done{});
+  f.notify(p);
+  // Nothing between the ticks...
+  while (clock_type::now() - ticked < 600ms) {
+    CHECK(f.checkpoint() == first);
+    std::this_thread::sleep_for(50ms);
+  }
+  CHECK(f.row(a) == row_of(a, "scheduled", "Created", 1));
+  // ...and everything on the next one.
+  REQUIRE(eventually([&] { return f.checkpoint() == second; }, 1500ms));
+  CHECK(f.row(a) == row_of(a, "scheduled", "Done", 2));
+  CHECK(f.stats(p).mode == "scheduled");
+}
+
+TEST_CASE("projection: a new projection resumes from the stored checkpoint and never applies an "
+          "event twice",
+          "[projections][actor][postgres]") {
+  fixture f;
+  auto a = core::make_uuid();
+  auto p = f.spawn(projection_mode::eventual);
+  f.append(a, todo::created{"resumed"});
+  auto applied = f.append(a, todo::description_changed{"resumed, renamed"});
+  f.notify(p);
+  REQUIRE(f.wait(p, applied, 5000).position);
+  f.stop(p);
+
+  // Tamper with the row behind the projection's back: a replay would undo it.
+  f.exec("UPDATE todos SET description = 'tampered'");
+  auto p2 = f.spawn(projection_mode::eventual);
+  auto st = f.stats(p2);
+  CHECK(st.position == applied);
+  f.notify(p2);
+  REQUIRE(f.wait(p2, applied, 5000).position);
+  std::this_thread::sleep_for(100ms);
+  CHECK(f.row(a) == row_of(a, "tampered", "Created", 2));
+
+  auto next = f.append(a, todo::status_changed_to_in_progress{});
+  f.notify(p2);
+  REQUIRE(f.wait(p2, next, 5000).position);
+  CHECK(f.row(a) == row_of(a, "tampered", "InProgress", 3));
+  CHECK(f.checkpoint() == next);
+}
+
+TEST_CASE("projection: with PostgreSQL unreachable wait_atom times out and stats show the error",
+          "[projections][actor]") {
+  fixture f;
+  auto a = core::make_uuid();
+  auto p = f.spawn(projection_mode::eventual, 1000ms,
+                   "host=127.0.0.1 port=1 dbname=eventsd user=postgres connect_timeout=1");
+  auto pos = f.append(a, todo::created{"nowhere to go"});
+  f.notify(p);
+  auto w = f.wait(p, pos, 300);
+  INFO("wait: " << w.rendered);
+  REQUIRE_FALSE(w.position);
+  CHECK(is_error(w.error, projection_errc::timeout));
+  auto st = f.stats(p);
+  CHECK_FALSE(st.connected);
+  CHECK(st.position == 0);
+  CHECK(st.head == pos);
+  CHECK(st.state == "error");
+  CHECK_FALSE(st.last_error.empty());
+}

@@ -12,7 +12,7 @@ options::options() {
   opt_group{custom_options_, "http"}
     .add(http_address, "address", "listen address (default 127.0.0.1)")
     .add(http_port, "port", "listen port (default 8000; 0 picks a free one)")
-    .add(http_threads, "threads", "io threads (default 2)")
+    .add(http_threads, "threads", "io threads (default 1)")
     .add(http_body_limit, "body-limit", "largest request body in bytes, inclusive (default 65536)")
     .add(http_admin_token, "admin-token", "bearer token for /admin routes (default none)")
     .add(http_static_dir, "static-dir", "OpenAPI, Swagger UI and /ui files (default <binary dir>/static)")
@@ -65,6 +65,10 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
   }
   if (auto err = opts.parse(argc, argv, has_file ? file.c_str() : "/dev/null"))
     return "invalid configuration: " + caf::to_string(err);
+  // CAF's work-stealing workers poll and nap; on a small machine shared with
+  // io threads and clients, one queue with sleeping workers is faster.
+  if (caf::get_if(&opts.content, "scheduler.policy") == nullptr)
+    opts.set("scheduler.policy", caf::atom("sharing"));
   if (!opts.remainder.empty())
     return "unknown argument: " + opts.remainder.front();
   if (!dsn_on_command_line)

@@ -622,8 +622,9 @@ router::router(services& svc) : svc_(svc) {
       return true;
     }
     auto h = req.header("authorization");
-    std::string prefix = "Bearer ";
-    bool ok = h.size() > prefix.size() && h.compare(0, prefix.size(), prefix) == 0
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
+    const std::string prefix = "bearer ";
+    bool ok = h.size() > prefix.size() && lower(h.substr(0, prefix.size())) == prefix
               && constant_time_equal(h.substr(prefix.size()), token);
     if (!ok) {
       auto r = problem(401, "admin routes need Authorization: Bearer <token>");

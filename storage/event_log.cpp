@@ -224,6 +224,11 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
   options.max_write_buffer_number = 3;
   options.keep_log_file_num = 5;
   options.level_compaction_dynamic_level_bytes = true;
+  // Most appends look up keys that do not exist yet (a new stream's head, a
+  // new idempotency key); a memtable bloom filter answers those without a
+  // skip-list search.
+  options.memtable_whole_key_filtering = true;
+  options.memtable_prefix_bloom_size_ratio = 0.05;
 
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = rocksdb::NewLRUCache(opts.block_cache_mb << 20);

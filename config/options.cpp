@@ -3,6 +3,8 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string_view>
+#include <thread>
+#include <algorithm>
 
 #include <caf/config_option_adder.hpp>
 
@@ -12,7 +14,7 @@ options::options() {
   opt_group{custom_options_, "http"}
     .add(http_address, "address", "listen address (default 127.0.0.1)")
     .add(http_port, "port", "listen port (default 8000; 0 picks a free one)")
-    .add(http_threads, "threads", "io threads (default 1)")
+    .add(http_threads, "threads", "io threads (default 2)")
     .add(http_body_limit, "body-limit", "largest request body in bytes, inclusive (default 65536)")
     .add(http_admin_token, "admin-token", "bearer token for /admin routes (default none)")
     .add(http_static_dir, "static-dir", "OpenAPI, Swagger UI and /ui files (default <binary dir>/static)")
@@ -69,6 +71,11 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
   // io threads and clients, one queue with sleeping workers is faster.
   if (caf::get_if(&opts.content, "scheduler.policy") == nullptr)
     opts.set("scheduler.policy", caf::atom("sharing"));
+  // Leave a core to the io threads and the log writer (measured: on 2 cores
+  // one worker beats two by ~40 %, see docs/performance.md).
+  if (caf::get_if(&opts.content, "scheduler.max-threads") == nullptr)
+    opts.set("scheduler.max-threads",
+             static_cast<size_t>(std::max(1u, std::thread::hardware_concurrency() - 1)));
   if (!opts.remainder.empty())
     return "unknown argument: " + opts.remainder.front();
   if (!dsn_on_command_line)

@@ -25,7 +25,7 @@ public:
   // [http]
   std::string http_address = "127.0.0.1";
   uint16_t http_port = 8000;
-  size_t http_threads = 1;
+  size_t http_threads = 2;
   size_t http_body_limit = 64 * 1024;
   std::string http_admin_token;
   std::string http_static_dir; // default: <dir of the binary>/static

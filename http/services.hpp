@@ -26,7 +26,7 @@ namespace eventsd::http {
 struct http_options {
   std::string address = "127.0.0.1";
   uint16_t port = 8000;
-  size_t threads = 1;
+  size_t threads = 2;
   size_t body_limit = 64 * 1024;
   std::chrono::milliseconds read_timeout{30'000};
   std::string admin_token;

@@ -456,7 +456,7 @@ public:
                           "-w", "-t", "30", "-o",
                           "-p " + std::to_string(port_) + " -k " + dir_
                             + " -c listen_addresses=127.0.0.1 -c fsync=off"
-                              " -c synchronous_commit=off -c full_page_writes=off",
+                              " -c full_page_writes=off",
                           "start"});
     if (r.exit_code() != 0)
       throw std::runtime_error("pg_ctl start failed:\n" + r.output + "\n" + log());
@@ -1043,7 +1043,7 @@ TEST_CASE("SIGKILL while the projection catches up a 20 000-event backlog: after
   test_database db;
   tcp_proxy proxy{host_port_of(db.dsn()).first, host_port_of(db.dsn()).second};
   server_options o;
-  o.dsn = dsn_with_host_port(db.dsn(), "127.0.0.1", proxy.port()) + " connect_timeout=2";
+  o.dsn = dsn_with_host_port(db.dsn(), "127.0.0.1", proxy.port()) + " connect_timeout=10";
   // Small batches: many transactions to be killed between (or inside).
   o.args = {"--projection.mode=eventual", "--projection.batch-size=100"};
   server s{o};

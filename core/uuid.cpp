@@ -1,5 +1,6 @@
 #include "core/uuid.hpp"
 
+#include <chrono>
 #include <random>
 
 namespace eventsd::core {
@@ -10,22 +11,23 @@ std::string make_uuid() {
     std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
     return std::mt19937_64{seq};
   }()};
-  uint64_t hi = rng();
-  uint64_t lo = rng();
-  hi = (hi & 0xFFFFFFFFFFFF0FFFULL) | 0x0000000000004000ULL; // version 4
-  lo = (lo & 0x3FFFFFFFFFFFFFFFULL) | 0x8000000000000000ULL; // RFC 4122 variant
+  auto ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    std::chrono::system_clock::now().time_since_epoch())
+                                    .count());
+  uint64_t hi = (ms << 16) | 0x7000 | (rng() & 0x0FFF);                 // time, version 7, rand_a
+  uint64_t lo = (rng() & 0x3FFFFFFFFFFFFFFFULL) | 0x8000000000000000ULL; // RFC variant, rand_b
   static constexpr char digits[] = "0123456789abcdef";
   std::string out(36, '-');
   size_t pos = 0;
-  auto put = [&](uint64_t v, int nibbles) {
-    for (int i = nibbles - 1; i >= 0; --i) {
+  auto put = [&](uint64_t v) {
+    for (int i = 15; i >= 0; --i) {
       if (pos == 8 || pos == 13 || pos == 18 || pos == 23)
         ++pos;
       out[pos++] = digits[(v >> (i * 4)) & 0xF];
     }
   };
-  put(hi, 16);
-  put(lo, 16);
+  put(hi);
+  put(lo);
   return out;
 }
 

@@ -7,7 +7,9 @@
 
 namespace eventsd::core {
 
-/// A new random (version 4) UUID, e.g. "3f2b...-...".
+/// A new time-ordered (version 7, RFC 9562) UUID: 48 bits of Unix
+/// milliseconds, then 74 random bits. Ids made later sort later, so the
+/// indexes they key (RocksDB, PostgreSQL b-trees) grow at their end.
 std::string make_uuid();
 
 /// `text` in canonical lowercase form when it is a UUID in 8-4-4-4-12 hex

@@ -12,6 +12,7 @@
 #include <map>
 #include <mutex>
 
+#include <rocksdb/slice_transform.h>
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
@@ -229,6 +230,10 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
   // skip-list search.
   options.memtable_whole_key_filtering = true;
   options.memtable_prefix_bloom_size_ratio = 0.05;
+  // Keys of one kind (the first byte) mostly grow at the end ($all and
+  // recency keys by position; stream and event-id keys by time-ordered ids):
+  // remember where the last insert of each kind went.
+  options.memtable_insert_with_hint_prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(1));
 
   rocksdb::BlockBasedTableOptions table;
   table.block_cache = rocksdb::NewLRUCache(opts.block_cache_mb << 20);

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstdint>
 #include <list>
+#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -111,24 +112,35 @@ storage::result<typename A::state_type> recover(const storage::event_log& log,
   }
 }
 
+/// What every aggregate of one registry shard shares (one allocation per
+/// shard, not per aggregate: a live aggregate must stay small).
+template <class A>
+struct aggregate_env {
+  storage::event_log* log = nullptr;
+  log_writer_actor writer;
+  registry_actor<A> registry;
+  runtime_options opts;
+};
+
 template <class A>
 struct aggregate_state {
   typename A::state_type current;
-  bool recovered = false;
+  std::shared_ptr<const aggregate_env<A>> env;
+  std::unique_ptr<caf::error> broken; // set when recovery failed
   static inline const char* name = "aggregate";
 };
 
 /// Behavior of one aggregate actor. Commands are decided one at a time: the
 /// next command waits (`await`) until the previous one's event is durable.
+/// The handlers capture only `self`; everything else lives in the state.
 template <class A>
 typename aggregate_actor<A>::behavior_type
 aggregate(typename aggregate_actor<A>::template stateful_pointer<aggregate_state<A>> self,
-          std::string id, storage::event_log* log, log_writer_actor writer,
-          registry_actor<A> registry, runtime_options opts, bool fresh) {
+          const std::string& id, std::shared_ptr<const aggregate_env<A>> env, bool fresh) {
   auto& m = core::metrics::instance();
   m.live_aggregates.add(1);
   m.aggregate_activations.add();
-  self->attach_functor([registry, id] {
+  self->attach_functor([registry = env->registry, id] {
     auto& mm = core::metrics::instance();
     mm.live_aggregates.add(-1);
     mm.aggregate_passivations.add();
@@ -141,39 +153,40 @@ aggregate(typename aggregate_actor<A>::template stateful_pointer<aggregate_state
   // has nothing to recover; the append's expected version `no_stream` still
   // guards against an id that exists after all.
   auto rec = fresh ? storage::result<typename A::state_type>{A::initial(id)}
-                   : recover<A>(*log, id);
-  std::optional<caf::error> broken;
+                   : recover<A>(*env->log, id);
   if (rec.ok()) {
     self->state.current = std::move(rec.value());
-    self->state.recovered = true;
   } else {
-    broken = core::make_error(rec.error());
+    self->state.current = A::initial(id);
+    self->state.broken = std::make_unique<caf::error>(core::make_error(rec.error()));
   }
+  self->state.env = std::move(env);
   m.activation_seconds.observe(
     std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   return {
-    [=](execute_atom, typename A::command_type& cmd,
-        write_conditions& cond) -> caf::result<write_outcome> {
-      if (broken) {
+    [self](execute_atom, typename A::command_type& cmd,
+           write_conditions& cond) -> caf::result<write_outcome> {
+      auto& st = self->state;
+      auto& env = *st.env;
+      auto& cur = st.current;
+      if (st.broken) {
         // Recovery failed (the store could not be read): answer the error
         // and stop, so the next command retries a fresh activation.
-        auto err = *broken;
-        self->send(registry, idle_atom_v, id);
-        return err;
+        self->send(env.registry, idle_atom_v, A::id_of(cur));
+        return *st.broken;
       }
-      auto& cur = self->state.current;
       if (cond.if_match && A::exists(cur) && *cond.if_match != A::version(cur))
         return caf::make_error(core::runtime_errc::precondition_failed,
                                std::to_string(A::version(cur)));
       auto decided = A::decide(cur, cmd);
       if (auto rej = A::rejected(decided)) {
         if (!A::exists(cur))
-          self->send(registry, idle_atom_v, id); // nothing to keep alive
+          self->send(env.registry, idle_atom_v, A::id_of(cur)); // nothing to keep alive
         return *rej;
       }
       auto ev = A::event_of(std::move(decided));
       storage::append_request req;
-      req.stream = std::string{A::stream_prefix} + id;
+      req.stream = std::string{A::stream_prefix} + A::id_of(cur);
       req.expected_version = A::version(cur);
       req.events.push_back(storage::proposed_event{
         core::make_uuid(), std::string{A::type_name(ev)}, A::encode(ev),
@@ -182,43 +195,46 @@ aggregate(typename aggregate_actor<A>::template stateful_pointer<aggregate_state
           .count()});
       req.idempotency = std::move(cond.idempotency);
       auto rp = self->template make_response_promise<write_outcome>();
-      self->request(writer, caf::infinite, append_atom_v, std::move(req))
+      self->request(env.writer, caf::infinite, append_atom_v, std::move(req))
         .await(
-          [=](storage::append_result& r) mutable {
+          [self, rp, ev](storage::append_result& r) mutable {
+            auto& st = self->state;
             if (r.replayed) {
               auto stream_id = r.stream.substr(A::stream_prefix.size());
               rp.deliver(write_outcome{stream_id, r.version, r.last_position, true});
               return;
             }
-            auto before = A::version(self->state.current);
-            self->state.current = A::evolve(std::move(self->state.current), ev);
-            auto after = A::version(self->state.current);
-            if (opts.snapshot_every > 0
-                && after / opts.snapshot_every != before / opts.snapshot_every)
-              log->save_snapshot(r.stream, storage::snapshot_record{
-                                             after, A::encode_state(self->state.current)});
-            rp.deliver(write_outcome{id, after, r.last_position, false});
+            auto every = st.env->opts.snapshot_every;
+            auto before = A::version(st.current);
+            st.current = A::evolve(std::move(st.current), ev);
+            auto after = A::version(st.current);
+            if (every > 0 && after / every != before / every)
+              st.env->log->save_snapshot(
+                r.stream, storage::snapshot_record{after, A::encode_state(st.current)});
+            rp.deliver(write_outcome{A::id_of(st.current), after, r.last_position, false});
           },
-          [=](caf::error& err) mutable {
+          [self, rp, cmd](caf::error& err) mutable {
             // Our view of the stream was stale (a fresh aggregate whose id
             // exists after all, or another writer): recover from the log and
             // answer what the command means against the real state.
+            auto& st = self->state;
             if (err == storage::storage_errc::wrong_expected_version) {
-              if (auto rec = recover<A>(*log, id); rec.ok()) {
-                self->state.current = std::move(rec.value());
-                if (auto rej = A::rejected(A::decide(self->state.current, cmd))) {
+              auto id = A::id_of(st.current);
+              if (auto rec = recover<A>(*st.env->log, id); rec.ok()) {
+                st.current = std::move(rec.value());
+                if (auto rej = A::rejected(A::decide(st.current, cmd))) {
                   rp.deliver(std::move(*rej));
                   return;
                 }
               } else {
-                self->send(registry, idle_atom_v, id);
+                self->send(st.env->registry, idle_atom_v, id);
               }
             }
             rp.deliver(std::move(err));
           });
       return rp;
     },
-    [=](passivate_atom) { self->quit(); },
+    [self](passivate_atom) { self->quit(); },
   };
 }
 
@@ -226,7 +242,7 @@ aggregate(typename aggregate_actor<A>::template stateful_pointer<aggregate_state
 template <class A>
 struct registry_entry {
   aggregate_actor<A> handle;
-  typename std::list<std::string>::iterator lru; // position in the recency list
+  typename std::list<const std::string*>::iterator lru; // position in the recency list
   std::chrono::steady_clock::time_point last_used;
 };
 
@@ -241,7 +257,8 @@ struct queued_command {
 template <class A>
 struct registry_state {
   std::unordered_map<std::string, registry_entry<A>> live;
-  std::list<std::string> recency; // front = most recently used
+  /// Keys of `live`, front = most recently used (node keys never move).
+  std::list<const std::string*> recency;
   /// Aggregates told to stop that have not stopped yet, with the commands
   /// that arrived meanwhile (they go to the successor, in order).
   std::unordered_map<std::string, std::vector<queued_command<A>>> stopping;
@@ -265,6 +282,8 @@ typename registry_actor<A>::behavior_type
 registry_shard(typename registry_actor<A>::template stateful_pointer<registry_state<A>> self,
                storage::event_log* log, log_writer_actor writer, runtime_options opts,
                size_t max_live) {
+  auto env = std::make_shared<const aggregate_env<A>>(
+    aggregate_env<A>{log, writer, caf::actor_cast<registry_actor<A>>(self), opts});
   // Idle aggregates are found by a periodic sweep from the cold end of the
   // recency list, so a live aggregate costs no timer of its own.
   auto sweep_every = std::max<std::chrono::milliseconds>(opts.idle_timeout / 4,
@@ -283,12 +302,11 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
       auto i = st.live.find(id);
       if (i == st.live.end()) {
         while (st.live.size() >= max_live && !st.recency.empty())
-          st.passivate(self, st.live.find(st.recency.back()));
-        auto handle = self->template spawn<caf::linked>(
-          aggregate<A>, id, log, writer, caf::actor_cast<registry_actor<A>>(self), opts,
-          A::creates(cmd));
-        st.recency.push_front(id);
-        i = st.live.emplace(id, registry_entry<A>{handle, st.recency.begin(), now}).first;
+          st.passivate(self, st.live.find(*st.recency.back()));
+        auto handle = self->template spawn<caf::linked>(aggregate<A>, id, env, A::creates(cmd));
+        i = st.live.emplace(id, registry_entry<A>{handle, {}, now}).first;
+        st.recency.push_front(&i->first);
+        i->second.lru = st.recency.begin();
       } else {
         if (i->second.lru != st.recency.begin())
           st.recency.splice(st.recency.begin(), st.recency, i->second.lru);
@@ -314,11 +332,11 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
       st.stopping.erase(q);
       if (waiting.empty())
         return;
-      auto handle = self->template spawn<caf::linked>(
-        aggregate<A>, id, log, writer, caf::actor_cast<registry_actor<A>>(self), opts, false);
-      st.recency.push_front(id);
-      st.live.emplace(id, registry_entry<A>{handle, st.recency.begin(),
-                                            std::chrono::steady_clock::now()});
+      auto handle = self->template spawn<caf::linked>(aggregate<A>, id, env, false);
+      auto i = st.live.emplace(id, registry_entry<A>{handle, {}, std::chrono::steady_clock::now()})
+                 .first;
+      st.recency.push_front(&i->first);
+      i->second.lru = st.recency.begin();
       for (auto& w : waiting)
         w.promise.delegate(handle, execute_atom_v, std::move(w.cmd), std::move(w.cond));
     },
@@ -326,7 +344,7 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
       auto& st = self->state;
       auto cutoff = std::chrono::steady_clock::now() - opts.idle_timeout;
       while (!st.recency.empty()) {
-        auto i = st.live.find(st.recency.back());
+        auto i = st.live.find(*st.recency.back());
         if (i->second.last_used > cutoff)
           break;
         st.passivate(self, i);

@@ -29,6 +29,7 @@ struct todo_aggregate {
 
   static state_type initial(const std::string& id) { return state_type{id, {}, {}, 0}; }
   static uint64_t version(const state_type& s) { return s.version; }
+  static const std::string& id_of(const state_type& s) { return s.id; }
   static bool exists(const state_type& s) { return s.exists(); }
   /// True for the command that creates a todo under a new server-chosen id.
   static bool creates(const command_type& c) { return std::holds_alternative<todo::create>(c); }

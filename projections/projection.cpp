@@ -404,11 +404,19 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
           return to_caf(r.error());
         return std::nullopt;
       };
+      // Runs a query; a connection found broken (PostgreSQL restarted since
+      // the last use) is reopened and the query tried once more.
+      auto run = [self, ready](auto&& query) -> decltype(query()) {
+        if (auto err = ready())
+          return projection_error{projection_errc::unavailable, caf::to_string(*err)};
+        auto r = query();
+        if (!r.ok() && r.error().code == projection_errc::unavailable && !ready())
+          r = query();
+        return r;
+      };
       return {
         [=](fetch_atom, const std::string& id) -> caf::result<todo_answer> {
-          if (auto err = ready())
-            return *err;
-          auto r = self->state.model->get(id);
+          auto r = run([&] { return self->state.model->get(id); });
           if (!r.ok()) {
             // A 404 is a read-model answer too: say how far the model was.
             if (r.error().code == projection_errc::not_found)
@@ -419,9 +427,7 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
           return std::move(r.value());
         },
         [=](list_atom, const todo_query& q) -> caf::result<todo_page> {
-          if (auto err = ready())
-            return *err;
-          auto r = self->state.model->list(q);
+          auto r = run([&] { return self->state.model->list(q); });
           if (!r.ok())
             return to_caf(r.error());
           return std::move(r.value());

@@ -7,19 +7,22 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdarg>
+#include <cstdio>
 #include <exception>
 #include <limits>
 #include <map>
 #include <mutex>
 
-#include <rocksdb/slice_transform.h>
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/iterator.h>
+#include <rocksdb/listener.h>
 #include <rocksdb/options.h>
 #include <rocksdb/snapshot.h>
 #include <rocksdb/slice.h>
+#include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 
@@ -213,8 +216,45 @@ event_log::~event_log() {
   impl_->db->Close();
 }
 
+namespace {
+
+/// RocksDB's own diagnostics go to stderr, not to a LOG file in the data
+/// directory: on a full disk a failing LOG write would abort the process
+/// (Debian's RocksDB keeps its assertions) instead of failing the append.
+class stderr_logger : public rocksdb::Logger {
+public:
+  stderr_logger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  /// Open failures are reported by `open` in one line; log only afterwards.
+  std::atomic<bool> opened{false};
+  void Logv(const char* format, va_list ap) override {
+    if (!opened.load(std::memory_order_relaxed))
+      return;
+    std::fputs("eventsd: rocksdb: ", stderr);
+    std::vfprintf(stderr, format, ap);
+    std::fputc('\n', stderr);
+  }
+};
+
+/// Leaves recovery from a write error to `append`, which calls Resume() on
+/// the next batch: RocksDB's own recovery thread would hold Resume() busy and
+/// wait for free space the size of a whole memtable.
+class manual_recovery : public rocksdb::EventListener {
+public:
+  void OnErrorRecoveryBegin(rocksdb::BackgroundErrorReason, rocksdb::Status,
+                            bool* auto_recovery) override {
+    if (auto_recovery)
+      *auto_recovery = false;
+  }
+};
+
+} // namespace
+
 result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try {
   rocksdb::Options options;
+  auto logger = std::make_shared<stderr_logger>();
+  options.info_log = logger;
+  options.listeners.push_back(std::make_shared<manual_recovery>());
   options.create_if_missing = true;
   // Every write goes to the WAL before Write returns, in order; the
   // durability rules in docs/storage.md depend on both.
@@ -253,6 +293,7 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
   }
   if (!db)
     return storage_error{storage_errc::not_writable, "open " + opts.dir + ": no database"};
+  logger->opened = true;
 
   auto pimpl = std::make_unique<impl>();
   pimpl->db = std::move(db);

@@ -5,6 +5,11 @@
 //
 // Needs root for the tmpfs mounts and for running PostgreSQL as `postgres`; the
 // parts that cannot mount say so (WARN) and skip only that part.
+//
+// Tests tagged [!mayfail] show server bugs found here (RocksDB aborting on a full
+// disk, the store not resuming once space is freed, config-file values not
+// checked, reader connections not replaced after a PostgreSQL restart); they
+// report their failure without failing the run.
 #include "e2e/harness.hpp"
 
 #include <catch2/catch.hpp>
@@ -25,6 +30,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <libpq-fe.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pwd.h>
@@ -496,6 +502,54 @@ private:
   bool running_ = false;
 };
 
+/// Cuts one database of the shared test cluster off from its clients, as an
+/// outage of the read model would: new connections are refused and existing ones
+/// terminated; `restore()` lets them in again. Restores on destruction.
+class read_model_switch {
+public:
+  explicit read_model_switch(std::string dbname) : dbname_(std::move(dbname)) {}
+  ~read_model_switch() {
+    if (cut_)
+      try {
+        restore();
+      } catch (...) {
+      }
+  }
+  read_model_switch(const read_model_switch&) = delete;
+  read_model_switch& operator=(const read_model_switch&) = delete;
+
+  void cut() {
+    admin("ALTER DATABASE " + dbname_ + " ALLOW_CONNECTIONS false");
+    admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '" + dbname_
+          + "' AND pid <> pg_backend_pid()");
+    cut_ = true;
+  }
+  void restore() {
+    admin("ALTER DATABASE " + dbname_ + " ALLOW_CONNECTIONS true");
+    cut_ = false;
+  }
+
+private:
+  static void admin(const std::string& sql) {
+    PGconn* c = PQconnectdb(test_dsn().c_str());
+    if (PQstatus(c) != CONNECTION_OK) {
+      std::string err = PQerrorMessage(c);
+      PQfinish(c);
+      throw std::runtime_error("cannot connect to EVENTSD_TEST_PG_DSN: " + err);
+    }
+    PGresult* r = PQexec(c, sql.c_str());
+    auto st = PQresultStatus(r);
+    std::string err = PQerrorMessage(c);
+    PQclear(r);
+    PQfinish(c);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+      throw std::runtime_error("`" + sql + "` failed: " + err);
+  }
+
+  std::string dbname_;
+  bool cut_ = false;
+};
+
 // -- the disk-full scenario --------------------------------------------------------
 
 /// One write while the disk fills up, identified by its unique description.
@@ -521,9 +575,9 @@ std::vector<fill_write> write_until_full(uint16_t port, int threads, int extra, 
     std::vector<std::string> ids;
     int after_full = 0;
     http_client c{port};
-    for (int i = 0; i < 20000 && after_full <= extra && !dead; ++i) {
-      if (full)
-        ++after_full;
+    for (int i = 0; i < 20000 && !dead; ++i) {
+      if (full && after_full++ >= extra)
+        break;
       fill_write w;
       w.description = "fill " + std::to_string(t) + "/" + std::to_string(i) + " " + pad;
       try {
@@ -655,9 +709,9 @@ TEST_CASE("a full disk loses no acknowledged write and leaks no refused one, acr
   CHECK(ack_of(next).position == events.size() + 1);
 }
 
-TEST_CASE("a full disk answers 503 problem+json while the server stays up, and writes succeed "
-          "again as soon as space is freed",
-          "[e2e][faults][disk-full][!mayfail]") {
+TEST_CASE("a full disk answers 503 problem+json and the server stays up while writes keep "
+          "coming",
+          "[e2e][faults][disk-full]") {
   temp_dir base{"eventsd-faults-disk-"};
   tmpfs_mount fs{base.path() + "/fs", "size=8m,mode=0755"};
   if (!fs.mounted()) {
@@ -665,17 +719,16 @@ TEST_CASE("a full disk answers 503 problem+json while the server stays up, and w
     return;
   }
   auto store = fs.dir() + "/data";
-  auto filler = fs.dir() + "/filler";
   server s{server_options::with_args({"--storage.dir=" + store})};
   http_client c{s.port()};
-  auto first = c.post_json("/todo", {{"description", "before the disk fills"}});
-  REQUIRE(first.status == 201);
-  fill_disk(filler, 160 * 1024);
+  REQUIRE(c.post_json("/todo", {{"description", "before the disk fills"}}).status == 201);
+  fill_disk(fs.dir() + "/filler", 160 * 1024);
 
   bool died = false;
-  auto writes = write_until_full(s.port(), 1, 10, died);
+  auto writes = write_until_full(s.port(), 4, 10, died);
   INFO("eventsd output:\n" << s.output().substr(s.output().size() > 3000 ? s.output().size() - 3000 : 0));
-  // Bug 1: the process can abort (RocksDB's assertion on its LOG file in the full directory).
+  // Bug: the process aborts (RocksDB's assertion on its info LOG, which shares
+  // the full directory), instead of answering 503.
   REQUIRE_FALSE(died);
   size_t n503 = 0;
   for (auto& w : writes) {
@@ -688,17 +741,42 @@ TEST_CASE("a full disk answers 503 problem+json while the server stays up, and w
   }
   REQUIRE(n503 > 0);
   CHECK(c.get("/healthz").status == 200);
-  auto while_full = read_all(c); // reads still work
+  check_log_against(read_all(c), writes); // reads still work
+}
+
+TEST_CASE("once space is freed the next write succeeds (the store resumes on the next append) "
+          "and a restart keeps everything",
+          "[e2e][faults][disk-full]") {
+  temp_dir base{"eventsd-faults-disk-"};
+  tmpfs_mount fs{base.path() + "/fs", "size=8m,mode=0755"};
+  if (!fs.mounted()) {
+    WARN("skipped: cannot mount a tmpfs here (" << fs.error() << "); this test needs root");
+    return;
+  }
+  auto store = fs.dir() + "/data";
+  auto filler = fs.dir() + "/filler";
+  server s{server_options::with_args({"--storage.dir=" + store})};
+  http_client c{s.port()};
+  REQUIRE(c.post_json("/todo", {{"description", "before the disk fills"}}).status == 201);
+  fill_disk(filler, 160 * 1024);
+
+  // One writer, stopping at the first 503 (fewer chances for the abort above).
+  bool died = false;
+  auto writes = write_until_full(s.port(), 1, 0, died);
+  INFO("eventsd output:\n" << s.output().substr(s.output().size() > 3000 ? s.output().size() - 3000 : 0));
+  REQUIRE_FALSE(died);
+  REQUIRE(writes.back().status == 503);
+  auto while_full = read_all(c);
   check_log_against(while_full, writes);
 
-  // Space comes back: the next append resumes the store.
   std::filesystem::remove(filler);
   auto freed = clock_type::now();
   auto r = c.post_json("/todo", {{"description", "first write after freeing space"}});
   INFO("first write after freeing space: " << r.status << " " << r.body);
   CHECK(r.status == 201);
-  // Bug 2: RocksDB's own recovery holds the store (Resume() answers Busy) until
-  // 64 MiB are free; give it well over its 5 s poll before failing.
+  // Bug: RocksDB's own recovery (SstFileManager) holds the store, so Resume()
+  // answers Busy, until 64 MiB (write_buffer_size) are free; on this 8 MiB disk
+  // that is never. Give it well over its 5 s poll before failing.
   bool resumed = r.status == 201 || eventually(
                                       [&] {
                                         r = c.post_json("/todo", {{"description", "after freeing space"}});
@@ -999,7 +1077,7 @@ TEST_CASE("PostgreSQL stopped under a running server: writes go on, /readyz and 
 
 TEST_CASE("after a PostgreSQL restart the first read-model reads answer 200: reader "
           "connections that died in the outage are replaced, not reported",
-          "[e2e][faults][postgres-down][!mayfail]") {
+          "[e2e][faults][postgres-down]") {
   private_cluster pg;
   server_options o;
   o.dsn = pg.dsn();
@@ -1040,10 +1118,14 @@ TEST_CASE("after a PostgreSQL restart the first read-model reads answer 200: rea
 TEST_CASE("SIGKILL while the projection catches up a 20 000-event backlog: after a restart the "
           "read model equals the fold of the log, nothing skipped or applied twice",
           "[e2e][faults][crash][postgres-down]") {
+  // The read model's database is cut off by PostgreSQL itself (connections
+  // refused and terminated), not by the harness's tcp_proxy: that proxy can
+  // block for good on a connection accepted in the same poll round (see the
+  // report), which made this test hang ~50 s and fail in about half the runs.
   test_database db;
-  tcp_proxy proxy{host_port_of(db.dsn()).first, host_port_of(db.dsn()).second};
+  read_model_switch outage{db.name()};
   server_options o;
-  o.dsn = dsn_with_host_port(db.dsn(), "127.0.0.1", proxy.port()) + " connect_timeout=10";
+  o.dsn = db.dsn() + " connect_timeout=10";
   // Small batches: many transactions to be killed between (or inside).
   o.args = {"--projection.mode=eventual", "--projection.batch-size=100"};
   server s{o};
@@ -1052,7 +1134,7 @@ TEST_CASE("SIGKILL while the projection catches up a 20 000-event backlog: after
   REQUIRE(first.status == 201);
   REQUIRE(c.get("/todo/" + ack_of(first).id + "?minPosition=1").status == 200);
 
-  proxy.cut();
+  outage.cut();
   size_t failures = 0;
   auto samples = write_events(s.port(), 20000, 12, failures);
   INFO("failed writes: " << failures << (samples.empty() ? "" : ": " + samples.front()));
@@ -1063,7 +1145,7 @@ TEST_CASE("SIGKILL while the projection catches up a 20 000-event backlog: after
   INFO("projection while cut off: " << before.dump());
   REQUIRE(before.at("position").get<uint64_t>() < 100);
 
-  proxy.restore();
+  outage.restore();
   // Kill once about a quarter of the backlog is applied.
   uint64_t observed = 0;
   json last_status;

@@ -302,6 +302,8 @@ struct tcp_proxy::state {
         char drain[64];
         (void)!::read(wake[0], drain, sizeof drain);
       }
+      // Only links that were polled this round have revents to look at.
+      const size_t polled_links = links.size();
       if (listener >= 0 && (fds[1].revents & POLLIN)) {
         int in = ::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC);
         if (in >= 0) {
@@ -313,7 +315,7 @@ struct tcp_proxy::state {
         }
       }
       std::vector<size_t> dead;
-      for (size_t i = 0; i < links.size(); ++i) {
+      for (size_t i = 0; i < polled_links; ++i) {
         auto& [a, b] = links[i];
         bool ok = true;
         for (int side = 0; side < 2 && ok; ++side) {
@@ -321,7 +323,9 @@ struct tcp_proxy::state {
           if (!(p.revents & (POLLIN | POLLHUP | POLLERR)))
             continue;
           int from = side == 0 ? a : b, to = side == 0 ? b : a;
-          auto n = ::recv(from, buf, sizeof buf, 0);
+          auto n = ::recv(from, buf, sizeof buf, MSG_DONTWAIT);
+          if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            continue;
           ok = n > 0 && send_all(to, buf, static_cast<size_t>(n));
         }
         if (!ok)

@@ -557,7 +557,8 @@ TEST_CASE("a failed write fails every request of the batch and consumes no posit
     big.events[0].data = std::string(1 << 20, 'x');
     append_one(*log, big);
     auto wal = current_wal_size(dir.db());
-    REQUIRE(wal > fs::file_size(fs::path{dir.db()} / "LOG") + (64 << 10));
+    auto info_log = fs::path{dir.db()} / "LOG"; // eventsd logs RocksDB to stderr instead
+    REQUIRE(wal > (fs::exists(info_log) ? fs::file_size(info_log) : 0) + (64 << 10));
 
     std::vector<append_request> batch{request("todo-2", no_stream, 1),
                                       request("todo-1", 7, 1, 2), // would conflict anyway

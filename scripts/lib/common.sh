@@ -12,7 +12,7 @@ EVENTSD_PACKAGES=(
   libcaf-dev librocksdb-dev libboost-dev libboost-system-dev libpq-dev
   catch2 nlohmann-json3-dev
   postgresql-15 postgresql-client-15 postgresql-contrib
-  curl nodejs npm wrk rocksdb-tools chromium prometheus
+  curl nodejs npm wrk rocksdb-tools bc chromium prometheus
 )
 
 log()  { printf '==> %s\n' "$*" >&2; }

@@ -9,6 +9,7 @@
 
 #include "core/metrics.hpp"
 #include "core/uuid.hpp"
+#include "http/event_json.hpp"
 #include "http/static_files.hpp"
 
 namespace eventsd::http {
@@ -72,17 +73,6 @@ std::optional<reply> query_number(const incoming& req, const std::string& name,
   return std::nullopt;
 }
 
-std::string rfc3339(int64_t ms) {
-  std::time_t secs = static_cast<std::time_t>(ms / 1000);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[40];
-  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                static_cast<int>(ms % 1000));
-  return buf;
-}
-
 json todo_json(const todo::state& s) {
   return {{"id", s.id},
           {"description", s.description},
@@ -93,16 +83,6 @@ json todo_json(const todo::state& s) {
 json row_json(const projections::todo_row& r) {
   return {{"id", r.id}, {"description", r.description}, {"status", r.status},
           {"version", r.version}};
-}
-
-json event_json(const storage::recorded_event& e) {
-  auto data = json::parse(e.data, nullptr, false);
-  if (data.is_discarded())
-    data = e.data;
-  return {{"id", e.id},          {"stream", e.stream},
-          {"type", e.type},      {"version", e.version},
-          {"position", e.position}, {"occurredAt", rfc3339(e.occurred_at_ms)},
-          {"data", std::move(data)}};
 }
 
 /// FNV-1a 64 of `s`, as 16 hex digits: the idempotency fingerprint.

@@ -15,6 +15,7 @@
 
 #include "actors/log_writer.hpp"
 #include "core/metrics.hpp"
+#include "http/event_json.hpp"
 #include "http/routes.hpp"
 
 namespace eventsd::http {
@@ -140,20 +141,7 @@ private:
       return;
     }
     for (auto& e : events) {
-      nlohmann::json data = nlohmann::json::parse(e.data, nullptr, false);
-      if (data.is_discarded())
-        data = e.data;
-      std::time_t secs = static_cast<std::time_t>(e.occurred_at_ms / 1000);
-      std::tm tm{};
-      gmtime_r(&secs, &tm);
-      char ts[40];
-      std::snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                    tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                    static_cast<int>(e.occurred_at_ms % 1000));
-      nlohmann::json j{{"id", e.id},         {"stream", e.stream},
-                       {"type", e.type},     {"version", e.version},
-                       {"position", e.position}, {"occurredAt", ts},
-                       {"data", std::move(data)}};
+      auto j = event_json(e);
       out_ += "id: " + std::to_string(e.position) + "\ndata: "
               + j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n\n";
       next_ = e.position + 1;

@@ -163,7 +163,7 @@ bench_wrk() {
   if [[ -n ${BENCH_METRICS_URL:-} ]]; then
     bench_metrics_snapshot "$BENCH_METRICS_URL" "$BENCH_DIR/metrics-$name.before"
   fi
-  local cpu0= cpu1= busy0 busy1
+  local cpu0='' cpu1='' busy0 busy1
   if [[ -n ${BENCH_CPU_PID:-} ]]; then
     BENCH_PG_PIDS=
     if [[ -n ${BENCH_PG_DSN:-} ]]; then

@@ -289,6 +289,14 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
   auto sweep_every = std::max<std::chrono::milliseconds>(opts.idle_timeout / 4,
                                                          std::chrono::milliseconds{10});
   self->delayed_send(self, sweep_every, tick_atom_v);
+  // Aggregates are not linked to their shard: CAF unlinks by scanning a
+  // list, which made passivating N aggregates O(N^2). A stopping shard stops
+  // its aggregates itself.
+  self->set_exit_handler([self](const caf::exit_msg& msg) {
+    for (auto& [id, entry] : self->state.live)
+      self->send_exit(entry.handle, msg.reason);
+    self->quit(msg.reason);
+  });
   return {
     [=](execute_atom, const std::string& id, typename A::command_type& cmd,
         write_conditions& cond) -> caf::typed_response_promise<write_outcome> {
@@ -303,7 +311,7 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
       if (i == st.live.end()) {
         while (st.live.size() >= max_live && !st.recency.empty())
           st.passivate(self, st.live.find(*st.recency.back()));
-        auto handle = self->template spawn<caf::linked>(aggregate<A>, id, env, A::creates(cmd));
+        auto handle = self->spawn(aggregate<A>, id, env, A::creates(cmd));
         i = st.live.emplace(id, registry_entry<A>{handle, {}, now}).first;
         st.recency.push_front(&i->first);
         i->second.lru = st.recency.begin();
@@ -332,7 +340,7 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
       st.stopping.erase(q);
       if (waiting.empty())
         return;
-      auto handle = self->template spawn<caf::linked>(aggregate<A>, id, env, false);
+      auto handle = self->spawn(aggregate<A>, id, env, false);
       auto i = st.live.emplace(id, registry_entry<A>{handle, {}, std::chrono::steady_clock::now()})
                  .first;
       st.recency.push_front(&i->first);

@@ -33,7 +33,6 @@ struct http_options {
   std::string static_dir;
   std::chrono::milliseconds uow_timeout{5000};
   std::chrono::milliseconds sse_heartbeat{15'000};
-  size_t sse_buffer_limit = 4 * 1024 * 1024;
   int64_t idempotency_retention_ms = 24LL * 3600 * 1000;
 };
 

@@ -109,23 +109,23 @@ std::string metrics::render() const {
   out.reserve(8192);
   {
     std::lock_guard<std::mutex> guard{mtx_};
-    family(out, "eventsd_http_requests_total", "counter", "HTTP requests by route and status.");
+    // Labels of each route, built once for both families.
+    std::vector<std::pair<std::string, const route_stats*>> labeled;
     for (auto& [key, stats] : routes_) {
       auto space = key.find(' ');
-      auto labels = "method=\"" + escape_label(key.substr(0, space)) + "\",route=\""
-                    + escape_label(key.substr(space + 1)) + "\"";
+      labeled.emplace_back("method=\"" + escape_label(key.substr(0, space)) + "\",route=\""
+                             + escape_label(key.substr(space + 1)) + "\"",
+                           stats.get());
+    }
+    family(out, "eventsd_http_requests_total", "counter", "HTTP requests by route and status.");
+    for (auto& [labels, stats] : labeled)
       for (auto& [status, n] : stats->by_status)
         out += "eventsd_http_requests_total{" + labels + ",status=\"" + std::to_string(status)
                + "\"} " + std::to_string(n) + "\n";
-    }
     family(out, "eventsd_http_request_duration_seconds", "histogram",
            "HTTP request latency by route.");
-    for (auto& [key, stats] : routes_) {
-      auto space = key.find(' ');
-      auto labels = "method=\"" + escape_label(key.substr(0, space)) + "\",route=\""
-                    + escape_label(key.substr(space + 1)) + "\"";
+    for (auto& [labels, stats] : labeled)
       stats->latency.render(out, "eventsd_http_request_duration_seconds", labels);
-    }
   }
   family(out, "eventsd_events_appended_total", "counter", "Events appended to the log.");
   sample(out, "eventsd_events_appended_total", events_appended.value());

@@ -121,16 +121,16 @@ std::optional<reply> require_json_object(const incoming& req, json& out) {
   return std::nullopt;
 }
 
-/// `description` of a body: must be present and a string.
-std::optional<reply> description_of(const json& body, std::string& out) {
+/// `description` of a body: present, a string, and valid for a todo.
+std::optional<field_error> description_of(const json& body, std::string& out) {
   auto i = body.find("description");
   if (i == body.end())
-    return problem(400, "validation failed", {{"description", {"is required"}}});
+    return field_error{"description", {"is required"}};
   if (!i->is_string())
-    return problem(400, "validation failed", {{"description", {"must be a string"}}});
+    return field_error{"description", {"must be a string"}};
   out = i->get<std::string>();
   if (auto rej = todo::validate_description(out))
-    return problem(400, "validation failed", {{"description", {rej->message}}});
+    return field_error{"description", {rej->message}};
   return std::nullopt;
 }
 
@@ -274,7 +274,7 @@ router::router(services& svc) : svc_(svc) {
       return respond(*err);
     std::string description;
     if (auto err = description_of(body, description))
-      return respond(*err);
+      return respond(problem(400, "validation failed", {std::move(*err)}));
     actors::write_conditions cond;
     if (auto key = req.headers.find("idempotency-key"); key != req.headers.end()) {
       if (key->second.empty() || key->second.size() > 128)
@@ -301,11 +301,8 @@ router::router(services& svc) : svc_(svc) {
     else if (!(id = core::normalize_uuid(idv->get<std::string>())))
       errors.push_back({"id", {"must be a UUID (8-4-4-4-12 hex digits)"}});
     std::string description;
-    if (auto err = description_of(body, description)) {
-      auto d = json::parse(err->body);
-      for (auto& e : d["errors"])
-        errors.push_back({e["field"], e["messages"].get<std::vector<std::string>>()});
-    }
+    if (auto err = description_of(body, description))
+      errors.push_back(std::move(*err));
     if (!errors.empty())
       return respond(problem(400, "validation failed", std::move(errors)));
     execute(*id, todo::change_description{std::move(description)},

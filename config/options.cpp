@@ -19,7 +19,10 @@ options::options() {
     .add(http_admin_token, "admin-token", "bearer token for /admin routes (default none)")
     .add(http_static_dir, "static-dir", "OpenAPI, Swagger UI and /ui files (default <binary dir>/static)")
     .add(http_read_timeout_ms, "read-timeout-ms", "idle/read/write timeout per connection (default 30000)")
-    .add(http_sse_heartbeat_ms, "sse-heartbeat-ms", "SSE heartbeat interval (default 15000)");
+    .add(http_sse_heartbeat_ms, "sse-heartbeat-ms", "SSE heartbeat interval (default 15000)")
+    .add(http_sse_max_lag, "sse-max-lag",
+         "events a live SSE subscriber may fall behind the head before it is disconnected "
+         "(default 10000)");
   opt_group{custom_options_, "storage"}
     .add(storage_dir, "dir", "RocksDB directory (default var/data)")
     .add(storage_sync, "sync", "fsync (default, durable) or none (UNSAFE: loses acknowledged writes on power loss)")

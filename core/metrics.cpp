@@ -169,6 +169,9 @@ std::string metrics::render() const {
   projection_apply_seconds.render(out, "eventsd_projection_apply_seconds", "");
   family(out, "eventsd_sse_subscribers", "gauge", "Open /subscribe/$all connections.");
   sample(out, "eventsd_sse_subscribers", sse_subscribers.value());
+  family(out, "eventsd_sse_slow_disconnects_total", "counter",
+         "SSE subscribers disconnected for falling more than --http.sse-max-lag events behind.");
+  sample(out, "eventsd_sse_slow_disconnects_total", sse_dropped_slow.value());
   return out;
 }
 

@@ -84,6 +84,7 @@ struct metrics {
 
   // -- http/ --
   gauge sse_subscribers;
+  counter sse_dropped_slow;
 
   /// Counts one HTTP request of `route` (a pattern like "/todo/{id}").
   void observe_request(const std::string& method, const std::string& route, int status,

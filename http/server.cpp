@@ -74,7 +74,12 @@ private:
 /// One `GET /subscribe/$all` connection: catch-up from the log, then live.
 /// Pull-based: the next page is read only after the previous one was
 /// written, so a slow client never makes the server buffer more than one
-/// page, and never slows writers.
+/// page (at most `page_size` events and about `page_bytes`), and never slows
+/// writers. The log is the subscriber's buffer; its limit is
+/// `--http.sse-max-lag`: a subscriber that has caught up once and then falls
+/// more events behind the head than that is sent a final comment and
+/// disconnected (it resumes with Last-Event-ID). A client that takes nothing
+/// for `--http.read-timeout-ms` is dropped.
 class sse_session : public std::enable_shared_from_this<sse_session> {
 public:
   sse_session(beast::tcp_stream stream, services& svc, head_signal& signal, uint64_t from)
@@ -96,6 +101,8 @@ public:
     write();
     arm_heartbeat();
     watch_peer();
+    known_head_ = svc_.log.head();
+    read_page(); // an empty answer marks the subscriber live
   }
 
   ~sse_session() { core::metrics::instance().sse_subscribers.add(-1); }
@@ -103,8 +110,24 @@ public:
 private:
   void on_head(uint64_t head) {
     known_head_ = std::max(known_head_, head);
+    if (closing_ || closed_ || too_slow())
+      return;
     if (!writing_ && !reading_ && next_ <= known_head_)
       read_page();
+  }
+
+  /// Disconnects a live subscriber that fell more than sse_max_lag behind.
+  bool too_slow() {
+    if (!live_ || closing_ || next_ > known_head_)
+      return false;
+    auto behind = known_head_ - next_ + 1;
+    if (behind <= svc_.options.sse_max_lag)
+      return false;
+    core::metrics::instance().sse_dropped_slow.add();
+    close(": disconnected: too slow, " + std::to_string(behind)
+          + " events behind the head (limit " + std::to_string(svc_.options.sse_max_lag)
+          + "); reconnect with Last-Event-ID\n\n");
+    return true;
   }
 
   void read_page() {
@@ -133,8 +156,10 @@ private:
 
   void on_page(const actors::recorded_events& events) {
     reading_ = false;
-    if (closed_)
+    if (closed_ || closing_)
       return;
+    if (events.size() < page_size)
+      live_ = true; // reached the head once: from now on the lag limit applies
     if (events.empty()) {
       if (next_ <= svc_.log.head())
         read_page();
@@ -145,6 +170,8 @@ private:
       out_ += "id: " + std::to_string(e.position) + "\ndata: "
               + j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n\n";
       next_ = e.position + 1;
+      if (out_.size() >= page_bytes)
+        break; // the rest of the page is read again after this is written
     }
     known_head_ = std::max(known_head_, next_ - 1);
     write();
@@ -171,11 +198,12 @@ private:
       // it resumes with Last-Event-ID.
       return shutdown();
     }
-    if (closing_)
-      return shutdown();
     if (!out_.empty())
       return write();
-    if (!reading_ && (next_ <= svc_.log.head()))
+    if (closing_)
+      return shutdown();
+    known_head_ = std::max(known_head_, svc_.log.head());
+    if (!reading_ && !too_slow() && next_ <= known_head_)
       read_page();
   }
 
@@ -197,6 +225,8 @@ private:
     heartbeat_.async_wait([weak = weak_from_this()](beast::error_code ec) {
       auto s = weak.lock();
       if (!s || ec || s->closed_)
+        return;
+      if (s->closing_)
         return;
       s->out_ += ": heartbeat\n\n";
       s->write();
@@ -225,6 +255,7 @@ private:
   }
 
   static constexpr uint64_t page_size = 500;
+  static constexpr size_t page_bytes = 256 * 1024;
   beast::tcp_stream stream_;
   services& svc_;
   head_signal& signal_;
@@ -238,6 +269,7 @@ private:
   std::string sending_;
   bool writing_ = false;
   bool reading_ = false;
+  bool live_ = false;
   bool closing_ = false;
   bool closed_ = false;
 };

@@ -451,3 +451,79 @@ TEST_CASE("SSE: vanished clients are noticed (eventsd_sse_subscribers drops back
   CHECK(m->id == std::to_string(head()));
   CHECK(eventually([] { return subscribers_metric() == 1; }, 5000ms, 20ms));
 }
+
+TEST_CASE("SSE: a live subscriber that falls more than --http.sse-max-lag behind gets a final "
+          "comment and is disconnected; it resumes with Last-Event-ID and loses nothing",
+          "[http][sse][slow]") {
+  server s{server_options::with_args({"--http.sse-max-lag=2000"})};
+  http_client c{s.port()};
+  const std::string pad = "\xF0\x9F\x90\xA2"; // 4 UTF-8 bytes: events of ~1.2 KB
+  REQUIRE(c.post_json("/todo", {{"description", "first"}}).status == 201);
+  auto h = all_head(c);
+
+  auto open = [&](uint64_t from, sse_client::options o) {
+    auto sub = std::make_unique<sse_client>(s.port(), "/subscribe/$all?from=" + std::to_string(from),
+                                            std::move(o));
+    REQUIRE(sub->head().status == 200);
+    return sub;
+  };
+  // A subscriber that has caught up and then reads nothing (small receive
+  // buffer), and one that keeps up under the same limit.
+  sse_client::options small;
+  small.receive_buffer = 4096;
+  auto stuck = open(h + 1, small);
+  auto fast = open(h + 1, {});
+  std::this_thread::sleep_for(200ms); // both have read the (empty) head page: live
+
+  std::vector<sse_message> fast_got;
+  std::atomic<uint64_t> last{0};
+  std::thread fast_reader{[&] {
+    auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (auto m = fast->next(100ms))
+        fast_got.push_back(*m);
+      else if (fast->ended() || (last > 0 && !fast_got.empty()
+                                 && fast_got.back().id == std::to_string(last.load())))
+        return;
+    }
+  }};
+  // 6000 events of ~1.2 KB: more than the kernel buffers for the stuck
+  // client, so the server really falls behind with it.
+  auto loaded = create_todos(s.port(), 4, 1500, "past a stuck reader", 255, pad);
+  REQUIRE(loaded.acks.size() == 6000);
+  auto end = all_head(c);
+  REQUIRE(end == h + 6000);
+  last = end;
+  fast_reader.join();
+  // The keeping-up reader got every event and was never cut off.
+  CHECK_FALSE(fast->ended());
+  auto fast_ids = ids_of(fast_got);
+  INFO("fast reader first difference: " << first_difference(fast_ids, range(h + 1, end)));
+  CHECK(fast_ids == range(h + 1, end));
+
+  // The stuck reader now reads: a gap-free prefix, then the final comment, then the end.
+  std::vector<sse_message> got;
+  while (auto m = stuck->next(10000ms))
+    got.push_back(*m);
+  REQUIRE(stuck->ended());
+  auto ids = ids_of(got);
+  REQUIRE_FALSE(ids.empty());
+  INFO("the stuck reader got " << ids.size() << " events before it was cut off");
+  CHECK(ids.back() < end);
+  CHECK(ids == range(h + 1, ids.back()));
+  REQUIRE_FALSE(stuck->comments().empty());
+  INFO("last comment: " << stuck->comments().back());
+  CHECK(stuck->comments().back().find("too slow") != std::string::npos);
+  CHECK(stuck->comments().back().find("Last-Event-ID") != std::string::npos);
+  auto metrics = parse_prometheus(c.get("/metrics").body);
+  CHECK(metrics.value("eventsd_sse_slow_disconnects_total") == 1);
+
+  // Resuming where it stopped delivers exactly the rest.
+  auto again = std::make_unique<sse_client>(
+    s.port(), "/subscribe/$all",
+    sse_client::options{{{"Last-Event-ID", std::to_string(ids.back())}}});
+  REQUIRE(again->head().status == 200);
+  auto rest = ids_of(read_until(*again, end, 20000ms));
+  CHECK(rest == range(ids.back() + 1, end));
+  CHECK(c.get("/healthz").status == 200);
+}

@@ -167,6 +167,10 @@ std::string metrics::render() const {
   family(out, "eventsd_projection_apply_seconds", "histogram",
          "Time to apply one read-model batch.");
   projection_apply_seconds.render(out, "eventsd_projection_apply_seconds", "");
+  family(out, "eventsd_projection_visible_seconds", "histogram",
+         "Per event: from its append (occurredAt) to the commit that made it visible in the "
+         "read model.");
+  projection_visible_seconds.render(out, "eventsd_projection_visible_seconds", "");
   family(out, "eventsd_sse_subscribers", "gauge", "Open /subscribe/$all connections.");
   sample(out, "eventsd_sse_subscribers", sse_subscribers.value());
   family(out, "eventsd_sse_slow_disconnects_total", "counter",

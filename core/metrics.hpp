@@ -81,6 +81,7 @@ struct metrics {
   counter projection_errors;
   histogram projection_batch_events{size_bounds()};
   histogram projection_apply_seconds{latency_bounds()};
+  histogram projection_visible_seconds{latency_bounds()};
 
   // -- http/ --
   gauge sse_subscribers;

@@ -154,6 +154,10 @@ void step(self_ptr self) {
   m.projection_batch_events.observe(static_cast<double>(events->size()));
   m.projection_apply_seconds.observe(
     std::chrono::duration<double>(clock::now() - started).count());
+  auto committed_ms = now_ms();
+  for (auto& e : *events)
+    m.projection_visible_seconds.observe(
+      static_cast<double>(std::max<int64_t>(0, committed_ms - e.occurred_at_ms)) / 1000.0);
   st.position = last;
   st.backoff = std::chrono::milliseconds{0};
   st.last_error.clear();

@@ -363,3 +363,62 @@ bench_write_detail() {
   read -r BENCH_R[$name.batch] BENCH_R[$name.fsync_ms] BENCH_R[$name.activations] \
     BENCH_R[$name.lag] BENCH_R[$name.fsyncs] <<<"$line"
 }
+
+# -- projection lag under a paced write load --------------------------------------------
+
+# bench_visible_quantiles BEFORE AFTER: from two raw /metrics snapshots, the events applied
+# in between and the bucket bounds (seconds) under which 50 %, 99 % and all of their
+# append → visible times fell, and their mean: "count p50 p99 max mean".
+bench_visible_quantiles() {
+  awk 'function le(line) { sub(/.*le="/, "", line); sub(/".*/, "", line); return line }
+    /^eventsd_projection_visible_seconds_bucket/ {
+      b = le($1)
+      if (NR == FNR) { a[b] = $2 } else { d[b] = $2 - a[b]; order[++n] = b }
+    }
+    /^eventsd_projection_visible_seconds_sum/ { if (NR == FNR) s0 = $2; else s1 = $2 }
+    END {
+      total = d["+Inf"]
+      if (total <= 0) { print "0 – – – –"; exit }
+      p50 = p99 = mx = ""
+      for (i = 1; i <= n; i++) {
+        c = d[order[i]]
+        if (p50 == "" && c >= 0.50 * total) p50 = order[i]
+        if (p99 == "" && c >= 0.99 * total) p99 = order[i]
+        if (mx == "" && c >= total) mx = order[i]
+      }
+      printf "%d %s %s %s %.4f\n", total, p50, p99, mx, (s1 - s0) / total
+    }' "$1" "$2"
+}
+
+# bench_lag NAME URL TARGET_RPS: POST /todo paced at TARGET_RPS (tests/load/post_paced.lua,
+# its delay calibrated by a short run), and eventsd's append → visible-in-PostgreSQL time of
+# the events of the measured run. Stores NAME.{target,rps,p99_http,errors,count,p50,p99,max,mean}.
+bench_lag() {
+  local name=$1 url=$2 target=$3 out=$BENCH_DIR/wrk-$1.txt line rps
+  local args=(-t"$BENCH_THREADS" -c"$BENCH_CONNECTIONS" -s tests/load/post_paced.lua "$url" --)
+  # Per connection, one request every cycle = connections × 1000 / target ms, of which the
+  # answer takes about what the calibration run shows.
+  local cycle delay
+  cycle=$(awk -v c="$BENCH_CONNECTIONS" -v t="$target" 'BEGIN { printf "%.3f", c * 1000 / t }')
+  delay=$cycle
+  wrk -d3s "${args[@]}" "$delay" >"$out.calibration" 2>&1 || die "wrk calibration of $name failed"
+  rps=$(sed -n 's/^BENCH .* rps=\([^ ]*\).*/\1/p' "$out.calibration")
+  delay=$(awk -v c="$BENCH_CONNECTIONS" -v r="$rps" -v cy="$cycle" -v d="$delay" 'BEGIN {
+    latency = c * 1000 / r - d; x = cy - latency; if (x < 0) x = 0; printf "%.3f", x }')
+  bench_wait_projection "$url"
+  log "wrk $name: POST /todo paced at $(printf "%.0f" "$target") req/s (delay $delay ms), ${BENCH_DURATION}s"
+  BENCH_COMMANDS+=("wrk -d${BENCH_DURATION}s ${args[*]} $delay")
+  curl -s "$url/metrics" >"$BENCH_DIR/metrics-$name.before.raw"
+  wrk -d"${BENCH_DURATION}s" "${args[@]}" "$delay" >"$out" 2>&1 || { cat "$out" >&2; die "wrk $name failed"; }
+  bench_wait_projection "$url"
+  curl -s "$url/metrics" >"$BENCH_DIR/metrics-$name.after.raw"
+  line=$(grep '^BENCH ' "$out" | tail -n 1)
+  BENCH_R[$name.target]=$target
+  BENCH_R[$name.rps]=$(sed -n 's/.* rps=\([^ ]*\).*/\1/p' <<<"$line")
+  BENCH_R[$name.p99_http]=$(sed -n 's/.* p99_ms=\([^ ]*\).*/\1/p' <<<"$line")
+  BENCH_R[$name.errors]=$(awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == "non2xx" || kv[1] == "socket_errors") e += kv[2] } } END { print e + 0 }' <<<"$line")
+  read -r BENCH_R[$name.count] BENCH_R[$name.p50] BENCH_R[$name.p99] BENCH_R[$name.max] \
+    BENCH_R[$name.mean] < <(bench_visible_quantiles "$BENCH_DIR/metrics-$name.before.raw" \
+                                                   "$BENCH_DIR/metrics-$name.after.raw")
+  log "  $name: $(bench_get "$name" rps) req/s; append → visible p50 ≤ $(bench_get "$name" p50) s, p99 ≤ $(bench_get "$name" p99) s, mean $(bench_get "$name" mean) s over $(bench_get "$name" count) events"
+}

@@ -225,6 +225,12 @@ TEST_CASE("/metrics: Prometheus text format (promtool check metrics) with the fa
   CHECK(m.value("eventsd_projection_lag_events") == 0);
   CHECK(m.types["eventsd_projection_lag_seconds"] == "gauge");
   CHECK(m.value("eventsd_projection_lag_seconds") == 0);
+  // Every applied event's append → visible time, once each.
+  CHECK(m.types["eventsd_projection_visible_seconds"] == "histogram");
+  CHECK(m.value("eventsd_projection_visible_seconds_count") == static_cast<double>(head));
+  CHECK(m.value("eventsd_projection_visible_seconds_bucket", {{"le", "+Inf"}})
+        == static_cast<double>(head));
+  CHECK(m.value("eventsd_projection_visible_seconds_sum") >= 0);
 
   // Every sample belongs to a family with a TYPE and a HELP.
   bool typed = true;

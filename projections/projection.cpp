@@ -397,6 +397,14 @@ projection_actor spawn_projection(caf::actor_system& sys, const storage::event_l
   return sys.spawn<caf::detached>(projection, log, std::move(opts));
 }
 
+template <class T>
+void deliver(caf::expected<T>&& r, const core::reply_to<T>& reply) {
+  if (r)
+    reply(std::move(*r));
+  else
+    reply(std::move(r.error()));
+}
+
 read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::string dsn) {
   return sys.spawn<caf::detached>(
     [](reader_ptr self, std::string dsn) -> read_model_reader_actor::behavior_type {
@@ -418,23 +426,33 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
           r = query();
         return r;
       };
+      auto fetch = [self, run](const std::string& id) -> caf::expected<todo_answer> {
+        auto r = run([&] { return self->state.model->get(id); });
+        if (!r.ok()) {
+          // A 404 is a read-model answer too: say how far the model was.
+          if (r.error().code == projection_errc::not_found)
+            if (auto cp = self->state.model->checkpoint(); cp.ok())
+              return caf::make_error(projection_errc::not_found, r.error().detail, *cp);
+          return to_caf(r.error());
+        }
+        return std::move(r.value());
+      };
+      auto list = [self, run](const todo_query& q) -> caf::expected<todo_page> {
+        auto r = run([&] { return self->state.model->list(q); });
+        if (!r.ok())
+          return to_caf(r.error());
+        return std::move(r.value());
+      };
       return {
         [=](fetch_atom, const std::string& id) -> caf::result<todo_answer> {
-          auto r = run([&] { return self->state.model->get(id); });
-          if (!r.ok()) {
-            // A 404 is a read-model answer too: say how far the model was.
-            if (r.error().code == projection_errc::not_found)
-              if (auto cp = self->state.model->checkpoint(); cp.ok())
-                return caf::make_error(projection_errc::not_found, r.error().detail, *cp);
-            return to_caf(r.error());
-          }
-          return std::move(r.value());
+          return fetch(id);
         },
-        [=](list_atom, const todo_query& q) -> caf::result<todo_page> {
-          auto r = run([&] { return self->state.model->list(q); });
-          if (!r.ok())
-            return to_caf(r.error());
-          return std::move(r.value());
+        [=](list_atom, const todo_query& q) -> caf::result<todo_page> { return list(q); },
+        [=](fetch_atom, const std::string& id, const core::reply_to<todo_answer>& reply) {
+          deliver(fetch(id), reply);
+        },
+        [=](list_atom, const todo_query& q, const core::reply_to<todo_page>& reply) {
+          deliver(list(q), reply);
         },
       };
     },

@@ -16,6 +16,7 @@
 #include <caf/all.hpp>
 
 #include "core/messages.hpp"
+#include "core/reply_to.hpp"
 #include "projections/todo_read_model.hpp"
 #include "storage/event_log.hpp"
 
@@ -92,7 +93,9 @@ std::optional<todo_change> to_change(const storage::recorded_event& e);
 /// Handle of a read-model reader.
 using read_model_reader_actor
   = caf::typed_actor<caf::replies_to<fetch_atom, std::string>::with<todo_answer>,
-                     caf::replies_to<list_atom, todo_query>::with<todo_page>>;
+                     caf::replies_to<list_atom, todo_query>::with<todo_page>,
+                     caf::reacts_to<fetch_atom, std::string, core::reply_to<todo_answer>>,
+                     caf::reacts_to<list_atom, todo_query, core::reply_to<todo_page>>>;
 
 /// Spawns one reader (detached) with its own connection to `dsn`.
 read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::string dsn);
@@ -107,3 +110,5 @@ pg_result<uint64_t> rebuild_offline(const storage::event_log& log, const std::st
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::projections::todo_answer)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::projections::todo_page)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::projections::todo_query)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::projections::todo_answer>)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::projections::todo_page>)

@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <future>
 #include <map>
+#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
@@ -589,4 +591,78 @@ TEST_CASE("recover of an unknown aggregate is its initial state", "[aggregate][r
   REQUIRE(st.ok());
   CHECK(*st == todo_aggregate::initial(id));
   CHECK_FALSE(st->exists());
+}
+
+TEST_CASE("commands carrying a write_reply (the gateway's path) are answered like requests, in "
+          "order, also while their aggregate is being evicted",
+          "[aggregate][reply]") {
+  // max_live = 1 with two todos: nearly every command finds its aggregate
+  // stopping and waits in the shard for the successor.
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  actors::runtime_options ropts;
+  ropts.max_live = 1;
+  ropts.shards = 1;
+  runtime rt{log.get(), ropts};
+  auto a = core::make_uuid();
+  auto b = core::make_uuid();
+
+  std::mutex mtx;
+  std::map<std::string, std::vector<caf::expected<actors::write_outcome>>> answers;
+  auto reply_for = [&](const std::string& id) {
+    return actors::write_reply{[&, id](caf::expected<actors::write_outcome> r) {
+      std::lock_guard<std::mutex> guard{mtx};
+      answers[id].push_back(std::move(r));
+    }};
+  };
+  auto send = [&](const std::string& id, todo::command cmd) {
+    caf::anon_send(rt.registry().shard_for(id), execute_atom_v, id, std::move(cmd),
+                   write_conditions{}, reply_for(id));
+  };
+  send(a, todo::create{"todo a"});
+  send(b, todo::create{"todo b"});
+  constexpr size_t rounds = 100;
+  for (size_t i = 0; i < rounds; ++i)
+    send(i % 2 == 0 ? a : b, nth_command(i / 2));
+  auto answered = [&] {
+    std::lock_guard<std::mutex> guard{mtx};
+    return answers[a].size() + answers[b].size();
+  };
+  REQUIRE(eventually([&] { return answered() == rounds + 2; }, std::chrono::seconds{20}));
+
+  std::lock_guard<std::mutex> guard{mtx};
+  for (auto& id : {a, b}) {
+    auto& got = answers[id];
+    REQUIRE(got.size() == 1 + rounds / 2);
+    for (size_t i = 0; i < got.size(); ++i) {
+      INFO("todo " << id << ", answer " << i << ": "
+                   << (got[i] ? "ok" : rt.sys().render(got[i].error())));
+      REQUIRE(got[i]);
+      CHECK(got[i]->id == id);
+      CHECK(got[i]->version == i + 1); // answered in sending order
+    }
+    CHECK(log->stream_version(stream_of(id)).value() == 1 + rounds / 2);
+    CHECK(fold(*log, id).version == 1 + rounds / 2);
+  }
+}
+
+TEST_CASE("a refused command carrying a write_reply gets the refusal and appends nothing",
+          "[aggregate][reply]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto id = core::make_uuid();
+  REQUIRE_OK(rt.execute(id, todo::create{"once"}));
+  std::promise<caf::expected<actors::write_outcome>> got;
+  caf::anon_send(rt.registry().shard_for(id), execute_atom_v, id,
+                 todo::command{todo::change_description{""}}, write_conditions{},
+                 actors::write_reply{[&](caf::expected<actors::write_outcome> r) {
+                   got.set_value(std::move(r));
+                 }});
+  auto f = got.get_future();
+  REQUIRE(f.wait_for(std::chrono::seconds{20}) == std::future_status::ready);
+  auto r = f.get();
+  REQUIRE_FALSE(r);
+  CHECK(is_error(r.error(), todo::todo_errc::invalid_description));
+  CHECK(log->stream_version(stream_of(id)).value() == 1);
 }

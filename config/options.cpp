@@ -19,6 +19,9 @@ options::options() {
     .add(http_admin_token, "admin-token", "bearer token for /admin routes (default none)")
     .add(http_static_dir, "static-dir", "OpenAPI, Swagger UI and /ui files (default <binary dir>/static)")
     .add(http_read_timeout_ms, "read-timeout-ms", "idle/read/write timeout per connection (default 30000)")
+    .add(http_request_timeout_ms, "request-timeout-ms",
+         "longest wait for the server's own answer to a request before it answers 503 "
+         "(default 60000; above the longest waitMs of 30000)")
     .add(http_sse_heartbeat_ms, "sse-heartbeat-ms", "SSE heartbeat interval (default 15000)")
     .add(http_sse_max_lag, "sse-max-lag",
          "events a live SSE subscriber may fall behind the head before it is disconnected "

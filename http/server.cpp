@@ -273,7 +273,8 @@ private:
 class session : public std::enable_shared_from_this<session> {
 public:
   session(tcp::socket&& socket, router& r, head_signal& signal)
-    : stream_(std::move(socket)), router_(r), signal_(signal) {}
+    : stream_(std::move(socket)), deadline_(stream_.get_executor()), router_(r),
+      signal_(signal) {}
 
   void run() {
     net::dispatch(stream_.get_executor(),
@@ -338,10 +339,34 @@ private:
     auto executor = stream_.get_executor();
     auto self = shared_from_this();
     auto route = std::make_shared<std::string>();
-    *route = router_.handle(std::move(req), [self, executor, route, started](reply r) {
-      net::post(executor, [self, r = std::move(r), route, started]() mutable {
+    auto request = ++request_no_;
+    *route = router_.handle(std::move(req), [self, executor, route, started, request](reply r) {
+      net::post(executor, [self, r = std::move(r), route, started, request]() mutable {
+        if (self->answered_ >= request)
+          return; // answered by the deadline already
+        self->answered_ = request;
+        self->deadline_.cancel();
         self->send(std::move(r), *route, started);
       });
+    });
+    if (answered_ < request)
+      arm_deadline(request, route, started);
+  }
+
+  /// Answers 503 when the actors have not answered request `request` within
+  /// --http.request-timeout-ms (a stuck disk, say); its late answer is dropped.
+  void arm_deadline(uint64_t request, std::shared_ptr<std::string> route,
+                    std::chrono::steady_clock::time_point started) {
+    deadline_.expires_after(router_.svc().options.request_timeout);
+    deadline_.async_wait([weak = weak_from_this(), request, route, started](beast::error_code ec) {
+      auto self = weak.lock();
+      if (ec || !self || self->answered_ >= request)
+        return;
+      self->answered_ = request;
+      auto r = problem(503, "no answer within the request timeout; a write may or may not have "
+                            "happened: check the stream before retrying");
+      r.header("Retry-After", "1");
+      self->send(std::move(r), *route, started);
     });
   }
 
@@ -406,6 +431,9 @@ private:
   }
 
   beast::tcp_stream stream_;
+  net::steady_timer deadline_;
+  uint64_t request_no_ = 0; // requests read on this connection
+  uint64_t answered_ = 0;   // the last one answered
   beast::flat_buffer buffer_;
   std::optional<bhttp::request_parser<bhttp::string_body>> parser_;
   std::shared_ptr<void> res_;

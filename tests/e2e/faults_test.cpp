@@ -1061,3 +1061,30 @@ TEST_CASE("SIGKILL while the projection catches up a 20 000-event backlog: after
   INFO("batches after the restart: " << batches);
   CHECK(batches <= static_cast<double>(head - observed) / 100.0 + 5);
 }
+
+TEST_CASE("a request the server cannot answer within --http.request-timeout-ms gets a 503 "
+          "problem, and the connection serves the next request",
+          "[e2e][faults][deadline]") {
+  // A read that waits for a position the log will never reach in time: the
+  // projection would answer after waitMs (30 s); the session's deadline
+  // answers first.
+  server s{server_options::with_args({"--http.request-timeout-ms=500"})};
+  http_client c{s.port()};
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = c.get("/todo?minPosition=1000000000&waitMs=30000");
+  auto took = std::chrono::steady_clock::now() - t0;
+  INFO("answer " << r.status << " after "
+                 << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                 << " ms: " << r.body);
+  REQUIRE(r.status == 503);
+  CHECK(r.header("Content-Type").value_or("").rfind("application/problem+json", 0) == 0);
+  CHECK(r.header("Retry-After").has_value());
+  CHECK(r.json_body()["detail"].get<std::string>().find("request timeout") != std::string::npos);
+  CHECK(took >= std::chrono::milliseconds{450});
+  CHECK(took < std::chrono::seconds{10});
+  // Same connection: the late answer of the first request does not leak into this one.
+  auto created = c.post_json("/todo", {{"description", "after a deadline"}});
+  CHECK(created.status == 201);
+  CHECK(c.get("/healthz").status == 200);
+  CHECK(c.connections() == 1);
+}

@@ -68,11 +68,14 @@ function showError(err) {
   if (err && !(err instanceof ApiError)) console.error(err);
 }
 
-/** Runs an async action; a failure is shown in the error box, a success clears it. */
-async function guarded(action) {
+/**
+ * Runs an async action; a failure is shown in the error box. A success of a person's action
+ * clears it; a background refresh (`quiet`) leaves it, so it cannot hide an error just shown.
+ */
+async function guarded(action, quiet = false) {
   try {
     await action();
-    showError(null);
+    if (!quiet) showError(null);
   } catch (e) {
     showError(e);
   }
@@ -188,7 +191,7 @@ async function undoTo(todoId, eventId) {
 let refreshTimer = null;
 function refreshSelectedSoon() {
   clearTimeout(refreshTimer);
-  refreshTimer = setTimeout(() => { if (app.selected) guarded(() => selectStream(app.selected)); }, 150);
+  refreshTimer = setTimeout(() => { if (app.selected) guarded(() => selectStream(app.selected), true); }, 150);
 }
 
 function onLiveEvent(msg) {

@@ -85,6 +85,19 @@ std::optional<reply> query_number(const incoming& req, const std::string& name,
   return std::nullopt;
 }
 
+/// `{"id","description","status","version"}` of a todo state, appended.
+void append_todo_json(std::string& out, const todo::state& s) {
+  out += "{\"id\":";
+  append_json_string(out, s.id);
+  out += ",\"description\":";
+  append_json_string(out, s.description);
+  out += ",\"status\":";
+  append_json_string(out, todo::to_string(s.status));
+  out += ",\"version\":";
+  append_json_uint(out, s.version);
+  out += '}';
+}
+
 json todo_json(const todo::state& s) {
   return {{"id", s.id},
           {"description", s.description},
@@ -464,15 +477,27 @@ router::router(services& svc) : svc_(svc) {
       reader, history_atom_v, key,
       answer_to<actors::todo_history_items>(
         [=](const actors::todo_history_items& items) {
-            json arr = json::array();
-            for (auto& it : items)
-              arr.push_back({{"id", it.event.id},
-                             {"type", it.event.type},
-                             {"version", it.event.version},
-                             {"position", it.event.position},
-                             {"occurredAt", rfc3339(it.event.occurred_at_ms)},
-                             {"snapshot", todo_json(it.state)}});
-            respond(json_reply(200, {{"items", std::move(arr)}}));
+          reply r;
+          r.body = "{\"items\":[";
+          for (auto& it : items) {
+            if (&it != &items.front())
+              r.body += ',';
+            r.body += "{\"id\":";
+            append_json_string(r.body, it.event.id);
+            r.body += ",\"type\":";
+            append_json_string(r.body, it.event.type);
+            r.body += ",\"version\":";
+            append_json_uint(r.body, it.event.version);
+            r.body += ",\"position\":";
+            append_json_uint(r.body, it.event.position);
+            r.body += ",\"occurredAt\":";
+            append_json_string(r.body, rfc3339(it.event.occurred_at_ms));
+            r.body += ",\"snapshot\":";
+            append_todo_json(r.body, it.state);
+            r.body += '}';
+          }
+          r.body += "]}";
+          respond(std::move(r));
         },
         [=](caf::error& err) {
           if (err == storage::storage_errc::stream_not_found)
@@ -512,14 +537,21 @@ router::router(services& svc) : svc_(svc) {
     auto stream = p[0];
     bool all = stream == "$all";
     auto render = [=](const actors::recorded_events& events) {
-      json items = json::array();
+      reply r;
+      r.body = "{\"items\":[";
       size_t n = std::min<size_t>(events.size(), limit);
-      for (size_t i = 0; i < n; ++i)
-        items.push_back(event_json(events[i]));
-      json next = nullptr;
+      for (size_t i = 0; i < n; ++i) {
+        if (i > 0)
+          r.body += ',';
+        append_event_json(r.body, events[i]);
+      }
+      r.body += "],\"next\":";
       if (events.size() > limit)
-        next = all ? events[limit].position : events[limit].version;
-      respond(json_reply(200, {{"items", std::move(items)}, {"next", next}}));
+        append_json_uint(r.body, all ? events[limit].position : events[limit].version);
+      else
+        r.body += "null";
+      r.body += '}';
+      respond(std::move(r));
     };
     auto on_error = [=](caf::error& err) { respond(problem_for(err)); };
     auto done = answer_to<actors::recorded_events>(render, on_error);

@@ -162,9 +162,11 @@ private:
       return;
     }
     for (auto& e : events) {
-      auto j = event_json(e);
-      out_ += "id: " + std::to_string(e.position) + "\ndata: "
-              + j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n\n";
+      out_ += "id: ";
+      append_json_uint(out_, e.position);
+      out_ += "\ndata: ";
+      append_event_json(out_, e);
+      out_ += "\n\n";
       next_ = e.position + 1;
       if (out_.size() >= page_bytes)
         break; // the rest of the page is read again after this is written

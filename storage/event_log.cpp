@@ -13,6 +13,7 @@
 #include <limits>
 #include <map>
 #include <mutex>
+#include <unordered_map>
 
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
@@ -127,6 +128,13 @@ struct event_log::impl {
   /// A write failed: RocksDB may hold a background error that refuses every
   /// later write until `Resume()` succeeds (written only under `write_mutex`).
   bool needs_resume = false;
+  /// Heads of streams appended to since the last failed write, so that an
+  /// append to a stream written recently needs no point read (only under
+  /// `write_mutex`; the log is the only writer of heads). Holds the heads of
+  /// the batch being built too; cleared when a write fails, and when it
+  /// outgrows `head_cache_max` between batches.
+  std::unordered_map<std::string, stream_head> head_cache;
+  static constexpr size_t head_cache_max = 65'536;
 
   /// Point lookup; nullopt when absent, error on I/O failure.
   result<std::optional<std::string>> get(const rocksdb::ReadOptions& ro,
@@ -338,8 +346,10 @@ event_log::append(std::span<const append_request> batch) {
     }
     rocksdb::ReadOptions ro;
     rocksdb::WriteBatch wb;
-    // Heads and idempotency keys written by earlier requests of this batch.
-    std::map<std::string, stream_head, std::less<>> pending_heads;
+    auto& heads = impl_->head_cache;
+    if (heads.size() >= impl::head_cache_max)
+      heads.clear();
+    // Idempotency keys written by earlier requests of this batch.
     std::map<std::string, idempotency_record, std::less<>> pending_keys;
     const uint64_t first_free = impl_->head.load(std::memory_order_relaxed) + 1;
     uint64_t next = first_free;
@@ -397,7 +407,7 @@ event_log::append(std::span<const append_request> batch) {
       }
 
       stream_head head;
-      if (auto i = pending_heads.find(req.stream); i != pending_heads.end()) {
+      if (auto i = heads.find(req.stream); i != heads.end()) {
         head = i->second;
       } else {
         auto stored = impl_->get_head(ro, req.stream);
@@ -443,7 +453,7 @@ event_log::append(std::span<const append_request> batch) {
         wb.Put(keys::idempotency_key(claim.key), keys::encode_idempotency(rec));
         pending_keys.insert_or_assign(claim.key, std::move(rec));
       }
-      pending_heads.insert_or_assign(req.stream, after);
+      heads.insert_or_assign(req.stream, after);
       results.emplace_back(append_result{req.stream, after.version, first_position,
                                          after.last_position, false});
     }
@@ -458,6 +468,7 @@ event_log::append(std::span<const append_request> batch) {
       storage_error err{storage_errc::not_writable, "write: " + st.ToString()};
       for (auto& r : results)
         r = err;
+      heads.clear(); // it holds this batch's heads, which did not become durable
       impl_->needs_resume = true;
       // Positions stay unconsumed, unless the batch reached the log after all
       // (e.g. WAL written, fsync failed): then never hand them out again.
@@ -472,6 +483,9 @@ event_log::append(std::span<const append_request> batch) {
   } catch (...) {
     results.assign(batch.size(), unexpected(storage_errc::not_writable, "unknown"));
   }
+  // Nothing was written: forget the heads this batch had assumed.
+  std::lock_guard<std::mutex> guard{impl_->write_mutex};
+  impl_->head_cache.clear();
   return results;
 }
 

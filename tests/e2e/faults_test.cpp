@@ -641,7 +641,9 @@ TEST_CASE("once space is freed the next write succeeds (the store resumes on the
   auto filler = fs.dir() + "/filler";
   server s{server_options::with_args({"--storage.dir=" + store})};
   http_client c{s.port()};
-  REQUIRE(c.post_json("/todo", {{"description", "before the disk fills"}}).status == 201);
+  auto first = c.post_json("/todo", {{"description", "before the disk fills"}});
+  REQUIRE(first.status == 201);
+  auto todo_id = first.json_body()["id"].get<std::string>();
   fill_disk(filler, 160 * 1024);
 
   // One writer, stopping at the first 503 (fewer chances for the abort above).
@@ -650,6 +652,11 @@ TEST_CASE("once space is freed the next write succeeds (the store resumes on the
   INFO("eventsd output:\n" << s.output().substr(s.output().size() > 3000 ? s.output().size() - 3000 : 0));
   REQUIRE_FALSE(died);
   REQUIRE(writes.back().status == 503);
+  // A refused write to an existing todo: afterwards its stream must still be
+  // at version 1 for the writer too (the log caches recent stream heads).
+  auto refused = c.put("/todo/" + todo_id + "/done");
+  INFO("PUT done while full: " << refused.status << " " << refused.body);
+  CHECK(refused.status == 503);
   auto while_full = read_all(c);
   check_log_against(while_full, writes);
 
@@ -674,6 +681,10 @@ TEST_CASE("once space is freed the next write succeeds (the store resumes on the
                                            << " ms");
   REQUIRE(resumed);
   CHECK(ack_of(r).position == while_full.size() + 1);
+  auto done = c.put("/todo/" + todo_id + "/done");
+  INFO("PUT done after the store resumed: " << done.status << " " << done.body);
+  CHECK(done.status == 200);
+  CHECK(ack_of(done).version == 2);
 
   s.stop();
   s.start();

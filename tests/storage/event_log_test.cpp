@@ -2,7 +2,9 @@
 #include "storage/event_log.hpp"
 
 #include <atomic>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -10,7 +12,9 @@
 #include <thread>
 #include <vector>
 
+#include <sys/mount.h>
 #include <sys/resource.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -584,6 +588,67 @@ TEST_CASE("a failed write fails every request of the batch and consumes no posit
   auto res = append_one(*log, request("todo-2", no_stream, 1));
   CHECK(res.first_position == 3);
   CHECK(positions_of(log->read_all(1, 100).value()) == range(1, 3));
+}
+
+TEST_CASE("a write that fails on a full disk leaves no stream head behind: once space is "
+          "back, appends are judged on the durable heads") {
+  // The log keeps the heads of streams it wrote recently, so that an append
+  // needs no read; the heads of a batch that did not become durable must go.
+  temp_dir dir;
+  auto mnt = dir.path() / "fs";
+  fs::create_directories(mnt);
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=8m,mode=0755") != 0) {
+    WARN("skipped: cannot mount a tmpfs here (" << std::strerror(errno) << "); needs root");
+    return;
+  }
+  struct unmount {
+    fs::path p;
+    ~unmount() { ::umount2(p.c_str(), MNT_DETACH); }
+  } unmount_at_end{mnt};
+  log_options opts;
+  opts.dir = (mnt / "db").string();
+  opts.block_cache_mb = 8;
+  auto opened = event_log::open(opts);
+  REQUIRE(opened);
+  auto log = std::move(opened).value();
+  append_one(*log, request("todo-1", no_stream, 1)); // todo-1 at version 1
+
+  // Fill the disk, then append to todo-1 with an event too big for what is left.
+  auto filler = mnt / "filler";
+  {
+    struct statvfs st{};
+    REQUIRE(::statvfs(mnt.c_str(), &st) == 0);
+    std::ofstream out{filler, std::ios::binary};
+    std::string chunk(64 * 1024, '\0');
+    for (uint64_t left = st.f_bavail * st.f_frsize; left > 16 * 1024; left -= chunk.size())
+      if (!out.write(chunk.data(), static_cast<std::streamsize>(chunk.size())))
+        break;
+  }
+  auto too_big = request("todo-1", 1, 1, 2);
+  too_big.events[0].data = std::string(256 * 1024, 'x');
+  auto failed = log->append(std::span{&too_big, 1});
+  REQUIRE(failed.size() == 1);
+  REQUIRE_FALSE(failed[0]);
+  CHECK(failed[0].error().code == storage_errc::not_writable);
+
+  // Space is back: todo-1 is still at version 1. (RocksDB may refuse a few
+  // more writes while it resumes; those fail as not writable, never as
+  // version conflicts.)
+  fs::remove(filler);
+  auto retry = request("todo-1", 1, 1, 3);
+  auto results = log->append(std::span{&retry, 1});
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{10};
+  while (!results[0] && results[0].error().code == storage_errc::not_writable
+         && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds{100});
+    results = log->append(std::span{&retry, 1});
+  }
+  INFO((results[0] ? std::string{"appended"} : results[0].error().detail));
+  REQUIRE(results[0]);
+  CHECK(results[0]->version == 2);
+  auto next = request("todo-1", 2, 1, 4);
+  CHECK(append_one(*log, next).version == 3);
+  CHECK(log->stream_version("todo-1").value() == 3);
 }
 
 TEST_CASE("readers see a gap-free prefix of $all while a writer appends") {

@@ -40,7 +40,9 @@ options::options() {
     .add(projection_mode, "mode", "eventual (default), unit-of-work, on-demand or scheduled")
     .add(projection_uow_timeout_ms, "uow-timeout-ms", "unit-of-work wait before answering 202 (default 5000)")
     .add(projection_interval_ms, "interval-ms", "scheduled mode period (default 1000)")
-    .add(projection_batch_size, "batch-size", "most events per read-model transaction (default 1000)");
+    .add(projection_batch_size, "batch-size", "most events per read-model transaction (default 1000)")
+    .add(projection_rebuild_batch_size, "rebuild-batch-size",
+         "most events per transaction of a rebuild (default 5000)");
   opt_group{custom_options_, "actors"}
     .add(actors_idle_timeout_s, "idle-timeout", "seconds before an idle aggregate actor stops (default 60)")
     .add(actors_max_live, "max-live", "most live aggregate actors (default 1000000)")
@@ -105,8 +107,10 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
     return "invalid --actors.max-live/--actors.shards: expected at least 1";
   if (opts.postgres_readers == 0 || opts.actors_log_readers == 0)
     return "invalid reader count: expected at least 1";
-  if (opts.projection_interval_ms == 0 || opts.projection_batch_size == 0)
-    return "invalid --projection.interval-ms/--projection.batch-size: expected at least 1";
+  if (opts.projection_interval_ms == 0 || opts.projection_batch_size == 0
+      || opts.projection_rebuild_batch_size == 0)
+    return "invalid --projection.interval-ms/--projection.batch-size/"
+           "--projection.rebuild-batch-size: expected at least 1";
   if (!opts.rebuild.empty() && opts.rebuild != "todos")
     return "invalid --rebuild `" + opts.rebuild + "`: the only projection is todos";
   return std::nullopt;

@@ -160,10 +160,13 @@ TEST_CASE("GET /admin/projections: name, mode, position, head, lag, state", "[ht
 TEST_CASE("POST /admin/projections/todos/rebuild: 202, progress visible, reads keep working, "
           "the rebuilt read model equals the old one",
           "[http][admin][rebuild]") {
-  server s{server_options::with_args({"--http.admin-token=secret"})};
+  // Rebuild transactions of 200 events: 32 steps for the 6400 events below,
+  // so that the poller sees the rebuild part of the way through.
+  server s{server_options::with_args(
+    {"--http.admin-token=secret", "--projection.rebuild-batch-size=200"})};
   http_client c{s.port()};
 
-  // More events than one rebuild batch (5000), so the rebuild takes several steps.
+  // Many more events than one rebuild batch, so the rebuild takes several steps.
   std::vector<std::string> sample_ids;
   auto batch = parallel_writes(s.port(), 4, 1600, [](http_client& w, size_t t, size_t i) {
     static thread_local std::string id;

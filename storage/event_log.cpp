@@ -25,6 +25,7 @@
 #include <rocksdb/slice.h>
 #include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
+#include <rocksdb/write_buffer_manager.h>
 #include <rocksdb/write_batch.h>
 
 #include "storage/keys.hpp"
@@ -284,7 +285,15 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
   options.memtable_insert_with_hint_prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(1));
 
   rocksdb::BlockBasedTableOptions table;
-  table.block_cache = rocksdb::NewLRUCache(opts.block_cache_mb << 20);
+  const size_t cache_bytes = opts.block_cache_mb << 20;
+  table.block_cache = rocksdb::NewLRUCache(cache_bytes);
+  // Memtables are charged to the block cache, so RocksDB's memory has one
+  // budget, --storage.block-cache-mb, whatever the load: memtables take at
+  // most half of it (32 MiB at least) and are flushed early when they would
+  // take more; cached blocks have the rest. Without this a write-heavy 10 M
+  // store held a full cache plus up to 3 × 64 MiB of memtables.
+  options.write_buffer_manager = std::make_shared<rocksdb::WriteBufferManager>(
+    std::max<size_t>(cache_bytes / 2, size_t{32} << 20), table.block_cache);
   // Point lookups (stream heads, event ids, idempotency keys) mostly miss on
   // new keys; a bloom filter answers those without touching data blocks.
   table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));

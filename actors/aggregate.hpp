@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
-#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -270,9 +269,13 @@ aggregate(aggregate_pointer<A> self, const std::string& id,
 /// Where a registry shard keeps one live aggregate.
 template <class A>
 struct registry_entry {
+  using node = std::pair<const std::string, registry_entry>; ///< a node of the shard's map
   aggregate_actor<A> handle;
-  typename std::list<const std::string*>::iterator lru; // position in the recency list
   std::chrono::steady_clock::time_point last_used;
+  /// The recency list, threaded through the map's nodes (they never move):
+  /// no allocation of its own per live aggregate.
+  node* newer = nullptr;
+  node* older = nullptr;
 };
 
 /// A command that arrived while its aggregate was stopping.
@@ -285,9 +288,11 @@ struct queued_command {
 
 template <class A>
 struct registry_state {
+  using node = typename registry_entry<A>::node;
   std::unordered_map<std::string, registry_entry<A>> live;
-  /// Keys of `live`, front = most recently used (node keys never move).
-  std::list<const std::string*> recency;
+  /// Ends of the recency list of `live`.
+  node* newest = nullptr;
+  node* oldest = nullptr;
   /// Aggregates told to stop that have not stopped yet, with the commands
   /// that arrived meanwhile (they go to the successor, in order).
   std::unordered_map<std::string, std::vector<queued_command<A>>> stopping;
@@ -296,12 +301,48 @@ struct registry_state {
   /// Stops the aggregate `i` points at. Messages delegated to it earlier
   /// precede the passivate message in its mailbox, so none is lost; later
   /// ones wait in `stopping` until it has stopped.
-  template <class Self, class Iter>
-  void passivate(Self* self, Iter i) {
-    self->send(i->second.handle, passivate_atom_v);
-    stopping.try_emplace(i->first);
-    recency.erase(i->second.lru);
-    live.erase(i);
+  template <class Self>
+  void passivate(Self* self, node* n) {
+    self->send(n->second.handle, passivate_atom_v);
+    stopping.try_emplace(n->first);
+    unlink(n);
+    live.erase(live.find(n->first));
+  }
+
+  /// Adds the live aggregate `id` as the most recently used.
+  node* add(const std::string& id, aggregate_actor<A> handle) {
+    auto i = live.emplace(id, registry_entry<A>{std::move(handle),
+                                                std::chrono::steady_clock::now()})
+               .first;
+    push_front(&*i);
+    return &*i;
+  }
+
+  /// Marks `n` as the most recently used.
+  void touch(node* n) {
+    n->second.last_used = std::chrono::steady_clock::now();
+    if (n != newest) {
+      unlink(n);
+      push_front(n);
+    }
+  }
+
+private:
+  void push_front(node* n) {
+    n->second.newer = nullptr;
+    n->second.older = newest;
+    if (newest)
+      newest->second.newer = n;
+    newest = n;
+    if (!oldest)
+      oldest = n;
+  }
+
+  void unlink(node* n) {
+    auto& e = n->second;
+    (e.newer ? e.newer->second.older : newest) = e.older;
+    (e.older ? e.older->second.newer : oldest) = e.newer;
+    e.newer = e.older = nullptr;
   }
 };
 
@@ -332,21 +373,13 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
     auto& st = self->state;
     if (st.stopping.count(id))
       return nullptr;
-    auto now = std::chrono::steady_clock::now();
-    auto i = st.live.find(id);
-    if (i == st.live.end()) {
-      while (st.live.size() >= max_live && !st.recency.empty())
-        st.passivate(self, st.live.find(*st.recency.back()));
-      auto handle = self->spawn(aggregate<A>, id, env, creates);
-      i = st.live.emplace(id, registry_entry<A>{handle, {}, now}).first;
-      st.recency.push_front(&i->first);
-      i->second.lru = st.recency.begin();
-    } else {
-      if (i->second.lru != st.recency.begin())
-        st.recency.splice(st.recency.begin(), st.recency, i->second.lru);
-      i->second.last_used = now;
+    if (auto i = st.live.find(id); i != st.live.end()) {
+      st.touch(&*i);
+      return &i->second.handle;
     }
-    return &i->second.handle;
+    while (st.live.size() >= max_live && st.oldest)
+      st.passivate(self, st.oldest);
+    return &st.add(id, self->spawn(aggregate<A>, id, env, creates))->second.handle;
   };
   return {
     [=](execute_atom, const std::string& id, typename A::command_type& cmd,
@@ -373,7 +406,7 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
       auto i = st.live.find(id);
       if (i != st.live.end()
           && caf::actor_cast<caf::strong_actor_ptr>(i->second.handle) == self->current_sender())
-        st.passivate(self, i);
+        st.passivate(self, &*i);
     },
     [=](stopped_atom, const std::string& id) {
       auto& st = self->state;
@@ -384,11 +417,7 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
       st.stopping.erase(q);
       if (waiting.empty())
         return;
-      auto handle = self->spawn(aggregate<A>, id, env, false);
-      auto i = st.live.emplace(id, registry_entry<A>{handle, {}, std::chrono::steady_clock::now()})
-                 .first;
-      st.recency.push_front(&i->first);
-      i->second.lru = st.recency.begin();
+      auto handle = st.add(id, self->spawn(aggregate<A>, id, env, false))->second.handle;
       for (auto& w : waiting) {
         if (auto rp = std::get_if<caf::typed_response_promise<write_outcome>>(&w.reply))
           rp->delegate(handle, execute_atom_v, std::move(w.cmd), std::move(w.cond));
@@ -400,12 +429,8 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
     [=](tick_atom) {
       auto& st = self->state;
       auto cutoff = std::chrono::steady_clock::now() - opts.idle_timeout;
-      while (!st.recency.empty()) {
-        auto i = st.live.find(*st.recency.back());
-        if (i->second.last_used > cutoff)
-          break;
-        st.passivate(self, i);
-      }
+      while (st.oldest && st.oldest->second.last_used <= cutoff)
+        st.passivate(self, st.oldest);
       self->delayed_send(self, sweep_every, tick_atom_v);
     },
     [=](stats_atom) -> uint64_t { return self->state.live.size(); },

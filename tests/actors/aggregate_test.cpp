@@ -666,3 +666,34 @@ TEST_CASE("a refused command carrying a write_reply gets the refusal and appends
   CHECK(is_error(r.error(), todo::todo_errc::invalid_description));
   CHECK(log->stream_version(stream_of(id)).value() == 1);
 }
+
+TEST_CASE("above max_live the least recently used aggregate is the one passivated",
+          "[aggregate][passivation]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  actors::runtime_options ropts;
+  ropts.max_live = 3;
+  ropts.shards = 1;
+  runtime rt{log.get(), ropts};
+  auto& activations = core::metrics::instance().aggregate_activations;
+  auto a = core::make_uuid(), b = core::make_uuid(), c = core::make_uuid(),
+       d = core::make_uuid();
+  REQUIRE_OK(rt.execute(a, todo::create{"todo a"}));
+  REQUIRE_OK(rt.execute(b, todo::create{"todo b"}));
+  REQUIRE_OK(rt.execute(c, todo::create{"todo c"}));
+  // Touch a and c: the use order, oldest first, is now b, a, c.
+  REQUIRE_OK(rt.execute(a, todo::put_in_progress{}));
+  REQUIRE_OK(rt.execute(c, todo::put_in_progress{}));
+  REQUIRE_OK(rt.execute(d, todo::create{"todo d"})); // evicts b, the least recently used
+  CHECK(rt.live() == 3);
+
+  auto before = activations.value();
+  REQUIRE_OK(rt.execute(a, todo::mark_done{})); // still live: no activation
+  REQUIRE_OK(rt.execute(c, todo::mark_done{}));
+  REQUIRE_OK(rt.execute(d, todo::put_in_progress{}));
+  CHECK(activations.value() == before);
+  REQUIRE_OK(rt.execute(b, todo::mark_done{})); // was passivated: activated again, state kept
+  CHECK(activations.value() == before + 1);
+  CHECK(fold(*log, b).status == todo::status::done);
+  CHECK(rt.live() == 3);
+}

@@ -31,7 +31,7 @@ options::options() {
     .add(storage_sync, "sync", "fsync (default, durable) or none (UNSAFE: loses acknowledged writes on power loss)")
     .add(storage_max_batch, "max-batch", "most appends per group commit (default 512)")
     .add(storage_max_wait_us, "max-wait-us", "extra wait for a batch to fill, in microseconds (default 0)")
-    .add(storage_block_cache_mb, "block-cache-mb", "RocksDB block cache (default 256)")
+    .add(storage_block_cache_mb, "block-cache-mb", "RocksDB memory: block cache, memtables charged to it (default 128)")
     .add(storage_idempotency_retention_s, "idempotency-retention-s", "how long Idempotency-Key answers are kept (default 86400)");
   opt_group{custom_options_, "postgres"}
     .add(postgres_dsn, "dsn", "libpq conninfo of the read model (env EVENTSD_POSTGRES_DSN)")

@@ -39,7 +39,7 @@ public:
   std::string storage_sync = "fsync";
   size_t storage_max_batch = 512;
   size_t storage_max_wait_us = 0;
-  size_t storage_block_cache_mb = 256;
+  size_t storage_block_cache_mb = 128;
   size_t storage_idempotency_retention_s = 24 * 3600;
 
   // [postgres]

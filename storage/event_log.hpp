@@ -98,7 +98,7 @@ struct stream_summary {
 struct log_options {
   std::string dir;              ///< RocksDB directory; created when missing
   bool sync = true;             ///< fsync the WAL on every append batch (unsafe when false)
-  size_t block_cache_mb = 256;  ///< RocksDB block cache size
+  size_t block_cache_mb = 128;  ///< RocksDB block cache, memtables charged to it (MiB)
 };
 
 /// The append-only event log: streams, the global `$all` order, idempotency

@@ -19,8 +19,6 @@ namespace {
 using json = nlohmann::json;
 using namespace std::chrono_literals;
 
-constexpr auto actor_timeout = std::chrono::seconds{30};
-
 /// A completion for an actor's answer: `on_value(const T&)` or
 /// `on_error(caf::error&)`, run on the answering actor's thread.
 template <class T, class OnValue, class OnError>

@@ -24,7 +24,6 @@ namespace beast = boost::beast;
 namespace bhttp = beast::http;
 namespace net = boost::asio;
 using tcp = net::ip::tcp;
-using namespace std::chrono_literals;
 
 namespace {
 

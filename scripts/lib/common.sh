@@ -9,7 +9,7 @@ export EVENTSD_ROOT
 # Debian packages the build, the tests and the benchmarks need.
 EVENTSD_PACKAGES=(
   build-essential cmake ninja-build
-  libcaf-dev librocksdb-dev libboost-dev libboost-system-dev libpq-dev
+  libcaf-dev librocksdb-dev libboost-dev libboost-system-dev libpq-dev libtcmalloc-minimal4
   catch2 nlohmann-json3-dev
   postgresql-15 postgresql-client-15 postgresql-contrib
   curl nodejs npm wrk rocksdb-tools bc chromium prometheus

@@ -269,7 +269,7 @@ aggregate(aggregate_pointer<A> self, const std::string& id,
 /// Where a registry shard keeps one live aggregate.
 template <class A>
 struct registry_entry {
-  using node = std::pair<const std::string, registry_entry>; ///< a node of the shard's map
+  using node = std::pair<const typename A::key_type, registry_entry>; ///< a node of the shard's map
   aggregate_actor<A> handle;
   std::chrono::steady_clock::time_point last_used;
   /// The recency list, threaded through the map's nodes (they never move):
@@ -286,16 +286,20 @@ struct queued_command {
   std::variant<caf::typed_response_promise<write_outcome>, write_reply> reply;
 };
 
+/// A registry shard keys its maps by `A::key_type`, a compact form of the id
+/// (`A::key_of`): a live aggregate must stay small, and a heap-allocated
+/// string key with a cached hash cost ~60 bytes more per entry.
 template <class A>
 struct registry_state {
+  using key = typename A::key_type;
   using node = typename registry_entry<A>::node;
-  std::unordered_map<std::string, registry_entry<A>> live;
+  std::unordered_map<key, registry_entry<A>, typename A::key_hash> live;
   /// Ends of the recency list of `live`.
   node* newest = nullptr;
   node* oldest = nullptr;
   /// Aggregates told to stop that have not stopped yet, with the commands
   /// that arrived meanwhile (they go to the successor, in order).
-  std::unordered_map<std::string, std::vector<queued_command<A>>> stopping;
+  std::unordered_map<key, std::vector<queued_command<A>>, typename A::key_hash> stopping;
   static inline const char* name = "aggregate_registry";
 
   /// Stops the aggregate `i` points at. Messages delegated to it earlier
@@ -309,9 +313,9 @@ struct registry_state {
     live.erase(live.find(n->first));
   }
 
-  /// Adds the live aggregate `id` as the most recently used.
-  node* add(const std::string& id, aggregate_actor<A> handle) {
-    auto i = live.emplace(id, registry_entry<A>{std::move(handle),
+  /// Adds the live aggregate `k` as the most recently used.
+  node* add(const key& k, aggregate_actor<A> handle) {
+    auto i = live.emplace(k, registry_entry<A>{std::move(handle),
                                                 std::chrono::steady_clock::now()})
                .first;
     push_front(&*i);
@@ -367,57 +371,74 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
       self->send_exit(entry.handle, msg.reason);
     self->quit(msg.reason);
   });
-  // The live aggregate `id`, spawned when needed; nullptr while the
-  // previous instance is stopping (the caller queues the command).
-  auto route = [=](const std::string& id, bool creates) -> const aggregate_actor<A>* {
+  // The live aggregate `id` (key `k`), spawned when needed; nullptr while
+  // the previous instance is stopping (the caller queues the command).
+  auto route = [=](const typename A::key_type& k, const std::string& id,
+                   bool creates) -> const aggregate_actor<A>* {
     auto& st = self->state;
-    if (st.stopping.count(id))
+    if (st.stopping.count(k))
       return nullptr;
-    if (auto i = st.live.find(id); i != st.live.end()) {
+    if (auto i = st.live.find(k); i != st.live.end()) {
       st.touch(&*i);
       return &i->second.handle;
     }
     while (st.live.size() >= max_live && st.oldest)
       st.passivate(self, st.oldest);
-    return &st.add(id, self->spawn(aggregate<A>, id, env, creates))->second.handle;
+    return &st.add(k, self->spawn(aggregate<A>, id, env, creates))->second.handle;
+  };
+  auto invalid = [](const std::string& id) {
+    return caf::make_error(core::runtime_errc::invalid_id, id);
   };
   return {
     [=](execute_atom, const std::string& id, typename A::command_type& cmd,
         write_conditions& cond) -> caf::typed_response_promise<write_outcome> {
       auto rp = self->template make_response_promise<write_outcome>();
-      if (auto handle = route(id, A::creates(cmd)))
+      auto k = A::key_of(id);
+      if (!k)
+        rp.deliver(invalid(id));
+      else if (auto handle = route(*k, id, A::creates(cmd)))
         return rp.delegate(*handle, execute_atom_v, std::move(cmd), std::move(cond));
-      self->state.stopping[id].push_back(
-        queued_command<A>{std::move(cmd), std::move(cond), rp});
+      else
+        self->state.stopping[*k].push_back(
+          queued_command<A>{std::move(cmd), std::move(cond), rp});
       return rp;
     },
     [=](execute_atom, const std::string& id, typename A::command_type& cmd,
         write_conditions& cond, write_reply& reply) {
-      if (auto handle = route(id, A::creates(cmd)))
+      auto k = A::key_of(id);
+      if (!k)
+        return reply(invalid(id));
+      if (auto handle = route(*k, id, A::creates(cmd)))
         return self->send(*handle, execute_atom_v, std::move(cmd), std::move(cond),
                           std::move(reply));
-      self->state.stopping[id].push_back(
+      self->state.stopping[*k].push_back(
         queued_command<A>{std::move(cmd), std::move(cond), std::move(reply)});
     },
     [=](idle_atom, const std::string& id) {
       // The aggregate asked to stop (nothing to keep, stale, or recovery
       // failed); ignore the request of an instance that is already gone.
       auto& st = self->state;
-      auto i = st.live.find(id);
+      auto k = A::key_of(id);
+      if (!k)
+        return;
+      auto i = st.live.find(*k);
       if (i != st.live.end()
           && caf::actor_cast<caf::strong_actor_ptr>(i->second.handle) == self->current_sender())
         st.passivate(self, &*i);
     },
     [=](stopped_atom, const std::string& id) {
       auto& st = self->state;
-      auto q = st.stopping.find(id);
+      auto k = A::key_of(id);
+      if (!k)
+        return;
+      auto q = st.stopping.find(*k);
       if (q == st.stopping.end())
         return;
       auto waiting = std::move(q->second);
       st.stopping.erase(q);
       if (waiting.empty())
         return;
-      auto handle = st.add(id, self->spawn(aggregate<A>, id, env, false))->second.handle;
+      auto handle = st.add(*k, self->spawn(aggregate<A>, id, env, false))->second.handle;
       for (auto& w : waiting) {
         if (auto rp = std::get_if<caf::typed_response_promise<write_outcome>>(&w.reply))
           rp->delegate(handle, execute_atom_v, std::move(w.cmd), std::move(w.cond));

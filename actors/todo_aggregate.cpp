@@ -1,5 +1,7 @@
 #include "actors/todo_aggregate.hpp"
 
+#include <cstring>
+
 namespace eventsd::actors {
 
 namespace {
@@ -12,7 +14,42 @@ storage::storage_error undecodable(const storage::recorded_event& e) {
   return {storage::storage_errc::corrupted, "undecodable event " + e.id + " in " + e.stream};
 }
 
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  return -1; // uppercase too: one key must stand for exactly one id string
+}
+
 } // namespace
+
+size_t todo_aggregate::key_hash::operator()(const key_type& k) const noexcept {
+  uint64_t hi = 0, lo = 0;
+  std::memcpy(&hi, k.data(), 8);
+  std::memcpy(&lo, k.data() + 8, 8);
+  return static_cast<size_t>((lo ^ (hi * 0x9E3779B97F4A7C15ULL)) * 0xBF58476D1CE4E5B9ULL);
+}
+
+std::optional<todo_aggregate::key_type> todo_aggregate::key_of(std::string_view id) {
+  if (id.size() != 36)
+    return std::nullopt;
+  key_type k{};
+  size_t nibble = 0;
+  for (size_t i = 0; i < id.size(); ++i) {
+    if (i == 8 || i == 13 || i == 18 || i == 23) {
+      if (id[i] != '-')
+        return std::nullopt;
+      continue;
+    }
+    auto v = hex_digit(id[i]);
+    if (v < 0)
+      return std::nullopt;
+    k[nibble / 2] |= static_cast<unsigned char>(nibble % 2 == 0 ? v << 4 : v);
+    ++nibble;
+  }
+  return k;
+}
 
 storage::result<std::vector<todo_history_item>> todo_history(const storage::event_log& log,
                                                              const std::string& id) {

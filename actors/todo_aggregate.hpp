@@ -2,6 +2,7 @@
 // operations on the log (history, state at an event).
 #pragma once
 
+#include <array>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -26,6 +27,14 @@ struct todo_aggregate {
   using event_type = todo::event;
 
   static constexpr std::string_view stream_prefix = "todo-";
+
+  /// Registry key: a todo id is a canonical (lowercase) UUID, kept as its 16 bytes.
+  using key_type = std::array<unsigned char, 16>;
+  struct key_hash {
+    size_t operator()(const key_type& k) const noexcept;
+  };
+  /// The key of `id`; nullopt when `id` is not a canonical UUID.
+  static std::optional<key_type> key_of(std::string_view id);
 
   static state_type initial(const std::string& id) { return state_type{id, {}, {}, 0}; }
   static uint64_t version(const state_type& s) { return s.version; }

@@ -10,6 +10,8 @@ const char* to_string(runtime_errc x) {
       return "overloaded";
     case runtime_errc::shutting_down:
       return "shutting_down";
+    case runtime_errc::invalid_id:
+      return "invalid_id";
   }
   return "unknown";
 }

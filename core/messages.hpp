@@ -24,6 +24,7 @@ enum class runtime_errc : uint8_t {
   precondition_failed = 1, ///< `If-Match` differs from the current version
   overloaded,              ///< the runtime cannot take more work now
   shutting_down,           ///< the server is stopping
+  invalid_id,              ///< not an id of the aggregate type (e.g. a todo id is a UUID)
 };
 
 /// Stable lowercase name of `x`.

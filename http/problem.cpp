@@ -123,6 +123,8 @@ reply problem_for(const caf::error& err) {
           r.header("ETag", "\"" + detail + "\"");
         return r;
       }
+      case core::runtime_errc::invalid_id:
+        return problem(404, "no aggregate has the id " + detail);
       case core::runtime_errc::overloaded:
       case core::runtime_errc::shutting_down:
         return unavailable(core::to_string(static_cast<core::runtime_errc>(err.code())));

@@ -697,3 +697,19 @@ TEST_CASE("above max_live the least recently used aggregate is the one passivate
   CHECK(fold(*log, b).status == todo::status::done);
   CHECK(rt.live() == 3);
 }
+
+TEST_CASE("a command for an id that is not a canonical UUID is refused as invalid_id, "
+          "and spawns nothing",
+          "[aggregate][key]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  for (std::string id : {"not-a-uuid", "0192F0C1-4F4E-7A7B-9A51-0D1C2B3A4F5E"}) {
+    auto r = rt.execute(id, todo::create{"never"});
+    INFO(id << ": " << r.rendered);
+    REQUIRE_FALSE(r);
+    CHECK(is_error(r.error, core::runtime_errc::invalid_id));
+  }
+  CHECK(rt.live() == 0);
+  CHECK(log->head() == 0);
+}

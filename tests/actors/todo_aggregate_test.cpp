@@ -2,6 +2,7 @@
 // undo through the registry, on a real RocksDB and a real actor system.
 #include "actors/todo_aggregate.hpp"
 
+#include <set>
 #include <string>
 #include <vector>
 
@@ -188,4 +189,33 @@ TEST_CASE("undo through the runtime appends one event restoring the state after 
     CHECK(is_error(refused.error, todo::todo_errc::unknown_event));
     CHECK(log->head() == head);
   }
+}
+
+TEST_CASE("a todo's registry key is its UUID's 16 bytes; anything but a canonical UUID has none",
+          "[todo][key]") {
+  using actors::todo_aggregate;
+  auto k = todo_aggregate::key_of("0192f0c1-4f4e-7a7b-9a51-0d1c2b3a4f5e");
+  REQUIRE(k);
+  CHECK((*k)[0] == 0x01);
+  CHECK((*k)[1] == 0x92);
+  CHECK((*k)[15] == 0x5e);
+  // One key per id string: the uppercase spelling is not accepted (the gateway normalises).
+  CHECK_FALSE(todo_aggregate::key_of("0192F0C1-4F4E-7A7B-9A51-0D1C2B3A4F5E"));
+  CHECK_FALSE(todo_aggregate::key_of("0192f0c14f4e7a7b9a510d1c2b3a4f5e"));
+  CHECK_FALSE(todo_aggregate::key_of("0192f0c1-4f4e-7a7b-9a51-0d1c2b3a4f5"));
+  CHECK_FALSE(todo_aggregate::key_of("0192f0c1-4f4e-7a7b-9a51-0d1c2b3a4f5g"));
+  CHECK_FALSE(todo_aggregate::key_of("0192f0c1+4f4e-7a7b-9a51-0d1c2b3a4f5e"));
+  CHECK_FALSE(todo_aggregate::key_of(""));
+  // Distinct ids, distinct keys (and hashes that spread).
+  std::set<todo_aggregate::key_type> keys;
+  std::set<size_t> hashes;
+  for (int i = 0; i < 1000; ++i) {
+    auto id = core::make_uuid();
+    auto key = todo_aggregate::key_of(id);
+    REQUIRE(key);
+    keys.insert(*key);
+    hashes.insert(todo_aggregate::key_hash{}(*key));
+  }
+  CHECK(keys.size() == 1000);
+  CHECK(hashes.size() == 1000);
 }

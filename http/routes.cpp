@@ -103,9 +103,17 @@ json todo_json(const todo::state& s) {
           {"version", s.version}};
 }
 
-json row_json(const projections::todo_row& r) {
-  return {{"id", r.id}, {"description", r.description}, {"status", r.status},
-          {"version", r.version}};
+/// `{"id","description","status","version"}` of a read-model row, appended.
+void append_row_json(std::string& out, const projections::todo_row& r) {
+  out += "{\"id\":";
+  append_json_string(out, r.id);
+  out += ",\"description\":";
+  append_json_string(out, r.description);
+  out += ",\"status\":";
+  append_json_string(out, r.status);
+  out += ",\"version\":";
+  append_json_uint(out, r.version);
+  out += '}';
 }
 
 /// FNV-1a 64 of `s`, as 16 hex digits: the idempotency fingerprint.
@@ -425,11 +433,19 @@ router::router(services& svc) : svc_(svc) {
         reader, list_atom_v, q,
         answer_to<projections::todo_page>(
           [=](const projections::todo_page& page) {
-            json items = json::array();
-            for (auto& r : page.items)
-              items.push_back(row_json(r));
-            json next = page.next ? json(*page.next) : json(nullptr);
-            auto r = json_reply(200, {{"items", std::move(items)}, {"next", next}});
+            reply r;
+            r.body = "{\"items\":[";
+            for (auto& row : page.items) {
+              if (&row != &page.items.front())
+                r.body += ',';
+              append_row_json(r.body, row);
+            }
+            r.body += "],\"next\":";
+            if (page.next)
+              append_json_string(r.body, *page.next);
+            else
+              r.body += "null";
+            r.body += '}';
             r.header("X-Read-Model-Position", std::to_string(page.position));
             respond(std::move(r));
           },
@@ -448,7 +464,8 @@ router::router(services& svc) : svc_(svc) {
         reader, fetch_atom_v, key,
         answer_to<projections::todo_answer>(
           [=](const projections::todo_answer& a) {
-            auto r = json_reply(200, row_json(a.row));
+            reply r;
+            append_row_json(r.body, a.row);
             r.header("X-Read-Model-Position", std::to_string(a.position));
             r.header("ETag", "\"" + std::to_string(a.row.version) + "\"");
             respond(std::move(r));

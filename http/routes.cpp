@@ -83,37 +83,26 @@ std::optional<reply> query_number(const incoming& req, const std::string& name,
   return std::nullopt;
 }
 
-/// `{"id","description","status","version"}` of a todo state, appended.
+/// `{"id","description","status","version"}`: a todo as every route shows it, appended.
+void append_todo_json(std::string& out, std::string_view id, std::string_view description,
+                      std::string_view status, uint64_t version) {
+  out += "{\"id\":";
+  append_json_string(out, id);
+  out += ",\"description\":";
+  append_json_string(out, description);
+  out += ",\"status\":";
+  append_json_string(out, status);
+  out += ",\"version\":";
+  append_json_uint(out, version);
+  out += '}';
+}
+
 void append_todo_json(std::string& out, const todo::state& s) {
-  out += "{\"id\":";
-  append_json_string(out, s.id);
-  out += ",\"description\":";
-  append_json_string(out, s.description);
-  out += ",\"status\":";
-  append_json_string(out, todo::to_string(s.status));
-  out += ",\"version\":";
-  append_json_uint(out, s.version);
-  out += '}';
+  append_todo_json(out, s.id, s.description, todo::to_string(s.status), s.version);
 }
 
-json todo_json(const todo::state& s) {
-  return {{"id", s.id},
-          {"description", s.description},
-          {"status", std::string{todo::to_string(s.status)}},
-          {"version", s.version}};
-}
-
-/// `{"id","description","status","version"}` of a read-model row, appended.
-void append_row_json(std::string& out, const projections::todo_row& r) {
-  out += "{\"id\":";
-  append_json_string(out, r.id);
-  out += ",\"description\":";
-  append_json_string(out, r.description);
-  out += ",\"status\":";
-  append_json_string(out, r.status);
-  out += ",\"version\":";
-  append_json_uint(out, r.version);
-  out += '}';
+void append_todo_json(std::string& out, const projections::todo_row& r) {
+  append_todo_json(out, r.id, r.description, r.status, r.version);
 }
 
 /// FNV-1a 64 of `s`, as 16 hex digits: the idempotency fingerprint.
@@ -438,7 +427,7 @@ router::router(services& svc) : svc_(svc) {
             for (auto& row : page.items) {
               if (&row != &page.items.front())
                 r.body += ',';
-              append_row_json(r.body, row);
+              append_todo_json(r.body, row);
             }
             r.body += "],\"next\":";
             if (page.next)
@@ -465,7 +454,7 @@ router::router(services& svc) : svc_(svc) {
         answer_to<projections::todo_answer>(
           [=](const projections::todo_answer& a) {
             reply r;
-            append_row_json(r.body, a.row);
+            append_todo_json(r.body, a.row);
             r.header("X-Read-Model-Position", std::to_string(a.position));
             r.header("ETag", "\"" + std::to_string(a.row.version) + "\"");
             respond(std::move(r));
@@ -533,7 +522,11 @@ router::router(services& svc) : svc_(svc) {
     auto ev = *event_id;
     caf::anon_send(reader, state_at_atom_v, key, ev,
                    answer_to<todo::state>(
-                     [=](const todo::state& st) { respond(json_reply(200, todo_json(st))); },
+                     [=](const todo::state& st) {
+                       reply r;
+                       append_todo_json(r.body, st);
+                       respond(std::move(r));
+                     },
                      [=](caf::error& err) {
                        if (err == storage::storage_errc::stream_not_found)
                          return respond(problem(404, "todo not found"));

@@ -1,16 +1,10 @@
--- POST /todo at a chosen pace: every connection waits DELAY_MS (fractional:
--- rounded up or down at random so the mean is exact) before each request.
--- The rate is then connections × 1000 / (DELAY_MS + latency ms); scripts/bench
--- calibrates DELAY_MS for a target rate.
+-- POST /todo (the request of post_todo.lua) at a chosen pace: every connection
+-- waits DELAY_MS (fractional: rounded up or down at random so the mean is
+-- exact) before each request. The rate is then connections × 1000 /
+-- (DELAY_MS + latency ms); scripts/bench calibrates DELAY_MS for a target rate.
 --   wrk -t2 -c64 -d10s -s tests/load/post_paced.lua http://127.0.0.1:PORT -- DELAY_MS
 local dir = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./")
-package.path = dir .. "?.lua;" .. package.path
-local common = require("wrk_common")
-
-wrk.method = "POST"
-wrk.path = "/todo"
-wrk.body = '{"description":"paced benchmark todo"}'
-wrk.headers["Content-Type"] = "application/json"
+dofile(dir .. "post_todo.lua") -- wrk.method/path/body/headers, setup, done
 
 local delay_ms = 0
 
@@ -26,6 +20,3 @@ function delay()
   end
   return whole
 end
-
-setup = common.setup
-done = common.done

@@ -33,6 +33,7 @@ public:
 
   void operator()(T value) const { state_->deliver(std::move(value)); }
   void operator()(caf::error err) const { state_->deliver(std::move(err)); }
+  void operator()(caf::expected<T> r) const { state_->deliver(std::move(r)); }
 
 private:
   struct state {

@@ -397,14 +397,6 @@ projection_actor spawn_projection(caf::actor_system& sys, const storage::event_l
   return sys.spawn<caf::detached>(projection, log, std::move(opts));
 }
 
-template <class T>
-void deliver(caf::expected<T>&& r, const core::reply_to<T>& reply) {
-  if (r)
-    reply(std::move(*r));
-  else
-    reply(std::move(r.error()));
-}
-
 read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::string dsn) {
   return sys.spawn<caf::detached>(
     [](reader_ptr self, std::string dsn) -> read_model_reader_actor::behavior_type {
@@ -449,10 +441,10 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
         },
         [=](list_atom, const todo_query& q) -> caf::result<todo_page> { return list(q); },
         [=](fetch_atom, const std::string& id, const core::reply_to<todo_answer>& reply) {
-          deliver(fetch(id), reply);
+          reply(fetch(id));
         },
         [=](list_atom, const todo_query& q, const core::reply_to<todo_page>& reply) {
-          deliver(list(q), reply);
+          reply(list(q));
         },
       };
     },

@@ -44,7 +44,7 @@ public:
 
   // [postgres]
   std::string postgres_dsn;
-  size_t postgres_readers = 4;
+  size_t postgres_readers = 2;
 
   // [projection]
   std::string projection_mode = "eventual";

@@ -343,8 +343,19 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
   };
 }
 
+/// Largest number of ids in one read-model query.
+constexpr size_t max_fetch_batch = 256;
+
+struct pending_fetch {
+  std::string id;
+  core::reply_to<todo_answer> reply;
+};
+
 struct reader_state {
   std::unique_ptr<todo_read_model> model;
+  /// Lookups received since the last query; answered together by the
+  /// flush message queued behind them.
+  std::vector<pending_fetch> pending;
   static inline const char* name = "todo_read_model_reader";
 };
 
@@ -418,16 +429,34 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
           r = query();
         return r;
       };
-      auto fetch = [self, run](const std::string& id) -> caf::expected<todo_answer> {
-        auto r = run([&] { return self->state.model->get(id); });
-        if (!r.ok()) {
-          // A 404 is a read-model answer too: say how far the model was.
-          if (r.error().code == projection_errc::not_found)
-            if (auto cp = self->state.model->checkpoint(); cp.ok())
-              return caf::make_error(projection_errc::not_found, r.error().detail, *cp);
-          return to_caf(r.error());
+      // Answers every pending lookup with one query per max_fetch_batch ids.
+      auto flush = [self, run] {
+        auto batch = std::move(self->state.pending);
+        self->state.pending.clear();
+        for (size_t from = 0; from < batch.size(); from += max_fetch_batch) {
+          auto to = std::min(batch.size(), from + max_fetch_batch);
+          std::vector<std::string> ids;
+          ids.reserve(to - from);
+          for (size_t i = from; i < to; ++i)
+            ids.push_back(std::move(batch[i].id));
+          auto r = run([&] { return self->state.model->get_many(ids); });
+          for (size_t i = from; i < to; ++i) {
+            auto& reply = batch[i].reply;
+            if (!r.ok())
+              reply(to_caf(r.error()));
+            else if (auto& row = r->rows[i - from])
+              reply(todo_answer{std::move(*row), r->position});
+            else // a 404 is a read-model answer too: it says how far the model was
+              reply(caf::make_error(projection_errc::not_found, "no todo " + ids[i - from],
+                                    r->position));
+          }
         }
-        return std::move(r.value());
+      };
+      auto enqueue = [self](std::string id, core::reply_to<todo_answer> reply) {
+        auto& pending = self->state.pending;
+        pending.push_back(pending_fetch{std::move(id), std::move(reply)});
+        if (pending.size() == 1)
+          self->send(self, flush_atom_v);
       };
       auto list = [self, run](const todo_query& q) -> caf::expected<todo_page> {
         auto r = run([&] { return self->state.model->list(q); });
@@ -436,13 +465,22 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
         return std::move(r.value());
       };
       return {
-        [=](fetch_atom, const std::string& id) -> caf::result<todo_answer> {
-          return fetch(id);
+        [=](fetch_atom, std::string& id) -> caf::result<todo_answer> {
+          auto promise = self->make_response_promise<todo_answer>();
+          enqueue(std::move(id), core::reply_to<todo_answer>{
+                                   [promise](caf::expected<todo_answer> r) mutable {
+                                     if (r)
+                                       promise.deliver(std::move(*r));
+                                     else
+                                       promise.deliver(std::move(r.error()));
+                                   }});
+          return promise;
         },
         [=](list_atom, const todo_query& q) -> caf::result<todo_page> { return list(q); },
-        [=](fetch_atom, const std::string& id, const core::reply_to<todo_answer>& reply) {
-          reply(fetch(id));
+        [=](fetch_atom, std::string& id, core::reply_to<todo_answer>& reply) {
+          enqueue(std::move(id), std::move(reply));
         },
+        [=](flush_atom) { flush(); },
         [=](list_atom, const todo_query& q, const core::reply_to<todo_page>& reply) {
           reply(list(q));
         },

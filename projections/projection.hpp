@@ -95,7 +95,8 @@ using read_model_reader_actor
   = caf::typed_actor<caf::replies_to<fetch_atom, std::string>::with<todo_answer>,
                      caf::replies_to<list_atom, todo_query>::with<todo_page>,
                      caf::reacts_to<fetch_atom, std::string, core::reply_to<todo_answer>>,
-                     caf::reacts_to<list_atom, todo_query, core::reply_to<todo_page>>>;
+                     caf::reacts_to<list_atom, todo_query, core::reply_to<todo_page>>,
+                     caf::reacts_to<flush_atom>>;
 
 /// Spawns one reader (detached) with its own connection to `dsn`.
 read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::string dsn);

@@ -32,6 +32,22 @@ const char* to_string(projection_errc x) {
 
 namespace {
 
+/// `s` in lowercase when it is a UUID in its 36-character form, else empty.
+std::string canonical_uuid(std::string_view s) {
+  if (s.size() != 36)
+    return {};
+  std::string out(s);
+  for (size_t i = 0; i < out.size(); ++i) {
+    char& c = out[i];
+    bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+    if (c >= 'A' && c <= 'F')
+      c = static_cast<char>(c - 'A' + 'a');
+    if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+      return {};
+  }
+  return out;
+}
+
 // ---- SQL ------------------------------------------------------------------
 // `{t}` stands for the read-model table and `{u}` for the swap target; both are
 // checked against [a-z_][a-z0-9_]* before they are substituted, once.
@@ -105,11 +121,14 @@ constexpr const char* stmt_advance_checkpoint = "advance_checkpoint";
 constexpr const char* sql_advance_checkpoint =
   "UPDATE eventsd_checkpoints SET position = GREATEST(position, $2::bigint) WHERE name = $1";
 
-constexpr const char* stmt_get = "get_todo";
-constexpr const char* sql_get =
-  "SELECT id::text, description, status, version, "
-  "(SELECT position FROM eventsd_checkpoints WHERE name = $2) "
-  "FROM {t} WHERE id = $1::uuid";
+// The checkpoint row first (placeholder NULL id), then the rows found; one
+// statement, so both come from one snapshot.
+constexpr const char* stmt_get_many = "get_todos";
+constexpr const char* sql_get_many =
+  "SELECT NULL::text, NULL::text, NULL::text, NULL::bigint, position "
+  "FROM eventsd_checkpoints WHERE name = $2 "
+  "UNION ALL "
+  "SELECT id::text, description, status, version, NULL FROM {t} WHERE id = ANY($1::uuid[])";
 
 // One statement, so rows and checkpoint come from one snapshot; the one-row
 // outer side makes the checkpoint arrive even when the page is empty.
@@ -195,7 +214,7 @@ struct todo_read_model::impl {
   /// This table's SQL, built once with the name substituted.
   struct table_sql {
     std::string create_table, create_created_idx, create_status_idx, drop_table;
-    std::string upsert, get, list, list_by_status;
+    std::string upsert, get_many, list, list_by_status;
   } sql;
   pg::conn_ptr conn;
   bool ready = false; // schema ensured and statements prepared on `conn`
@@ -212,7 +231,7 @@ struct todo_read_model::impl {
     sql.create_status_idx = with_tables(sql_create_status_idx, table);
     sql.drop_table = with_tables(sql_drop_table, table);
     sql.upsert = with_tables(sql_upsert, table);
-    sql.get = with_tables(sql_get, table);
+    sql.get_many = with_tables(sql_get_many, table);
     sql.list = with_tables(sql_list, table);
     sql.list_by_status = with_tables(sql_list_by_status, table);
   }
@@ -317,7 +336,7 @@ struct todo_read_model::impl {
       {stmt_lock_checkpoint, sql_lock_checkpoint, 1},
       {stmt_upsert, sql.upsert.c_str(), 5},
       {stmt_advance_checkpoint, sql_advance_checkpoint, 2},
-      {stmt_get, sql.get.c_str(), 2},
+      {stmt_get_many, sql.get_many.c_str(), 2},
       {stmt_list, sql.list.c_str(), 3},
       {stmt_list_by_status, sql.list_by_status.c_str(), 4},
     };
@@ -454,23 +473,64 @@ pg_result<void> todo_read_model::apply(std::span<const todo_change> changes,
 }
 
 pg_result<todo_answer> todo_read_model::get(std::string_view id) {
+  const std::string ids[] = {std::string{id}};
+  auto r = get_many(ids);
+  if (!r.ok())
+    return r.error();
+  if (!r->rows[0])
+    return projection_error{projection_errc::not_found, "no todo " + ids[0]};
+  return todo_answer{std::move(*r->rows[0]), r->position};
+}
+
+pg_result<todo_batch> todo_read_model::get_many(std::span<const std::string> ids) {
   auto& d = *impl_;
   if (auto e = d.require_ready())
     return *e;
-  const pg::param ps[] = {id, d.table};
-  auto r = pg::exec_prepared(d.c(), stmt_get, ps);
+  todo_batch batch;
+  batch.rows.resize(ids.size());
+  // Ids that are not UUIDs cannot be in the table; left out of the array,
+  // they cannot make PostgreSQL refuse the whole batch.
+  std::vector<std::string> keys;
+  keys.reserve(ids.size());
+  std::string array = "{";
+  for (const auto& id : ids) {
+    keys.push_back(canonical_uuid(id));
+    if (keys.back().empty())
+      continue;
+    if (array.size() > 1)
+      array += ',';
+    array += keys.back();
+  }
+  array += '}';
+  const pg::param ps[] = {array, d.table};
+  auto r = pg::exec_prepared(d.c(), stmt_get_many, ps);
   if (!r)
     return d.fail(r.error());
   const PGresult* res = r->get();
-  if (PQntuples(res) == 0)
-    return projection_error{projection_errc::not_found, "no todo " + std::string{id}};
-  todo_answer a;
-  a.row.id = pg::text(res, 0, 0);
-  a.row.description = pg::text(res, 0, 1);
-  a.row.status = pg::text(res, 0, 2);
-  a.row.version = pg::to_u64(res, 0, 3).value_or(0);
-  a.position = pg::to_u64(res, 0, 4).value_or(0);
-  return a;
+  // Answers in request order: keys sorted once, each row finds its requests.
+  std::vector<std::pair<std::string_view, size_t>> order;
+  order.reserve(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i)
+    if (!keys[i].empty())
+      order.emplace_back(keys[i], i);
+  auto by_id = [](const auto& a, const auto& b) { return a.first < b.first; };
+  std::sort(order.begin(), order.end(), by_id);
+  for (int i = 0, n = PQntuples(res); i < n; ++i) {
+    if (pg::is_null(res, i, 0)) {
+      batch.position = pg::to_u64(res, i, 4).value_or(0);
+      continue;
+    }
+    todo_row row;
+    row.id = pg::text(res, i, 0);
+    row.description = pg::text(res, i, 1);
+    row.status = pg::text(res, i, 2);
+    row.version = pg::to_u64(res, i, 3).value_or(0);
+    auto [first, last] = std::equal_range(order.begin(), order.end(),
+                                          std::pair{std::string_view{row.id}, size_t{0}}, by_id);
+    for (auto k = first; k != last; ++k)
+      batch.rows[k->second] = row;
+  }
+  return batch;
 }
 
 pg_result<todo_page> todo_read_model::list(const todo_query& q) {

@@ -81,6 +81,12 @@ struct todo_answer {
   uint64_t position = 0;
 };
 
+/// Several todos read in one query.
+struct todo_batch {
+  std::vector<std::optional<todo_row>> rows; ///< `rows[i]` answers `ids[i]`; empty: no such todo
+  uint64_t position = 0;                     ///< read-model checkpoint of that snapshot
+};
+
 /// The `todos` table (or a rebuild table) plus its checkpoint row, behind
 /// one PostgreSQL connection.
 class todo_read_model {
@@ -110,6 +116,11 @@ public:
 
   /// One todo by id (lowercase). Fails with `not_found`.
   pg_result<todo_answer> get(std::string_view id);
+
+  /// Todos by id (lowercase), all from one snapshot; ids that are not
+  /// canonical UUIDs are answered as absent. Lets a reader answer every
+  /// lookup waiting in its mailbox with one round trip.
+  pg_result<todo_batch> get_many(std::span<const std::string> ids);
 
   /// A page of todos in creation order.
   pg_result<todo_page> list(const todo_query& q);

@@ -941,7 +941,7 @@ TEST_CASE("PostgreSQL stopped under a running server: writes go on, /readyz and 
     else
       CHECK(r.status == 200);
   }
-  CHECK(stale <= 4); // --postgres.readers defaults to 4
+  CHECK(stale <= 2); // --postgres.readers defaults to 2
 
   check_read_model_is_fold_of_log(c);
   // And by the other way the brief asks for: each todo's read-model row is the

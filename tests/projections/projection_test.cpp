@@ -587,3 +587,66 @@ TEST_CASE("projection: with PostgreSQL unreachable wait_atom times out and stats
   CHECK(st.state == "error");
   CHECK_FALSE(st.last_error.empty());
 }
+
+// -- the read-model reader ---------------------------------------------------------
+
+TEST_CASE("read-model reader: lookups sent together are each answered with their own row, "
+          "or not_found with the read model's position",
+          "[projections][actor][postgres]") {
+  fixture f;
+  todo_read_model writer{f.dsn()};
+  REQUIRE(writer.connect().ok());
+  // 300 todos: more than one query's batch, so the reader splits it.
+  std::vector<todo_change> changes;
+  std::vector<std::string> ids;
+  for (unsigned i = 0; i < 300; ++i) {
+    ids.push_back(core::make_uuid());
+    changes.push_back(todo_change{ids.back(), "todo " + std::to_string(i), "Created", 1, i + 1});
+  }
+  REQUIRE(writer.apply(changes, 300).ok());
+
+  auto reader = spawn_read_model_reader(f.sys(), f.dsn());
+  struct outcome {
+    std::optional<todo_answer> answer;
+    caf::error error;
+  };
+  const size_t n = 2 * ids.size();
+  std::vector<outcome> got(n);
+  std::atomic<size_t> answered{0};
+  // Even slots ask for a stored todo, odd ones for an unknown id.
+  for (size_t k = 0; k < n; ++k) {
+    auto id = k % 2 == 0 ? ids[k / 2] : core::make_uuid();
+    caf::anon_send(reader, fetch_atom_v, id,
+                   core::reply_to<todo_answer>{[&, k](caf::expected<todo_answer> r) {
+                     if (r)
+                       got[k].answer = std::move(*r);
+                     else
+                       got[k].error = std::move(r.error());
+                     ++answered;
+                   }});
+  }
+  REQUIRE(eventually([&] { return answered == n; }, 10s));
+  for (size_t k = 0; k < n; ++k) {
+    INFO("lookup " << k);
+    if (k % 2 == 0) {
+      REQUIRE(got[k].answer);
+      CHECK(got[k].answer->row.id == ids[k / 2]);
+      CHECK(got[k].answer->row.description == "todo " + std::to_string(k / 2));
+      CHECK(got[k].answer->position == 300);
+    } else {
+      REQUIRE_FALSE(got[k].answer);
+      CHECK(is_error(got[k].error, projection_errc::not_found));
+      auto& ctx = got[k].error.context();
+      REQUIRE(ctx.size() > 1);
+      REQUIRE(ctx.match_element<uint64_t>(1));
+      CHECK(ctx.get_as<uint64_t>(1) == 300);
+    }
+  }
+
+  // The request/response form answers the same way.
+  caf::scoped_actor self{f.sys()};
+  self->request(reader, caf::duration{10s}, fetch_atom_v, ids[7])
+    .receive([&](const todo_answer& a) { CHECK(a.row.description == "todo 7"); },
+             [&](caf::error& e) { FAIL("fetch failed: " << f.sys().render(e)); });
+  caf::anon_send_exit(reader, caf::exit_reason::user_shutdown);
+}

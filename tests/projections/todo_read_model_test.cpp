@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <cctype>
 #include <string>
 #include <thread>
 #include <vector>
@@ -329,7 +330,7 @@ TEST_CASE("descriptions with array-literal syntax round-trip unchanged",
     CHECK(require_value(m.get(uuid(i + 1))).row.description == texts[i]);
 }
 
-TEST_CASE("get answers not_found for an unknown id and query_failed for a malformed one",
+TEST_CASE("get answers not_found for an unknown id and for a malformed one",
           "[projections][postgres]") {
   scratch s;
   todo_read_model m{s.dsn, s.table};
@@ -338,9 +339,40 @@ TEST_CASE("get answers not_found for an unknown id and query_failed for a malfor
   CHECK(m.get(uuid(2)).error().code == projection_errc::not_found);
   auto bad = m.get("not-a-uuid");
   REQUIRE_FALSE(bad);
-  CHECK(bad.error().code == projection_errc::query_failed);
-  CHECK(m.connected()); // a statement error does not lose the session
+  CHECK(bad.error().code == projection_errc::not_found);
+  CHECK(m.connected());
   CHECK(require_value(m.get(uuid(1))).row.description == "one");
+}
+
+TEST_CASE("get_many answers each id in request order from one snapshot",
+          "[projections][postgres]") {
+  scratch s;
+  todo_read_model m{s.dsn, s.table};
+  require_ok(m.connect());
+  require_ok(m.apply(std::vector{created(uuid(1), "one", 1), created(uuid(2), "two", 2)}, 7));
+  auto upper = uuid(2);
+  for (auto& c : upper)
+    c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  const std::vector<std::string> ids{uuid(2), uuid(3), "not-a-uuid", uuid(1), upper, uuid(2)};
+  auto batch = require_value(m.get_many(ids));
+  CHECK(batch.position == 7);
+  REQUIRE(batch.rows.size() == ids.size());
+  REQUIRE(batch.rows[0]);
+  CHECK(batch.rows[0]->description == "two");
+  CHECK_FALSE(batch.rows[1]); // unknown
+  CHECK_FALSE(batch.rows[2]); // malformed: left out, the rest still answered
+  REQUIRE(batch.rows[3]);
+  CHECK(batch.rows[3]->description == "one");
+  REQUIRE(batch.rows[4]);
+  CHECK(batch.rows[4]->id == uuid(2)); // answered in lowercase
+  REQUIRE(batch.rows[5]);
+  CHECK(batch.rows[5]->description == "two");
+  // Only unknown or malformed ids: still the position.
+  const std::vector<std::string> none{uuid(9), "x"};
+  auto empty = require_value(m.get_many(none));
+  CHECK(empty.position == 7);
+  CHECK_FALSE(empty.rows[0]);
+  CHECK_FALSE(empty.rows[1]);
 }
 
 TEST_CASE("get accepts an uppercase id and answers it in lowercase", "[projections][postgres]") {

@@ -1,22 +1,45 @@
 #include "http/event_json.hpp"
 
 #include <charconv>
-#include <cstdio>
-#include <ctime>
+#include <chrono>
 
 #include <nlohmann/json.hpp>
 
 namespace eventsd::http {
 
-std::string rfc3339(int64_t unix_ms) {
-  std::time_t secs = static_cast<std::time_t>(unix_ms / 1000);
-  std::tm tm{};
-  gmtime_r(&secs, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900,
-                tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                static_cast<int>(unix_ms % 1000));
-  return buf;
+void append_json_time(std::string& out, int64_t unix_ms) {
+  using namespace std::chrono;
+  const sys_time<milliseconds> t{milliseconds{unix_ms}};
+  const auto day = floor<days>(t);
+  const year_month_day ymd{day};
+  const hh_mm_ss hms{t - day};
+  auto two = [&](unsigned v) {
+    out += static_cast<char>('0' + v / 10);
+    out += static_cast<char>('0' + v % 10);
+  };
+  const int y = static_cast<int>(ymd.year());
+  out += '"';
+  if (y >= 0 && y <= 9999) {
+    two(static_cast<unsigned>(y) / 100);
+    two(static_cast<unsigned>(y) % 100);
+  } else { // outside RFC 3339; still a readable instant
+    out += std::to_string(y);
+  }
+  out += '-';
+  two(static_cast<unsigned>(ymd.month()));
+  out += '-';
+  two(static_cast<unsigned>(ymd.day()));
+  out += 'T';
+  two(static_cast<unsigned>(hms.hours().count()));
+  out += ':';
+  two(static_cast<unsigned>(hms.minutes().count()));
+  out += ':';
+  two(static_cast<unsigned>(hms.seconds().count()));
+  out += '.';
+  const auto ms = static_cast<unsigned>(hms.subseconds().count());
+  out += static_cast<char>('0' + ms / 100);
+  two(ms % 100);
+  out += "Z\"";
 }
 
 void append_json_string(std::string& out, std::string_view s) {
@@ -65,7 +88,7 @@ void append_event_json(std::string& out, const storage::recorded_event& e) {
   out += ",\"position\":";
   append_json_uint(out, e.position);
   out += ",\"occurredAt\":";
-  append_json_string(out, rfc3339(e.occurred_at_ms));
+  append_json_time(out, e.occurred_at_ms);
   out += ",\"data\":";
   // eventsd stores compact JSON: copied as it is. Anything else is made
   // compact (an SSE data line must not break) or, if not JSON, kept as text.

@@ -11,8 +11,10 @@
 
 namespace eventsd::http {
 
-/// RFC 3339 UTC with milliseconds, e.g. "2026-11-26T07:04:41.123Z".
-std::string rfc3339(int64_t unix_ms);
+/// Appends the instant `unix_ms` as a JSON string in RFC 3339 UTC with
+/// milliseconds, e.g. "2026-11-26T07:04:41.123Z" (arithmetic only: no
+/// formatting functions, no time-zone lock).
+void append_json_time(std::string& out, int64_t unix_ms);
 
 /// Appends `s` as a JSON string (quoted; `"`, `\` and control characters
 /// escaped; UTF-8 passed through).

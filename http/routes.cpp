@@ -495,7 +495,7 @@ router::router(services& svc) : svc_(svc) {
             r.body += ",\"position\":";
             append_json_uint(r.body, it.event.position);
             r.body += ",\"occurredAt\":";
-            append_json_string(r.body, rfc3339(it.event.occurred_at_ms));
+            append_json_time(r.body, it.event.occurred_at_ms);
             r.body += ",\"snapshot\":";
             append_todo_json(r.body, it.state);
             r.body += '}';

@@ -2,7 +2,10 @@
 // and SSE, checked against nlohmann's parser.
 #include "http/event_json.hpp"
 
+#include <cstdio>
+#include <ctime>
 #include <string>
+#include <vector>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -42,6 +45,28 @@ TEST_CASE("JSON numbers: 0 and the largest uint64", "[http][json]") {
   out += ',';
   http::append_json_uint(out, UINT64_MAX);
   CHECK(out == "0,18446744073709551615");
+}
+
+TEST_CASE("times are RFC 3339 UTC with milliseconds, as gmtime and strftime write them",
+          "[http][json]") {
+  // The epoch, a leap day, the last millisecond of a year, a far date, and
+  // 100 000 instants spread over 1970..2100.
+  std::vector<int64_t> instants{0, 951'782'400'000, 1'767'225'599'999, 4'102'444'800'000,
+                                1'764'140'681'007};
+  for (int64_t i = 0; i < 100'000; ++i)
+    instants.push_back(i * 41'024'137'931 % 4'102'444'800'000);
+  for (int64_t ms : instants) {
+    std::time_t secs = static_cast<std::time_t>(ms / 1000);
+    std::tm tm{};
+    gmtime_r(&secs, &tm);
+    char expected[40];
+    auto n = std::strftime(expected, sizeof(expected), "\"%Y-%m-%dT%H:%M:%S", &tm);
+    std::snprintf(expected + n, sizeof(expected) - n, ".%03dZ\"", static_cast<int>(ms % 1000));
+    std::string out;
+    http::append_json_time(out, ms);
+    INFO(ms);
+    REQUIRE(out == expected);
+  }
 }
 
 TEST_CASE("an event as JSON has the fields of API.md §2 and its data as a JSON value",

@@ -165,6 +165,12 @@ TEST_CASE("reading a stream past its end is empty and an unknown stream is "
   auto unknown = log->read_stream("todo-2", 1, 10);
   REQUIRE_FALSE(unknown);
   CHECK(unknown.error().code == storage_errc::stream_not_found);
+  // From a later version too, and with version 0 read as 1.
+  auto unknown_later = log->read_stream("todo-2", 5, 10);
+  REQUIRE_FALSE(unknown_later);
+  CHECK(unknown_later.error().code == storage_errc::stream_not_found);
+  CHECK(log->read_stream("todo-1", 0, 10).value().size() == 2);
+  CHECK(log->read_stream("todo-1", 1, 0).value().empty());
 }
 
 TEST_CASE("streams whose names share a prefix do not see each other's events") {

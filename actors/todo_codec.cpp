@@ -29,6 +29,20 @@ std::optional<status> status_field(const json& j, const char* key) {
   return parse_status(*s);
 }
 
+/// The string between `head` and `tail` when `data` is exactly head + s +
+/// tail and s needs no unescaping: the shapes encode_data writes, read
+/// without a parse (history and recovery decode every event of a stream).
+std::optional<std::string> plain_between(std::string_view data, std::string_view head,
+                                         std::string_view tail) {
+  if (data.size() < head.size() + tail.size() || !data.starts_with(head) || !data.ends_with(tail))
+    return std::nullopt;
+  auto body = data.substr(head.size(), data.size() - head.size() - tail.size());
+  for (unsigned char c : body)
+    if (c < 0x20 || c == '"' || c == '\\')
+      return std::nullopt;
+  return std::string{body};
+}
+
 } // namespace
 
 std::string encode_data(const event& e) {
@@ -55,13 +69,18 @@ std::string encode_data(const event& e) {
 }
 
 std::optional<event> decode_event(std::string_view type, std::string_view data) {
-  // Status changes carry nothing; as eventsd writes them, no parse is needed.
-  if (data == "{}") {
-    if (type == "status-changed-to-in-progress")
-      return status_changed_to_in_progress{};
-    if (type == "status-changed-to-done")
-      return status_changed_to_done{};
-  }
+  // Fast paths for the exact shapes encode_data writes; anything else is parsed.
+  if (type == "status-changed-to-in-progress"
+      && (data == R"({"status":"InProgress"})" || data == "{}"))
+    return status_changed_to_in_progress{};
+  if (type == "status-changed-to-done" && (data == R"({"status":"Done"})" || data == "{}"))
+    return status_changed_to_done{};
+  if (type == "description-changed")
+    if (auto d = plain_between(data, R"({"description":")", R"("})"))
+      return description_changed{std::move(*d)};
+  if (type == "created")
+    if (auto d = plain_between(data, R"({"description":")", R"(","status":"Created"})"))
+      return created{std::move(*d)};
   auto j = json::parse(data, nullptr, false);
   if (j.is_discarded() || !j.is_object())
     return std::nullopt;

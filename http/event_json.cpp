@@ -2,6 +2,8 @@
 
 #include <charconv>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 
 #include <nlohmann/json.hpp>
 
@@ -13,45 +15,57 @@ void append_json_time(std::string& out, int64_t unix_ms) {
   const auto day = floor<days>(t);
   const year_month_day ymd{day};
   const hh_mm_ss hms{t - day};
-  auto two = [&](unsigned v) {
-    out += static_cast<char>('0' + v / 10);
-    out += static_cast<char>('0' + v % 10);
-  };
   const int y = static_cast<int>(ymd.year());
-  out += '"';
-  if (y >= 0 && y <= 9999) {
-    two(static_cast<unsigned>(y) / 100);
-    two(static_cast<unsigned>(y) % 100);
-  } else { // outside RFC 3339; still a readable instant
+  if (y < 0 || y > 9999) { // outside RFC 3339; still a readable instant
+    out += '"';
     out += std::to_string(y);
+    char rest[32];
+    std::snprintf(rest, sizeof(rest), "-%02u-%02uT%02d:%02d:%02d.%03dZ\"",
+                  static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
+                  static_cast<int>(hms.hours().count()), static_cast<int>(hms.minutes().count()),
+                  static_cast<int>(hms.seconds().count()),
+                  static_cast<int>(hms.subseconds().count()));
+    out += rest;
+    return;
   }
-  out += '-';
-  two(static_cast<unsigned>(ymd.month()));
-  out += '-';
-  two(static_cast<unsigned>(ymd.day()));
-  out += 'T';
-  two(static_cast<unsigned>(hms.hours().count()));
-  out += ':';
-  two(static_cast<unsigned>(hms.minutes().count()));
-  out += ':';
-  two(static_cast<unsigned>(hms.seconds().count()));
-  out += '.';
-  const auto ms = static_cast<unsigned>(hms.subseconds().count());
-  out += static_cast<char>('0' + ms / 100);
-  two(ms % 100);
-  out += "Z\"";
+  char buf[] = "\"0000-00-00T00:00:00.000Z\"";
+  auto put = [&](size_t at, unsigned v, int digits) {
+    for (int i = digits - 1; i >= 0; --i, v /= 10)
+      buf[at + static_cast<size_t>(i)] = static_cast<char>('0' + v % 10);
+  };
+  put(1, static_cast<unsigned>(y), 4);
+  put(6, static_cast<unsigned>(ymd.month()), 2);
+  put(9, static_cast<unsigned>(ymd.day()), 2);
+  put(12, static_cast<unsigned>(hms.hours().count()), 2);
+  put(15, static_cast<unsigned>(hms.minutes().count()), 2);
+  put(18, static_cast<unsigned>(hms.seconds().count()), 2);
+  put(21, static_cast<unsigned>(hms.subseconds().count()), 3);
+  out.append(buf, sizeof(buf) - 1);
 }
 
 void append_json_string(std::string& out, std::string_view s) {
   static constexpr char hex[] = "0123456789abcdef";
+  auto plain = [](unsigned char c) { return c >= 0x20 && c != '"' && c != '\\'; };
+  size_t i = 0;
+  while (i < s.size() && plain(static_cast<unsigned char>(s[i])))
+    ++i;
+  if (i == s.size()) { // the usual case: nothing to escape, one copy
+    const size_t at = out.size();
+    out.resize(at + s.size() + 2);
+    char* p = out.data() + at;
+    p[0] = '"';
+    std::memcpy(p + 1, s.data(), s.size());
+    p[s.size() + 1] = '"';
+    return;
+  }
   out += '"';
-  size_t plain = 0; // start of the run of characters copied as they are
-  for (size_t i = 0; i < s.size(); ++i) {
+  size_t run = 0; // start of the run of characters copied as they are
+  for (; i < s.size(); ++i) {
     auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c != '"' && c != '\\')
+    if (plain(c))
       continue;
-    out.append(s.substr(plain, i - plain));
-    plain = i + 1;
+    out.append(s.substr(run, i - run));
+    run = i + 1;
     switch (c) {
       case '"': out += "\\\""; break;
       case '\\': out += "\\\\"; break;
@@ -66,7 +80,7 @@ void append_json_string(std::string& out, std::string_view s) {
         out += hex[c & 0xf];
     }
   }
-  out.append(s.substr(plain));
+  out.append(s.substr(run));
   out += '"';
 }
 

@@ -482,6 +482,7 @@ router::router(services& svc) : svc_(svc) {
       answer_to<actors::todo_history_items>(
         [=](const actors::todo_history_items& items) {
           reply r;
+          r.body.reserve(16 + items.size() * 320); // one event with its snapshot: ~300 bytes
           r.body = "{\"items\":[";
           for (auto& it : items) {
             if (&it != &items.front())

@@ -177,7 +177,15 @@ std::optional<uint64_t> if_match_of(const incoming& req) {
 }
 
 reply write_reply(const actors::write_outcome& o, unsigned status) {
-  auto r = json_reply(status, {{"id", o.id}, {"version", o.version}, {"position", o.position}});
+  reply r;
+  r.status = status;
+  r.body = "{\"id\":";
+  append_json_string(r.body, o.id);
+  r.body += ",\"version\":";
+  append_json_uint(r.body, o.version);
+  r.body += ",\"position\":";
+  append_json_uint(r.body, o.position);
+  r.body += '}';
   r.header("ETag", "\"" + std::to_string(o.version) + "\"");
   if (status == 201 || (status == 202 && o.version == 1))
     r.header("Location", "/todo/" + o.id);

@@ -385,17 +385,68 @@ std::optional<projection_mode> parse_projection_mode(std::string_view name) {
   return std::nullopt;
 }
 
+namespace {
+
+/// Reads `data` when it is a flat object of plain strings (no whitespace, no
+/// escapes), the shape of eventsd's own Todo events, calling `field(key,
+/// value)` for each member; false for anything else (then parsed properly).
+template <class F>
+bool scan_flat_strings(std::string_view data, F&& field) {
+  size_t i = 0;
+  auto plain_string = [&](std::string_view& out) {
+    if (i >= data.size() || data[i] != '"')
+      return false;
+    auto start = ++i;
+    for (; i < data.size() && data[i] != '"'; ++i)
+      if (data[i] == '\\' || static_cast<unsigned char>(data[i]) < 0x20)
+        return false;
+    if (i >= data.size())
+      return false;
+    out = data.substr(start, i++ - start);
+    return true;
+  };
+  if (data.size() < 2 || data[i++] != '{')
+    return false;
+  if (data == "{}")
+    return true;
+  for (;;) {
+    std::string_view key, value;
+    if (!plain_string(key) || i >= data.size() || data[i++] != ':' || !plain_string(value))
+      return false;
+    field(key, value);
+    if (i >= data.size())
+      return false;
+    char c = data[i++];
+    if (c == '}')
+      return i == data.size();
+    if (c != ',')
+      return false;
+  }
+}
+
+} // namespace
+
 std::optional<todo_change> to_change(const storage::recorded_event& e) {
   constexpr std::string_view prefix = "todo-";
   if (e.stream.compare(0, prefix.size(), prefix) != 0)
-    return std::nullopt;
-  auto data = nlohmann::json::parse(e.data, nullptr, false);
-  if (data.is_discarded() || !data.is_object())
     return std::nullopt;
   todo_change c;
   c.id = e.stream.substr(prefix.size());
   c.version = e.version;
   c.position = e.position;
+  bool flat = scan_flat_strings(e.data, [&](std::string_view key, std::string_view value) {
+    if (key == "description")
+      c.description = std::string{value};
+    else if (key == "status")
+      c.status = std::string{value};
+  });
+  if (flat)
+    return c;
+  auto data = nlohmann::json::parse(e.data, nullptr, false);
+  if (data.is_discarded() || !data.is_object())
+    return std::nullopt;
+  c.description.reset();
+  c.status.reset();
   if (auto d = data.find("description"); d != data.end() && d->is_string())
     c.description = d->get<std::string>();
   if (auto s = data.find("status"); s != data.end() && s->is_string())

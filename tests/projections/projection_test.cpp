@@ -372,6 +372,31 @@ TEST_CASE("to_change: undo-to-some-history-state restores description and status
   CHECK(d->version == 6);
 }
 
+TEST_CASE("to_change: payloads in any JSON spelling give the same change as eventsd's own",
+          "[projections][to_change]") {
+  auto fields = [](const std::string& data) {
+    auto c = to_change(recorded("todo-" + todo_id, "created", data, 1, 1));
+    REQUIRE(c);
+    return std::pair{c->description, c->status};
+  };
+  using opt = std::optional<std::string>;
+  CHECK(fields(R"({"description":"x","status":"Done"})") == std::pair{opt{"x"}, opt{"Done"}});
+  CHECK(fields(R"( { "status" : "Done" , "description" : "x" } )")
+        == std::pair{opt{"x"}, opt{"Done"}});
+  CHECK(fields(R"({"description":"caf\u00e9 \"q\""})")
+        == std::pair{opt{"caf\xC3\xA9 \"q\""}, opt{}});
+  CHECK(fields(R"({"description":"a","description":"b"})") == std::pair{opt{"b"}, opt{}});
+  CHECK(fields(R"({"eventId":"e","version":3,"description":"d","status":"InProgress"})")
+        == std::pair{opt{"d"}, opt{"InProgress"}});
+  CHECK(fields(R"({"description":7,"status":"Done"})") == std::pair{opt{}, opt{"Done"}});
+  CHECK(fields(R"({"other":"x"})") == std::pair{opt{}, opt{}});
+  CHECK(fields("{}") == std::pair{opt{}, opt{}});
+  // Look-alikes of the plain shape that are not JSON change nothing.
+  CHECK_FALSE(to_change(recorded("todo-" + todo_id, "created", R"({"description":"x"}x)", 1, 1)));
+  CHECK_FALSE(to_change(recorded("todo-" + todo_id, "created", R"({"description":"x",})", 1, 1)));
+  CHECK_FALSE(to_change(recorded("todo-" + todo_id, "created", "{\"description\":\"a\nb\"}", 1, 1)));
+}
+
 TEST_CASE("to_change: events of other streams and unreadable payloads change nothing",
           "[projections][to_change]") {
   CHECK_FALSE(to_change(recorded("account-" + todo_id, "created",

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <rocksdb/db.h>
 
 #include "storage/keys.hpp"
 
@@ -335,6 +336,45 @@ TEST_CASE("reopening keeps every event and continues positions without reuse") {
   CHECK(res == append_result{"todo-1", 4, 5, 5, false});
   CHECK(positions_of(log->read_all(1, 100).value()) == range(1, 5));
   CHECK(log->find_event(event_id("todo-1", 0)).value().position == 1);
+}
+
+TEST_CASE("a store from before the events column family is moved over at open, losing "
+          "nothing") {
+  temp_dir dir;
+  {
+    auto log = open_log(dir);
+    append_one(*log, request("todo-1", no_stream, 3));
+    append_one(*log, request("todo-2", no_stream, 25'000)); // more than one move chunk
+  }
+  // Put the store back in the old layout: every `$all` record in the
+  // default column family.
+  {
+    rocksdb::DBOptions o;
+    std::vector<rocksdb::ColumnFamilyDescriptor> families{
+      {rocksdb::kDefaultColumnFamilyName, {}}, {"events", {}}};
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;
+    rocksdb::DB* raw = nullptr;
+    REQUIRE(rocksdb::DB::Open(o, dir.db(), families, &handles, &raw).ok());
+    std::unique_ptr<rocksdb::DB> db{raw};
+    rocksdb::WriteBatch wb;
+    std::unique_ptr<rocksdb::Iterator> it{db->NewIterator({}, handles[1])};
+    for (it->SeekToFirst(); it->Valid(); it->Next()) {
+      wb.Put(handles[0], it->key(), it->value());
+      wb.Delete(handles[1], it->key());
+    }
+    REQUIRE(wb.Count() == 2 * 25'003);
+    it.reset();
+    REQUIRE(db->Write({}, &wb).ok());
+    for (auto* h : handles)
+      REQUIRE(db->DestroyColumnFamilyHandle(h).ok());
+    REQUIRE(db->Close().ok());
+  }
+  auto log = open_log(dir);
+  CHECK(log->head() == 25'003);
+  CHECK(log->read_stream("todo-1", 1, 10).value().size() == 3);
+  CHECK(positions_of(log->read_all(1, 30'000).value()) == range(1, 25'003));
+  CHECK(log->find_event(log->read_all(2, 1).value().front().id).value().position == 2);
+  CHECK(append_one(*log, request("todo-1", 3, 1)).last_position == 25'004);
 }
 
 TEST_CASE("find_event returns the event by id and an unknown id is event_not_found") {

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdarg>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <limits>
 #include <map>
@@ -110,10 +111,30 @@ struct bounded_read {
     options.snapshot = snap;
     options.iterate_lower_bound = &lower_slice;
     options.iterate_upper_bound = &upper_slice;
+    // The default family has a prefix extractor (stream index only): every
+    // read in key order says so, and only read_stream uses the prefix.
+    options.total_order_seek = true;
   }
 
   bounded_read(const bounded_read&) = delete;
   bounded_read& operator=(const bounded_read&) = delete;
+};
+
+/// The stream part of a stream-index key (`s` + esc(stream) + 0x00). RocksDB
+/// keeps these prefixes in the bloom filters, so reading one stream seeks
+/// only in the files holding its entries, not in every sorted run (the cost
+/// of a history read grew with the store's size before).
+class stream_index_prefix final : public rocksdb::SliceTransform {
+public:
+  const char* Name() const override { return "eventsd.StreamIndexPrefix.1"; }
+  rocksdb::Slice Transform(const rocksdb::Slice& key) const override {
+    auto* end = static_cast<const char*>(std::memchr(key.data(), 0, key.size()));
+    return {key.data(), static_cast<size_t>(end - key.data()) + 1};
+  }
+  bool InDomain(const rocksdb::Slice& key) const override {
+    return key.size() > 1 && key[0] == keys::stream_prefix
+           && std::memchr(key.data(), 0, key.size()) != nullptr;
+  }
 };
 
 bool field_too_large(std::string_view s) {
@@ -384,6 +405,7 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
   options.create_missing_column_families = true;
   rocksdb::ColumnFamilyOptions index_options{options};
   index_options.compaction_style = rocksdb::kCompactionStyleUniversal;
+  index_options.prefix_extractor = std::make_shared<stream_index_prefix>();
   const std::vector<rocksdb::ColumnFamilyDescriptor> families{
     {rocksdb::kDefaultColumnFamilyName, index_options},
     {events_family, events_options}};
@@ -590,6 +612,8 @@ event_log::read_stream(std::string_view stream, uint64_t from_version, size_t li
     return std::vector<recorded_event>{};
   bounded_read br{nullptr, keys::stream_index_key(stream, from_version),
                   keys::stream_index_end(stream)};
+  br.options.total_order_seek = false;
+  br.options.prefix_same_as_start = true;
   std::unique_ptr<rocksdb::Iterator> it{impl_->db->NewIterator(br.options)};
   std::vector<uint64_t> positions;
   positions.reserve(std::min<size_t>(limit, 16));

@@ -1,6 +1,7 @@
 #include "actors/log_writer.hpp"
 
 #include "core/metrics.hpp"
+#include "core/thread_name.hpp"
 
 namespace eventsd::actors {
 
@@ -43,6 +44,7 @@ void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
 log_writer_actor::behavior_type
 log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::event_log* log,
            writer_options options) {
+  core::name_this_thread("log-writer");
   self->state.log = log;
   self->state.options = options;
   self->state.pending.reserve(options.max_batch);

@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/metrics.hpp"
+#include "core/thread_name.hpp"
 
 namespace eventsd::projections {
 
@@ -221,6 +222,7 @@ void rebuild_step(self_ptr self) {
 
 projection_actor::behavior_type projection(self_ptr self, const storage::event_log* log,
                                            projection_options opts) {
+  core::name_this_thread("projection");
   auto& st = self->state;
   st.log = log;
   st.opts = opts;
@@ -462,6 +464,7 @@ projection_actor spawn_projection(caf::actor_system& sys, const storage::event_l
 read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::string dsn) {
   return sys.spawn<caf::detached>(
     [](reader_ptr self, std::string dsn) -> read_model_reader_actor::behavior_type {
+      core::name_this_thread("model-reader");
       self->state.model = std::make_unique<todo_read_model>(std::move(dsn), live_table);
       auto ready = [self]() -> std::optional<caf::error> {
         if (self->state.model->connected())

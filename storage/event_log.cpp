@@ -608,8 +608,19 @@ event_log::read_stream(std::string_view stream, uint64_t from_version, size_t li
   // written in one batch and never change, so the iterator's own view is
   // consistent, and the records it points to can be fetched afterwards.
   from_version = std::max<uint64_t>(from_version, 1);
-  if (limit == 0)
+  auto not_found = [&] {
+    return storage_error{storage_errc::stream_not_found, "stream " + std::string{stream}};
+  };
+  auto empty_or_not_found = [&]() -> result<std::vector<recorded_event>> {
+    auto head = impl_->get_head(rocksdb::ReadOptions{}, stream);
+    if (!head)
+      return head.error();
+    if (!head->has_value())
+      return not_found();
     return std::vector<recorded_event>{};
+  };
+  if (limit == 0)
+    return empty_or_not_found();
   bounded_read br{nullptr, keys::stream_index_key(stream, from_version),
                   keys::stream_index_end(stream)};
   br.options.total_order_seek = false;
@@ -628,16 +639,9 @@ event_log::read_stream(std::string_view stream, uint64_t from_version, size_t li
   if (positions.empty()) {
     // A stream has its version 1 from its first append on: nothing there
     // means no stream (at the iterator's view). Past its end, ask the head.
-    bool exists = false;
-    if (from_version > 1) {
-      auto head = impl_->get_head(rocksdb::ReadOptions{}, stream);
-      if (!head)
-        return head.error();
-      exists = head->has_value();
-    }
-    if (!exists)
-      return storage_error{storage_errc::stream_not_found, "stream " + std::string{stream}};
-    return std::vector<recorded_event>{};
+    if (from_version == 1)
+      return not_found();
+    return empty_or_not_found();
   }
   return impl_->fetch_positions(rocksdb::ReadOptions{}, positions);
 } catch (const std::exception& e) {

@@ -204,7 +204,7 @@ bench_wrk() {
     # The server's CPU per request by thread name, e.g. "caf.actor 19.4, rocksdb:low 3.6".
     BENCH_R[$name.threads]=$(join "$out.threads0" "$out.threads1" \
       | awk -v n="${requests:-1}" -v hz="$(getconf CLK_TCK)" '
-          { us = ($3 - $2) / hz * 1e6 / (n > 0 ? n : 1); if (us >= 0.05) printf "%s%s %.1f", sep, $1, us; sep = ", " }')
+          { us = ($3 - $2) / hz * 1e6 / (n > 0 ? n : 1); if (us >= 0.05) { printf "%s%s %.1f", sep, $1, us; sep = ", " } }')
   fi
   # Per request: server, its PostgreSQL backends, wrk; then what the rest of the machine
   # (other processes than these) kept busy, in cores, over the run.

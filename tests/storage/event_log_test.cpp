@@ -172,6 +172,7 @@ TEST_CASE("reading a stream past its end is empty and an unknown stream is "
   CHECK(unknown_later.error().code == storage_errc::stream_not_found);
   CHECK(log->read_stream("todo-1", 0, 10).value().size() == 2);
   CHECK(log->read_stream("todo-1", 1, 0).value().empty());
+  CHECK(log->read_stream("todo-2", 1, 0).error().code == storage_errc::stream_not_found);
 }
 
 TEST_CASE("streams whose names share a prefix do not see each other's events") {

@@ -10,6 +10,7 @@
 #include <unordered_map>
 #include <utility>
 
+#include "core/uuid.hpp"
 #include "projections/pg.hpp"
 
 namespace eventsd::projections {
@@ -31,22 +32,6 @@ const char* to_string(projection_errc x) {
 }
 
 namespace {
-
-/// `s` in lowercase when it is a UUID in its 36-character form, else empty.
-std::string canonical_uuid(std::string_view s) {
-  if (s.size() != 36)
-    return {};
-  std::string out(s);
-  for (size_t i = 0; i < out.size(); ++i) {
-    char& c = out[i];
-    bool dash = i == 8 || i == 13 || i == 18 || i == 23;
-    if (c >= 'A' && c <= 'F')
-      c = static_cast<char>(c - 'A' + 'a');
-    if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
-      return {};
-  }
-  return out;
-}
 
 // ---- SQL ------------------------------------------------------------------
 // `{t}` stands for the read-model table and `{u}` for the swap target; both are
@@ -494,7 +479,7 @@ pg_result<todo_batch> todo_read_model::get_many(std::span<const std::string> ids
   keys.reserve(ids.size());
   std::string array = "{";
   for (const auto& id : ids) {
-    keys.push_back(canonical_uuid(id));
+    keys.push_back(core::normalize_uuid(id).value_or(""));
     if (keys.back().empty())
       continue;
     if (array.size() > 1)

@@ -429,7 +429,7 @@ TEST_CASE("list filters by status", "[projections][postgres]") {
   require_ok(m.connect());
   std::vector<todo_change> changes;
   for (unsigned i = 1; i <= 6; ++i)
-    changes.push_back(created(uuid(i), "t" + std::to_string(i), i));
+    changes.push_back(created(uuid(i), std::string{"t"}.append(std::to_string(i)), i));
   changes.push_back(moved(uuid(2), "Done", 2, 7));
   changes.push_back(moved(uuid(5), "Done", 2, 8));
   changes.push_back(moved(uuid(6), "Done", 2, 9));

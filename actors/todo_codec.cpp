@@ -70,10 +70,9 @@ std::string encode_data(const event& e) {
 
 std::optional<event> decode_event(std::string_view type, std::string_view data) {
   // Fast paths for the exact shapes encode_data writes; anything else is parsed.
-  if (type == "status-changed-to-in-progress"
-      && (data == R"({"status":"InProgress"})" || data == "{}"))
+  if (type == "status-changed-to-in-progress" && data == R"({"status":"InProgress"})")
     return status_changed_to_in_progress{};
-  if (type == "status-changed-to-done" && (data == R"({"status":"Done"})" || data == "{}"))
+  if (type == "status-changed-to-done" && data == R"({"status":"Done"})")
     return status_changed_to_done{};
   if (type == "description-changed")
     if (auto d = plain_between(data, R"({"description":")", R"("})"))

@@ -2,7 +2,6 @@
 
 #include <charconv>
 #include <chrono>
-#include <cstdio>
 #include <cstring>
 
 #include <nlohmann/json.hpp>
@@ -15,31 +14,25 @@ void append_json_time(std::string& out, int64_t unix_ms) {
   const auto day = floor<days>(t);
   const year_month_day ymd{day};
   const hh_mm_ss hms{t - day};
-  const int y = static_cast<int>(ymd.year());
-  if (y < 0 || y > 9999) { // outside RFC 3339; still a readable instant
-    out += '"';
-    out += std::to_string(y);
-    char rest[32];
-    std::snprintf(rest, sizeof(rest), "-%02u-%02uT%02d:%02d:%02d.%03dZ\"",
-                  static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
-                  static_cast<int>(hms.hours().count()), static_cast<int>(hms.minutes().count()),
-                  static_cast<int>(hms.seconds().count()),
-                  static_cast<int>(hms.subseconds().count()));
-    out += rest;
-    return;
-  }
   char buf[] = "\"0000-00-00T00:00:00.000Z\"";
   auto put = [&](size_t at, unsigned v, int digits) {
     for (int i = digits - 1; i >= 0; --i, v /= 10)
       buf[at + static_cast<size_t>(i)] = static_cast<char>('0' + v % 10);
   };
-  put(1, static_cast<unsigned>(y), 4);
   put(6, static_cast<unsigned>(ymd.month()), 2);
   put(9, static_cast<unsigned>(ymd.day()), 2);
   put(12, static_cast<unsigned>(hms.hours().count()), 2);
   put(15, static_cast<unsigned>(hms.minutes().count()), 2);
   put(18, static_cast<unsigned>(hms.seconds().count()), 2);
   put(21, static_cast<unsigned>(hms.subseconds().count()), 3);
+  const int y = static_cast<int>(ymd.year());
+  if (y < 0 || y > 9999) { // outside RFC 3339; still a readable instant
+    out += '"';
+    out += std::to_string(y);
+    out.append(buf + 5, sizeof(buf) - 6);
+    return;
+  }
+  put(1, static_cast<unsigned>(y), 4);
   out.append(buf, sizeof(buf) - 1);
 }
 

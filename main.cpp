@@ -100,6 +100,7 @@ int main(int argc, char** argv) {
   popts.mode = *projections::parse_projection_mode(opts.projection_mode);
   popts.interval = std::chrono::milliseconds{opts.projection_interval_ms};
   popts.batch_size = opts.projection_batch_size;
+  popts.batch_wait = std::chrono::microseconds{opts.projection_batch_wait_us};
   popts.rebuild_batch_size = opts.projection_rebuild_batch_size;
   auto projection = projections::spawn_projection(sys, log.get(), popts);
   caf::anon_send(writer, listen_atom_v,

@@ -41,6 +41,8 @@ options::options() {
     .add(projection_uow_timeout_ms, "uow-timeout-ms", "unit-of-work wait before answering 202 (default 5000)")
     .add(projection_interval_ms, "interval-ms", "scheduled mode period (default 1000)")
     .add(projection_batch_size, "batch-size", "most events per read-model transaction (default 1000)")
+    .add(projection_batch_wait_us, "batch-wait-us",
+         "eventual mode: a smaller batch waits this long after the previous one began (default 2000)")
     .add(projection_rebuild_batch_size, "rebuild-batch-size",
          "most events per transaction of a rebuild (default 5000)");
   opt_group{custom_options_, "actors"}

@@ -51,6 +51,7 @@ public:
   size_t projection_uow_timeout_ms = 5000;
   size_t projection_interval_ms = 1000;
   size_t projection_batch_size = 1000;
+  size_t projection_batch_wait_us = 2000;
   size_t projection_rebuild_batch_size = 5000;
 
   // [actors]

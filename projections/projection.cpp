@@ -39,6 +39,8 @@ struct projection_state {
   bool position_known = false;
   uint64_t target = 0; // apply up to here now
   bool run_scheduled = false;
+  clock::time_point last_batch{}; // when the latest batch began
+  bool lingering = false;         // the scheduled run is a batch waiting for company
   std::chrono::milliseconds backoff{0};
   std::string last_error;
   std::vector<waiter> waiters;
@@ -52,7 +54,7 @@ struct projection_state {
 
 using self_ptr = projection_actor::stateful_pointer<projection_state>;
 
-void schedule_run(self_ptr self, std::chrono::milliseconds delay = std::chrono::milliseconds{0}) {
+void schedule_run(self_ptr self, clock::duration delay = clock::duration::zero()) {
   auto& st = self->state;
   if (st.run_scheduled)
     return;
@@ -122,6 +124,26 @@ std::vector<todo_change> to_changes(const std::vector<storage::recorded_event>& 
   return changes;
 }
 
+/// How long a small batch should still wait for company (see
+/// projection_options::batch_wait); zero when it should go now.
+clock::duration batch_wait_left(const projection_state& st) {
+  if (st.opts.mode != projection_mode::eventual || !st.waiters.empty()
+      || st.target - st.position >= st.opts.batch_size)
+    return clock::duration::zero();
+  return std::max(clock::duration::zero(), st.last_batch + st.opts.batch_wait - clock::now());
+}
+
+/// Runs a batch that waits for company at once when it need not wait any
+/// longer (it became full, or a read waits for it); the delayed run then finds
+/// nothing to do, or more.
+void stop_waiting_if_due(self_ptr self) {
+  auto& st = self->state;
+  if (st.lingering && batch_wait_left(st) == clock::duration::zero()) {
+    st.lingering = false;
+    self->send(self, run_atom_v);
+  }
+}
+
 /// Applies one batch towards `target`; schedules the next step.
 void step(self_ptr self) {
   auto& st = self->state;
@@ -133,6 +155,11 @@ void step(self_ptr self) {
     deliver_waiters(self);
     return;
   }
+  if (auto wait = batch_wait_left(st); wait > clock::duration::zero()) {
+    schedule_run(self, wait);
+    st.lingering = st.run_scheduled;
+    return;
+  }
   auto events = st.log->read_all(st.position + 1, st.opts.batch_size);
   if (!events.ok()) {
     fail(self, {projection_errc::query_failed, events.error().detail});
@@ -142,6 +169,7 @@ void step(self_ptr self) {
   if (events->empty())
     return;
   auto started = clock::now();
+  st.last_batch = started;
   auto changes = to_changes(*events);
   auto last = events->back().position;
   if (auto r = st.model->apply(changes, last); !r.ok()) {
@@ -173,6 +201,7 @@ void add_waiter(self_ptr self, uint64_t position, uint64_t timeout_ms,
   auto timeout = std::chrono::milliseconds{timeout_ms};
   self->state.waiters.push_back(waiter{position, clock::now() + timeout, rp});
   self->delayed_send(self, timeout, expire_atom_v);
+  stop_waiting_if_due(self);
 }
 
 void rebuild_step(self_ptr self) {
@@ -242,6 +271,7 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
       if (mode == projection_mode::eventual || mode == projection_mode::unit_of_work) {
         st.target = std::max(st.target, c.position);
         schedule_run(self);
+        stop_waiting_if_due(self);
       }
     },
     [=](wait_atom, uint64_t position,
@@ -322,6 +352,7 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
     },
     [=](run_atom) {
       self->state.run_scheduled = false;
+      self->state.lingering = false;
       step(self);
     },
     [=](expire_atom) {

@@ -102,6 +102,24 @@ constexpr const char* sql_upsert =
   "status = COALESCE(EXCLUDED.status, t.status), "
   "version = EXCLUDED.version";
 
+// apply()'s usual case in one statement and one round trip: the batch's rows are
+// written only if the checkpoint is still where this connection last left it
+// ($8), and the checkpoint moves to $7 in the same (implicit) transaction. The
+// answer is 1 when that happened, 0 when the checkpoint was elsewhere (another
+// writer, a swap) and nothing was written.
+constexpr const char* stmt_apply_from = "apply_from";
+constexpr const char* sql_apply_from =
+  "WITH cp AS (UPDATE eventsd_checkpoints SET position = $7::bigint "
+  "WHERE name = $6 AND position = $8::bigint RETURNING 1), "
+  "up AS (INSERT INTO {t} AS t (id, description, status, version, created_position) "
+  "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) "
+  "WHERE EXISTS (SELECT FROM cp) "
+  "ON CONFLICT (id) DO UPDATE SET "
+  "description = COALESCE(EXCLUDED.description, t.description), "
+  "status = COALESCE(EXCLUDED.status, t.status), "
+  "version = EXCLUDED.version) "
+  "SELECT count(*) FROM cp";
+
 constexpr const char* stmt_advance_checkpoint = "advance_checkpoint";
 constexpr const char* sql_advance_checkpoint =
   "UPDATE eventsd_checkpoints SET position = GREATEST(position, $2::bigint) WHERE name = $1";
@@ -199,10 +217,13 @@ struct todo_read_model::impl {
   /// This table's SQL, built once with the name substituted.
   struct table_sql {
     std::string create_table, create_created_idx, create_status_idx, drop_table;
-    std::string upsert, get_many, list, list_by_status;
+    std::string upsert, apply_from, get_many, list, list_by_status;
   } sql;
   pg::conn_ptr conn;
   bool ready = false; // schema ensured and statements prepared on `conn`
+  /// The checkpoint as this connection last read or wrote it; unset when it
+  /// may have changed since (failures, reset, swap).
+  std::optional<uint64_t> known_checkpoint;
 
   impl(std::string dsn_in, std::string table_in)
     : dsn(std::move(dsn_in)),
@@ -216,6 +237,7 @@ struct todo_read_model::impl {
     sql.create_status_idx = with_tables(sql_create_status_idx, table);
     sql.drop_table = with_tables(sql_drop_table, table);
     sql.upsert = with_tables(sql_upsert, table);
+    sql.apply_from = with_tables(sql_apply_from, table);
     sql.get_many = with_tables(sql_get_many, table);
     sql.list = with_tables(sql_list, table);
     sql.list_by_status = with_tables(sql_list_by_status, table);
@@ -226,6 +248,7 @@ struct todo_read_model::impl {
   /// Turns a libpq failure into a projection error; forgets a broken
   /// connection so that connected() says so and connect() opens a new one.
   projection_error fail(const pg::failure& f) {
+    known_checkpoint.reset();
     if (f.connection_lost) {
       conn.reset();
       ready = false;
@@ -321,6 +344,7 @@ struct todo_read_model::impl {
       {stmt_lock_checkpoint, sql_lock_checkpoint, 1},
       {stmt_upsert, sql.upsert.c_str(), 5},
       {stmt_advance_checkpoint, sql_advance_checkpoint, 2},
+      {stmt_apply_from, sql.apply_from.c_str(), 8},
       {stmt_get_many, sql.get_many.c_str(), 2},
       {stmt_list, sql.list.c_str(), 3},
       {stmt_list_by_status, sql.list_by_status.c_str(), 4},
@@ -331,21 +355,17 @@ struct todo_read_model::impl {
     return {};
   }
 
-  pg::outcome<void> apply_once(std::span<const todo_change> changes, uint64_t new_checkpoint) {
-    const pg::param name[] = {table};
-    auto locked = pg::exec_prepared(c(), stmt_lock_checkpoint, name);
-    if (!locked)
-      return locked.error();
-    if (PQntuples(locked->get()) != 1)
-      return logic_failure("no checkpoint row for table " + table);
-    auto stored = pg::to_u64(locked->get(), 0, 0);
-    if (!stored)
-      return logic_failure("unreadable checkpoint for table " + table);
-
+  /// The batch's changes past `after`, folded to one row per id, as the five
+  /// array parameters of the upsert (id, description, status, version,
+  /// created_position).
+  struct row_arrays {
+    std::string ids = "{", descriptions = "{", statuses = "{", versions = "{", created = "{";
+  };
+  static row_arrays fold(std::span<const todo_change> changes, uint64_t after) {
     std::vector<folded_row> rows;
     std::unordered_map<std::string, size_t> index_of;
     for (const auto& ch : changes) {
-      if (ch.position <= *stored)
+      if (ch.position <= after)
         continue;
       auto id = lowercase(ch.id);
       auto [it, inserted] = index_of.try_emplace(id, rows.size());
@@ -358,22 +378,58 @@ struct todo_read_model::impl {
         row.status = ch.status;
       row.version = ch.version;
     }
+    row_arrays a;
+    auto all = {&a.ids, &a.descriptions, &a.statuses, &a.versions, &a.created};
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (i > 0)
+        for (auto* s : all)
+          s->push_back(',');
+      pg::append_array_element(a.ids, std::string_view{rows[i].id});
+      pg::append_array_element(a.descriptions, rows[i].description);
+      pg::append_array_element(a.statuses, rows[i].status);
+      a.versions += std::to_string(rows[i].version);
+      a.created += std::to_string(rows[i].created_position);
+    }
+    for (auto* s : all)
+      s->push_back('}');
+    return a;
+  }
 
-    if (!rows.empty()) {
-      std::string ids = "{", descriptions = "{", statuses = "{", versions = "{", created = "{";
-      for (size_t i = 0; i < rows.size(); ++i) {
-        if (i > 0)
-          for (auto* s : {&ids, &descriptions, &statuses, &versions, &created})
-            s->push_back(',');
-        pg::append_array_element(ids, std::string_view{rows[i].id});
-        pg::append_array_element(descriptions, rows[i].description);
-        pg::append_array_element(statuses, rows[i].status);
-        versions += std::to_string(rows[i].version);
-        created += std::to_string(rows[i].created_position);
-      }
-      for (auto* s : {&ids, &descriptions, &statuses, &versions, &created})
-        s->push_back('}');
-      const pg::param ps[] = {ids, descriptions, statuses, versions, created};
+  /// apply() when the checkpoint is where this connection last saw it: one
+  /// statement. True when applied; false when the checkpoint had moved (nothing
+  /// written; the caller takes the locking path).
+  pg::outcome<bool> apply_from_known(std::span<const todo_change> changes,
+                                     uint64_t new_checkpoint) {
+    auto a = fold(changes, *known_checkpoint);
+    auto position = std::to_string(new_checkpoint);
+    auto expected = std::to_string(*known_checkpoint);
+    const pg::param ps[] = {a.ids, a.descriptions, a.statuses, a.versions, a.created,
+                            table, position, expected};
+    auto r = pg::exec_prepared(c(), stmt_apply_from, ps);
+    if (!r)
+      return r.error();
+    auto applied = pg::to_u64(r->get(), 0, 0);
+    return applied && *applied == 1;
+  }
+
+  /// apply() in a transaction that locks the checkpoint row first and skips
+  /// the changes it already covers. Sets `locked_checkpoint` to the
+  /// checkpoint after the batch.
+  pg::outcome<void> apply_locked(std::span<const todo_change> changes, uint64_t new_checkpoint,
+                                 uint64_t& locked_checkpoint) {
+    const pg::param name[] = {table};
+    auto locked = pg::exec_prepared(c(), stmt_lock_checkpoint, name);
+    if (!locked)
+      return locked.error();
+    if (PQntuples(locked->get()) != 1)
+      return logic_failure("no checkpoint row for table " + table);
+    auto stored = pg::to_u64(locked->get(), 0, 0);
+    if (!stored)
+      return logic_failure("unreadable checkpoint for table " + table);
+
+    auto a = fold(changes, *stored);
+    if (a.ids.size() > 2) {
+      const pg::param ps[] = {a.ids, a.descriptions, a.statuses, a.versions, a.created};
       if (auto r = pg::exec_prepared(c(), stmt_upsert, ps); !r)
         return r.error();
     }
@@ -382,6 +438,7 @@ struct todo_read_model::impl {
     const pg::param ps[] = {table, position};
     if (auto r = pg::exec_prepared(c(), stmt_advance_checkpoint, ps); !r)
       return r.error();
+    locked_checkpoint = std::max(*stored, new_checkpoint);
     return {};
   }
 
@@ -418,6 +475,7 @@ pg_result<void> todo_read_model::connect() {
     return {};
   d.ready = false;
   d.conn.reset();
+  d.known_checkpoint.reset();
   auto c = pg::connect(d.dsn);
   if (!c)
     return d.fail(c.error());
@@ -444,8 +502,10 @@ pg_result<uint64_t> todo_read_model::checkpoint() {
     return d.fail(r.error());
   if (PQntuples(r->get()) == 0)
     return uint64_t{0};
-  if (auto v = pg::to_u64(r->get(), 0, 0))
+  if (auto v = pg::to_u64(r->get(), 0, 0)) {
+    d.known_checkpoint = *v;
     return *v;
+  }
   return projection_error{projection_errc::query_failed, "unreadable checkpoint"};
 }
 
@@ -454,7 +514,22 @@ pg_result<void> todo_read_model::apply(std::span<const todo_change> changes,
   auto& d = *impl_;
   if (auto e = d.require_ready())
     return *e;
-  return d.in_transaction([&] { return d.apply_once(changes, new_checkpoint); });
+  if (d.known_checkpoint && new_checkpoint > *d.known_checkpoint) {
+    auto fast = d.apply_from_known(changes, new_checkpoint);
+    if (fast && *fast) {
+      d.known_checkpoint = new_checkpoint;
+      return {};
+    }
+    if (!fast && fast.error().connection_lost)
+      return d.fail(fast.error());
+    // The checkpoint moved, or the statement failed: the locking path decides.
+  }
+  d.known_checkpoint.reset();
+  uint64_t after = 0;
+  auto r = d.in_transaction([&] { return d.apply_locked(changes, new_checkpoint, after); });
+  if (r.ok())
+    d.known_checkpoint = after;
+  return r;
 }
 
 pg_result<todo_answer> todo_read_model::get(std::string_view id) {
@@ -569,6 +644,7 @@ pg_result<void> todo_read_model::reset() {
   auto& d = *impl_;
   if (auto e = d.require_ready())
     return *e;
+  d.known_checkpoint.reset();
   return d.in_transaction([&] { return d.create_schema(true); });
 }
 
@@ -581,6 +657,7 @@ pg_result<void> todo_read_model::swap_into(std::string_view target) {
     return projection_error{projection_errc::query_failed, "invalid table name: " + t};
   if (t == d.table)
     return projection_error{projection_errc::query_failed, "cannot swap " + t + " into itself"};
+  d.known_checkpoint.reset();
   return d.in_transaction([&] { return d.swap_once(t); });
 }
 

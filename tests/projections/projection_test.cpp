@@ -203,6 +203,14 @@ public:
     return p;
   }
 
+  /// Spawns with `o` as given (its dsn replaced by the test database's).
+  projection_actor spawn(projection_options o) {
+    o.dsn = db_.dsn;
+    auto p = spawn_projection(sys_, log_.get(), o);
+    spawned_.push_back(p);
+    return p;
+  }
+
   void stop(const projection_actor& p) {
     caf::scoped_actor self{sys_};
     self->monitor(p);
@@ -453,6 +461,45 @@ TEST_CASE("projection (eventual): wait_atom answers once the position is applied
   CHECK(st.connected);
   CHECK(st.last_error.empty());
   CHECK_FALSE(st.rebuilding);
+}
+
+TEST_CASE("projection (eventual): with a batch wait, a small batch waits for company; a full "
+          "batch and a batch a read waits for go at once",
+          "[projections][actor][postgres]") {
+  fixture f;
+  projection_options o;
+  o.mode = projection_mode::eventual;
+  o.batch_size = 3;
+  o.batch_wait = std::chrono::hours{1}; // longer than the test: only company or a read moves it
+  auto p = f.spawn(o);
+  auto a = core::make_uuid();
+
+  // The first batch has no previous one to wait after.
+  f.append(a, todo::created{"one"});
+  f.notify(p);
+  REQUIRE(eventually([&] { return f.checkpoint() == 1; }, 5s));
+
+  // One event: fewer than batch_size, so it waits (for an hour).
+  f.append(a, todo::description_changed{"two"});
+  f.notify(p);
+  std::this_thread::sleep_for(300ms);
+  CHECK(f.checkpoint() == 1);
+
+  // Two more make a full batch: applied now, all three in order.
+  f.append(a, todo::status_changed_to_in_progress{});
+  auto full = f.append(a, todo::description_changed{"four"});
+  f.notify(p);
+  REQUIRE(eventually([&] { return f.checkpoint() == full; }, 5s));
+  CHECK(f.row(a) == row_of(a, "four", "InProgress", 4));
+
+  // A small batch again, but a read waits for it (read-your-writes): applied now.
+  auto last = f.append(a, todo::status_changed_to_done{});
+  f.notify(p);
+  auto w = f.wait(p, last, 5000);
+  INFO("wait: " << w.rendered);
+  REQUIRE(w.position);
+  CHECK(*w.position == last);
+  CHECK(f.row(a) == row_of(a, "four", "Done", 5));
 }
 
 TEST_CASE("projection: wait_atom for a position the log has not reached fails with "

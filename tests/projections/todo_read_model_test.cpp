@@ -292,6 +292,37 @@ TEST_CASE("a partially overlapping batch applies only the new changes",
   CHECK(require_value(m.checkpoint()) == 4);
 }
 
+TEST_CASE("a checkpoint moved by another connection since this one last saw it: only the "
+          "changes past it are applied",
+          "[projections][postgres]") {
+  scratch s;
+  todo_read_model first{s.dsn, s.table}, second{s.dsn, s.table};
+  require_ok(first.connect());
+  require_ok(second.connect());
+  require_ok(first.apply(std::vector{created(uuid(1), "one", 1)}, 1)); // first saw 1
+  require_ok(second.apply(std::vector{moved(uuid(1), "Done", 2, 2)}, 2));
+
+  // `first` still takes the checkpoint for 1: position 2 must not be applied again
+  // (it would set Done back over the InProgress at 3).
+  require_ok(first.apply(std::vector{moved(uuid(1), "Done", 2, 2),
+                                     moved(uuid(1), "InProgress", 3, 3), created(uuid(2), "two", 4)},
+                         4));
+  CHECK(require_value(first.get(uuid(1))).row == todo_row{uuid(1), "one", "InProgress", 3});
+  CHECK(require_value(first.get(uuid(2))).row == todo_row{uuid(2), "two", "Created", 1});
+  CHECK(require_value(first.checkpoint()) == 4);
+
+  // Moved further by `second` again, past everything `first` now sends: nothing changes.
+  require_ok(second.apply(std::vector{described(uuid(2), "two!", 2, 5)}, 6));
+  require_ok(first.apply(std::vector{described(uuid(2), "late", 2, 5)}, 5));
+  CHECK(require_value(first.get(uuid(2))).row.description == "two!");
+  CHECK(require_value(second.checkpoint()) == 6);
+
+  // And once both agree again, `first` goes on from there.
+  require_ok(first.apply(std::vector{moved(uuid(2), "Done", 3, 7)}, 7));
+  CHECK(require_value(second.get(uuid(2))).row == todo_row{uuid(2), "two!", "Done", 3});
+  CHECK(require_value(second.checkpoint()) == 7);
+}
+
 TEST_CASE("changes to one todo within a batch are folded in order", "[projections][postgres]") {
   scratch s;
   todo_read_model m{s.dsn, s.table};

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/flat_json.hpp"
 #include "core/metrics.hpp"
 #include "core/uuid.hpp"
 #include "http/event_json.hpp"
@@ -133,6 +134,13 @@ std::optional<reply> require_json_object(const incoming& req, json& out) {
     return problem(415, "expected a body of type application/json");
   if (!todo::count_code_points(req.body))
     return problem(400, "body is not valid UTF-8");
+  // The usual body, e.g. {"description":"…"}, without the parser: the same
+  // object json::parse makes of it (a later duplicate key wins there too).
+  out = json::object();
+  if (core::scan_flat_strings(req.body, [&](std::string_view k, std::string_view v) {
+        out[std::string{k}] = std::string{v};
+      }))
+    return std::nullopt;
   out = json::parse(req.body, nullptr, false);
   if (out.is_discarded())
     return problem(400, "body is not well-formed JSON");

@@ -4,6 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/flat_json.hpp"
 #include "core/metrics.hpp"
 #include "core/thread_name.hpp"
 
@@ -420,43 +421,6 @@ std::optional<projection_mode> parse_projection_mode(std::string_view name) {
 
 namespace {
 
-/// Reads `data` when it is a flat object of plain strings (no whitespace, no
-/// escapes), the shape of eventsd's own Todo events, calling `field(key,
-/// value)` for each member; false for anything else (then parsed properly).
-template <class F>
-bool scan_flat_strings(std::string_view data, F&& field) {
-  size_t i = 0;
-  auto plain_string = [&](std::string_view& out) {
-    if (i >= data.size() || data[i] != '"')
-      return false;
-    auto start = ++i;
-    for (; i < data.size() && data[i] != '"'; ++i)
-      if (data[i] == '\\' || static_cast<unsigned char>(data[i]) < 0x20)
-        return false;
-    if (i >= data.size())
-      return false;
-    out = data.substr(start, i++ - start);
-    return true;
-  };
-  if (data.size() < 2 || data[i++] != '{')
-    return false;
-  if (data == "{}")
-    return true;
-  for (;;) {
-    std::string_view key, value;
-    if (!plain_string(key) || i >= data.size() || data[i++] != ':' || !plain_string(value))
-      return false;
-    field(key, value);
-    if (i >= data.size())
-      return false;
-    char c = data[i++];
-    if (c == '}')
-      return i == data.size();
-    if (c != ',')
-      return false;
-  }
-}
-
 } // namespace
 
 std::optional<todo_change> to_change(const storage::recorded_event& e) {
@@ -467,7 +431,7 @@ std::optional<todo_change> to_change(const storage::recorded_event& e) {
   c.id = e.stream.substr(prefix.size());
   c.version = e.version;
   c.position = e.position;
-  bool flat = scan_flat_strings(e.data, [&](std::string_view key, std::string_view value) {
+  bool flat = core::scan_flat_strings(e.data, [&](std::string_view key, std::string_view value) {
     if (key == "description")
       c.description = std::string{value};
     else if (key == "status")

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
 
 using namespace eventsd::todo;
 
@@ -47,6 +48,30 @@ TEST_CASE("encoded event data is a JSON object", "[codec]") {
     CHECK(data.front() == '{');
     CHECK(data.back() == '}');
   }
+}
+
+TEST_CASE("encode_data writes exactly what nlohmann's dump writes of the same object, whether "
+          "the description takes the direct path (plain ASCII) or not",
+          "[codec]") {
+  const std::vector<std::string> descriptions{
+    "buy milk", "", " ", "~", "a/b", "{\"x\":1}", "tab\there", "del\x7f", "caf\xC3\xA9",
+    "back\\slash", std::string(200, 'x'), e_acute_emoji};
+  std::vector<event> events{status_changed_to_in_progress{}, status_changed_to_done{}};
+  for (const auto& d : descriptions) {
+    events.push_back(created{d});
+    events.push_back(description_changed{d});
+  }
+  for (const auto& e : events) {
+    auto data = encode_data(e);
+    INFO(data);
+    auto parsed = nlohmann::json::parse(data);
+    CHECK(parsed.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) == data);
+    auto back = decode_event(type_name(e), data);
+    REQUIRE(back);
+    CHECK(*back == e);
+  }
+  CHECK(encode_data(created{"buy milk"}) == R"({"description":"buy milk","status":"Created"})");
+  CHECK(encode_data(status_changed_to_done{}) == R"({"status":"Done"})");
 }
 
 TEST_CASE("an unknown event type decodes to nothing", "[codec]") {

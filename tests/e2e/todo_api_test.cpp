@@ -895,6 +895,26 @@ TEST_CASE("unknown fields in a body are ignored", "[e2e][todo][validation]") {
   CHECK(history(c.id).back()["snapshot"] == todo_state(c.id, "still fine", "Created", 2));
 }
 
+TEST_CASE("a body means the same in every spelling: compact or spaced, escaped or not, a "
+          "repeated key's last value",
+          "[e2e][todo][validation]") {
+  // The compact flat form is read without the JSON parser; every other
+  // spelling goes through it. Both must give the same todo.
+  for (std::string body :
+       {R"({"description":"same text"})", R"( { "description" : "same text" } )",
+        R"({"description":"same\u0020text"})", R"({"description":"other","description":"same text"})",
+        R"({"x":"1","description":"same text","y":"2"})", R"({"description":"same text","n":1})"}) {
+    INFO("body `" << body << "`");
+    auto c = check_write(client().request("POST", "/todo", body, json_type), 201);
+    CHECK(history(c.id).back()["snapshot"] == todo_state(c.id, "same text", "Created", 1));
+  }
+  // And a description that is not a string is refused the same way either way.
+  for (std::string body : {R"({"description":7})", R"({"description":null})", R"({"x":"1"})"}) {
+    INFO("body `" << body << "`");
+    CHECK(client().request("POST", "/todo", body, json_type).status == 400);
+  }
+}
+
 TEST_CASE("a malformed JSON body is a 400 problem and appends nothing",
           "[e2e][todo][validation]") {
   auto c = create("json target");

@@ -1,5 +1,7 @@
 #include "core/uuid.hpp"
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <random>
 
@@ -14,7 +16,18 @@ std::string make_uuid() {
   auto ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                     std::chrono::system_clock::now().time_since_epoch())
                                     .count());
-  uint64_t hi = (ms << 16) | 0x7000 | (rng() & 0x0FFF);                 // time, version 7, rand_a
+  // RFC 9562 §6.2 method 1: rand_a is a counter within the millisecond, so ids
+  // made one after another in this process sort in that order (an index keyed
+  // by them is appended to, not inserted into). 4096 ids in one millisecond
+  // borrow the next one.
+  static std::atomic<uint64_t> last{0}; // ms << 12 | counter
+  uint64_t stamp = ms << 12;
+  uint64_t prev = last.load(std::memory_order_relaxed);
+  uint64_t next;
+  do
+    next = std::max(prev + 1, stamp);
+  while (!last.compare_exchange_weak(prev, next, std::memory_order_relaxed));
+  uint64_t hi = ((next >> 12) << 16) | 0x7000 | (next & 0x0FFF); // time, version 7, counter
   uint64_t lo = (rng() & 0x3FFFFFFFFFFFFFFFULL) | 0x8000000000000000ULL; // RFC variant, rand_b
   static constexpr char digits[] = "0123456789abcdef";
   std::string out(36, '-');

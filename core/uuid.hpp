@@ -8,7 +8,8 @@
 namespace eventsd::core {
 
 /// A new time-ordered (version 7, RFC 9562) UUID: 48 bits of Unix
-/// milliseconds, then 74 random bits. Ids made later sort later, so the
+/// milliseconds, a 12-bit counter within the millisecond, then 62 random bits.
+/// Within this process each id sorts after the one made before it, so the
 /// indexes they key (RocksDB, PostgreSQL b-trees) grow at their end.
 std::string make_uuid();
 

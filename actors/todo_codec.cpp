@@ -79,7 +79,8 @@ std::string encode_data_json(const event& e) {
 
 std::string encode_data(const event& e) {
   // The common events written directly, exactly as encode_data_json writes
-  // them (keys in order, nothing to escape); the codec test compares the two.
+  // them (keys in order, nothing to escape); the codec test checks that both
+  // write what nlohmann writes.
   if (auto* c = std::get_if<created>(&e); c && plain_ascii(c->description))
     return R"({"description":")" + c->description + R"(","status":")"
            + std::string{to_string(status::created)} + R"("})";

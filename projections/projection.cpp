@@ -129,7 +129,7 @@ std::vector<todo_change> to_changes(const std::vector<storage::recorded_event>& 
 /// projection_options::batch_wait); zero when it should go now.
 clock::duration batch_wait_left(const projection_state& st) {
   if (st.opts.mode != projection_mode::eventual || !st.waiters.empty()
-      || st.target - st.position >= st.opts.batch_size)
+      || st.target >= st.position + st.opts.batch_size)
     return clock::duration::zero();
   return std::max(clock::duration::zero(), st.last_batch + st.opts.batch_wait - clock::now());
 }
@@ -418,10 +418,6 @@ std::optional<projection_mode> parse_projection_mode(std::string_view name) {
       return m;
   return std::nullopt;
 }
-
-namespace {
-
-} // namespace
 
 std::optional<todo_change> to_change(const storage::recorded_event& e) {
   constexpr std::string_view prefix = "todo-";

@@ -428,7 +428,7 @@ struct todo_read_model::impl {
       return logic_failure("unreadable checkpoint for table " + table);
 
     auto a = fold(changes, *stored);
-    if (a.ids.size() > 2) {
+    if (a.ids != "{}") {
       const pg::param ps[] = {a.ids, a.descriptions, a.statuses, a.versions, a.created};
       if (auto r = pg::exec_prepared(c(), stmt_upsert, ps); !r)
         return r.error();
@@ -522,7 +522,9 @@ pg_result<void> todo_read_model::apply(std::span<const todo_change> changes,
     }
     if (!fast && fast.error().connection_lost)
       return d.fail(fast.error());
-    // The checkpoint moved, or the statement failed: the locking path decides.
+    // The checkpoint moved, or the statement failed (e.g. a deadlock with a
+    // swap, which locks the checkpoint rows before the tables, while this
+    // statement holds the table first): the locking path decides.
   }
   d.known_checkpoint.reset();
   uint64_t after = 0;

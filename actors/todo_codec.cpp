@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/flat_json.hpp"
+
 namespace eventsd::todo {
 
 namespace {
@@ -38,7 +40,7 @@ std::optional<std::string> plain_between(std::string_view data, std::string_view
     return std::nullopt;
   auto body = data.substr(head.size(), data.size() - head.size() - tail.size());
   for (unsigned char c : body)
-    if (c < 0x20 || c == '"' || c == '\\')
+    if (!core::json_plain(c))
       return std::nullopt;
   return std::string{body};
 }
@@ -46,7 +48,7 @@ std::optional<std::string> plain_between(std::string_view data, std::string_view
 /// True when `s` is printable ASCII without '"' or '\\': JSON writes it as it is.
 bool plain_ascii(std::string_view s) {
   for (unsigned char c : s)
-    if (c < 0x20 || c >= 0x7F || c == '"' || c == '\\')
+    if (c >= 0x7F || !core::json_plain(c))
       return false;
   return true;
 }

@@ -8,6 +8,12 @@
 
 namespace eventsd::core {
 
+/// True for a byte a JSON string holds as it is: not a control character,
+/// '"' or '\\' (everything else, UTF-8 included, needs no escape).
+constexpr bool json_plain(unsigned char c) {
+  return c >= 0x20 && c != '"' && c != '\\';
+}
+
 /// Calls `field(key, value)` for each member of `data` and returns true when
 /// `data` is a flat object of plain strings; false, possibly after some calls,
 /// for anything else. Plain: no backslash and no control character; the bytes
@@ -20,7 +26,7 @@ bool scan_flat_strings(std::string_view data, F&& field) {
       return false;
     auto start = ++i;
     for (; i < data.size() && data[i] != '"'; ++i)
-      if (data[i] == '\\' || static_cast<unsigned char>(data[i]) < 0x20)
+      if (!json_plain(static_cast<unsigned char>(data[i])))
         return false;
     if (i >= data.size())
       return false;

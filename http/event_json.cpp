@@ -6,6 +6,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/flat_json.hpp"
+
 namespace eventsd::http {
 
 void append_json_time(std::string& out, int64_t unix_ms) {
@@ -38,9 +40,8 @@ void append_json_time(std::string& out, int64_t unix_ms) {
 
 void append_json_string(std::string& out, std::string_view s) {
   static constexpr char hex[] = "0123456789abcdef";
-  auto plain = [](unsigned char c) { return c >= 0x20 && c != '"' && c != '\\'; };
   size_t i = 0;
-  while (i < s.size() && plain(static_cast<unsigned char>(s[i])))
+  while (i < s.size() && core::json_plain(static_cast<unsigned char>(s[i])))
     ++i;
   if (i == s.size()) { // the usual case: nothing to escape, one copy
     const size_t at = out.size();
@@ -55,7 +56,7 @@ void append_json_string(std::string& out, std::string_view s) {
   size_t run = 0; // start of the run of characters copied as they are
   for (; i < s.size(); ++i) {
     auto c = static_cast<unsigned char>(s[i]);
-    if (plain(c))
+    if (core::json_plain(c))
       continue;
     out.append(s.substr(run, i - run));
     run = i + 1;

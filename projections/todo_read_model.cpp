@@ -94,9 +94,12 @@ constexpr const char* sql_lock_checkpoint =
   "SELECT position FROM eventsd_checkpoints WHERE name = $1 FOR UPDATE";
 
 constexpr const char* stmt_upsert = "upsert_todos";
-constexpr const char* sql_upsert =
+// The upsert of a folded batch, in two parts: the rows, and how they merge
+// with the rows already there (apply_from puts a condition between them).
+constexpr std::string_view sql_upsert_rows =
   "INSERT INTO {t} AS t (id, description, status, version, created_position) "
-  "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) "
+  "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) ";
+constexpr std::string_view sql_upsert_merge =
   "ON CONFLICT (id) DO UPDATE SET "
   "description = COALESCE(EXCLUDED.description, t.description), "
   "status = COALESCE(EXCLUDED.status, t.status), "
@@ -108,17 +111,12 @@ constexpr const char* sql_upsert =
 // answer is 1 when that happened, 0 when the checkpoint was elsewhere (another
 // writer, a swap) and nothing was written.
 constexpr const char* stmt_apply_from = "apply_from";
-constexpr const char* sql_apply_from =
-  "WITH cp AS (UPDATE eventsd_checkpoints SET position = $7::bigint "
-  "WHERE name = $6 AND position = $8::bigint RETURNING 1), "
-  "up AS (INSERT INTO {t} AS t (id, description, status, version, created_position) "
-  "SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) "
-  "WHERE EXISTS (SELECT FROM cp) "
-  "ON CONFLICT (id) DO UPDATE SET "
-  "description = COALESCE(EXCLUDED.description, t.description), "
-  "status = COALESCE(EXCLUDED.status, t.status), "
-  "version = EXCLUDED.version) "
-  "SELECT count(*) FROM cp";
+std::string sql_apply_from() {
+  return std::string{"WITH cp AS (UPDATE eventsd_checkpoints SET position = $7::bigint "
+                     "WHERE name = $6 AND position = $8::bigint RETURNING 1), up AS ("}
+         + std::string{sql_upsert_rows} + "WHERE EXISTS (SELECT FROM cp) "
+         + std::string{sql_upsert_merge} + ") SELECT count(*) FROM cp";
+}
 
 constexpr const char* stmt_advance_checkpoint = "advance_checkpoint";
 constexpr const char* sql_advance_checkpoint =
@@ -236,8 +234,8 @@ struct todo_read_model::impl {
     sql.create_created_idx = with_tables(sql_create_created_idx, table);
     sql.create_status_idx = with_tables(sql_create_status_idx, table);
     sql.drop_table = with_tables(sql_drop_table, table);
-    sql.upsert = with_tables(sql_upsert, table);
-    sql.apply_from = with_tables(sql_apply_from, table);
+    sql.upsert = with_tables(std::string{sql_upsert_rows} + std::string{sql_upsert_merge}, table);
+    sql.apply_from = with_tables(sql_apply_from(), table);
     sql.get_many = with_tables(sql_get_many, table);
     sql.list = with_tables(sql_list, table);
     sql.list_by_status = with_tables(sql_list_by_status, table);
@@ -526,7 +524,6 @@ pg_result<void> todo_read_model::apply(std::span<const todo_change> changes,
     // swap, which locks the checkpoint rows before the tables, while this
     // statement holds the table first): the locking path decides.
   }
-  d.known_checkpoint.reset();
   uint64_t after = 0;
   auto r = d.in_transaction([&] { return d.apply_locked(changes, new_checkpoint, after); });
   if (r.ok())

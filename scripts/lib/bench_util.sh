@@ -83,7 +83,8 @@ bench_wait_rocksdb_idle() {
   local pid=$1 last=-1 now quiet=0 t0=$SECONDS
   while (( SECONDS - t0 < 600 )); do
     now=$(for t in /proc/"$pid"/task/*; do
-            [[ $(cat "$t/comm" 2>/dev/null) == rocksdb:* ]] && awk '{ print $14 + $15 }' "$t/stat" 2>/dev/null
+            [[ $(cat "$t/comm" 2>/dev/null) == rocksdb:* ]] || continue
+            awk '{ print $14 + $15 }' "$t/stat" 2>/dev/null || true # the thread may be gone
           done | awk '{ s += $1 } END { print s + 0 }')
     if [[ $now == "$last" ]]; then
       (( ++quiet >= 2 )) && break

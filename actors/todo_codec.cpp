@@ -39,9 +39,8 @@ std::optional<std::string> plain_between(std::string_view data, std::string_view
   if (data.size() < head.size() + tail.size() || !data.starts_with(head) || !data.ends_with(tail))
     return std::nullopt;
   auto body = data.substr(head.size(), data.size() - head.size() - tail.size());
-  for (unsigned char c : body)
-    if (!core::json_plain(c))
-      return std::nullopt;
+  if (core::json_plain_prefix(body) != body.size())
+    return std::nullopt;
   return std::string{body};
 }
 

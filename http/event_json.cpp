@@ -40,9 +40,7 @@ void append_json_time(std::string& out, int64_t unix_ms) {
 
 void append_json_string(std::string& out, std::string_view s) {
   static constexpr char hex[] = "0123456789abcdef";
-  size_t i = 0;
-  while (i < s.size() && core::json_plain(static_cast<unsigned char>(s[i])))
-    ++i;
+  size_t i = core::json_plain_prefix(s);
   if (i == s.size()) { // the usual case: nothing to escape, one copy
     const size_t at = out.size();
     out.resize(at + s.size() + 2);

@@ -399,6 +399,13 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
   rocksdb::ColumnFamilyOptions events_options{options};
   auto events_table = table;
   events_table.filter_policy.reset();
+  // Every record a restart point of its block: the block's hash index then
+  // leads a point read straight to its record. With RocksDB's default (a
+  // restart point every 16 keys) a 4 KiB block of ~250-byte records has one,
+  // and each read scanned the block from its start (history of a 10-event
+  // todo: 21.6 → 19.4 µs at 10 M events, 11.8 → 10.6 µs near-empty; the keys
+  // share little, so the files are no larger).
+  events_table.block_restart_interval = 1;
   events_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(events_table));
   events_options.memtable_prefix_bloom_size_ratio = 0;
   events_options.memtable_whole_key_filtering = false;

@@ -82,10 +82,7 @@ bench_wait_ready() {
 bench_wait_rocksdb_idle() {
   local pid=$1 last=-1 now quiet=0 t0=$SECONDS
   while (( SECONDS - t0 < 600 )); do
-    now=$(for t in /proc/"$pid"/task/*; do
-            [[ $(cat "$t/comm" 2>/dev/null) == rocksdb:* ]] || continue
-            awk '{ print $14 + $15 }' "$t/stat" 2>/dev/null || true # the thread may be gone
-          done | awk '{ s += $1 } END { print s + 0 }')
+    now=$(bench_thread_ticks "$pid" | awk '$1 ~ /^rocksdb:/ { s += $2 } END { print s + 0 }')
     if [[ $now == "$last" ]]; then
       (( ++quiet >= 2 )) && break
     else
@@ -336,11 +333,11 @@ bench_cpu_ticks() {
   printf '%s\n' "$t"
 }
 
-# bench_thread_ticks: "name ticks" per thread name of BENCH_CPU_PID, sorted by name (threads
-# of one name summed): which of the server's threads a run kept busy.
+# bench_thread_ticks [PID]: "name ticks" per thread name of PID (default BENCH_CPU_PID),
+# sorted by name (threads of one name summed): which of the server's threads kept busy.
 bench_thread_ticks() {
   local t
-  for t in /proc/"$BENCH_CPU_PID"/task/*; do
+  for t in /proc/"${1:-$BENCH_CPU_PID}"/task/*; do
     printf '%s %s\n' "$(tr ' ' _ <"$t/comm" 2>/dev/null)" "$(awk '{ print $14 + $15 }' "$t/stat" 2>/dev/null)"
   done | awk 'NF == 2 { s[$1] += $2 } END { for (k in s) print k, s[k] }' | sort
 }

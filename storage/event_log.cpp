@@ -204,7 +204,7 @@ struct event_log::impl {
     auto head = keys::decode_head(**raw);
     if (!head)
       return corrupted("stream head record", stream);
-    return std::optional<stream_head>{*head};
+    return std::optional<stream_head>{std::move(*head)};
   }
 
   /// Stores written before `$all` had its own column family keep their
@@ -536,7 +536,7 @@ event_log::append(std::span<const append_request> batch) {
           continue;
         }
         if (stored->has_value())
-          head = **stored;
+          head = std::move(**stored);
       }
       if (req.expected_version != any_version && req.expected_version != head.version) {
         results.emplace_back(storage_error{
@@ -552,7 +552,13 @@ event_log::append(std::span<const append_request> batch) {
         recorded_event ev{proposed.id,   req.stream, proposed.type, after.version + 1,
                           next,          proposed.occurred_at_ms,   proposed.data};
         wb.Put(impl_->events, keys::all_key(next), keys::encode_event(ev));
-        wb.Put(keys::stream_index_key(req.stream, ev.version), keys::be64(next));
+        // The head carries the first positions of a stream (all of them, so
+        // far); later versions go to the stream index.
+        if (after.positions.size() == after.version
+            && after.positions.size() < keys::head_positions_max)
+          after.positions.push_back(next);
+        else
+          wb.Put(keys::stream_index_key(req.stream, ev.version), keys::be64(next));
         wb.Put(keys::event_id_key(proposed.id), keys::be64(next));
         after.version = ev.version;
         after.last_position = next;
@@ -573,9 +579,9 @@ event_log::append(std::span<const append_request> batch) {
         wb.Put(keys::idempotency_key(claim.key), keys::encode_idempotency(rec));
         pending_keys.insert_or_assign(claim.key, std::move(rec));
       }
-      heads.insert_or_assign(req.stream, after);
       results.emplace_back(append_result{req.stream, after.version, first_position,
                                          after.last_position, false});
+      heads.insert_or_assign(req.stream, std::move(after));
     }
 
     if (wb.Count() == 0)
@@ -611,44 +617,42 @@ event_log::append(std::span<const append_request> batch) {
 
 result<std::vector<recorded_event>>
 event_log::read_stream(std::string_view stream, uint64_t from_version, size_t limit) const try {
-  // No snapshot and no head read first: index entries and event records are
-  // written in one batch and never change, so the iterator's own view is
-  // consistent, and the records it points to can be fetched afterwards.
+  // No snapshot: heads only grow, index entries and event records are
+  // written in the batch that makes a head point at them and never change,
+  // so whatever the iterator (created after the head was read) and the
+  // record reads see is at least what the head says.
   from_version = std::max<uint64_t>(from_version, 1);
-  auto not_found = [&] {
+  auto stored = impl_->get_head(rocksdb::ReadOptions{}, stream);
+  if (!stored)
+    return stored.error();
+  if (!stored->has_value())
     return storage_error{storage_errc::stream_not_found, "stream " + std::string{stream}};
-  };
-  auto empty_or_not_found = [&]() -> result<std::vector<recorded_event>> {
-    auto head = impl_->get_head(rocksdb::ReadOptions{}, stream);
-    if (!head)
-      return head.error();
-    if (!head->has_value())
-      return not_found();
+  const auto& head = **stored;
+  if (limit == 0 || from_version > head.version)
     return std::vector<recorded_event>{};
-  };
-  if (limit == 0)
-    return empty_or_not_found();
-  bounded_read br{nullptr, keys::stream_index_key(stream, from_version),
-                  keys::stream_index_end(stream)};
-  br.options.total_order_seek = false;
-  br.options.prefix_same_as_start = true;
-  std::unique_ptr<rocksdb::Iterator> it{impl_->db->NewIterator(br.options)};
+  // Read no further than the head: what was appended since is not asked for.
+  const uint64_t last = from_version + std::min<uint64_t>(limit, head.version - from_version + 1) - 1;
   std::vector<uint64_t> positions;
-  positions.reserve(std::min<size_t>(limit, 16));
-  for (it->Seek(br.lower_slice); it->Valid() && positions.size() < limit; it->Next()) {
-    auto pos = keys::get_be64(as_view(it->value()));
-    if (!pos)
-      return corrupted("stream index entry", as_view(it->key()));
-    positions.push_back(*pos);
-  }
-  if (!it->status().ok())
-    return read_error(it->status(), "read stream index");
-  if (positions.empty()) {
-    // A stream has its version 1 from its first append on: nothing there
-    // means no stream (at the iterator's view). Past its end, ask the head.
-    if (from_version == 1)
-      return not_found();
-    return empty_or_not_found();
+  positions.reserve(last - from_version + 1);
+  for (auto v = from_version; v <= std::min<uint64_t>(last, head.positions.size()); ++v)
+    positions.push_back(head.positions[v - 1]);
+  if (positions.size() < last - from_version + 1) {
+    const uint64_t first_indexed = from_version + positions.size();
+    bounded_read br{nullptr, keys::stream_index_key(stream, first_indexed),
+                    keys::stream_index_key(stream, last + 1)};
+    br.options.total_order_seek = false;
+    br.options.prefix_same_as_start = true;
+    std::unique_ptr<rocksdb::Iterator> it{impl_->db->NewIterator(br.options)};
+    for (it->Seek(br.lower_slice); it->Valid(); it->Next()) {
+      auto pos = keys::get_be64(as_view(it->value()));
+      if (!pos)
+        return corrupted("stream index entry", as_view(it->key()));
+      positions.push_back(*pos);
+    }
+    if (!it->status().ok())
+      return read_error(it->status(), "read stream index");
+    if (positions.size() != last - from_version + 1)
+      return corrupted("stream index (entries missing)", stream);
   }
   return impl_->fetch_positions(rocksdb::ReadOptions{}, positions);
 } catch (const std::exception& e) {

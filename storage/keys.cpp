@@ -189,16 +189,25 @@ std::string snapshot_key(std::string_view stream) {
 
 std::string encode_head(const stream_head& head) {
   std::string out;
-  out.reserve(16);
+  out.reserve(16 + 8 * head.positions.size());
   put_be64(out, head.version);
   put_be64(out, head.last_position);
+  for (auto p : head.positions)
+    put_be64(out, p);
   return out;
 }
 
 std::optional<stream_head> decode_head(std::string_view in) {
-  if (in.size() != 16)
+  if (in.size() < 16 || in.size() % 8 != 0)
     return std::nullopt;
-  return stream_head{*get_be64(in.substr(0, 8)), *get_be64(in.substr(8, 8))};
+  stream_head head{*get_be64(in.substr(0, 8)), *get_be64(in.substr(8, 8)), {}};
+  const size_t count = in.size() / 8 - 2;
+  if (count > head.version)
+    return std::nullopt;
+  head.positions.reserve(count);
+  for (size_t i = 0; i < count; ++i)
+    head.positions.push_back(*get_be64(in.substr(16 + 8 * i, 8)));
+  return head;
 }
 
 std::string encode_idempotency(const idempotency_record& rec) {

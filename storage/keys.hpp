@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "storage/event_log.hpp"
 
@@ -21,7 +22,8 @@ inline constexpr char head_prefix = 'h';         ///< stream -> stream head
 inline constexpr char idempotency_prefix = 'i';  ///< idempotency key -> idempotency record
 inline constexpr char snapshot_prefix = 'n';     ///< stream -> snapshot record
 inline constexpr char recency_prefix = 'r';      ///< be64(last_position) + stream -> be64(version)
-inline constexpr char stream_prefix = 's';       ///< escaped stream + 0x00 + be64(version) -> be64(position)
+inline constexpr char stream_prefix = 's';       ///< escaped stream + 0x00 + be64(version) -> be64(position),
+                                                 ///< for versions the head does not carry
 
 /// Format byte that starts every variable-length record.
 inline constexpr uint8_t record_format_v1 = 1;
@@ -76,16 +78,27 @@ std::string snapshot_key(std::string_view stream);
 
 // -- values ------------------------------------------------------------------
 
-/// Value of a head key: the stream's version and the position of its newest event.
+/// Most positions a stream head carries (see `stream_head::positions`).
+inline constexpr size_t head_positions_max = 16;
+
+/// Value of a head key: the stream's version, the position of its newest
+/// event, and the positions of its first events.
 struct stream_head {
   uint64_t version = 0;
   uint64_t last_position = 0;
+  /// Positions of versions 1 … positions.size() (at most
+  /// `head_positions_max`); those versions have no stream index entry, so a
+  /// short stream is read with one point lookup instead of an index scan.
+  /// Versions after them are in the stream index. Empty for streams written
+  /// before heads carried positions: all their versions are in the index.
+  std::vector<uint64_t> positions;
 
   friend bool operator==(const stream_head&, const stream_head&) = default;
 };
 
-/// be64(version) + be64(last_position).
+/// be64(version) + be64(last_position) + be64 of each of `positions`.
 std::string encode_head(const stream_head& head);
+/// Fails unless the value is 16 + 8·k bytes with k ≤ version.
 std::optional<stream_head> decode_head(std::string_view in);
 
 /// Value of an idempotency key: what the first request with that key did.

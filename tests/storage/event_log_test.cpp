@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <string>
 #include <thread>
@@ -116,6 +117,85 @@ std::vector<uint64_t> range(uint64_t first, uint64_t last) {
   for (auto i = first; i <= last; ++i)
     out.push_back(i);
   return out;
+}
+
+/// Opens the store under `dir` with plain RocksDB (no event_log), to look at
+/// or rewrite its keys the way an older eventsd would have left them.
+class raw_store {
+public:
+  explicit raw_store(const temp_dir& dir) {
+    std::vector<rocksdb::ColumnFamilyDescriptor> families{
+      {rocksdb::kDefaultColumnFamilyName, {}}, {"events", {}}};
+    rocksdb::DB* raw = nullptr;
+    REQUIRE(rocksdb::DB::Open(rocksdb::DBOptions{}, dir.db(), families, &handles_, &raw).ok());
+    db_.reset(raw);
+  }
+  ~raw_store() {
+    for (auto* h : handles_)
+      db_->DestroyColumnFamilyHandle(h);
+    db_->Close();
+  }
+  raw_store(const raw_store&) = delete;
+  raw_store& operator=(const raw_store&) = delete;
+
+  rocksdb::DB& db() { return *db_; }
+
+  /// Keys and values of the default family from `begin` (inclusive) to `end`.
+  std::vector<std::pair<std::string, std::string>> scan(const std::string& begin,
+                                                        const std::string& end) {
+    std::vector<std::pair<std::string, std::string>> out;
+    std::unique_ptr<rocksdb::Iterator> it{db_->NewIterator({})};
+    for (it->Seek(begin); it->Valid() && it->key().ToString() < end; it->Next())
+      out.emplace_back(it->key().ToString(), it->value().ToString());
+    REQUIRE(it->status().ok());
+    return out;
+  }
+
+  keys::stream_head head(const std::string& stream) {
+    std::string value;
+    REQUIRE(db_->Get({}, keys::head_key(stream), &value).ok());
+    auto head = keys::decode_head(value);
+    REQUIRE(head);
+    return *head;
+  }
+
+  /// Versions of `stream` that have a stream index entry.
+  std::vector<uint64_t> indexed_versions(const std::string& stream) {
+    std::vector<uint64_t> out;
+    for (auto& [k, v] : scan(keys::stream_index_key(stream, 0), keys::stream_index_end(stream)))
+      out.push_back(*keys::get_be64(std::string_view{k}.substr(k.size() - 8)));
+    return out;
+  }
+
+private:
+  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  std::unique_ptr<rocksdb::DB> db_;
+};
+
+/// Every read of `stream` (version `n`, whose version v sits at `positions[v - 1]`)
+/// from every version with every limit returns exactly the events asked for.
+void check_every_read(const event_log& log, const std::string& stream,
+                      const std::vector<uint64_t>& positions) {
+  const uint64_t n = positions.size();
+  for (uint64_t from = 0; from <= n + 2; ++from)
+    for (size_t limit : {size_t{0}, size_t{1}, size_t{2}, size_t{7}, size_t{15}, size_t{16},
+                         size_t{17}, size_t{40}, size_t{1000}}) {
+      auto got = log.read_stream(stream, from, limit);
+      REQUIRE(got);
+      std::vector<uint64_t> want_versions, want_positions;
+      for (auto v = std::max<uint64_t>(from, 1); v <= n && want_versions.size() < limit; ++v) {
+        want_versions.push_back(v);
+        want_positions.push_back(positions[v - 1]);
+      }
+      std::vector<uint64_t> versions;
+      for (const auto& ev : *got) {
+        versions.push_back(ev.version);
+        CHECK(ev.stream == stream);
+      }
+      INFO("from " << from << " limit " << limit);
+      CHECK(versions == want_versions);
+      CHECK(positions_of(*got) == want_positions);
+    }
 }
 
 } // namespace
@@ -376,6 +456,99 @@ TEST_CASE("a store from before the events column family is moved over at open, l
   CHECK(positions_of(log->read_all(1, 30'000).value()) == range(1, 25'003));
   CHECK(log->find_event(log->read_all(2, 1).value().front().id).value().position == 2);
   CHECK(append_one(*log, request("todo-1", 3, 1)).last_position == 25'004);
+}
+
+TEST_CASE("a stream's first 16 positions live in its head and later versions in the stream "
+          "index; every read across that boundary returns exactly the events asked for") {
+  temp_dir dir;
+  // Streams filled in differently sized appends, interleaved so that their
+  // positions are not consecutive.
+  const std::vector<std::pair<std::string, std::vector<size_t>>> plans{
+    {"one-by-one", std::vector<size_t>(40, 1)},
+    {"one-append", {40}},
+    {"across", {15, 3, 1, 21}},
+    {"exactly-16", {16}},
+    {"short", {5}},
+  };
+  std::map<std::string, std::vector<uint64_t>> positions;
+  {
+    auto log = open_log(dir);
+    for (size_t round = 0; round < 40; ++round)
+      for (const auto& [stream, sizes] : plans) {
+        if (round >= sizes.size())
+          continue;
+        auto& mine = positions[stream];
+        auto r = append_one(*log, request(stream, mine.empty() ? no_stream : mine.size(),
+                                          sizes[round], mine.size()));
+        for (auto p = r.first_position; p <= r.last_position; ++p)
+          mine.push_back(p);
+      }
+    for (const auto& [stream, expected] : positions)
+      check_every_read(*log, stream, expected);
+  }
+  {
+    raw_store raw{dir};
+    for (const auto& [stream, expected] : positions) {
+      INFO(stream);
+      auto head = raw.head(stream);
+      const auto carried = std::min<size_t>(expected.size(), keys::head_positions_max);
+      CHECK(head.version == expected.size());
+      CHECK(head.positions == std::vector<uint64_t>(expected.begin(), expected.begin() + carried));
+      CHECK(raw.indexed_versions(stream) == range(carried + 1, expected.size()));
+    }
+    // A missing index entry is reported, not papered over.
+    REQUIRE(raw.db().Delete({}, keys::stream_index_key("across", 20)).ok());
+  }
+  auto log = open_log(dir);
+  check_every_read(*log, "one-by-one", positions["one-by-one"]);
+  CHECK(log->read_stream("across", 1, 16).value().size() == 16);
+  CHECK(log->read_stream("across", 1, 100).error().code == storage_errc::corrupted);
+  CHECK(log->read_stream("across", 20, 1).error().code == storage_errc::corrupted);
+}
+
+TEST_CASE("a stream written before heads carried positions is read and appended to through "
+          "its stream index") {
+  temp_dir dir;
+  std::map<std::string, std::vector<uint64_t>> positions;
+  {
+    auto log = open_log(dir);
+    for (const auto& [stream, n] : {std::pair{"old-short", 3}, std::pair{"old-long", 20}}) {
+      auto r = append_one(*log, request(stream, no_stream, n));
+      positions[stream] = range(r.first_position, r.last_position);
+    }
+  }
+  // Rewrite them as an older eventsd stored them: a 16-byte head and an
+  // index entry for every version.
+  {
+    raw_store raw{dir};
+    rocksdb::WriteBatch wb;
+    for (const auto& [stream, expected] : positions) {
+      auto head = raw.head(stream);
+      for (size_t i = 0; i < head.positions.size(); ++i)
+        wb.Put(keys::stream_index_key(stream, i + 1), keys::be64(head.positions[i]));
+      head.positions.clear();
+      wb.Put(keys::head_key(stream), keys::encode_head(head));
+    }
+    REQUIRE(raw.db().Write({}, &wb).ok());
+    CHECK(raw.head("old-short").positions.empty());
+    CHECK(raw.indexed_versions("old-short") == range(1, 3));
+  }
+  {
+    auto log = open_log(dir);
+    for (const auto& [stream, expected] : positions)
+      check_every_read(*log, stream, expected);
+    for (auto& [stream, expected] : positions) {
+      auto r = append_one(*log, request(stream, expected.size(), 2, expected.size()));
+      expected.push_back(r.first_position);
+      expected.push_back(r.last_position);
+      check_every_read(*log, stream, expected);
+    }
+    CHECK(log->stream_version("old-short").value() == 5);
+  }
+  raw_store raw{dir};
+  CHECK(raw.head("old-short").positions.empty());
+  CHECK(raw.indexed_versions("old-short") == range(1, 5));
+  CHECK(raw.indexed_versions("old-long") == range(1, 22));
 }
 
 TEST_CASE("find_event returns the event by id and an unknown id is event_not_found") {
@@ -741,8 +914,14 @@ TEST_CASE("the record codec round-trips and rejects truncated records") {
 
   CHECK(keys::decode_snapshot(keys::encode_snapshot({9, "state"}))
         == snapshot_record{9, "state"});
-  CHECK(keys::decode_head(keys::encode_head({4, 9})) == keys::stream_head{4, 9});
+  CHECK(keys::decode_head(keys::encode_head({4, 9, {}})) == keys::stream_head{4, 9, {}});
+  CHECK(keys::encode_head({4, 9, {}}).size() == 16);
+  keys::stream_head carrying{3, 30, {10, 20, 30}};
+  CHECK(keys::decode_head(keys::encode_head(carrying)) == carrying);
   CHECK_FALSE(keys::decode_head("short"));
+  CHECK_FALSE(keys::decode_head(keys::encode_head(carrying) + "x"));
+  // More positions than versions cannot be a head.
+  CHECK_FALSE(keys::decode_head(keys::encode_head({2, 30, {10, 20, 30}})));
 }
 
 TEST_CASE("$all and recency keys sort by position") {

@@ -552,13 +552,18 @@ event_log::append(std::span<const append_request> batch) {
         recorded_event ev{proposed.id,   req.stream, proposed.type, after.version + 1,
                           next,          proposed.occurred_at_ms,   proposed.data};
         wb.Put(impl_->events, keys::all_key(next), keys::encode_event(ev));
-        // The head carries the first positions of a stream (all of them, so
-        // far); later versions go to the stream index.
+        // A short stream's positions are all in its head. The event that
+        // makes it long moves them to the stream index, where every later
+        // version goes too.
         if (after.positions.size() == after.version
-            && after.positions.size() < keys::head_positions_max)
+            && after.version < keys::head_positions_max) {
           after.positions.push_back(next);
-        else
+        } else {
+          for (size_t i = 0; i < after.positions.size(); ++i)
+            wb.Put(keys::stream_index_key(req.stream, i + 1), keys::be64(after.positions[i]));
+          after.positions.clear();
           wb.Put(keys::stream_index_key(req.stream, ev.version), keys::be64(next));
+        }
         wb.Put(keys::event_id_key(proposed.id), keys::be64(next));
         after.version = ev.version;
         after.last_position = next;
@@ -633,12 +638,13 @@ event_log::read_stream(std::string_view stream, uint64_t from_version, size_t li
   // Read no further than the head: what was appended since is not asked for.
   const uint64_t last = from_version + std::min<uint64_t>(limit, head.version - from_version + 1) - 1;
   std::vector<uint64_t> positions;
-  positions.reserve(last - from_version + 1);
-  for (auto v = from_version; v <= std::min<uint64_t>(last, head.positions.size()); ++v)
-    positions.push_back(head.positions[v - 1]);
-  if (positions.size() < last - from_version + 1) {
-    const uint64_t first_indexed = from_version + positions.size();
-    bounded_read br{nullptr, keys::stream_index_key(stream, first_indexed),
+  if (!head.positions.empty()) {
+    // A short stream: all of its positions are in its head.
+    positions.assign(head.positions.begin() + static_cast<ptrdiff_t>(from_version - 1),
+                     head.positions.begin() + static_cast<ptrdiff_t>(last));
+  } else {
+    positions.reserve(last - from_version + 1);
+    bounded_read br{nullptr, keys::stream_index_key(stream, from_version),
                     keys::stream_index_key(stream, last + 1)};
     br.options.total_order_seek = false;
     br.options.prefix_same_as_start = true;

@@ -202,7 +202,7 @@ std::optional<stream_head> decode_head(std::string_view in) {
     return std::nullopt;
   stream_head head{*get_be64(in.substr(0, 8)), *get_be64(in.substr(8, 8)), {}};
   const size_t count = in.size() / 8 - 2;
-  if (count > head.version)
+  if (count != 0 && count != head.version)
     return std::nullopt;
   head.positions.reserve(count);
   for (size_t i = 0; i < count; ++i)

@@ -23,7 +23,7 @@ inline constexpr char idempotency_prefix = 'i';  ///< idempotency key -> idempot
 inline constexpr char snapshot_prefix = 'n';     ///< stream -> snapshot record
 inline constexpr char recency_prefix = 'r';      ///< be64(last_position) + stream -> be64(version)
 inline constexpr char stream_prefix = 's';       ///< escaped stream + 0x00 + be64(version) -> be64(position),
-                                                 ///< for versions the head does not carry
+                                                 ///< for streams whose head carries no positions
 
 /// Format byte that starts every variable-length record.
 inline constexpr uint8_t record_format_v1 = 1;
@@ -78,19 +78,19 @@ std::string snapshot_key(std::string_view stream);
 
 // -- values ------------------------------------------------------------------
 
-/// Most positions a stream head carries (see `stream_head::positions`).
+/// Longest stream whose positions its head carries (see `stream_head::positions`).
 inline constexpr size_t head_positions_max = 16;
 
 /// Value of a head key: the stream's version, the position of its newest
-/// event, and the positions of its first events.
+/// event, and, while the stream is short, the positions of all its events.
 struct stream_head {
   uint64_t version = 0;
   uint64_t last_position = 0;
-  /// Positions of versions 1 … positions.size() (at most
-  /// `head_positions_max`); those versions have no stream index entry, so a
-  /// short stream is read with one point lookup instead of an index scan.
-  /// Versions after them are in the stream index. Empty for streams written
-  /// before heads carried positions: all their versions are in the index.
+  /// Either the positions of versions 1 … version (a stream of at most
+  /// `head_positions_max` events; it has no stream index entries, so it is
+  /// read with one point lookup instead of an index scan), or empty (every
+  /// version is in the stream index: longer streams, and streams written
+  /// before heads carried positions).
   std::vector<uint64_t> positions;
 
   friend bool operator==(const stream_head&, const stream_head&) = default;
@@ -98,7 +98,7 @@ struct stream_head {
 
 /// be64(version) + be64(last_position) + be64 of each of `positions`.
 std::string encode_head(const stream_head& head);
-/// Fails unless the value is 16 + 8·k bytes with k ≤ version.
+/// Fails unless the value is 16 + 8·k bytes with k = 0 or k = version.
 std::optional<stream_head> decode_head(std::string_view in);
 
 /// Value of an idempotency key: what the first request with that key did.

@@ -458,8 +458,8 @@ TEST_CASE("a store from before the events column family is moved over at open, l
   CHECK(append_one(*log, request("todo-1", 3, 1)).last_position == 25'004);
 }
 
-TEST_CASE("a stream's first 16 positions live in its head and later versions in the stream "
-          "index; every read across that boundary returns exactly the events asked for") {
+TEST_CASE("a stream of up to 16 events keeps its positions in its head; a longer one keeps "
+          "them all in the stream index; every read returns exactly the events asked for") {
   temp_dir dir;
   // Streams filled in differently sized appends, interleaved so that their
   // positions are not consecutive.
@@ -468,6 +468,7 @@ TEST_CASE("a stream's first 16 positions live in its head and later versions in 
     {"one-append", {40}},
     {"across", {15, 3, 1, 21}},
     {"exactly-16", {16}},
+    {"just-17", {17}},
     {"short", {5}},
   };
   std::map<std::string, std::vector<uint64_t>> positions;
@@ -491,10 +492,10 @@ TEST_CASE("a stream's first 16 positions live in its head and later versions in 
     for (const auto& [stream, expected] : positions) {
       INFO(stream);
       auto head = raw.head(stream);
-      const auto carried = std::min<size_t>(expected.size(), keys::head_positions_max);
+      const bool is_short = expected.size() <= keys::head_positions_max;
       CHECK(head.version == expected.size());
-      CHECK(head.positions == std::vector<uint64_t>(expected.begin(), expected.begin() + carried));
-      CHECK(raw.indexed_versions(stream) == range(carried + 1, expected.size()));
+      CHECK(head.positions == (is_short ? expected : std::vector<uint64_t>{}));
+      CHECK(raw.indexed_versions(stream) == (is_short ? range(1, 0) : range(1, expected.size())));
     }
     // A missing index entry is reported, not papered over.
     REQUIRE(raw.db().Delete({}, keys::stream_index_key("across", 20)).ok());
@@ -920,8 +921,9 @@ TEST_CASE("the record codec round-trips and rejects truncated records") {
   CHECK(keys::decode_head(keys::encode_head(carrying)) == carrying);
   CHECK_FALSE(keys::decode_head("short"));
   CHECK_FALSE(keys::decode_head(keys::encode_head(carrying) + "x"));
-  // More positions than versions cannot be a head.
+  // A head carries all of its stream's positions or none.
   CHECK_FALSE(keys::decode_head(keys::encode_head({2, 30, {10, 20, 30}})));
+  CHECK_FALSE(keys::decode_head(keys::encode_head({3, 30, {10, 20}})));
 }
 
 TEST_CASE("$all and recency keys sort by position") {

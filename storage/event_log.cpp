@@ -636,14 +636,15 @@ event_log::read_stream(std::string_view stream, uint64_t from_version, size_t li
   if (limit == 0 || from_version > head.version)
     return std::vector<recorded_event>{};
   // Read no further than the head: what was appended since is not asked for.
-  const uint64_t last = from_version + std::min<uint64_t>(limit, head.version - from_version + 1) - 1;
+  const uint64_t count = std::min<uint64_t>(limit, head.version - from_version + 1);
+  const uint64_t last = from_version + count - 1;
   std::vector<uint64_t> positions;
   if (!head.positions.empty()) {
     // A short stream: all of its positions are in its head.
     positions.assign(head.positions.begin() + static_cast<ptrdiff_t>(from_version - 1),
                      head.positions.begin() + static_cast<ptrdiff_t>(last));
   } else {
-    positions.reserve(last - from_version + 1);
+    positions.reserve(count);
     bounded_read br{nullptr, keys::stream_index_key(stream, from_version),
                     keys::stream_index_key(stream, last + 1)};
     br.options.total_order_seek = false;
@@ -657,7 +658,7 @@ event_log::read_stream(std::string_view stream, uint64_t from_version, size_t li
     }
     if (!it->status().ok())
       return read_error(it->status(), "read stream index");
-    if (positions.size() != last - from_version + 1)
+    if (positions.size() != count)
       return corrupted("stream index (entries missing)", stream);
   }
   return impl_->fetch_positions(rocksdb::ReadOptions{}, positions);

@@ -22,8 +22,9 @@ inline constexpr char head_prefix = 'h';         ///< stream -> stream head
 inline constexpr char idempotency_prefix = 'i';  ///< idempotency key -> idempotency record
 inline constexpr char snapshot_prefix = 'n';     ///< stream -> snapshot record
 inline constexpr char recency_prefix = 'r';      ///< be64(last_position) + stream -> be64(version)
-inline constexpr char stream_prefix = 's';       ///< escaped stream + 0x00 + be64(version) -> be64(position),
-                                                 ///< for streams whose head carries no positions
+/// escaped stream + 0x00 + be64(version) -> be64(position), for streams whose head carries
+/// no positions (more than `head_positions_max` events, or written before heads did)
+inline constexpr char stream_prefix = 's';
 
 /// Format byte that starts every variable-length record.
 inline constexpr uint8_t record_format_v1 = 1;

@@ -69,6 +69,7 @@ constexpr size_t max_reserve = 1024;
 
 /// Name of the column family holding `$all`'s event records.
 constexpr const char* events_family = "events";
+constexpr const char* event_ids_family = "event_ids";
 
 rocksdb::Slice as_slice(std::string_view s) {
   return rocksdb::Slice{s.data(), s.size()};
@@ -148,6 +149,7 @@ struct event_log::impl {
   /// The column family of `$all`'s event records (the `a` keys); every other
   /// key kind lives in the default one. Owned; released before `db` closes.
   rocksdb::ColumnFamilyHandle* events = nullptr;
+  rocksdb::ColumnFamilyHandle* event_ids = nullptr;
   rocksdb::ColumnFamilyHandle* default_cf = nullptr;
 
   impl() = default;
@@ -159,7 +161,7 @@ struct event_log::impl {
   void release_families() {
     if (!db)
       return;
-    for (auto** h : {&events, &default_cf})
+    for (auto** h : {&events, &event_ids, &default_cf})
       if (*h != nullptr) {
         db->DestroyColumnFamilyHandle(*h);
         *h = nullptr;
@@ -183,9 +185,10 @@ struct event_log::impl {
 
   /// Point lookup; nullopt when absent, error on I/O failure.
   result<std::optional<std::string>> get(const rocksdb::ReadOptions& ro,
-                                         const std::string& key) const {
+                                         const std::string& key,
+                                         rocksdb::ColumnFamilyHandle* cf = nullptr) const {
     std::string value;
-    auto st = db->Get(ro, db->DefaultColumnFamily(), key, &value);
+    auto st = db->Get(ro, cf ? cf : db->DefaultColumnFamily(), key, &value);
     if (st.ok())
       return std::optional<std::string>{std::move(value)};
     if (st.IsNotFound())
@@ -207,35 +210,35 @@ struct event_log::impl {
     return std::optional<stream_head>{std::move(*head)};
   }
 
-  /// Stores written before `$all` had its own column family keep their
-  /// records in the default one: copied over once at open (a crash part way
-  /// leaves them in place and the next open copies again), then dropped from
-  /// the default family with one range deletion.
-  result<void> move_records_to_events_family() {
-    const std::string begin(1, keys::all_prefix), end = keys::prefix_end(keys::all_prefix);
+  /// Stores written before `$all` (or the event-id index) had a column
+  /// family of its own keep those keys in the default one: copied over once
+  /// at open (a crash part way leaves them in place and the next open copies
+  /// again), then dropped from the default family with one range deletion.
+  result<void> move_to_family(char prefix, rocksdb::ColumnFamilyHandle* family) {
+    const std::string begin(1, prefix), end = keys::prefix_end(prefix);
     bounded_read br{nullptr, begin, end};
     br.options.fill_cache = false;
     std::unique_ptr<rocksdb::Iterator> it{db->NewIterator(br.options, default_cf)};
     it->Seek(br.lower_slice);
     if (!it->Valid())
-      return it->status().ok() ? result<void>{} : read_error(it->status(), "scan records to move");
+      return it->status().ok() ? result<void>{} : read_error(it->status(), "scan keys to move");
     rocksdb::WriteBatch wb;
     for (; it->Valid(); it->Next()) {
-      wb.Put(events, it->key(), it->value());
+      wb.Put(family, it->key(), it->value());
       if (wb.Count() == 10'000) {
         if (auto st = db->Write(rocksdb::WriteOptions{}, &wb); !st.ok())
-          return storage_error{storage_errc::not_writable, "move records: " + st.ToString()};
+          return storage_error{storage_errc::not_writable, "move keys: " + st.ToString()};
         wb.Clear();
       }
     }
     if (!it->status().ok())
-      return read_error(it->status(), "scan records to move");
+      return read_error(it->status(), "scan keys to move");
     // Synced, so the copies before it are durable before the originals go.
     wb.DeleteRange(default_cf, begin, end);
     rocksdb::WriteOptions wo;
     wo.sync = true;
     if (auto st = db->Write(wo, &wb); !st.ok())
-      return storage_error{storage_errc::not_writable, "move records: " + st.ToString()};
+      return storage_error{storage_errc::not_writable, "move keys: " + st.ToString()};
     return {};
   }
 
@@ -410,12 +413,19 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
   events_options.memtable_prefix_bloom_size_ratio = 0;
   events_options.memtable_whole_key_filtering = false;
   options.create_missing_column_families = true;
+  // The event-id index in a family of its own too: event ids are
+  // time-ordered (core::make_uuid), so its keys arrive nearly in order and
+  // leveled compaction moves its files down without rewriting them. In the
+  // default family they were more than half of its bytes at 10 M events, and
+  // universal compaction rewrote them again and again.
+  rocksdb::ColumnFamilyOptions event_ids_options{options};
   rocksdb::ColumnFamilyOptions index_options{options};
   index_options.compaction_style = rocksdb::kCompactionStyleUniversal;
   index_options.prefix_extractor = std::make_shared<stream_index_prefix>();
   const std::vector<rocksdb::ColumnFamilyDescriptor> families{
     {rocksdb::kDefaultColumnFamilyName, index_options},
-    {events_family, events_options}};
+    {events_family, events_options},
+    {event_ids_family, event_ids_options}};
 
   rocksdb::DB* raw = nullptr;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
@@ -426,13 +436,16 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
     auto code = st.IsCorruption() ? storage_errc::corrupted : storage_errc::not_writable;
     return storage_error{code, "open " + opts.dir + ": " + st.ToString()};
   }
-  if (!pimpl->db || handles.size() != 2)
+  if (!pimpl->db || handles.size() != 3)
     return storage_error{storage_errc::not_writable, "open " + opts.dir + ": no database"};
   logger->opened = true;
   pimpl->default_cf = handles[0];
   pimpl->events = handles[1];
+  pimpl->event_ids = handles[2];
   pimpl->sync = opts.sync;
-  if (auto moved = pimpl->move_records_to_events_family(); !moved)
+  if (auto moved = pimpl->move_to_family(keys::all_prefix, pimpl->events); !moved)
+    return moved.error();
+  if (auto moved = pimpl->move_to_family(keys::event_id_prefix, pimpl->event_ids); !moved)
     return moved.error();
   auto last = pimpl->last_position();
   if (!last)
@@ -564,7 +577,7 @@ event_log::append(std::span<const append_request> batch) {
           after.positions.clear();
           wb.Put(keys::stream_index_key(req.stream, ev.version), keys::be64(next));
         }
-        wb.Put(keys::event_id_key(proposed.id), keys::be64(next));
+        wb.Put(impl_->event_ids, keys::event_id_key(proposed.id), keys::be64(next));
         after.version = ev.version;
         after.last_position = next;
         ++next;
@@ -696,7 +709,7 @@ result<recorded_event> event_log::find_event(std::string_view event_id) const tr
   rocksdb::ManagedSnapshot snap{impl_->db.get()};
   rocksdb::ReadOptions ro;
   ro.snapshot = snap.snapshot();
-  auto raw = impl_->get(ro, keys::event_id_key(event_id));
+  auto raw = impl_->get(ro, keys::event_id_key(event_id), impl_->event_ids);
   if (!raw)
     return raw.error();
   if (!raw->has_value())

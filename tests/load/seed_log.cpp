@@ -36,6 +36,7 @@
 
 #include "actors/todo.hpp"
 #include "actors/todo_codec.hpp"
+#include "core/uuid.hpp"
 #include "storage/event_log.hpp"
 
 namespace {
@@ -120,7 +121,10 @@ public:
     req.events.reserve(count);
     for (uint64_t i = 0; i < count; ++i) {
       auto ev = event_at(t.state.version + 1, todo_no);
-      req.events.push_back(storage::proposed_event{uuids_.next(), std::string{todo::type_name(ev)},
+      // Event ids as the server makes them (time-ordered), so the event-id
+      // index grows at its end as it does in production.
+      req.events.push_back(storage::proposed_event{core::make_uuid(),
+                                                   std::string{todo::type_name(ev)},
                                                    todo::encode_data(ev), now_ms_});
       t.state = todo::evolve(std::move(t.state), ev);
       if (t.snapshots && opts_.snapshot_every > 0 && t.state.version % opts_.snapshot_every == 0)

@@ -125,7 +125,7 @@ class raw_store {
 public:
   explicit raw_store(const temp_dir& dir) {
     std::vector<rocksdb::ColumnFamilyDescriptor> families{
-      {rocksdb::kDefaultColumnFamilyName, {}}, {"events", {}}};
+      {rocksdb::kDefaultColumnFamilyName, {}}, {"events", {}}, {"event_ids", {}}};
     rocksdb::DB* raw = nullptr;
     REQUIRE(rocksdb::DB::Open(rocksdb::DBOptions{}, dir.db(), families, &handles_, &raw).ok());
     db_.reset(raw);
@@ -419,33 +419,35 @@ TEST_CASE("reopening keeps every event and continues positions without reuse") {
   CHECK(log->find_event(event_id("todo-1", 0)).value().position == 1);
 }
 
-TEST_CASE("a store from before the events column family is moved over at open, losing "
-          "nothing") {
+TEST_CASE("a store from before the events and event_ids column families is moved over at "
+          "open, losing nothing") {
   temp_dir dir;
   {
     auto log = open_log(dir);
     append_one(*log, request("todo-1", no_stream, 3));
     append_one(*log, request("todo-2", no_stream, 25'000)); // more than one move chunk
   }
-  // Put the store back in the old layout: every `$all` record in the
-  // default column family.
+  // Put the store back in the old layout: every `$all` record and every
+  // event-id key in the default column family.
   {
     rocksdb::DBOptions o;
     std::vector<rocksdb::ColumnFamilyDescriptor> families{
-      {rocksdb::kDefaultColumnFamilyName, {}}, {"events", {}}};
+      {rocksdb::kDefaultColumnFamilyName, {}}, {"events", {}}, {"event_ids", {}}};
     std::vector<rocksdb::ColumnFamilyHandle*> handles;
     rocksdb::DB* raw = nullptr;
     REQUIRE(rocksdb::DB::Open(o, dir.db(), families, &handles, &raw).ok());
     std::unique_ptr<rocksdb::DB> db{raw};
-    rocksdb::WriteBatch wb;
-    std::unique_ptr<rocksdb::Iterator> it{db->NewIterator({}, handles[1])};
-    for (it->SeekToFirst(); it->Valid(); it->Next()) {
-      wb.Put(handles[0], it->key(), it->value());
-      wb.Delete(handles[1], it->key());
+    for (size_t family : {1, 2}) {
+      rocksdb::WriteBatch wb;
+      std::unique_ptr<rocksdb::Iterator> it{db->NewIterator({}, handles[family])};
+      for (it->SeekToFirst(); it->Valid(); it->Next()) {
+        wb.Put(handles[0], it->key(), it->value());
+        wb.Delete(handles[family], it->key());
+      }
+      REQUIRE(wb.Count() == 2 * 25'003);
+      it.reset();
+      REQUIRE(db->Write({}, &wb).ok());
     }
-    REQUIRE(wb.Count() == 2 * 25'003);
-    it.reset();
-    REQUIRE(db->Write({}, &wb).ok());
     for (auto* h : handles)
       REQUIRE(db->DestroyColumnFamilyHandle(h).ok());
     REQUIRE(db->Close().ok());
@@ -454,8 +456,16 @@ TEST_CASE("a store from before the events column family is moved over at open, l
   CHECK(log->head() == 25'003);
   CHECK(log->read_stream("todo-1", 1, 10).value().size() == 3);
   CHECK(positions_of(log->read_all(1, 30'000).value()) == range(1, 25'003));
-  CHECK(log->find_event(log->read_all(2, 1).value().front().id).value().position == 2);
-  CHECK(append_one(*log, request("todo-1", 3, 1)).last_position == 25'004);
+  for (uint64_t p : {uint64_t{1}, uint64_t{2}, uint64_t{4}, uint64_t{25'003}})
+    CHECK(log->find_event(log->read_all(p, 1).value().front().id).value().position == p);
+  CHECK(append_one(*log, request("todo-1", 3, 1, 3)).last_position == 25'004);
+  CHECK(log->find_event(event_id("todo-1", 3)).value().position == 25'004);
+  log.reset();
+  // Nothing of either kind is left in the default family.
+  raw_store raw{dir};
+  CHECK(raw.scan(std::string(1, keys::all_prefix), keys::prefix_end(keys::all_prefix)).empty());
+  CHECK(raw.scan(std::string(1, keys::event_id_prefix), keys::prefix_end(keys::event_id_prefix))
+          .empty());
 }
 
 TEST_CASE("a stream of up to 16 events keeps its positions in its head; a longer one keeps "

@@ -139,6 +139,8 @@ public:
   raw_store& operator=(const raw_store&) = delete;
 
   rocksdb::DB& db() { return *db_; }
+  /// The column families in the order eventsd opens them: default, events, event_ids.
+  rocksdb::ColumnFamilyHandle* family(size_t i) { return handles_.at(i); }
 
   /// Keys and values of the default family from `begin` (inclusive) to `end`.
   std::vector<std::pair<std::string, std::string>> scan(const std::string& begin,
@@ -430,27 +432,18 @@ TEST_CASE("a store from before the events and event_ids column families is moved
   // Put the store back in the old layout: every `$all` record and every
   // event-id key in the default column family.
   {
-    rocksdb::DBOptions o;
-    std::vector<rocksdb::ColumnFamilyDescriptor> families{
-      {rocksdb::kDefaultColumnFamilyName, {}}, {"events", {}}, {"event_ids", {}}};
-    std::vector<rocksdb::ColumnFamilyHandle*> handles;
-    rocksdb::DB* raw = nullptr;
-    REQUIRE(rocksdb::DB::Open(o, dir.db(), families, &handles, &raw).ok());
-    std::unique_ptr<rocksdb::DB> db{raw};
+    raw_store raw{dir};
     for (size_t family : {1, 2}) {
       rocksdb::WriteBatch wb;
-      std::unique_ptr<rocksdb::Iterator> it{db->NewIterator({}, handles[family])};
+      std::unique_ptr<rocksdb::Iterator> it{raw.db().NewIterator({}, raw.family(family))};
       for (it->SeekToFirst(); it->Valid(); it->Next()) {
-        wb.Put(handles[0], it->key(), it->value());
-        wb.Delete(handles[family], it->key());
+        wb.Put(raw.family(0), it->key(), it->value());
+        wb.Delete(raw.family(family), it->key());
       }
       REQUIRE(wb.Count() == 2 * 25'003);
       it.reset();
-      REQUIRE(db->Write({}, &wb).ok());
+      REQUIRE(raw.db().Write({}, &wb).ok());
     }
-    for (auto* h : handles)
-      REQUIRE(db->DestroyColumnFamilyHandle(h).ok());
-    REQUIRE(db->Close().ok());
   }
   auto log = open_log(dir);
   CHECK(log->head() == 25'003);

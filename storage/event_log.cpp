@@ -560,7 +560,8 @@ event_log::append(std::span<const append_request> batch) {
       }
 
       const uint64_t first_position = next;
-      stream_head after = head;
+      const uint64_t previous_version = head.version, previous_last = head.last_position;
+      stream_head after = std::move(head); // its positions move along, not copied
       for (const auto& proposed : req.events) {
         recorded_event ev{proposed.id,   req.stream, proposed.type, after.version + 1,
                           next,          proposed.occurred_at_ms,   proposed.data};
@@ -585,8 +586,8 @@ event_log::append(std::span<const append_request> batch) {
       // Each recency key is put exactly once (positions are unique), so a
       // SingleDelete applies; its tombstone vanishes with the put at the first
       // flush or compaction that sees both, keeping list_streams' scans short.
-      if (head.version > 0)
-        wb.SingleDelete(keys::recency_key(head.last_position, req.stream));
+      if (previous_version > 0)
+        wb.SingleDelete(keys::recency_key(previous_last, req.stream));
       wb.Put(keys::recency_key(after.last_position, req.stream), keys::be64(after.version));
       wb.Put(keys::head_key(req.stream), keys::encode_head(after));
       if (req.idempotency) {

@@ -33,7 +33,9 @@ namespace eventsd::actors {
 
 /// Conditions a client put on a write.
 struct write_conditions {
-  std::optional<uint64_t> if_match;                     ///< `If-Match` version
+  /// `If-Match`: the versions the client accepts (none matches when empty);
+  /// nullopt when the write is unconditional (no header, or `*`).
+  std::optional<std::vector<uint64_t>> if_match;
   std::optional<storage::idempotency_claim> idempotency; ///< `Idempotency-Key`
 };
 
@@ -174,7 +176,9 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
     self->send(env.registry, idle_atom_v, A::id_of(cur));
     return reply(*st.broken);
   }
-  if (cond.if_match && A::exists(cur) && *cond.if_match != A::version(cur))
+  if (cond.if_match && A::exists(cur)
+      && std::find(cond.if_match->begin(), cond.if_match->end(), A::version(cur))
+           == cond.if_match->end())
     return reply(caf::make_error(core::runtime_errc::precondition_failed,
                                  std::to_string(A::version(cur))));
   auto decided = A::decide(cur, cmd);

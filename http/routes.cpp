@@ -1,5 +1,7 @@
 #include "http/routes.hpp"
 
+#include <algorithm>
+
 #include <charconv>
 #include <ctime>
 #include <fstream>
@@ -162,26 +164,41 @@ std::optional<field_error> description_of(const json& body, std::string& out) {
   return std::nullopt;
 }
 
-/// Parses `If-Match`: `"<version>"`, `W/"<version>"`, a bare number or `*`.
-/// A malformed value matches no version.
-std::optional<uint64_t> if_match_of(const incoming& req) {
+/// Parses `If-Match` (RFC 9110 §13.1.1): `*`, or a list of entity tags, of
+/// which the strong ones spelling a version (`"3"`) are the versions the
+/// client accepts. Weak tags never match (strong comparison), nor do tags
+/// that are not a version in canonical form (`"03"`); a malformed list
+/// matches nothing, so the write is refused rather than made unconditional.
+std::optional<std::vector<uint64_t>> if_match_of(const incoming& req) {
   auto h = req.header("if-match");
   if (h.empty())
     return std::nullopt;
+  std::vector<uint64_t> versions;
   std::string_view v = h;
-  while (!v.empty() && v.front() == ' ')
-    v.remove_prefix(1);
-  while (!v.empty() && v.back() == ' ')
-    v.remove_suffix(1);
-  if (v == "*")
-    return std::nullopt;
-  if (v.substr(0, 2) == "W/")
-    v.remove_prefix(2);
-  if (v.size() >= 2 && v.front() == '"' && v.back() == '"')
-    v = v.substr(1, v.size() - 2);
-  if (auto n = parse_uint(v))
-    return *n;
-  return UINT64_MAX; // never equal to a real version -> 412
+  auto skip_separators = [&] {
+    while (!v.empty() && (v.front() == ' ' || v.front() == '\t' || v.front() == ','))
+      v.remove_prefix(1);
+  };
+  skip_separators();
+  if (v == "*" || v.substr(0, v.find_last_not_of(" \t") + 1) == "*")
+    return std::nullopt; // any current representation: unconditional
+  for (; !v.empty(); skip_separators()) {
+    const bool weak = v.substr(0, 2) == "W/";
+    if (weak)
+      v.remove_prefix(2);
+    auto close = v.empty() || v.front() != '"' ? std::string_view::npos : v.find('"', 1);
+    if (close == std::string_view::npos)
+      return std::vector<uint64_t>{}; // malformed
+    auto tag = v.substr(1, close - 1);
+    v.remove_prefix(close + 1);
+    if (v.empty() == false && v.front() != ' ' && v.front() != '\t' && v.front() != ',')
+      return std::vector<uint64_t>{}; // malformed: something glued to the tag
+    if (weak)
+      continue;
+    if (auto n = parse_uint(tag); n && std::to_string(*n) == tag)
+      versions.push_back(*n);
+  }
+  return versions;
 }
 
 reply write_reply(const actors::write_outcome& o, unsigned status) {
@@ -314,7 +331,14 @@ router::router(services& svc) : svc_(svc) {
       return respond(problem(400, "validation failed", {std::move(*err)}));
     actors::write_conditions cond;
     if (auto key = req.headers.find("idempotency-key"); key != req.headers.end()) {
-      if (key->second.empty() || key->second.size() > 128)
+      if (std::ranges::count(req.repeated_headers, "idempotency-key") > 0)
+        return respond(problem(400, "Idempotency-Key given more than once",
+                               {{"Idempotency-Key", {"must be given once"}}}));
+      // Characters, not bytes: UTF-8 continuation bytes do not count.
+      auto chars = std::ranges::count_if(key->second, [](char c) {
+        return (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+      });
+      if (chars == 0 || chars > 128)
         return respond(problem(400, "Idempotency-Key must be 1..128 characters",
                                {{"Idempotency-Key", {"must be 1..128 characters"}}}));
       cond.idempotency = storage::idempotency_claim{key->second, fingerprint(dump(body)),
@@ -380,11 +404,26 @@ router::router(services& svc) : svc_(svc) {
 
   // Brings the read model where the request asks (minPosition, or the head in
   // on-demand mode), then runs `query`.
-  auto read_model = [&s, mode](incoming& req, responder& respond, std::function<void()> query) {
+  // A read-model error, with the position the read model had reached when
+  // the error carries it (a `minPosition` wait that timed out, a todo not
+  // found); without it when PostgreSQL could not be asked.
+  auto read_model_problem = [](const caf::error& err) {
+    auto r = problem_for(err);
+    auto& ctx = err.context();
+    if (ctx.size() > 1 && ctx.match_element<uint64_t>(1))
+      r.header("X-Read-Model-Position", std::to_string(ctx.get_as<uint64_t>(1)));
+    return r;
+  };
+
+  auto read_model = [&s, mode, read_model_problem](incoming& req, responder& respond,
+                                                   std::function<void()> query) {
     uint64_t min_position = 0;
     uint64_t wait_ms = 0;
     if (auto err = query_number(req, "minPosition", 0, UINT64_MAX, 0, min_position))
       return respond(*err);
+    if (min_position > static_cast<uint64_t>(INT64_MAX)) // positions are int64 (OpenAPI)
+      return respond(problem(400, "query parameter `minPosition` is out of range",
+                             {{"minPosition", {"must be at most 9223372036854775807"}}}));
     if (auto err = query_number(req, "waitMs", 5000, 30000, 0, wait_ms))
       return respond(*err);
     auto projection = s.projection;
@@ -404,13 +443,13 @@ router::router(services& svc) : svc_(svc) {
               }
               self->request(projection, timeout, wait_atom_v, min_position, wait_ms)
                 .then([=](uint64_t) { query(); },
-                      [=](caf::error& err) { respond(problem_for(err)); });
+                      [=](caf::error& err) { respond(read_model_problem(err)); });
             },
-            [=](caf::error& err) { respond(problem_for(err)); });
+            [=](caf::error& err) { respond(read_model_problem(err)); });
       } else {
         self->request(projection, timeout, wait_atom_v, min_position, wait_ms)
           .then([=](uint64_t) { query(); },
-                [=](caf::error& err) { respond(problem_for(err)); });
+                [=](caf::error& err) { respond(read_model_problem(err)); });
       }
     });
   };
@@ -454,7 +493,7 @@ router::router(services& svc) : svc_(svc) {
             r.header("X-Read-Model-Position", std::to_string(page.position));
             respond(std::move(r));
           },
-          [=](caf::error& err) { respond(problem_for(err)); }));
+          [=](caf::error& err) { respond(read_model_problem(err)); }));
     });
   });
 
@@ -475,13 +514,7 @@ router::router(services& svc) : svc_(svc) {
             r.header("ETag", "\"" + std::to_string(a.row.version) + "\"");
             respond(std::move(r));
           },
-          [=](caf::error& err) {
-            auto r = problem_for(err);
-            auto& ctx = err.context();
-            if (ctx.size() > 1 && ctx.match_element<uint64_t>(1))
-              r.header("X-Read-Model-Position", std::to_string(ctx.get_as<uint64_t>(1)));
-            respond(std::move(r));
-          }));
+          [=](caf::error& err) { respond(read_model_problem(err)); }));
     });
   });
 
@@ -611,9 +644,13 @@ router::router(services& svc) : svc_(svc) {
           [=](caf::error& err) { respond(problem_for(err)); }));
   });
 
-  // The SSE route is served by the session; registered here for 405/OpenAPI.
+  // GET of the SSE route is served by the session (router::is_subscription);
+  // registered here for 405 and for HEAD, which gets the stream's headers.
   add("GET", "/subscribe/$all", [](incoming&, auto&, responder& respond) {
-    respond(problem(404, "subscriptions are served by the streaming session"));
+    reply r;
+    r.content_type = "text/event-stream";
+    r.header("Cache-Control", "no-cache");
+    respond(std::move(r));
   });
 
   // -- operations -------------------------------------------------------------

@@ -23,7 +23,9 @@ struct incoming {
   std::string target;              ///< raw request target
   std::string path;                ///< decoded path, no query
   std::map<std::string, std::string> query;
-  std::map<std::string, std::string> headers; ///< lowercase names
+  /// Lowercase names; repeated lines of a field joined by ", " (RFC 9110 §5.3).
+  std::map<std::string, std::string> headers;
+  std::vector<std::string> repeated_headers; ///< lowercase names sent on several lines
   std::string body;
   bool peer_is_loopback = true;
 

@@ -2,10 +2,14 @@
 
 #include <array>
 #include <csignal>
+#include <ctime>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
+#include <utility>
+#include <vector>
 
 #include <boost/asio.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -26,6 +30,66 @@ namespace net = boost::asio;
 using tcp = net::ip::tcp;
 
 namespace {
+
+/// The `Date` header's value for now (RFC 9110 §5.6.7), formatted once a
+/// second per io thread.
+const std::string& http_date() {
+  thread_local std::time_t formatted_at = -1;
+  thread_local std::string value;
+  auto now = std::time(nullptr);
+  if (now != formatted_at) {
+    std::tm utc{};
+    gmtime_r(&now, &utc);
+    std::array<char, 64> buf{};
+    auto n = std::strftime(buf.data(), buf.size(), "%a, %d %b %Y %H:%M:%S GMT", &utc);
+    value.assign(buf.data(), n);
+    formatted_at = now;
+  }
+  return value;
+}
+
+/// What RFC 9112/9110 make a server refuse before routing: an HTTP/1.1
+/// request without `Host`, a transfer coding other than chunked (501), a
+/// content coding (415). Rewrites an absolute-form target (`http://host/p`)
+/// to its origin form (RFC 9112 §3.2.2).
+std::optional<reply> framing_problem(unsigned version, incoming& req) {
+  if (version >= 11 && req.headers.count("host") == 0)
+    return problem(400, "HTTP/1.1 request without a Host header");
+  auto lower = [](std::string_view text) {
+    std::string out{text};
+    for (auto& c : out)
+      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+  };
+  for (std::string_view scheme : {"http://", "https://"}) {
+    if (req.target.size() > scheme.size() && lower(req.target.substr(0, scheme.size())) == scheme) {
+      auto path = req.target.find('/', scheme.size());
+      req.target = path == std::string::npos ? "/" : req.target.substr(path);
+      break;
+    }
+  }
+  auto tokens = [&](const std::string& list) {
+    std::vector<std::string> out;
+    std::string token;
+    for (char c : list + ",") {
+      if (c == ',') {
+        if (!token.empty())
+          out.push_back(lower(std::exchange(token, {})));
+      } else if (c != ' ' && c != '\t') {
+        token += c;
+      }
+    }
+    return out;
+  };
+  for (auto& coding : tokens(req.header("transfer-encoding")))
+    if (coding != "chunked")
+      return problem(501, "transfer coding `" + coding + "` is not supported (only chunked)");
+  for (auto& coding : tokens(req.header("content-encoding")))
+    if (coding != "identity")
+      return problem(415, "content coding `" + coding
+                            + "` is not supported: send the body uncompressed");
+  return std::nullopt;
+}
 
 void fail(beast::error_code ec, const char* what) {
   if (ec == net::error::operation_aborted || ec == beast::error::timeout
@@ -94,8 +158,9 @@ public:
       if (auto s = weak.lock())
         net::post(s->stream_.get_executor(), [s, head] { s->on_head(head); });
     });
-    out_ = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-           "Connection: close\r\nX-Accel-Buffering: no\r\n\r\n: subscribed from "
+    out_ = "HTTP/1.1 200 OK\r\nServer: eventsd\r\nDate: " + http_date()
+           + "\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
+             "Connection: close\r\nX-Accel-Buffering: no\r\n\r\n: subscribed from "
            + std::to_string(next_) + "\n\n";
     write();
     arm_heartbeat();
@@ -327,11 +392,20 @@ private:
       auto name = std::string{f.name_string()};
       for (auto& c : name)
         c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-      req.headers[name] = std::string{f.value()};
+      // Repeated lines of one field are one comma-separated list (RFC 9110 §5.3).
+      auto value = f.value();
+      if (auto [it, added] = req.headers.try_emplace(name, value); !added) {
+        it->second.append(", ").append(value.data(), value.size());
+        req.repeated_headers.push_back(std::move(name));
+      }
     }
     req.body = std::move(msg.body());
     keep_alive_ = msg.keep_alive();
     head_ = msg.method() == bhttp::verb::head;
+    if (auto bad = framing_problem(msg.version(), req)) {
+      close_after_ = true;
+      return send(std::move(*bad), "bad-request", started);
+    }
     if (!parse_target(req.target, req.path, req.query)) {
       return send(problem(400, "malformed request target"), "bad-request", started);
     }
@@ -399,6 +473,7 @@ private:
     auto res = std::make_shared<bhttp::response<bhttp::string_body>>(
       static_cast<bhttp::status>(r.status), 11);
     res->set(bhttp::field::server, "eventsd");
+    res->set(bhttp::field::date, http_date());
     res->set(bhttp::field::content_type, r.content_type);
     for (auto& [name, value] : r.headers)
       res->insert(name, value);

@@ -364,7 +364,8 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
       for (auto i = expired; i != st.waiters.end(); ++i)
         i->promise.deliver(caf::make_error(projection_errc::timeout,
                                            "read model at position "
-                                             + std::to_string(st.position)));
+                                             + std::to_string(st.position),
+                                           st.position));
       st.waiters.erase(expired, st.waiters.end());
     },
     [=](rebuild_step_atom) { rebuild_step(self); },

@@ -55,7 +55,7 @@ std::vector<storage::recorded_event> events_of(const storage::event_log& log,
 
 write_conditions if_match(uint64_t version) {
   write_conditions c;
-  c.if_match = version;
+  c.if_match = std::vector<uint64_t>{version};
   return c;
 }
 

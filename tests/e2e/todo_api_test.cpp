@@ -561,6 +561,21 @@ TEST_CASE("minPosition beyond the log head with waitMs=200 is a 503 with Retry-A
     check_problem(r, 503);
     CHECK(r.header("Retry-After"));
     CHECK(took < 5s); // waitMs was honoured, not the 5 s default
+    // Where the read model had got to, as on every read-model answer.
+    auto at = r.header("X-Read-Model-Position");
+    REQUIRE(at);
+    CHECK(std::stoull(*at) < c.position + 1000000);
+  }
+}
+
+TEST_CASE("minPosition beyond int64 is a 400 naming it, not a wait", "[e2e][todo][read]") {
+  auto c = create("no such position");
+  for (auto target : {std::string{"/todo?minPosition=9223372036854775808"},
+                      "/todo/" + c.id + "?minPosition=99999999999999999999999"}) {
+    INFO("GET " << target);
+    auto r = client().get(target);
+    check_problem(r, 400);
+    check_field_error(r, "minPosition");
   }
 }
 
@@ -763,6 +778,31 @@ TEST_CASE("If-Match on an unknown todo is a 404", "[e2e][todo][if-match]") {
                  404, before);
 }
 
+TEST_CASE("If-Match is a list of entity tags: a write goes ahead when one strong tag names the "
+          "current version, also across repeated header lines",
+          "[e2e][todo][if-match]") {
+  auto c = create("listed versions");
+  CHECK(put_in_progress(c.id, {{"If-Match", "\"7\", \"1\""}}).version == 2);
+  CHECK(done(c.id, {{"If-Match", "\"9\""}, {"If-Match", "\"2\""}}).version == 3);
+  CHECK(put_in_progress(c.id, {{"If-Match", "\"x,y\", \"3\""}}).version == 4);
+  CHECK(done(c.id, {{"If-Match", "*"}}).version == 5);
+  CHECK(history(c.id).size() == 5);
+}
+
+TEST_CASE("If-Match compares strongly: a weak tag, a non-canonical number or a malformed list "
+          "is a 412 and appends nothing",
+          "[e2e][todo][if-match]") {
+  auto c = create("strong comparison");
+  put_in_progress(c.id); // version 2
+  auto before = head();
+  for (auto tag : {"W/\"2\"", "\"02\"", "\"+2\"", "\"2\"x", "2", "\"1\", W/\"2\"", "\"2"}) {
+    INFO("If-Match: " << tag);
+    check_rejected(client().put("/todo/" + c.id + "/done", {{"If-Match", tag}}), 412, before);
+  }
+  // The last line alone would match; the list of both lines does too (any match).
+  CHECK(done(c.id, {{"If-Match", "W/\"2\""}, {"If-Match", "\"2\""}}).version == 3);
+}
+
 // -- §1/§6 idempotency -----------------------------------------------------------
 
 TEST_CASE("an Idempotency-Key replay answers the same 201, id, version and position and "
@@ -812,6 +852,24 @@ TEST_CASE("an Idempotency-Key of 128 characters is accepted, 129 is a 400",
   check_rejected(client().post_json("/todo", {{"description", "key of 129"}},
                                     {{"Idempotency-Key", k129}}),
                  400, before);
+}
+
+TEST_CASE("an Idempotency-Key is counted in characters, and given twice it is a 400",
+          "[e2e][todo][idempotency]") {
+  std::string k128;
+  for (int i = 0; i < 128; ++i)
+    k128 += "\xc3\xa9"; // é: two bytes, one character
+  auto ok = create("key of 128 two-byte characters", {{"Idempotency-Key", k128}});
+  CHECK(ok.version == 1);
+  auto before = head();
+  check_rejected(client().post_json("/todo", {{"description", "key of 129 characters"}},
+                                    {{"Idempotency-Key", k128 + "\xc3\xa9"}}),
+                 400, before);
+  auto twice = client().post_json("/todo", {{"description", "two keys"}},
+                                  {{"Idempotency-Key", random_uuid()},
+                                   {"Idempotency-Key", random_uuid()}});
+  check_rejected(twice, 400, before);
+  check_field_error(twice, "Idempotency-Key");
 }
 
 // -- §4/§6 validation ------------------------------------------------------------
@@ -1022,6 +1080,64 @@ TEST_CASE("a malformed HTTP request is a 400 problem", "[e2e][todo][validation]"
   INFO("raw answer: " << raw);
   auto r = parse_response(raw);
   check_rejected(r, 400, before);
+}
+
+TEST_CASE("HTTP/1.1 framing rules: no Host is a 400, an unknown transfer coding a 501, a "
+          "content coding a 415, each appending nothing",
+          "[e2e][todo][validation]") {
+  auto before = head();
+  const std::string body = R"({"description":"framed"})";
+  const std::string length = "Content-Length: " + std::to_string(body.size()) + "\r\n";
+  auto no_host = raw_exchange(shared_server().port(),
+                              "POST /todo HTTP/1.1\r\nContent-Type: application/json\r\n"
+                                + length + "\r\n" + body);
+  check_rejected(parse_response(no_host), 400, before);
+  char size_line[32];
+  std::snprintf(size_line, sizeof size_line, "%zx\r\n", body.size());
+  auto gzip_te = raw_exchange(shared_server().port(),
+                              "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              "Transfer-Encoding: gzip, chunked\r\n\r\n"
+                                + std::string{size_line} + body + "\r\n0\r\n\r\n");
+  check_rejected(parse_response(gzip_te), 501, before);
+  auto gzip_ce = client().request("POST", "/todo", body,
+                                  {{"Content-Type", "application/json"},
+                                   {"Content-Encoding", "gzip"}});
+  check_rejected(gzip_ce, 415, before);
+  // `identity` is no coding at all.
+  auto identity = client().request("POST", "/todo", body,
+                                   {{"Content-Type", "application/json"},
+                                    {"Content-Encoding", "identity"}});
+  check_write(identity, 201);
+}
+
+TEST_CASE("a request target in absolute form is served like its origin form",
+          "[e2e][todo][routes]") {
+  auto raw = raw_exchange(shared_server().port(),
+                          "GET http://127.0.0.1/healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                          "Connection: close\r\n\r\n");
+  auto r = parse_response(raw);
+  INFO(raw);
+  CHECK(r.status == 200);
+}
+
+TEST_CASE("every answer carries a Date header; HEAD of the subscription route answers its "
+          "headers and other methods there are a 405",
+          "[e2e][todo][routes]") {
+  auto ok = client().get("/healthz");
+  auto date = ok.header("Date");
+  REQUIRE(date);
+  CHECK(date->size() == 29); // IMF-fixdate, e.g. "Thu, 26 Nov 2026 21:59:24 GMT"
+  CHECK(date->substr(26) == "GMT");
+  CHECK(client().get("/no/such/route").header("Date"));
+
+  auto head_sse = client().request("HEAD", "/subscribe/$all", std::nullopt);
+  CHECK(head_sse.status == 200);
+  CHECK(head_sse.header("Content-Type").value_or("").rfind("text/event-stream", 0) == 0);
+  CHECK(head_sse.body.empty());
+  auto post_sse = client().request("POST", "/subscribe/$all", std::string{"{}"},
+                                   {{"Content-Type", "application/json"}});
+  check_problem(post_sse, 405);
+  CHECK(post_sse.header("Allow") == "GET");
 }
 
 // -- §4/§6 ids and routes ---------------------------------------------------------

@@ -294,8 +294,11 @@ router::router(services& svc) : svc_(svc) {
     auto shard = s.registry.shard_for(id);
     auto projection = s.projection;
     auto& jobs = s.jobs;
+    // In unit-of-work mode an idempotent replay waits for the read model like
+    // the first answer did: it answers 201/200 only once the read model holds
+    // the write (at once, usually), 202 while it still lags.
     auto on_outcome = [=, &jobs](const actors::write_outcome& o) {
-      if (mode != projections::projection_mode::unit_of_work || o.replayed) {
+      if (mode != projections::projection_mode::unit_of_work) {
         respond(write_reply(o, success));
         return;
       }

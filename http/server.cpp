@@ -353,6 +353,40 @@ private:
     parser_->body_limit(router_.svc().options.body_limit);
     parser_->header_limit(16 * 1024);
     stream_.expires_after(router_.svc().options.read_timeout);
+    bhttp::async_read_header(stream_, buffer_, *parser_,
+                             beast::bind_front_handler(&session::on_header, shared_from_this()));
+  }
+
+  /// The header is in: a request with a body still to come gets `100 Continue`
+  /// first when it asked for it (RFC 9110 §10.1.1), then the body is read.
+  void on_header(beast::error_code ec, size_t n) {
+    if (ec || parser_->is_done())
+      return on_read(ec, n);
+    auto& h = parser_->get();
+    if (auto expect = h.find(bhttp::field::expect);
+        expect != h.end() && beast::iequals(expect->value(), "100-continue")) {
+      static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
+      net::async_write(stream_, net::buffer(continue_line.data(), continue_line.size()),
+                       [self = shared_from_this()](beast::error_code wec, size_t) {
+                         if (wec)
+                           return self->on_read(wec, 0);
+                         self->read_body();
+                       });
+      return;
+    }
+    // Usually the whole body came with the header: parse it here rather than
+    // through one more asynchronous read (≈ 1 µs of an io thread per write).
+    parser_->eager(true);
+    beast::error_code pec;
+    buffer_.consume(parser_->put(buffer_.data(), pec));
+    if (pec == bhttp::error::need_more)
+      pec = {};
+    if (pec || parser_->is_done())
+      return on_read(pec, n);
+    read_body();
+  }
+
+  void read_body() {
     bhttp::async_read(stream_, buffer_, *parser_,
                       beast::bind_front_handler(&session::on_read, shared_from_this()));
   }

@@ -751,6 +751,11 @@ size_t complete_response_length(const std::string& raw) {
   auto end = raw.find("\r\n\r\n");
   if (end == std::string::npos)
     return 0;
+  // An interim answer (`100 Continue`) is not the response: look past it.
+  if (raw.compare(0, 10, "HTTP/1.1 1") == 0) {
+    auto rest = complete_response_length(raw.substr(end + 4));
+    return rest > 0 ? end + 4 + rest : 0;
+  }
   auto head = raw.substr(0, end);
   std::string lower;
   for (char c : head)

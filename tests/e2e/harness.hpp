@@ -209,7 +209,8 @@ private:
 
 /// Opens a new connection, writes `bytes` as they are (errors while writing are
 /// ignored: the server may answer and close early), then reads until the server
-/// closes or `timeout` passes. Returns everything read.
+/// closes, a final (not 1xx) response is complete, or `timeout` passes.
+/// Returns everything read.
 std::string raw_exchange(uint16_t port, const std::string& bytes,
                          std::chrono::milliseconds timeout = std::chrono::milliseconds{5000});
 

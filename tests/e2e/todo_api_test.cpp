@@ -1110,6 +1110,28 @@ TEST_CASE("HTTP/1.1 framing rules: no Host is a 400, an unknown transfer coding 
   check_write(identity, 201);
 }
 
+TEST_CASE("a request with Expect: 100-continue gets 100 Continue before its body is sent, "
+          "then its answer",
+          "[e2e][todo][validation]") {
+  const std::string body = R"({"description":"sent after 100"})";
+  const std::string head_part = "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                "Expect: 100-continue\r\nContent-Length: "
+                                + std::to_string(body.size()) + "\r\n\r\n";
+  auto before = head();
+  // Only the header: the interim answer comes while the body is still awaited.
+  auto interim = raw_exchange(shared_server().port(), head_part, 1500ms);
+  INFO("answer to the header alone: " << interim);
+  CHECK(interim.rfind("HTTP/1.1 100 Continue\r\n\r\n", 0) == 0);
+  CHECK(head() == before);
+  // Header and body: 100 Continue, then the final answer on the same connection.
+  auto full = raw_exchange(shared_server().port(), head_part + body + "", 1500ms);
+  INFO("answer to header and body: " << full);
+  REQUIRE(full.rfind("HTTP/1.1 100 Continue\r\n\r\n", 0) == 0);
+  auto final_answer = parse_response(full.substr(std::string{"HTTP/1.1 100 Continue\r\n\r\n"}.size()));
+  check_write(final_answer, 201);
+  CHECK(head() == before + 1);
+}
+
 TEST_CASE("a request target in absolute form is served like its origin form",
           "[e2e][todo][routes]") {
   auto raw = raw_exchange(shared_server().port(),

@@ -143,9 +143,15 @@ std::optional<reply> require_json_object(const incoming& req, json& out) {
         out[std::string{k}] = std::string{v};
       }))
     return std::nullopt;
-  out = json::parse(req.body, nullptr, false);
-  if (out.is_discarded())
+  try {
+    out = json::parse(req.body);
+  } catch (const json::out_of_range&) {
+    // Well-formed, but past what a 64-bit float holds (RFC 8259 §6 lets a
+    // reader limit the range), even in a field eventsd would ignore.
+    return problem(400, "body holds a number beyond the range of a 64-bit float (±1.8e308)");
+  } catch (const json::exception&) {
     return problem(400, "body is not well-formed JSON");
+  }
   if (!out.is_object())
     return problem(400, "body must be a JSON object");
   return std::nullopt;

@@ -987,6 +987,22 @@ TEST_CASE("a malformed JSON body is a 400 problem and appends nothing",
   CHECK(history(c.id).size() == 1);
 }
 
+TEST_CASE("a number beyond a 64-bit float, even in an unknown field, is a 400 saying so",
+          "[e2e][todo][validation]") {
+  auto before = head();
+  for (std::string body : std::vector<std::string>{R"({"description":"big","x":1e999999})",
+                           R"({"description":"big","x":-1e400})",
+                           R"({"description":"big","x":)" + std::string(400, '9') + "}"}) {
+    INFO("body `" << body.substr(0, 60) << "`");
+    auto r = client().request("POST", "/todo", body, json_type);
+    check_rejected(r, 400, before);
+    CHECK(r.json_body().value("detail", std::string{}).find("range") != std::string::npos);
+  }
+  // Large but in range: ignored like any unknown field.
+  check_write(client().request("POST", "/todo", R"({"description":"big","x":1e300})", json_type),
+              201);
+}
+
 TEST_CASE("a JSON body that is not an object is a 400", "[e2e][todo][validation]") {
   auto c = create("array target");
   auto before = head();

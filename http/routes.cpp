@@ -849,6 +849,20 @@ bool match(const std::vector<std::string>& pattern, const std::vector<std::strin
   return true;
 }
 
+/// False when a segment in the place of `{id}` or `{eventId}` is no UUID:
+/// that route is not one of the path's methods (for `Allow`).
+bool ids_are_uuids(const std::vector<std::string>& pattern, const std::vector<std::string>& params) {
+  size_t param = 0;
+  for (auto& p : pattern) {
+    if (p.empty() || p.front() != '{')
+      continue;
+    if ((p == "{id}" || p == "{eventId}") && !core::normalize_uuid(params[param]))
+      return false;
+    ++param;
+  }
+  return true;
+}
+
 } // namespace
 
 bool router::is_subscription(const incoming& req) const {
@@ -871,7 +885,8 @@ std::string router::handle(incoming req, responder respond) {
         best_literals = literals;
         best_params = params;
       }
-    } else if (std::find(allowed.begin(), allowed.end(), r.method) == allowed.end()) {
+    } else if (ids_are_uuids(r.segments, params)
+               && std::find(allowed.begin(), allowed.end(), r.method) == allowed.end()) {
       allowed.push_back(r.method);
     }
   }
@@ -880,9 +895,20 @@ std::string router::handle(incoming req, responder respond) {
     return best->pattern;
   }
   if (!allowed.empty()) {
+    if (std::find(allowed.begin(), allowed.end(), "GET") != allowed.end())
+      allowed.push_back("HEAD");
+    allowed.push_back("OPTIONS");
     std::string allow;
     for (auto& m : allowed)
       allow += (allow.empty() ? "" : ", ") + m;
+    if (req.method == "OPTIONS") {
+      reply r;
+      r.status = 204;
+      r.content_type.clear();
+      r.header("Allow", allow);
+      respond(std::move(r));
+      return "options";
+    }
     auto r = problem(405, "method " + req.method + " is not allowed on " + req.path);
     r.header("Allow", allow);
     respond(std::move(r));

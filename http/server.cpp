@@ -508,12 +508,15 @@ private:
       static_cast<bhttp::status>(r.status), 11);
     res->set(bhttp::field::server, "eventsd");
     res->set(bhttp::field::date, http_date());
-    res->set(bhttp::field::content_type, r.content_type);
+    if (!r.content_type.empty())
+      res->set(bhttp::field::content_type, r.content_type);
     for (auto& [name, value] : r.headers)
       res->insert(name, value);
     res->body() = std::move(r.body);
     res->keep_alive(keep_alive_ && !close_after_);
     res->prepare_payload();
+    if (r.status == 204)
+      res->erase(bhttp::field::content_length); // RFC 9110 §8.6: never on a 204
     if (head_)
       res->body().clear();
     auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);

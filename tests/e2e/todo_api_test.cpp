@@ -1148,6 +1148,24 @@ TEST_CASE("a request with Expect: 100-continue gets 100 Continue before its body
   CHECK(head() == before + 1);
 }
 
+TEST_CASE("OPTIONS answers a path's methods in Allow; a 405's Allow names only methods that "
+          "path serves",
+          "[e2e][todo][routes]") {
+  auto o = client().request("OPTIONS", "/todo", std::nullopt);
+  CHECK(o.status == 204);
+  CHECK(o.header("Allow") == "POST, GET, HEAD, OPTIONS");
+  CHECK_FALSE(o.header("Content-Length"));
+  CHECK(o.body.empty());
+  CHECK(client().request("OPTIONS", "/no/such/route", std::nullopt).status == 404);
+  // `change-description` is no todo id, so GET /todo/{id} is not among its methods.
+  auto d = client().request("DELETE", "/todo/change-description", std::nullopt);
+  check_problem(d, 405);
+  CHECK(d.header("Allow") == "PUT, OPTIONS");
+  auto t = client().request("DELETE", "/todo/" + random_uuid(), std::nullopt);
+  check_problem(t, 405);
+  CHECK(t.header("Allow") == "GET, HEAD, OPTIONS");
+}
+
 TEST_CASE("a request target in absolute form is served like its origin form",
           "[e2e][todo][routes]") {
   auto raw = raw_exchange(shared_server().port(),
@@ -1175,7 +1193,7 @@ TEST_CASE("every answer carries a Date header; HEAD of the subscription route an
   auto post_sse = client().request("POST", "/subscribe/$all", std::string{"{}"},
                                    {{"Content-Type", "application/json"}});
   check_problem(post_sse, 405);
-  CHECK(post_sse.header("Allow") == "GET");
+  CHECK(post_sse.header("Allow") == "GET, HEAD, OPTIONS");
 }
 
 // -- §4/§6 ids and routes ---------------------------------------------------------

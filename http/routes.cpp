@@ -602,6 +602,10 @@ router::router(services& svc) : svc_(svc) {
     from = std::max<uint64_t>(from, 1);
     auto reader = s.log_reader();
     auto stream = p[0];
+    // `<type>-<uuid>` in any letter case names the stream of that id (API §6).
+    if (auto dash = stream.find('-'); dash != std::string::npos)
+      if (auto id = core::normalize_uuid(stream.substr(dash + 1)))
+        stream = stream.substr(0, dash + 1) + *id;
     bool all = stream == "$all";
     auto render = [=](const actors::recorded_events& events) {
       reply r;

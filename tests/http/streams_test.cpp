@@ -8,6 +8,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <cctype>
 #include <map>
 #include <set>
 
@@ -136,6 +137,19 @@ TEST_CASE("GET /streams/{streamId}: the stream's events ascending by version, as
     REQUIRE(one["items"].size() == 1);
     CHECK(one["items"][0] == e);
   }
+}
+
+TEST_CASE("GET /streams/{streamId}: the id part of `todo-<uuid>` is accepted in any letter case",
+          "[http][streams]") {
+  auto t = make_four_event_todo("read me in capitals");
+  std::string upper = t.id;
+  for (auto& ch : upper)
+    ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  REQUIRE(upper != t.id);
+  auto page = get_json("/streams/todo-" + upper);
+  REQUIRE(page["items"].size() == 4);
+  CHECK(page["items"][0]["stream"] == t.stream); // answered in lowercase
+  CHECK(page == get_json("/streams/" + t.stream));
 }
 
 TEST_CASE("GET /streams/{streamId}: from is inclusive, next is the next from or null",

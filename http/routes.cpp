@@ -170,25 +170,23 @@ std::optional<field_error> description_of(const json& body, std::string& out) {
   return std::nullopt;
 }
 
-/// Parses `If-Match` (RFC 9110 §13.1.1): `*`, or a list of entity tags, of
-/// which the strong ones spelling a version (`"3"`) are the versions the
-/// client accepts. Weak tags never match (strong comparison), nor do tags
-/// that are not a version in canonical form (`"03"`); a malformed list
-/// matches nothing, so the write is refused rather than made unconditional.
-std::optional<std::vector<uint64_t>> if_match_of(const incoming& req) {
-  auto h = req.header("if-match");
-  if (h.empty())
+/// Parses an `If-Match` / `If-None-Match` value (RFC 9110 §13.1): `*`, or a
+/// list of entity tags, of which those spelling a version (`"3"`) are the
+/// versions the client names. Weak tags (`W/"3"`) count only when
+/// `weak_matches` (If-None-Match compares weakly, If-Match strongly); tags
+/// that are no version in canonical form (`"03"`) never match, and a
+/// malformed list matches nothing, so a write is refused rather than made
+/// unconditional. nullopt: no header, or `*` (any current version).
+std::optional<std::vector<uint64_t>> entity_versions(std::string_view v, bool weak_matches) {
+  auto separator = [](char c) { return c == ' ' || c == '\t' || c == ','; };
+  while (!v.empty() && separator(v.front()))
+    v.remove_prefix(1);
+  while (!v.empty() && separator(v.back()))
+    v.remove_suffix(1);
+  if (v.empty() || v == "*")
     return std::nullopt;
   std::vector<uint64_t> versions;
-  std::string_view v = h;
-  auto skip_separators = [&] {
-    while (!v.empty() && (v.front() == ' ' || v.front() == '\t' || v.front() == ','))
-      v.remove_prefix(1);
-  };
-  skip_separators();
-  if (v == "*" || v.substr(0, v.find_last_not_of(" \t") + 1) == "*")
-    return std::nullopt; // any current representation: unconditional
-  for (; !v.empty(); skip_separators()) {
+  while (!v.empty()) {
     const bool weak = v.substr(0, 2) == "W/";
     if (weak)
       v.remove_prefix(2);
@@ -197,14 +195,20 @@ std::optional<std::vector<uint64_t>> if_match_of(const incoming& req) {
       return std::vector<uint64_t>{}; // malformed
     auto tag = v.substr(1, close - 1);
     v.remove_prefix(close + 1);
-    if (v.empty() == false && v.front() != ' ' && v.front() != '\t' && v.front() != ',')
+    if (!v.empty() && !separator(v.front()))
       return std::vector<uint64_t>{}; // malformed: something glued to the tag
-    if (weak)
+    while (!v.empty() && separator(v.front()))
+      v.remove_prefix(1);
+    if (weak && !weak_matches)
       continue;
     if (auto n = parse_uint(tag); n && std::to_string(*n) == tag)
       versions.push_back(*n);
   }
   return versions;
+}
+
+std::optional<std::vector<uint64_t>> if_match_of(const incoming& req) {
+  return entity_versions(req.header("if-match"), false);
 }
 
 reply write_reply(const actors::write_outcome& o, unsigned status) {
@@ -512,15 +516,37 @@ router::router(services& svc) : svc_(svc) {
       return;
     auto reader = s.read_model_reader();
     auto key = *id;
+    auto if_match = if_match_of(req);
+    auto none_match_value = req.header("if-none-match");
+    auto if_none_match = entity_versions(none_match_value, true);
+    // `If-None-Match: *` holds for any todo that exists.
+    bool none_match_any = !none_match_value.empty() && !if_none_match;
     read_model(req, respond, [=] {
       caf::anon_send(
         reader, fetch_atom_v, key,
         answer_to<projections::todo_answer>(
           [=](const projections::todo_answer& a) {
             reply r;
-            append_todo_json(r.body, a.row);
             r.header("X-Read-Model-Position", std::to_string(a.position));
             r.header("ETag", "\"" + std::to_string(a.row.version) + "\"");
+            // Conditional GET (RFC 9110 §13.1): If-Match compares strongly,
+            // If-None-Match weakly; the read model's version is the tag.
+            auto accepts = [&](const std::optional<std::vector<uint64_t>>& versions) {
+              return !versions
+                     || std::ranges::find(*versions, a.row.version) != versions->end();
+            };
+            if (!accepts(if_match)) {
+              auto p = problem(412, "If-Match does not match the current version "
+                                      + std::to_string(a.row.version));
+              p.headers.insert(p.headers.begin(), r.headers.begin(), r.headers.end());
+              return respond(std::move(p));
+            }
+            if (none_match_any || (if_none_match && accepts(if_none_match))) {
+              r.status = 304;
+              r.content_type.clear();
+              return respond(std::move(r));
+            }
+            append_todo_json(r.body, a.row);
             respond(std::move(r));
           },
           [=](caf::error& err) { respond(read_model_problem(err)); }));

@@ -515,8 +515,8 @@ private:
     res->body() = std::move(r.body);
     res->keep_alive(keep_alive_ && !close_after_);
     res->prepare_payload();
-    if (r.status == 204)
-      res->erase(bhttp::field::content_length); // RFC 9110 §8.6: never on a 204
+    if (r.status == 204 || r.status == 304)
+      res->erase(bhttp::field::content_length); // RFC 9110 §8.6: no body, no length
     if (head_)
       res->body().clear();
     auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);

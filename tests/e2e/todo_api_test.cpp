@@ -599,6 +599,30 @@ TEST_CASE("non-numeric or negative minPosition and waitMs are 400", "[e2e][todo]
   }
 }
 
+TEST_CASE("GET /todo/{id} is a conditional GET: If-None-Match naming its version is a 304, "
+          "If-Match naming another a 412",
+          "[e2e][todo][read]") {
+  auto c = create("cache me");
+  auto url = "/todo/" + c.id + "?minPosition=" + std::to_string(c.position);
+  auto full = client().get(url);
+  REQUIRE(full.status == 200);
+  REQUIRE(full.header("ETag") == "\"1\"");
+  for (std::string tag : {"\"1\"", "W/\"1\"", "\"7\", \"1\"", "*"}) {
+    INFO("If-None-Match: " << tag);
+    auto r = client().get(url, {{"If-None-Match", tag}});
+    CHECK(r.status == 304);
+    CHECK(r.body.empty());
+    CHECK(r.header("ETag") == "\"1\"");
+    CHECK(r.header("X-Read-Model-Position"));
+  }
+  auto changed = client().get(url, {{"If-None-Match", "\"2\""}});
+  CHECK(changed.status == 200);
+  CHECK(changed.body == full.body);
+  check_problem(client().get(url, {{"If-Match", "\"2\""}}), 412);
+  check_problem(client().get(url, {{"If-Match", "W/\"1\""}}), 412); // If-Match is strong
+  CHECK(client().get(url, {{"If-Match", "\"1\""}}).status == 200);
+}
+
 TEST_CASE("GET /todo/{id} of an unknown todo is a 404", "[e2e][todo][read]") {
   auto c = create("make the read model non-empty");
   check_problem(client().get("/todo/" + random_uuid() + "?minPosition="

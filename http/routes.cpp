@@ -354,7 +354,11 @@ router::router(services& svc) : svc_(svc) {
       if (chars == 0 || chars > 128)
         return respond(problem(400, "Idempotency-Key must be 1..128 characters",
                                {{"Idempotency-Key", {"must be 1..128 characters"}}}));
-      cond.idempotency = storage::idempotency_claim{key->second, fingerprint(dump(body)),
+      // The fingerprint is of what the request means, the object without the
+      // fields eventsd ignores: a retry that differs only in those is the
+      // same request (and a body of just `description` hashes as it always did).
+      json meaning = {{"description", description}};
+      cond.idempotency = storage::idempotency_claim{key->second, fingerprint(dump(meaning)),
                                                     now_ms(), retention};
     }
     execute(core::make_uuid(), todo::create{std::move(description)}, std::move(cond), 201,

@@ -849,6 +849,16 @@ TEST_CASE("an Idempotency-Key replay answers the same 201, id, version and posit
     CHECK(head() == before);
   }
   CHECK(history(a.id).size() == 1);
+  // Spelled differently, or with fields eventsd ignores, it is the same request.
+  for (std::string body : {R"({ "description" : "only once" })",
+                           R"({"client":"v2","description":"only once","trace":[1,2]})"}) {
+    INFO("body " << body);
+    header_list hj{{"Idempotency-Key", key}, {"Content-Type", "application/json"}};
+    auto b = check_write(client().request("POST", "/todo", body, hj), 201);
+    CHECK(b.id == a.id);
+    CHECK(b.position == a.position);
+    CHECK(head() == before);
+  }
   // A different key creates a different todo.
   auto other = create("only once", {{"Idempotency-Key", key + "-other"}});
   CHECK(other.id != a.id);

@@ -1,7 +1,6 @@
 #include "http/routes.hpp"
 
 #include <algorithm>
-
 #include <charconv>
 #include <ctime>
 #include <fstream>

@@ -1180,6 +1180,15 @@ TEST_CASE("a request with Expect: 100-continue gets 100 Continue before its body
   auto final_answer = parse_response(full.substr(std::string{"HTTP/1.1 100 Continue\r\n\r\n"}.size()));
   check_write(final_answer, 201);
   CHECK(head() == before + 1);
+  // HTTP/1.0 knows no interim answers: the expectation is ignored.
+  auto old_http = raw_exchange(shared_server().port(),
+                               "POST /todo HTTP/1.0\r\nContent-Type: application/json\r\n"
+                               "Expect: 100-continue\r\nContent-Length: "
+                                 + std::to_string(body.size()) + "\r\n\r\n" + body,
+                               1500ms);
+  INFO("HTTP/1.0 answer: " << old_http);
+  CHECK(old_http.rfind("HTTP/1.1 201 ", 0) == 0);
+  CHECK(head() == before + 2);
 }
 
 TEST_CASE("OPTIONS answers a path's methods in Allow; a 405's Allow names only methods that "

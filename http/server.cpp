@@ -363,9 +363,10 @@ private:
     if (ec || parser_->is_done())
       return on_read(ec, n);
     auto& h = parser_->get();
+    auto expect = h.find(bhttp::field::expect);
     // HTTP/1.0 has no interim answers: its expectation is ignored (§10.1.1).
-    if (auto expect = h.find(bhttp::field::expect); h.version() >= 11 && expect != h.end()
-                                                    && beast::iequals(expect->value(), "100-continue")) {
+    if (h.version() >= 11 && expect != h.end()
+        && beast::iequals(expect->value(), "100-continue")) {
       static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
       net::async_write(stream_, net::buffer(continue_line.data(), continue_line.size()),
                        [self = shared_from_this()](beast::error_code wec, size_t) {

@@ -38,6 +38,8 @@ problem_kind kind_of(unsigned status) {
       return {"unsupported-media-type", "Unsupported Media Type"};
     case 431:
       return {"headers-too-large", "Request Header Fields Too Large"};
+    case 501:
+      return {"not-implemented", "Not Implemented"};
     case 503:
       return {"unavailable", "Service Unavailable"};
     default:

@@ -1,5 +1,6 @@
 #include "http/server.hpp"
 
+#include <algorithm>
 #include <array>
 #include <csignal>
 #include <ctime>
@@ -55,6 +56,9 @@ const std::string& http_date() {
 std::optional<reply> framing_problem(unsigned version, incoming& req) {
   if (version >= 11 && req.headers.count("host") == 0)
     return problem(400, "HTTP/1.1 request without a Host header");
+  if (std::find(req.repeated_headers.begin(), req.repeated_headers.end(), "host")
+      != req.repeated_headers.end())
+    return problem(400, "more than one Host header");
   auto lower = [](std::string_view text) {
     std::string out{text};
     for (auto& c : out)
@@ -585,6 +589,7 @@ public:
     net::post(acceptor_.get_executor(), [self = shared_from_this()] {
       beast::error_code ec;
       self->acceptor_.close(ec);
+      self->retry_.cancel();
     });
   }
 
@@ -598,16 +603,30 @@ private:
     if (ec) {
       if (ec == net::error::operation_aborted)
         return;
-      fail(ec, "accept");
-    } else {
-      socket.set_option(tcp::no_delay(true), ec);
-      std::make_shared<session>(std::move(socket), router_, signal_)->run();
+      // Out of descriptors (or memory): the pending connection stays in the
+      // backlog, so accepting again at once would fail again at once, in a
+      // loop. Wait for open connections to go, and say so once a second.
+      auto now = std::chrono::steady_clock::now();
+      if (now - last_accept_error_ >= std::chrono::seconds{1}) {
+        last_accept_error_ = now;
+        fail(ec, "accept (retrying every 50 ms)");
+      }
+      retry_.expires_after(std::chrono::milliseconds{50});
+      retry_.async_wait([self = shared_from_this()](beast::error_code wec) {
+        if (!wec)
+          self->do_accept();
+      });
+      return;
     }
+    socket.set_option(tcp::no_delay(true), ec);
+    std::make_shared<session>(std::move(socket), router_, signal_)->run();
     do_accept();
   }
 
   net::io_context& ioc_;
   tcp::acceptor acceptor_;
+  net::steady_timer retry_{acceptor_.get_executor()};
+  std::chrono::steady_clock::time_point last_accept_error_{};
   router& router_;
   head_signal& signal_;
 };

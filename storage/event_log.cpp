@@ -183,6 +183,26 @@ struct event_log::impl {
   std::unordered_map<std::string, stream_head> head_cache;
   static constexpr size_t head_cache_max = 65'536;
 
+  /// After a failed write, RocksDB's Resume() flushes the memtables, and
+  /// that flush is what moves writes to a new WAL file (retrying the failed
+  /// one's buffer on the way). When the default family's active memtable is
+  /// empty it flushes nothing, the WAL writer that failed stays, and the next
+  /// write to it aborts the process (Debian's RocksDB 7.8 keeps its
+  /// assertions; a full disk right after a start or a flush did it). So
+  /// before a write finds that memtable empty it gets one entry that
+  /// bypasses the WAL: a tombstone of a key that never exists.
+  void keep_memtable_nonempty() {
+    uint64_t entries = 0;
+    if (db->GetIntProperty(default_cf, rocksdb::DB::Properties::kNumEntriesActiveMemTable,
+                           &entries)
+        && entries > 0)
+      return;
+    rocksdb::WriteOptions no_wal;
+    no_wal.disableWAL = true;
+    db->Delete(no_wal, default_cf, resume_marker); // best effort; the write below reports
+  }
+  static constexpr std::string_view resume_marker{"\0eventsd-resume-marker", 22};
+
   /// Point lookup; nullopt when absent, error on I/O failure.
   result<std::optional<std::string>> get(const rocksdb::ReadOptions& ro,
                                          const std::string& key,
@@ -608,6 +628,7 @@ event_log::append(std::span<const append_request> batch) {
 
     rocksdb::WriteOptions wo;
     wo.sync = impl_->sync;
+    impl_->keep_memtable_nonempty();
     auto st = db.Write(wo, &wb);
     if (!st.ok()) {
       storage_error err{storage_errc::not_writable, "write: " + st.ToString()};

@@ -183,7 +183,8 @@ struct event_log::impl {
   std::unordered_map<std::string, stream_head> head_cache;
   static constexpr size_t head_cache_max = 65'536;
 
-  /// After a failed write, RocksDB's Resume() flushes the memtables, and
+  /// Called before every write that goes through the WAL. After a failed
+  /// write, RocksDB's Resume() flushes the memtables, and
   /// that flush is what moves writes to a new WAL file (retrying the failed
   /// one's buffer on the way). When the default family's active memtable is
   /// empty it flushes nothing, the WAL writer that failed stays, and the next
@@ -795,6 +796,7 @@ result<void> event_log::save_snapshot(std::string_view stream,
     return storage_error{storage_errc::not_writable, "snapshot over 4 GiB"};
   rocksdb::WriteOptions wo;
   wo.sync = false;
+  impl_->keep_memtable_nonempty(); // a failure here must leave Resume() a flush too
   auto st = impl_->db->Put(wo, keys::snapshot_key(stream), keys::encode_snapshot(snap));
   if (!st.ok())
     return storage_error{storage_errc::not_writable, "save snapshot: " + st.ToString()};
@@ -846,6 +848,7 @@ result<size_t> event_log::purge_idempotency_keys(int64_t older_than_ms) try {
       resume_at = it->key().ToString();
     if (wb.Count() > 0) {
       // Losing a purge in a crash only keeps an expired key: no fsync needed.
+      impl_->keep_memtable_nonempty();
       auto st = impl_->db->Write(rocksdb::WriteOptions{}, &wb);
       if (!st.ok())
         return storage_error{storage_errc::not_writable, "purge: " + st.ToString()};

@@ -160,10 +160,12 @@ TEST_CASE("GET /admin/projections: name, mode, position, head, lag, state", "[ht
 TEST_CASE("POST /admin/projections/todos/rebuild: 202, progress visible, reads keep working, "
           "the rebuilt read model equals the old one",
           "[http][admin][rebuild]") {
-  // Rebuild transactions of 200 events: 32 steps for the 6400 events below,
-  // so that the poller sees the rebuild part of the way through.
+  // Rebuild transactions of 25 events: 256 steps for the 6400 events below,
+  // so that the poller sees the rebuild part of the way through and the
+  // second rebuild request below finds the first still running (with 200 a
+  // loaded machine once saw the first finish before the second arrived).
   server s{server_options::with_args(
-    {"--http.admin-token=secret", "--projection.rebuild-batch-size=200"})};
+    {"--http.admin-token=secret", "--projection.rebuild-batch-size=25"})};
   http_client c{s.port()};
 
   // Many more events than one rebuild batch, so the rebuild takes several steps.

@@ -33,6 +33,12 @@ void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
   }
   st.pending.clear();
   st.promises.clear();
+  // A failed store recovers on the next append; retry without one too, so
+  // that /readyz turns ready again once the fault has cleared.
+  if (!st.log->writable() && !st.resume_scheduled) {
+    st.resume_scheduled = true;
+    self->delayed_send(self, std::chrono::seconds{1}, tick_atom_v);
+  }
   auto head = st.log->head();
   m.log_head.set(static_cast<int64_t>(head));
   for (auto& l : st.listeners)
@@ -76,6 +82,14 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
     [=](flush_atom) {
       if (self->state.flush_scheduled)
         flush(self);
+    },
+    [=](tick_atom) {
+      auto& st = self->state;
+      st.resume_scheduled = false;
+      if (st.log->writable() || st.log->try_resume())
+        return;
+      st.resume_scheduled = true;
+      self->delayed_send(self, std::chrono::seconds{1}, tick_atom_v);
     },
     [=](expire_atom) {
       auto& opts = self->state.options;

@@ -22,7 +22,7 @@ using position_listener_actor = caf::typed_actor<caf::reacts_to<core::committed>
 using log_writer_actor = caf::typed_actor<
   caf::replies_to<append_atom, storage::append_request>::with<storage::append_result>,
   caf::reacts_to<listen_atom, position_listener_actor>, caf::reacts_to<flush_atom>,
-  caf::reacts_to<expire_atom>>;
+  caf::reacts_to<expire_atom>, caf::reacts_to<tick_atom>>;
 
 /// Group-commit bounds.
 struct writer_options {
@@ -44,6 +44,7 @@ struct log_writer_state {
   std::vector<storage::append_request> pending;
   std::vector<caf::typed_response_promise<storage::append_result>> promises;
   bool flush_scheduled = false;
+  bool resume_scheduled = false; ///< a retry of a failed store's recovery is due
   std::vector<position_listener_actor> listeners;
   static inline const char* name = "log_writer";
 };

@@ -703,16 +703,26 @@ router::router(services& svc) : svc_(svc) {
 
   add("GET", "/readyz", [=, &s](incoming&, auto&, responder& respond) {
     auto projection = s.projection;
+    auto* log = &s.log;
     s.jobs.run([=](caf::event_based_actor* self) {
       self->request(projection, 3s, stats_atom_v)
         .then(
           [=](const projections::projection_status& st) {
-            if (st.connected)
+            const bool writable = log->writable();
+            const char* store = writable ? "open" : "not writable";
+            const char* postgres = st.connected ? "reachable" : "unreachable";
+            if (writable && st.connected)
               return respond(json_reply(
-                200, {{"status", "ready"}, {"eventStore", "open"}, {"postgres", "reachable"}}));
-            auto r = problem(503, "PostgreSQL is not reachable: " + st.last_error);
+                200, {{"status", "ready"}, {"eventStore", store}, {"postgres", postgres}}));
+            std::string why;
+            if (!writable)
+              why = "the event store is not writable (its last write failed; retried every second)";
+            if (!st.connected)
+              why += (why.empty() ? "" : "; ") + std::string{"PostgreSQL is not reachable: "}
+                     + st.last_error;
+            auto r = problem(503, why);
             auto j = json::parse(r.body);
-            j["checks"] = {{"eventStore", "open"}, {"postgres", "unreachable"}};
+            j["checks"] = {{"eventStore", store}, {"postgres", postgres}};
             r.body = dump(j);
             respond(std::move(r));
           },

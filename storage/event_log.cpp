@@ -173,8 +173,23 @@ struct event_log::impl {
   /// Position of the newest durable event; written only under `write_mutex`.
   std::atomic<uint64_t> head{0};
   /// A write failed: RocksDB may hold a background error that refuses every
-  /// later write until `Resume()` succeeds (written only under `write_mutex`).
-  bool needs_resume = false;
+  /// later write until `Resume()` succeeds (written only under `write_mutex`;
+  /// read by `writable()` from any thread).
+  std::atomic<bool> needs_resume{false};
+
+  /// Tries to make the store writable again after a failed write.
+  /// REQUIRES: `write_mutex` held.
+  rocksdb::Status resume_if_needed() {
+    if (!needs_resume.load(std::memory_order_relaxed))
+      return rocksdb::Status::OK();
+    // Recover once the fault has cleared (disk space freed, device back).
+    if (auto st = db->Resume(); !st.ok())
+      return st;
+    needs_resume.store(false, std::memory_order_release);
+    if (auto last = last_position(); last && *last > head.load())
+      head.store(*last, std::memory_order_release);
+    return rocksdb::Status::OK();
+  }
   /// Heads of streams appended to since the last failed write, so that an
   /// append to a stream written recently needs no point read (only under
   /// `write_mutex`; the log is the only writer of heads). Holds the heads of
@@ -486,17 +501,11 @@ event_log::append(std::span<const append_request> batch) {
     results.reserve(batch.size());
     std::lock_guard<std::mutex> guard{impl_->write_mutex};
     auto& db = *impl_->db;
-    if (impl_->needs_resume) {
-      // Recover from the previous failure once the fault has cleared (disk
-      // space freed, device back); until then every append fails cleanly.
-      if (auto st = db.Resume(); !st.ok()) {
-        results.assign(batch.size(), storage_error{storage_errc::not_writable,
-                                                   "store not writable: " + st.ToString()});
-        return results;
-      }
-      impl_->needs_resume = false;
-      if (auto last = impl_->last_position(); last && *last > impl_->head.load())
-        impl_->head.store(*last, std::memory_order_release);
+    // Until the fault of a failed write has cleared every append fails cleanly.
+    if (auto st = impl_->resume_if_needed(); !st.ok()) {
+      results.assign(batch.size(), storage_error{storage_errc::not_writable,
+                                                 "store not writable: " + st.ToString()});
+      return results;
     }
     rocksdb::ReadOptions ro;
     rocksdb::WriteBatch wb;
@@ -636,7 +645,7 @@ event_log::append(std::span<const append_request> batch) {
       for (auto& r : results)
         r = err;
       heads.clear(); // it holds this batch's heads, which did not become durable
-      impl_->needs_resume = true;
+      impl_->needs_resume.store(true, std::memory_order_release);
       // Positions stay unconsumed, unless the batch reached the log after all
       // (e.g. WAL written, fsync failed): then never hand them out again.
       if (auto last = impl_->last_position(); last && *last >= first_free)
@@ -784,6 +793,15 @@ result<std::vector<stream_summary>> event_log::list_streams(uint64_t before_posi
   return streams;
 } catch (const std::exception& e) {
   return unexpected(storage_errc::io_error, e.what());
+}
+
+bool event_log::writable() const {
+  return !impl_->needs_resume.load(std::memory_order_acquire);
+}
+
+bool event_log::try_resume() {
+  std::lock_guard<std::mutex> guard{impl_->write_mutex};
+  return impl_->resume_if_needed().ok();
 }
 
 uint64_t event_log::head() const {

@@ -143,6 +143,14 @@ public:
   /// Position of the newest event in `$all` (0 when empty).
   uint64_t head() const;
 
+  /// False after a failed write (a full disk, say) until the store has
+  /// recovered: the next `append`, or `try_resume`, retries.
+  bool writable() const;
+
+  /// Retries the recovery of a store that is not `writable()`; true when it
+  /// is writable afterwards. Blocks like `append` (RocksDB may flush).
+  bool try_resume();
+
   /// Stores `snap` as the latest snapshot of `stream` (not fsynced: a
   /// snapshot is a cache that can always be rebuilt from the log).
   result<void> save_snapshot(std::string_view stream, const snapshot_record& snap);

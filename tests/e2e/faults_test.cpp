@@ -716,7 +716,15 @@ TEST_CASE("a disk that fills before the first write: 503s, the server stays up, 
                   << s.output().substr(s.output().size() > 2000 ? s.output().size() - 2000 : 0));
     REQUIRE(r.status == 503);
   }
+  // Not ready while writes fail (a load balancer should stop sending them) ...
+  auto not_ready = c.get("/readyz");
+  INFO("/readyz while full: " << not_ready.body);
+  CHECK(not_ready.status == 503);
+  CHECK(not_ready.json_body()["checks"]["eventStore"] == "not writable");
   std::filesystem::remove(filler);
+  // ... and ready again once space is freed, with no write to trigger it.
+  auto ready = eventually([&] { return c.get("/readyz").status == 200; }, 7000ms, 100ms);
+  CHECK(ready);
   auto r = c.post_json("/todo", {{"description", "after freeing space"}});
   bool resumed = r.status == 201 || eventually(
                                       [&] {

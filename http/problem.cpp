@@ -86,6 +86,9 @@ reply problem_for(const caf::error& err) {
   using projections::projection_errc;
   using todo::todo_errc;
   auto detail = context_string(err, 0);
+  if (err == caf::sec::request_timeout)
+    return unavailable("no answer in time from the component serving this request "
+                       "(PostgreSQL or the event store is slow or stalled)");
   if (err.category() == caf::atom("storage")) {
     switch (static_cast<storage_errc>(err.code())) {
       case storage_errc::stream_not_found:

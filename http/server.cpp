@@ -478,8 +478,10 @@ private:
       if (ec || !self || self->answered_ >= request)
         return;
       self->answered_ = request;
-      auto r = problem(503, "no answer within the request timeout; a write may or may not have "
-                            "happened: check the stream before retrying");
+      const bool read = self->method_ == "GET" || self->method_ == "HEAD";
+      auto r = problem(503, read ? std::string{"no answer within the request timeout"}
+                                 : "no answer within the request timeout; a write may or may "
+                                   "not have happened: check the stream before retrying");
       r.header("Retry-After", "1");
       self->send(std::move(r), *route, started);
     });

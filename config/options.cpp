@@ -68,12 +68,26 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
   std::error_code ec;
   bool has_file = std::filesystem::exists(file, ec);
   if (has_file) {
-    // CAF skips config-file values it cannot convert; check them first so
-    // a typo stops the server instead of being ignored.
-    auto checked = caf::actor_system_config::parse_config_file(file.c_str(),
-                                                               opts.custom_options());
-    if (!checked)
-      return "invalid config file " + file + ": " + caf::to_string(checked.error());
+    // CAF skips config-file values it cannot convert (`[http] threads="many"`
+    // parsed, and the default stayed): read the file without the options and
+    // check each value of ours against its option first, so that a typo stops
+    // the server instead of being ignored.
+    auto raw = caf::actor_system_config::parse_config_file(file.c_str());
+    if (!raw)
+      return "invalid config file " + file + ": " + caf::to_string(raw.error());
+    for (auto& [category, entries] : *raw) {
+      auto* group = caf::get_if<caf::config_value::dictionary>(&entries);
+      if (group == nullptr)
+        continue;
+      for (auto& [key, value] : *group) {
+        auto* option = opts.custom_options().qualified_name_lookup(category, key);
+        if (option == nullptr)
+          continue; // CAF's own groups (scheduler, logger, ...) are CAF's to check
+        if (auto err = option->check(value))
+          return "invalid config file " + file + ": " + std::string{category} + "." + key
+                 + " = " + caf::to_string(value) + " is not a valid value";
+      }
+    }
   }
   if (auto err = opts.parse(argc, argv, has_file ? file.c_str() : "/dev/null"))
     return "invalid configuration: " + caf::to_string(err);

@@ -199,14 +199,14 @@ struct event_log::impl {
   static constexpr size_t head_cache_max = 65'536;
 
   /// Called before every write that goes through the WAL. After a failed
-  /// write, RocksDB's Resume() flushes the memtables, and
-  /// that flush is what moves writes to a new WAL file (retrying the failed
-  /// one's buffer on the way). When the default family's active memtable is
-  /// empty it flushes nothing, the WAL writer that failed stays, and the next
-  /// write to it aborts the process (Debian's RocksDB 7.8 keeps its
-  /// assertions; a full disk right after a start or a flush did it). So
-  /// before a write finds that memtable empty it gets one entry that
-  /// bypasses the WAL: a tombstone of a key that never exists.
+  /// write, RocksDB's Resume() flushes the memtables, and that flush is what
+  /// moves writes to a new WAL file (retrying the failed one's buffer on the
+  /// way). When the default family's active memtable is empty it flushes
+  /// nothing, the WAL writer that failed stays, and the next write to it
+  /// aborts the process (Debian's RocksDB 7.8 keeps its assertions; a full
+  /// disk right after a start or a flush did it). So before a write finds
+  /// that memtable empty it gets one entry that bypasses the WAL: a
+  /// tombstone of a key that never exists.
   void keep_memtable_nonempty() {
     uint64_t entries = 0;
     if (db->GetIntProperty(default_cf, rocksdb::DB::Properties::kNumEntriesActiveMemTable,

@@ -44,12 +44,6 @@ reply json_reply(unsigned status, const json& j) {
   return r;
 }
 
-std::string lower(std::string s) {
-  for (auto& c : s)
-    if (c >= 'A' && c <= 'Z')
-      c = static_cast<char>(c - 'A' + 'a');
-  return s;
-}
 
 std::optional<uint64_t> parse_uint(std::string_view s) {
   if (s.empty() || s.size() > 19)
@@ -233,6 +227,17 @@ std::string incoming::header(const std::string& lower_name) const {
   return i == headers.end() ? std::string{} : i->second;
 }
 
+bool incoming::repeated(std::string_view lower_name) const {
+  return std::ranges::find(repeated_headers, lower_name) != repeated_headers.end();
+}
+
+std::string lower(std::string s) {
+  for (auto& c : s)
+    if (c >= 'A' && c <= 'Z')
+      c = static_cast<char>(c - 'A' + 'a');
+  return s;
+}
+
 bool parse_target(std::string_view target, std::string& path,
                   std::map<std::string, std::string>& query) {
   auto decode = [](std::string_view in, bool plus_is_space, std::string& out) {
@@ -343,7 +348,7 @@ router::router(services& svc) : svc_(svc) {
       return respond(problem(400, "validation failed", {std::move(*err)}));
     actors::write_conditions cond;
     if (auto key = req.headers.find("idempotency-key"); key != req.headers.end()) {
-      if (std::ranges::count(req.repeated_headers, "idempotency-key") > 0)
+      if (req.repeated("idempotency-key"))
         return respond(problem(400, "Idempotency-Key given more than once",
                                {{"Idempotency-Key", {"must be given once"}}}));
       // Characters, not bytes: UTF-8 continuation bytes do not count.

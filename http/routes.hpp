@@ -31,7 +31,12 @@ struct incoming {
 
   /// Header value or empty.
   std::string header(const std::string& lower_name) const;
+  /// True when the field came on more than one line.
+  bool repeated(std::string_view lower_name) const;
 };
+
+/// `s` with ASCII letters in lower case (header names, media types, codings).
+std::string lower(std::string s);
 
 /// Delivers the answer of one request (exactly once, from any thread).
 using responder = std::function<void(reply)>;

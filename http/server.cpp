@@ -1,6 +1,5 @@
 #include "http/server.hpp"
 
-#include <algorithm>
 #include <array>
 #include <csignal>
 #include <ctime>
@@ -56,15 +55,8 @@ const std::string& http_date() {
 std::optional<reply> framing_problem(unsigned version, incoming& req) {
   if (version >= 11 && req.headers.count("host") == 0)
     return problem(400, "HTTP/1.1 request without a Host header");
-  if (std::find(req.repeated_headers.begin(), req.repeated_headers.end(), "host")
-      != req.repeated_headers.end())
+  if (req.repeated("host"))
     return problem(400, "more than one Host header");
-  auto lower = [](std::string_view text) {
-    std::string out{text};
-    for (auto& c : out)
-      c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return out;
-  };
   for (std::string_view scheme : {"http://", "https://"}) {
     if (req.target.size() > scheme.size() && lower(req.target.substr(0, scheme.size())) == scheme) {
       auto path = req.target.find('/', scheme.size());
@@ -429,9 +421,7 @@ private:
     method_ = req.method;
     req.target = std::string{msg.target()};
     for (auto& f : msg) {
-      auto name = std::string{f.name_string()};
-      for (auto& c : name)
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      auto name = lower(std::string{f.name_string()});
       // Repeated lines of one field are one comma-separated list (RFC 9110 §5.3).
       auto value = f.value();
       if (auto [it, added] = req.headers.try_emplace(name, value); !added) {

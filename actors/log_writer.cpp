@@ -7,6 +7,16 @@ namespace eventsd::actors {
 
 namespace {
 
+/// A failed store recovers on the next append; retry a second later without
+/// one too, so that /readyz turns ready again once the fault has cleared.
+void schedule_resume(log_writer_actor::stateful_pointer<log_writer_state> self) {
+  auto& st = self->state;
+  if (st.log->writable() || st.resume_scheduled)
+    return;
+  st.resume_scheduled = true;
+  self->delayed_send(self, std::chrono::seconds{1}, tick_atom_v);
+}
+
 void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
   auto& st = self->state;
   st.flush_scheduled = false;
@@ -33,12 +43,7 @@ void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
   }
   st.pending.clear();
   st.promises.clear();
-  // A failed store recovers on the next append; retry without one too, so
-  // that /readyz turns ready again once the fault has cleared.
-  if (!st.log->writable() && !st.resume_scheduled) {
-    st.resume_scheduled = true;
-    self->delayed_send(self, std::chrono::seconds{1}, tick_atom_v);
-  }
+  schedule_resume(self);
   auto head = st.log->head();
   m.log_head.set(static_cast<int64_t>(head));
   for (auto& l : st.listeners)
@@ -84,12 +89,9 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
         flush(self);
     },
     [=](tick_atom) {
-      auto& st = self->state;
-      st.resume_scheduled = false;
-      if (st.log->writable() || st.log->try_resume())
-        return;
-      st.resume_scheduled = true;
-      self->delayed_send(self, std::chrono::seconds{1}, tick_atom_v);
+      self->state.resume_scheduled = false;
+      self->state.log->try_resume();
+      schedule_resume(self);
     },
     [=](expire_atom) {
       auto& opts = self->state.options;

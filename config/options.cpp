@@ -35,7 +35,10 @@ options::options() {
     .add(storage_idempotency_retention_s, "idempotency-retention-s", "how long Idempotency-Key answers are kept (default 86400)");
   opt_group{custom_options_, "postgres"}
     .add(postgres_dsn, "dsn", "libpq conninfo of the read model (env EVENTSD_POSTGRES_DSN)")
-    .add(postgres_readers, "readers", "read-model connections for GET /todo (default 2)");
+    .add(postgres_readers, "readers", "read-model connections for GET /todo (default 2)")
+    .add(postgres_query_timeout_ms, "query-timeout-ms",
+         "longest wait for PostgreSQL's answer to one statement before the connection is "
+         "closed and reopened (default 10000; 0 = forever)");
   opt_group{custom_options_, "projection"}
     .add(projection_mode, "mode", "eventual (default), unit-of-work, on-demand or scheduled")
     .add(projection_uow_timeout_ms, "uow-timeout-ms", "unit-of-work wait before answering 202 (default 5000)")

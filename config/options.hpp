@@ -45,6 +45,7 @@ public:
   // [postgres]
   std::string postgres_dsn;
   size_t postgres_readers = 2;
+  size_t postgres_query_timeout_ms = 10'000;
 
   // [projection]
   std::string projection_mode = "eventual";

@@ -2,8 +2,14 @@
 #include "projections/pg.hpp"
 
 #include <array>
+#include <cerrno>
 #include <charconv>
+#include <climits>
+#include <cstring>
+#include <optional>
 #include <vector>
+
+#include <poll.h>
 
 namespace eventsd::projections::pg {
 
@@ -80,18 +86,98 @@ failure not_connected() {
   return failure{true, "", "not connected"};
 }
 
+using clock = std::chrono::steady_clock;
+
+enum class wait_outcome { ready, timed_out, failed };
+
+/// Waits until the connection's socket is ready for `events` or `deadline`
+/// (none: forever) passes.
+wait_outcome wait_socket(PGconn* c, short events, std::optional<clock::time_point> deadline) {
+  pollfd p{PQsocket(c), events, 0};
+  if (p.fd < 0)
+    return wait_outcome::failed;
+  for (;;) {
+    int ms = -1;
+    if (deadline) {
+      auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - clock::now());
+      if (left.count() <= 0)
+        return wait_outcome::timed_out;
+      ms = static_cast<int>(std::min<int64_t>(left.count(), INT_MAX));
+    }
+    int n = ::poll(&p, 1, ms);
+    if (n > 0)
+      return wait_outcome::ready;
+    if (n < 0 && errno != EINTR)
+      return wait_outcome::failed;
+  }
+}
+
+failure timed_out(session s) {
+  return failure{true, "",
+                 "PostgreSQL did not answer within " + std::to_string(s.timeout.count())
+                   + " ms (postgres.query-timeout-ms); the connection is closed"};
+}
+
+/// Sends what a PQsend* call queued and collects its results, never waiting
+/// past the session's deadline. `sent` is that call's return value.
+outcome<result_ptr> finish(session s, int sent) {
+  PGconn* c = s.conn;
+  if (sent == 0)
+    return failure_of(c, nullptr);
+  std::optional<clock::time_point> deadline;
+  if (s.timeout.count() > 0)
+    deadline = clock::now() + s.timeout;
+  auto wait = [&](short events) -> std::optional<failure> {
+    switch (wait_socket(c, events, deadline)) {
+      case wait_outcome::ready:
+        if (PQconsumeInput(c) == 0)
+          return failure_of(c, nullptr);
+        return std::nullopt;
+      case wait_outcome::timed_out:
+        return timed_out(s);
+      default:
+        return failure{true, "", std::string{"waiting for PostgreSQL: "} + std::strerror(errno)};
+    }
+  };
+  for (int left = PQflush(c); left != 0; left = PQflush(c)) {
+    if (left < 0)
+      return failure_of(c, nullptr);
+    if (auto f = wait(POLLIN | POLLOUT))
+      return *f;
+  }
+  result_ptr error, last;
+  for (;;) {
+    while (PQisBusy(c))
+      if (auto f = wait(POLLIN))
+        return *f;
+    result_ptr r{PQgetResult(c)};
+    if (!r)
+      break;
+    auto st = PQresultStatus(r.get());
+    bool ok = st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK || st == PGRES_EMPTY_QUERY;
+    if (!ok && !error)
+      error = std::move(r);
+    else if (ok)
+      last = std::move(r);
+  }
+  return check(c, (error ? error : last).release());
+}
+
 } // namespace
 
-outcome<conn_ptr> connect(const std::string& dsn) {
+outcome<conn_ptr> connect(const std::string& dsn, const char* app) {
   // Later entries win, so the DSN (expanded from "dbname") overrides these defaults.
   static constexpr std::array<const char*, 8> keys{
     "connect_timeout", "keepalives",     "keepalives_idle", "keepalives_interval",
     "keepalives_count", "application_name", "dbname",       nullptr};
-  std::array<const char*, 8> values{"3", "1", "10", "5", "3", "eventsd", dsn.c_str(), nullptr};
+  std::array<const char*, 8> values{"3", "1", "10", "5", "3", app, dsn.c_str(), nullptr};
   conn_ptr c{PQconnectdbParams(keys.data(), values.data(), 1)};
   if (!c)
     return failure{true, "", "out of memory allocating a libpq connection"};
   if (PQstatus(c.get()) != CONNECTION_OK)
+    return failure{true, "", one_line(PQerrorMessage(c.get()))};
+  // Sends must not block either: finish() flushes them under the deadline.
+  if (PQsetnonblocking(c.get(), 1) != 0)
     return failure{true, "", one_line(PQerrorMessage(c.get()))};
   // libpq prints NOTICEs ("relation ... already exists, skipping") to stderr by default.
   PQsetNoticeProcessor(c.get(), [](void*, const char*) {}, nullptr);
@@ -102,35 +188,35 @@ bool is_up(const PGconn* c) noexcept {
   return c != nullptr && PQstatus(c) == CONNECTION_OK;
 }
 
-outcome<result_ptr> exec(PGconn* c, const char* sql) {
-  if (c == nullptr)
+outcome<result_ptr> exec(session s, const char* sql) {
+  if (s.conn == nullptr)
     return not_connected();
-  return check(c, PQexec(c, sql));
+  return finish(s, PQsendQuery(s.conn, sql));
 }
 
-outcome<result_ptr> exec(PGconn* c, const char* sql, std::span<const param> params) {
-  if (c == nullptr)
+outcome<result_ptr> exec(session s, const char* sql, std::span<const param> params) {
+  if (s.conn == nullptr)
     return not_connected();
   bound_params b{params};
-  return check(c, PQexecParams(c, sql, static_cast<int>(b.values.size()), nullptr,
-                               b.values.data(), nullptr, nullptr, 0));
+  return finish(s, PQsendQueryParams(s.conn, sql, static_cast<int>(b.values.size()), nullptr,
+                                     b.values.data(), nullptr, nullptr, 0));
 }
 
-outcome<void> prepare(PGconn* c, const char* name, const char* sql, int n_params) {
-  if (c == nullptr)
+outcome<void> prepare(session s, const char* name, const char* sql, int n_params) {
+  if (s.conn == nullptr)
     return not_connected();
-  auto r = check(c, PQprepare(c, name, sql, n_params, nullptr));
+  auto r = finish(s, PQsendPrepare(s.conn, name, sql, n_params, nullptr));
   if (!r)
     return r.error();
   return {};
 }
 
-outcome<result_ptr> exec_prepared(PGconn* c, const char* name, std::span<const param> params) {
-  if (c == nullptr)
+outcome<result_ptr> exec_prepared(session s, const char* name, std::span<const param> params) {
+  if (s.conn == nullptr)
     return not_connected();
   bound_params b{params};
-  return check(c, PQexecPrepared(c, name, static_cast<int>(b.values.size()), b.values.data(),
-                                 nullptr, nullptr, 0));
+  return finish(s, PQsendQueryPrepared(s.conn, name, static_cast<int>(b.values.size()),
+                                       b.values.data(), nullptr, nullptr, 0));
 }
 
 bool is_null(const PGresult* r, int row, int col) noexcept {

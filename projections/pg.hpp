@@ -1,12 +1,15 @@
 // Small RAII helpers over libpq: owning pointers for connections and results,
-// statements with $n text parameters, failures as values.
+// statements with $n text parameters, failures as values, and a deadline on
+// every call (a PostgreSQL that stops answering must not hold a thread).
 //
 // Thread-safety: none of their own; a PGconn must be used by one thread at a
-// time (libpq's rule). All calls are blocking I/O.
+// time (libpq's rule). All calls are blocking I/O, bounded by the session's
+// timeout.
 #pragma once
 
 #include <libpq-fe.h>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -54,26 +57,37 @@ using outcome = storage::result<T, failure>;
 /// the call it is passed to.
 using param = std::optional<std::string_view>;
 
-/// Opens a connection to `dsn` (a conninfo string or URI). Defaults that the
-/// DSN does not override: connect_timeout=3, TCP keepalives (idle 10 s,
-/// interval 5 s, 3 probes), application_name=eventsd.
-outcome<conn_ptr> connect(const std::string& dsn);
+/// Opens a connection to `dsn` (a conninfo string or URI) in non-blocking
+/// mode. Defaults that the DSN does not override: connect_timeout=3, TCP
+/// keepalives (idle 10 s, interval 5 s, 3 probes), application_name=`app`.
+outcome<conn_ptr> connect(const std::string& dsn, const char* app = "eventsd");
 
 /// True when `c` is non-null and libpq believes the connection is up.
 bool is_up(const PGconn* c) noexcept;
 
+/// A connection and how long each call on it may wait for PostgreSQL.
+struct session {
+  PGconn* conn = nullptr;
+  /// Longest wait for one call's answer (sending included); 0 waits forever.
+  /// A call that runs out fails with `connection_lost`: the connection is
+  /// then mid-query and must be closed, and whether the statement took
+  /// effect is unknown (as with any lost connection).
+  std::chrono::milliseconds timeout{0};
+};
+
 /// Runs `sql` (no parameters; may hold several statements) with the simple
-/// query protocol.
-outcome<result_ptr> exec(PGconn* c, const char* sql);
+/// query protocol. With several statements the first error, else the last
+/// result, is answered.
+outcome<result_ptr> exec(session s, const char* sql);
 
 /// Runs `sql` with `$1..$n` bound to `params` (unnamed statement).
-outcome<result_ptr> exec(PGconn* c, const char* sql, std::span<const param> params);
+outcome<result_ptr> exec(session s, const char* sql, std::span<const param> params);
 
-/// Prepares `sql` as the named statement `name` on `c`.
-outcome<void> prepare(PGconn* c, const char* name, const char* sql, int n_params);
+/// Prepares `sql` as the named statement `name`.
+outcome<void> prepare(session s, const char* name, const char* sql, int n_params);
 
 /// Runs the prepared statement `name` with `params`.
-outcome<result_ptr> exec_prepared(PGconn* c, const char* name, std::span<const param> params);
+outcome<result_ptr> exec_prepared(session s, const char* name, std::span<const param> params);
 
 /// True when field (`row`, `col`) of `r` is SQL NULL.
 bool is_null(const PGresult* r, int row, int col) noexcept;

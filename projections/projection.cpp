@@ -55,6 +55,10 @@ struct projection_state {
 
 using self_ptr = projection_actor::stateful_pointer<projection_state>;
 
+connection_options projection_connection(const projection_options& opts) {
+  return {"eventsd projection", opts.query_timeout};
+}
+
 void schedule_run(self_ptr self, clock::duration delay = clock::duration::zero()) {
   auto& st = self->state;
   if (st.run_scheduled)
@@ -239,7 +243,7 @@ void rebuild_step(self_ptr self) {
   st.rebuilding = false;
   st.rebuild_model.reset();
   ++st.rebuilds_completed;
-  st.model = std::make_unique<todo_read_model>(st.opts.dsn, live_table);
+  st.model = std::make_unique<todo_read_model>(st.opts.dsn, live_table, projection_connection(st.opts));
   st.position_known = false;
   st.backoff = std::chrono::milliseconds{0};
   if (ensure_connected(self)) {
@@ -256,7 +260,7 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
   auto& st = self->state;
   st.log = log;
   st.opts = opts;
-  st.model = std::make_unique<todo_read_model>(opts.dsn, live_table);
+  st.model = std::make_unique<todo_read_model>(opts.dsn, live_table, projection_connection(opts));
   auto mode = opts.mode;
   if (mode == projection_mode::eventual || mode == projection_mode::unit_of_work) {
     st.target = log->head();
@@ -343,7 +347,8 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
         return false;
       st.rebuilding = true;
       st.rebuild_position = 0;
-      st.rebuild_model = std::make_unique<todo_read_model>(st.opts.dsn, rebuild_table);
+      st.rebuild_model
+        = std::make_unique<todo_read_model>(st.opts.dsn, rebuild_table, projection_connection(st.opts));
       if (st.rebuild_model->connect().ok())
         st.rebuild_model->reset();
       // A failed connect/reset is retried by the steps; reset happens again
@@ -453,11 +458,13 @@ projection_actor spawn_projection(caf::actor_system& sys, const storage::event_l
   return sys.spawn<caf::detached>(projection, log, std::move(opts));
 }
 
-read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::string dsn) {
+read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::string dsn,
+                                                std::chrono::milliseconds query_timeout) {
   return sys.spawn<caf::detached>(
-    [](reader_ptr self, std::string dsn) -> read_model_reader_actor::behavior_type {
+    [query_timeout](reader_ptr self, std::string dsn) -> read_model_reader_actor::behavior_type {
       core::name_this_thread("model-reader");
-      self->state.model = std::make_unique<todo_read_model>(std::move(dsn), live_table);
+      self->state.model = std::make_unique<todo_read_model>(
+        std::move(dsn), live_table, connection_options{"eventsd reader", query_timeout});
       auto ready = [self]() -> std::optional<caf::error> {
         if (self->state.model->connected())
           return std::nullopt;
@@ -537,7 +544,7 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
 
 pg_result<uint64_t> rebuild_offline(const storage::event_log& log, const std::string& dsn,
                                     const std::function<void(uint64_t, uint64_t)>& progress) {
-  todo_read_model fresh{dsn, rebuild_table};
+  todo_read_model fresh{dsn, rebuild_table, {"eventsd rebuild"}};
   if (auto r = fresh.connect(); !r.ok())
     return r.error();
   if (auto r = fresh.reset(); !r.ok())

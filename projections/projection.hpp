@@ -47,6 +47,8 @@ struct projection_options {
   std::chrono::milliseconds interval{1000};            ///< tick of `scheduled` mode
   std::chrono::milliseconds retry_min{100};            ///< first retry after a failure
   std::chrono::milliseconds retry_max{5000};           ///< cap of the retry backoff
+  /// Longest wait for one statement's answer; see connection_options.
+  std::chrono::milliseconds query_timeout{10000};
 };
 
 /// What `GET /admin/projections` shows of one projection.
@@ -103,8 +105,11 @@ using read_model_reader_actor
                      caf::reacts_to<list_atom, todo_query, core::reply_to<todo_page>>,
                      caf::reacts_to<flush_atom>>;
 
-/// Spawns one reader (detached) with its own connection to `dsn`.
-read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::string dsn);
+/// Spawns one reader (detached) with its own connection to `dsn`, each
+/// query of which may wait `query_timeout` for its answer (0: forever).
+read_model_reader_actor spawn_read_model_reader(
+  caf::actor_system& sys, std::string dsn,
+  std::chrono::milliseconds query_timeout = std::chrono::milliseconds{10000});
 
 /// Replays the whole log into `table` offline (CLI `--rebuild`), printing
 /// progress through `progress(position, head)`. Returns the final position.

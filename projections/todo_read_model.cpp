@@ -211,6 +211,7 @@ struct folded_row {
 struct todo_read_model::impl {
   std::string dsn;
   std::string table;
+  connection_options copts;
   bool table_valid;
   /// This table's SQL, built once with the name substituted.
   struct table_sql {
@@ -223,9 +224,10 @@ struct todo_read_model::impl {
   /// may have changed since (failures, reset, swap).
   std::optional<uint64_t> known_checkpoint;
 
-  impl(std::string dsn_in, std::string table_in)
+  impl(std::string dsn_in, std::string table_in, connection_options copts_in)
     : dsn(std::move(dsn_in)),
       table(std::move(table_in)),
+      copts(std::move(copts_in)),
       table_valid(pg::is_plain_identifier(table, max_table_name)
                   && table != "eventsd_checkpoints") {
     if (!table_valid)
@@ -242,6 +244,9 @@ struct todo_read_model::impl {
   }
 
   PGconn* c() const { return conn.get(); }
+
+  /// The connection with the deadline of each call on it.
+  pg::session s() const { return {conn.get(), copts.query_timeout}; }
 
   /// Turns a libpq failure into a projection error; forgets a broken
   /// connection so that connected() says so and connect() opens a new one.
@@ -266,21 +271,21 @@ struct todo_read_model::impl {
   }
 
   pg::outcome<void> run(const std::string& sql) {
-    auto r = pg::exec(c(), sql.c_str());
+    auto r = pg::exec(s(), sql.c_str());
     if (!r)
       return r.error();
     return {};
   }
 
   pg::outcome<void> run(const char* sql) {
-    auto r = pg::exec(c(), sql);
+    auto r = pg::exec(s(), sql);
     if (!r)
       return r.error();
     return {};
   }
 
   pg::outcome<void> run(const char* sql, std::initializer_list<pg::param> ps) {
-    auto r = pg::exec(c(), sql, std::span{ps.begin(), ps.size()});
+    auto r = pg::exec(s(), sql, std::span{ps.begin(), ps.size()});
     if (!r)
       return r.error();
     return {};
@@ -306,14 +311,14 @@ struct todo_read_model::impl {
   template <class F>
   pg::outcome<void> attempt_transaction(F& body) {
     if (PQtransactionStatus(c()) != PQTRANS_IDLE)
-      pg::exec(c(), "ROLLBACK"); // leftover of an earlier failure; the result does not matter
+      pg::exec(s(), "ROLLBACK"); // leftover of an earlier failure; the result does not matter
     if (auto r = run("BEGIN"); !r)
       return r;
     pg::outcome<void> r = body();
     if (r)
       r = run("COMMIT");
     if (!r && !r.error().connection_lost && PQtransactionStatus(c()) != PQTRANS_IDLE)
-      pg::exec(c(), "ROLLBACK");
+      pg::exec(s(), "ROLLBACK");
     return r;
   }
 
@@ -347,8 +352,8 @@ struct todo_read_model::impl {
       {stmt_list, sql.list.c_str(), 3},
       {stmt_list_by_status, sql.list_by_status.c_str(), 4},
     };
-    for (const auto& s : statements)
-      if (auto r = pg::prepare(c(), s.name, s.sql, s.n_params); !r)
+    for (const auto& st : statements)
+      if (auto r = pg::prepare(s(), st.name, st.sql, st.n_params); !r)
         return r;
     return {};
   }
@@ -403,7 +408,7 @@ struct todo_read_model::impl {
     auto expected = std::to_string(*known_checkpoint);
     const pg::param ps[] = {a.ids, a.descriptions, a.statuses, a.versions, a.created,
                             table, position, expected};
-    auto r = pg::exec_prepared(c(), stmt_apply_from, ps);
+    auto r = pg::exec_prepared(s(), stmt_apply_from, ps);
     if (!r)
       return r.error();
     auto applied = pg::to_u64(r->get(), 0, 0);
@@ -416,7 +421,7 @@ struct todo_read_model::impl {
   pg::outcome<void> apply_locked(std::span<const todo_change> changes, uint64_t new_checkpoint,
                                  uint64_t& locked_checkpoint) {
     const pg::param name[] = {table};
-    auto locked = pg::exec_prepared(c(), stmt_lock_checkpoint, name);
+    auto locked = pg::exec_prepared(s(), stmt_lock_checkpoint, name);
     if (!locked)
       return locked.error();
     if (PQntuples(locked->get()) != 1)
@@ -428,13 +433,13 @@ struct todo_read_model::impl {
     auto a = fold(changes, *stored);
     if (a.ids != "{}") {
       const pg::param ps[] = {a.ids, a.descriptions, a.statuses, a.versions, a.created};
-      if (auto r = pg::exec_prepared(c(), stmt_upsert, ps); !r)
+      if (auto r = pg::exec_prepared(s(), stmt_upsert, ps); !r)
         return r.error();
     }
 
     auto position = std::to_string(new_checkpoint);
     const pg::param ps[] = {table, position};
-    if (auto r = pg::exec_prepared(c(), stmt_advance_checkpoint, ps); !r)
+    if (auto r = pg::exec_prepared(s(), stmt_advance_checkpoint, ps); !r)
       return r.error();
     locked_checkpoint = std::max(*stored, new_checkpoint);
     return {};
@@ -450,7 +455,7 @@ struct todo_read_model::impl {
       if (auto r = run(with_tables(ddl, table, target)); !r)
         return r;
     const pg::param ps[] = {table, target};
-    auto moved = pg::exec(c(), sql_move_checkpoint_row, ps);
+    auto moved = pg::exec(s(), sql_move_checkpoint_row, ps);
     if (!moved)
       return moved.error();
     if (std::string_view{PQcmdTuples(moved->get())} != "1")
@@ -459,8 +464,8 @@ struct todo_read_model::impl {
   }
 };
 
-todo_read_model::todo_read_model(std::string dsn, std::string table)
-  : impl_(std::make_unique<impl>(std::move(dsn), std::move(table))) {
+todo_read_model::todo_read_model(std::string dsn, std::string table, connection_options copts)
+  : impl_(std::make_unique<impl>(std::move(dsn), std::move(table), std::move(copts))) {
 }
 
 todo_read_model::~todo_read_model() = default;
@@ -474,7 +479,7 @@ pg_result<void> todo_read_model::connect() {
   d.ready = false;
   d.conn.reset();
   d.known_checkpoint.reset();
-  auto c = pg::connect(d.dsn);
+  auto c = pg::connect(d.dsn, d.copts.application_name.c_str());
   if (!c)
     return d.fail(c.error());
   d.conn = std::move(*c);
@@ -495,7 +500,7 @@ pg_result<uint64_t> todo_read_model::checkpoint() {
   if (auto e = d.require_ready())
     return *e;
   const pg::param ps[] = {d.table};
-  auto r = pg::exec_prepared(d.c(), stmt_checkpoint, ps);
+  auto r = pg::exec_prepared(d.s(), stmt_checkpoint, ps);
   if (!r)
     return d.fail(r.error());
   if (PQntuples(r->get()) == 0)
@@ -562,7 +567,7 @@ pg_result<todo_batch> todo_read_model::get_many(std::span<const std::string> ids
   }
   array += '}';
   const pg::param ps[] = {array, d.table};
-  auto r = pg::exec_prepared(d.c(), stmt_get_many, ps);
+  auto r = pg::exec_prepared(d.s(), stmt_get_many, ps);
   if (!r)
     return d.fail(r.error());
   const PGresult* res = r->get();
@@ -610,10 +615,10 @@ pg_result<todo_page> todo_read_model::list(const todo_query& q) {
   pg::outcome<pg::result_ptr> r = pg::failure{};
   if (q.status) {
     const pg::param ps[] = {d.table, after_text, fetch_text, *q.status};
-    r = pg::exec_prepared(d.c(), stmt_list_by_status, ps);
+    r = pg::exec_prepared(d.s(), stmt_list_by_status, ps);
   } else {
     const pg::param ps[] = {d.table, after_text, fetch_text};
-    r = pg::exec_prepared(d.c(), stmt_list, ps);
+    r = pg::exec_prepared(d.s(), stmt_list, ps);
   }
   if (!r)
     return d.fail(r.error());

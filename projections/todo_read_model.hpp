@@ -4,6 +4,7 @@
 // thread (or one detached actor) at a time. Every call is blocking I/O.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -87,13 +88,24 @@ struct todo_batch {
   uint64_t position = 0;                     ///< read-model checkpoint of that snapshot
 };
 
+/// How a read model's connection is opened and how long its calls may take.
+struct connection_options {
+  /// Shown in PostgreSQL's `pg_stat_activity`.
+  std::string application_name = "eventsd";
+  /// Longest wait for PostgreSQL's answer to one statement (0: forever). One
+  /// that runs out closes the connection and fails with `unavailable`, so a
+  /// PostgreSQL (or a network path to it) that stops answering holds the
+  /// caller this long, not until TCP gives up.
+  std::chrono::milliseconds query_timeout{10000};
+};
+
 /// The `todos` table (or a rebuild table) plus its checkpoint row, behind
 /// one PostgreSQL connection.
 class todo_read_model {
 public:
   /// `dsn` is a libpq conninfo string; `table` names the read-model table
   /// (the checkpoint row uses the same name). Does not connect yet.
-  todo_read_model(std::string dsn, std::string table = "todos");
+  todo_read_model(std::string dsn, std::string table = "todos", connection_options copts = {});
   ~todo_read_model();
   todo_read_model(const todo_read_model&) = delete;
   todo_read_model& operator=(const todo_read_model&) = delete;

@@ -1135,3 +1135,89 @@ TEST_CASE("a request the server cannot answer within --http.request-timeout-ms g
   CHECK(c.get("/healthz").status == 200);
   CHECK(c.connections() == 1);
 }
+
+namespace {
+
+/// PIDs of the sessions of `dsn`'s cluster named `application_name`.
+std::vector<pid_t> backends_named(const std::string& dsn, const std::string& application_name) {
+  PGconn* c = PQconnectdb(dsn.c_str());
+  std::vector<pid_t> out;
+  if (PQstatus(c) == CONNECTION_OK) {
+    const char* ps[] = {application_name.c_str()};
+    PGresult* r = PQexecParams(c, "SELECT pid FROM pg_stat_activity WHERE application_name = $1",
+                               1, nullptr, ps, nullptr, nullptr, 0);
+    for (int i = 0; PQresultStatus(r) == PGRES_TUPLES_OK && i < PQntuples(r); ++i)
+      out.push_back(std::stoi(PQgetvalue(r, i, 0)));
+    PQclear(r);
+  }
+  PQfinish(c);
+  return out;
+}
+
+/// Stops processes with SIGSTOP (a hung PostgreSQL backend, or a network path
+/// that stopped forwarding) and lets them go on at destruction.
+struct frozen {
+  std::vector<pid_t> pids;
+  explicit frozen(std::vector<pid_t> p) : pids(std::move(p)) {
+    for (auto pid : pids)
+      REQUIRE(::kill(pid, SIGSTOP) == 0);
+  }
+  ~frozen() {
+    for (auto pid : pids)
+      ::kill(pid, SIGCONT);
+  }
+  frozen(const frozen&) = delete;
+  frozen& operator=(const frozen&) = delete;
+};
+
+} // namespace
+
+TEST_CASE("a PostgreSQL session that stops answering holds the projection and the readers for "
+          "--postgres.query-timeout-ms only: they reconnect and the read model catches up",
+          "[e2e][faults][postgres-down]") {
+  private_cluster pg;
+  server_options o;
+  o.dsn = pg.dsn();
+  o.args = {"--postgres.query-timeout-ms=500", "--postgres.readers=1"};
+  server s{o};
+  http_client c{s.port()};
+  auto first = ack_of(c.post_json("/todo", {{"description", "before the stall"}}));
+  REQUIRE(c.get("/todo/" + first.id + "?minPosition=" + std::to_string(first.position)).status
+          == 200);
+  auto projection = backends_named(pg.dsn(), "eventsd projection");
+  auto readers = backends_named(pg.dsn(), "eventsd reader");
+  REQUIRE(projection.size() == 1);
+  REQUIRE(readers.size() == 1);
+  double errors_before = metric(c, "eventsd_projection_errors_total");
+
+  frozen stalled{{projection.front(), readers.front()}};
+  // The frozen reader answers nothing: the reader gives up on it after the
+  // timeout and asks once more on a new session (as after any lost connection).
+  auto t0 = clock_type::now();
+  auto slow = c.get("/todo/" + first.id);
+  auto took = clock_type::now() - t0;
+  INFO("first read: " << slow.status << " " << slow.body);
+  CHECK(slow.status == 200);
+  CHECK(took >= 450ms);
+  CHECK(took < 5s);
+  CHECK(backends_named(pg.dsn(), "eventsd reader").size() == 2);
+
+  // Writes never wait for PostgreSQL; the projection gives up on its frozen
+  // session and applies them on a new one.
+  auto w = c.post_json("/todo", {{"description", "during the stall"}});
+  REQUIRE(w.status == 201);
+  auto second = ack_of(w);
+  t0 = clock_type::now();
+  auto seen = c.get("/todo/" + second.id + "?minPosition=" + std::to_string(second.position)
+                    + "&waitMs=10000");
+  took = clock_type::now() - t0;
+  INFO("read of the write after " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                                  << " ms: " << seen.status << " " << seen.body);
+  CHECK(seen.status == 200);
+  CHECK(seen.json_body().value("description", "") == "during the stall");
+  CHECK(took < 5s);
+  CHECK(metric(c, "eventsd_projection_errors_total") > errors_before);
+  // The frozen sessions are still there, stopped; two new ones took over.
+  CHECK(backends_named(pg.dsn(), "eventsd projection").size() == 2);
+  CHECK(c.get("/readyz").status == 200);
+}

@@ -4,6 +4,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -78,8 +80,10 @@ struct admin {
     conn = std::move(*c);
   }
 
+  pg::session session() const { return {conn.get(), std::chrono::seconds{30}}; }
+
   pg::result_ptr query(const char* sql, std::initializer_list<pg::param> ps = {}) {
-    auto r = pg::exec(conn.get(), sql, std::span{ps.begin(), ps.size()});
+    auto r = pg::exec(session(), sql, std::span{ps.begin(), ps.size()});
     if (!r)
       FAIL("admin query failed: " << r.error().message << " in: " << sql);
     return std::move(*r);
@@ -106,9 +110,9 @@ struct admin {
   void drop(const std::string& table) {
     // Best effort: cleanup must not throw from a destructor.
     auto sql = "DROP TABLE IF EXISTS " + table;
-    pg::exec(conn.get(), sql.c_str());
+    pg::exec(session(), sql.c_str());
     const pg::param ps[] = {table};
-    pg::exec(conn.get(), "DELETE FROM eventsd_checkpoints WHERE name = $1", ps);
+    pg::exec(session(), "DELETE FROM eventsd_checkpoints WHERE name = $1", ps);
   }
 };
 
@@ -622,4 +626,62 @@ TEST_CASE("a terminated connection yields unavailable and connect recovers",
     CHECK(require_value(m.get(uuid(2))).row == todo_row{uuid(2), "new", "Created", 1});
     CHECK(require_value(m.checkpoint()) == 3);
   }
+}
+
+namespace {
+
+/// Freezes one PostgreSQL backend (SIGSTOP) as a hung server or a network path
+/// that stops forwarding would; thaws it (SIGCONT) on destruction. The test
+/// runs as root, the backend as `postgres`.
+struct frozen_backend {
+  pid_t pid;
+  explicit frozen_backend(pid_t p) : pid(p) { REQUIRE(::kill(pid, SIGSTOP) == 0); }
+  ~frozen_backend() { ::kill(pid, SIGCONT); }
+  frozen_backend(const frozen_backend&) = delete;
+  frozen_backend& operator=(const frozen_backend&) = delete;
+};
+
+} // namespace
+
+TEST_CASE("a PostgreSQL that stops answering fails the call after the query timeout with "
+          "unavailable, and a new connection serves the next one",
+          "[projections][postgres]") {
+  using namespace std::chrono_literals;
+  using clock = std::chrono::steady_clock;
+  scratch s;
+  todo_read_model m{s.model_dsn(), s.table, {"unused: the DSN names the session", 300ms}};
+  require_ok(m.connect());
+  require_ok(m.apply(std::vector{created(uuid(1), "one", 1)}, 1));
+  auto pid = std::stoi(
+    s.db.scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1", {s.app}));
+
+  frozen_backend frozen{pid};
+  SECTION("a read") {
+    auto began = clock::now();
+    auto r = m.get(uuid(1));
+    auto took = clock::now() - began;
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == projection_errc::unavailable);
+    INFO(r.error().detail);
+    CHECK(r.error().detail.find("did not answer within 300 ms") != std::string::npos);
+    CHECK(took >= 300ms);
+    CHECK(took < 3s);
+    CHECK_FALSE(m.connected());
+  }
+  SECTION("an apply, retried whole on the new connection") {
+    std::vector batch{described(uuid(1), "two", 2, 2), created(uuid(2), "new", 3)};
+    auto r = m.apply(batch, 3);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == projection_errc::unavailable);
+    CHECK_FALSE(m.connected());
+    require_ok(m.connect());
+    require_ok(m.apply(batch, 3));
+    CHECK(require_value(m.get(uuid(2))).row == todo_row{uuid(2), "new", "Created", 1});
+  }
+  // The frozen backend is still stopped: the new session does not need it.
+  require_ok(m.connect());
+  CHECK(require_value(m.get(uuid(1))).position >= 1);
+  CHECK(s.db.scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                    {s.app})
+        == "2");
 }

@@ -34,6 +34,8 @@ problem_kind kind_of(unsigned status) {
       return {"precondition-failed", "Precondition Failed"};
     case 413:
       return {"payload-too-large", "Content Too Large"};
+    case 414:
+      return {"uri-too-long", "URI Too Long"};
     case 415:
       return {"unsupported-media-type", "Unsupported Media Type"};
     case 431:

@@ -333,6 +333,9 @@ private:
 };
 
 class session : public std::enable_shared_from_this<session> {
+  /// Most bytes of a request line and header fields together.
+  static constexpr size_t header_limit = 16 * 1024;
+
 public:
   session(tcp::socket&& socket, router& r, head_signal& signal)
     : stream_(std::move(socket)), deadline_(stream_.get_executor()), router_(r),
@@ -347,7 +350,7 @@ private:
   void do_read() {
     parser_.emplace();
     parser_->body_limit(router_.svc().options.body_limit);
-    parser_->header_limit(16 * 1024);
+    parser_->header_limit(header_limit);
     stream_.expires_after(router_.svc().options.read_timeout);
     bhttp::async_read_header(stream_, buffer_, *parser_,
                              beast::bind_front_handler(&session::on_header, shared_from_this()));
@@ -401,8 +404,16 @@ private:
     }
     if (ec == bhttp::error::header_limit) {
       close_after_ = true;
-      return send(problem(431, "request headers too large"), "too-large",
-                  std::chrono::steady_clock::now());
+      // The request line alone past the limit: it is the target that is too
+      // long (RFC 9110 §15.5.15), not the header fields.
+      std::string_view in{static_cast<const char*>(buffer_.cdata().data()), buffer_.size()};
+      if (in.substr(0, header_limit).find("\r\n") == std::string_view::npos)
+        return send(problem(414, "request target longer than "
+                                   + std::to_string(header_limit) + " bytes"),
+                    "too-large", std::chrono::steady_clock::now());
+      return send(problem(431, "request header larger than " + std::to_string(header_limit)
+                                 + " bytes"),
+                  "too-large", std::chrono::steady_clock::now());
     }
     if (ec) {
       fail(ec, "read");

@@ -366,11 +366,16 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
       auto now = clock::now();
       auto expired = std::partition(st.waiters.begin(), st.waiters.end(),
                                     [&](const waiter& w) { return w.deadline > now; });
+      // Never having reached PostgreSQL, the projection does not know where
+      // the read model is: say why, and claim no position.
+      bool unknown = !st.position_known && st.position == 0 && !st.last_error.empty();
       for (auto i = expired; i != st.waiters.end(); ++i)
-        i->promise.deliver(caf::make_error(projection_errc::timeout,
-                                           "read model at position "
-                                             + std::to_string(st.position),
-                                           st.position));
+        i->promise.deliver(
+          unknown ? caf::make_error(projection_errc::unavailable,
+                                    "PostgreSQL not reached since the start: " + st.last_error)
+                  : caf::make_error(projection_errc::timeout,
+                                    "read model at position " + std::to_string(st.position),
+                                    st.position));
       st.waiters.erase(expired, st.waiters.end());
     },
     [=](rebuild_step_atom) { rebuild_step(self); },

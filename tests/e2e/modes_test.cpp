@@ -247,6 +247,26 @@ TEST_CASE("unit-of-work with PostgreSQL unreachable: writes answer 202 with the 
   CHECK(c.get("/healthz").status == 200);
 }
 
+TEST_CASE("on-demand and minPosition reads with PostgreSQL never reached answer 503 saying so, "
+          "without claiming a read-model position",
+          "[e2e][modes][on-demand][postgres-down]") {
+  server_options o;
+  o.dsn = "host=127.0.0.1 port=1 dbname=eventsd user=postgres connect_timeout=1";
+  o.args = {"--projection.mode=on-demand"};
+  server s{o};
+  http_client c{s.port()};
+  auto a = ack_of(c.post_json("/todo", {{"description", "never projected"}}));
+  for (auto target : {"/todo/" + a.id, "/todo/" + a.id + "?minPosition=1&waitMs=1500",
+                      std::string{"/todo?waitMs=1500"}}) {
+    auto r = c.get(target);
+    INFO("GET " << target << " answered " << r.status << ": " << r.body);
+    CHECK(r.status == 503);
+    CHECK(r.header("Retry-After"));
+    CHECK_FALSE(r.header("X-Read-Model-Position"));
+    CHECK(r.json_body().value("detail", "").find("PostgreSQL not reached") != std::string::npos);
+  }
+}
+
 namespace {
 
 /// A server whose PostgreSQL connections pass through `proxy` (so the test can cut them).

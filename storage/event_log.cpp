@@ -385,7 +385,11 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
   // durability rules in docs/storage.md depend on both.
   options.manual_wal_flush = false;
   options.unordered_write = false;
-  options.wal_recovery_mode = rocksdb::WALRecoveryMode::kPointInTimeRecovery;
+  // Every acknowledged append was fsynced: only the record a crash cut short
+  // may be incomplete. Damage before the end of a WAL (a bad disk) must stop
+  // the open — point-in-time recovery would replay up to it, silently drop
+  // every acknowledged event after it, and delete the WAL.
+  options.wal_recovery_mode = rocksdb::WALRecoveryMode::kTolerateCorruptedTailRecords;
   options.write_buffer_size = 64 << 20;
   options.max_write_buffer_number = 3;
   options.keep_log_file_num = 5;

@@ -58,6 +58,7 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
   core::name_this_thread("log-writer");
   self->state.log = log;
   self->state.options = options;
+  core::metrics::instance().log_head.set(static_cast<int64_t>(log->head()));
   self->state.pending.reserve(options.max_batch);
   self->state.promises.reserve(options.max_batch);
   self->delayed_send(self, options.purge_interval, expire_atom_v);

@@ -1,7 +1,10 @@
 #include "core/metrics.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <iterator>
+#include <string_view>
 
 namespace eventsd::core {
 
@@ -95,7 +98,12 @@ std::vector<double> size_bounds() {
 
 void metrics::observe_request(const std::string& method, const std::string& route,
                               int status, double seconds) {
-  auto key = method + " " + route;
+  // Methods are a client's choice: any but the standard ones share one
+  // label, so that made-up methods cannot grow the exposition without bound.
+  static constexpr std::string_view known[] = {"GET",     "HEAD",    "POST",  "PUT",  "DELETE",
+                                               "OPTIONS", "PATCH",   "TRACE", "CONNECT"};
+  bool standard = std::find(std::begin(known), std::end(known), method) != std::end(known);
+  auto key = (standard ? method : std::string{"other"}) + " " + route;
   std::lock_guard<std::mutex> guard{mtx_};
   auto& slot = routes_[key];
   if (!slot)

@@ -248,6 +248,31 @@ TEST_CASE("/metrics: Prometheus text format (promtool check metrics) with the fa
   CHECK(typed);
 }
 
+TEST_CASE("/metrics: made-up HTTP methods share the method label \"other\", and the log head "
+          "is known from the start, before any write",
+          "[http][ops][metrics]") {
+  server s;
+  {
+    http_client c{s.port()};
+    create_todos(s.port(), 1, 3, "head");
+    for (int i = 0; i < 50; ++i)
+      REQUIRE(c.request("MADEUP" + std::to_string(i), "/todo").status == 405);
+    REQUIRE(c.request("PATCH", "/todo").status == 405);
+    auto m = parse_prometheus(c.get("/metrics").body);
+    CHECK(m.value("eventsd_http_requests_total",
+                  {{"method", "other"}, {"route", "method-not-allowed"}, {"status", "405"}})
+          == 50);
+    CHECK(m.value("eventsd_http_requests_total",
+                  {{"method", "PATCH"}, {"route", "method-not-allowed"}, {"status", "405"}})
+          == 1);
+    CHECK(m.find("eventsd_http_requests_total", {{"method", "MADEUP7"}}).empty());
+  }
+  s.restart();
+  http_client c{s.port()};
+  auto m = parse_prometheus(c.get("/metrics").body);
+  CHECK(m.value("eventsd_log_head_position") == 3);
+}
+
 TEST_CASE("promtool rejects a malformed exposition (the format check has teeth)",
           "[http][ops][metrics]") {
   auto checked = promtool_check("# HELP eventsd_x_total x\n# TYPE eventsd_x_total counter\n"

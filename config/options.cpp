@@ -130,6 +130,15 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
       || opts.projection_rebuild_batch_size == 0)
     return "invalid --projection.interval-ms/--projection.batch-size/"
            "--projection.rebuild-batch-size: expected at least 1";
+  // A unit-of-work write waits up to uow-timeout-ms for the read model (plus
+  // 1 s of slack for the answer) and then answers 202: the request deadline
+  // must not fall first, or an appended write would be answered 503.
+  if (opts.projection_mode == "unit-of-work"
+      && opts.http_request_timeout_ms < opts.projection_uow_timeout_ms + 2000)
+    return "invalid --http.request-timeout-ms " + std::to_string(opts.http_request_timeout_ms)
+           + ": in unit-of-work mode it must be at least --projection.uow-timeout-ms + 2000 ("
+           + std::to_string(opts.projection_uow_timeout_ms + 2000)
+           + "), or appended writes would be answered 503 instead of 202";
   if (!opts.rebuild.empty() && opts.rebuild != "todos")
     return "invalid --rebuild `" + opts.rebuild + "`: the only projection is todos";
   return std::nullopt;

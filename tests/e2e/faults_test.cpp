@@ -799,6 +799,10 @@ TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reas
     {{"--projection.interval-ms=soon"}, "--projection.interval-ms=soon"},
     {{"--rebuild=users"}, "--rebuild"},
     {{"--no-such-option=1"}, "--no-such-option=1"},
+    // The request deadline would answer 503 for writes the unit-of-work wait
+    // would answer 202 (appended, but the client told "may or may not").
+    {{"--projection.mode=unit-of-work", "--http.request-timeout-ms=3000"},
+     "--http.request-timeout-ms 3000"},
   };
   for (auto& c : cases) {
     std::vector<std::string> args{bin, "--storage.dir=" + dir, "--postgres.dsn=" + unreachable_dsn};

@@ -404,10 +404,9 @@ private:
     }
     if (ec == bhttp::error::header_limit) {
       close_after_ = true;
-      // The request line alone past the limit: it is the target that is too
-      // long (RFC 9110 §15.5.15), not the header fields.
-      std::string_view in{static_cast<const char*>(buffer_.cdata().data()), buffer_.size()};
-      if (in.substr(0, header_limit).find("\r\n") == std::string_view::npos)
+      // The parser stopped inside the request line (no target yet): it is the
+      // target that is too long (RFC 9110 §15.5.15), not the header fields.
+      if (parser_->get().target().empty())
         return send(problem(414, "request target longer than "
                                    + std::to_string(header_limit) + " bytes"),
                     "too-large", std::chrono::steady_clock::now());

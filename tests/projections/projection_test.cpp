@@ -640,7 +640,8 @@ TEST_CASE("projection: a new projection resumes from the stored checkpoint and n
   CHECK(f.checkpoint() == next);
 }
 
-TEST_CASE("projection: with PostgreSQL unreachable wait_atom times out and stats show the error",
+TEST_CASE("projection: with PostgreSQL never reached a wait_atom fails as unavailable with the "
+          "reason, claiming no position, and stats show the error",
           "[projections][actor]") {
   fixture f;
   auto a = core::make_uuid();
@@ -651,7 +652,8 @@ TEST_CASE("projection: with PostgreSQL unreachable wait_atom times out and stats
   auto w = f.wait(p, pos, 300);
   INFO("wait: " << w.rendered);
   REQUIRE_FALSE(w.position);
-  CHECK(is_error(w.error, projection_errc::timeout));
+  CHECK(is_error(w.error, projection_errc::unavailable));
+  CHECK(w.rendered.find("Connection refused") != std::string::npos);
   auto st = f.stats(p);
   CHECK_FALSE(st.connected);
   CHECK(st.position == 0);

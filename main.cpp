@@ -103,6 +103,7 @@ int main(int argc, char** argv) {
   popts.batch_wait = std::chrono::microseconds{opts.projection_batch_wait_us};
   popts.rebuild_batch_size = opts.projection_rebuild_batch_size;
   popts.query_timeout = std::chrono::milliseconds{opts.postgres_query_timeout_ms};
+  popts.store = log->store_id();
   auto projection = projections::spawn_projection(sys, log.get(), popts);
   caf::anon_send(writer, listen_atom_v,
                  caf::actor_cast<actors::position_listener_actor>(projection));
@@ -113,7 +114,7 @@ int main(int argc, char** argv) {
   std::vector<projections::read_model_reader_actor> pg_readers;
   for (size_t i = 0; i < opts.postgres_readers; ++i)
     pg_readers.push_back(projections::spawn_read_model_reader(sys, opts.postgres_dsn,
-                                                              popts.query_timeout));
+                                                              popts.query_timeout, popts.store));
 
   http::bridge jobs{sys, 4};
   http::http_options hopts;

@@ -147,6 +147,7 @@ reply problem_for(const caf::error& err) {
                            + detail + ")");
       case projection_errc::unavailable:
       case projection_errc::query_failed:
+      case projection_errc::diverged:
         return unavailable("read model unavailable: " + detail);
     }
   }

@@ -716,18 +716,24 @@ router::router(services& svc) : svc_(svc) {
             const bool writable = log->writable();
             const char* store = writable ? "open" : "not writable";
             const char* postgres = st.connected ? "reachable" : "unreachable";
-            if (writable && st.connected)
-              return respond(json_reply(
-                200, {{"status", "ready"}, {"eventStore", store}, {"postgres", postgres}}));
+            const char* read_model = st.diverged ? "diverged" : "ok";
+            if (writable && st.connected && !st.diverged)
+              return respond(json_reply(200, {{"status", "ready"},
+                                              {"eventStore", store},
+                                              {"postgres", postgres},
+                                              {"readModel", read_model}}));
             std::string why;
             if (!writable)
               why = "the event store is not writable (its last write failed; retried every second)";
             if (!st.connected)
               why += (why.empty() ? "" : "; ") + std::string{"PostgreSQL is not reachable: "}
                      + st.last_error;
+            else if (st.diverged)
+              why += (why.empty() ? "" : "; ") + st.last_error;
             auto r = problem(503, why);
             auto j = json::parse(r.body);
-            j["checks"] = {{"eventStore", store}, {"postgres", postgres}};
+            j["checks"] = {
+              {"eventStore", store}, {"postgres", postgres}, {"readModel", read_model}};
             r.body = dump(j);
             respond(std::move(r));
           },

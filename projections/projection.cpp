@@ -44,6 +44,7 @@ struct projection_state {
   bool lingering = false;         // the scheduled run is a batch waiting for company
   std::chrono::milliseconds backoff{0};
   std::string last_error;
+  bool diverged = false; // the last check found the read model not this store's
   std::vector<waiter> waiters;
   // online rebuild
   std::unique_ptr<todo_read_model> rebuild_model;
@@ -56,7 +57,7 @@ struct projection_state {
 using self_ptr = projection_actor::stateful_pointer<projection_state>;
 
 connection_options projection_connection(const projection_options& opts) {
-  return {"eventsd projection", opts.query_timeout};
+  return {"eventsd projection", opts.query_timeout, opts.store};
 }
 
 void schedule_run(self_ptr self, clock::duration delay = clock::duration::zero()) {
@@ -110,7 +111,11 @@ bool ensure_connected(self_ptr self) {
     fail(self, r.error());
     return false;
   }
-  auto cp = st.model->checkpoint();
+  // The checkpoint must count positions of this store's log: a read model
+  // of another store, or one ahead of the log, is never applied to.
+  auto cp = st.opts.store.empty() ? st.model->checkpoint()
+                                  : st.model->bind_store(st.log->head());
+  st.diverged = !cp.ok() && cp.error().code == projection_errc::diverged;
   if (!cp.ok()) {
     fail(self, cp.error());
     return false;
@@ -335,6 +340,7 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
         s.state = "waiting";
       else
         s.state = "catching-up";
+      s.diverged = st.diverged;
       s.rebuilding = st.rebuilding;
       s.rebuild_position = st.rebuild_position;
       s.rebuild_head = s.head;
@@ -371,8 +377,9 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
       bool unknown = !st.position_known && st.position == 0 && !st.last_error.empty();
       for (auto i = expired; i != st.waiters.end(); ++i)
         i->promise.deliver(
-          unknown ? caf::make_error(projection_errc::unavailable,
-                                    "PostgreSQL not reached since the start: " + st.last_error)
+          st.diverged ? caf::make_error(projection_errc::diverged, st.last_error)
+          : unknown   ? caf::make_error(projection_errc::unavailable,
+                                        "PostgreSQL not reached since the start: " + st.last_error)
                   : caf::make_error(projection_errc::timeout,
                                     "read model at position " + std::to_string(st.position),
                                     st.position));
@@ -464,12 +471,14 @@ projection_actor spawn_projection(caf::actor_system& sys, const storage::event_l
 }
 
 read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::string dsn,
-                                                std::chrono::milliseconds query_timeout) {
+                                                std::chrono::milliseconds query_timeout,
+                                                std::string store) {
   return sys.spawn<caf::detached>(
-    [query_timeout](reader_ptr self, std::string dsn) -> read_model_reader_actor::behavior_type {
+    [query_timeout, store](reader_ptr self,
+                           std::string dsn) -> read_model_reader_actor::behavior_type {
       core::name_this_thread("model-reader");
       self->state.model = std::make_unique<todo_read_model>(
-        std::move(dsn), live_table, connection_options{"eventsd reader", query_timeout});
+        std::move(dsn), live_table, connection_options{"eventsd reader", query_timeout, store});
       auto ready = [self]() -> std::optional<caf::error> {
         if (self->state.model->connected())
           return std::nullopt;

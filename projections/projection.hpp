@@ -49,6 +49,9 @@ struct projection_options {
   std::chrono::milliseconds retry_max{5000};           ///< cap of the retry backoff
   /// Longest wait for one statement's answer; see connection_options.
   std::chrono::milliseconds query_timeout{10000};
+  /// The event store the read model must be a fold of (event_log::store_id);
+  /// empty: not checked (tests of the projection alone).
+  std::string store;
 };
 
 /// What `GET /admin/projections` shows of one projection.
@@ -65,13 +68,14 @@ struct projection_status {
   uint64_t rebuild_position = 0;
   uint64_t rebuild_head = 0;
   uint64_t rebuilds_completed = 0;
+  bool diverged = false; ///< the read model is another store's or ahead of the log
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, projection_status& x) {
   return f(caf::meta::type_name("projection_status"), x.name, x.mode, x.state, x.position,
            x.head, x.lag_ms, x.connected, x.last_error, x.rebuilding, x.rebuild_position,
-           x.rebuild_head, x.rebuilds_completed);
+           x.rebuild_head, x.rebuilds_completed, x.diverged);
 }
 
 /// Handle of the Todo projection.
@@ -106,10 +110,12 @@ using read_model_reader_actor
                      caf::reacts_to<flush_atom>>;
 
 /// Spawns one reader (detached) with its own connection to `dsn`, each
-/// query of which may wait `query_timeout` for its answer (0: forever).
+/// query of which may wait `query_timeout` for its answer (0: forever), and
+/// which refuses (`diverged`) a read model of another store than `store`.
 read_model_reader_actor spawn_read_model_reader(
   caf::actor_system& sys, std::string dsn,
-  std::chrono::milliseconds query_timeout = std::chrono::milliseconds{10000});
+  std::chrono::milliseconds query_timeout = std::chrono::milliseconds{10000},
+  std::string store = {});
 
 /// Replays the whole log into `table` offline (CLI `--rebuild`), printing
 /// progress through `progress(position, head)`. Returns the final position.

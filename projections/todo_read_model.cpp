@@ -27,6 +27,8 @@ const char* to_string(projection_errc x) {
       return "invalid_cursor";
     case projection_errc::timeout:
       return "timeout";
+    case projection_errc::diverged:
+      return "diverged";
   }
   return "unknown";
 }
@@ -44,6 +46,11 @@ constexpr const char* sql_schema_lock = "SELECT pg_advisory_xact_lock(7305960472
 constexpr const char* sql_create_checkpoints =
   "CREATE TABLE IF NOT EXISTS eventsd_checkpoints ("
   "name text PRIMARY KEY, position bigint NOT NULL)";
+
+// The event store (event_log::store_id) the checkpoint counts positions of;
+// NULL until claimed. "diverged: ..." marks a checkpoint found ahead of its log.
+constexpr const char* sql_add_store_column =
+  "ALTER TABLE eventsd_checkpoints ADD COLUMN IF NOT EXISTS store text";
 
 constexpr const char* sql_create_table =
   "CREATE TABLE IF NOT EXISTS {t} ("
@@ -64,7 +71,7 @@ constexpr const char* sql_drop_table = "DROP TABLE IF EXISTS {t}";
 
 constexpr const char* sql_zero_checkpoint =
   "INSERT INTO eventsd_checkpoints (name, position) VALUES ($1, 0) "
-  "ON CONFLICT (name) DO UPDATE SET position = 0";
+  "ON CONFLICT (name) DO UPDATE SET position = 0, store = NULL";
 
 // swap_into: checkpoint rows are locked first, in name order, as apply() locks
 // its checkpoint row before touching its table; this keeps the lock order the
@@ -79,15 +86,19 @@ constexpr const char* sql_rename_created_idx =
 constexpr const char* sql_rename_status_idx =
   "ALTER INDEX IF EXISTS {t}_status_idx RENAME TO {u}_status_idx";
 constexpr const char* sql_move_checkpoint_row =
-  "INSERT INTO eventsd_checkpoints (name, position) "
-  "SELECT $2, position FROM eventsd_checkpoints WHERE name = $1 "
-  "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position";
+  "INSERT INTO eventsd_checkpoints (name, position, store) "
+  "SELECT $2, position, store FROM eventsd_checkpoints WHERE name = $1 "
+  "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, store = EXCLUDED.store";
 constexpr const char* sql_delete_checkpoint_row =
   "DELETE FROM eventsd_checkpoints WHERE name = $1";
 
 // Prepared statements (names are per connection).
 constexpr const char* stmt_checkpoint = "checkpoint";
 constexpr const char* sql_checkpoint = "SELECT position FROM eventsd_checkpoints WHERE name = $1";
+
+constexpr const char* sql_lock_store =
+  "SELECT position, store FROM eventsd_checkpoints WHERE name = $1 FOR UPDATE";
+constexpr const char* sql_set_store = "UPDATE eventsd_checkpoints SET store = $2 WHERE name = $1";
 
 constexpr const char* stmt_lock_checkpoint = "lock_checkpoint";
 constexpr const char* sql_lock_checkpoint =
@@ -122,11 +133,11 @@ constexpr const char* stmt_advance_checkpoint = "advance_checkpoint";
 constexpr const char* sql_advance_checkpoint =
   "UPDATE eventsd_checkpoints SET position = GREATEST(position, $2::bigint) WHERE name = $1";
 
-// The checkpoint row first (placeholder NULL id), then the rows found; one
-// statement, so both come from one snapshot.
+// The checkpoint row first (placeholder NULL id, its store in the second
+// column), then the rows found; one statement, so both come from one snapshot.
 constexpr const char* stmt_get_many = "get_todos";
 constexpr const char* sql_get_many =
-  "SELECT NULL::text, NULL::text, NULL::text, NULL::bigint, position "
+  "SELECT NULL::text, store, NULL::text, NULL::bigint, position "
   "FROM eventsd_checkpoints WHERE name = $2 "
   "UNION ALL "
   "SELECT id::text, description, status, version, NULL FROM {t} WHERE id = ANY($1::uuid[])";
@@ -136,7 +147,8 @@ constexpr const char* sql_get_many =
 constexpr const char* stmt_list = "list_todos";
 constexpr const char* sql_list =
   "SELECT (SELECT position FROM eventsd_checkpoints WHERE name = $1), "
-  "r.id::text, r.description, r.status, r.version, r.created_position "
+  "r.id::text, r.description, r.status, r.version, r.created_position, "
+  "(SELECT store FROM eventsd_checkpoints WHERE name = $1) "
   "FROM (VALUES (1)) AS one (x) LEFT JOIN LATERAL ("
   "SELECT id, description, status, version, created_position FROM {t} "
   "WHERE created_position > $2::bigint ORDER BY created_position LIMIT $3::bigint"
@@ -145,7 +157,8 @@ constexpr const char* sql_list =
 constexpr const char* stmt_list_by_status = "list_todos_by_status";
 constexpr const char* sql_list_by_status =
   "SELECT (SELECT position FROM eventsd_checkpoints WHERE name = $1), "
-  "r.id::text, r.description, r.status, r.version, r.created_position "
+  "r.id::text, r.description, r.status, r.version, r.created_position, "
+  "(SELECT store FROM eventsd_checkpoints WHERE name = $1) "
   "FROM (VALUES (1)) AS one (x) LEFT JOIN LATERAL ("
   "SELECT id, description, status, version, created_position FROM {t} "
   "WHERE status = $4 AND created_position > $2::bigint "
@@ -270,6 +283,25 @@ struct todo_read_model::impl {
     return std::nullopt;
   }
 
+  /// A read-model answer whose checkpoint row names `stored` as its store:
+  /// refused when that is not the store this model must belong to.
+  std::optional<projection_error> check_store(std::string_view stored) const {
+    if (copts.store.empty() || stored.empty() || stored == copts.store)
+      return std::nullopt;
+    return diverged(stored);
+  }
+
+  projection_error diverged(std::string_view stored) const {
+    const char* rebuild = "; rebuild it: POST /admin/projections/todos/rebuild, or "
+                          "eventsd --rebuild=todos";
+    if (stored.starts_with("diverged: "))
+      return {projection_errc::diverged,
+              "the read model " + std::string{stored.substr(10)} + rebuild};
+    return {projection_errc::diverged, "the read model was built from another event store ("
+                                         + std::string{stored} + ", this one is "
+                                         + copts.store + ")" + rebuild};
+  }
+
   pg::outcome<void> run(const std::string& sql) {
     auto r = pg::exec(s(), sql.c_str());
     if (!r)
@@ -323,7 +355,7 @@ struct todo_read_model::impl {
   }
 
   pg::outcome<void> create_schema(bool drop_first) {
-    for (const char* ddl : {sql_schema_lock, sql_create_checkpoints})
+    for (const char* ddl : {sql_schema_lock, sql_create_checkpoints, sql_add_store_column})
       if (auto r = run(ddl); !r)
         return r;
     if (drop_first)
@@ -512,6 +544,46 @@ pg_result<uint64_t> todo_read_model::checkpoint() {
   return projection_error{projection_errc::query_failed, "unreadable checkpoint"};
 }
 
+pg_result<uint64_t> todo_read_model::bind_store(uint64_t head) {
+  auto& d = *impl_;
+  if (auto e = d.require_ready())
+    return *e;
+  uint64_t position = 0;
+  std::optional<projection_error> refused;
+  auto r = d.in_transaction([&]() -> pg::outcome<void> {
+    refused.reset();
+    const pg::param name[] = {d.table};
+    auto row = pg::exec(d.s(), sql_lock_store, name);
+    if (!row)
+      return row.error();
+    if (PQntuples(row->get()) != 1)
+      return logic_failure("no checkpoint row for table " + d.table);
+    position = pg::to_u64(row->get(), 0, 0).value_or(0);
+    std::string stored{pg::text(row->get(), 0, 1)};
+    if (!stored.empty() && stored != d.copts.store) {
+      refused = d.diverged(stored);
+      return {};
+    }
+    if (position <= head) {
+      if (!stored.empty())
+        return {};
+      return d.run(sql_set_store, {d.table, d.copts.store});
+    }
+    auto mark = "diverged: at position " + std::to_string(position)
+                + " was found ahead of the event log (head " + std::to_string(head)
+                + ") of store " + d.copts.store
+                + ": the log lost events, or the read model was made from another store";
+    refused = d.diverged(mark);
+    return d.run(sql_set_store, {d.table, mark});
+  });
+  if (!r)
+    return r.error();
+  if (refused)
+    return *refused;
+  d.known_checkpoint = position;
+  return position;
+}
+
 pg_result<void> todo_read_model::apply(std::span<const todo_change> changes,
                                        uint64_t new_checkpoint) {
   auto& d = *impl_;
@@ -581,6 +653,8 @@ pg_result<todo_batch> todo_read_model::get_many(std::span<const std::string> ids
   std::sort(order.begin(), order.end(), by_id);
   for (int i = 0, n = PQntuples(res); i < n; ++i) {
     if (pg::is_null(res, i, 0)) {
+      if (auto e = d.check_store(pg::text(res, i, 1)))
+        return *e;
       batch.position = pg::to_u64(res, i, 4).value_or(0);
       continue;
     }
@@ -625,8 +699,11 @@ pg_result<todo_page> todo_read_model::list(const todo_query& q) {
   const PGresult* res = r->get();
   todo_page page;
   const int n = PQntuples(res);
-  if (n > 0)
+  if (n > 0) {
+    if (auto e = d.check_store(pg::text(res, 0, 6)))
+      return *e;
     page.position = pg::to_u64(res, 0, 0).value_or(0);
+  }
   uint64_t last_created = 0;
   for (int i = 0; i < n && page.items.size() < limit; ++i) {
     if (pg::is_null(res, i, 1))

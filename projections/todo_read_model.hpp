@@ -24,6 +24,7 @@ enum class projection_errc : uint8_t {
   query_failed,    ///< PostgreSQL answered an error to a statement
   invalid_cursor,  ///< the `after` cursor is malformed
   timeout,         ///< the read model did not reach a position in time
+  diverged,        ///< the read model is another store's, or ahead of this store's log
 };
 
 /// Stable lowercase name of `x`.
@@ -97,6 +98,10 @@ struct connection_options {
   /// PostgreSQL (or a network path to it) that stops answering holds the
   /// caller this long, not until TCP gives up.
   std::chrono::milliseconds query_timeout{10000};
+  /// The event store (`event_log::store_id`) this read model must be a fold
+  /// of; empty: not checked. Reads fail with `diverged` when the checkpoint
+  /// row names another store (see bind_store).
+  std::string store;
 };
 
 /// The `todos` table (or a rebuild table) plus its checkpoint row, behind
@@ -119,6 +124,15 @@ public:
 
   /// Position of the last event applied to this table (0 when none).
   pg_result<uint64_t> checkpoint();
+
+  /// Ties the checkpoint to the event store `connection_options::store`,
+  /// whose log ends at `head`, and answers the checkpoint. A checkpoint of no
+  /// store yet (new, or rebuilt) is claimed. Fails with `diverged` when it is
+  /// another store's, or ahead of `head` — the log lost events, or the read
+  /// model was made from another store; the row is then marked so that it
+  /// stays refused, even once the log grows past it, until a rebuild.
+  /// REQUIRES: `connection_options::store` is not empty.
+  pg_result<uint64_t> bind_store(uint64_t head);
 
   /// Applies `changes` (ascending by position) and moves the checkpoint to
   /// `new_checkpoint`, in one transaction. Changes at or below the stored

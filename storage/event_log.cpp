@@ -151,6 +151,7 @@ struct event_log::impl {
   rocksdb::ColumnFamilyHandle* events = nullptr;
   rocksdb::ColumnFamilyHandle* event_ids = nullptr;
   rocksdb::ColumnFamilyHandle* default_cf = nullptr;
+  std::string store_id; ///< RocksDB's DB identity, read at open
 
   impl() = default;
   impl(const impl&) = delete;
@@ -483,6 +484,8 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
   pimpl->events = handles[1];
   pimpl->event_ids = handles[2];
   pimpl->sync = opts.sync;
+  if (auto id = pimpl->db->GetDbIdentity(pimpl->store_id); !id.ok())
+    return storage_error{storage_errc::io_error, "open " + opts.dir + ": " + id.ToString()};
   if (auto moved = pimpl->move_to_family(keys::all_prefix, pimpl->events); !moved)
     return moved.error();
   if (auto moved = pimpl->move_to_family(keys::event_id_prefix, pimpl->event_ids); !moved)
@@ -810,6 +813,10 @@ bool event_log::try_resume() {
 
 uint64_t event_log::head() const {
   return impl_->head.load(std::memory_order_acquire);
+}
+
+const std::string& event_log::store_id() const {
+  return impl_->store_id;
 }
 
 result<void> event_log::save_snapshot(std::string_view stream,

@@ -143,6 +143,11 @@ public:
   /// Position of the newest event in `$all` (0 when empty).
   uint64_t head() const;
 
+  /// This store's identity: a UUID RocksDB made when the store was created,
+  /// kept across restarts and copies of the directory. Read models record it
+  /// to tell their own store from another one.
+  const std::string& store_id() const;
+
   /// False after a failed write (a full disk, say) until the store has
   /// recovered: the next `append`, or `try_resume`, retries.
   bool writable() const;

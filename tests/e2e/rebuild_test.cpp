@@ -400,3 +400,61 @@ TEST_CASE("offline rebuild: `eventsd --rebuild=todos` on a stopped server's stor
   REQUIRE(next.status == 201);
   CHECK(c2.get("/todo/" + ack_of(next).id + "?minPosition=" + std::to_string(head + 1)).status == 200);
 }
+
+TEST_CASE("a read model of another store (the storage directory replaced, the database kept) "
+          "is refused until rebuilt: /readyz 503, reads 503 with the remedy, writes go on, and "
+          "a rebuild makes it the fold of the new log",
+          "[e2e][rebuild][diverged]") {
+  server s;
+  std::vector<std::string> old_ids;
+  {
+    http_client c{s.port()};
+    for (int i = 0; i < 5; ++i)
+      old_ids.push_back(ack_of(c.post_json("/todo", {{"description", "old store " + std::to_string(i)}})).id);
+    check_read_model_is_fold_of_log(c);
+  }
+  // The store is lost (a new disk, `rm -rf var/data`); PostgreSQL keeps the
+  // read model and a checkpoint at position 5.
+  REQUIRE(s.stop() == 0);
+  for (const auto& entry : std::filesystem::directory_iterator{s.storage_dir()})
+    std::filesystem::remove_all(entry.path());
+  s.start();
+  http_client c{s.port()};
+
+  auto ready = c.get("/readyz");
+  INFO("/readyz: " << ready.status << " " << ready.body);
+  REQUIRE(ready.status == 503);
+  auto rj = ready.json_body();
+  CHECK(rj["checks"]["readModel"] == "diverged");
+  CHECK(rj.value("detail", "").find("another event store") != std::string::npos);
+  CHECK(rj.value("detail", "").find("rebuild") != std::string::npos);
+
+  // The old rows are not served as if they were this store's.
+  auto old_row = c.get("/todo/" + old_ids.front());
+  INFO("GET old todo: " << old_row.status << " " << old_row.body);
+  CHECK(old_row.status == 503);
+  CHECK(old_row.body.find("/admin/projections/todos/rebuild") != std::string::npos);
+  CHECK(c.get("/todo").status == 503);
+
+  // Writes go to the log as always; positions start again at 1.
+  auto w = c.post_json("/todo", {{"description", "new store"}});
+  REQUIRE(w.status == 201);
+  auto a = ack_of(w);
+  CHECK(a.position == 1);
+  auto waited = c.get("/todo/" + a.id + "?minPosition=1&waitMs=500");
+  INFO("minPosition read: " << waited.status << " " << waited.body);
+  CHECK(waited.status == 503);
+  CHECK_FALSE(waited.header("X-Read-Model-Position"));
+
+  REQUIRE(c.request("POST", "/admin/projections/todos/rebuild").status == 202);
+  REQUIRE(eventually([&] { return c.get("/readyz").status == 200; }, 15000ms, 50ms));
+  check_read_model_is_fold_of_log(c);
+  auto seen = c.get("/todo/" + a.id + "?minPosition=1");
+  CHECK(seen.status == 200);
+  CHECK(c.get("/todo/" + old_ids.front()).status == 404);
+  // And it stays this store's across a restart.
+  s.restart();
+  http_client c2{s.port()};
+  CHECK(c2.get("/readyz").status == 200);
+  CHECK(c2.get("/todo/" + a.id).status == 200);
+}

@@ -17,6 +17,7 @@
 #include "projections/pg.hpp"
 
 using namespace eventsd::projections;
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -646,7 +647,6 @@ struct frozen_backend {
 TEST_CASE("a PostgreSQL that stops answering fails the call after the query timeout with "
           "unavailable, and a new connection serves the next one",
           "[projections][postgres]") {
-  using namespace std::chrono_literals;
   using clock = std::chrono::steady_clock;
   scratch s;
   todo_read_model m{s.model_dsn(), s.table, {"unused: the DSN names the session", 300ms}};
@@ -684,4 +684,66 @@ TEST_CASE("a PostgreSQL that stops answering fails the call after the query time
   CHECK(s.db.scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
                     {s.app})
         == "2");
+}
+
+TEST_CASE("bind_store claims a new checkpoint for its store and answers it; another store's "
+          "read model is refused as diverged, by bind_store and by reads",
+          "[projections][postgres]") {
+  scratch s;
+  todo_read_model mine{s.dsn, s.table, {"eventsd test", 10s, "store-a"}};
+  require_ok(mine.connect());
+  CHECK(require_value(mine.bind_store(0)) == 0);
+  require_ok(mine.apply(std::vector{created(uuid(1), "one", 1), created(uuid(2), "two", 2)}, 2));
+  CHECK(require_value(mine.bind_store(2)) == 2);
+  CHECK(s.db.scalar("SELECT store FROM eventsd_checkpoints WHERE name = $1", {s.table})
+        == "store-a");
+
+  todo_read_model other{s.dsn, s.table, {"eventsd test", 10s, "store-b"}};
+  require_ok(other.connect());
+  auto bound = other.bind_store(100);
+  REQUIRE_FALSE(bound);
+  CHECK(bound.error().code == projection_errc::diverged);
+  INFO(bound.error().detail);
+  CHECK(bound.error().detail.find("another event store (store-a") != std::string::npos);
+  CHECK(bound.error().detail.find("rebuild") != std::string::npos);
+  CHECK(other.get(uuid(1)).error().code == projection_errc::diverged);
+  CHECK(other.list(query(10)).error().code == projection_errc::diverged);
+  // Unchecked models (no store given) and the owner still read it.
+  todo_read_model unchecked{s.dsn, s.table};
+  require_ok(unchecked.connect());
+  CHECK(require_value(unchecked.get(uuid(1))).row.description == "one");
+  CHECK(require_value(mine.list(query(10))).items.size() == 2);
+}
+
+TEST_CASE("bind_store refuses a checkpoint ahead of the log and marks it, so that it stays "
+          "refused once the log grows past it, until reset (a rebuild) clears it",
+          "[projections][postgres]") {
+  scratch s;
+  todo_read_model m{s.dsn, s.table, {"eventsd test", 10s, "store-a"}};
+  require_ok(m.connect());
+  CHECK(require_value(m.bind_store(5)) == 0);
+  require_ok(m.apply(std::vector{created(uuid(1), "one", 4)}, 5));
+
+  auto ahead = m.bind_store(3); // the log lost events 4 and 5
+  REQUIRE_FALSE(ahead);
+  CHECK(ahead.error().code == projection_errc::diverged);
+  INFO(ahead.error().detail);
+  CHECK(ahead.error().detail.find("position 5") != std::string::npos);
+  CHECK(ahead.error().detail.find("head 3") != std::string::npos);
+  // Still refused when new events take the log past the checkpoint: those
+  // positions are other events than the ones the read model holds.
+  CHECK(m.bind_store(10).error().code == projection_errc::diverged);
+  CHECK(m.get(uuid(1)).error().code == projection_errc::diverged);
+
+  // A checkpoint of no store yet that is ahead of the log (a read model kept
+  // from an earlier store, say) is refused the same way.
+  todo_read_model fresh{s.dsn, s.another_table("fresh"), {"eventsd test", 10s, "store-b"}};
+  require_ok(fresh.connect());
+  require_ok(fresh.apply(std::vector{created(uuid(2), "two", 7)}, 7));
+  CHECK(fresh.bind_store(0).error().code == projection_errc::diverged);
+
+  require_ok(m.reset());
+  CHECK(require_value(m.bind_store(10)) == 0);
+  CHECK(s.db.scalar("SELECT store FROM eventsd_checkpoints WHERE name = $1", {s.table})
+        == "store-a");
 }

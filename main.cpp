@@ -124,6 +124,7 @@ int main(int argc, char** argv) {
   hopts.body_limit = opts.http_body_limit;
   hopts.read_timeout = std::chrono::milliseconds{opts.http_read_timeout_ms};
   hopts.request_timeout = std::chrono::milliseconds{opts.http_request_timeout_ms};
+  hopts.drain_timeout = std::chrono::milliseconds{opts.http_drain_timeout_ms};
   hopts.admin_token = opts.http_admin_token;
   hopts.static_dir = opts.http_static_dir.empty() ? default_static_dir() : opts.http_static_dir;
   hopts.uow_timeout = std::chrono::milliseconds{opts.projection_uow_timeout_ms};

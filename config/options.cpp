@@ -22,6 +22,9 @@ options::options() {
     .add(http_request_timeout_ms, "request-timeout-ms",
          "longest wait for the server's own answer to a request before it answers 503 "
          "(default 60000; above the longest waitMs of 30000)")
+    .add(http_drain_timeout_ms, "drain-timeout-ms",
+         "on SIGTERM/SIGINT, the longest wait for requests already read to be answered "
+         "(default 5000)")
     .add(http_sse_heartbeat_ms, "sse-heartbeat-ms", "SSE heartbeat interval (default 15000)")
     .add(http_sse_max_lag, "sse-max-lag",
          "events a live SSE subscriber may fall behind the head before it is disconnected "

@@ -31,6 +31,7 @@ public:
   std::string http_static_dir; // default: <dir of the binary>/static
   size_t http_read_timeout_ms = 30'000;
   size_t http_request_timeout_ms = 60'000;
+  size_t http_drain_timeout_ms = 5'000;
   size_t http_sse_heartbeat_ms = 15'000;
   size_t http_sse_max_lag = 10'000;
 

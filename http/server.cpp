@@ -1,6 +1,8 @@
 #include "http/server.hpp"
 
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <csignal>
 #include <ctime>
 #include <iostream>
@@ -332,14 +334,23 @@ private:
   bool closed_ = false;
 };
 
+/// What stop() waits for: requests read and not yet answered. While
+/// `draining`, every answer closes its connection, and no new one is accepted.
+struct drain_state {
+  std::atomic<size_t> in_flight{0};
+  std::atomic<bool> draining{false};
+};
+
 class session : public std::enable_shared_from_this<session> {
   /// Most bytes of a request line and header fields together.
   static constexpr size_t header_limit = 16 * 1024;
 
 public:
-  session(tcp::socket&& socket, router& r, head_signal& signal)
+  session(tcp::socket&& socket, router& r, head_signal& signal, drain_state& drain)
     : stream_(std::move(socket)), deadline_(stream_.get_executor()), router_(r),
-      signal_(signal) {}
+      signal_(signal), drain_(drain) {}
+
+  ~session() { finish_request(); }
 
   void run() {
     net::dispatch(stream_.get_executor(),
@@ -455,6 +466,8 @@ private:
     auto self = shared_from_this();
     auto route = std::make_shared<std::string>();
     auto request = ++request_no_;
+    drain_.in_flight.fetch_add(1, std::memory_order_relaxed);
+    counted_ = true;
     *route = router_.handle(std::move(req), [self, executor, route, started, request](reply r) {
       net::post(executor, [self, r = std::move(r), route, started, request]() mutable {
         if (self->answered_ >= request)
@@ -521,7 +534,8 @@ private:
     for (auto& [name, value] : r.headers)
       res->insert(name, value);
     res->body() = std::move(r.body);
-    res->keep_alive(keep_alive_ && !close_after_);
+    res->keep_alive(keep_alive_ && !close_after_
+                    && !drain_.draining.load(std::memory_order_relaxed));
     res->prepare_payload();
     if (r.status == 204 || r.status == 304)
       res->erase(bhttp::field::content_length); // RFC 9110 §8.6: no body, no length
@@ -539,6 +553,7 @@ private:
 
   void on_write(bool close, beast::error_code ec, size_t) {
     res_.reset();
+    finish_request();
     if (ec)
       return fail(ec, "write");
     if (close)
@@ -551,6 +566,13 @@ private:
     stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
   }
 
+  /// The routed request read last has been answered (or never will be).
+  void finish_request() {
+    if (counted_)
+      drain_.in_flight.fetch_sub(1, std::memory_order_relaxed);
+    counted_ = false;
+  }
+
   beast::tcp_stream stream_;
   net::steady_timer deadline_;
   uint64_t request_no_ = 0; // requests read on this connection
@@ -560,6 +582,8 @@ private:
   std::shared_ptr<void> res_;
   router& router_;
   head_signal& signal_;
+  drain_state& drain_;
+  bool counted_ = false; // a routed request is in drain_.in_flight
   std::string method_;
   bool keep_alive_ = true;
   bool close_after_ = false;
@@ -568,8 +592,9 @@ private:
 
 class listener : public std::enable_shared_from_this<listener> {
 public:
-  listener(net::io_context& ioc, router& r, head_signal& signal)
-    : ioc_(ioc), acceptor_(net::make_strand(ioc)), router_(r), signal_(signal) {}
+  listener(net::io_context& ioc, router& r, head_signal& signal, drain_state& drain)
+    : ioc_(ioc), acceptor_(net::make_strand(ioc)), router_(r), signal_(signal),
+      drain_(drain) {}
 
   std::string open(const tcp::endpoint& ep) {
     beast::error_code ec;
@@ -621,7 +646,7 @@ private:
       return;
     }
     socket.set_option(tcp::no_delay(true), ec);
-    std::make_shared<session>(std::move(socket), router_, signal_)->run();
+    std::make_shared<session>(std::move(socket), router_, signal_, drain_)->run();
     do_accept();
   }
 
@@ -631,12 +656,14 @@ private:
   std::chrono::steady_clock::time_point last_accept_error_{};
   router& router_;
   head_signal& signal_;
+  drain_state& drain_;
 };
 
 } // namespace
 
 struct server::impl {
   services& svc;
+  drain_state drain; // before ioc: sessions destroyed with ioc's handlers use it
   net::io_context ioc;
   router routes;
   head_signal signal;
@@ -666,7 +693,7 @@ uint16_t server::start(std::string& error) {
     error = "invalid --http.address `" + d.svc.options.address + "`: " + ec.message();
     return 0;
   }
-  d.accept = std::make_shared<listener>(d.ioc, d.routes, d.signal);
+  d.accept = std::make_shared<listener>(d.ioc, d.routes, d.signal, d.drain);
   if (auto err = d.accept->open(tcp::endpoint{address, d.svc.options.port}); !err.empty()) {
     error = "cannot listen on " + d.svc.options.address + ":"
             + std::to_string(d.svc.options.port) + ": " + err;
@@ -692,6 +719,19 @@ void server::stop() {
     return;
   if (d.accept)
     d.accept->stop();
+  // Answer what was read: a write a client sent is answered, not cut off
+  // after it may have been appended. Each answer closes its connection, so
+  // busy connections stop sending; done when none is in flight twice in a row.
+  d.drain.draining = true;
+  auto deadline = std::chrono::steady_clock::now() + d.svc.options.drain_timeout;
+  int idle_checks = 0;
+  while (idle_checks < 2 && std::chrono::steady_clock::now() < deadline) {
+    idle_checks = d.drain.in_flight.load() == 0 ? idle_checks + 1 : 0;
+    std::this_thread::sleep_for(std::chrono::milliseconds{10});
+  }
+  if (auto left = d.drain.in_flight.load(); left > 0)
+    std::cerr << "eventsd: stopped with " << left << " request(s) unanswered after "
+              << d.svc.options.drain_timeout.count() << " ms (--http.drain-timeout-ms)\n";
   d.work.reset();
   d.ioc.stop();
   for (auto& t : d.threads)

@@ -238,9 +238,10 @@ std::string lower(std::string s) {
   return s;
 }
 
-bool parse_target(std::string_view target, std::string& path,
-                  std::map<std::string, std::string>& query) {
-  auto decode = [](std::string_view in, bool plus_is_space, std::string& out) {
+std::optional<std::string> parse_target(std::string_view target, std::string& path,
+                                        std::map<std::string, std::string>& query) {
+  // In the query `+` is a space; in the path an encoded `/` stays encoded.
+  auto decode = [](std::string_view in, bool in_query, std::string& out) {
     out.clear();
     for (size_t i = 0; i < in.size(); ++i) {
       char c = in[i];
@@ -259,9 +260,13 @@ bool parse_target(std::string_view target, std::string& path,
         int hi = hex(in[i + 1]), lo = hex(in[i + 2]);
         if (hi < 0 || lo < 0)
           return false;
-        out += static_cast<char>(hi * 16 + lo);
+        char decoded = static_cast<char>(hi * 16 + lo);
+        if (decoded == '/' && !in_query)
+          out.append("%2F");
+        else
+          out += decoded;
         i += 2;
-      } else if (c == '+' && plus_is_space) {
+      } else if (c == '+' && in_query) {
         out += ' ';
       } else {
         out += c;
@@ -269,12 +274,13 @@ bool parse_target(std::string_view target, std::string& path,
     }
     return true;
   };
+  const std::string malformed = "malformed percent escape in the request target";
   auto q = target.find('?');
   if (!decode(target.substr(0, q), false, path))
-    return false;
+    return malformed;
   query.clear();
   if (q == std::string_view::npos)
-    return true;
+    return std::nullopt;
   auto rest = target.substr(q + 1);
   while (!rest.empty()) {
     auto amp = rest.find('&');
@@ -282,16 +288,16 @@ bool parse_target(std::string_view target, std::string& path,
     auto eq = pair.find('=');
     std::string key, value;
     if (!decode(pair.substr(0, eq), true, key))
-      return false;
+      return malformed;
     if (eq != std::string_view::npos && !decode(pair.substr(eq + 1), true, value))
-      return false;
-    if (!key.empty())
-      query.emplace(std::move(key), std::move(value));
+      return malformed;
+    if (!key.empty() && !query.emplace(key, std::move(value)).second)
+      return "query parameter `" + key + "` given more than once";
     if (amp == std::string_view::npos)
       break;
     rest = rest.substr(amp + 1);
   }
-  return true;
+  return std::nullopt;
 }
 
 router::router(services& svc) : svc_(svc) {

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -41,10 +42,12 @@ std::string lower(std::string s);
 /// Delivers the answer of one request (exactly once, from any thread).
 using responder = std::function<void(reply)>;
 
-/// Splits `target` into path and query (percent-decoded). Fails when the
-/// target has malformed percent escapes.
-bool parse_target(std::string_view target, std::string& path,
-                  std::map<std::string, std::string>& query);
+/// Splits `target` into path and query (percent-decoded; an encoded `/` in
+/// the path stays `%2F`, a character of a segment, never a separator).
+/// Answers why it cannot: a malformed percent escape, or a query parameter
+/// given more than once (which of them would count is anyone's guess).
+std::optional<std::string> parse_target(std::string_view target, std::string& path,
+                                        std::map<std::string, std::string>& query);
 
 /// True for 127.0.0.0/8, ::1 and "localhost".
 bool is_loopback_address(const std::string& address);

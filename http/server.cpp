@@ -457,9 +457,8 @@ private:
       close_after_ = true;
       return send(std::move(*bad), "bad-request", started);
     }
-    if (!parse_target(req.target, req.path, req.query)) {
-      return send(problem(400, "malformed request target"), "bad-request", started);
-    }
+    if (auto why = parse_target(req.target, req.path, req.query))
+      return send(problem(400, *why), "bad-request", started);
     if (router_.is_subscription(req))
       return start_subscription(req);
     auto executor = stream_.get_executor();
@@ -508,16 +507,24 @@ private:
                    {{field, {"must be a non-negative integer"}}}),
            "/subscribe/$all", std::chrono::steady_clock::now());
     };
+    // As `from` of GET /streams/$all: a number past any position is no
+    // error; it just selects no events.
+    auto number = [](const std::string& v) -> std::optional<uint64_t> {
+      if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos)
+        return std::nullopt;
+      return v.size() > 19 ? UINT64_MAX : std::min<uint64_t>(std::stoull(v), UINT64_MAX - 1);
+    };
     if (f != req.query.end()) {
-      if (f->second.empty() || f->second.find_first_not_of("0123456789") != std::string::npos
-          || f->second.size() > 19)
+      auto n = number(f->second);
+      if (!n)
         return bad("from");
-      from = std::max<uint64_t>(1, std::stoull(f->second));
+      from = std::max<uint64_t>(1, *n);
     }
     if (auto last = req.header("last-event-id"); !last.empty()) {
-      if (last.find_first_not_of("0123456789") != std::string::npos || last.size() > 19)
+      auto n = number(last);
+      if (!n)
         return bad("Last-Event-ID");
-      from = std::stoull(last) + 1;
+      from = *n == UINT64_MAX ? *n : *n + 1;
     }
     core::metrics::instance().observe_request("GET", "/subscribe/$all", 200, 0);
     stream_.expires_never();

@@ -1148,6 +1148,20 @@ TEST_CASE("a request target longer than the 16 KiB header limit is a 414, header
   check_rejected(parse_response(raw_exchange(shared_server().port(), one_big)), 431, before);
 }
 
+TEST_CASE("a query parameter given twice is a 400 naming it; an encoded slash in a path is "
+          "part of its segment, not a separator",
+          "[e2e][todo][validation]") {
+  auto twice = client().get("/todo?status=Done&status=Created");
+  check_problem(twice, 400);
+  CHECK(twice.json_body()["detail"].get<std::string>().find("`status` given more than once")
+        != std::string::npos);
+  check_problem(client().get("/streams/$all?from=2&from=3"), 400);
+  auto a = check_write(client().post_json("/todo", {{"description", "slash test"}}), 201);
+  CHECK(client().get("/todo/" + a.id).status == 200);
+  check_problem(client().get("/todo%2F" + a.id), 404);
+  check_problem(client().get("/todo%2f" + a.id + "%2Fhistory"), 404);
+}
+
 TEST_CASE("a malformed HTTP request is a 400 problem", "[e2e][todo][validation]") {
   auto before = head();
   auto raw = raw_exchange(shared_server().port(), "THIS IS NOT HTTP\r\n\r\n");

@@ -285,11 +285,27 @@ TEST_CASE("SSE: from is inclusive; Last-Event-ID: P overrides from and resumes a
 }
 
 TEST_CASE("SSE: a malformed from is a 400 problem", "[http][sse][errors]") {
-  for (auto q : {"from=abc", "from=-1", "from=1.5", "from="}) {
+  for (auto q : {"from=abc", "from=-1", "from=1.5", "from=", "from=1&from=2"}) {
     INFO("GET /subscribe/$all?" << q);
     sse_client s{port(), std::string{"/subscribe/$all?"} + q};
     check_problem(s.head(), 400);
   }
+}
+
+TEST_CASE("SSE: a from or Last-Event-ID past any position is accepted as by GET /streams/$all, "
+          "and selects nothing",
+          "[http][sse]") {
+  auto h = client().post_json("/todo", {{"description", "before a huge from"}});
+  REQUIRE(h.status == 201);
+  CHECK(client().get("/streams/$all?from=100000000000000000000").status == 200);
+  for (auto target : {std::string{"/subscribe/$all?from=100000000000000000000"},
+                      std::string{"/subscribe/$all?from=18446744073709551615"}}) {
+    INFO(target);
+    auto s = subscribe(target);
+    CHECK_FALSE(s->next(300ms));
+  }
+  auto s = subscribe("/subscribe/$all", {{{"Last-Event-ID", "99999999999999999999999"}}});
+  CHECK_FALSE(s->next(300ms));
 }
 
 TEST_CASE("SSE: heartbeats are comment lines every --http.sse-heartbeat-ms", "[http][sse]") {

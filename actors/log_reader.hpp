@@ -23,6 +23,9 @@ using recorded_events = std::vector<storage::recorded_event>;
 using stream_summaries = std::vector<storage::stream_summary>;
 using todo_history_items = std::vector<todo_history_item>;
 
+/// Most events of one history page (`history_atom` with a version).
+inline constexpr size_t history_page_size = 1000;
+
 /// Handle of one log reader. Every read is a request, or carries a
 /// `core::reply_to` (for senders that are not actors: the HTTP gateway).
 using log_reader_actor = caf::typed_actor<
@@ -32,6 +35,10 @@ using log_reader_actor = caf::typed_actor<
   caf::replies_to<all_atom, uint64_t, uint64_t>::with<recorded_events>,
   caf::replies_to<streams_atom, uint64_t, uint64_t>::with<stream_summaries>,
   caf::reacts_to<history_atom, std::string, core::reply_to<todo_history_items>>,
+  /// One page of a history from a version, given the state before it
+  /// (ignored for version 1); see todo_history_page.
+  caf::reacts_to<history_atom, std::string, uint64_t, todo::state,
+                 core::reply_to<todo_history_chunk>>,
   caf::reacts_to<state_at_atom, std::string, std::string, core::reply_to<todo::state>>,
   caf::reacts_to<stream_atom, std::string, uint64_t, uint64_t, core::reply_to<recorded_events>>,
   caf::reacts_to<all_atom, uint64_t, uint64_t, core::reply_to<recorded_events>>,
@@ -44,6 +51,8 @@ log_reader_actor::behavior_type log_reader(log_reader_actor::pointer self,
 } // namespace eventsd::actors
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::actors::todo_history_items)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::actors::todo_history_chunk)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::actors::todo_history_chunk>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::todo::state)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::actors::todo_history_items>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::todo::state>)

@@ -1,6 +1,7 @@
 #include "actors/todo_aggregate.hpp"
 
 #include <cstring>
+#include <iterator>
 
 namespace eventsd::actors {
 
@@ -51,26 +52,41 @@ std::optional<todo_aggregate::key_type> todo_aggregate::key_of(std::string_view 
   return k;
 }
 
+storage::result<todo_history_chunk> todo_history_page(const storage::event_log& log,
+                                                      const std::string& id, uint64_t from,
+                                                      std::optional<todo::state> before,
+                                                      size_t limit) {
+  auto events = log.read_stream(stream_of(id), from, limit);
+  if (!events.ok())
+    return events.error();
+  todo_history_chunk chunk;
+  chunk.items.reserve(events->size());
+  chunk.more = events->size() == limit;
+  auto st = before ? std::move(*before) : todo_aggregate::initial(id);
+  for (auto& e : *events) {
+    auto ev = todo_aggregate::decode(e.type, e.data);
+    if (!ev)
+      return undecodable(e);
+    st = todo_aggregate::evolve(std::move(st), *ev);
+    chunk.items.push_back(todo_history_item{std::move(e), st});
+  }
+  return chunk;
+}
+
 storage::result<std::vector<todo_history_item>> todo_history(const storage::event_log& log,
                                                              const std::string& id) {
   constexpr size_t page = 1000;
   std::vector<todo_history_item> items;
-  auto st = todo_aggregate::initial(id);
-  uint64_t from = 1;
+  std::optional<todo::state> st;
   for (;;) {
-    auto events = log.read_stream(stream_of(id), from, page);
-    if (!events.ok())
-      return events.error();
-    for (auto& e : *events) {
-      auto ev = todo_aggregate::decode(e.type, e.data);
-      if (!ev)
-        return undecodable(e);
-      st = todo_aggregate::evolve(std::move(st), *ev);
-      items.push_back(todo_history_item{std::move(e), st});
-    }
-    if (events->size() < page)
+    auto chunk = todo_history_page(log, id, items.size() + 1, st, page);
+    if (!chunk.ok())
+      return chunk.error();
+    if (!chunk->items.empty())
+      st = chunk->items.back().state;
+    std::move(chunk->items.begin(), chunk->items.end(), std::back_inserter(items));
+    if (!chunk->more)
       return items;
-    from += page;
   }
 }
 

@@ -78,6 +78,21 @@ struct todo_history_item {
   todo::state state;
 };
 
+/// Part of a todo's history: consecutive events, each with the state after it.
+struct todo_history_chunk {
+  std::vector<todo_history_item> items;
+  bool more = false; ///< the stream may go on after the last item
+};
+
+/// Up to `limit` events of todo `id`'s history from version `from`, each with
+/// the state after it; `before` is the state after version `from - 1` (none:
+/// the initial state, for `from` = 1). Fails with `stream_not_found` for an
+/// unknown todo.
+storage::result<todo_history_chunk> todo_history_page(const storage::event_log& log,
+                                                      const std::string& id, uint64_t from,
+                                                      std::optional<todo::state> before,
+                                                      size_t limit);
+
 /// The whole history of todo `id`, oldest first. Fails with
 /// `stream_not_found` for an unknown todo.
 storage::result<std::vector<todo_history_item>> todo_history(const storage::event_log& log,

@@ -300,6 +300,82 @@ std::optional<std::string> parse_target(std::string_view target, std::string& pa
   return std::nullopt;
 }
 
+namespace {
+
+/// History items as JSON objects, comma-separated (`first`: no leading comma).
+void append_history_items(std::string& out, const std::vector<actors::todo_history_item>& items,
+                          bool first) {
+  for (auto& it : items) {
+    if (!first)
+      out += ',';
+    first = false;
+    out += "{\"id\":";
+    append_json_string(out, it.event.id);
+    out += ",\"type\":";
+    append_json_string(out, it.event.type);
+    out += ",\"version\":";
+    append_json_uint(out, it.event.version);
+    out += ",\"position\":";
+    append_json_uint(out, it.event.position);
+    out += ",\"occurredAt\":";
+    append_json_time(out, it.event.occurred_at_ms);
+    out += ",\"snapshot\":";
+    append_todo_json(out, it.state);
+    out += '}';
+  }
+}
+
+/// The body of a history longer than one page, page by page: each part is
+/// one page read by a log reader when the previous part has been written.
+class history_stream : public body_stream,
+                       public std::enable_shared_from_this<history_stream> {
+public:
+  history_stream(actors::log_reader_actor reader, std::string id, actors::todo_history_chunk first)
+    : reader_(std::move(reader)), id_(std::move(id)), first_(std::move(first)) {}
+
+  void next(std::function<void(std::optional<std::string>)> done) override {
+    if (!opened_) {
+      opened_ = true;
+      return done(render(first_, true));
+    }
+    auto self = shared_from_this();
+    caf::anon_send(reader_, history_atom_v, id_, next_version_, state_,
+                   answer_to<actors::todo_history_chunk>(
+                     [self, done](actors::todo_history_chunk& page) {
+                       done(self->render(page, false));
+                     },
+                     [done](caf::error&) { done(std::nullopt); }));
+  }
+
+  bool last() const override { return last_; }
+
+private:
+  std::string render(actors::todo_history_chunk& page, bool first) {
+    std::string out;
+    out.reserve(16 + page.items.size() * 320);
+    if (first)
+      out = "{\"items\":[";
+    append_history_items(out, page.items, first);
+    next_version_ += page.items.size();
+    if (!page.items.empty())
+      state_ = std::move(page.items.back().state);
+    last_ = !page.more;
+    if (last_)
+      out += "]}";
+    return out;
+  }
+
+  actors::log_reader_actor reader_;
+  std::string id_;
+  actors::todo_history_chunk first_;
+  bool opened_ = false;
+  bool last_ = false;
+  uint64_t next_version_ = 1;
+  todo::state state_;
+};
+
+} // namespace
+
 router::router(services& svc) : svc_(svc) {
   auto& s = svc_;
   auto mode = s.mode;
@@ -576,29 +652,18 @@ router::router(services& svc) : svc_(svc) {
     auto reader = s.log_reader();
     auto key = *id;
     caf::anon_send(
-      reader, history_atom_v, key,
-      answer_to<actors::todo_history_items>(
-        [=](const actors::todo_history_items& items) {
+      reader, history_atom_v, key, uint64_t{1}, todo::state{},
+      answer_to<actors::todo_history_chunk>(
+        [=](actors::todo_history_chunk& first) {
           reply r;
-          r.body.reserve(16 + items.size() * 320); // one event with its snapshot: ~300 bytes
-          r.body = "{\"items\":[";
-          for (auto& it : items) {
-            if (&it != &items.front())
-              r.body += ',';
-            r.body += "{\"id\":";
-            append_json_string(r.body, it.event.id);
-            r.body += ",\"type\":";
-            append_json_string(r.body, it.event.type);
-            r.body += ",\"version\":";
-            append_json_uint(r.body, it.event.version);
-            r.body += ",\"position\":";
-            append_json_uint(r.body, it.event.position);
-            r.body += ",\"occurredAt\":";
-            append_json_time(r.body, it.event.occurred_at_ms);
-            r.body += ",\"snapshot\":";
-            append_todo_json(r.body, it.state);
-            r.body += '}';
+          if (first.more) {
+            // Longer than a page: sent page by page (chunked), never whole.
+            r.stream = std::make_shared<history_stream>(reader, key, std::move(first));
+            return respond(std::move(r));
           }
+          r.body.reserve(16 + first.items.size() * 320); // an event with its snapshot: ~300 B
+          r.body = "{\"items\":[";
+          append_history_items(r.body, first.items, true);
           r.body += "]}";
           respond(std::move(r));
         },

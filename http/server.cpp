@@ -532,6 +532,8 @@ private:
   }
 
   void send(reply r, const std::string& route, std::chrono::steady_clock::time_point started) {
+    if (r.stream)
+      return send_stream(std::move(r), route, started);
     auto res = std::make_shared<bhttp::response<bhttp::string_body>>(
       static_cast<bhttp::status>(r.status), 11);
     res->set(bhttp::field::server, "eventsd");
@@ -556,6 +558,74 @@ private:
     bhttp::async_write(stream_, *res,
                        beast::bind_front_handler(&session::on_write, shared_from_this(),
                                                  !res->keep_alive()));
+  }
+
+  /// An answer whose body comes part by part: the header with
+  /// `Transfer-Encoding: chunked`, then one chunk per part, each asked for
+  /// once the previous one is written (write timeouts apply to each).
+  void send_stream(reply r, const std::string& route,
+                   std::chrono::steady_clock::time_point started) {
+    using header_response = bhttp::response<bhttp::empty_body>;
+    auto res = std::make_shared<header_response>(static_cast<bhttp::status>(r.status), 11);
+    res->set(bhttp::field::server, "eventsd");
+    res->set(bhttp::field::date, http_date());
+    if (!r.content_type.empty())
+      res->set(bhttp::field::content_type, r.content_type);
+    for (auto& [name, value] : r.headers)
+      res->insert(name, value);
+    res->keep_alive(keep_alive_ && !close_after_
+                    && !drain_.draining.load(std::memory_order_relaxed));
+    res->chunked(true);
+    auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);
+    core::metrics::instance().observe_request(method_, route, static_cast<int>(r.status),
+                                              elapsed.count());
+    auto serializer = std::make_shared<bhttp::response_serializer<bhttp::empty_body>>(*res);
+    res_ = res;
+    bool close = !res->keep_alive();
+    stream_.expires_after(router_.svc().options.read_timeout);
+    bhttp::async_write_header(
+      stream_, *serializer,
+      [self = shared_from_this(), serializer, body = std::move(r.stream),
+       close](beast::error_code ec, size_t) mutable {
+        if (ec)
+          return self->on_write(close, ec, 0);
+        if (self->head_) // the header of the answer GET would give, no body
+          return self->on_write(close, {}, 0);
+        self->send_part(std::move(body), close);
+      });
+  }
+
+  void send_part(std::shared_ptr<body_stream> body, bool close) {
+    auto executor = stream_.get_executor();
+    auto* producer = body.get();
+    producer->next([self = shared_from_this(), executor, body = std::move(body),
+                    close](std::optional<std::string> part) mutable {
+      net::post(executor, [self, body = std::move(body), part = std::move(part),
+                           close]() mutable {
+        if (!part) { // cannot be completed: a truncated body, then no more
+          self->finish_request();
+          beast::error_code ec;
+          self->stream_.socket().close(ec);
+          return;
+        }
+        auto data = std::make_shared<std::string>(std::move(*part));
+        bool last = body->last();
+        self->stream_.expires_after(self->router_.svc().options.read_timeout);
+        net::async_write(
+          self->stream_, bhttp::make_chunk(net::buffer(*data)),
+          [self, data, body = std::move(body), close, last](beast::error_code ec,
+                                                             size_t) mutable {
+            if (ec)
+              return self->on_write(close, ec, 0);
+            if (!last)
+              return self->send_part(std::move(body), close);
+            net::async_write(self->stream_, bhttp::make_chunk_last(),
+                             [self, close](beast::error_code wec, size_t) {
+                               self->on_write(close, wec, 0);
+                             });
+          });
+      });
+    });
   }
 
   void on_write(bool close, beast::error_code ec, size_t) {

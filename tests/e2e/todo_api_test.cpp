@@ -1646,3 +1646,45 @@ TEST_CASE("a todo with hundreds of events keeps its full history and every snaps
         == todo_state(c.id, items[100]["snapshot"]["description"].get<std::string>(),
                       items[100]["snapshot"]["status"].get<std::string>(), 251));
 }
+
+TEST_CASE("a history longer than a page (1000 events) is sent in chunks, page by page, and is "
+          "the same whole history: every event once, in order, each with its snapshot",
+          "[e2e][todo][history]") {
+  auto c = create("paged 1");
+  auto grow_to = [&](int version) {
+    for (int v = static_cast<int>(history(c.id).size()) + 1; v <= version; ++v)
+      change_description(c.id, "paged " + std::to_string(v));
+  };
+  auto check_whole = [&](size_t n) {
+    auto r = client().get("/todo/" + c.id + "/history");
+    REQUIRE(r.status == 200);
+    CHECK(r.header("Transfer-Encoding").value_or("") == "chunked");
+    CHECK_FALSE(r.header("Content-Length"));
+    auto items = r.json_body()["items"];
+    REQUIRE(items.size() == n);
+    auto log = client().get("/streams/todo-" + c.id + "?limit=1000");
+    for (size_t i = 0; i < n; ++i) {
+      INFO("item " << i);
+      REQUIRE(items[i]["version"] == i + 1);
+      REQUIRE(items[i]["snapshot"]
+              == todo_state(c.id, "paged " + std::to_string(i + 1), "Created", i + 1));
+    }
+    for (uint64_t from = 1; from <= n; from += 1000) {
+      auto page = client().get("/streams/todo-" + c.id + "?limit=1000&from=" + std::to_string(from));
+      for (auto& e : page.json_body()["items"])
+        CHECK(items[e["version"].get<size_t>() - 1]["id"] == e["id"]);
+    }
+  };
+  grow_to(2000); // exactly two pages: the last part only closes the array
+  check_whole(2000);
+  grow_to(2301);
+  check_whole(2301);
+  // HEAD: the same header, no body.
+  auto head = client().request("HEAD", "/todo/" + c.id + "/history");
+  CHECK(head.status == 200);
+  CHECK(head.header("Transfer-Encoding").value_or("") == "chunked");
+  CHECK(head.body.empty());
+  // The connection serves the next request after a chunked answer.
+  CHECK(client().get("/todo/" + c.id + "/history").json_body()["items"].size() == 2301);
+  CHECK(client().get("/healthz").status == 200);
+}

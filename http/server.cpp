@@ -536,28 +536,36 @@ private:
       return send_stream(std::move(r), route, started);
     auto res = std::make_shared<bhttp::response<bhttp::string_body>>(
       static_cast<bhttp::status>(r.status), 11);
-    res->set(bhttp::field::server, "eventsd");
-    res->set(bhttp::field::date, http_date());
-    if (!r.content_type.empty())
-      res->set(bhttp::field::content_type, r.content_type);
-    for (auto& [name, value] : r.headers)
-      res->insert(name, value);
+    set_header(*res, r, route, started);
     res->body() = std::move(r.body);
-    res->keep_alive(keep_alive_ && !close_after_
-                    && !drain_.draining.load(std::memory_order_relaxed));
     res->prepare_payload();
     if (r.status == 204 || r.status == 304)
       res->erase(bhttp::field::content_length); // RFC 9110 §8.6: no body, no length
     if (head_)
       res->body().clear();
-    auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);
-    core::metrics::instance().observe_request(method_, route, static_cast<int>(r.status),
-                                              elapsed.count());
     res_ = res;
     stream_.expires_after(router_.svc().options.read_timeout);
     bhttp::async_write(stream_, *res,
                        beast::bind_front_handler(&session::on_write, shared_from_this(),
                                                  !res->keep_alive()));
+  }
+
+  /// The header fields of every answer and whether the connection stays
+  /// open; counts the answer in the metrics.
+  template <class Response>
+  void set_header(Response& res, const reply& r, const std::string& route,
+                  std::chrono::steady_clock::time_point started) {
+    res.set(bhttp::field::server, "eventsd");
+    res.set(bhttp::field::date, http_date());
+    if (!r.content_type.empty())
+      res.set(bhttp::field::content_type, r.content_type);
+    for (auto& [name, value] : r.headers)
+      res.insert(name, value);
+    res.keep_alive(keep_alive_ && !close_after_
+                   && !drain_.draining.load(std::memory_order_relaxed));
+    auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);
+    core::metrics::instance().observe_request(method_, route, static_cast<int>(r.status),
+                                              elapsed.count());
   }
 
   /// An answer whose body comes part by part: the header with
@@ -567,18 +575,8 @@ private:
                    std::chrono::steady_clock::time_point started) {
     using header_response = bhttp::response<bhttp::empty_body>;
     auto res = std::make_shared<header_response>(static_cast<bhttp::status>(r.status), 11);
-    res->set(bhttp::field::server, "eventsd");
-    res->set(bhttp::field::date, http_date());
-    if (!r.content_type.empty())
-      res->set(bhttp::field::content_type, r.content_type);
-    for (auto& [name, value] : r.headers)
-      res->insert(name, value);
-    res->keep_alive(keep_alive_ && !close_after_
-                    && !drain_.draining.load(std::memory_order_relaxed));
+    set_header(*res, r, route, started);
     res->chunked(true);
-    auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);
-    core::metrics::instance().observe_request(method_, route, static_cast<int>(r.status),
-                                              elapsed.count());
     auto serializer = std::make_shared<bhttp::response_serializer<bhttp::empty_body>>(*res);
     res_ = res;
     bool close = !res->keep_alive();

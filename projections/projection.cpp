@@ -479,18 +479,18 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
       core::name_this_thread("model-reader");
       self->state.model = std::make_unique<todo_read_model>(
         std::move(dsn), live_table, connection_options{"eventsd reader", query_timeout, store});
-      auto ready = [self]() -> std::optional<caf::error> {
+      auto ready = [self]() -> std::optional<projection_error> {
         if (self->state.model->connected())
           return std::nullopt;
         if (auto r = self->state.model->connect(); !r.ok())
-          return to_caf(r.error());
+          return r.error();
         return std::nullopt;
       };
       // Runs a query; a connection found broken (PostgreSQL restarted since
       // the last use) is reopened and the query tried once more.
       auto run = [self, ready](auto&& query) -> decltype(query()) {
         if (auto err = ready())
-          return projection_error{projection_errc::unavailable, caf::to_string(*err)};
+          return *err;
         auto r = query();
         if (!r.ok() && r.error().code == projection_errc::unavailable && !ready())
           r = query();
@@ -558,7 +558,9 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
 
 pg_result<uint64_t> rebuild_offline(const storage::event_log& log, const std::string& dsn,
                                     const std::function<void(uint64_t, uint64_t)>& progress) {
-  todo_read_model fresh{dsn, rebuild_table, {"eventsd rebuild"}};
+  connection_options conn;
+  conn.application_name = "eventsd rebuild";
+  todo_read_model fresh{dsn, rebuild_table, conn};
   if (auto r = fresh.connect(); !r.ok())
     return r.error();
   if (auto r = fresh.reset(); !r.ok())

@@ -244,6 +244,10 @@ TEST_CASE("unit-of-work with PostgreSQL unreachable: writes answer 202 with the 
   CHECK(one.header("Content-Type").value_or("").rfind("application/problem+json", 0) == 0);
   auto list = c.get("/todo");
   CHECK(list.status == 503);
+  // The reason in words, not a rendered CAF error.
+  INFO("GET /todo: " << list.body);
+  CHECK(list.json_body().value("detail", "").find("Connection refused") != std::string::npos);
+  CHECK(list.body.find("error(") == std::string::npos);
   CHECK(c.get("/healthz").status == 200);
 }
 

@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <iostream>
 #include <string_view>
 #include <thread>
 #include <algorithm>
@@ -66,6 +67,34 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
   std::string file = "config/eventsd.conf";
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
+    if (a == "--help" || a == "-h" || a == "-?" || a == "--long-help") {
+      // Every option of ours with its default, to stdout; nothing else runs.
+      std::cout << "usage: eventsd [--group.option=value ...]\n\n"
+                   "Options come from the command line, then the environment\n"
+                   "(EVENTSD_POSTGRES_DSN for --postgres.dsn), then the config file\n"
+                   "(--config-file=PATH, default config/eventsd.conf in the working\n"
+                   "directory, which describes every option), then the defaults below.\n";
+      auto str = [](caf::string_view v) { return std::string{v.data(), v.size()}; };
+      std::string group;
+      for (const auto& o : opts.custom_options()) {
+        auto category = str(o.category());
+        bool rebuild = category == "global" && str(o.long_name()) == "rebuild";
+        if (category != "http" && category != "storage" && category != "postgres"
+            && category != "projection" && category != "actors" && !rebuild)
+          continue; // CAF's own options
+        if (category != group) {
+          group = category;
+          std::cout << "\n";
+        }
+        std::cout << "  --" << (rebuild ? str(o.long_name()) : str(o.full_name())) << "=<"
+                  << str(o.type_name()) << ">\n      " << str(o.description()) << "\n";
+      }
+      std::cout << "\n  --scheduler.policy=sharing|stealing (default sharing)\n"
+                   "  --scheduler.max-threads=N (default: cores - 1, at least 1)\n"
+                   "  --config-file=PATH (default config/eventsd.conf)\n";
+      opts.cli_helptext_printed = true;
+      return std::nullopt;
+    }
     if (a.rfind("--postgres.dsn", 0) == 0)
       dsn_on_command_line = true;
     if (a.rfind("--config-file=", 0) == 0)

@@ -826,6 +826,26 @@ TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reas
   CHECK_FALSE(std::filesystem::exists(dir));
 }
 
+TEST_CASE("--help lists eventsd's own options with their defaults and exits 0, before any "
+          "configuration check",
+          "[e2e][faults][startup]") {
+  auto bin = eventsd_binary();
+  temp_dir d{"eventsd-faults-help-"};
+  for (auto flag : {"--help", "-h", "--long-help"}) {
+    // No DSN anywhere: help needs none.
+    auto r = run_command({bin, flag}, 20s, d.path(), {"EVENTSD_POSTGRES_DSN"});
+    INFO(flag << " -> exit " << r.exit_code() << ": " << r.output.substr(0, 400));
+    CHECK(r.exit_code() == 0);
+    CHECK(r.output.rfind("usage: eventsd", 0) == 0);
+    for (auto option : {"--http.drain-timeout-ms", "--postgres.query-timeout-ms",
+                        "--storage.sync", "--projection.mode", "--actors.max-live", "--rebuild"})
+      CHECK(r.output.find(option) != std::string::npos);
+    CHECK(r.output.find("middleman") == std::string::npos); // CAF's own options are not ours
+    CHECK(r.output.find("config/eventsd.conf") != std::string::npos);
+  }
+  CHECK(std::filesystem::is_empty(d.path()));
+}
+
 TEST_CASE("a bad value in the config file stops eventsd with exit code 2 and a one-line reason",
           "[e2e][faults][startup]") {
   auto bin = eventsd_binary();

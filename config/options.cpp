@@ -171,6 +171,10 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
            + ": in unit-of-work mode it must be at least --projection.uow-timeout-ms + 2000 ("
            + std::to_string(opts.projection_uow_timeout_ms + 2000)
            + "), or appended writes would be answered 503 instead of 202";
+  if (opts.storage_idempotency_retention_s < 24 * 3600)
+    return "invalid --storage.idempotency-retention-s "
+           + std::to_string(opts.storage_idempotency_retention_s)
+           + ": Idempotency-Key answers are kept at least 24 h (86400 s)";
   if (!opts.rebuild.empty() && opts.rebuild != "todos")
     return "invalid --rebuild `" + opts.rebuild + "`: the only projection is todos";
   return std::nullopt;

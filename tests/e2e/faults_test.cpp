@@ -799,6 +799,7 @@ TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reas
     {{"--projection.interval-ms=soon"}, "--projection.interval-ms=soon"},
     {{"--rebuild=users"}, "--rebuild"},
     {{"--no-such-option=1"}, "--no-such-option=1"},
+    {{"--storage.idempotency-retention-s=1"}, "--storage.idempotency-retention-s 1"},
     // The request deadline would answer 503 for writes the unit-of-work wait
     // would answer 202 (appended, but the client told "may or may not").
     {{"--projection.mode=unit-of-work", "--http.request-timeout-ms=3000"},

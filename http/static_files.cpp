@@ -24,6 +24,8 @@ std::string content_type_of(const std::filesystem::path& p) {
     return "image/svg+xml";
   if (ext == ".map")
     return "application/json";
+  if (ext == ".txt" || p.filename() == "LICENSE")
+    return "text/plain; charset=utf-8";
   return "application/octet-stream";
 }
 

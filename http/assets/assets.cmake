@@ -69,7 +69,12 @@ set(_eventsd_swagger_dist_files
   swagger-ui-bundle.js
   swagger-ui-standalone-preset.js
   favicon-16x16.png
-  favicon-32x32.png)
+  favicon-32x32.png
+  # what the files above point to: the CSS source map, the bundles' licences
+  swagger-ui.css.map
+  swagger-ui-bundle.js.LICENSE.txt
+  swagger-ui-standalone-preset.js.LICENSE.txt
+  LICENSE)
 set(_eventsd_swagger_outputs)
 foreach(_f IN LISTS _eventsd_swagger_dist_files)
   list(APPEND _eventsd_swagger_outputs ${EVENTSD_STATIC_DIR}/swagger/${_f})

@@ -141,5 +141,25 @@ TEST_CASE("GET /swagger: Swagger UI whose scripts and styles are all served", "[
   auto init = client().get("/swagger/swagger-init.js");
   CHECK(init.body.find("'/openapi.json'") != std::string::npos);
 
+  // What the served files point to: the stylesheet's source map and the
+  // bundles' licence files named in their header comments.
+  static const std::regex pointer{R"((?:sourceMappingURL=|see )([A-Za-z0-9.-]+\.(?:map|txt)))"};
+  std::set<std::string> pointed;
+  for (auto file : {"swagger-ui.css", "swagger-ui-bundle.js", "swagger-ui-standalone-preset.js"}) {
+    auto body = client().get(std::string{"/swagger/"} + file).body;
+    auto head = body.substr(0, 2000) + body.substr(body.size() > 2000 ? body.size() - 2000 : 0);
+    for (auto it = std::sregex_iterator(head.begin(), head.end(), pointer);
+         it != std::sregex_iterator(); ++it)
+      pointed.insert((*it)[1].str());
+  }
+  CHECK(pointed.count("swagger-ui.css.map") == 1);
+  CHECK(pointed.count("swagger-ui-bundle.js.LICENSE.txt") == 1);
+  for (auto& file : pointed) {
+    INFO("GET /swagger/" << file);
+    auto a = client().get("/swagger/" + file);
+    CHECK(a.status == 200);
+    CHECK_FALSE(a.body.empty());
+  }
+
   check_problem(client().get("/swagger/no-such-file.js"), 404);
 }

@@ -28,6 +28,8 @@ problem_kind kind_of(unsigned status) {
       return {"not-found", "Not Found"};
     case 405:
       return {"method-not-allowed", "Method Not Allowed"};
+    case 408:
+      return {"request-timeout", "Request Timeout"};
     case 409:
       return {"conflict", "Conflict"};
     case 412:

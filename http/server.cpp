@@ -347,8 +347,8 @@ class session : public std::enable_shared_from_this<session> {
 
 public:
   session(tcp::socket&& socket, router& r, head_signal& signal, drain_state& drain)
-    : stream_(std::move(socket)), deadline_(stream_.get_executor()), router_(r),
-      signal_(signal), drain_(drain) {}
+    : stream_(std::move(socket)), deadline_(stream_.get_executor()),
+      read_deadline_(stream_.get_executor()), router_(r), signal_(signal), drain_(drain) {}
 
   ~session() { finish_request(); }
 
@@ -362,7 +362,20 @@ private:
     parser_.emplace();
     parser_->body_limit(router_.svc().options.body_limit);
     parser_->header_limit(header_limit);
-    stream_.expires_after(router_.svc().options.read_timeout);
+    // The whole request must arrive within the read timeout. Not the stream's
+    // own timeout: that closes the socket, and a client that started a request
+    // is owed a 408 (RFC 9110 §15.5.9).
+    stream_.expires_never();
+    read_timed_out_ = false;
+    read_deadline_.expires_after(router_.svc().options.read_timeout);
+    read_deadline_.async_wait([weak = weak_from_this()](beast::error_code ec) {
+      auto self = weak.lock();
+      if (ec || !self)
+        return;
+      self->read_timed_out_ = true;
+      beast::error_code ignored;
+      self->stream_.socket().cancel(ignored); // on_read answers
+    });
     bhttp::async_read_header(stream_, buffer_, *parser_,
                              beast::bind_front_handler(&session::on_header, shared_from_this()));
   }
@@ -404,6 +417,17 @@ private:
   }
 
   void on_read(beast::error_code ec, size_t) {
+    read_deadline_.cancel();
+    if (read_timed_out_ && ec) {
+      // An idle keep-alive connection just closes; a started request is a 408.
+      if (buffer_.size() == 0 && !parser_->got_some())
+        return do_close();
+      close_after_ = true;
+      return send(problem(408, "the request did not arrive in full within "
+                                 + std::to_string(router_.svc().options.read_timeout.count())
+                                 + " ms"),
+                  "timeout", std::chrono::steady_clock::now());
+    }
     if (ec == bhttp::error::end_of_stream)
       return do_close();
     if (ec == bhttp::error::body_limit) {
@@ -650,6 +674,8 @@ private:
 
   beast::tcp_stream stream_;
   net::steady_timer deadline_;
+  net::steady_timer read_deadline_; // the request must be read by then
+  bool read_timed_out_ = false;
   uint64_t request_no_ = 0; // requests read on this connection
   uint64_t answered_ = 0;   // the last one answered
   beast::flat_buffer buffer_;

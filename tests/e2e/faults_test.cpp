@@ -1246,3 +1246,44 @@ TEST_CASE("a PostgreSQL session that stops answering holds the projection and th
   CHECK(backends_named(pg.dsn(), "eventsd projection").size() == 2);
   CHECK(c.get("/readyz").status == 200);
 }
+
+TEST_CASE("a client too slow to send its request within --http.read-timeout-ms gets a 408 "
+          "problem and a closed connection; an idle keep-alive connection is just closed",
+          "[e2e][faults][slow-client]") {
+  server s{server_options::with_args({"--http.read-timeout-ms=500"})};
+  auto head = [&] {
+    http_client c{s.port()};
+    return all_head(c, 0);
+  };
+  auto before = head();
+  auto check_408 = [&](const std::string& partial) {
+    auto t0 = clock_type::now();
+    auto raw = raw_exchange(s.port(), partial, 5000ms);
+    auto took = clock_type::now() - t0;
+    INFO("sent " << partial.size() << " bytes, got: " << raw.substr(0, 300));
+    auto r = parse_response(raw);
+    CHECK(is_problem(r, 408));
+    CHECK(r.header("Connection").value_or("") == "close");
+    CHECK(took >= 400ms);
+    CHECK(took < 3s);
+  };
+  check_408("GET /todo HT");                                            // inside the request line
+  check_408("GET /todo HTTP/1.1\r\nHost: x\r\nX-Slow: 1");               // inside the header
+  check_408("POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 40\r\n\r\n{\"description\":");               // inside the body
+  CHECK(head() == before);
+
+  // A connection that sends nothing is closed without an answer.
+  auto t0 = clock_type::now();
+  auto idle = raw_exchange(s.port(), "", 5000ms);
+  CHECK(idle.empty());
+  CHECK(clock_type::now() - t0 < 3s);
+
+  // A keep-alive client that pauses between requests (less than the timeout) is served.
+  http_client c{s.port()};
+  for (int i = 0; i < 3; ++i) {
+    CHECK(c.get("/healthz").status == 200);
+    sleep_for(200ms);
+  }
+  CHECK(c.connections() == 1);
+}

@@ -994,17 +994,18 @@ bool router::is_subscription(const incoming& req) const {
   return req.method == "GET" && req.path == "/subscribe/$all";
 }
 
-std::string router::handle(incoming req, responder respond) {
-  auto segments = split_path(req.path);
+const router::route* router::find(const std::string& method, const std::string& path,
+                                  std::vector<std::string>& best_params,
+                                  std::vector<std::string>& allowed) const {
+  auto segments = split_path(path);
   const route* best = nullptr;
   int best_literals = -1;
-  std::vector<std::string> params, best_params;
-  std::vector<std::string> allowed;
+  std::vector<std::string> params;
   for (auto& r : routes_) {
     int literals = 0;
     if (!match(r.segments, segments, params, literals))
       continue;
-    if (r.method == req.method || (req.method == "HEAD" && r.method == "GET")) {
+    if (r.method == method || (method == "HEAD" && r.method == "GET")) {
       if (literals > best_literals) {
         best = &r;
         best_literals = literals;
@@ -1015,6 +1016,22 @@ std::string router::handle(incoming req, responder respond) {
       allowed.push_back(r.method);
     }
   }
+  return best;
+}
+
+std::string router::pattern_of(const std::string& method, std::string_view target) const {
+  std::string path;
+  std::map<std::string, std::string> query;
+  if (parse_target(target, path, query))
+    return "unmatched";
+  std::vector<std::string> params, allowed;
+  auto* r = find(method, path, params, allowed);
+  return r ? r->pattern : "unmatched";
+}
+
+std::string router::handle(incoming req, responder respond) {
+  std::vector<std::string> best_params, allowed;
+  const route* best = find(req.method, req.path, best_params, allowed);
   if (best) {
     best->fn(req, best_params, respond);
     return best->pattern;

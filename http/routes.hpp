@@ -73,6 +73,10 @@ public:
   /// True when `req` is `GET /subscribe/$all` (served by the SSE session).
   bool is_subscription(const incoming& req) const;
 
+  /// The route pattern `method` and `target` would go to ("unmatched": none),
+  /// for the metrics of a request refused before it is routed.
+  std::string pattern_of(const std::string& method, std::string_view target) const;
+
   services& svc() { return svc_; }
 
 private:
@@ -84,6 +88,11 @@ private:
     handler fn;
   };
   void add(std::string method, std::string pattern, handler fn);
+  /// The route for `method` on `path` (the one with most literal segments),
+  /// its parameters in `params`; the methods other routes of the path take
+  /// are added to `allowed`.
+  const route* find(const std::string& method, const std::string& path,
+                    std::vector<std::string>& params, std::vector<std::string>& allowed) const;
 
   services& svc_;
   std::vector<route> routes_;

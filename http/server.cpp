@@ -432,10 +432,14 @@ private:
       return do_close();
     if (ec == bhttp::error::body_limit) {
       close_after_ = true;
+      // Counted under the route it was for: the header is in.
+      auto& h = parser_->get();
+      method_ = std::string{h.method_string()};
       return send(problem(413, "body larger than the limit of "
                                  + std::to_string(router_.svc().options.body_limit)
                                  + " bytes"),
-                  "too-large", std::chrono::steady_clock::now());
+                  router_.pattern_of(method_, {h.target().data(), h.target().size()}),
+                  std::chrono::steady_clock::now());
     }
     if (ec == bhttp::error::header_limit) {
       close_after_ = true;

@@ -248,8 +248,8 @@ TEST_CASE("/metrics: Prometheus text format (promtool check metrics) with the fa
   CHECK(typed);
 }
 
-TEST_CASE("/metrics: made-up HTTP methods share the method label \"other\", and the log head "
-          "is known from the start, before any write",
+TEST_CASE("/metrics: made-up HTTP methods share the method label \"other\", a 413 is counted "
+          "under its route, and the log head is known from the start, before any write",
           "[http][ops][metrics]") {
   server s;
   {
@@ -266,6 +266,13 @@ TEST_CASE("/metrics: made-up HTTP methods share the method label \"other\", and 
                   {{"method", "PATCH"}, {"route", "method-not-allowed"}, {"status", "405"}})
           == 1);
     CHECK(m.find("eventsd_http_requests_total", {{"method", "MADEUP7"}}).empty());
+    // A body over the limit is refused before routing, and counted under its route.
+    auto big = std::string(70000, ' ');
+    REQUIRE(c.request("POST", "/todo", big, {{"Content-Type", "application/json"}}).status == 413);
+    m = parse_prometheus(c.get("/metrics").body);
+    CHECK(m.value("eventsd_http_requests_total",
+                  {{"method", "POST"}, {"route", "/todo"}, {"status", "413"}})
+          == 1);
   }
   s.restart();
   http_client c{s.port()};

@@ -124,17 +124,17 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
       }
     }
   }
-  if (auto err = opts.parse(argc, argv, has_file ? file.c_str() : "/dev/null"))
-    return "invalid configuration: " + caf::to_string(err);
-  // CAF's work-stealing workers poll and nap; on a small machine shared with
-  // io threads and clients, one queue with sleeping workers is faster.
-  if (caf::get_if(&opts.content, "scheduler.policy") == nullptr)
-    opts.set("scheduler.policy", caf::atom("sharing"));
+  // Defaults of ours for CAF's scheduler, set before parsing so that the
+  // command line and the config file override them and --dump-config shows
+  // them. CAF's work-stealing workers poll and nap; on a small machine shared
+  // with io threads and clients, one queue with sleeping workers is faster.
+  opts.set("scheduler.policy", caf::atom("sharing"));
   // Leave a core to the io threads and the log writer (measured: on 2 cores
   // one worker beats two by ~40 %, see docs/performance.md).
-  if (caf::get_if(&opts.content, "scheduler.max-threads") == nullptr)
-    opts.set("scheduler.max-threads",
-             static_cast<size_t>(std::max(1u, std::thread::hardware_concurrency() - 1)));
+  opts.set("scheduler.max-threads",
+           static_cast<size_t>(std::max(1u, std::thread::hardware_concurrency() - 1)));
+  if (auto err = opts.parse(argc, argv, has_file ? file.c_str() : "/dev/null"))
+    return "invalid configuration: " + caf::to_string(err);
   if (!opts.remainder.empty())
     return "unknown argument: " + opts.remainder.front();
   if (!dsn_on_command_line)

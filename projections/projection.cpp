@@ -122,6 +122,7 @@ bool ensure_connected(self_ptr self) {
   }
   st.position = *cp;
   st.position_known = true;
+  st.last_error.clear(); // connected and bound again: earlier failures are over
   return true;
 }
 
@@ -560,6 +561,7 @@ pg_result<uint64_t> rebuild_offline(const storage::event_log& log, const std::st
                                     const std::function<void(uint64_t, uint64_t)>& progress) {
   connection_options conn;
   conn.application_name = "eventsd rebuild";
+  conn.store = log.store_id();
   todo_read_model fresh{dsn, rebuild_table, conn};
   if (auto r = fresh.connect(); !r.ok())
     return r.error();

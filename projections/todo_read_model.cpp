@@ -69,9 +69,11 @@ constexpr const char* sql_insert_checkpoint =
 
 constexpr const char* sql_drop_table = "DROP TABLE IF EXISTS {t}";
 
+// A fresh table's checkpoint belongs to the store that fills it ($2; NULL
+// when not checked), so that no other store's projection claims it.
 constexpr const char* sql_zero_checkpoint =
-  "INSERT INTO eventsd_checkpoints (name, position) VALUES ($1, 0) "
-  "ON CONFLICT (name) DO UPDATE SET position = 0, store = NULL";
+  "INSERT INTO eventsd_checkpoints (name, position, store) VALUES ($1, 0, $2) "
+  "ON CONFLICT (name) DO UPDATE SET position = 0, store = EXCLUDED.store";
 
 // swap_into: checkpoint rows are locked first, in name order, as apply() locks
 // its checkpoint row before touching its table; this keeps the lock order the
@@ -102,7 +104,7 @@ constexpr const char* sql_set_store = "UPDATE eventsd_checkpoints SET store = $2
 
 constexpr const char* stmt_lock_checkpoint = "lock_checkpoint";
 constexpr const char* sql_lock_checkpoint =
-  "SELECT position FROM eventsd_checkpoints WHERE name = $1 FOR UPDATE";
+  "SELECT position, store FROM eventsd_checkpoints WHERE name = $1 FOR UPDATE";
 
 constexpr const char* stmt_upsert = "upsert_todos";
 // The upsert of a folded batch, in two parts: the rows, and how they merge
@@ -118,13 +120,15 @@ constexpr std::string_view sql_upsert_merge =
 
 // apply()'s usual case in one statement and one round trip: the batch's rows are
 // written only if the checkpoint is still where this connection last left it
-// ($8), and the checkpoint moves to $7 in the same (implicit) transaction. The
-// answer is 1 when that happened, 0 when the checkpoint was elsewhere (another
-// writer, a swap) and nothing was written.
+// ($8) and still belongs to this store ($9, NULL when not checked), and the
+// checkpoint moves to $7 in the same (implicit) transaction. The answer is 1
+// when that happened, 0 when the checkpoint was elsewhere (another writer, a
+// swap) and nothing was written.
 constexpr const char* stmt_apply_from = "apply_from";
 std::string sql_apply_from() {
   return std::string{"WITH cp AS (UPDATE eventsd_checkpoints SET position = $7::bigint "
-                     "WHERE name = $6 AND position = $8::bigint RETURNING 1), up AS ("}
+                     "WHERE name = $6 AND position = $8::bigint "
+                     "AND ($9::text IS NULL OR store = $9) RETURNING 1), up AS ("}
          + std::string{sql_upsert_rows} + "WHERE EXISTS (SELECT FROM cp) "
          + std::string{sql_upsert_merge} + ") SELECT count(*) FROM cp";
 }
@@ -283,6 +287,14 @@ struct todo_read_model::impl {
     return std::nullopt;
   }
 
+  /// This model's store as a statement parameter (NULL: not checked).
+  pg::param store_param() const {
+    return copts.store.empty() ? pg::param{} : pg::param{copts.store};
+  }
+
+  /// Set by apply_locked when the checkpoint turned out to be another store's.
+  std::optional<projection_error> refused;
+
   /// A read-model answer whose checkpoint row names `stored` as its store:
   /// refused when that is not the store this model must belong to.
   std::optional<projection_error> check_store(std::string_view stored) const {
@@ -365,7 +377,9 @@ struct todo_read_model::impl {
                                    &sql.create_status_idx})
       if (auto r = run(*ddl); !r)
         return r;
-    return run(drop_first ? sql_zero_checkpoint : sql_insert_checkpoint, {table});
+    if (drop_first)
+      return run(sql_zero_checkpoint, {table, store_param()});
+    return run(sql_insert_checkpoint, {table});
   }
 
   pg::outcome<void> prepare_all() {
@@ -379,7 +393,7 @@ struct todo_read_model::impl {
       {stmt_lock_checkpoint, sql_lock_checkpoint, 1},
       {stmt_upsert, sql.upsert.c_str(), 5},
       {stmt_advance_checkpoint, sql_advance_checkpoint, 2},
-      {stmt_apply_from, sql.apply_from.c_str(), 8},
+      {stmt_apply_from, sql.apply_from.c_str(), 9},
       {stmt_get_many, sql.get_many.c_str(), 2},
       {stmt_list, sql.list.c_str(), 3},
       {stmt_list_by_status, sql.list_by_status.c_str(), 4},
@@ -438,8 +452,8 @@ struct todo_read_model::impl {
     auto a = fold(changes, *known_checkpoint);
     auto position = std::to_string(new_checkpoint);
     auto expected = std::to_string(*known_checkpoint);
-    const pg::param ps[] = {a.ids, a.descriptions, a.statuses, a.versions, a.created,
-                            table, position, expected};
+    const pg::param ps[] = {a.ids,    a.descriptions, a.statuses, a.versions, a.created,
+                            table,    position,       expected,   store_param()};
     auto r = pg::exec_prepared(s(), stmt_apply_from, ps);
     if (!r)
       return r.error();
@@ -461,6 +475,12 @@ struct todo_read_model::impl {
     auto stored = pg::to_u64(locked->get(), 0, 0);
     if (!stored)
       return logic_failure("unreadable checkpoint for table " + table);
+    // Another store's since this connection bound it (its rebuild swapped in):
+    // applying this store's events to it would mix two logs.
+    if (auto e = check_store(pg::text(locked->get(), 0, 1))) {
+      refused = std::move(e);
+      return logic_failure(refused->detail);
+    }
 
     auto a = fold(changes, *stored);
     if (a.ids != "{}") {
@@ -515,6 +535,20 @@ pg_result<void> todo_read_model::connect() {
   if (!c)
     return d.fail(c.error());
   d.conn = std::move(*c);
+  if (auto ms = d.copts.query_timeout.count(); ms > 0) {
+    // The server gives up a little before this client does: a statement that
+    // waits too long (for a lock, say) is cancelled and the session goes on,
+    // instead of being abandoned at the deadline with its backend still
+    // waiting — sessions would pile up while the reason lasts. The client's
+    // deadline remains for a server that does not answer at all.
+    auto server_ms = ms - std::min<int64_t>(ms / 10, 1000);
+    auto set = "SET statement_timeout = " + std::to_string(std::max<int64_t>(server_ms, 1));
+    if (auto r = pg::exec(d.s(), set.c_str()); !r)
+      return d.fail(r.error());
+    // PostgreSQL 14 and later also notice a client gone mid-statement; older
+    // servers refuse the setting, which changes nothing else.
+    pg::exec(d.s(), "SET client_connection_check_interval = 1000");
+  }
   if (auto r = d.in_transaction([&] { return d.create_schema(false); }); !r)
     return r;
   if (auto r = d.prepare_all(); !r)
@@ -602,9 +636,12 @@ pg_result<void> todo_read_model::apply(std::span<const todo_change> changes,
     // statement holds the table first): the locking path decides.
   }
   uint64_t after = 0;
+  d.refused.reset();
   auto r = d.in_transaction([&] { return d.apply_locked(changes, new_checkpoint, after); });
   if (r.ok())
     d.known_checkpoint = after;
+  else if (d.refused)
+    return *std::exchange(d.refused, std::nullopt);
   return r;
 }
 

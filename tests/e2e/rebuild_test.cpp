@@ -449,6 +449,11 @@ TEST_CASE("a read model of another store (the storage directory replaced, the da
   REQUIRE(c.request("POST", "/admin/projections/todos/rebuild").status == 202);
   REQUIRE(eventually([&] { return c.get("/readyz").status == 200; }, 15000ms, 50ms));
   check_read_model_is_fold_of_log(c);
+  // The refusal is over, and the admin view says so (it kept the old error).
+  auto status = c.get("/admin/projections").json_body()["items"][0];
+  INFO("/admin/projections: " << status.dump());
+  CHECK(status["lastError"].is_null());
+  CHECK(status["state"] == "live");
   auto seen = c.get("/todo/" + a.id + "?minPosition=1");
   CHECK(seen.status == 200);
   CHECK(c.get("/todo/" + old_ids.front()).status == 404);

@@ -750,3 +750,68 @@ TEST_CASE("bind_store refuses a checkpoint ahead of the log and marks it, so tha
   CHECK(s.db.scalar("SELECT store FROM eventsd_checkpoints WHERE name = $1", {s.table})
         == "store-a");
 }
+
+TEST_CASE("a table rebuilt by another store and swapped in is that store's: the projection "
+          "that applied to it before is refused from its next apply on, the rebuilding store "
+          "binds it",
+          "[projections][postgres]") {
+  scratch s;
+  todo_read_model a{s.dsn, s.table, {"eventsd test", 10s, "store-a"}};
+  require_ok(a.connect());
+  CHECK(require_value(a.bind_store(0)) == 0);
+  require_ok(a.apply(std::vector{created(uuid(1), "a one", 1)}, 1));
+
+  // Store b rebuilds into a fresh table and swaps it in (a misconfiguration:
+  // two stores on one read model).
+  todo_read_model rebuild{s.dsn, s.another_table("rebuild"), {"eventsd test", 10s, "store-b"}};
+  require_ok(rebuild.connect());
+  require_ok(rebuild.reset());
+  require_ok(rebuild.apply(std::vector{created(uuid(2), "b one", 1), created(uuid(3), "b two", 2)}, 2));
+  require_ok(rebuild.swap_into(s.table));
+  CHECK(s.db.scalar("SELECT store FROM eventsd_checkpoints WHERE name = $1", {s.table})
+        == "store-b");
+
+  auto applied = a.apply(std::vector{created(uuid(4), "a two", 3)}, 3);
+  REQUIRE_FALSE(applied);
+  CHECK(applied.error().code == projection_errc::diverged);
+  CHECK(a.bind_store(3).error().code == projection_errc::diverged);
+  CHECK(a.get(uuid(2)).error().code == projection_errc::diverged);
+  auto count_sql = "SELECT count(*) FROM " + s.table + " WHERE id = $1";
+  CHECK(s.db.scalar(count_sql.c_str(), {uuid(4)}) == "0");
+
+  todo_read_model b{s.dsn, s.table, {"eventsd test", 10s, "store-b"}};
+  require_ok(b.connect());
+  CHECK(require_value(b.bind_store(2)) == 2);
+  require_ok(b.apply(std::vector{created(uuid(5), "b three", 3)}, 3));
+  CHECK(require_value(b.get(uuid(5))).row.description == "b three");
+}
+
+TEST_CASE("a statement that waits past the query timeout is cancelled by the server and the "
+          "session goes on: while a lock blocks every read, sessions do not pile up",
+          "[projections][postgres]") {
+  using clock = std::chrono::steady_clock;
+  scratch s;
+  todo_read_model m{s.model_dsn(), s.table, {"unused", 300ms, ""}};
+  require_ok(m.connect());
+  require_ok(m.apply(std::vector{created(uuid(1), "one", 1)}, 1));
+  auto sessions = [&] {
+    return std::stoi(s.db.scalar(
+      "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", {s.app}));
+  };
+  admin locker{s.dsn};
+  locker.query("BEGIN");
+  auto lock = "LOCK TABLE " + s.table + " IN ACCESS EXCLUSIVE MODE";
+  locker.query(lock.c_str());
+  for (int i = 0; i < 4; ++i) {
+    auto began = clock::now();
+    auto r = m.get(uuid(1));
+    REQUIRE_FALSE(r);
+    INFO(r.error().detail);
+    CHECK(r.error().detail.find("statement timeout") != std::string::npos);
+    CHECK(clock::now() - began < 1s);
+    CHECK(m.connected());
+  }
+  CHECK(sessions() == 1); // abandoned sessions would each still wait for the lock
+  locker.query("ROLLBACK");
+  CHECK(require_value(m.get(uuid(1))).row.description == "one");
+}

@@ -129,6 +129,15 @@ struct scratch {
   /// DSN whose sessions can be found (and terminated) by application_name.
   std::string model_dsn() const { return with_param(dsn, "application_name", app); }
 
+  /// Process ids of the sessions opened with model_dsn().
+  std::vector<int> backends() {
+    auto r = db.query("SELECT pid FROM pg_stat_activity WHERE application_name = $1", {app});
+    std::vector<int> pids;
+    for (int i = 0; i < PQntuples(r.get()); ++i)
+      pids.push_back(std::stoi(std::string{pg::text(r.get(), i, 0)}));
+    return pids;
+  }
+
   std::string another_table(const std::string& tag) {
     to_drop.push_back(table + "_" + tag);
     return to_drop.back();
@@ -662,10 +671,9 @@ TEST_CASE("a PostgreSQL that stops answering fails the call after the query time
   todo_read_model m{s.model_dsn(), s.table, {"unused: the DSN names the session", 300ms, ""}};
   require_ok(m.connect());
   require_ok(m.apply(std::vector{created(uuid(1), "one", 1)}, 1));
-  auto pid = std::stoi(
-    s.db.scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1", {s.app}));
-
-  frozen_backend frozen{pid};
+  auto pids = s.backends();
+  REQUIRE(pids.size() == 1);
+  frozen_backend frozen{pids.front()};
   SECTION("a read") {
     auto began = clock::now();
     auto r = m.get(uuid(1));
@@ -684,9 +692,7 @@ TEST_CASE("a PostgreSQL that stops answering fails the call after the query time
   // The frozen backend is still stopped: the new session does not need it.
   require_ok(m.connect());
   CHECK(require_value(m.get(uuid(1))).position >= 1);
-  CHECK(s.db.scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
-                    {s.app})
-        == "2");
+  CHECK(s.backends().size() == 2);
 }
 
 TEST_CASE("bind_store claims a new checkpoint for its store and answers it; another store's "
@@ -794,10 +800,6 @@ TEST_CASE("a statement that waits past the query timeout is cancelled by the ser
   todo_read_model m{s.model_dsn(), s.table, {"unused", 300ms, ""}};
   require_ok(m.connect());
   require_ok(m.apply(std::vector{created(uuid(1), "one", 1)}, 1));
-  auto sessions = [&] {
-    return std::stoi(s.db.scalar(
-      "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", {s.app}));
-  };
   admin locker{s.dsn};
   locker.query("BEGIN");
   auto lock = "LOCK TABLE " + s.table + " IN ACCESS EXCLUSIVE MODE";
@@ -811,7 +813,7 @@ TEST_CASE("a statement that waits past the query timeout is cancelled by the ser
     CHECK(clock::now() - began < 1s);
     CHECK(m.connected());
   }
-  CHECK(sessions() == 1); // abandoned sessions would each still wait for the lock
+  CHECK(s.backends().size() == 1); // abandoned sessions would each still wait for the lock
   locker.query("ROLLBACK");
   CHECK(require_value(m.get(uuid(1))).row.description == "one");
 }

@@ -56,8 +56,10 @@ struct projection_state {
 
 using self_ptr = projection_actor::stateful_pointer<projection_state>;
 
-connection_options projection_connection(const projection_options& opts) {
-  return {"eventsd projection", opts.query_timeout, opts.store};
+/// The projection's model of `table` (the live one or a rebuild's).
+std::unique_ptr<todo_read_model> make_model(const projection_options& opts, const char* table) {
+  return std::make_unique<todo_read_model>(
+    opts.dsn, table, connection_options{"eventsd projection", opts.query_timeout, opts.store});
 }
 
 void schedule_run(self_ptr self, clock::duration delay = clock::duration::zero()) {
@@ -249,7 +251,7 @@ void rebuild_step(self_ptr self) {
   st.rebuilding = false;
   st.rebuild_model.reset();
   ++st.rebuilds_completed;
-  st.model = std::make_unique<todo_read_model>(st.opts.dsn, live_table, projection_connection(st.opts));
+  st.model = make_model(st.opts, live_table);
   st.position_known = false;
   st.backoff = std::chrono::milliseconds{0};
   if (ensure_connected(self)) {
@@ -266,7 +268,7 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
   auto& st = self->state;
   st.log = log;
   st.opts = opts;
-  st.model = std::make_unique<todo_read_model>(opts.dsn, live_table, projection_connection(opts));
+  st.model = make_model(opts, live_table);
   auto mode = opts.mode;
   if (mode == projection_mode::eventual || mode == projection_mode::unit_of_work) {
     st.target = log->head();
@@ -354,8 +356,7 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
         return false;
       st.rebuilding = true;
       st.rebuild_position = 0;
-      st.rebuild_model
-        = std::make_unique<todo_read_model>(st.opts.dsn, rebuild_table, projection_connection(st.opts));
+      st.rebuild_model = make_model(st.opts, rebuild_table);
       if (st.rebuild_model->connect().ok())
         st.rebuild_model->reset();
       // A failed connect/reset is retried by the steps; reset happens again
@@ -373,17 +374,20 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
       auto now = clock::now();
       auto expired = std::partition(st.waiters.begin(), st.waiters.end(),
                                     [&](const waiter& w) { return w.deadline > now; });
-      // Never having reached PostgreSQL, the projection does not know where
-      // the read model is: say why, and claim no position.
-      bool unknown = !st.position_known && st.position == 0 && !st.last_error.empty();
+      auto why = [&] {
+        if (st.diverged)
+          return caf::make_error(projection_errc::diverged, st.last_error);
+        // Never having reached PostgreSQL, the projection does not know where
+        // the read model is: say why, and claim no position.
+        if (!st.position_known && st.position == 0 && !st.last_error.empty())
+          return caf::make_error(projection_errc::unavailable,
+                                 "PostgreSQL not reached since the start: " + st.last_error);
+        return caf::make_error(projection_errc::timeout,
+                               "read model at position " + std::to_string(st.position),
+                               st.position);
+      }();
       for (auto i = expired; i != st.waiters.end(); ++i)
-        i->promise.deliver(
-          st.diverged ? caf::make_error(projection_errc::diverged, st.last_error)
-          : unknown   ? caf::make_error(projection_errc::unavailable,
-                                        "PostgreSQL not reached since the start: " + st.last_error)
-                  : caf::make_error(projection_errc::timeout,
-                                    "read model at position " + std::to_string(st.position),
-                                    st.position));
+        i->promise.deliver(why);
       st.waiters.erase(expired, st.waiters.end());
     },
     [=](rebuild_step_atom) { rebuild_step(self); },

@@ -336,7 +336,9 @@ public:
   void next(std::function<void(std::optional<std::string>)> done) override {
     if (!opened_) {
       opened_ = true;
-      return done(render(first_, true));
+      auto part = render(first_, true);
+      first_ = {}; // held only until rendered
+      return done(std::move(part));
     }
     auto self = shared_from_this();
     caf::anon_send(reader_, history_atom_v, id_, next_version_, state_,

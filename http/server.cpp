@@ -334,11 +334,17 @@ private:
   bool closed_ = false;
 };
 
+class session;
+
 /// What stop() waits for: requests read and not yet answered. While
 /// `draining`, every answer closes its connection, and no new one is accepted.
+/// The open sessions are known (registered per connection, not per request),
+/// so that what is still unanswered at the drain deadline can be answered.
 struct drain_state {
   std::atomic<size_t> in_flight{0};
   std::atomic<bool> draining{false};
+  std::mutex mtx;
+  std::unordered_map<const session*, std::weak_ptr<session>> sessions;
 };
 
 class session : public std::enable_shared_from_this<session> {
@@ -350,11 +356,29 @@ public:
     : stream_(std::move(socket)), deadline_(stream_.get_executor()),
       read_deadline_(stream_.get_executor()), router_(r), signal_(signal), drain_(drain) {}
 
-  ~session() { finish_request(); }
+  ~session() {
+    finish_request();
+    std::lock_guard<std::mutex> guard{drain_.mtx};
+    drain_.sessions.erase(this);
+  }
 
   void run() {
+    {
+      std::lock_guard<std::mutex> guard{drain_.mtx};
+      drain_.sessions.emplace(this, weak_from_this());
+    }
     net::dispatch(stream_.get_executor(),
                   beast::bind_front_handler(&session::do_read, shared_from_this()));
+  }
+
+  /// At the drain deadline: a routed request still unanswered (a long
+  /// `minPosition` wait, a stuck write) gets a 503 rather than a cut connection.
+  void abandon() {
+    net::dispatch(stream_.get_executor(), [self = shared_from_this()] {
+      if (!self->counted_ || self->answered_ >= self->request_no_)
+        return;
+      self->answer_late(self->request_no_, "the server is stopping");
+    });
   }
 
 private:
@@ -495,6 +519,8 @@ private:
     auto request = ++request_no_;
     drain_.in_flight.fetch_add(1, std::memory_order_relaxed);
     counted_ = true;
+    route_ = route;
+    started_ = started;
     *route = router_.handle(std::move(req), [self, executor, route, started, request](reply r) {
       net::post(executor, [self, r = std::move(r), route, started, request]() mutable {
         if (self->answered_ >= request)
@@ -505,26 +531,32 @@ private:
       });
     });
     if (answered_ < request)
-      arm_deadline(request, route, started);
+      arm_deadline(request);
   }
 
   /// Answers 503 when the actors have not answered request `request` within
   /// --http.request-timeout-ms (a stuck disk, say); its late answer is dropped.
-  void arm_deadline(uint64_t request, std::shared_ptr<std::string> route,
-                    std::chrono::steady_clock::time_point started) {
+  void arm_deadline(uint64_t request) {
     deadline_.expires_after(router_.svc().options.request_timeout);
-    deadline_.async_wait([weak = weak_from_this(), request, route, started](beast::error_code ec) {
+    deadline_.async_wait([weak = weak_from_this(), request](beast::error_code ec) {
       auto self = weak.lock();
       if (ec || !self || self->answered_ >= request)
         return;
-      self->answered_ = request;
-      const bool read = self->method_ == "GET" || self->method_ == "HEAD";
-      auto r = problem(503, read ? std::string{"no answer within the request timeout"}
-                                 : "no answer within the request timeout; a write may or may "
-                                   "not have happened: check the stream before retrying");
-      r.header("Retry-After", "1");
-      self->send(std::move(r), *route, started);
+      self->answer_late(request, "no answer within the request timeout");
     });
+  }
+
+  /// A 503 for routed request `request`, which has no answer yet (`why`); a
+  /// late answer is then dropped.
+  void answer_late(uint64_t request, const std::string& why) {
+    answered_ = request;
+    deadline_.cancel();
+    const bool read = method_ == "GET" || method_ == "HEAD";
+    auto r = problem(503, read ? why
+                               : why + "; a write may or may not have happened: check the "
+                                       "stream before retrying");
+    r.header("Retry-After", "1");
+    send(std::move(r), *route_, started_);
   }
 
   void start_subscription(const incoming& req) {
@@ -689,6 +721,8 @@ private:
   head_signal& signal_;
   drain_state& drain_;
   bool counted_ = false; // a routed request is in drain_.in_flight
+  std::shared_ptr<std::string> route_;              // of the last routed request
+  std::chrono::steady_clock::time_point started_{}; // when it was read
   std::string method_;
   bool keep_alive_ = true;
   bool close_after_ = false;
@@ -834,8 +868,25 @@ void server::stop() {
     idle_checks = d.drain.in_flight.load() == 0 ? idle_checks + 1 : 0;
     std::this_thread::sleep_for(std::chrono::milliseconds{10});
   }
+  if (d.drain.in_flight.load() > 0) {
+    // Still unanswered at the deadline: a 503 each, rather than a cut
+    // connection, and a moment for those answers to be written.
+    std::vector<std::shared_ptr<session>> open;
+    {
+      std::lock_guard<std::mutex> guard{d.drain.mtx};
+      for (auto& [ptr, weak] : d.drain.sessions)
+        if (auto s = weak.lock())
+          open.push_back(std::move(s));
+    }
+    for (auto& s : open)
+      s->abandon();
+    open.clear();
+    auto grace = std::chrono::steady_clock::now() + std::chrono::milliseconds{500};
+    while (d.drain.in_flight.load() > 0 && std::chrono::steady_clock::now() < grace)
+      std::this_thread::sleep_for(std::chrono::milliseconds{10});
+  }
   if (auto left = d.drain.in_flight.load(); left > 0)
-    std::cerr << "eventsd: stopped with " << left << " request(s) unanswered after "
+    std::cerr << "eventsd: stopped with " << left << " answer(s) unfinished after "
               << d.svc.options.drain_timeout.count() << " ms (--http.drain-timeout-ms)\n";
   d.work.reset();
   d.ioc.stop();

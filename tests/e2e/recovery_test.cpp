@@ -365,3 +365,27 @@ TEST_CASE("SIGTERM under load answers every request it has read: each event in t
   CHECK(unanswered.empty());
   CHECK(lost.empty());
 }
+
+TEST_CASE("a request still unanswered at the drain deadline (a long minPosition wait) gets a "
+          "503 saying the server is stopping, not a cut connection",
+          "[e2e][recovery][shutdown]") {
+  server s{server_options::with_args({"--http.drain-timeout-ms=1000"})};
+  response parked;
+  std::thread reader([&] {
+    http_client c{s.port()};
+    parked = c.get("/todo?minPosition=999999999&waitMs=30000");
+  });
+  sleep_for(300ms); // the read is parked in the projection
+  auto t0 = std::chrono::steady_clock::now();
+  auto status = s.stop();
+  auto took = std::chrono::steady_clock::now() - t0;
+  reader.join();
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  INFO("answer: " << parked.status << " " << parked.body);
+  CHECK(parked.status == 503);
+  CHECK(parked.header("Retry-After"));
+  CHECK(parked.header("Connection").value_or("") == "close");
+  CHECK(parked.body.find("the server is stopping") != std::string::npos);
+  CHECK(took < 4s);
+}

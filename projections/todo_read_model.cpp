@@ -98,8 +98,6 @@ constexpr const char* sql_delete_checkpoint_row =
 constexpr const char* stmt_checkpoint = "checkpoint";
 constexpr const char* sql_checkpoint = "SELECT position FROM eventsd_checkpoints WHERE name = $1";
 
-constexpr const char* sql_lock_store =
-  "SELECT position, store FROM eventsd_checkpoints WHERE name = $1 FOR UPDATE";
 constexpr const char* sql_set_store = "UPDATE eventsd_checkpoints SET store = $2 WHERE name = $1";
 
 constexpr const char* stmt_lock_checkpoint = "lock_checkpoint";
@@ -150,20 +148,20 @@ constexpr const char* sql_get_many =
 // outer side makes the checkpoint arrive even when the page is empty.
 constexpr const char* stmt_list = "list_todos";
 constexpr const char* sql_list =
-  "SELECT (SELECT position FROM eventsd_checkpoints WHERE name = $1), "
-  "r.id::text, r.description, r.status, r.version, r.created_position, "
-  "(SELECT store FROM eventsd_checkpoints WHERE name = $1) "
-  "FROM (VALUES (1)) AS one (x) LEFT JOIN LATERAL ("
+  "SELECT cp.position, r.id::text, r.description, r.status, r.version, r.created_position, "
+  "cp.store "
+  "FROM (VALUES (1)) AS one (x) "
+  "LEFT JOIN eventsd_checkpoints AS cp ON cp.name = $1 LEFT JOIN LATERAL ("
   "SELECT id, description, status, version, created_position FROM {t} "
   "WHERE created_position > $2::bigint ORDER BY created_position LIMIT $3::bigint"
   ") AS r ON true ORDER BY r.created_position";
 
 constexpr const char* stmt_list_by_status = "list_todos_by_status";
 constexpr const char* sql_list_by_status =
-  "SELECT (SELECT position FROM eventsd_checkpoints WHERE name = $1), "
-  "r.id::text, r.description, r.status, r.version, r.created_position, "
-  "(SELECT store FROM eventsd_checkpoints WHERE name = $1) "
-  "FROM (VALUES (1)) AS one (x) LEFT JOIN LATERAL ("
+  "SELECT cp.position, r.id::text, r.description, r.status, r.version, r.created_position, "
+  "cp.store "
+  "FROM (VALUES (1)) AS one (x) "
+  "LEFT JOIN eventsd_checkpoints AS cp ON cp.name = $1 LEFT JOIN LATERAL ("
   "SELECT id, description, status, version, created_position FROM {t} "
   "WHERE status = $4 AND created_position > $2::bigint "
   "ORDER BY created_position LIMIT $3::bigint"
@@ -587,7 +585,7 @@ pg_result<uint64_t> todo_read_model::bind_store(uint64_t head) {
   auto r = d.in_transaction([&]() -> pg::outcome<void> {
     refused.reset();
     const pg::param name[] = {d.table};
-    auto row = pg::exec(d.s(), sql_lock_store, name);
+    auto row = pg::exec_prepared(d.s(), stmt_lock_checkpoint, name);
     if (!row)
       return row.error();
     if (PQntuples(row->get()) != 1)

@@ -302,10 +302,14 @@ std::optional<std::string> parse_target(std::string_view target, std::string& pa
 
 namespace {
 
-/// History items as JSON objects, comma-separated (`first`: no leading comma).
-void append_history_items(std::string& out, const std::vector<actors::todo_history_item>& items,
-                          bool first) {
-  for (auto& it : items) {
+/// One page of a history as part of its JSON body: the array's opening for
+/// the `first` page, its closing for the last (`!page.more`).
+std::string history_part(const actors::todo_history_chunk& page, bool first) {
+  std::string out;
+  out.reserve(16 + page.items.size() * 320); // an event with its snapshot: ~300 bytes
+  if (first)
+    out = "{\"items\":[";
+  for (auto& it : page.items) {
     if (!first)
       out += ',';
     first = false;
@@ -323,6 +327,9 @@ void append_history_items(std::string& out, const std::vector<actors::todo_histo
     append_todo_json(out, it.state);
     out += '}';
   }
+  if (!page.more)
+    out += "]}";
+  return out;
 }
 
 /// The body of a history longer than one page, page by page: each part is
@@ -353,17 +360,11 @@ public:
 
 private:
   std::string render(actors::todo_history_chunk& page, bool first) {
-    std::string out;
-    out.reserve(16 + page.items.size() * 320);
-    if (first)
-      out = "{\"items\":[";
-    append_history_items(out, page.items, first);
+    auto out = history_part(page, first);
     next_version_ += page.items.size();
     if (!page.items.empty())
       state_ = std::move(page.items.back().state);
     last_ = !page.more;
-    if (last_)
-      out += "]}";
     return out;
   }
 
@@ -663,10 +664,7 @@ router::router(services& svc) : svc_(svc) {
             r.stream = std::make_shared<history_stream>(reader, key, std::move(first));
             return respond(std::move(r));
           }
-          r.body.reserve(16 + first.items.size() * 320); // an event with its snapshot: ~300 B
-          r.body = "{\"items\":[";
-          append_history_items(r.body, first.items, true);
-          r.body += "]}";
+          r.body = history_part(first, true);
           respond(std::move(r));
         },
         [=](caf::error& err) {

@@ -36,6 +36,9 @@ struct write_conditions {
   /// `If-Match`: the versions the client accepts (none matches when empty);
   /// nullopt when the write is unconditional (no header, or `*`).
   std::optional<std::vector<uint64_t>> if_match;
+  /// `If-None-Match`: the versions the client refuses; nullopt without it.
+  std::optional<std::vector<uint64_t>> if_none_match;
+  bool if_none_match_any = false; ///< `If-None-Match: *`: refused when the aggregate exists
   std::optional<storage::idempotency_claim> idempotency; ///< `Idempotency-Key`
 };
 
@@ -176,9 +179,12 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
     self->send(env.registry, idle_atom_v, A::id_of(cur));
     return reply(*st.broken);
   }
-  if (cond.if_match && A::exists(cur)
-      && std::find(cond.if_match->begin(), cond.if_match->end(), A::version(cur))
-           == cond.if_match->end())
+  auto names_version = [&](const std::vector<uint64_t>& versions) {
+    return std::find(versions.begin(), versions.end(), A::version(cur)) != versions.end();
+  };
+  if (A::exists(cur)
+      && ((cond.if_match && !names_version(*cond.if_match)) || cond.if_none_match_any
+          || (cond.if_none_match && names_version(*cond.if_none_match))))
     return reply(caf::make_error(core::runtime_errc::precondition_failed,
                                  std::to_string(A::version(cur))));
   auto decided = A::decide(cur, cmd);

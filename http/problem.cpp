@@ -127,7 +127,8 @@ reply problem_for(const caf::error& err) {
   } else if (err.category() == caf::atom("runtime")) {
     switch (static_cast<core::runtime_errc>(err.code())) {
       case core::runtime_errc::precondition_failed: {
-        auto r = problem(412, "If-Match does not match the current version " + detail);
+        auto r = problem(412, "the current version " + detail
+                                 + " fails the request's If-Match or If-None-Match");
         if (!detail.empty())
           r.header("ETag", "\"" + detail + "\"");
         return r;

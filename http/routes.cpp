@@ -127,6 +127,27 @@ std::optional<reply> require_json_object(const incoming& req, json& out) {
     media.pop_back();
   if (media != "application/json")
     return problem(415, "expected a body of type application/json");
+  // JSON is UTF-8 (RFC 8259 §8.1): a body said to be in another charset
+  // would be read as something it is not.
+  for (auto at = type.find(';'); at != std::string::npos;) {
+    auto next = type.find(';', at + 1);
+    auto param = std::string_view{type}.substr(at + 1, next == std::string::npos
+                                                         ? std::string::npos
+                                                         : next - at - 1);
+    at = next;
+    while (!param.empty() && (param.front() == ' ' || param.front() == '\t'))
+      param.remove_prefix(1);
+    if (!param.starts_with("charset="))
+      continue;
+    auto charset = param.substr(8);
+    while (!charset.empty() && (charset.back() == ' ' || charset.back() == '\t'))
+      charset.remove_suffix(1);
+    if (charset.size() >= 2 && charset.front() == '"' && charset.back() == '"')
+      charset = charset.substr(1, charset.size() - 2);
+    if (charset != "utf-8")
+      return problem(415, "a JSON body is UTF-8; charset=" + std::string{charset}
+                            + " is not accepted");
+  }
   if (!todo::count_code_points(req.body))
     return problem(400, "body is not valid UTF-8");
   // The usual body, e.g. {"description":"…"}, without the parser: the same
@@ -169,14 +190,14 @@ std::optional<field_error> description_of(const json& body, std::string& out) {
 /// `weak_matches` (If-None-Match compares weakly, If-Match strongly); tags
 /// that are no version in canonical form (`"03"`) never match, and a
 /// malformed list matches nothing, so a write is refused rather than made
-/// unconditional. nullopt: no header, or `*` (any current version).
+/// unconditional; so does an empty list. nullopt: `*` (any current version).
 std::optional<std::vector<uint64_t>> entity_versions(std::string_view v, bool weak_matches) {
   auto separator = [](char c) { return c == ' ' || c == '\t' || c == ','; };
   while (!v.empty() && separator(v.front()))
     v.remove_prefix(1);
   while (!v.empty() && separator(v.back()))
     v.remove_suffix(1);
-  if (v.empty() || v == "*")
+  if (v == "*")
     return std::nullopt;
   std::vector<uint64_t> versions;
   while (!v.empty()) {
@@ -200,8 +221,25 @@ std::optional<std::vector<uint64_t>> entity_versions(std::string_view v, bool we
   return versions;
 }
 
-std::optional<std::vector<uint64_t>> if_match_of(const incoming& req) {
-  return entity_versions(req.header("if-match"), false);
+/// The conditions of a write's `If-Match` (strong) and `If-None-Match`
+/// (weak) headers; a header that is absent sets none.
+actors::write_conditions conditions_of(const incoming& req) {
+  actors::write_conditions cond;
+  if (auto i = req.headers.find("if-match"); i != req.headers.end())
+    cond.if_match = entity_versions(i->second, false);
+  if (auto i = req.headers.find("if-none-match"); i != req.headers.end()) {
+    auto versions = entity_versions(i->second, true);
+    cond.if_none_match = versions ? std::move(*versions) : std::vector<uint64_t>{};
+    cond.if_none_match_any = !versions;
+  }
+  return cond;
+}
+
+/// problem_for(err), where a todo's stream that does not exist is the todo.
+reply todo_problem(const caf::error& err) {
+  if (err == storage::storage_errc::stream_not_found)
+    return problem(404, "todo not found");
+  return problem_for(err);
 }
 
 reply write_reply(const actors::write_outcome& o, unsigned status) {
@@ -473,17 +511,17 @@ router::router(services& svc) : svc_(svc) {
     if (!errors.empty())
       return respond(problem(400, "validation failed", std::move(errors)));
     execute(*id, todo::change_description{std::move(description)},
-            {if_match_of(req), std::nullopt}, 200, respond);
+            conditions_of(req), 200, respond);
   });
 
   add("PUT", "/todo/{id}/put-in-progress", [=](incoming& req, auto& p, responder& respond) {
     if (auto id = path_id(p[0], respond))
-      execute(*id, todo::put_in_progress{}, {if_match_of(req), std::nullopt}, 200, respond);
+      execute(*id, todo::put_in_progress{}, conditions_of(req), 200, respond);
   });
 
   add("PUT", "/todo/{id}/done", [=](incoming& req, auto& p, responder& respond) {
     if (auto id = path_id(p[0], respond))
-      execute(*id, todo::mark_done{}, {if_match_of(req), std::nullopt}, 200, respond);
+      execute(*id, todo::mark_done{}, conditions_of(req), 200, respond);
   });
 
   add("PUT", "/todo/{id}/undo-to/{eventId}",
@@ -495,15 +533,15 @@ router::router(services& svc) : svc_(svc) {
         if (!event_id)
           return respond(problem(404, "no event has the id `" + p[1] + "` (not a UUID)"));
         auto reader = s.log_reader();
-        auto if_match = if_match_of(req);
+        auto cond = conditions_of(req);
         auto execute_undo = execute;
         caf::anon_send(reader, state_at_atom_v, *id, *event_id,
                        answer_to<todo::state>(
                          [=](const todo::state& target) {
                            execute_undo(*id, todo::undo_to{*event_id, target},
-                                        {if_match, std::nullopt}, 200, respond);
+                                        cond, 200, respond);
                          },
-                         [=](caf::error& err) { respond(problem_for(err)); }));
+                         [=](caf::error& err) { respond(todo_problem(err)); }));
       });
 
   // -- reads from the read model ----------------------------------------------
@@ -609,11 +647,7 @@ router::router(services& svc) : svc_(svc) {
       return;
     auto reader = s.read_model_reader();
     auto key = *id;
-    auto if_match = if_match_of(req);
-    auto none_match_value = req.header("if-none-match");
-    auto if_none_match = entity_versions(none_match_value, true);
-    // `If-None-Match: *` holds for any todo that exists.
-    bool none_match_any = !none_match_value.empty() && !if_none_match;
+    auto cond = conditions_of(req);
     read_model(req, respond, [=] {
       caf::anon_send(
         reader, fetch_atom_v, key,
@@ -624,17 +658,18 @@ router::router(services& svc) : svc_(svc) {
             r.header("ETag", "\"" + std::to_string(a.row.version) + "\"");
             // Conditional GET (RFC 9110 §13.1): If-Match compares strongly,
             // If-None-Match weakly; the read model's version is the tag.
-            auto accepts = [&](const std::optional<std::vector<uint64_t>>& versions) {
-              return !versions
-                     || std::ranges::find(*versions, a.row.version) != versions->end();
+            auto names_version = [&](const std::vector<uint64_t>& versions) {
+              return std::ranges::find(versions, a.row.version) != versions.end();
             };
-            if (!accepts(if_match)) {
+            if (cond.if_match && !names_version(*cond.if_match)) {
               auto p = problem(412, "If-Match does not match the current version "
                                       + std::to_string(a.row.version));
               p.headers.insert(p.headers.begin(), r.headers.begin(), r.headers.end());
               return respond(std::move(p));
             }
-            if (none_match_any || (if_none_match && accepts(if_none_match))) {
+            // `If-None-Match: *` holds for any todo that exists.
+            if (cond.if_none_match_any
+                || (cond.if_none_match && names_version(*cond.if_none_match))) {
               r.status = 304;
               r.content_type.clear();
               return respond(std::move(r));
@@ -667,11 +702,7 @@ router::router(services& svc) : svc_(svc) {
           r.body = history_part(first, true);
           respond(std::move(r));
         },
-        [=](caf::error& err) {
-          if (err == storage::storage_errc::stream_not_found)
-            return respond(problem(404, "todo not found"));
-          respond(problem_for(err));
-        }));
+        [=](caf::error& err) { respond(todo_problem(err)); }));
   });
 
   add("GET", "/todo/{id}/snapshot/{eventId}", [=, &s](incoming&, auto& p, responder& respond) {
@@ -691,11 +722,7 @@ router::router(services& svc) : svc_(svc) {
                        append_todo_json(r.body, st);
                        respond(std::move(r));
                      },
-                     [=](caf::error& err) {
-                       if (err == storage::storage_errc::stream_not_found)
-                         return respond(problem(404, "todo not found"));
-                       respond(problem_for(err));
-                     }));
+                     [=](caf::error& err) { respond(todo_problem(err)); }));
   });
 
   add("GET", "/streams/{streamId}", [=, &s](incoming& req, auto& p, responder& respond) {
@@ -768,6 +795,7 @@ router::router(services& svc) : svc_(svc) {
     reply r;
     r.content_type = "text/event-stream";
     r.header("Cache-Control", "no-cache");
+    r.header("X-Accel-Buffering", "no");
     respond(std::move(r));
   });
 
@@ -834,10 +862,12 @@ router::router(services& svc) : svc_(svc) {
       return true;
     }
     auto h = req.header("authorization");
-    // The scheme name is case-insensitive (RFC 9110 §11.1).
+    // The scheme name is case-insensitive (RFC 9110 §11.1) and followed by
+    // one or more spaces (§11.4).
     const std::string prefix = "bearer ";
-    bool ok = h.size() > prefix.size() && lower(h.substr(0, prefix.size())) == prefix
-              && constant_time_equal(h.substr(prefix.size()), token);
+    auto credentials = h.find_first_not_of(' ', prefix.size());
+    bool ok = credentials != std::string::npos && lower(h.substr(0, prefix.size())) == prefix
+              && constant_time_equal(h.substr(credentials), token);
     if (!ok) {
       auto r = problem(401, "admin routes need Authorization: Bearer <token>");
       r.header("WWW-Authenticate", "Bearer");
@@ -1000,6 +1030,7 @@ const router::route* router::find(const std::string& method, const std::string& 
   auto segments = split_path(path);
   const route* best = nullptr;
   int best_literals = -1;
+  int allowed_literals = -1;
   std::vector<std::string> params;
   for (auto& r : routes_) {
     int literals = 0;
@@ -1011,11 +1042,16 @@ const router::route* router::find(const std::string& method, const std::string& 
         best_literals = literals;
         best_params = params;
       }
-    } else if (ids_are_uuids(r.segments, params)
-               && std::find(allowed.begin(), allowed.end(), r.method) == allowed.end()) {
-      allowed.push_back(r.method);
+    } else if (ids_are_uuids(r.segments, params)) {
+      allowed_literals = std::max(allowed_literals, literals);
+      if (std::find(allowed.begin(), allowed.end(), r.method) == allowed.end())
+        allowed.push_back(r.method);
     }
   }
+  // `GET /todo/change-description` names the path of a PUT route, not a todo
+  // whose id is malformed: a 405, as for any other method on that path.
+  if (best && allowed_literals > best_literals && !ids_are_uuids(best->segments, best_params))
+    return nullptr;
   return best;
 }
 

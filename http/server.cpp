@@ -599,8 +599,10 @@ private:
     set_header(*res, r, route, started);
     res->body() = std::move(r.body);
     res->prepare_payload();
-    if (r.status == 204 || r.status == 304)
-      res->erase(bhttp::field::content_length); // RFC 9110 §8.6: no body, no length
+    // RFC 9110 §8.6: no body, no length; HEAD of the event stream, whose GET
+    // is delimited by the connection's close, has none either.
+    if (r.status == 204 || r.status == 304 || (head_ && r.content_type == "text/event-stream"))
+      res->erase(bhttp::field::content_length);
     if (head_)
       res->body().clear();
     res_ = res;

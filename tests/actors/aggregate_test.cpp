@@ -249,6 +249,32 @@ TEST_CASE("If-Match with a stale version fails with precondition_failed and appe
   CHECK(ok->version == 3);
 }
 
+TEST_CASE("If-None-Match naming the current version, or any version, fails with "
+          "precondition_failed and appends nothing",
+          "[aggregate][if-match]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto id = core::make_uuid();
+  REQUIRE_OK(rt.execute(id, todo::create{"guarded"}));
+  write_conditions named;
+  named.if_none_match = std::vector<uint64_t>{3, 1};
+  write_conditions any;
+  any.if_none_match = std::vector<uint64_t>{};
+  any.if_none_match_any = true;
+  for (auto& cond : {named, any}) {
+    auto o = rt.execute(id, todo::mark_done{}, cond);
+    REQUIRE_FALSE(o);
+    CHECK(is_error(o.error, core::runtime_errc::precondition_failed));
+  }
+  CHECK(log->head() == 1);
+  write_conditions other;
+  other.if_none_match = std::vector<uint64_t>{2};
+  auto ok = rt.execute(id, todo::mark_done{}, other);
+  REQUIRE_OK(ok);
+  CHECK(ok->version == 2);
+}
+
 TEST_CASE("If-Match on an unknown todo is not_found", "[aggregate][if-match]") {
   temp_dir dir;
   auto log = open_log(dir.db());

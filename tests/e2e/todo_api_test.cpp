@@ -387,7 +387,9 @@ TEST_CASE("writes on an unknown todo are 404 and append nothing", "[e2e][todo][w
   auto before = head();
   check_rejected(client().put("/todo/" + unknown + "/put-in-progress"), 404, before);
   check_rejected(client().put("/todo/" + unknown + "/done"), 404, before);
-  check_rejected(client().put("/todo/" + unknown + "/undo-to/" + event), 404, before);
+  auto undo = client().put("/todo/" + unknown + "/undo-to/" + event);
+  check_rejected(undo, 404, before);
+  CHECK(undo.json_body()["detail"] == "todo not found"); // as for every write on it
   check_rejected(client().put_json("/todo/change-description",
                                    {{"id", unknown}, {"description", "nobody home"}}),
                  404, before);
@@ -827,6 +829,45 @@ TEST_CASE("If-Match compares strongly: a weak tag, a non-canonical number or a m
   CHECK(done(c.id, {{"If-Match", "W/\"2\""}, {"If-Match", "\"2\""}}).version == 3);
 }
 
+TEST_CASE("an empty If-Match is a list of no tags: it matches nothing, so the write is a 412",
+          "[e2e][todo][if-match]") {
+  auto c = create("empty precondition");
+  auto before = head();
+  for (auto tag : {"", ",", " , "}) {
+    INFO("If-Match: '" << tag << "'");
+    check_rejected(client().put("/todo/" + c.id + "/done", {{"If-Match", tag}}), 412, before);
+  }
+  CHECK(history(c.id).size() == 1);
+}
+
+TEST_CASE("If-None-Match on a write: `*` or a tag naming the current version is a 412 and "
+          "appends nothing; other tags let the write through",
+          "[e2e][todo][if-match]") {
+  auto c = create("not that version");
+  auto e1 = history(c.id)[0]["id"].get<std::string>();
+  auto before = head();
+  for (auto tag : {"*", "\"1\"", "W/\"1\"", "\"5\", \"1\""}) {
+    INFO("If-None-Match: " << tag);
+    header_list h{{"If-None-Match", tag}};
+    auto r = client().put("/todo/" + c.id + "/done", h);
+    check_rejected(r, 412, before);
+    CHECK(r.header("ETag") == "\"1\"");
+    check_rejected(client().put("/todo/" + c.id + "/undo-to/" + e1, h), 412, before);
+    check_rejected(client().put_json("/todo/change-description",
+                                     {{"id", c.id}, {"description", "not again"}}, h),
+                   412, before);
+  }
+  CHECK(done(c.id, {{"If-None-Match", "\"2\""}}).version == 2);
+  // With If-Match too, both must hold.
+  check_rejected(client().put("/todo/" + c.id + "/put-in-progress",
+                              {{"If-Match", "\"2\""}, {"If-None-Match", "\"2\""}}),
+                 412, head());
+  CHECK(put_in_progress(c.id, {{"If-Match", "\"2\""}, {"If-None-Match", "\"1\""}}).version == 3);
+  // The todo is checked first.
+  check_rejected(client().put("/todo/" + random_uuid() + "/done", {{"If-None-Match", "*"}}), 404,
+                 head());
+}
+
 // -- §1/§6 idempotency -----------------------------------------------------------
 
 TEST_CASE("an Idempotency-Key replay answers the same 201, id, version and position and "
@@ -1074,7 +1115,10 @@ TEST_CASE("a body without Content-Type or with a non-JSON type is a 415",
   for (auto type : {std::optional<std::string>{}, std::optional<std::string>{"text/plain"},
                     std::optional<std::string>{"application/x-www-form-urlencoded"},
                     std::optional<std::string>{"application/jsonx"},
-                    std::optional<std::string>{"text/json"}}) {
+                    std::optional<std::string>{"text/json"},
+                    // JSON is UTF-8: a body declared in another charset is not read as one.
+                    std::optional<std::string>{"application/json; charset=iso-8859-1"},
+                    std::optional<std::string>{"application/json; foo=1; charset=\"latin1\""}}) {
     INFO("Content-Type " << type.value_or("(none)"));
     header_list h;
     if (type)
@@ -1088,7 +1132,8 @@ TEST_CASE("a body without Content-Type or with a non-JSON type is a 415",
 TEST_CASE("Content-Type application/json with parameters or in another letter case is accepted",
           "[e2e][todo][validation]") {
   for (auto type : {"application/json; charset=utf-8", "application/json;charset=UTF-8",
-                    "Application/JSON"}) {
+                    "Application/JSON", "application/json; charset=\"utf-8\"",
+                    "application/json; version=1"}) {
     INFO("Content-Type " << type);
     auto r = client().request("POST", "/todo", R"({"description":"typed right"})",
                               {{"Content-Type", type}});
@@ -1277,6 +1322,11 @@ TEST_CASE("every answer carries a Date header; HEAD of the subscription route an
   CHECK(head_sse.status == 200);
   CHECK(head_sse.header("Content-Type").value_or("").rfind("text/event-stream", 0) == 0);
   CHECK(head_sse.body.empty());
+  // The header fields GET sends, and no length: the GET's body ends with the connection.
+  CHECK(head_sse.header("Cache-Control") == "no-cache");
+  CHECK(head_sse.header("X-Accel-Buffering") == "no");
+  CHECK_FALSE(head_sse.header("Content-Length"));
+  CHECK(client().get("/healthz").status == 200); // the connection still serves
   auto post_sse = client().request("POST", "/subscribe/$all", std::string{"{}"},
                                    {{"Content-Type", "application/json"}});
   check_problem(post_sse, 405);
@@ -1401,6 +1451,8 @@ TEST_CASE("a wrong method on a known path is a 405 with Allow", "[e2e][todo][rou
     {"POST", "/todo/" + c.id + "/history", "GET"},
     {"PUT", "/todo/" + c.id + "/snapshot/" + e1, "GET"},
     {"POST", "/todo/change-description", "PUT"},
+    // The path of a PUT route, not a todo with a malformed id.
+    {"GET", "/todo/change-description", "PUT"},
   };
   auto before = head();
   for (auto& a : attempts) {

@@ -91,14 +91,17 @@ TEST_CASE("--http.admin-token: admin routes need Authorization: Bearer <token>",
   CHECK(c.post_json("/todo", {{"description", "no token needed"}}).status == 201);
 }
 
-// RFC 9110 §11.1: the authentication scheme is case-insensitive. Minor: eventsd
-// compares "Bearer " exactly.
-TEST_CASE("--http.admin-token: the Bearer scheme is matched case-insensitively",
+// RFC 9110 §11.1: the authentication scheme is case-insensitive; §11.4: one or
+// more spaces separate it from the token.
+TEST_CASE("--http.admin-token: the Bearer scheme is matched case-insensitively, followed by "
+          "one or more spaces",
           "[http][admin][auth]") {
   server s{server_options::with_args({"--http.admin-token=secret"})};
   http_client c{s.port()};
   CHECK(c.get("/admin/projections", {{"Authorization", "bearer secret"}}).status == 200);
   CHECK(c.get("/admin/projections", {{"Authorization", "BEARER secret"}}).status == 200);
+  CHECK(c.get("/admin/projections", {{"Authorization", "Bearer   secret"}}).status == 200);
+  check_unauthorized(c.get("/admin/projections", {{"Authorization", "Bearer\tsecret"}}));
 }
 
 TEST_CASE("without a token, admin routes are refused (403) when listening on a non-loopback "

@@ -49,6 +49,7 @@ struct projection_state {
   // online rebuild
   std::unique_ptr<todo_read_model> rebuild_model;
   bool rebuilding = false;
+  bool rebuild_reset = false; ///< the rebuild's table was emptied for this rebuild
   uint64_t rebuild_position = 0;
   uint64_t rebuilds_completed = 0;
   static inline const char* name = "todo_projection";
@@ -228,16 +229,31 @@ void rebuild_step(self_ptr self) {
   if (!st.rebuild_model->connected()) {
     if (auto r = st.rebuild_model->connect(); !r.ok())
       return retry(r.error());
-    auto cp = st.rebuild_model->checkpoint();
-    if (!cp.ok())
-      return retry(cp.error());
-    st.rebuild_position = *cp;
+    if (st.rebuild_reset) {
+      // Reconnected mid-rebuild: go on from what the table holds.
+      auto cp = st.rebuild_model->checkpoint();
+      if (!cp.ok())
+        return retry(cp.error());
+      st.rebuild_position = *cp;
+    }
+  }
+  if (!st.rebuild_reset) {
+    // Whatever an interrupted rebuild left in the table (of another store,
+    // even) is dropped before this one writes.
+    if (auto r = st.rebuild_model->reset(); !r.ok())
+      return retry(r.error());
+    st.rebuild_reset = true;
+    st.rebuild_position = 0;
   }
   auto head = st.log->head();
   if (st.rebuild_position < head) {
     auto events = st.log->read_all(st.rebuild_position + 1, st.opts.rebuild_batch_size);
     if (!events.ok())
       return retry({projection_errc::query_failed, events.error().detail});
+    if (events->empty())
+      return retry({projection_errc::query_failed,
+                    "the log holds no event past " + std::to_string(st.rebuild_position)
+                      + " below its head " + std::to_string(head)});
     auto last = events->back().position;
     if (auto r = st.rebuild_model->apply(to_changes(*events), last); !r.ok())
       return retry(r.error());
@@ -285,6 +301,15 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
         st.target = std::max(st.target, c.position);
         schedule_run(self);
         stop_waiting_if_due(self);
+      } else if (mode == projection_mode::on_demand && !st.waiters.empty()) {
+        // A read waits for a position the log had not reached when it asked.
+        uint64_t wanted = 0;
+        for (auto& w : st.waiters)
+          wanted = std::max(wanted, w.position);
+        if (st.target < wanted) {
+          st.target = std::max(st.target, std::min(wanted, c.position));
+          schedule_run(self);
+        }
       }
     },
     [=](wait_atom, uint64_t position,
@@ -356,11 +381,10 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
         return false;
       st.rebuilding = true;
       st.rebuild_position = 0;
+      st.rebuild_reset = false;
       st.rebuild_model = make_model(st.opts, rebuild_table);
-      if (st.rebuild_model->connect().ok())
-        st.rebuild_model->reset();
-      // A failed connect/reset is retried by the steps; reset happens again
-      // there only on a fresh connection, so do it here when we can.
+      // The steps connect and empty the table (retried until they can):
+      // the request that asked for the rebuild is answered at once.
       self->send(self, rebuild_step_atom_v);
       return true;
     },

@@ -49,8 +49,19 @@ constexpr const char* sql_create_checkpoints =
 
 // The event store (event_log::store_id) the checkpoint counts positions of;
 // NULL until claimed. "diverged: ..." marks a checkpoint found ahead of its log.
+// Altered only when the column is missing: ALTER TABLE takes an ACCESS
+// EXCLUSIVE lock even when there is nothing to add, and would queue every
+// reader of the checkpoint behind any transaction that holds a lock on it.
 constexpr const char* sql_add_store_column =
-  "ALTER TABLE eventsd_checkpoints ADD COLUMN IF NOT EXISTS store text";
+  "DO $$ BEGIN "
+  "IF NOT EXISTS (SELECT 1 FROM pg_attribute "
+  "WHERE attrelid = 'eventsd_checkpoints'::regclass AND attname = 'store' "
+  "AND NOT attisdropped) THEN "
+  "ALTER TABLE eventsd_checkpoints ADD COLUMN store text; "
+  "END IF; END $$";
+
+// DDL waits this long for a lock and fails instead; connect() is retried.
+constexpr const char* sql_ddl_lock_timeout = "SET LOCAL lock_timeout = '2s'";
 
 constexpr const char* sql_create_table =
   "CREATE TABLE IF NOT EXISTS {t} ("
@@ -365,7 +376,8 @@ struct todo_read_model::impl {
   }
 
   pg::outcome<void> create_schema(bool drop_first) {
-    for (const char* ddl : {sql_schema_lock, sql_create_checkpoints, sql_add_store_column})
+    for (const char* ddl :
+         {sql_ddl_lock_timeout, sql_schema_lock, sql_create_checkpoints, sql_add_store_column})
       if (auto r = run(ddl); !r)
         return r;
     if (drop_first)
@@ -547,16 +559,25 @@ pg_result<void> todo_read_model::connect() {
     // servers refuse the setting, which changes nothing else.
     pg::exec(d.s(), "SET client_connection_check_interval = 1000");
   }
-  if (auto r = d.in_transaction([&] { return d.create_schema(false); }); !r)
+  // A connection whose set-up failed is not kept: connected() would say
+  // it is up, and nothing would call connect() again.
+  auto set_up = [&]() -> pg_result<void> {
+    if (auto r = d.in_transaction([&] { return d.create_schema(false); }); !r)
+      return r;
+    if (auto r = d.prepare_all(); !r)
+      return d.fail(r.error());
+    return {};
+  };
+  if (auto r = set_up(); !r) {
+    d.conn.reset();
     return r;
-  if (auto r = d.prepare_all(); !r)
-    return d.fail(r.error());
+  }
   d.ready = true;
   return {};
 }
 
 bool todo_read_model::connected() const {
-  return pg::is_up(impl_->c());
+  return pg::is_up(impl_->c()) && impl_->ready;
 }
 
 pg_result<uint64_t> todo_read_model::checkpoint() {

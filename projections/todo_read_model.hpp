@@ -119,7 +119,7 @@ public:
   /// schema idempotently and prepares the statements.
   pg_result<void> connect();
 
-  /// True while the connection is up.
+  /// True while the connection is up and set up by connect().
   bool connected() const;
 
   /// Position of the last event applied to this table (0 when none).

@@ -4,6 +4,9 @@
 
 #include <catch2/catch.hpp>
 
+#include <chrono>
+#include <thread>
+
 using namespace eventsd::e2e;
 using namespace std::chrono_literals;
 
@@ -136,6 +139,29 @@ TEST_CASE("on-demand: a read right after a write brings the read model up to the
   auto future = c.get("/todo?minPosition=1000000&waitMs=200");
   CHECK(future.status == 503);
   CHECK(future.header("Retry-After"));
+}
+
+TEST_CASE("on-demand: a read waiting for a position the log reaches only later is answered "
+          "once a write reaches it",
+          "[e2e][modes][on-demand]") {
+  server s{server_options::with_args({"--projection.mode=on-demand"})};
+  http_client c{s.port()};
+  std::vector<json> todos;
+  auto first = scripted_write(c, 0, todos, 200);
+  auto next = std::to_string(first.ack.position + 1);
+  response waited;
+  auto began = std::chrono::steady_clock::now();
+  std::thread reader{[&] {
+    http_client rc{s.port()};
+    waited = rc.get("/todo?minPosition=" + next + "&waitMs=10000");
+  }};
+  std::this_thread::sleep_for(300ms);
+  auto w = scripted_write(c, 1, todos, 200);
+  reader.join();
+  INFO(waited.status << " " << waited.body);
+  REQUIRE(waited.status == 200);
+  CHECK(std::stoull(waited.header("X-Read-Model-Position").value_or("0")) >= w.ack.position);
+  CHECK(std::chrono::steady_clock::now() - began < 5s); // not at the end of waitMs
 }
 
 TEST_CASE("scheduled: the read model applies new events only every interval-ms",

@@ -463,3 +463,37 @@ TEST_CASE("a read model of another store (the storage directory replaced, the da
   CHECK(c2.get("/readyz").status == 200);
   CHECK(c2.get("/todo/" + a.id).status == 200);
 }
+
+TEST_CASE("an online rebuild asked for while PostgreSQL is unreachable starts, once it is back, "
+          "from an empty table: what an interrupted rebuild of another store left is dropped",
+          "[e2e][rebuild][postgres-down]") {
+  test_database db;
+  auto [host, port] = host_port_of(db.dsn());
+  tcp_proxy proxy{host, port};
+  server_options o;
+  o.dsn = dsn_with_host_port(db.dsn(), "127.0.0.1", proxy.port());
+  server s{o};
+  http_client c{s.port()};
+  for (int i = 0; i < 3; ++i)
+    REQUIRE(c.post_json("/todo", {{"description", "kept " + std::to_string(i)}}).status == 201);
+  REQUIRE(eventually([&] { return c.get("/readyz").status == 200; }, 10000ms, 20ms));
+  check_read_model_is_fold_of_log(c);
+  // A rebuild killed with -9 leaves its table; this one even of another store.
+  pg_exec(db.dsn(), "CREATE TABLE todos_rebuild (LIKE todos INCLUDING ALL)");
+  pg_exec(db.dsn(), "INSERT INTO todos_rebuild VALUES "
+                    "('00000000-0000-4000-8000-000000000001', 'ghost', 'Done', 7, 1)");
+  pg_exec(db.dsn(), "INSERT INTO eventsd_checkpoints (name, position, store) "
+                    "VALUES ('todos_rebuild', 1, 'another store')");
+
+  proxy.cut();
+  auto started = c.request("POST", "/admin/projections/todos/rebuild");
+  INFO("POST rebuild: " << started.status << " " << started.body);
+  REQUIRE(started.status == 202);
+  sleep_for(300ms);
+  proxy.restore();
+  rebuild_watch w;
+  INFO("last /admin/projections: " << w.last.dump());
+  REQUIRE(w.until_completed(c, 1, 20000ms));
+  check_read_model_is_fold_of_log(c);
+  CHECK(c.get("/todo/00000000-0000-4000-8000-000000000001").status == 404);
+}

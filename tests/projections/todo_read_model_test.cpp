@@ -817,3 +817,38 @@ TEST_CASE("a statement that waits past the query timeout is cancelled by the ser
   locker.query("ROLLBACK");
   CHECK(require_value(m.get(uuid(1))).row.description == "one");
 }
+
+TEST_CASE("connect does not wait for a transaction that read the checkpoints; a connect whose "
+          "set-up fails leaves the model not connected, and the next connect recovers",
+          "[projections][postgres]") {
+  using clock = std::chrono::steady_clock;
+  scratch s;
+  {
+    todo_read_model first{s.model_dsn(), s.table, {"unused", 5s, ""}};
+    require_ok(first.connect()); // the schema exists from here on
+  }
+  admin locker{s.dsn};
+  locker.query("BEGIN");
+  locker.query("SELECT count(*) FROM eventsd_checkpoints");
+  todo_read_model m{s.model_dsn(), s.table, {"unused", 5s, ""}};
+  auto began = clock::now();
+  require_ok(m.connect());
+  CHECK(clock::now() - began < 1s);
+  locker.query("ROLLBACK");
+
+  todo_read_model blocked{s.model_dsn(), s.table, {"unused", 5s, ""}};
+  locker.query("BEGIN");
+  locker.query("LOCK TABLE eventsd_checkpoints IN ACCESS EXCLUSIVE MODE");
+  auto r = blocked.connect();
+  REQUIRE_FALSE(r);
+  INFO(r.error().detail);
+  CHECK(r.error().detail.find("lock timeout") != std::string::npos);
+  CHECK_FALSE(blocked.connected());
+  auto get = blocked.get(uuid(1));
+  REQUIRE_FALSE(get);
+  CHECK(get.error().code == projection_errc::unavailable);
+  locker.query("ROLLBACK");
+  require_ok(blocked.connect());
+  CHECK(blocked.connected());
+  CHECK(require_value(blocked.checkpoint()) == 0);
+}

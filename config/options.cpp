@@ -131,8 +131,8 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
   opts.set("scheduler.policy", caf::atom("sharing"));
   // Leave a core to the io threads and the log writer (measured: on 2 cores
   // one worker beats two by ~40 %, see docs/performance.md).
-  opts.set("scheduler.max-threads",
-           static_cast<size_t>(std::max(1u, std::thread::hardware_concurrency() - 1)));
+  auto cores = std::thread::hardware_concurrency(); // 0 when unknown
+  opts.set("scheduler.max-threads", static_cast<size_t>(cores > 1 ? cores - 1 : 1));
   if (auto err = opts.parse(argc, argv, has_file ? file.c_str() : "/dev/null"))
     return "invalid configuration: " + caf::to_string(err);
   if (!opts.remainder.empty())

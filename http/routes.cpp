@@ -65,10 +65,7 @@ std::optional<reply> query_number(const incoming& req, const std::string& name,
     out = fallback;
     return std::nullopt;
   }
-  auto v = parse_uint(i->second);
-  if (!v && !i->second.empty() && i->second.size() > 19
-      && i->second.find_first_not_of("0123456789") == std::string::npos)
-    v = UINT64_MAX; // huge but numeric: clamp below
+  auto v = parse_count(i->second); // huge but numeric: clamped below
   if (!v)
     return problem(400, "query parameter `" + name + "` must be a non-negative integer",
                    {{name, {"must be a non-negative integer"}}});
@@ -267,6 +264,16 @@ std::string incoming::header(const std::string& lower_name) const {
 
 bool incoming::repeated(std::string_view lower_name) const {
   return std::ranges::find(repeated_headers, lower_name) != repeated_headers.end();
+}
+
+std::optional<uint64_t> parse_count(std::string_view v) {
+  if (v.empty() || v.find_first_not_of("0123456789") != std::string_view::npos)
+    return std::nullopt;
+  auto significant = v.find_first_not_of('0');
+  if (significant == std::string_view::npos)
+    return 0;
+  v.remove_prefix(significant);
+  return v.size() > 19 ? UINT64_MAX : parse_uint(v);
 }
 
 std::string lower(std::string s) {

@@ -49,6 +49,11 @@ using responder = std::function<void(reply)>;
 std::optional<std::string> parse_target(std::string_view target, std::string& path,
                                         std::map<std::string, std::string>& query);
 
+/// A non-negative decimal number of a query parameter or header: digits only,
+/// leading zeros allowed; past 19 significant digits it is UINT64_MAX (a
+/// number beyond any position, version or limit). nullopt: not a number.
+std::optional<uint64_t> parse_count(std::string_view v);
+
 /// True for 127.0.0.0/8, ::1 and "localhost".
 bool is_loopback_address(const std::string& address);
 

@@ -383,6 +383,10 @@ public:
 
 private:
   void do_read() {
+    // What the previous request was says nothing of an answer to this one
+    // that fails before its header is in (408, 431, 400).
+    head_ = false;
+    method_.clear();
     parser_.emplace();
     parser_->body_limit(router_.svc().options.body_limit);
     parser_->header_limit(header_limit);
@@ -569,11 +573,7 @@ private:
     };
     // As `from` of GET /streams/$all: a number past any position is no
     // error; it just selects no events.
-    auto number = [](const std::string& v) -> std::optional<uint64_t> {
-      if (v.empty() || v.find_first_not_of("0123456789") != std::string::npos)
-        return std::nullopt;
-      return v.size() > 19 ? UINT64_MAX : std::min<uint64_t>(std::stoull(v), UINT64_MAX - 1);
-    };
+    auto number = [](const std::string& v) { return parse_count(v); };
     if (f != req.query.end()) {
       auto n = number(f->second);
       if (!n)

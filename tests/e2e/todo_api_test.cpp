@@ -1207,6 +1207,30 @@ TEST_CASE("a query parameter given twice is a 400 naming it; an encoded slash in
   check_problem(client().get("/todo%2f" + a.id + "%2Fhistory"), 404);
 }
 
+TEST_CASE("numbers in query parameters and Last-Event-ID may carry leading zeros",
+          "[e2e][todo][validation]") {
+  auto a = check_write(client().post_json("/todo", {{"description", "zeros first"}}), 201);
+  auto zeros = std::string(30, '0');
+  auto page = client().get("/streams/$all?from=" + zeros + std::to_string(a.position)
+                           + "&limit=" + zeros + "1");
+  REQUIRE(page.status == 200);
+  auto items = page.json_body()["items"];
+  REQUIRE(items.size() == 1);
+  CHECK(items[0]["position"] == a.position);
+  auto stream = client().get("/streams/todo-" + a.id + "?from=" + zeros + "1");
+  REQUIRE(stream.status == 200);
+  CHECK(stream.json_body()["items"].size() == 1);
+}
+
+TEST_CASE("an error answer after a HEAD on the same connection has its body",
+          "[e2e][todo][validation]") {
+  http_client c{shared_server().port()};
+  CHECK(c.request("HEAD", "/healthz", std::nullopt).status == 200);
+  auto big = c.request("POST", "/todo", std::string(70000, ' '), json_type);
+  check_problem(big, 413);
+  CHECK(big.json_body()["status"] == 413);
+}
+
 TEST_CASE("a malformed HTTP request is a 400 problem", "[e2e][todo][validation]") {
   auto before = head();
   auto raw = raw_exchange(shared_server().port(), "THIS IS NOT HTTP\r\n\r\n");

@@ -145,6 +145,9 @@ int main(int argc, char** argv) {
       caf::anon_send_exit(r, caf::exit_reason::user_shutdown);
     for (auto& shard : registry.shards())
       caf::anon_send_exit(shard, caf::exit_reason::user_shutdown);
+    // Actors hold sessions, the io context's executors and references to
+    // `svc`, `jobs` and `srv`: they end before those are destroyed.
+    sys.await_all_actors_done();
   };
   std::string error;
   auto port = srv.start(error);

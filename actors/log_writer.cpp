@@ -1,5 +1,7 @@
 #include "actors/log_writer.hpp"
 
+#include <iostream>
+
 #include "core/metrics.hpp"
 #include "core/thread_name.hpp"
 
@@ -61,7 +63,7 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
   core::metrics::instance().log_head.set(static_cast<int64_t>(log->head()));
   self->state.pending.reserve(options.max_batch);
   self->state.promises.reserve(options.max_batch);
-  self->delayed_send(self, options.purge_interval, expire_atom_v);
+  self->spawn<caf::detached + caf::linked>(key_purger, log, options);
   return {
     [=](append_atom, storage::append_request& req)
       -> caf::typed_response_promise<storage::append_result> {
@@ -94,12 +96,22 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
       self->state.log->try_resume();
       schedule_resume(self);
     },
+  };
+}
+
+key_purger_actor::behavior_type key_purger(key_purger_actor::pointer self,
+                                           storage::event_log* log, writer_options options) {
+  core::name_this_thread("key-purger");
+  self->delayed_send(self, options.purge_interval, expire_atom_v);
+  return {
     [=](expire_atom) {
-      auto& opts = self->state.options;
       auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::system_clock::now().time_since_epoch());
-      self->state.log->purge_idempotency_keys((now - opts.idempotency_retention).count());
-      self->delayed_send(self, opts.purge_interval, expire_atom_v);
+      if (auto r = log->purge_idempotency_keys((now - options.idempotency_retention).count());
+          !r.ok())
+        std::cerr << "eventsd: purging expired idempotency keys failed (retried in "
+                  << options.purge_interval.count() << " ms): " << r.error().detail << "\n";
+      self->delayed_send(self, options.purge_interval, expire_atom_v);
     },
   };
 }

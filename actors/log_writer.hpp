@@ -22,7 +22,10 @@ using position_listener_actor = caf::typed_actor<caf::reacts_to<core::committed>
 using log_writer_actor = caf::typed_actor<
   caf::replies_to<append_atom, storage::append_request>::with<storage::append_result>,
   caf::reacts_to<listen_atom, position_listener_actor>, caf::reacts_to<flush_atom>,
-  caf::reacts_to<expire_atom>, caf::reacts_to<tick_atom>>;
+  caf::reacts_to<tick_atom>>;
+
+/// Deletes expired idempotency keys every `purge_interval`.
+using key_purger_actor = caf::typed_actor<caf::reacts_to<expire_atom>>;
 
 /// Group-commit bounds.
 struct writer_options {
@@ -48,6 +51,13 @@ struct log_writer_state {
   std::vector<position_listener_actor> listeners;
   static inline const char* name = "log_writer";
 };
+
+/// Behavior of the key purger, which the log writer spawns linked and
+/// detached: a purge scans every stored key, and on a thread of its own it
+/// does not hold up appends (the store's writer lock is taken per chunk).
+/// REQUIRES: `log` outlives the actor.
+key_purger_actor::behavior_type key_purger(key_purger_actor::pointer self,
+                                           storage::event_log* log, writer_options options);
 
 /// Behavior of the log writer. REQUIRES: `log` outlives the actor.
 log_writer_actor::behavior_type

@@ -295,6 +295,33 @@ TEST_CASE("an idempotency claim replays the first append through the writer",
   }
 }
 
+TEST_CASE("the key purger deletes expired idempotency keys on its own thread, every interval",
+          "[log_writer][idempotency]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto claimed = [](append_request req, int64_t at_ms) {
+    req.idempotency = storage::idempotency_claim{"key-old", "fp", at_ms};
+    return req;
+  };
+  auto first = append_one(rt.sys(), rt.writer(),
+                          claimed(request("todo-a", storage::no_stream), now_ms() - 60'000));
+  REQUIRE(first.value);
+  actors::writer_options wopts;
+  wopts.idempotency_retention = std::chrono::milliseconds{30'000};
+  wopts.purge_interval = std::chrono::milliseconds{20};
+  auto purger = rt.sys().spawn<caf::detached>(actors::key_purger, log.get(), wopts);
+  std::this_thread::sleep_for(std::chrono::milliseconds{300});
+  caf::anon_send_exit(purger, caf::exit_reason::user_shutdown);
+  // A claim that would still honour the key (24 h) finds it gone: a new append.
+  auto again = append_one(rt.sys(), rt.writer(),
+                          claimed(request("todo-b", storage::no_stream), now_ms()));
+  REQUIRE(again.value);
+  CHECK_FALSE(again.value->replayed);
+  CHECK(again.value->stream == "todo-b");
+  CHECK(log->head() == 2);
+}
+
 TEST_CASE("a storage error reaches the sender as a storage-category CAF error",
           "[log_writer]") {
   temp_dir dir;

@@ -48,11 +48,14 @@ struct write_outcome {
   uint64_t version = 0;  ///< version after the write
   uint64_t position = 0; ///< position of the event in `$all`
   bool replayed = false; ///< answered from an earlier request with the same key
+  int64_t claimed_ms = 0;    ///< replays: when the key was first used
+  uint64_t first_answer = 0; ///< replays: the first answer's status when not the usual
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, write_outcome& x) {
-  return f(caf::meta::type_name("write_outcome"), x.id, x.version, x.position, x.replayed);
+  return f(caf::meta::type_name("write_outcome"), x.id, x.version, x.position, x.replayed,
+           x.claimed_ms, x.first_answer);
 }
 
 /// Runtime options of the aggregate actors.
@@ -209,7 +212,8 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
         auto& st = self->state;
         if (r.replayed) {
           auto stream_id = r.stream.substr(A::stream_prefix.size());
-          return reply(write_outcome{stream_id, r.version, r.last_position, true});
+          return reply(write_outcome{stream_id, r.version, r.last_position, true, r.claimed_ms,
+                                     r.first_answer});
         }
         auto every = st.env->opts.snapshot_every;
         auto before = A::version(st.current);

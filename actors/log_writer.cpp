@@ -91,6 +91,11 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
       if (self->state.flush_scheduled)
         flush(self);
     },
+    [=](answered_atom, const std::string& key, uint64_t status) {
+      if (auto r = self->state.log->mark_idempotency_answer(key, status); !r.ok())
+        std::cerr << "eventsd: cannot record the answer to Idempotency-Key " << key
+                  << " (a replay would answer as usual): " << r.error().detail << "\n";
+    },
     [=](tick_atom) {
       self->state.resume_scheduled = false;
       self->state.log->try_resume();

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <string>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -22,7 +23,10 @@ using position_listener_actor = caf::typed_actor<caf::reacts_to<core::committed>
 using log_writer_actor = caf::typed_actor<
   caf::replies_to<append_atom, storage::append_request>::with<storage::append_result>,
   caf::reacts_to<listen_atom, position_listener_actor>, caf::reacts_to<flush_atom>,
-  caf::reacts_to<tick_atom>>;
+  caf::reacts_to<tick_atom>,
+  // The first answer to the request that claimed an idempotency key had this
+  // status, not the usual one (event_log::mark_idempotency_answer).
+  caf::reacts_to<answered_atom, std::string, uint64_t>>;
 
 /// Deletes expired idempotency keys every `purge_interval`.
 using key_purger_actor = caf::typed_actor<caf::reacts_to<expire_atom>>;

@@ -77,7 +77,7 @@ typename Inspector::result_type inspect(Inspector& f, recorded_event& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, append_result& x) {
   return f(caf::meta::type_name("append_result"), x.stream, x.version, x.first_position,
-           x.last_position, x.replayed);
+           x.last_position, x.replayed, x.claimed_ms, x.first_answer);
 }
 
 template <class Inspector>
@@ -121,6 +121,7 @@ CAF_BEGIN_TYPE_ID_BLOCK(eventsd, caf::first_custom_type_id)
   CAF_ADD_ATOM(eventsd, eventsd, fetch_atom, "fetch")
   CAF_ADD_ATOM(eventsd, eventsd, stopped_atom, "stopped")
   CAF_ADD_ATOM(eventsd, eventsd, expire_atom, "expire")
+  CAF_ADD_ATOM(eventsd, eventsd, answered_atom, "answered")
   CAF_ADD_ATOM(eventsd, eventsd, rebuild_step_atom, "rb_step")
 
 CAF_END_TYPE_ID_BLOCK(eventsd)

@@ -437,21 +437,30 @@ router::router(services& svc) : svc_(svc) {
                                          responder respond) {
     auto shard = s.registry.shard_for(id);
     auto projection = s.projection;
+    auto writer = s.writer;
     auto& jobs = s.jobs;
-    // In unit-of-work mode an idempotent replay waits for the read model like
-    // the first answer did: it answers 201/200 only once the read model holds
-    // the write (at once, usually), 202 while it still lags.
+    std::optional<std::string> key;
+    if (cond.idempotency)
+      key = cond.idempotency->key;
+    // An idempotent replay answers what the first answer said (API.md §6): a
+    // 202 is recorded with the key. A replay while the first request may
+    // still wait for the read model waits like it, and ends as it does.
     auto on_outcome = [=, &jobs](const actors::write_outcome& o) {
-      if (mode != projections::projection_mode::unit_of_work) {
-        respond(write_reply(o, success));
-        return;
-      }
+      if (o.replayed && o.first_answer != 0)
+        return respond(write_reply(o, static_cast<unsigned>(o.first_answer)));
+      if (mode != projections::projection_mode::unit_of_work
+          || (o.replayed && now_ms() - o.claimed_ms > (uow_timeout + 1s).count()))
+        return respond(write_reply(o, success));
       jobs.run([=](caf::event_based_actor* self) {
         self
           ->request(projection, uow_timeout + 1s, wait_atom_v, o.position,
                     static_cast<uint64_t>(uow_timeout.count()))
           .then([=](uint64_t) { respond(write_reply(o, success)); },
-                [=](caf::error&) { respond(write_reply(o, 202)); });
+                [=](caf::error&) {
+                  if (key && !o.replayed)
+                    caf::anon_send(writer, answered_atom_v, *key, uint64_t{202});
+                  respond(write_reply(o, 202));
+                });
       });
     };
     caf::anon_send(shard, execute_atom_v, std::move(id), std::move(cmd), std::move(cond),

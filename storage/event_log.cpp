@@ -569,8 +569,8 @@ event_log::append(std::span<const append_request> batch) {
               "idempotency key " + claim.key + " was used by a different request"});
           } else {
             results.emplace_back(append_result{live->stream, live->version,
-                                               live->first_position,
-                                               live->last_position, true});
+                                               live->first_position, live->last_position,
+                                               true, live->created_ms, live->answered});
           }
           continue;
         }
@@ -829,6 +829,29 @@ result<void> event_log::save_snapshot(std::string_view stream,
   auto st = impl_->db->Put(wo, keys::snapshot_key(stream), keys::encode_snapshot(snap));
   if (!st.ok())
     return storage_error{storage_errc::not_writable, "save snapshot: " + st.ToString()};
+  return {};
+} catch (const std::exception& e) {
+  return unexpected(storage_errc::not_writable, e.what());
+}
+
+result<void> event_log::mark_idempotency_answer(std::string_view key, uint64_t status) try {
+  // Under the writer lock: an append of the same key (a replay) or a purge
+  // cannot come between the read and the write.
+  std::lock_guard<std::mutex> guard{impl_->write_mutex};
+  auto name = keys::idempotency_key(key);
+  auto raw = impl_->get(rocksdb::ReadOptions{}, name);
+  if (!raw)
+    return raw.error();
+  if (!raw->has_value())
+    return {};
+  auto rec = keys::decode_idempotency(**raw);
+  if (!rec)
+    return corrupted("idempotency record", key);
+  rec->answered = status;
+  impl_->keep_memtable_nonempty();
+  auto st = impl_->db->Put(rocksdb::WriteOptions{}, name, keys::encode_idempotency(*rec));
+  if (!st.ok())
+    return storage_error{storage_errc::not_writable, "mark idempotency key: " + st.ToString()};
   return {};
 } catch (const std::exception& e) {
   return unexpected(storage_errc::not_writable, e.what());

@@ -220,6 +220,8 @@ std::string encode_idempotency(const idempotency_record& rec) {
   put_be64(out, rec.first_position);
   put_be64(out, rec.last_position);
   put_be64(out, static_cast<uint64_t>(rec.created_ms));
+  if (rec.answered != 0)
+    put_be64(out, rec.answered);
   return out;
 }
 
@@ -228,7 +230,7 @@ std::optional<idempotency_record> decode_idempotency(std::string_view in) {
   idempotency_record rec;
   if (r.format_v1() && r.str(rec.fingerprint) && r.str(rec.stream) && r.u64(rec.version)
       && r.u64(rec.first_position) && r.u64(rec.last_position) && r.i64(rec.created_ms)
-      && r.at_end())
+      && (r.at_end() || (r.u64(rec.answered) && rec.answered != 0 && r.at_end())))
     return rec;
   return std::nullopt;
 }

@@ -110,12 +110,15 @@ struct idempotency_record {
   uint64_t first_position = 0;
   uint64_t last_position = 0;
   int64_t created_ms = 0;
+  /// The status code of the first answer when it was not the usual one (202
+  /// in unit-of-work mode: the read model lagged); 0: the usual.
+  uint64_t answered = 0;
 
   friend bool operator==(const idempotency_record&, const idempotency_record&) = default;
 };
 
 /// u8 format + str fingerprint + str stream + be64 version + be64 first_position
-/// + be64 last_position + be64 created_ms.
+/// + be64 last_position + be64 created_ms [+ be64 answered, when not 0].
 std::string encode_idempotency(const idempotency_record& rec);
 std::optional<idempotency_record> decode_idempotency(std::string_view in);
 

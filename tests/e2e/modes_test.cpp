@@ -353,6 +353,44 @@ TEST_CASE("unit-of-work: while PostgreSQL is down writes answer 202; when it ret
   CHECK(after.status == 200);
 }
 
+TEST_CASE("unit-of-work: an Idempotency-Key replay answers the status of the first answer, "
+          "whatever the read model does in between, also after a restart",
+          "[e2e][modes][unit-of-work][postgres-down][idempotency]") {
+  server_behind_proxy s{{"--projection.mode=unit-of-work", "--projection.uow-timeout-ms=300"}};
+  http_client c{s.srv.port()};
+  json body{{"description", "keyed"}};
+  auto key_201 = random_uuid();
+  auto answered_201 = c.post_json("/todo", body, {{"Idempotency-Key", key_201}});
+  REQUIRE(answered_201.status == 201);
+
+  s.proxy.cut();
+  auto key_202 = random_uuid();
+  auto answered_202 = c.post_json("/todo", body, {{"Idempotency-Key", key_202}});
+  REQUIRE(answered_202.status == 202);
+  // Past the window in which the first request could still be waiting.
+  std::this_thread::sleep_for(1500ms);
+  auto replay_201 = c.post_json("/todo", body, {{"Idempotency-Key", key_201}});
+  CHECK(replay_201.status == 201); // the read model is unreachable, as it was not the first time
+  CHECK(replay_201.body == answered_201.body);
+  CHECK(replay_201.header("Location") == answered_201.header("Location"));
+
+  s.proxy.restore();
+  REQUIRE(eventually([&] { return c.get("/readyz").status == 200; }, 20000ms, 100ms));
+  auto id_202 = ack_of(answered_202).id;
+  REQUIRE(c.get("/todo/" + id_202 + "?minPosition=" + std::to_string(ack_of(answered_202).position))
+            .status == 200);
+  auto replay_202 = c.post_json("/todo", body, {{"Idempotency-Key", key_202}});
+  CHECK(replay_202.status == 202); // the read model holds it now, as it did not the first time
+  CHECK(replay_202.body == answered_202.body);
+  CHECK(replay_202.header("Location") == answered_202.header("Location"));
+
+  s.srv.restart();
+  http_client c2{s.srv.port()};
+  CHECK(c2.post_json("/todo", body, {{"Idempotency-Key", key_202}}).status == 202);
+  CHECK(c2.post_json("/todo", body, {{"Idempotency-Key", key_201}}).status == 201);
+  CHECK(all_head(c2) == 2);
+}
+
 TEST_CASE("eventual: writes while PostgreSQL is down are accepted and the read model catches up "
           "when it returns",
           "[e2e][modes][eventual][postgres-down]") {

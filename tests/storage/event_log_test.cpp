@@ -613,7 +613,7 @@ TEST_CASE("an idempotency key with the same fingerprint replays the original res
   // A retry: the stream has moved on, so its expected version would fail,
   // and it may even name another stream; the key decides.
   auto retry = append_one(*log, with_key(request("todo-9", no_stream, 2, 50), "k1", "fp", 1500));
-  CHECK(retry == append_result{"todo-1", 2, 2, 3, true});
+  CHECK(retry == append_result{"todo-1", 2, 2, 3, true, 1000}); // claimed at 1000
   CHECK(log->head() == 3);
   CHECK_FALSE(log->stream_version("todo-9"));
 }
@@ -629,7 +629,7 @@ TEST_CASE("an idempotency key used twice in one batch replays the first request"
   REQUIRE(results[0]);
   CHECK(*results[0] == append_result{"todo-1", 1, 1, 1, false});
   REQUIRE(results[1]);
-  CHECK(*results[1] == append_result{"todo-1", 1, 1, 1, true});
+  CHECK(*results[1] == append_result{"todo-1", 1, 1, 1, true, 1000});
   REQUIRE_FALSE(results[2]);
   CHECK(results[2].error().code == storage_errc::idempotency_conflict);
   CHECK(log->head() == 1);
@@ -656,7 +656,7 @@ TEST_CASE("an idempotency key whose retention elapsed is treated as new") {
   CHECK(fresh == append_result{"todo-1", 2, 2, 2, false});
   // The key now belongs to the new request.
   auto replay = append_one(*log, with_key(request("todo-1", 2, 1, 2), "k1", "fp2", 1600, 500));
-  CHECK(replay == append_result{"todo-1", 2, 2, 2, true});
+  CHECK(replay == append_result{"todo-1", 2, 2, 2, true, 1500});
   CHECK(log->head() == 2);
 }
 
@@ -668,11 +668,37 @@ TEST_CASE("idempotency keys survive a reopen") {
   }
   auto log = open_log(dir);
   auto replay = append_one(*log, with_key(request("todo-1", no_stream, 2), "k1", "fp", 1100));
-  CHECK(replay == append_result{"todo-1", 2, 1, 2, true});
+  CHECK(replay == append_result{"todo-1", 2, 1, 2, true, 1000});
   auto req = with_key(request("todo-1", any_version, 1, 5), "k1", "other", 1100);
   auto conflict = log->append(std::span{&req, 1});
   REQUIRE_FALSE(conflict[0]);
   CHECK(conflict[0].error().code == storage_errc::idempotency_conflict);
+}
+
+TEST_CASE("the status of a key's first answer, once marked, comes back with every replay, "
+          "also after a reopen") {
+  temp_dir dir;
+  {
+    auto log = open_log(dir);
+    append_one(*log, with_key(request("todo-1", no_stream, 1), "k1", "fp", 1000, 1'000'000));
+    append_one(*log, with_key(request("todo-2", no_stream, 1), "k2", "fp", 1000, 1'000'000));
+    REQUIRE(log->mark_idempotency_answer("k1", 202));
+    REQUIRE(log->mark_idempotency_answer("never-used", 202)); // nothing to mark: no error
+    CHECK(append_one(*log, with_key(request("todo-1", no_stream, 1), "k1", "fp", 1100,
+                                    1'000'000))
+          == append_result{"todo-1", 1, 1, 1, true, 1000, 202});
+  }
+  auto log = open_log(dir);
+  CHECK(append_one(*log, with_key(request("todo-1", no_stream, 1), "k1", "fp", 1200, 1'000'000))
+          .first_answer
+        == 202);
+  CHECK(append_one(*log, with_key(request("todo-2", no_stream, 1), "k2", "fp", 1200, 1'000'000))
+          .first_answer
+        == 0);
+  // A different request still conflicts.
+  auto req = with_key(request("todo-3", no_stream, 1), "k1", "other", 1200, 1'000'000);
+  CHECK(log->append(std::span{&req, 1})[0].error().code == storage_errc::idempotency_conflict);
+  CHECK(log->head() == 2);
 }
 
 TEST_CASE("purging idempotency keys deletes only those created before the cutoff") {
@@ -920,6 +946,12 @@ TEST_CASE("the record codec round-trips and rejects truncated records") {
   auto raw = keys::encode_idempotency(rec);
   CHECK(keys::decode_idempotency(raw) == rec);
   CHECK_FALSE(keys::decode_idempotency(raw.substr(0, 5)));
+  auto marked = rec;
+  marked.answered = 202;
+  auto marked_raw = keys::encode_idempotency(marked);
+  CHECK(marked_raw.size() == raw.size() + 8); // records of unmarked keys keep their size
+  CHECK(keys::decode_idempotency(marked_raw) == marked);
+  CHECK_FALSE(keys::decode_idempotency(marked_raw.substr(0, marked_raw.size() - 1)));
 
   CHECK(keys::decode_snapshot(keys::encode_snapshot({9, "state"}))
         == snapshot_record{9, "state"});

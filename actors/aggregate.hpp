@@ -327,6 +327,12 @@ struct registry_state {
     live.erase(live.find(n->first));
   }
 
+  /// Forgets the live aggregate `n` points at, which stopped on its own.
+  void forget(node* n) {
+    unlink(n);
+    live.erase(live.find(n->first));
+  }
+
   /// Adds the live aggregate `k` as the most recently used.
   node* add(const key& k, aggregate_actor<A> handle) {
     auto i = live.emplace(k, registry_entry<A>{std::move(handle),
@@ -446,8 +452,15 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
       if (!k)
         return;
       auto q = st.stopping.find(*k);
-      if (q == st.stopping.end())
+      if (q == st.stopping.end()) {
+        // Not told to stop: it died (an exception in a handler, say). Every
+        // stop the registry asks for goes through `stopping`, so the live
+        // entry of this id is that dead actor: forget it, and the next
+        // command activates a fresh one instead of going to a dead handle.
+        if (auto i = st.live.find(*k); i != st.live.end())
+          st.forget(&*i);
         return;
+      }
       auto waiting = std::move(q->second);
       st.stopping.erase(q);
       if (waiting.empty())

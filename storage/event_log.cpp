@@ -174,8 +174,8 @@ struct event_log::impl {
   /// Position of the newest durable event; written only under `write_mutex`.
   std::atomic<uint64_t> head{0};
   /// A write failed: RocksDB may hold a background error that refuses every
-  /// later write until `Resume()` succeeds (written only under `write_mutex`;
-  /// read by `writable()` from any thread).
+  /// later write until `Resume()` succeeds (cleared only under `write_mutex`;
+  /// set by any failed write; read by `writable()` from any thread).
   std::atomic<bool> needs_resume{false};
 
   /// Tries to make the store writable again after a failed write.
@@ -827,8 +827,10 @@ result<void> event_log::save_snapshot(std::string_view stream,
   wo.sync = false;
   impl_->keep_memtable_nonempty(); // a failure here must leave Resume() a flush too
   auto st = impl_->db->Put(wo, keys::snapshot_key(stream), keys::encode_snapshot(snap));
-  if (!st.ok())
+  if (!st.ok()) {
+    impl_->needs_resume.store(true, std::memory_order_release);
     return storage_error{storage_errc::not_writable, "save snapshot: " + st.ToString()};
+  }
   return {};
 } catch (const std::exception& e) {
   return unexpected(storage_errc::not_writable, e.what());
@@ -850,8 +852,10 @@ result<void> event_log::mark_idempotency_answer(std::string_view key, uint64_t s
   rec->answered = status;
   impl_->keep_memtable_nonempty();
   auto st = impl_->db->Put(rocksdb::WriteOptions{}, name, keys::encode_idempotency(*rec));
-  if (!st.ok())
+  if (!st.ok()) {
+    impl_->needs_resume.store(true, std::memory_order_release);
     return storage_error{storage_errc::not_writable, "mark idempotency key: " + st.ToString()};
+  }
   return {};
 } catch (const std::exception& e) {
   return unexpected(storage_errc::not_writable, e.what());
@@ -902,8 +906,10 @@ result<size_t> event_log::purge_idempotency_keys(int64_t older_than_ms) try {
       // Losing a purge in a crash only keeps an expired key: no fsync needed.
       impl_->keep_memtable_nonempty();
       auto st = impl_->db->Write(rocksdb::WriteOptions{}, &wb);
-      if (!st.ok())
+      if (!st.ok()) {
+        impl_->needs_resume.store(true, std::memory_order_release);
         return storage_error{storage_errc::not_writable, "purge: " + st.ToString()};
+      }
       purged += wb.Count();
     }
     if (done)

@@ -845,6 +845,56 @@ TEST_CASE("a failed write fails every request of the batch and consumes no posit
   CHECK(positions_of(log->read_all(1, 100).value()) == range(1, 3));
 }
 
+TEST_CASE("a snapshot write that fails on a full disk makes the store not writable until "
+          "an append resumes it") {
+  temp_dir dir;
+  auto mnt = dir.path() / "fs";
+  fs::create_directories(mnt);
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=8m,mode=0755") != 0) {
+    WARN("skipped: cannot mount a tmpfs here (" << std::strerror(errno) << "); needs root");
+    return;
+  }
+  struct unmount {
+    fs::path p;
+    ~unmount() { ::umount2(p.c_str(), MNT_DETACH); }
+  } unmount_at_end{mnt};
+  log_options opts;
+  opts.dir = (mnt / "db").string();
+  opts.block_cache_mb = 8;
+  auto opened = event_log::open(opts);
+  REQUIRE(opened);
+  auto log = std::move(opened).value();
+  append_one(*log, request("todo-1", no_stream, 1));
+  auto filler = mnt / "filler";
+  {
+    struct statvfs st{};
+    REQUIRE(::statvfs(mnt.c_str(), &st) == 0);
+    std::ofstream out{filler, std::ios::binary};
+    std::string chunk(64 * 1024, '\0');
+    for (uint64_t left = st.f_bavail * st.f_frsize; left > 16 * 1024; left -= chunk.size())
+      if (!out.write(chunk.data(), static_cast<std::streamsize>(chunk.size())))
+        break;
+  }
+  auto saved = log->save_snapshot("todo-1", snapshot_record{1, std::string(256 * 1024, 's')});
+  REQUIRE_FALSE(saved);
+  CHECK(saved.error().code == storage_errc::not_writable);
+  CHECK_FALSE(log->writable()); // /readyz says so, and the next append resumes first
+
+  fs::remove(filler);
+  // RocksDB may refuse a few more writes while it resumes.
+  auto next = request("todo-2", no_stream, 1);
+  auto results = log->append(std::span{&next, 1});
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{10};
+  while (!results[0] && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds{100});
+    results = log->append(std::span{&next, 1});
+  }
+  INFO((results[0] ? std::string{"appended"} : results[0].error().detail));
+  REQUIRE(results[0]);
+  CHECK(results[0]->first_position == 2);
+  CHECK(log->writable());
+}
+
 TEST_CASE("a write that fails on a full disk leaves no stream head behind: once space is "
           "back, appends are judged on the durable heads") {
   // The log keeps the heads of streams it wrote recently, so that an append

@@ -6,8 +6,10 @@
 // the one eventsd ships); adding an aggregate type touches nothing here.
 //
 // Actor ownership: aggregate actors and registry shards run on CAF's shared
-// scheduler; each aggregate actor owns its state; the only blocking call is
-// recovery from the local RocksDB (block-cache reads) at activation.
+// scheduler and never block; each aggregate actor owns its state. Recovery
+// and snapshots go through the registry's loaders, detached actors that own
+// their threads (RocksDB reads and writes block), and appends through the
+// log writer.
 #pragma once
 
 #include <algorithm>
@@ -26,6 +28,7 @@
 #include "core/messages.hpp"
 #include "core/metrics.hpp"
 #include "core/reply_to.hpp"
+#include "core/thread_name.hpp"
 #include "core/uuid.hpp"
 #include "storage/event_log.hpp"
 
@@ -128,6 +131,38 @@ storage::result<typename A::state_type> recover(const storage::event_log& log,
   }
 }
 
+/// Handle of a loader: recovers aggregates of definition `A` from the log
+/// and stores their snapshots, so that no aggregate blocks a shared
+/// scheduler thread on RocksDB.
+template <class A>
+using loader_actor = caf::typed_actor<
+  typename caf::replies_to<recover_atom, std::string>::template with<typename A::state_type>,
+  caf::reacts_to<snapshot_atom, std::string, storage::snapshot_record>>;
+
+/// Number of loaders of a registry (each a thread of its own).
+inline constexpr size_t loaders_per_registry = 2;
+
+/// Behavior of a loader. Actor ownership: spawned `detached` (RocksDB
+/// reads and writes block). REQUIRES: `log` outlives the actor.
+template <class A>
+typename loader_actor<A>::behavior_type loader(typename loader_actor<A>::pointer,
+                                               storage::event_log* log) {
+  core::name_this_thread("loader");
+  return {
+    [log](recover_atom, const std::string& id) -> caf::result<typename A::state_type> {
+      auto rec = recover<A>(*log, id);
+      if (!rec.ok())
+        return core::make_error(rec.error());
+      return std::move(rec.value());
+    },
+    [log](snapshot_atom, const std::string& stream, const storage::snapshot_record& snap) {
+      // A snapshot is a cache: a failed write (it marks the store for
+      // recovery) only makes a later activation replay more events.
+      log->save_snapshot(stream, snap);
+    },
+  };
+}
+
 /// What every aggregate of one registry shard shares (one allocation per
 /// shard, not per aggregate: a live aggregate must stay small).
 template <class A>
@@ -136,6 +171,13 @@ struct aggregate_env {
   log_writer_actor writer;
   registry_actor<A> registry;
   runtime_options opts;
+  std::vector<loader_actor<A>> loaders;
+
+  /// The loader of aggregate `id` (always the same one: a snapshot it was
+  /// sent is stored before a later activation of `id` reads).
+  const loader_actor<A>& loader_for(const std::string& id) const {
+    return loaders[std::hash<std::string>{}(id) % loaders.size()];
+  }
 };
 
 template <class A>
@@ -220,26 +262,29 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
         st.current = A::evolve(std::move(st.current), ev);
         auto after = A::version(st.current);
         if (every > 0 && after / every != before / every)
-          st.env->log->save_snapshot(
-            r.stream, storage::snapshot_record{after, A::encode_state(st.current)});
+          self->send(st.env->loader_for(A::id_of(st.current)), snapshot_atom_v, r.stream,
+                     storage::snapshot_record{after, A::encode_state(st.current)});
         reply(write_outcome{A::id_of(st.current), after, r.last_position, false});
       },
       [self, reply, cmd](caf::error& err) mutable {
+        if (err != storage::storage_errc::wrong_expected_version)
+          return reply(std::move(err));
         // Our view of the stream was stale (a fresh aggregate whose id exists
         // after all, or another writer): recover from the log and answer
         // what the command means against the real state.
-        auto& st = self->state;
-        if (err == storage::storage_errc::wrong_expected_version) {
-          auto id = A::id_of(st.current);
-          if (auto rec = recover<A>(*st.env->log, id); rec.ok()) {
-            st.current = std::move(rec.value());
-            if (auto rej = A::rejected(A::decide(st.current, cmd)))
-              return reply(std::move(*rej));
-          } else {
-            self->send(st.env->registry, idle_atom_v, id);
-          }
-        }
-        reply(std::move(err));
+        auto id = A::id_of(self->state.current);
+        self->request(self->state.env->loader_for(id), caf::infinite, recover_atom_v, id)
+          .await(
+            [self, reply, cmd, err](typename A::state_type& recovered) mutable {
+              self->state.current = std::move(recovered);
+              if (auto rej = A::rejected(A::decide(self->state.current, cmd)))
+                return reply(std::move(*rej));
+              reply(std::move(err));
+            },
+            [self, reply, id, err](caf::error&) mutable {
+              self->send(self->state.env->registry, idle_atom_v, id);
+              reply(std::move(err));
+            });
       });
 }
 
@@ -253,20 +298,30 @@ aggregate(aggregate_pointer<A> self, const std::string& id,
   m.live_aggregates.add(1);
   m.aggregate_activations.add();
   auto started = std::chrono::steady_clock::now();
+  auto activated = [started] {
+    core::metrics::instance().activation_seconds.observe(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+  };
+  self->state.current = A::initial(id);
+  self->state.env = std::move(env); // from here on, the state's destructor reports the stop
   // A fresh aggregate (its first command creates it under a new random id)
   // has nothing to recover; the append's expected version `no_stream` still
-  // guards against an id that exists after all.
-  auto rec = fresh ? storage::result<typename A::state_type>{A::initial(id)}
-                   : recover<A>(*env->log, id);
-  if (rec.ok()) {
-    self->state.current = std::move(rec.value());
+  // guards against an id that exists after all. Any other waits for its
+  // loader (`await`: commands queue meanwhile).
+  if (fresh) {
+    activated();
   } else {
-    self->state.current = A::initial(id);
-    self->state.broken = std::make_unique<caf::error>(core::make_error(rec.error()));
+    self->request(self->state.env->loader_for(id), caf::infinite, recover_atom_v, id)
+      .await(
+        [self, activated](typename A::state_type& recovered) {
+          self->state.current = std::move(recovered);
+          activated();
+        },
+        [self, activated](caf::error& err) {
+          self->state.broken = std::make_unique<caf::error>(std::move(err));
+          activated();
+        });
   }
-  self->state.env = std::move(env); // from here on, the state's destructor reports the stop
-  m.activation_seconds.observe(
-    std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
   return {
     [self](execute_atom, typename A::command_type& cmd,
            write_conditions& cond) -> caf::result<write_outcome> {
@@ -375,9 +430,12 @@ template <class A>
 typename registry_actor<A>::behavior_type
 registry_shard(typename registry_actor<A>::template stateful_pointer<registry_state<A>> self,
                storage::event_log* log, log_writer_actor writer, runtime_options opts,
-               size_t max_live) {
-  auto env = std::make_shared<const aggregate_env<A>>(
-    aggregate_env<A>{log, writer, caf::actor_cast<registry_actor<A>>(self), opts});
+               size_t max_live, std::vector<loader_actor<A>> loaders) {
+  // The loaders stop with the shards (they have no other owner).
+  for (auto& l : loaders)
+    self->link_to(l);
+  auto env = std::make_shared<const aggregate_env<A>>(aggregate_env<A>{
+    log, writer, caf::actor_cast<registry_actor<A>>(self), opts, std::move(loaders)});
   // Idle aggregates are found by a periodic sweep from the cold end of the
   // recency list, so a live aggregate costs no timer of its own.
   auto sweep_every = std::max<std::chrono::milliseconds>(opts.idle_timeout / 4,
@@ -491,12 +549,15 @@ class registry {
 public:
   registry(caf::actor_system& sys, storage::event_log* log, log_writer_actor writer,
            runtime_options opts) {
+    std::vector<loader_actor<A>> loaders;
+    for (size_t i = 0; i < loaders_per_registry; ++i)
+      loaders.push_back(sys.spawn<caf::detached>(loader<A>, log));
     // The shares add up to max_live exactly (no more shards than that).
     auto n = std::clamp<size_t>(opts.shards, 1, std::max<size_t>(1, opts.max_live));
     for (size_t i = 0; i < n; ++i) {
       auto share = opts.max_live / n + (i < opts.max_live % n ? 1 : 0);
       shards_.push_back(sys.spawn(registry_shard<A>, log, writer, opts,
-                                  std::max<size_t>(1, share)));
+                                  std::max<size_t>(1, share), loaders));
     }
   }
 
@@ -514,4 +575,5 @@ private:
 } // namespace eventsd::actors
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::actors::write_conditions)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::storage::snapshot_record)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::actors::write_reply)

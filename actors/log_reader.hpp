@@ -53,7 +53,6 @@ log_reader_actor::behavior_type log_reader(log_reader_actor::pointer self,
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::actors::todo_history_items)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::actors::todo_history_chunk)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::actors::todo_history_chunk>)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::todo::state)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::actors::todo_history_items>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::todo::state>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::actors::recorded_events>)

@@ -17,6 +17,7 @@
 
 CAF_ERROR_CODE_ENUM(eventsd::todo::todo_errc, "todo")
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::todo::command)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::todo::state)
 
 namespace eventsd::actors {
 

@@ -122,6 +122,8 @@ CAF_BEGIN_TYPE_ID_BLOCK(eventsd, caf::first_custom_type_id)
   CAF_ADD_ATOM(eventsd, eventsd, stopped_atom, "stopped")
   CAF_ADD_ATOM(eventsd, eventsd, expire_atom, "expire")
   CAF_ADD_ATOM(eventsd, eventsd, answered_atom, "answered")
+  CAF_ADD_ATOM(eventsd, eventsd, recover_atom, "recover")
+  CAF_ADD_ATOM(eventsd, eventsd, snapshot_atom, "snapshot")
   CAF_ADD_ATOM(eventsd, eventsd, rebuild_step_atom, "rb_step")
 
 CAF_END_TYPE_ID_BLOCK(eventsd)

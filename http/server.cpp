@@ -89,12 +89,27 @@ std::optional<reply> framing_problem(unsigned version, incoming& req) {
   return std::nullopt;
 }
 
+/// Logs an I/O failure worth knowing about. At most one line a second: any
+/// client can cause these (malformed requests), and must not flood the log.
 void fail(beast::error_code ec, const char* what) {
   if (ec == net::error::operation_aborted || ec == beast::error::timeout
       || ec == net::error::eof || ec == net::error::connection_reset
       || ec == net::error::broken_pipe || ec == bhttp::error::end_of_stream)
     return;
-  std::cerr << "eventsd: http " << what << ": " << ec.message() << "\n";
+  static std::atomic<int64_t> last_logged_s{0};
+  static std::atomic<uint64_t> suppressed{0};
+  auto now_s = std::chrono::duration_cast<std::chrono::seconds>(
+                 std::chrono::steady_clock::now().time_since_epoch())
+                 .count();
+  auto last = last_logged_s.load(std::memory_order_relaxed);
+  if (now_s <= last || !last_logged_s.compare_exchange_strong(last, now_s)) {
+    suppressed.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  std::cerr << "eventsd: http " << what << ": " << ec.message();
+  if (auto n = suppressed.exchange(0); n > 0)
+    std::cerr << " (and " << n << " more failures not logged in the last second(s))";
+  std::cerr << "\n";
 }
 
 /// Wakes SSE sessions when the log head moves. Thread-safe.

@@ -303,3 +303,21 @@ TEST_CASE("/metrics follows the Prometheus naming conventions (promtool lint cle
   INFO("promtool check metrics (exit " << checked.exit_code << "):\n" << checked.output);
   CHECK(checked.exit_code == 0);
 }
+
+TEST_CASE("malformed requests are answered 400 each, and logged at most once a second with a "
+          "count of the rest",
+          "[http][operations]") {
+  server s;
+  for (int i = 0; i < 50; ++i) {
+    auto raw = raw_exchange(s.port(), "GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n");
+    REQUIRE(parse_response(raw).status == 400);
+  }
+  size_t lines = 0;
+  auto out = s.output();
+  for (size_t at = out.find("eventsd: http read"); at != std::string::npos;
+       at = out.find("eventsd: http read", at + 1))
+    ++lines;
+  INFO(out);
+  CHECK(lines >= 1);
+  CHECK(lines < 10); // one per second of the loop, not one per request
+}

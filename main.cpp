@@ -130,6 +130,7 @@ int main(int argc, char** argv) {
   hopts.uow_timeout = std::chrono::milliseconds{opts.projection_uow_timeout_ms};
   hopts.sse_heartbeat = std::chrono::milliseconds{opts.http_sse_heartbeat_ms};
   hopts.sse_max_lag = opts.http_sse_max_lag;
+  hopts.sse_max_subscribers = opts.http_sse_max_subscribers;
   hopts.idempotency_retention_ms = static_cast<int64_t>(opts.storage_idempotency_retention_s) * 1000;
   http::services svc{sys,       *log,         registry, writer, log_readers, pg_readers,
                      projection, popts.mode, jobs,     hopts};

@@ -29,7 +29,9 @@ options::options() {
     .add(http_sse_heartbeat_ms, "sse-heartbeat-ms", "SSE heartbeat interval (default 15000)")
     .add(http_sse_max_lag, "sse-max-lag",
          "events a live SSE subscriber may fall behind the head before it is disconnected "
-         "(default 10000)");
+         "(default 10000)")
+    .add(http_sse_max_subscribers, "sse-max-subscribers",
+         "most SSE subscribers at once; more are answered 503 with Retry-After (default 1000)");
   opt_group{custom_options_, "storage"}
     .add(storage_dir, "dir", "RocksDB directory (default var/data)")
     .add(storage_sync, "sync", "fsync (default, durable) or none (UNSAFE: loses acknowledged writes on power loss)")

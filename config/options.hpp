@@ -34,6 +34,7 @@ public:
   size_t http_drain_timeout_ms = 5'000;
   size_t http_sse_heartbeat_ms = 15'000;
   size_t http_sse_max_lag = 10'000;
+  size_t http_sse_max_subscribers = 1'000;
 
   // [storage]
   std::string storage_dir = "var/data";

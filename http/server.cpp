@@ -129,6 +129,11 @@ public:
     callbacks_.erase(id);
   }
 
+  size_t subscribers() {
+    std::lock_guard<std::mutex> guard{mtx_};
+    return callbacks_.size();
+  }
+
   void notify(uint64_t head) {
     std::vector<callback> copy;
     {
@@ -600,6 +605,15 @@ private:
       if (!n)
         return bad("Last-Event-ID");
       from = *n == UINT64_MAX ? *n : *n + 1;
+    }
+    // Each subscriber reads the log after every batch: their number is
+    // bounded like any other resource a client can claim.
+    if (auto max = router_.svc().options.sse_max_subscribers; signal_.subscribers() >= max) {
+      auto busy = problem(503, "already " + std::to_string(max)
+                                 + " subscribers (--http.sse-max-subscribers); retry later");
+      busy.header("Retry-After", "5");
+      close_after_ = true;
+      return send(std::move(busy), "/subscribe/$all", std::chrono::steady_clock::now());
     }
     core::metrics::instance().observe_request("GET", "/subscribe/$all", 200, 0);
     stream_.expires_never();

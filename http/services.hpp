@@ -37,6 +37,7 @@ struct http_options {
   std::chrono::milliseconds uow_timeout{5000};
   std::chrono::milliseconds sse_heartbeat{15'000};
   uint64_t sse_max_lag = 10'000;
+  size_t sse_max_subscribers = 1'000;
   int64_t idempotency_retention_ms = 24LL * 3600 * 1000;
 };
 

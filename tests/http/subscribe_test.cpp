@@ -544,3 +544,28 @@ TEST_CASE("SSE: a live subscriber that falls more than --http.sse-max-lag behind
   CHECK(rest == range(ids.back() + 1, end));
   CHECK(c.get("/healthz").status == 200);
 }
+
+TEST_CASE("SSE: past --http.sse-max-subscribers one more subscriber is a 503 with Retry-After; "
+          "once one leaves, a new one is served",
+          "[http][sse]") {
+  server s{server_options::with_args({"--http.sse-max-subscribers=2"})};
+  auto first = std::make_unique<sse_client>(s.port(), "/subscribe/$all");
+  REQUIRE(first->head().status == 200);
+  sse_client second{s.port(), "/subscribe/$all"};
+  REQUIRE(second.head().status == 200);
+  sse_client third{s.port(), "/subscribe/$all"};
+  check_problem(third.head(), 503);
+  CHECK(third.head().header("Retry-After") == "5");
+  CHECK(third.head().body.find("--http.sse-max-subscribers") != std::string::npos);
+
+  first->close();
+  first.reset();
+  bool served = false;
+  for (int i = 0; i < 50 && !served; ++i) { // the server notices the close asynchronously
+    sse_client next{s.port(), "/subscribe/$all"};
+    served = next.head().status == 200;
+    if (!served)
+      std::this_thread::sleep_for(100ms);
+  }
+  CHECK(served);
+}

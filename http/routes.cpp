@@ -439,6 +439,7 @@ router::router(services& svc) : svc_(svc) {
     auto projection = s.projection;
     auto writer = s.writer;
     auto& jobs = s.jobs;
+    auto* stopping = &s.stopping;
     std::optional<std::string> key;
     if (cond.idempotency)
       key = cond.idempotency->key;
@@ -451,16 +452,33 @@ router::router(services& svc) : svc_(svc) {
       if (mode != projections::projection_mode::unit_of_work
           || (o.replayed && now_ms() - o.claimed_ms > (uow_timeout + 1s).count()))
         return respond(write_reply(o, success));
+      // Waits in slices: on SIGTERM the server stops waiting for the read
+      // model and answers 202 (the event is durable), never 503.
+      auto deadline = std::chrono::steady_clock::now() + uow_timeout;
+      auto lags = [=] {
+        if (key && !o.replayed)
+          caf::anon_send(writer, answered_atom_v, *key, uint64_t{202});
+        respond(write_reply(o, 202));
+      };
       jobs.run([=](caf::event_based_actor* self) {
-        self
-          ->request(projection, uow_timeout + 1s, wait_atom_v, o.position,
-                    static_cast<uint64_t>(uow_timeout.count()))
-          .then([=](uint64_t) { respond(write_reply(o, success)); },
-                [=](caf::error&) {
-                  if (key && !o.replayed)
-                    caf::anon_send(writer, answered_atom_v, *key, uint64_t{202});
-                  respond(write_reply(o, 202));
-                });
+        auto wait = std::make_shared<std::function<void()>>();
+        std::weak_ptr<std::function<void()>> weak = wait;
+        *wait = [=] {
+          auto again = weak.lock(); // kept alive by the handler below
+          auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+            deadline - std::chrono::steady_clock::now());
+          auto slice = std::clamp(left, 0ms, std::chrono::milliseconds{100});
+          self
+            ->request(projection, slice + 1s, wait_atom_v, o.position,
+                      static_cast<uint64_t>(slice.count()))
+            .then([=](uint64_t) { respond(write_reply(o, success)); },
+                  [=](caf::error&) {
+                    if (left > slice && !stopping->load(std::memory_order_relaxed))
+                      return (*again)();
+                    lags();
+                  });
+        };
+        (*wait)();
       });
     };
     caf::anon_send(shard, execute_atom_v, std::move(id), std::move(cmd), std::move(cond),

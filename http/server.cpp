@@ -893,6 +893,7 @@ void server::stop() {
   // after it may have been appended. Each answer closes its connection, so
   // busy connections stop sending; done when none is in flight twice in a row.
   d.drain.draining = true;
+  d.svc.stopping = true;
   auto deadline = std::chrono::steady_clock::now() + d.svc.options.drain_timeout;
   int idle_checks = 0;
   while (idle_checks < 2 && std::chrono::steady_clock::now() < deadline) {

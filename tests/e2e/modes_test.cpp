@@ -317,6 +317,34 @@ struct server_behind_proxy {
 
 } // namespace
 
+TEST_CASE("unit-of-work: a write still waiting for the read model when SIGTERM comes is answered "
+          "202 (its event is durable), not 503",
+          "[e2e][modes][unit-of-work][postgres-down][shutdown]") {
+  server_options o;
+  o.dsn = "host=127.0.0.1 port=1 dbname=eventsd user=postgres connect_timeout=1";
+  o.args = {"--projection.mode=unit-of-work", "--projection.uow-timeout-ms=20000"};
+  server s{o};
+  response answered;
+  std::thread writer{[&] {
+    http_client c{s.port()};
+    answered = c.post_json("/todo", {{"description", "durable before the stop"}});
+  }};
+  std::this_thread::sleep_for(500ms); // appended, now waiting for the read model
+  auto t0 = std::chrono::steady_clock::now();
+  auto status = s.stop();
+  auto took = std::chrono::steady_clock::now() - t0;
+  writer.join();
+  CHECK(WIFEXITED(status));
+  INFO("answer: " << answered.status << " " << answered.body);
+  REQUIRE(answered.status == 202);
+  auto a = ack_of(answered);
+  CHECK(a.version == 1);
+  CHECK(took < 4s); // not the 20 s of the wait, nor the 5 s drain deadline
+  s.start();
+  http_client c{s.port()};
+  CHECK(c.get("/todo/" + a.id + "/history").json_body()["items"].size() == 1);
+}
+
 TEST_CASE("unit-of-work: while PostgreSQL is down writes answer 202; when it returns the read "
           "model catches up and writes answer 200 again",
           "[e2e][modes][unit-of-work][postgres-down]") {

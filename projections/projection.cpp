@@ -45,6 +45,8 @@ struct projection_state {
   std::chrono::milliseconds backoff{0};
   std::string last_error;
   bool diverged = false; // the last check found the read model not this store's
+  clock::time_point connect_failed{}; // when connecting last failed
+  clock::time_point metrics_at{};     // when update_metrics last ran
   std::vector<waiter> waiters;
   // online rebuild
   std::unique_ptr<todo_read_model> rebuild_model;
@@ -82,6 +84,21 @@ void fail(self_ptr self, const projection_error& err) {
   st.backoff = std::min(next, st.opts.retry_max);
 }
 
+/// Why a wait ends without the read model: it is another store's, or
+/// PostgreSQL cannot be reached (never since the start: then no position is
+/// claimed, since the projection does not know where the read model is).
+caf::error unreachable(const projection_state& st) {
+  if (st.diverged)
+    return caf::make_error(projection_errc::diverged, st.last_error);
+  if (!st.position_known && st.position == 0)
+    return caf::make_error(projection_errc::unavailable,
+                           "PostgreSQL not reached since the start: " + st.last_error);
+  return caf::make_error(projection_errc::unavailable,
+                         st.last_error + " (the read model had reached position "
+                           + std::to_string(st.position) + ")",
+                         st.position);
+}
+
 void deliver_waiters(self_ptr self) {
   auto& st = self->state;
   auto ready = std::partition(st.waiters.begin(), st.waiters.end(),
@@ -93,6 +110,7 @@ void deliver_waiters(self_ptr self) {
 
 void update_metrics(self_ptr self) {
   auto& st = self->state;
+  st.metrics_at = clock::now();
   auto& m = core::metrics::instance();
   auto head = st.log->head();
   m.projection_position.set(static_cast<int64_t>(st.position));
@@ -111,6 +129,7 @@ bool ensure_connected(self_ptr self) {
   if (st.model->connected() && st.position_known)
     return true;
   if (auto r = st.model->connect(); !r.ok()) {
+    st.connect_failed = clock::now();
     fail(self, r.error());
     return false;
   }
@@ -162,6 +181,13 @@ void stop_waiting_if_due(self_ptr self) {
 void step(self_ptr self) {
   auto& st = self->state;
   if (!ensure_connected(self)) {
+    if (st.opts.mode == projection_mode::on_demand) {
+      // Reads wait to bring the read model up to the head; without
+      // PostgreSQL they cannot be served anyway: say so now, not at waitMs.
+      for (auto& w : st.waiters)
+        w.promise.deliver(unreachable(st));
+      st.waiters.clear();
+    }
     schedule_run(self, st.backoff);
     return;
   }
@@ -297,6 +323,10 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
   return {
     [=](core::committed c) {
       auto& st = self->state;
+      // The lag keeps growing while nothing is applied (PostgreSQL down,
+      // on-demand or scheduled mode): /metrics says so within a second.
+      if (clock::now() - st.metrics_at > std::chrono::seconds{1})
+        update_metrics(self);
       if (mode == projection_mode::eventual || mode == projection_mode::unit_of_work) {
         st.target = std::max(st.target, c.position);
         schedule_run(self);
@@ -316,7 +346,10 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
         uint64_t timeout_ms) -> caf::typed_response_promise<uint64_t> {
       auto& st = self->state;
       auto rp = self->make_response_promise<uint64_t>();
-      if (st.position_known && st.position >= position) {
+      // What the read model applied it keeps, also while PostgreSQL is out
+      // of reach: the position last seen is reached (the query will tell
+      // whether the read model can be asked).
+      if (st.position >= position) {
         rp.deliver(st.position);
         return rp;
       }
@@ -343,10 +376,17 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
     [=](stats_atom) {
       auto& st = self->state;
       // Probe PostgreSQL: libpq only notices a lost server when the
-      // connection is used, and an idle projection does not use it.
-      if (!st.model->connected() || !st.model->checkpoint().ok()) {
+      // connection is used, and an idle projection does not use it. The
+      // probe waits a second at most; connecting again is tried here only
+      // after a quick failure (a server restarted or gone) and not soon
+      // after a failed attempt: against a server that does not answer it
+      // would wait out connect_timeout, and this status is wanted now.
+      auto began = clock::now();
+      if (!st.model->connected() || !st.model->probe(std::chrono::seconds{1}).ok()) {
         st.position_known = false;
-        if (ensure_connected(self)) {
+        if (clock::now() - began < std::chrono::milliseconds{500}
+            && clock::now() - st.connect_failed > std::chrono::seconds{5}
+            && ensure_connected(self)) {
           st.last_error.clear();
           st.backoff = std::chrono::milliseconds{0};
         }
@@ -398,18 +438,11 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
       auto now = clock::now();
       auto expired = std::partition(st.waiters.begin(), st.waiters.end(),
                                     [&](const waiter& w) { return w.deadline > now; });
-      auto why = [&] {
-        if (st.diverged)
-          return caf::make_error(projection_errc::diverged, st.last_error);
-        // Never having reached PostgreSQL, the projection does not know where
-        // the read model is: say why, and claim no position.
-        if (!st.position_known && st.position == 0 && !st.last_error.empty())
-          return caf::make_error(projection_errc::unavailable,
-                                 "PostgreSQL not reached since the start: " + st.last_error);
-        return caf::make_error(projection_errc::timeout,
-                               "read model at position " + std::to_string(st.position),
-                               st.position);
-      }();
+      auto why = st.diverged || (!st.position_known && !st.last_error.empty())
+                   ? unreachable(st)
+                   : caf::make_error(projection_errc::timeout,
+                                     "read model at position " + std::to_string(st.position),
+                                     st.position);
       for (auto i = expired; i != st.waiters.end(); ++i)
         i->promise.deliver(why);
       st.waiters.erase(expired, st.waiters.end());
@@ -437,6 +470,11 @@ struct reader_state {
   /// Lookups received since the last query; answered together by the
   /// flush message queued behind them.
   std::vector<pending_fetch> pending;
+  /// The last failed connect, repeated as the answer for a second instead
+  /// of trying again for every lookup (against a server that does not
+  /// answer each try waits out connect_timeout).
+  std::optional<projection_error> connect_error;
+  clock::time_point connect_failed{};
   static inline const char* name = "todo_read_model_reader";
 };
 
@@ -509,10 +547,17 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
       self->state.model = std::make_unique<todo_read_model>(
         std::move(dsn), live_table, connection_options{"eventsd reader", query_timeout, store});
       auto ready = [self]() -> std::optional<projection_error> {
-        if (self->state.model->connected())
+        auto& st = self->state;
+        if (st.model->connected())
           return std::nullopt;
-        if (auto r = self->state.model->connect(); !r.ok())
+        if (st.connect_error && clock::now() - st.connect_failed < std::chrono::seconds{1})
+          return st.connect_error;
+        if (auto r = st.model->connect(); !r.ok()) {
+          st.connect_error = r.error();
+          st.connect_failed = clock::now();
           return r.error();
+        }
+        st.connect_error.reset();
         return std::nullopt;
       };
       // Runs a query; a connection found broken (PostgreSQL restarted since

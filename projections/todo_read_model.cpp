@@ -580,6 +580,15 @@ bool todo_read_model::connected() const {
   return pg::is_up(impl_->c()) && impl_->ready;
 }
 
+pg_result<void> todo_read_model::probe(std::chrono::milliseconds deadline) {
+  auto& d = *impl_;
+  if (auto e = d.require_ready())
+    return *e;
+  if (auto r = pg::exec(pg::session{d.c(), deadline}, "SELECT 1"); !r)
+    return d.fail(r.error());
+  return {};
+}
+
 pg_result<uint64_t> todo_read_model::checkpoint() {
   auto& d = *impl_;
   if (auto e = d.require_ready())

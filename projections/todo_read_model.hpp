@@ -122,6 +122,10 @@ public:
   /// True while the connection is up and set up by connect().
   bool connected() const;
 
+  /// Asks PostgreSQL for an answer within `deadline`; a connection that
+  /// gives none is closed (connected() turns false).
+  pg_result<void> probe(std::chrono::milliseconds deadline);
+
   /// Position of the last event applied to this table (0 when none).
   pg_result<uint64_t> checkpoint();
 

@@ -454,6 +454,38 @@ TEST_CASE("eventual: writes while PostgreSQL is down are accepted and the read m
   }
 }
 
+TEST_CASE("eventual, PostgreSQL down: /metrics shows the lag growing; a minPosition the read model "
+          "had reached answers at once (503 naming PostgreSQL), not after waitMs",
+          "[e2e][modes][eventual][postgres-down]") {
+  server_behind_proxy s{{"--projection.mode=eventual"}};
+  http_client c{s.srv.port()};
+  auto a = ack_of(c.post_json("/todo", {{"description", "seen before the outage"}}));
+  REQUIRE(c.get("/todo/" + a.id + "?minPosition=" + std::to_string(a.position)).status == 200);
+  s.proxy.cut();
+  for (int i = 0; i < 5; ++i)
+    REQUIRE(c.post_json("/todo", {{"description", "unseen " + std::to_string(i)}}).status == 201);
+  auto lag = [&] {
+    auto text = c.get("/metrics").body;
+    auto at = text.find("\neventsd_projection_lag_events ");
+    return at == std::string::npos ? -1 : std::stol(text.substr(at + 31));
+  };
+  CHECK(eventually(
+    [&] {
+      c.post_json("/todo", {{"description", "one more"}}); // a commit refreshes the metrics
+      return lag() >= 5;
+    },
+    5000ms, 300ms));
+
+  auto t0 = std::chrono::steady_clock::now();
+  auto r = c.get("/todo/" + a.id + "?minPosition=" + std::to_string(a.position) + "&waitMs=5000");
+  auto took = std::chrono::steady_clock::now() - t0;
+  INFO("answered " << r.status << ": " << r.body);
+  CHECK(r.status == 503);
+  CHECK(r.header("Retry-After"));
+  CHECK(r.json_body().value("detail", "").find("unavailable") != std::string::npos);
+  CHECK(took < 3s); // not the 5 s of waitMs
+}
+
 TEST_CASE("an unknown projection mode stops eventsd at start with a message naming the modes",
           "[e2e][modes]") {
   REQUIRE_THROWS_WITH(server{server_options::with_args({"--projection.mode=sometimes"})},

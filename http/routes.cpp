@@ -846,8 +846,12 @@ router::router(services& svc) : svc_(svc) {
       self->request(projection, 3s, stats_atom_v)
         .then(
           [=](const projections::projection_status& st) {
-            const bool writable = log->writable();
-            const char* store = writable ? "open" : "not writable";
+            // A write waiting this long means a disk that does not complete
+            // them (an fsync takes milliseconds): not ready, before any fails.
+            auto waiting = log->write_waiting();
+            const bool stalled = waiting > 2s;
+            const bool writable = log->writable() && !stalled;
+            const char* store = stalled ? "stalled" : writable ? "open" : "not writable";
             const char* postgres = st.connected ? "reachable" : "unreachable";
             const char* read_model = st.diverged ? "diverged" : "ok";
             if (writable && st.connected && !st.diverged)
@@ -856,7 +860,10 @@ router::router(services& svc) : svc_(svc) {
                                               {"postgres", postgres},
                                               {"readModel", read_model}}));
             std::string why;
-            if (!writable)
+            if (stalled)
+              why = "a write to the event store has been waiting " + std::to_string(waiting.count())
+                    + " ms for the disk";
+            else if (!writable)
               why = "the event store is not writable (its last write failed; retried every second)";
             if (!st.connected)
               why += (why.empty() ? "" : "; ") + std::string{"PostgreSQL is not reachable: "}

@@ -177,6 +177,8 @@ struct event_log::impl {
   /// later write until `Resume()` succeeds (cleared only under `write_mutex`;
   /// set by any failed write; read by `writable()` from any thread).
   std::atomic<bool> needs_resume{false};
+  /// steady_clock nanoseconds when the write in progress began; 0: none.
+  std::atomic<int64_t> write_began_ns{0};
 
   /// Tries to make the store writable again after a failed write.
   /// REQUIRES: `write_mutex` held.
@@ -646,7 +648,10 @@ event_log::append(std::span<const append_request> batch) {
     rocksdb::WriteOptions wo;
     wo.sync = impl_->sync;
     impl_->keep_memtable_nonempty();
+    impl_->write_began_ns.store(
+      std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
     auto st = db.Write(wo, &wb);
+    impl_->write_began_ns.store(0, std::memory_order_relaxed);
     if (!st.ok()) {
       storage_error err{storage_errc::not_writable, "write: " + st.ToString()};
       for (auto& r : results)
@@ -800,6 +805,15 @@ result<std::vector<stream_summary>> event_log::list_streams(uint64_t before_posi
   return streams;
 } catch (const std::exception& e) {
   return unexpected(storage_errc::io_error, e.what());
+}
+
+std::chrono::milliseconds event_log::write_waiting() const {
+  auto began = impl_->write_began_ns.load(std::memory_order_relaxed);
+  if (began == 0)
+    return std::chrono::milliseconds{0};
+  auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+    std::chrono::nanoseconds{std::max<int64_t>(0, now - began)});
 }
 
 bool event_log::writable() const {

@@ -5,6 +5,7 @@
 // with `append` and with other reads, from any thread.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -155,6 +156,11 @@ public:
   /// False after a failed write (a full disk, say) until the store has
   /// recovered: the next `append`, or `try_resume`, retries.
   bool writable() const;
+
+  /// How long the append being written has been waiting for RocksDB (its
+  /// write and fsync); zero when none is being written. A stalled disk
+  /// shows here before any write fails.
+  std::chrono::milliseconds write_waiting() const;
 
   /// Retries the recovery of a store that is not `writable()`; true when it
   /// is writable afterwards. Blocks like `append` (RocksDB may flush).

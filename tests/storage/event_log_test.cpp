@@ -845,6 +845,47 @@ TEST_CASE("a failed write fails every request of the batch and consumes no posit
   CHECK(positions_of(log->read_all(1, 100).value()) == range(1, 3));
 }
 
+TEST_CASE("write_waiting tells how long the append being written has waited for a disk that "
+          "does not complete it, and is zero otherwise") {
+  temp_dir dir;
+  auto image = (dir.path() / "disk.img").string();
+  auto mnt = dir.path() / "ext4";
+  fs::create_directories(mnt);
+  auto sh = [](const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()); };
+  // A frozen file system (fsfreeze) holds every write until it is thawed,
+  // as a stalled disk would. It needs root and a loop device.
+  if (sh("truncate -s 64M " + image) != 0 || sh("mkfs.ext4 -q -F " + image) != 0
+      || sh("mount -o loop " + image + " " + mnt.string()) != 0) {
+    WARN("skipped: cannot mount an ext4 image on a loop device here");
+    return;
+  }
+  struct unmount {
+    fs::path p;
+    ~unmount() {
+      std::system(("fsfreeze -u " + p.string() + " >/dev/null 2>&1").c_str());
+      ::umount2(p.c_str(), MNT_DETACH);
+    }
+  } unmount_at_end{mnt};
+  log_options opts;
+  opts.dir = (mnt / "db").string();
+  opts.block_cache_mb = 8;
+  auto opened = event_log::open(opts);
+  REQUIRE(opened);
+  auto log = std::move(opened).value();
+  append_one(*log, request("todo-1", no_stream, 1));
+  CHECK(log->write_waiting().count() == 0);
+
+  REQUIRE(sh("fsfreeze -f " + mnt.string()) == 0);
+  std::thread writer{[&] { append_one(*log, request("todo-2", no_stream, 1)); }};
+  std::this_thread::sleep_for(std::chrono::milliseconds{500});
+  auto waited = log->write_waiting();
+  sh("fsfreeze -u " + mnt.string());
+  writer.join();
+  CHECK(waited >= std::chrono::milliseconds{300});
+  CHECK(log->write_waiting().count() == 0);
+  CHECK(log->head() == 2);
+}
+
 TEST_CASE("a snapshot write that fails on a full disk makes the store not writable until "
           "an append resumes it") {
   temp_dir dir;

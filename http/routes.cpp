@@ -759,7 +759,8 @@ router::router(services& svc) : svc_(svc) {
                      [=](caf::error& err) { respond(todo_problem(err)); }));
   });
 
-  add("GET", "/streams/{streamId}", [=, &s](incoming& req, auto& p, responder& respond) {
+  // One stream, or `$all` (its own route: so it is in the metrics too).
+  auto read_stream = [=, &s](incoming& req, auto& p, responder& respond) {
     uint64_t from = 0, limit = 0;
     if (auto err = query_number(req, "from", 1, UINT64_MAX, 0, from))
       return respond(*err);
@@ -767,7 +768,7 @@ router::router(services& svc) : svc_(svc) {
       return respond(*err);
     from = std::max<uint64_t>(from, 1);
     auto reader = s.log_reader();
-    auto stream = p[0];
+    auto stream = p.empty() ? std::string{"$all"} : p[0];
     // `<type>-<uuid>` in any letter case names the stream of that id (API §6).
     if (auto dash = stream.find('-'); dash != std::string::npos)
       if (auto id = core::normalize_uuid(stream.substr(dash + 1)))
@@ -796,7 +797,9 @@ router::router(services& svc) : svc_(svc) {
       caf::anon_send(reader, all_atom_v, from, limit + 1, done);
     else
       caf::anon_send(reader, stream_atom_v, stream, from, limit + 1, done);
-  });
+  };
+  add("GET", "/streams/$all", read_stream);
+  add("GET", "/streams/{streamId}", read_stream);
 
   add("GET", "/streams", [=, &s](incoming& req, auto&, responder& respond) {
     uint64_t before = 0, limit = 0;

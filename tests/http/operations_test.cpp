@@ -143,6 +143,7 @@ TEST_CASE("/metrics: Prometheus text format (promtool check metrics) with the fa
     10000ms, 50ms);
   INFO(text.substr(0, 20000));
   CHECK(caught_up);
+  REQUIRE(c.get("/streams/$all?limit=1").status == 200);
 
   auto r = c.get("/metrics");
   REQUIRE(r.status == 200);
@@ -175,6 +176,10 @@ TEST_CASE("/metrics: Prometheus text format (promtool check metrics) with the fa
                 {{"method", "PUT"}, {"route", "/todo/{id}/done"}, {"status", "200"}})
         == 1);
   CHECK(m.find("eventsd_http_requests_total", {{"status", "405"}}).size() == 1);
+  // `$all` is a route of its own, as in the OpenAPI document.
+  CHECK(m.value("eventsd_http_requests_total",
+                {{"method", "GET"}, {"route", "/streams/$all"}, {"status", "200"}})
+        >= 1);
   // Routes are patterns, never raw paths (bounded label values).
   bool bounded = true;
   for (auto& sample : m.samples)

@@ -9,16 +9,6 @@ namespace eventsd::actors {
 
 namespace {
 
-/// A failed store recovers on the next append; retry a second later without
-/// one too, so that /readyz turns ready again once the fault has cleared.
-void schedule_resume(log_writer_actor::stateful_pointer<log_writer_state> self) {
-  auto& st = self->state;
-  if (st.log->writable() || st.resume_scheduled)
-    return;
-  st.resume_scheduled = true;
-  self->delayed_send(self, std::chrono::seconds{1}, tick_atom_v);
-}
-
 void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
   auto& st = self->state;
   st.flush_scheduled = false;
@@ -45,7 +35,6 @@ void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
   }
   st.pending.clear();
   st.promises.clear();
-  schedule_resume(self);
   auto head = st.log->head();
   m.log_head.set(static_cast<int64_t>(head));
   for (auto& l : st.listeners)
@@ -64,6 +53,21 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
   self->state.pending.reserve(options.max_batch);
   self->state.promises.reserve(options.max_batch);
   self->spawn<caf::detached + caf::linked>(key_purger, log, options);
+  // A failed write (an append, or a snapshot, purge or mark on another
+  // thread) leaves the store to be resumed: the next append does it, and
+  // this tick every second too, so that /readyz turns ready again once the
+  // fault has cleared even when no write comes.
+  self->delayed_send(self, std::chrono::seconds{1}, tick_atom_v);
+  // Appends still queued when the writer is told to stop are answered (as
+  // not written), so that no aggregate waits forever for them.
+  self->set_exit_handler([self](caf::exit_msg& msg) {
+    auto& st = self->state;
+    for (auto& rp : st.promises)
+      rp.deliver(caf::make_error(core::runtime_errc::shutting_down, "the log writer stopped"));
+    st.pending.clear();
+    st.promises.clear();
+    self->quit(msg.reason);
+  });
   return {
     [=](append_atom, storage::append_request& req)
       -> caf::typed_response_promise<storage::append_result> {
@@ -97,9 +101,9 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
                   << " (a replay would answer as usual): " << r.error().detail << "\n";
     },
     [=](tick_atom) {
-      self->state.resume_scheduled = false;
-      self->state.log->try_resume();
-      schedule_resume(self);
+      if (!self->state.log->writable())
+        self->state.log->try_resume();
+      self->delayed_send(self, std::chrono::seconds{1}, tick_atom_v);
     },
   };
 }

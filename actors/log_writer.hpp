@@ -51,7 +51,6 @@ struct log_writer_state {
   std::vector<storage::append_request> pending;
   std::vector<caf::typed_response_promise<storage::append_result>> promises;
   bool flush_scheduled = false;
-  bool resume_scheduled = false; ///< a retry of a failed store's recovery is due
   std::vector<position_listener_actor> listeners;
   static inline const char* name = "log_writer";
 };

@@ -144,8 +144,7 @@ int main(int argc, char** argv) {
       caf::anon_send_exit(r, caf::exit_reason::user_shutdown);
     for (auto& r : pg_readers)
       caf::anon_send_exit(r, caf::exit_reason::user_shutdown);
-    for (auto& shard : registry.shards())
-      caf::anon_send_exit(shard, caf::exit_reason::user_shutdown);
+    registry.stop();
     // Actors hold sessions, the io context's executors and references to
     // `svc`, `jobs` and `srv`: they end before those are destroyed.
     sys.await_all_actors_done();

@@ -51,14 +51,13 @@ struct write_outcome {
   uint64_t version = 0;  ///< version after the write
   uint64_t position = 0; ///< position of the event in `$all`
   bool replayed = false; ///< answered from an earlier request with the same key
-  int64_t claimed_ms = 0;    ///< replays: when the key was first used
-  uint64_t first_answer = 0; ///< replays: the first answer's status when not the usual
+  uint64_t first_answer = 0; ///< replays: the first answer's status, when recorded
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, write_outcome& x) {
   return f(caf::meta::type_name("write_outcome"), x.id, x.version, x.position, x.replayed,
-           x.claimed_ms, x.first_answer);
+           x.first_answer);
 }
 
 /// Runtime options of the aggregate actors.
@@ -254,7 +253,7 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
         auto& st = self->state;
         if (r.replayed) {
           auto stream_id = r.stream.substr(A::stream_prefix.size());
-          return reply(write_outcome{stream_id, r.version, r.last_position, true, r.claimed_ms,
+          return reply(write_outcome{stream_id, r.version, r.last_position, true,
                                      r.first_answer});
         }
         auto every = st.env->opts.snapshot_every;
@@ -431,9 +430,6 @@ typename registry_actor<A>::behavior_type
 registry_shard(typename registry_actor<A>::template stateful_pointer<registry_state<A>> self,
                storage::event_log* log, log_writer_actor writer, runtime_options opts,
                size_t max_live, std::vector<loader_actor<A>> loaders) {
-  // The loaders stop with the shards (they have no other owner).
-  for (auto& l : loaders)
-    self->link_to(l);
   auto env = std::make_shared<const aggregate_env<A>>(aggregate_env<A>{
     log, writer, caf::actor_cast<registry_actor<A>>(self), opts, std::move(loaders)});
   // Idle aggregates are found by a periodic sweep from the cold end of the
@@ -549,15 +545,14 @@ class registry {
 public:
   registry(caf::actor_system& sys, storage::event_log* log, log_writer_actor writer,
            runtime_options opts) {
-    std::vector<loader_actor<A>> loaders;
     for (size_t i = 0; i < loaders_per_registry; ++i)
-      loaders.push_back(sys.spawn<caf::detached>(loader<A>, log));
+      loaders_.push_back(sys.spawn<caf::detached>(loader<A>, log));
     // The shares add up to max_live exactly (no more shards than that).
     auto n = std::clamp<size_t>(opts.shards, 1, std::max<size_t>(1, opts.max_live));
     for (size_t i = 0; i < n; ++i) {
       auto share = opts.max_live / n + (i < opts.max_live % n ? 1 : 0);
       shards_.push_back(sys.spawn(registry_shard<A>, log, writer, opts,
-                                  std::max<size_t>(1, share), loaders));
+                                  std::max<size_t>(1, share), loaders_));
     }
   }
 
@@ -568,8 +563,19 @@ public:
 
   const std::vector<registry_actor<A>>& shards() const { return shards_; }
 
+  /// Stops the shards (and with them their aggregates) and the loaders.
+  void stop() {
+    for (auto& shard : shards_)
+      caf::anon_send_exit(shard, caf::exit_reason::user_shutdown);
+    for (auto& l : loaders_)
+      caf::anon_send_exit(l, caf::exit_reason::user_shutdown);
+  }
+
 private:
   std::vector<registry_actor<A>> shards_;
+  /// Not linked to the shards: a loader that fails must not take every
+  /// shard (and all writes) with it.
+  std::vector<loader_actor<A>> loaders_;
 };
 
 } // namespace eventsd::actors

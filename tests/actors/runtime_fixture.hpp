@@ -118,8 +118,7 @@ public:
   }
 
   ~runtime() {
-    for (auto& shard : registry_->shards())
-      caf::anon_send_exit(shard, caf::exit_reason::user_shutdown);
+    registry_->stop();
     caf::anon_send_exit(writer_, caf::exit_reason::user_shutdown);
   }
 

@@ -77,7 +77,7 @@ typename Inspector::result_type inspect(Inspector& f, recorded_event& x) {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, append_result& x) {
   return f(caf::meta::type_name("append_result"), x.stream, x.version, x.first_position,
-           x.last_position, x.replayed, x.claimed_ms, x.first_answer);
+           x.last_position, x.replayed, x.first_answer);
 }
 
 template <class Inspector>
@@ -124,6 +124,7 @@ CAF_BEGIN_TYPE_ID_BLOCK(eventsd, caf::first_custom_type_id)
   CAF_ADD_ATOM(eventsd, eventsd, answered_atom, "answered")
   CAF_ADD_ATOM(eventsd, eventsd, recover_atom, "recover")
   CAF_ADD_ATOM(eventsd, eventsd, snapshot_atom, "snapshot")
+  CAF_ADD_ATOM(eventsd, eventsd, drain_atom, "drain")
   CAF_ADD_ATOM(eventsd, eventsd, rebuild_step_atom, "rb_step")
 
 CAF_END_TYPE_ID_BLOCK(eventsd)

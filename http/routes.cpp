@@ -188,7 +188,9 @@ std::optional<field_error> description_of(const json& body, std::string& out) {
 /// that are no version in canonical form (`"03"`) never match, and a
 /// malformed list matches nothing, so a write is refused rather than made
 /// unconditional; so does an empty list. nullopt: `*` (any current version).
-std::optional<std::vector<uint64_t>> entity_versions(std::string_view v, bool weak_matches) {
+/// `malformed` (when given) tells a malformed list from one of no versions.
+std::optional<std::vector<uint64_t>> entity_versions(std::string_view v, bool weak_matches,
+                                                     bool* malformed = nullptr) {
   auto separator = [](char c) { return c == ' ' || c == '\t' || c == ','; };
   while (!v.empty() && separator(v.front()))
     v.remove_prefix(1);
@@ -202,12 +204,18 @@ std::optional<std::vector<uint64_t>> entity_versions(std::string_view v, bool we
     if (weak)
       v.remove_prefix(2);
     auto close = v.empty() || v.front() != '"' ? std::string_view::npos : v.find('"', 1);
-    if (close == std::string_view::npos)
-      return std::vector<uint64_t>{}; // malformed
+    if (close == std::string_view::npos) {
+      if (malformed)
+        *malformed = true;
+      return std::vector<uint64_t>{};
+    }
     auto tag = v.substr(1, close - 1);
     v.remove_prefix(close + 1);
-    if (!v.empty() && !separator(v.front()))
-      return std::vector<uint64_t>{}; // malformed: something glued to the tag
+    if (!v.empty() && !separator(v.front())) { // something glued to the tag
+      if (malformed)
+        *malformed = true;
+      return std::vector<uint64_t>{};
+    }
     while (!v.empty() && separator(v.front()))
       v.remove_prefix(1);
     if (weak && !weak_matches)
@@ -218,16 +226,21 @@ std::optional<std::vector<uint64_t>> entity_versions(std::string_view v, bool we
   return versions;
 }
 
-/// The conditions of a write's `If-Match` (strong) and `If-None-Match`
-/// (weak) headers; a header that is absent sets none.
-actors::write_conditions conditions_of(const incoming& req) {
+/// The conditions of a request's `If-Match` (strong) and `If-None-Match`
+/// (weak) headers; a header that is absent sets none. A malformed
+/// If-None-Match refuses a write (like `*`) rather than letting it through;
+/// on a read it is ignored.
+actors::write_conditions conditions_of(const incoming& req, bool write = true) {
   actors::write_conditions cond;
   if (auto i = req.headers.find("if-match"); i != req.headers.end())
     cond.if_match = entity_versions(i->second, false);
   if (auto i = req.headers.find("if-none-match"); i != req.headers.end()) {
-    auto versions = entity_versions(i->second, true);
+    bool malformed = false;
+    auto versions = entity_versions(i->second, true, &malformed);
+    if (malformed && !write)
+      return cond;
     cond.if_none_match = versions ? std::move(*versions) : std::vector<uint64_t>{};
-    cond.if_none_match_any = !versions;
+    cond.if_none_match_any = !versions || malformed;
   }
   return cond;
 }
@@ -439,46 +452,31 @@ router::router(services& svc) : svc_(svc) {
     auto projection = s.projection;
     auto writer = s.writer;
     auto& jobs = s.jobs;
-    auto* stopping = &s.stopping;
     std::optional<std::string> key;
     if (cond.idempotency)
       key = cond.idempotency->key;
-    // An idempotent replay answers what the first answer said (API.md §6): a
-    // 202 is recorded with the key. A replay while the first request may
-    // still wait for the read model waits like it, and ends as it does.
+    // An idempotent replay answers what the first answer said (API.md §6).
+    // Modes other than unit-of-work always answer `success`; there the
+    // first answer's status (201, or 202 when the read model lagged) is
+    // recorded with the key. A replay that finds none recorded yet (the
+    // first request is still waiting) waits like it, and ends as it does.
     auto on_outcome = [=, &jobs](const actors::write_outcome& o) {
       if (o.replayed && o.first_answer != 0)
         return respond(write_reply(o, static_cast<unsigned>(o.first_answer)));
-      if (mode != projections::projection_mode::unit_of_work
-          || (o.replayed && now_ms() - o.claimed_ms > (uow_timeout + 1s).count()))
+      if (mode != projections::projection_mode::unit_of_work)
         return respond(write_reply(o, success));
-      // Waits in slices: on SIGTERM the server stops waiting for the read
-      // model and answers 202 (the event is durable), never 503.
-      auto deadline = std::chrono::steady_clock::now() + uow_timeout;
-      auto lags = [=] {
+      auto answer = [=](unsigned status) {
         if (key && !o.replayed)
-          caf::anon_send(writer, answered_atom_v, *key, uint64_t{202});
-        respond(write_reply(o, 202));
+          caf::anon_send(writer, answered_atom_v, *key, uint64_t{status});
+        respond(write_reply(o, status));
       };
+      // On SIGTERM the projection ends every wait at once (drain_atom): the
+      // event is durable, so the answer is 202, never 503.
       jobs.run([=](caf::event_based_actor* self) {
-        auto wait = std::make_shared<std::function<void()>>();
-        std::weak_ptr<std::function<void()>> weak = wait;
-        *wait = [=] {
-          auto again = weak.lock(); // kept alive by the handler below
-          auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-            deadline - std::chrono::steady_clock::now());
-          auto slice = std::clamp(left, 0ms, std::chrono::milliseconds{100});
-          self
-            ->request(projection, slice + 1s, wait_atom_v, o.position,
-                      static_cast<uint64_t>(slice.count()))
-            .then([=](uint64_t) { respond(write_reply(o, success)); },
-                  [=](caf::error&) {
-                    if (left > slice && !stopping->load(std::memory_order_relaxed))
-                      return (*again)();
-                    lags();
-                  });
-        };
-        (*wait)();
+        self
+          ->request(projection, uow_timeout + 1s, wait_atom_v, o.position,
+                    static_cast<uint64_t>(uow_timeout.count()))
+          .then([=](uint64_t) { answer(success); }, [=](caf::error&) { answer(202); });
       });
     };
     caf::anon_send(shard, execute_atom_v, std::move(id), std::move(cmd), std::move(cond),
@@ -681,7 +679,7 @@ router::router(services& svc) : svc_(svc) {
       return;
     auto reader = s.read_model_reader();
     auto key = *id;
-    auto cond = conditions_of(req);
+    auto cond = conditions_of(req, false);
     read_model(req, respond, [=] {
       caf::anon_send(
         reader, fetch_atom_v, key,

@@ -893,7 +893,9 @@ void server::stop() {
   // after it may have been appended. Each answer closes its connection, so
   // busy connections stop sending; done when none is in flight twice in a row.
   d.drain.draining = true;
-  d.svc.stopping = true;
+  // Waits on the read model end now: a unit-of-work write is answered 202
+  // (durable), a minPosition read 503, instead of at the drain deadline.
+  caf::anon_send(d.svc.projection, drain_atom_v);
   auto deadline = std::chrono::steady_clock::now() + d.svc.options.drain_timeout;
   int idle_checks = 0;
   while (idle_checks < 2 && std::chrono::steady_clock::now() < deadline) {

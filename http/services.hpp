@@ -77,9 +77,6 @@ struct services {
 
   std::atomic<size_t> next_log_reader{0};
   std::atomic<size_t> next_read_model_reader{0};
-  /// Set when the server starts draining (SIGTERM): waits that can end
-  /// with an answer of their own (unit-of-work's 202) end at once.
-  std::atomic<bool> stopping{false};
 };
 
 } // namespace eventsd::http

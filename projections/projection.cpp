@@ -46,6 +46,7 @@ struct projection_state {
   std::string last_error;
   bool diverged = false; // the last check found the read model not this store's
   clock::time_point connect_failed{}; // when connecting last failed
+  bool draining = false;              // the server is stopping: waits end at once
   clock::time_point metrics_at{};     // when update_metrics last ran
   std::vector<waiter> waiters;
   // online rebuild
@@ -236,8 +237,16 @@ void step(self_ptr self) {
     schedule_run(self);
 }
 
+caf::error stopping_error() {
+  return caf::make_error(projection_errc::unavailable, "the server is stopping");
+}
+
 void add_waiter(self_ptr self, uint64_t position, uint64_t timeout_ms,
                 caf::typed_response_promise<uint64_t> rp) {
+  if (self->state.draining) {
+    rp.deliver(stopping_error());
+    return;
+  }
   auto timeout = std::chrono::milliseconds{timeout_ms};
   self->state.waiters.push_back(waiter{position, clock::now() + timeout, rp});
   self->delayed_send(self, timeout, expire_atom_v);
@@ -377,12 +386,12 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
       auto& st = self->state;
       // Probe PostgreSQL: libpq only notices a lost server when the
       // connection is used, and an idle projection does not use it. The
-      // probe waits a second at most; connecting again is tried here only
+      // probe waits two seconds at most; connecting again is tried here only
       // after a quick failure (a server restarted or gone) and not soon
       // after a failed attempt: against a server that does not answer it
       // would wait out connect_timeout, and this status is wanted now.
       auto began = clock::now();
-      if (!st.model->connected() || !st.model->probe(std::chrono::seconds{1}).ok()) {
+      if (!st.model->connected() || !st.model->probe(std::chrono::seconds{2}).ok()) {
         st.position_known = false;
         if (clock::now() - began < std::chrono::milliseconds{500}
             && clock::now() - st.connect_failed > std::chrono::seconds{5}
@@ -448,6 +457,13 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
       st.waiters.erase(expired, st.waiters.end());
     },
     [=](rebuild_step_atom) { rebuild_step(self); },
+    [=](drain_atom) {
+      auto& st = self->state;
+      st.draining = true;
+      for (auto& w : st.waiters)
+        w.promise.deliver(stopping_error());
+      st.waiters.clear();
+    },
     [=](tick_atom) {
       auto& st = self->state;
       st.target = std::max(st.target, st.log->head());

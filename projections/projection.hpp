@@ -91,7 +91,10 @@ using projection_actor = caf::typed_actor<
   /// Starts a rebuild into a fresh table; false when one is running.
   caf::replies_to<rebuild_atom>::with<bool>,
   caf::reacts_to<run_atom>, caf::reacts_to<expire_atom>, caf::reacts_to<rebuild_step_atom>,
-  caf::reacts_to<tick_atom>>;
+  caf::reacts_to<tick_atom>,
+  /// The server is stopping: every wait, and any later one, ends at once
+  /// (`unavailable`), so that what waits on the read model is answered.
+  caf::reacts_to<drain_atom>>;
 
 /// Spawns the projection (detached). REQUIRES: `log` outlives it.
 projection_actor spawn_projection(caf::actor_system& sys, const storage::event_log* log,

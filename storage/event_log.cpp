@@ -186,9 +186,12 @@ struct event_log::impl {
     if (!needs_resume.load(std::memory_order_relaxed))
       return rocksdb::Status::OK();
     // Recover once the fault has cleared (disk space freed, device back).
-    if (auto st = db->Resume(); !st.ok())
-      return st;
+    // Cleared first: a write failing on another thread meanwhile sets it again.
     needs_resume.store(false, std::memory_order_release);
+    if (auto st = db->Resume(); !st.ok()) {
+      needs_resume.store(true, std::memory_order_release);
+      return st;
+    }
     if (auto last = last_position(); last && *last > head.load())
       head.store(*last, std::memory_order_release);
     return rocksdb::Status::OK();
@@ -572,7 +575,7 @@ event_log::append(std::span<const append_request> batch) {
           } else {
             results.emplace_back(append_result{live->stream, live->version,
                                                live->first_position, live->last_position,
-                                               true, live->created_ms, live->answered});
+                                               true, live->answered});
           }
           continue;
         }

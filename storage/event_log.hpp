@@ -74,9 +74,8 @@ struct append_result {
   uint64_t first_position = 0; ///< position of the first appended event
   uint64_t last_position = 0;  ///< position of the last appended event
   bool replayed = false;       ///< true: idempotency key seen before, nothing appended
-  /// For a replay: when the key was first used, and the status of the first
-  /// answer when it was not the usual one (see mark_idempotency_answer).
-  int64_t claimed_ms = 0;
+  /// For a replay: the status of the first answer when one was recorded
+  /// (see mark_idempotency_answer; 0: none).
   uint64_t first_answer = 0;
 
   friend bool operator==(const append_result&, const append_result&) = default;
@@ -173,9 +172,9 @@ public:
   /// Latest snapshot of `stream`. Fails with `snapshot_not_found`.
   result<snapshot_record> load_snapshot(std::string_view stream) const;
 
-  /// Records that the first answer to the request that claimed `key` had
-  /// status `status` rather than the usual one, for its replays to answer
-  /// the same. Not synced (the next append's fsync makes it durable). A key
+  /// Records the status of the first answer to the request that claimed
+  /// `key` (where it depends on more than the append: unit-of-work's 201 or
+  /// 202), for its replays to answer the same. Not synced (the next append's fsync makes it durable). A key
   /// no longer stored (purged) is left alone.
   result<void> mark_idempotency_answer(std::string_view key, uint64_t status);
 

@@ -110,8 +110,8 @@ struct idempotency_record {
   uint64_t first_position = 0;
   uint64_t last_position = 0;
   int64_t created_ms = 0;
-  /// The status code of the first answer when it was not the usual one (202
-  /// in unit-of-work mode: the read model lagged); 0: the usual.
+  /// The status code of the first answer when it was recorded (unit-of-work
+  /// mode: 201, or 202 when the read model lagged); 0: none recorded.
   uint64_t answered = 0;
 
   friend bool operator==(const idempotency_record&, const idempotency_record&) = default;

@@ -613,7 +613,7 @@ TEST_CASE("an idempotency key with the same fingerprint replays the original res
   // A retry: the stream has moved on, so its expected version would fail,
   // and it may even name another stream; the key decides.
   auto retry = append_one(*log, with_key(request("todo-9", no_stream, 2, 50), "k1", "fp", 1500));
-  CHECK(retry == append_result{"todo-1", 2, 2, 3, true, 1000}); // claimed at 1000
+  CHECK(retry == append_result{"todo-1", 2, 2, 3, true});
   CHECK(log->head() == 3);
   CHECK_FALSE(log->stream_version("todo-9"));
 }
@@ -629,7 +629,7 @@ TEST_CASE("an idempotency key used twice in one batch replays the first request"
   REQUIRE(results[0]);
   CHECK(*results[0] == append_result{"todo-1", 1, 1, 1, false});
   REQUIRE(results[1]);
-  CHECK(*results[1] == append_result{"todo-1", 1, 1, 1, true, 1000});
+  CHECK(*results[1] == append_result{"todo-1", 1, 1, 1, true});
   REQUIRE_FALSE(results[2]);
   CHECK(results[2].error().code == storage_errc::idempotency_conflict);
   CHECK(log->head() == 1);
@@ -656,7 +656,7 @@ TEST_CASE("an idempotency key whose retention elapsed is treated as new") {
   CHECK(fresh == append_result{"todo-1", 2, 2, 2, false});
   // The key now belongs to the new request.
   auto replay = append_one(*log, with_key(request("todo-1", 2, 1, 2), "k1", "fp2", 1600, 500));
-  CHECK(replay == append_result{"todo-1", 2, 2, 2, true, 1500});
+  CHECK(replay == append_result{"todo-1", 2, 2, 2, true});
   CHECK(log->head() == 2);
 }
 
@@ -668,7 +668,7 @@ TEST_CASE("idempotency keys survive a reopen") {
   }
   auto log = open_log(dir);
   auto replay = append_one(*log, with_key(request("todo-1", no_stream, 2), "k1", "fp", 1100));
-  CHECK(replay == append_result{"todo-1", 2, 1, 2, true, 1000});
+  CHECK(replay == append_result{"todo-1", 2, 1, 2, true});
   auto req = with_key(request("todo-1", any_version, 1, 5), "k1", "other", 1100);
   auto conflict = log->append(std::span{&req, 1});
   REQUIRE_FALSE(conflict[0]);
@@ -686,7 +686,7 @@ TEST_CASE("the status of a key's first answer, once marked, comes back with ever
     REQUIRE(log->mark_idempotency_answer("never-used", 202)); // nothing to mark: no error
     CHECK(append_one(*log, with_key(request("todo-1", no_stream, 1), "k1", "fp", 1100,
                                     1'000'000))
-          == append_result{"todo-1", 1, 1, 1, true, 1000, 202});
+          == append_result{"todo-1", 1, 1, 1, true, 202});
   }
   auto log = open_log(dir);
   CHECK(append_one(*log, with_key(request("todo-1", no_stream, 1), "k1", "fp", 1200, 1'000'000))

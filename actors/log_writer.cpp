@@ -52,7 +52,8 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
   core::metrics::instance().log_head.set(static_cast<int64_t>(log->head()));
   self->state.pending.reserve(options.max_batch);
   self->state.promises.reserve(options.max_batch);
-  self->spawn<caf::detached + caf::linked>(key_purger, log, options);
+  // Not linked: a failing purger must not take the writer with it.
+  self->state.purger = self->spawn<caf::detached>(key_purger, log, options);
   // A failed write (an append, or a snapshot, purge or mark on another
   // thread) leaves the store to be resumed: the next append does it, and
   // this tick every second too, so that /readyz turns ready again once the
@@ -66,6 +67,7 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
       rp.deliver(caf::make_error(core::runtime_errc::shutting_down, "the log writer stopped"));
     st.pending.clear();
     st.promises.clear();
+    self->send_exit(st.purger, msg.reason);
     self->quit(msg.reason);
   });
   return {

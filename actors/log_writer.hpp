@@ -52,11 +52,12 @@ struct log_writer_state {
   std::vector<caf::typed_response_promise<storage::append_result>> promises;
   bool flush_scheduled = false;
   std::vector<position_listener_actor> listeners;
+  key_purger_actor purger; ///< stopped with the writer
   static inline const char* name = "log_writer";
 };
 
-/// Behavior of the key purger, which the log writer spawns linked and
-/// detached: a purge scans every stored key, and on a thread of its own it
+/// Behavior of the key purger, which the log writer spawns detached (and
+/// stops when it stops): a purge scans every stored key, and on a thread of its own it
 /// does not hold up appends (the store's writer lock is taken per chunk).
 /// REQUIRES: `log` outlives the actor.
 key_purger_actor::behavior_type key_purger(key_purger_actor::pointer self,

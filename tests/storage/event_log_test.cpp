@@ -845,6 +845,53 @@ TEST_CASE("a failed write fails every request of the batch and consumes no posit
   CHECK(positions_of(log->read_all(1, 100).value()) == range(1, 3));
 }
 
+/// An 8 MiB tmpfs for the full-disk tests: a store on it, and a filler
+/// file that takes (almost) all of its space.
+struct small_disk {
+  temp_dir dir;
+  fs::path mnt = dir.path() / "fs";
+  bool mounted = false;
+
+  small_disk() {
+    fs::create_directories(mnt);
+    mounted = ::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=8m,mode=0755") == 0;
+  }
+  ~small_disk() {
+    if (mounted)
+      ::umount2(mnt.c_str(), MNT_DETACH);
+  }
+
+  /// False (with a WARN) without root; as root the mount must work.
+  bool usable() const {
+    if (!mounted && ::geteuid() == 0)
+      FAIL("cannot mount a tmpfs as root: " << std::strerror(errno));
+    if (!mounted)
+      WARN("skipped: cannot mount a tmpfs here (" << std::strerror(errno) << "); needs root");
+    return mounted;
+  }
+
+  std::unique_ptr<event_log> open() const {
+    log_options opts;
+    opts.dir = (mnt / "db").string();
+    opts.block_cache_mb = 8;
+    auto opened = event_log::open(opts);
+    REQUIRE(opened);
+    return std::move(opened).value();
+  }
+
+  void fill() const {
+    struct statvfs st{};
+    REQUIRE(::statvfs(mnt.c_str(), &st) == 0);
+    std::ofstream out{mnt / "filler", std::ios::binary};
+    std::string chunk(64 * 1024, '\0');
+    for (uint64_t left = st.f_bavail * st.f_frsize; left > 16 * 1024; left -= chunk.size())
+      if (!out.write(chunk.data(), static_cast<std::streamsize>(chunk.size())))
+        break;
+  }
+
+  void free() const { fs::remove(mnt / "filler"); }
+};
+
 TEST_CASE("write_waiting tells how long the append being written has waited for a disk that "
           "does not complete it, and is zero otherwise") {
   temp_dir dir;
@@ -888,43 +935,18 @@ TEST_CASE("write_waiting tells how long the append being written has waited for 
 
 TEST_CASE("a snapshot write that fails on a full disk makes the store not writable until "
           "an append resumes it") {
-  temp_dir dir;
-  auto mnt = dir.path() / "fs";
-  fs::create_directories(mnt);
-  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=8m,mode=0755") != 0) {
-    // Only a test run without root may skip it: as root the mount must work.
-    if (::geteuid() == 0)
-      FAIL("cannot mount a tmpfs as root: " << std::strerror(errno));
-    WARN("skipped: cannot mount a tmpfs here (" << std::strerror(errno) << "); needs root");
+  small_disk disk;
+  if (!disk.usable())
     return;
-  }
-  struct unmount {
-    fs::path p;
-    ~unmount() { ::umount2(p.c_str(), MNT_DETACH); }
-  } unmount_at_end{mnt};
-  log_options opts;
-  opts.dir = (mnt / "db").string();
-  opts.block_cache_mb = 8;
-  auto opened = event_log::open(opts);
-  REQUIRE(opened);
-  auto log = std::move(opened).value();
+  auto log = disk.open();
   append_one(*log, request("todo-1", no_stream, 1));
-  auto filler = mnt / "filler";
-  {
-    struct statvfs st{};
-    REQUIRE(::statvfs(mnt.c_str(), &st) == 0);
-    std::ofstream out{filler, std::ios::binary};
-    std::string chunk(64 * 1024, '\0');
-    for (uint64_t left = st.f_bavail * st.f_frsize; left > 16 * 1024; left -= chunk.size())
-      if (!out.write(chunk.data(), static_cast<std::streamsize>(chunk.size())))
-        break;
-  }
+  disk.fill();
   auto saved = log->save_snapshot("todo-1", snapshot_record{1, std::string(256 * 1024, 's')});
   REQUIRE_FALSE(saved);
   CHECK(saved.error().code == storage_errc::not_writable);
   CHECK_FALSE(log->writable()); // /readyz says so, and the next append resumes first
 
-  fs::remove(filler);
+  disk.free();
   // RocksDB may refuse a few more writes while it resumes.
   auto next = request("todo-2", no_stream, 1);
   auto results = log->append(std::span{&next, 1});
@@ -943,39 +965,14 @@ TEST_CASE("a write that fails on a full disk leaves no stream head behind: once 
           "back, appends are judged on the durable heads") {
   // The log keeps the heads of streams it wrote recently, so that an append
   // needs no read; the heads of a batch that did not become durable must go.
-  temp_dir dir;
-  auto mnt = dir.path() / "fs";
-  fs::create_directories(mnt);
-  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=8m,mode=0755") != 0) {
-    // Only a test run without root may skip it: as root the mount must work.
-    if (::geteuid() == 0)
-      FAIL("cannot mount a tmpfs as root: " << std::strerror(errno));
-    WARN("skipped: cannot mount a tmpfs here (" << std::strerror(errno) << "); needs root");
+  small_disk disk;
+  if (!disk.usable())
     return;
-  }
-  struct unmount {
-    fs::path p;
-    ~unmount() { ::umount2(p.c_str(), MNT_DETACH); }
-  } unmount_at_end{mnt};
-  log_options opts;
-  opts.dir = (mnt / "db").string();
-  opts.block_cache_mb = 8;
-  auto opened = event_log::open(opts);
-  REQUIRE(opened);
-  auto log = std::move(opened).value();
+  auto log = disk.open();
   append_one(*log, request("todo-1", no_stream, 1)); // todo-1 at version 1
 
   // Fill the disk, then append to todo-1 with an event too big for what is left.
-  auto filler = mnt / "filler";
-  {
-    struct statvfs st{};
-    REQUIRE(::statvfs(mnt.c_str(), &st) == 0);
-    std::ofstream out{filler, std::ios::binary};
-    std::string chunk(64 * 1024, '\0');
-    for (uint64_t left = st.f_bavail * st.f_frsize; left > 16 * 1024; left -= chunk.size())
-      if (!out.write(chunk.data(), static_cast<std::streamsize>(chunk.size())))
-        break;
-  }
+  disk.fill();
   auto too_big = request("todo-1", 1, 1, 2);
   too_big.events[0].data = std::string(256 * 1024, 'x');
   auto failed = log->append(std::span{&too_big, 1});
@@ -986,7 +983,7 @@ TEST_CASE("a write that fails on a full disk leaves no stream head behind: once 
   // Space is back: todo-1 is still at version 1. (RocksDB may refuse a few
   // more writes while it resumes; those fail as not writable, never as
   // version conflicts.)
-  fs::remove(filler);
+  disk.free();
   auto retry = request("todo-1", 1, 1, 3);
   auto results = log->append(std::span{&retry, 1});
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{10};

@@ -929,9 +929,12 @@ router::router(services& svc) : svc_(svc) {
             json item{{"name", st.name},
                       {"mode", st.mode},
                       {"state", st.state},
-                      {"position", st.position},
+                      // Unknown (null) until PostgreSQL has been reached once.
+                      {"position", st.position_known ? json(st.position) : json(nullptr)},
                       {"head", st.head},
-                      {"lag", st.head > st.position ? st.head - st.position : 0},
+                      {"lag", st.position_known
+                                ? json(st.head > st.position ? st.head - st.position : 0)
+                                : json(nullptr)},
                       {"lagMs", st.lag_ms},
                       {"connected", st.connected},
                       {"lastError", st.last_error.empty() ? json(nullptr) : json(st.last_error)},

@@ -405,6 +405,8 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
       s.name = "todos";
       s.mode = to_string(mode);
       s.position = st.position;
+      // A position once seen stays a lower bound of the read model's.
+      s.position_known = st.position_known || st.position > 0;
       s.head = st.log->head();
       s.lag_ms = core::metrics::instance().projection_lag_ms.value();
       s.connected = st.model->connected();

@@ -60,6 +60,7 @@ struct projection_status {
   std::string mode;
   std::string state;     ///< "live", "catching-up", "waiting" (scheduled/on-demand), "error"
   uint64_t position = 0; ///< last applied position
+  bool position_known = false; ///< false: PostgreSQL not reached since the start
   uint64_t head = 0;     ///< log head
   int64_t lag_ms = 0;    ///< age of the oldest unapplied event
   bool connected = false;
@@ -74,8 +75,8 @@ struct projection_status {
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, projection_status& x) {
   return f(caf::meta::type_name("projection_status"), x.name, x.mode, x.state, x.position,
-           x.head, x.lag_ms, x.connected, x.last_error, x.rebuilding, x.rebuild_position,
-           x.rebuild_head, x.rebuilds_completed, x.diverged);
+           x.position_known, x.head, x.lag_ms, x.connected, x.last_error, x.rebuilding,
+           x.rebuild_position, x.rebuild_head, x.rebuilds_completed, x.diverged);
 }
 
 /// Handle of the Todo projection.

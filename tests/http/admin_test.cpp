@@ -337,3 +337,19 @@ TEST_CASE("POST /admin/projections/{name}/rebuild: an unknown projection is a 40
   CHECK(wrong_method.header("Allow").value_or("").find("POST") != std::string::npos);
   CHECK(projection_status(c)["rebuild"]["completed"] == 0);
 }
+
+TEST_CASE("/admin/projections: while PostgreSQL has not been reached since the start, the "
+          "position and lag are unknown (null), not 0",
+          "[http][admin]") {
+  server_options o;
+  o.dsn = "host=127.0.0.1 port=1 dbname=eventsd user=postgres connect_timeout=1";
+  server s{o};
+  http_client c{s.port()};
+  REQUIRE(c.post_json("/todo", {{"description", "not projected"}}).status == 201);
+  auto st = projection_status(c, {});
+  CHECK(st["position"].is_null());
+  CHECK(st["lag"].is_null());
+  CHECK(st["head"] == 1);
+  CHECK(st["connected"] == false);
+  CHECK(st["lastError"].is_string());
+}

@@ -687,10 +687,27 @@ private:
   void send_part(std::shared_ptr<body_stream> body, bool close) {
     auto executor = stream_.get_executor();
     auto* producer = body.get();
+    // Each part is the server's own answer too: it must come within the
+    // request timeout, or the body is cut (the client sees it truncated).
+    waiting_part_ = true;
+    deadline_.expires_after(router_.svc().options.request_timeout);
+    deadline_.async_wait([weak = weak_from_this()](beast::error_code ec) {
+      auto self = weak.lock();
+      if (ec || !self || !self->waiting_part_)
+        return;
+      self->waiting_part_ = false;
+      self->finish_request();
+      beast::error_code ignored;
+      self->stream_.socket().close(ignored);
+    });
     producer->next([self = shared_from_this(), executor, body = std::move(body),
                     close](std::optional<std::string> part) mutable {
       net::post(executor, [self, body = std::move(body), part = std::move(part),
                            close]() mutable {
+        if (!self->waiting_part_)
+          return; // it came too late: the connection is closed
+        self->waiting_part_ = false;
+        self->deadline_.cancel();
         if (!part) { // cannot be completed: a truncated body, then no more
           self->finish_request();
           beast::error_code ec;
@@ -743,6 +760,7 @@ private:
   net::steady_timer deadline_;
   net::steady_timer read_deadline_; // the request must be read by then
   bool read_timed_out_ = false;
+  bool waiting_part_ = false; // a chunked answer waits for its next part
   uint64_t request_no_ = 0; // requests read on this connection
   uint64_t answered_ = 0;   // the last one answered
   beast::flat_buffer buffer_;

@@ -474,7 +474,7 @@ router::router(services& svc) : svc_(svc) {
       // event is durable, so the answer is 202, never 503.
       jobs.run([=](caf::event_based_actor* self) {
         self
-          ->request(projection, uow_timeout + 1s, wait_atom_v, o.position,
+          ->request(projection, uow_timeout, wait_atom_v, o.position,
                     static_cast<uint64_t>(uow_timeout.count()))
           .then([=](uint64_t) { answer(success); }, [=](caf::error&) { answer(202); });
       });

@@ -48,6 +48,7 @@ struct projection_state {
   clock::time_point connect_failed{}; // when connecting last failed
   bool draining = false;              // the server is stopping: waits end at once
   clock::time_point metrics_at{};     // when update_metrics last ran
+  bool metrics_due = false;           // a metrics_atom is on its way
   std::vector<waiter> waiters;
   // online rebuild
   std::unique_ptr<todo_read_model> rebuild_model;
@@ -333,9 +334,14 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
     [=](core::committed c) {
       auto& st = self->state;
       // The lag keeps growing while nothing is applied (PostgreSQL down,
-      // on-demand or scheduled mode): /metrics says so within a second.
-      if (clock::now() - st.metrics_at > std::chrono::seconds{1})
+      // on-demand or scheduled mode): /metrics says so within a second,
+      // also after the last commit of a burst.
+      if (clock::now() - st.metrics_at > std::chrono::seconds{1}) {
         update_metrics(self);
+      } else if (!st.metrics_due) {
+        st.metrics_due = true;
+        self->delayed_send(self, std::chrono::seconds{1}, metrics_atom_v);
+      }
       if (mode == projection_mode::eventual || mode == projection_mode::unit_of_work) {
         st.target = std::max(st.target, c.position);
         schedule_run(self);
@@ -391,7 +397,11 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
       // after a failed attempt: against a server that does not answer it
       // would wait out connect_timeout, and this status is wanted now.
       auto began = clock::now();
-      if (!st.model->connected() || !st.model->probe(std::chrono::seconds{2}).ok()) {
+      auto probed = st.model->connected() ? st.model->probe(std::chrono::seconds{2})
+                                          : pg_result<void>{};
+      if (!st.model->connected() || !probed.ok()) {
+        if (!probed.ok())
+          fail(self, probed.error()); // the reason /readyz and the admin view give
         st.position_known = false;
         if (clock::now() - began < std::chrono::milliseconds{500}
             && clock::now() - st.connect_failed > std::chrono::seconds{5}
@@ -459,6 +469,10 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
       st.waiters.erase(expired, st.waiters.end());
     },
     [=](rebuild_step_atom) { rebuild_step(self); },
+    [=](metrics_atom) {
+      self->state.metrics_due = false;
+      update_metrics(self);
+    },
     [=](drain_atom) {
       auto& st = self->state;
       st.draining = true;

@@ -95,7 +95,7 @@ using projection_actor = caf::typed_actor<
   caf::reacts_to<tick_atom>,
   /// The server is stopping: every wait, and any later one, ends at once
   /// (`unavailable`), so that what waits on the read model is answered.
-  caf::reacts_to<drain_atom>>;
+  caf::reacts_to<drain_atom>, caf::reacts_to<metrics_atom>>;
 
 /// Spawns the projection (detached). REQUIRES: `log` outlives it.
 projection_actor spawn_projection(caf::actor_system& sys, const storage::event_log* log,

@@ -452,6 +452,7 @@ router::router(services& svc) : svc_(svc) {
     auto projection = s.projection;
     auto writer = s.writer;
     auto& jobs = s.jobs;
+    auto& on_drain = s.on_drain;
     std::optional<std::string> key;
     if (cond.idempotency)
       key = cond.idempotency->key;
@@ -460,23 +461,36 @@ router::router(services& svc) : svc_(svc) {
     // first answer's status (201, or 202 when the read model lagged) is
     // recorded with the key. A replay that finds none recorded yet (the
     // first request is still waiting) waits like it, and ends as it does.
-    auto on_outcome = [=, &jobs](const actors::write_outcome& o) {
+    auto on_outcome = [=, &jobs, &on_drain](const actors::write_outcome& o) {
       if (o.replayed && o.first_answer != 0)
         return respond(write_reply(o, static_cast<unsigned>(o.first_answer)));
       if (mode != projections::projection_mode::unit_of_work)
         return respond(write_reply(o, success));
+      // Answered once: by the projection's answer, or when the server
+      // starts to drain — the event is durable, so 202, never 503, even
+      // while the projection is stuck in PostgreSQL.
+      auto answered = std::make_shared<std::atomic<bool>>(false);
       auto answer = [=](unsigned status) {
+        if (answered->exchange(true))
+          return;
         if (key && !o.replayed)
           caf::anon_send(writer, answered_atom_v, *key, uint64_t{status});
         respond(write_reply(o, status));
       };
-      // On SIGTERM the projection ends every wait at once (drain_atom): the
-      // event is durable, so the answer is 202, never 503.
-      jobs.run([=](caf::event_based_actor* self) {
+      auto hook = on_drain.add([=] { answer(202); });
+      jobs.run([=, &on_drain](caf::event_based_actor* self) {
         self
           ->request(projection, uow_timeout, wait_atom_v, o.position,
                     static_cast<uint64_t>(uow_timeout.count()))
-          .then([=](uint64_t) { answer(success); }, [=](caf::error&) { answer(202); });
+          .then(
+            [=, &on_drain](uint64_t) {
+              on_drain.remove(hook);
+              answer(success);
+            },
+            [=, &on_drain](caf::error&) {
+              on_drain.remove(hook);
+              answer(202);
+            });
       });
     };
     caf::anon_send(shard, execute_atom_v, std::move(id), std::move(cmd), std::move(cond),

@@ -913,6 +913,7 @@ void server::stop() {
   d.drain.draining = true;
   // Waits on the read model end now: a unit-of-work write is answered 202
   // (durable), a minPosition read 503, instead of at the drain deadline.
+  d.svc.on_drain.drain();
   caf::anon_send(d.svc.projection, drain_atom_v);
   auto deadline = std::chrono::steady_clock::now() + d.svc.options.drain_timeout;
   int idle_checks = 0;

@@ -21,6 +21,33 @@ void bridge::stop() {
     caf::anon_send_exit(a, caf::exit_reason::user_shutdown);
 }
 
+uint64_t drain_hooks::add(std::function<void()> hook) {
+  std::unique_lock lock{mtx_};
+  if (draining_) {
+    lock.unlock();
+    hook();
+    return 0;
+  }
+  hooks_.emplace(++next_, std::move(hook));
+  return next_;
+}
+
+void drain_hooks::remove(uint64_t id) {
+  std::lock_guard lock{mtx_};
+  hooks_.erase(id);
+}
+
+void drain_hooks::drain() {
+  std::map<uint64_t, std::function<void()>> hooks;
+  {
+    std::lock_guard lock{mtx_};
+    draining_ = true;
+    hooks.swap(hooks_);
+  }
+  for (auto& [id, hook] : hooks)
+    hook();
+}
+
 const actors::log_reader_actor& services::log_reader() {
   return log_readers[next_log_reader.fetch_add(1, std::memory_order_relaxed)
                      % log_readers.size()];

@@ -8,7 +8,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -58,6 +61,25 @@ private:
   std::atomic<size_t> next_{0};
 };
 
+/// What to answer, for requests still waiting, when the server starts to
+/// drain (SIGTERM): a unit-of-work write whose event is durable answers 202
+/// then, even while the projection it waits for is stuck. Thread-safe.
+class drain_hooks {
+public:
+  /// Registers `hook`; runs it at once when the drain has begun.
+  uint64_t add(std::function<void()> hook);
+  /// Forgets hook `id` (its request was answered otherwise).
+  void remove(uint64_t id);
+  /// Runs every registered hook, once, and any later one at once.
+  void drain();
+
+private:
+  std::mutex mtx_;
+  bool draining_ = false;
+  uint64_t next_ = 0;
+  std::map<uint64_t, std::function<void()>> hooks_;
+};
+
 /// The gateway's view of the rest of eventsd.
 struct services {
   caf::actor_system& system;
@@ -77,6 +99,7 @@ struct services {
 
   std::atomic<size_t> next_log_reader{0};
   std::atomic<size_t> next_read_model_reader{0};
+  drain_hooks on_drain;
 };
 
 } // namespace eventsd::http

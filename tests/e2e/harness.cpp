@@ -201,6 +201,7 @@ struct tcp_proxy::state {
   bool want_up = true;    // guarded by mtx
   bool is_up = true;      // guarded by mtx
   bool quit = false;      // guarded by mtx
+  bool stalled = false;   // guarded by mtx: nothing is accepted or forwarded
   std::vector<std::pair<int, int>> links; // proxy thread only
   std::thread thread;
 
@@ -267,10 +268,12 @@ struct tcp_proxy::state {
   void run() {
     char buf[65536];
     for (;;) {
+      bool frozen = false;
       {
         std::lock_guard lock{mtx};
         if (quit)
           break;
+        frozen = stalled;
         if (want_up != is_up) {
           if (!want_up) {
             drop_links();
@@ -289,6 +292,14 @@ struct tcp_proxy::state {
       }
       std::vector<pollfd> fds;
       fds.push_back({wake[0], POLLIN, 0});
+      if (frozen) { // like a server that stopped answering: connections stay open
+        if (::poll(fds.data(), fds.size(), 1000) < 0 && errno != EINTR)
+          break;
+        char drain[64];
+        if (fds[0].revents & POLLIN)
+          (void)!::read(wake[0], drain, sizeof drain);
+        continue;
+      }
       if (listener >= 0)
         fds.push_back({listener, POLLIN, 0});
       size_t first_link = fds.size();
@@ -378,7 +389,17 @@ void tcp_proxy::cut() {
 }
 
 void tcp_proxy::restore() {
+  {
+    std::lock_guard lock{state_->mtx};
+    state_->stalled = false;
+  }
   state_->set_up(true);
+}
+
+void tcp_proxy::stall() {
+  std::lock_guard lock{state_->mtx};
+  state_->stalled = true;
+  (void)!::write(state_->wake[1], "x", 1);
 }
 
 // -- temp_dir -----------------------------------------------------------------

@@ -53,7 +53,8 @@ std::pair<std::string, uint16_t> host_port_of(const std::string& dsn);
 
 /// A loopback TCP forwarder to stand between eventsd and PostgreSQL: `cut()`
 /// closes every forwarded connection and refuses new ones (as if PostgreSQL
-/// were down); `restore()` forwards again on the same port. Thread-safe.
+/// were down); `stall()` keeps them open but forwards nothing (as if it hung);
+/// `restore()` forwards again on the same port. Thread-safe.
 class tcp_proxy {
 public:
   tcp_proxy(std::string target_host, uint16_t target_port);
@@ -65,6 +66,9 @@ public:
   uint16_t port() const { return port_; }
   void cut();
   void restore();
+  /// Stops accepting and forwarding but keeps every connection open, as a
+  /// PostgreSQL that hangs (frozen, or a network black hole) would.
+  void stall();
 
 private:
   struct state;

@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <thread>
 
@@ -343,6 +344,35 @@ TEST_CASE("unit-of-work: a write still waiting for the read model when SIGTERM c
   s.start();
   http_client c{s.port()};
   CHECK(c.get("/todo/" + a.id + "/history").json_body()["items"].size() == 1);
+}
+
+TEST_CASE("unit-of-work: with PostgreSQL hung (the projection stuck in a statement), a write "
+          "waiting when SIGTERM comes is still answered 202 at once",
+          "[e2e][modes][unit-of-work][postgres-down][shutdown]") {
+  server_behind_proxy s{{"--projection.mode=unit-of-work", "--projection.uow-timeout-ms=20000",
+                         "--postgres.query-timeout-ms=4000"}};
+  http_client c{s.srv.port()};
+  REQUIRE(c.post_json("/todo", {{"description", "before the hang"}}).status == 201);
+  s.proxy.stall();
+  response answered;
+  std::atomic<bool> got{false};
+  std::thread writer{[&] {
+    http_client wc{s.srv.port()};
+    answered = wc.post_json("/todo", {{"description", "durable while PostgreSQL hangs"}});
+    got = true;
+  }};
+  std::this_thread::sleep_for(700ms); // appended; the projection now hangs in its apply
+  auto t0 = std::chrono::steady_clock::now();
+  std::thread stopper{[&] { s.srv.stop(); }}; // the exit waits for the stuck statement
+  while (!got && std::chrono::steady_clock::now() - t0 < 10s)
+    std::this_thread::sleep_for(20ms);
+  auto took = std::chrono::steady_clock::now() - t0;
+  writer.join();
+  stopper.join();
+  s.proxy.restore();
+  INFO("answer: " << answered.status << " " << answered.body);
+  CHECK(answered.status == 202);
+  CHECK(took < 3s); // not at the 5 s drain deadline
 }
 
 TEST_CASE("unit-of-work: while PostgreSQL is down writes answer 202; when it returns the read "

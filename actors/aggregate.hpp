@@ -166,7 +166,6 @@ typename loader_actor<A>::behavior_type loader(typename loader_actor<A>::pointer
 /// shard, not per aggregate: a live aggregate must stay small).
 template <class A>
 struct aggregate_env {
-  storage::event_log* log = nullptr;
   log_writer_actor writer;
   registry_actor<A> registry;
   runtime_options opts;
@@ -428,10 +427,10 @@ private:
 template <class A>
 typename registry_actor<A>::behavior_type
 registry_shard(typename registry_actor<A>::template stateful_pointer<registry_state<A>> self,
-               storage::event_log* log, log_writer_actor writer, runtime_options opts,
-               size_t max_live, std::vector<loader_actor<A>> loaders) {
+               log_writer_actor writer, runtime_options opts, size_t max_live,
+               std::vector<loader_actor<A>> loaders) {
   auto env = std::make_shared<const aggregate_env<A>>(aggregate_env<A>{
-    log, writer, caf::actor_cast<registry_actor<A>>(self), opts, std::move(loaders)});
+    writer, caf::actor_cast<registry_actor<A>>(self), opts, std::move(loaders)});
   // Idle aggregates are found by a periodic sweep from the cold end of the
   // recency list, so a live aggregate costs no timer of its own.
   auto sweep_every = std::max<std::chrono::milliseconds>(opts.idle_timeout / 4,
@@ -551,7 +550,7 @@ public:
     auto n = std::clamp<size_t>(opts.shards, 1, std::max<size_t>(1, opts.max_live));
     for (size_t i = 0; i < n; ++i) {
       auto share = opts.max_live / n + (i < opts.max_live % n ? 1 : 0);
-      shards_.push_back(sys.spawn(registry_shard<A>, log, writer, opts,
+      shards_.push_back(sys.spawn(registry_shard<A>, writer, opts,
                                   std::max<size_t>(1, share), loaders_));
     }
   }

@@ -592,16 +592,15 @@ private:
            "/subscribe/$all", std::chrono::steady_clock::now());
     };
     // As `from` of GET /streams/$all: a number past any position is no
-    // error; it just selects no events.
-    auto number = [](const std::string& v) { return parse_count(v); };
+    // error; it just selects no events (parse_count saturates).
     if (f != req.query.end()) {
-      auto n = number(f->second);
+      auto n = parse_count(f->second);
       if (!n)
         return bad("from");
       from = std::max<uint64_t>(1, *n);
     }
     if (auto last = req.header("last-event-id"); !last.empty()) {
-      auto n = number(last);
+      auto n = parse_count(last);
       if (!n)
         return bad("Last-Event-ID");
       from = *n == UINT64_MAX ? *n : *n + 1;

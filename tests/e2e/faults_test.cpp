@@ -151,7 +151,6 @@ bool one_line(const std::string& out) {
 }
 
 /// A DSN nothing listens on (eventsd starts without PostgreSQL).
-const std::string unreachable_dsn = "host=127.0.0.1 port=1 dbname=eventsd user=postgres connect_timeout=1";
 
 // -- tmpfs ---------------------------------------------------------------------
 

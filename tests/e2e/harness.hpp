@@ -89,6 +89,10 @@ private:
   std::string path_;
 };
 
+/// A PostgreSQL that refuses every connection at once (nothing listens there).
+inline const std::string unreachable_dsn =
+  "host=127.0.0.1 port=1 dbname=eventsd user=postgres connect_timeout=1";
+
 /// Options of a `server`.
 struct server_options {
   /// Extra command-line arguments, e.g. `--projection.mode=unit-of-work`.
@@ -103,6 +107,13 @@ struct server_options {
   static server_options with_args(std::vector<std::string> extra) {
     server_options o;
     o.args = std::move(extra);
+    return o;
+  }
+
+  /// Options with these extra arguments and a PostgreSQL that is never reached.
+  static server_options without_postgres(std::vector<std::string> extra) {
+    auto o = with_args(std::move(extra));
+    o.dsn = unreachable_dsn;
     return o;
   }
 };

@@ -208,10 +208,8 @@ TEST_CASE("scheduled: the read model applies new events only every interval-ms",
 TEST_CASE("unit-of-work with PostgreSQL unreachable: writes answer 202 with the same body, "
           "/readyz and read-model reads answer 503",
           "[e2e][modes][unit-of-work][postgres-down]") {
-  server_options o;
-  o.dsn = "host=127.0.0.1 port=1 dbname=eventsd user=postgres connect_timeout=1";
-  o.args = {"--projection.mode=unit-of-work", "--projection.uow-timeout-ms=300"};
-  server s{o};
+  server s{server_options::without_postgres(
+    {"--projection.mode=unit-of-work", "--projection.uow-timeout-ms=300"})};
   http_client c{s.port()};
 
   auto created = c.post_json("/todo", {{"description", "written while PostgreSQL is down"}});
@@ -281,10 +279,7 @@ TEST_CASE("unit-of-work with PostgreSQL unreachable: writes answer 202 with the 
 TEST_CASE("on-demand and minPosition reads with PostgreSQL never reached answer 503 saying so, "
           "without claiming a read-model position",
           "[e2e][modes][on-demand][postgres-down]") {
-  server_options o;
-  o.dsn = "host=127.0.0.1 port=1 dbname=eventsd user=postgres connect_timeout=1";
-  o.args = {"--projection.mode=on-demand"};
-  server s{o};
+  server s{server_options::without_postgres({"--projection.mode=on-demand"})};
   http_client c{s.port()};
   auto a = ack_of(c.post_json("/todo", {{"description", "never projected"}}));
   for (auto target : {"/todo/" + a.id, "/todo/" + a.id + "?minPosition=1&waitMs=1500",
@@ -321,10 +316,8 @@ struct server_behind_proxy {
 TEST_CASE("unit-of-work: a write still waiting for the read model when SIGTERM comes is answered "
           "202 (its event is durable), not 503",
           "[e2e][modes][unit-of-work][postgres-down][shutdown]") {
-  server_options o;
-  o.dsn = "host=127.0.0.1 port=1 dbname=eventsd user=postgres connect_timeout=1";
-  o.args = {"--projection.mode=unit-of-work", "--projection.uow-timeout-ms=20000"};
-  server s{o};
+  server s{server_options::without_postgres(
+    {"--projection.mode=unit-of-work", "--projection.uow-timeout-ms=20000"})};
   response answered;
   std::thread writer{[&] {
     http_client c{s.port()};

@@ -341,9 +341,7 @@ TEST_CASE("POST /admin/projections/{name}/rebuild: an unknown projection is a 40
 TEST_CASE("/admin/projections: while PostgreSQL has not been reached since the start, the "
           "position and lag are unknown (null), not 0",
           "[http][admin]") {
-  server_options o;
-  o.dsn = "host=127.0.0.1 port=1 dbname=eventsd user=postgres connect_timeout=1";
-  server s{o};
+  server s{server_options::without_postgres({})};
   http_client c{s.port()};
   REQUIRE(c.post_json("/todo", {{"description", "not projected"}}).status == 201);
   auto st = projection_status(c, {});

@@ -892,6 +892,20 @@ struct small_disk {
   void free() const { fs::remove(mnt / "filler"); }
 };
 
+/// Appends `req` once the store accepts writes again: RocksDB may refuse a
+/// few more while it resumes after space came back (as not writable, never
+/// otherwise); gives up after 10 s.
+result<append_result> append_once_resumed(event_log& log, const append_request& req) {
+  auto results = log.append(std::span{&req, 1});
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{10};
+  while (!results[0] && results[0].error().code == storage_errc::not_writable
+         && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds{100});
+    results = log.append(std::span{&req, 1});
+  }
+  return std::move(results[0]);
+}
+
 TEST_CASE("write_waiting tells how long the append being written has waited for a disk that "
           "does not complete it, and is zero otherwise") {
   temp_dir dir;
@@ -947,17 +961,10 @@ TEST_CASE("a snapshot write that fails on a full disk makes the store not writab
   CHECK_FALSE(log->writable()); // /readyz says so, and the next append resumes first
 
   disk.free();
-  // RocksDB may refuse a few more writes while it resumes.
-  auto next = request("todo-2", no_stream, 1);
-  auto results = log->append(std::span{&next, 1});
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{10};
-  while (!results[0] && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds{100});
-    results = log->append(std::span{&next, 1});
-  }
-  INFO((results[0] ? std::string{"appended"} : results[0].error().detail));
-  REQUIRE(results[0]);
-  CHECK(results[0]->first_position == 2);
+  auto result = append_once_resumed(*log, request("todo-2", no_stream, 1));
+  INFO((result ? std::string{"appended"} : result.error().detail));
+  REQUIRE(result);
+  CHECK(result->first_position == 2);
   CHECK(log->writable());
 }
 
@@ -984,17 +991,10 @@ TEST_CASE("a write that fails on a full disk leaves no stream head behind: once 
   // more writes while it resumes; those fail as not writable, never as
   // version conflicts.)
   disk.free();
-  auto retry = request("todo-1", 1, 1, 3);
-  auto results = log->append(std::span{&retry, 1});
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds{10};
-  while (!results[0] && results[0].error().code == storage_errc::not_writable
-         && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds{100});
-    results = log->append(std::span{&retry, 1});
-  }
-  INFO((results[0] ? std::string{"appended"} : results[0].error().detail));
-  REQUIRE(results[0]);
-  CHECK(results[0]->version == 2);
+  auto result = append_once_resumed(*log, request("todo-1", 1, 1, 3));
+  INFO((result ? std::string{"appended"} : result.error().detail));
+  REQUIRE(result);
+  CHECK(result->version == 2);
   auto next = request("todo-1", 2, 1, 4);
   CHECK(append_one(*log, next).version == 3);
   CHECK(log->stream_version("todo-1").value() == 3);

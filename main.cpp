@@ -104,6 +104,9 @@ int main(int argc, char** argv) {
   popts.rebuild_batch_size = opts.projection_rebuild_batch_size;
   popts.query_timeout = std::chrono::milliseconds{opts.postgres_query_timeout_ms};
   popts.store = log->store_id();
+  // Set at shutdown: what waits for PostgreSQL then gives up at once.
+  std::atomic<bool> stopping{false};
+  popts.cancel = &stopping;
   auto projection = projections::spawn_projection(sys, log.get(), popts);
   caf::anon_send(writer, listen_atom_v,
                  caf::actor_cast<actors::position_listener_actor>(projection));
@@ -114,7 +117,8 @@ int main(int argc, char** argv) {
   std::vector<projections::read_model_reader_actor> pg_readers;
   for (size_t i = 0; i < opts.postgres_readers; ++i)
     pg_readers.push_back(projections::spawn_read_model_reader(sys, opts.postgres_dsn,
-                                                              popts.query_timeout, popts.store));
+                                                              popts.query_timeout, popts.store,
+                                                              &stopping));
 
   http::bridge jobs{sys, 4};
   http::http_options hopts;
@@ -138,6 +142,7 @@ int main(int argc, char** argv) {
   auto shutdown = [&] {
     srv.stop();
     jobs.stop();
+    stopping = true;
     caf::anon_send_exit(writer, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(projection, caf::exit_reason::user_shutdown);
     for (auto& r : log_readers)

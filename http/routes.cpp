@@ -858,7 +858,9 @@ router::router(services& svc) : svc_(svc) {
     auto projection = s.projection;
     auto* log = &s.log;
     s.jobs.run([=](caf::event_based_actor* self) {
-      self->request(projection, 3s, stats_atom_v)
+      // The projection answers within 3 s, from what it knows when PostgreSQL
+      // holds its worker in a statement.
+      self->request(projection, 5s, stats_atom_v)
         .then(
           [=](const projections::projection_status& st) {
             // A write waiting this long means a disk that does not complete
@@ -937,7 +939,7 @@ router::router(services& svc) : svc_(svc) {
       return;
     auto projection = s.projection;
     s.jobs.run([=](caf::event_based_actor* self) {
-      self->request(projection, 10s, stats_atom_v)
+      self->request(projection, 5s, stats_atom_v)
         .then(
           [=](const projections::projection_status& st) {
             json item{{"name", st.name},

@@ -88,21 +88,24 @@ failure not_connected() {
 
 using clock = std::chrono::steady_clock;
 
-enum class wait_outcome { ready, timed_out, failed };
+enum class wait_outcome { ready, timed_out, cancelled, failed };
 
-/// Waits until the connection's socket is ready for `events` or `deadline`
-/// (none: forever) passes.
-wait_outcome wait_socket(PGconn* c, short events, std::optional<clock::time_point> deadline) {
+/// Waits until the connection's socket is ready for `events`, `deadline`
+/// (none: forever) passes or `cancel` is set (checked every 100 ms).
+wait_outcome wait_socket(PGconn* c, short events, std::optional<clock::time_point> deadline,
+                         const std::atomic<bool>* cancel) {
   pollfd p{PQsocket(c), events, 0};
   if (p.fd < 0)
     return wait_outcome::failed;
   for (;;) {
-    int ms = -1;
+    if (cancel != nullptr && cancel->load(std::memory_order_relaxed))
+      return wait_outcome::cancelled;
+    int ms = cancel != nullptr ? 100 : -1;
     if (deadline) {
       auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - clock::now());
       if (left.count() <= 0)
         return wait_outcome::timed_out;
-      ms = static_cast<int>(std::min<int64_t>(left.count(), INT_MAX));
+      ms = static_cast<int>(std::min<int64_t>(left.count(), ms < 0 ? INT_MAX : ms));
     }
     int n = ::poll(&p, 1, ms);
     if (n > 0)
@@ -128,13 +131,15 @@ outcome<result_ptr> finish(session s, int sent) {
   if (s.timeout.count() > 0)
     deadline = clock::now() + s.timeout;
   auto wait = [&](short events) -> std::optional<failure> {
-    switch (wait_socket(c, events, deadline)) {
+    switch (wait_socket(c, events, deadline, s.cancel)) {
       case wait_outcome::ready:
         if (PQconsumeInput(c) == 0)
           return failure_of(c, nullptr);
         return std::nullopt;
       case wait_outcome::timed_out:
         return timed_out(s);
+      case wait_outcome::cancelled:
+        return failure{true, "", "the server is stopping; the connection is closed"};
       default:
         return failure{true, "", std::string{"waiting for PostgreSQL: "} + std::strerror(errno)};
     }

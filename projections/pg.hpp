@@ -9,6 +9,7 @@
 
 #include <libpq-fe.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -73,6 +74,9 @@ struct session {
   /// then mid-query and must be closed, and whether the statement took
   /// effect is unknown (as with any lost connection).
   std::chrono::milliseconds timeout{0};
+  /// When set (non-null and true), a call waiting for PostgreSQL gives up
+  /// within 100 ms and fails with `connection_lost`, as at `timeout`.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 /// Runs `sql` (no parameters; may hold several statements) with the simple

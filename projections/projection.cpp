@@ -26,48 +26,60 @@ int64_t now_ms() {
     .count();
 }
 
-struct waiter {
-  uint64_t position;
-  clock::time_point deadline;
-  caf::typed_response_promise<uint64_t> promise;
-};
+// -- the worker: applies the log to PostgreSQL (blocking, own thread) --------
 
-struct projection_state {
+/// What the worker asks of itself or hears from the front.
+using worker_actor = caf::typed_actor<
+  caf::reacts_to<core::committed>,
+  /// A read waits for this position (skip the batch wait; on-demand: apply up
+  /// to it).
+  caf::reacts_to<wait_atom, uint64_t>,
+  /// Probes PostgreSQL, then reports.
+  caf::replies_to<stats_atom>::with<projection_report>,
+  caf::reacts_to<rebuild_atom>, caf::reacts_to<run_atom>, caf::reacts_to<rebuild_step_atom>,
+  caf::reacts_to<tick_atom>, caf::reacts_to<metrics_atom>>;
+
+struct worker_state {
   const storage::event_log* log = nullptr;
   projection_options opts;
+  projection_actor front;
   std::unique_ptr<todo_read_model> model;
-  uint64_t position = 0;
-  bool position_known = false;
+  projection_report now;       // position, errors, rebuild progress
+  projection_report published; // what the front was told last
   uint64_t target = 0; // apply up to here now
+  uint64_t wanted = 0; // the highest position a read has waited for
   bool run_scheduled = false;
   clock::time_point last_batch{}; // when the latest batch began
   bool lingering = false;         // the scheduled run is a batch waiting for company
   std::chrono::milliseconds backoff{0};
-  std::string last_error;
-  bool diverged = false; // the last check found the read model not this store's
   clock::time_point connect_failed{}; // when connecting last failed
-  bool draining = false;              // the server is stopping: waits end at once
   clock::time_point metrics_at{};     // when update_metrics last ran
   bool metrics_due = false;           // a metrics_atom is on its way
-  std::vector<waiter> waiters;
   // online rebuild
   std::unique_ptr<todo_read_model> rebuild_model;
-  bool rebuilding = false;
   bool rebuild_reset = false; ///< the rebuild's table was emptied for this rebuild
-  uint64_t rebuild_position = 0;
-  uint64_t rebuilds_completed = 0;
   static inline const char* name = "todo_projection";
 };
 
-using self_ptr = projection_actor::stateful_pointer<projection_state>;
+using worker_ptr = worker_actor::stateful_pointer<worker_state>;
 
 /// The projection's model of `table` (the live one or a rebuild's).
 std::unique_ptr<todo_read_model> make_model(const projection_options& opts, const char* table) {
   return std::make_unique<todo_read_model>(
-    opts.dsn, table, connection_options{"eventsd projection", opts.query_timeout, opts.store});
+    opts.dsn, table,
+    connection_options{"eventsd projection", opts.query_timeout, opts.store, opts.cancel});
 }
 
-void schedule_run(self_ptr self, clock::duration delay = clock::duration::zero()) {
+/// Tells the front what changed since it was told last.
+void publish(worker_ptr self) {
+  auto& st = self->state;
+  if (st.now == st.published)
+    return;
+  st.published = st.now;
+  self->send(st.front, st.now);
+}
+
+void schedule_run(worker_ptr self, clock::duration delay = clock::duration::zero()) {
   auto& st = self->state;
   if (st.run_scheduled)
     return;
@@ -78,75 +90,57 @@ void schedule_run(self_ptr self, clock::duration delay = clock::duration::zero()
     self->send(self, run_atom_v);
 }
 
-void fail(self_ptr self, const projection_error& err) {
+void fail(worker_ptr self, const projection_error& err) {
   auto& st = self->state;
-  st.last_error = err.detail.empty() ? to_string(err.code) : err.detail;
+  st.now.last_error = err.detail.empty() ? to_string(err.code) : err.detail;
   core::metrics::instance().projection_errors.add();
   auto next = st.backoff.count() == 0 ? st.opts.retry_min : st.backoff * 2;
   st.backoff = std::min(next, st.opts.retry_max);
 }
 
-/// Why a wait ends without the read model: it is another store's, or
-/// PostgreSQL cannot be reached (never since the start: then no position is
-/// claimed, since the projection does not know where the read model is).
-caf::error unreachable(const projection_state& st) {
-  if (st.diverged)
-    return caf::make_error(projection_errc::diverged, st.last_error);
-  if (!st.position_known && st.position == 0)
-    return caf::make_error(projection_errc::unavailable,
-                           "PostgreSQL not reached since the start: " + st.last_error);
-  return caf::make_error(projection_errc::unavailable,
-                         st.last_error + " (the read model had reached position "
-                           + std::to_string(st.position) + ")",
-                         st.position);
-}
-
-void deliver_waiters(self_ptr self) {
-  auto& st = self->state;
-  auto ready = std::partition(st.waiters.begin(), st.waiters.end(),
-                              [&](const waiter& w) { return w.position > st.position; });
-  for (auto i = ready; i != st.waiters.end(); ++i)
-    i->promise.deliver(st.position);
-  st.waiters.erase(ready, st.waiters.end());
-}
-
-void update_metrics(self_ptr self) {
+void update_metrics(worker_ptr self) {
   auto& st = self->state;
   st.metrics_at = clock::now();
   auto& m = core::metrics::instance();
   auto head = st.log->head();
-  m.projection_position.set(static_cast<int64_t>(st.position));
-  m.projection_lag_events.set(static_cast<int64_t>(head > st.position ? head - st.position : 0));
+  auto position = st.now.position;
+  m.projection_position.set(static_cast<int64_t>(position));
+  m.projection_lag_events.set(static_cast<int64_t>(head > position ? head - position : 0));
   int64_t lag_ms = 0;
-  if (head > st.position) {
-    if (auto next = st.log->read_all(st.position + 1, 1); next.ok() && !next->empty())
+  if (head > position) {
+    if (auto next = st.log->read_all(position + 1, 1); next.ok() && !next->empty())
       lag_ms = std::max<int64_t>(0, now_ms() - next->front().occurred_at_ms);
   }
   m.projection_lag_ms.set(lag_ms);
 }
 
 /// Connects when needed and learns the checkpoint; false on failure.
-bool ensure_connected(self_ptr self) {
+bool ensure_connected(worker_ptr self) {
   auto& st = self->state;
-  if (st.model->connected() && st.position_known)
+  auto& now = st.now;
+  if (st.model->connected() && now.position_known)
     return true;
-  if (auto r = st.model->connect(); !r.ok()) {
+  auto connected = st.model->connect();
+  now.connected = st.model->connected();
+  if (!connected.ok()) {
     st.connect_failed = clock::now();
-    fail(self, r.error());
+    ++now.connect_failures;
+    fail(self, connected.error());
     return false;
   }
   // The checkpoint must count positions of this store's log: a read model
   // of another store, or one ahead of the log, is never applied to.
   auto cp = st.opts.store.empty() ? st.model->checkpoint()
                                   : st.model->bind_store(st.log->head());
-  st.diverged = !cp.ok() && cp.error().code == projection_errc::diverged;
+  now.connected = st.model->connected();
+  now.diverged = !cp.ok() && cp.error().code == projection_errc::diverged;
   if (!cp.ok()) {
     fail(self, cp.error());
     return false;
   }
-  st.position = *cp;
-  st.position_known = true;
-  st.last_error.clear(); // connected and bound again: earlier failures are over
+  now.position = *cp;
+  now.position_known = true;
+  now.last_error.clear(); // connected and bound again: earlier failures are over
   return true;
 }
 
@@ -161,9 +155,9 @@ std::vector<todo_change> to_changes(const std::vector<storage::recorded_event>& 
 
 /// How long a small batch should still wait for company (see
 /// projection_options::batch_wait); zero when it should go now.
-clock::duration batch_wait_left(const projection_state& st) {
-  if (st.opts.mode != projection_mode::eventual || !st.waiters.empty()
-      || st.target >= st.position + st.opts.batch_size)
+clock::duration batch_wait_left(const worker_state& st) {
+  if (st.opts.mode != projection_mode::eventual || st.wanted > st.now.position
+      || st.target >= st.now.position + st.opts.batch_size)
     return clock::duration::zero();
   return std::max(clock::duration::zero(), st.last_batch + st.opts.batch_wait - clock::now());
 }
@@ -171,7 +165,7 @@ clock::duration batch_wait_left(const projection_state& st) {
 /// Runs a batch that waits for company at once when it need not wait any
 /// longer (it became full, or a read waits for it); the delayed run then finds
 /// nothing to do, or more.
-void stop_waiting_if_due(self_ptr self) {
+void stop_waiting_if_due(worker_ptr self) {
   auto& st = self->state;
   if (st.lingering && batch_wait_left(st) == clock::duration::zero()) {
     st.lingering = false;
@@ -180,29 +174,20 @@ void stop_waiting_if_due(self_ptr self) {
 }
 
 /// Applies one batch towards `target`; schedules the next step.
-void step(self_ptr self) {
+void step(worker_ptr self) {
   auto& st = self->state;
   if (!ensure_connected(self)) {
-    if (st.opts.mode == projection_mode::on_demand) {
-      // Reads wait to bring the read model up to the head; without
-      // PostgreSQL they cannot be served anyway: say so now, not at waitMs.
-      for (auto& w : st.waiters)
-        w.promise.deliver(unreachable(st));
-      st.waiters.clear();
-    }
     schedule_run(self, st.backoff);
     return;
   }
-  if (st.position >= st.target) {
-    deliver_waiters(self);
+  if (st.now.position >= st.target)
     return;
-  }
   if (auto wait = batch_wait_left(st); wait > clock::duration::zero()) {
     schedule_run(self, wait);
     st.lingering = st.run_scheduled;
     return;
   }
-  auto events = st.log->read_all(st.position + 1, st.opts.batch_size);
+  auto events = st.log->read_all(st.now.position + 1, st.opts.batch_size);
   if (!events.ok()) {
     fail(self, {projection_errc::query_failed, events.error().detail});
     schedule_run(self, st.backoff);
@@ -214,9 +199,11 @@ void step(self_ptr self) {
   st.last_batch = started;
   auto changes = to_changes(*events);
   auto last = events->back().position;
-  if (auto r = st.model->apply(changes, last); !r.ok()) {
-    fail(self, r.error());
-    st.position_known = false; // re-read the checkpoint after reconnecting
+  auto applied = st.model->apply(changes, last);
+  st.now.connected = st.model->connected();
+  if (!applied.ok()) {
+    fail(self, applied.error());
+    st.now.position_known = false; // re-read the checkpoint after reconnecting
     schedule_run(self, st.backoff);
     return;
   }
@@ -229,34 +216,18 @@ void step(self_ptr self) {
   for (auto& e : *events)
     m.projection_visible_seconds.observe(
       static_cast<double>(std::max<int64_t>(0, committed_ms - e.occurred_at_ms)) / 1000.0);
-  st.position = last;
+  st.now.position = last;
   st.backoff = std::chrono::milliseconds{0};
-  st.last_error.clear();
-  deliver_waiters(self);
+  st.now.last_error.clear();
   update_metrics(self);
-  if (st.position < st.target)
+  if (st.now.position < st.target)
     schedule_run(self);
 }
 
-caf::error stopping_error() {
-  return caf::make_error(projection_errc::unavailable, "the server is stopping");
-}
-
-void add_waiter(self_ptr self, uint64_t position, uint64_t timeout_ms,
-                caf::typed_response_promise<uint64_t> rp) {
-  if (self->state.draining) {
-    rp.deliver(stopping_error());
-    return;
-  }
-  auto timeout = std::chrono::milliseconds{timeout_ms};
-  self->state.waiters.push_back(waiter{position, clock::now() + timeout, rp});
-  self->delayed_send(self, timeout, expire_atom_v);
-  stop_waiting_if_due(self);
-}
-
-void rebuild_step(self_ptr self) {
+void rebuild_step(worker_ptr self) {
   auto& st = self->state;
-  if (!st.rebuilding)
+  auto& now = st.now;
+  if (!now.rebuilding)
     return;
   auto retry = [&](const projection_error& err) {
     fail(self, err);
@@ -270,7 +241,7 @@ void rebuild_step(self_ptr self) {
       auto cp = st.rebuild_model->checkpoint();
       if (!cp.ok())
         return retry(cp.error());
-      st.rebuild_position = *cp;
+      now.rebuild_position = *cp;
     }
   }
   if (!st.rebuild_reset) {
@@ -279,47 +250,46 @@ void rebuild_step(self_ptr self) {
     if (auto r = st.rebuild_model->reset(); !r.ok())
       return retry(r.error());
     st.rebuild_reset = true;
-    st.rebuild_position = 0;
+    now.rebuild_position = 0;
   }
   auto head = st.log->head();
-  if (st.rebuild_position < head) {
-    auto events = st.log->read_all(st.rebuild_position + 1, st.opts.rebuild_batch_size);
+  if (now.rebuild_position < head) {
+    auto events = st.log->read_all(now.rebuild_position + 1, st.opts.rebuild_batch_size);
     if (!events.ok())
       return retry({projection_errc::query_failed, events.error().detail});
     if (events->empty())
       return retry({projection_errc::query_failed,
-                    "the log holds no event past " + std::to_string(st.rebuild_position)
+                    "the log holds no event past " + std::to_string(now.rebuild_position)
                       + " below its head " + std::to_string(head)});
     auto last = events->back().position;
     if (auto r = st.rebuild_model->apply(to_changes(*events), last); !r.ok())
       return retry(r.error());
-    st.rebuild_position = last;
+    now.rebuild_position = last;
     self->send(self, rebuild_step_atom_v); // let live work and reads interleave
     return;
   }
   // Caught up with the head: swap the fresh table in, atomically.
   if (auto r = st.rebuild_model->swap_into(live_table); !r.ok())
     return retry(r.error());
-  st.rebuilding = false;
+  now.rebuilding = false;
   st.rebuild_model.reset();
-  ++st.rebuilds_completed;
+  ++now.rebuilds_completed;
   st.model = make_model(st.opts, live_table);
-  st.position_known = false;
+  now.position_known = false;
   st.backoff = std::chrono::milliseconds{0};
-  if (ensure_connected(self)) {
-    deliver_waiters(self);
+  if (ensure_connected(self))
     update_metrics(self);
-  }
-  if (st.position < st.target)
+  if (now.position < st.target)
     schedule_run(self);
 }
 
-projection_actor::behavior_type projection(self_ptr self, const storage::event_log* log,
-                                           projection_options opts) {
+worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* log,
+                                   projection_options opts, projection_actor front) {
   core::name_this_thread("projection");
   auto& st = self->state;
   st.log = log;
   st.opts = opts;
+  st.front = std::move(front);
   st.model = make_model(opts, live_table);
   auto mode = opts.mode;
   if (mode == projection_mode::eventual || mode == projection_mode::unit_of_work) {
@@ -330,6 +300,7 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
   }
   ensure_connected(self);
   update_metrics(self);
+  publish(self);
   return {
     [=](core::committed c) {
       auto& st = self->state;
@@ -346,47 +317,20 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
         st.target = std::max(st.target, c.position);
         schedule_run(self);
         stop_waiting_if_due(self);
-      } else if (mode == projection_mode::on_demand && !st.waiters.empty()) {
+      } else if (mode == projection_mode::on_demand && st.target < st.wanted) {
         // A read waits for a position the log had not reached when it asked.
-        uint64_t wanted = 0;
-        for (auto& w : st.waiters)
-          wanted = std::max(wanted, w.position);
-        if (st.target < wanted) {
-          st.target = std::max(st.target, std::min(wanted, c.position));
-          schedule_run(self);
-        }
+        st.target = std::max(st.target, std::min(st.wanted, c.position));
+        schedule_run(self);
       }
     },
-    [=](wait_atom, uint64_t position,
-        uint64_t timeout_ms) -> caf::typed_response_promise<uint64_t> {
+    [=](wait_atom, uint64_t position) {
       auto& st = self->state;
-      auto rp = self->make_response_promise<uint64_t>();
-      // What the read model applied it keeps, also while PostgreSQL is out
-      // of reach: the position last seen is reached (the query will tell
-      // whether the read model can be asked).
-      if (st.position >= position) {
-        rp.deliver(st.position);
-        return rp;
-      }
+      st.wanted = std::max(st.wanted, position);
       if (mode == projection_mode::on_demand) {
         st.target = std::max(st.target, std::min(position, st.log->head()));
         schedule_run(self);
       }
-      add_waiter(self, position, timeout_ms, rp);
-      return rp;
-    },
-    [=](catch_up_atom, uint64_t timeout_ms) -> caf::typed_response_promise<uint64_t> {
-      auto& st = self->state;
-      auto rp = self->make_response_promise<uint64_t>();
-      auto head = st.log->head();
-      if (st.position_known && st.position >= head) {
-        rp.deliver(st.position);
-        return rp;
-      }
-      st.target = std::max(st.target, head);
-      schedule_run(self);
-      add_waiter(self, head, timeout_ms, rp);
-      return rp;
+      stop_waiting_if_due(self);
     },
     [=](stats_atom) {
       auto& st = self->state;
@@ -399,92 +343,268 @@ projection_actor::behavior_type projection(self_ptr self, const storage::event_l
       auto began = clock::now();
       auto probed = st.model->connected() ? st.model->probe(std::chrono::seconds{2})
                                           : pg_result<void>{};
+      st.now.connected = st.model->connected();
       if (!st.model->connected() || !probed.ok()) {
         if (!probed.ok())
           fail(self, probed.error()); // the reason /readyz and the admin view give
-        st.position_known = false;
+        st.now.position_known = false;
         if (clock::now() - began < std::chrono::milliseconds{500}
             && clock::now() - st.connect_failed > std::chrono::seconds{5}
             && ensure_connected(self)) {
-          st.last_error.clear();
+          st.now.last_error.clear();
           st.backoff = std::chrono::milliseconds{0};
         }
       }
       update_metrics(self);
-      projection_status s;
-      s.name = "todos";
-      s.mode = to_string(mode);
-      s.position = st.position;
-      // A position once seen stays a lower bound of the read model's.
-      s.position_known = st.position_known || st.position > 0;
-      s.head = st.log->head();
-      s.lag_ms = core::metrics::instance().projection_lag_ms.value();
-      s.connected = st.model->connected();
-      s.last_error = st.last_error;
-      if (!st.last_error.empty())
-        s.state = "error";
-      else if (s.position >= s.head)
-        s.state = "live";
-      else if (mode == projection_mode::scheduled || mode == projection_mode::on_demand)
-        s.state = "waiting";
-      else
-        s.state = "catching-up";
-      s.diverged = st.diverged;
-      s.rebuilding = st.rebuilding;
-      s.rebuild_position = st.rebuild_position;
-      s.rebuild_head = s.head;
-      s.rebuilds_completed = st.rebuilds_completed;
-      return s;
+      publish(self);
+      return st.now;
     },
     [=](rebuild_atom) {
       auto& st = self->state;
-      if (st.rebuilding)
-        return false;
-      st.rebuilding = true;
-      st.rebuild_position = 0;
-      st.rebuild_reset = false;
-      st.rebuild_model = make_model(st.opts, rebuild_table);
-      // The steps connect and empty the table (retried until they can):
-      // the request that asked for the rebuild is answered at once.
-      self->send(self, rebuild_step_atom_v);
-      return true;
+      ++st.now.rebuilds_asked;
+      if (!st.now.rebuilding) {
+        st.now.rebuilding = true;
+        st.now.rebuild_position = 0;
+        st.rebuild_reset = false;
+        st.rebuild_model = make_model(st.opts, rebuild_table);
+        // The steps connect and empty the table (retried until they can).
+        self->send(self, rebuild_step_atom_v);
+      }
+      publish(self);
     },
     [=](run_atom) {
       self->state.run_scheduled = false;
       self->state.lingering = false;
       step(self);
+      publish(self);
     },
-    [=](expire_atom) {
-      auto& st = self->state;
-      auto now = clock::now();
-      auto expired = std::partition(st.waiters.begin(), st.waiters.end(),
-                                    [&](const waiter& w) { return w.deadline > now; });
-      auto why = st.diverged || (!st.position_known && !st.last_error.empty())
-                   ? unreachable(st)
-                   : caf::make_error(projection_errc::timeout,
-                                     "read model at position " + std::to_string(st.position),
-                                     st.position);
-      for (auto i = expired; i != st.waiters.end(); ++i)
-        i->promise.deliver(why);
-      st.waiters.erase(expired, st.waiters.end());
+    [=](rebuild_step_atom) {
+      rebuild_step(self);
+      publish(self);
     },
-    [=](rebuild_step_atom) { rebuild_step(self); },
     [=](metrics_atom) {
       self->state.metrics_due = false;
       update_metrics(self);
-    },
-    [=](drain_atom) {
-      auto& st = self->state;
-      st.draining = true;
-      for (auto& w : st.waiters)
-        w.promise.deliver(stopping_error());
-      st.waiters.clear();
     },
     [=](tick_atom) {
       auto& st = self->state;
       st.target = std::max(st.target, st.log->head());
       schedule_run(self);
       self->delayed_send(self, st.opts.interval, tick_atom_v);
+    },
+  };
+}
+
+// -- the front: waits and status, never blocked by PostgreSQL ----------------
+
+struct waiter {
+  uint64_t position;
+  bool fresh; // the position must have been read from PostgreSQL since it was lost
+  clock::time_point deadline;
+  caf::typed_response_promise<uint64_t> promise;
+};
+
+struct front_state {
+  const storage::event_log* log = nullptr;
+  projection_mode mode = projection_mode::eventual;
+  worker_actor worker;
+  projection_report report; // the worker's latest
+  std::vector<waiter> waiters;
+  bool draining = false;      // the server is stopping: waits end at once
+  uint64_t rebuilds_sent = 0; // rebuild_atoms passed on to the worker
+  bool probing = false;       // a probe is on its way to the worker
+  std::vector<caf::typed_response_promise<projection_status>> probe_waiters;
+  static inline const char* name = "todo_projection_front";
+};
+
+using front_ptr = projection_actor::stateful_pointer<front_state>;
+
+/// Longest wait for the worker's probe before the front answers from what it
+/// knows (the worker may be inside a statement PostgreSQL does not answer).
+constexpr auto probe_patience = std::chrono::seconds{3};
+
+/// Why a wait ends without the read model: it is another store's, or
+/// PostgreSQL cannot be reached (never since the start: then no position is
+/// claimed, since the projection does not know where the read model is).
+caf::error unreachable(const projection_report& r) {
+  if (r.diverged)
+    return caf::make_error(projection_errc::diverged, r.last_error);
+  if (!r.position_known && r.position == 0)
+    return caf::make_error(projection_errc::unavailable,
+                           "PostgreSQL not reached since the start: " + r.last_error);
+  return caf::make_error(projection_errc::unavailable,
+                         r.last_error + " (the read model had reached position "
+                           + std::to_string(r.position) + ")",
+                         r.position);
+}
+
+caf::error stopping_error() {
+  return caf::make_error(projection_errc::unavailable, "the server is stopping");
+}
+
+void deliver_waiters(front_ptr self) {
+  auto& st = self->state;
+  auto& r = st.report;
+  auto ready = std::partition(st.waiters.begin(), st.waiters.end(), [&](const waiter& w) {
+    return w.position > r.position || (w.fresh && !r.position_known);
+  });
+  for (auto i = ready; i != st.waiters.end(); ++i)
+    i->promise.deliver(r.position);
+  st.waiters.erase(ready, st.waiters.end());
+}
+
+void fail_waiters(front_ptr self, const caf::error& why) {
+  for (auto& w : self->state.waiters)
+    w.promise.deliver(why);
+  self->state.waiters.clear();
+}
+
+/// Waits until the read model reaches `position`, asking the worker for it.
+caf::typed_response_promise<uint64_t> add_waiter(front_ptr self, uint64_t position, bool fresh,
+                                                 uint64_t timeout_ms) {
+  auto& st = self->state;
+  auto rp = self->make_response_promise<uint64_t>();
+  if (st.draining) {
+    rp.deliver(stopping_error());
+    return rp;
+  }
+  auto timeout = std::chrono::milliseconds{timeout_ms};
+  st.waiters.push_back(waiter{position, fresh, clock::now() + timeout, rp});
+  self->delayed_send(self, timeout, expire_atom_v);
+  self->send(st.worker, wait_atom_v, position);
+  return rp;
+}
+
+/// What `GET /admin/projections` and `/readyz` show for report `r`.
+projection_status status_of(const front_state& st, const projection_report& r) {
+  projection_status s;
+  s.name = "todos";
+  s.mode = to_string(st.mode);
+  s.position = r.position;
+  // A position once seen stays a lower bound of the read model's.
+  s.position_known = r.position_known || r.position > 0;
+  s.head = st.log->head();
+  s.lag_ms = core::metrics::instance().projection_lag_ms.value();
+  s.connected = r.connected;
+  s.last_error = r.last_error;
+  if (!r.last_error.empty())
+    s.state = "error";
+  else if (s.position >= s.head)
+    s.state = "live";
+  else if (st.mode == projection_mode::scheduled || st.mode == projection_mode::on_demand)
+    s.state = "waiting";
+  else
+    s.state = "catching-up";
+  s.diverged = r.diverged;
+  s.rebuilding = r.rebuilding || st.rebuilds_sent > r.rebuilds_asked;
+  s.rebuild_position = r.rebuild_position;
+  s.rebuild_head = s.head;
+  s.rebuilds_completed = r.rebuilds_completed;
+  return s;
+}
+
+void answer_probe(front_ptr self, const projection_status& s) {
+  auto& st = self->state;
+  st.probing = false;
+  for (auto& rp : st.probe_waiters)
+    rp.deliver(s);
+  st.probe_waiters.clear();
+}
+
+projection_actor::behavior_type front(front_ptr self, const storage::event_log* log,
+                                      projection_options opts) {
+  auto& st = self->state;
+  st.log = log;
+  st.mode = opts.mode;
+  st.worker = self->spawn<caf::detached + caf::linked>(worker, log, std::move(opts),
+                                                       projection_actor{self});
+  return {
+    [=](core::committed c) { self->send(self->state.worker, c); },
+    [=](const projection_report& r) {
+      auto& st = self->state;
+      bool failed_to_connect = r.connect_failures > st.report.connect_failures;
+      st.report = r;
+      deliver_waiters(self);
+      // Reads wait to bring the read model up to the head; without
+      // PostgreSQL they cannot be served anyway: say so now, not at waitMs.
+      if (failed_to_connect && st.mode == projection_mode::on_demand)
+        fail_waiters(self, unreachable(r));
+    },
+    [=](wait_atom, uint64_t position,
+        uint64_t timeout_ms) -> caf::typed_response_promise<uint64_t> {
+      auto& st = self->state;
+      // What the read model applied it keeps, also while PostgreSQL is out
+      // of reach: the position last seen is reached (the query will tell
+      // whether the read model can be asked).
+      if (st.report.position >= position) {
+        auto rp = self->make_response_promise<uint64_t>();
+        rp.deliver(st.report.position);
+        return rp;
+      }
+      return add_waiter(self, position, false, timeout_ms);
+    },
+    [=](catch_up_atom, uint64_t timeout_ms) -> caf::typed_response_promise<uint64_t> {
+      auto& st = self->state;
+      auto head = st.log->head();
+      if (st.report.position_known && st.report.position >= head) {
+        auto rp = self->make_response_promise<uint64_t>();
+        rp.deliver(st.report.position);
+        return rp;
+      }
+      return add_waiter(self, head, true, timeout_ms);
+    },
+    [=](stats_atom) -> caf::typed_response_promise<projection_status> {
+      auto& st = self->state;
+      auto rp = self->make_response_promise<projection_status>();
+      st.probe_waiters.push_back(rp);
+      if (st.probing)
+        return rp;
+      st.probing = true;
+      self->request(st.worker, probe_patience, stats_atom_v)
+        .then(
+          [=](const projection_report& r) {
+            self->state.report = r;
+            deliver_waiters(self);
+            answer_probe(self, status_of(self->state, r));
+          },
+          [=](caf::error&) {
+            // The worker is inside a statement (or a connection attempt)
+            // that PostgreSQL has not answered: say so instead of waiting.
+            auto s = status_of(self->state, self->state.report);
+            s.connected = false;
+            s.state = "error";
+            s.last_error = "PostgreSQL has not answered the projection for "
+                           + std::to_string(probe_patience.count()) + " s";
+            answer_probe(self, s);
+          });
+      return rp;
+    },
+    [=](rebuild_atom) {
+      auto& st = self->state;
+      if (st.report.rebuilding || st.rebuilds_sent > st.report.rebuilds_asked)
+        return false;
+      ++st.rebuilds_sent;
+      self->send(st.worker, rebuild_atom_v);
+      return true;
+    },
+    [=](expire_atom) {
+      auto& st = self->state;
+      auto& r = st.report;
+      auto now = clock::now();
+      auto expired = std::partition(st.waiters.begin(), st.waiters.end(),
+                                    [&](const waiter& w) { return w.deadline > now; });
+      auto why = r.diverged || (!r.position_known && !r.last_error.empty())
+                   ? unreachable(r)
+                   : caf::make_error(projection_errc::timeout,
+                                     "read model at position " + std::to_string(r.position),
+                                     r.position);
+      for (auto i = expired; i != st.waiters.end(); ++i)
+        i->promise.deliver(why);
+      st.waiters.erase(expired, st.waiters.end());
+    },
+    [=](drain_atom) {
+      self->state.draining = true;
+      fail_waiters(self, stopping_error());
     },
   };
 }
@@ -566,18 +686,19 @@ std::optional<todo_change> to_change(const storage::recorded_event& e) {
 
 projection_actor spawn_projection(caf::actor_system& sys, const storage::event_log* log,
                                   projection_options opts) {
-  return sys.spawn<caf::detached>(projection, log, std::move(opts));
+  return sys.spawn(front, log, std::move(opts));
 }
 
 read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::string dsn,
                                                 std::chrono::milliseconds query_timeout,
-                                                std::string store) {
+                                                std::string store,
+                                                const std::atomic<bool>* cancel) {
   return sys.spawn<caf::detached>(
-    [query_timeout, store](reader_ptr self,
+    [query_timeout, store, cancel](reader_ptr self,
                            std::string dsn) -> read_model_reader_actor::behavior_type {
       core::name_this_thread("model-reader");
       self->state.model = std::make_unique<todo_read_model>(
-        std::move(dsn), live_table, connection_options{"eventsd reader", query_timeout, store});
+        std::move(dsn), live_table, connection_options{"eventsd reader", query_timeout, store, cancel});
       auto ready = [self]() -> std::optional<projection_error> {
         auto& st = self->state;
         if (st.model->connected())

@@ -8,6 +8,7 @@
 // from the log writer only wakes it.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -52,6 +53,9 @@ struct projection_options {
   /// The event store the read model must be a fold of (event_log::store_id);
   /// empty: not checked (tests of the projection alone).
   std::string store;
+  /// Set when the server stops: a statement in flight is given up at once
+  /// instead of at `query_timeout`; null: never.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 /// What `GET /admin/projections` shows of one projection.
@@ -79,7 +83,32 @@ typename Inspector::result_type inspect(Inspector& f, projection_status& x) {
            x.rebuild_position, x.rebuild_head, x.rebuilds_completed, x.diverged);
 }
 
-/// Handle of the Todo projection.
+/// What the projection's worker (which talks to PostgreSQL) tells the actor
+/// that answers waits and status (which never waits for PostgreSQL).
+struct projection_report {
+  uint64_t position = 0;       ///< last applied position
+  bool position_known = false; ///< read from PostgreSQL since the connection was (re)made
+  bool connected = false;
+  bool diverged = false; ///< the read model is another store's or ahead of the log
+  std::string last_error;
+  uint64_t connect_failures = 0; ///< failed connection attempts so far
+  bool rebuilding = false;
+  uint64_t rebuild_position = 0;
+  uint64_t rebuilds_asked = 0;     ///< rebuild requests received
+  uint64_t rebuilds_completed = 0;
+  bool operator==(const projection_report&) const = default;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, projection_report& x) {
+  return f(caf::meta::type_name("projection_report"), x.position, x.position_known, x.connected,
+           x.diverged, x.last_error, x.connect_failures, x.rebuilding, x.rebuild_position,
+           x.rebuilds_asked, x.rebuilds_completed);
+}
+
+/// Handle of the Todo projection. It answers waits and status at once; a
+/// worker of its own (detached, linked) applies the log to PostgreSQL, so a
+/// PostgreSQL that stops answering holds the worker only.
 using projection_actor = caf::typed_actor<
   caf::reacts_to<core::committed>,
   /// Answers the position once it is >= the given one; fails with
@@ -91,11 +120,11 @@ using projection_actor = caf::typed_actor<
   caf::replies_to<stats_atom>::with<projection_status>,
   /// Starts a rebuild into a fresh table; false when one is running.
   caf::replies_to<rebuild_atom>::with<bool>,
-  caf::reacts_to<run_atom>, caf::reacts_to<expire_atom>, caf::reacts_to<rebuild_step_atom>,
-  caf::reacts_to<tick_atom>,
+  /// From the projection's worker: what it applied and how PostgreSQL is.
+  caf::reacts_to<projection_report>, caf::reacts_to<expire_atom>,
   /// The server is stopping: every wait, and any later one, ends at once
   /// (`unavailable`), so that what waits on the read model is answered.
-  caf::reacts_to<drain_atom>, caf::reacts_to<metrics_atom>>;
+  caf::reacts_to<drain_atom>>;
 
 /// Spawns the projection (detached). REQUIRES: `log` outlives it.
 projection_actor spawn_projection(caf::actor_system& sys, const storage::event_log* log,
@@ -115,11 +144,12 @@ using read_model_reader_actor
 
 /// Spawns one reader (detached) with its own connection to `dsn`, each
 /// query of which may wait `query_timeout` for its answer (0: forever), and
-/// which refuses (`diverged`) a read model of another store than `store`.
+/// which refuses (`diverged`) a read model of another store than `store`,
+/// and whose queries end at once when `cancel` is set (null: never).
 read_model_reader_actor spawn_read_model_reader(
   caf::actor_system& sys, std::string dsn,
   std::chrono::milliseconds query_timeout = std::chrono::milliseconds{10000},
-  std::string store = {});
+  std::string store = {}, const std::atomic<bool>* cancel = nullptr);
 
 /// Replays the whole log into `table` offline (CLI `--rebuild`), printing
 /// progress through `progress(position, head)`. Returns the final position.

@@ -272,7 +272,7 @@ struct todo_read_model::impl {
   PGconn* c() const { return conn.get(); }
 
   /// The connection with the deadline of each call on it.
-  pg::session s() const { return {conn.get(), copts.query_timeout}; }
+  pg::session s() const { return {conn.get(), copts.query_timeout, copts.cancel}; }
 
   /// Turns a libpq failure into a projection error; forgets a broken
   /// connection so that connected() says so and connect() opens a new one.
@@ -584,7 +584,7 @@ pg_result<void> todo_read_model::probe(std::chrono::milliseconds deadline) {
   auto& d = *impl_;
   if (auto e = d.require_ready())
     return *e;
-  if (auto r = pg::exec(pg::session{d.c(), deadline}, "SELECT 1"); !r)
+  if (auto r = pg::exec(pg::session{d.c(), deadline, d.copts.cancel}, "SELECT 1"); !r)
     return d.fail(r.error());
   return {};
 }

@@ -4,6 +4,7 @@
 // thread (or one detached actor) at a time. Every call is blocking I/O.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -102,6 +103,9 @@ struct connection_options {
   /// of; empty: not checked. Reads fail with `diverged` when the checkpoint
   /// row names another store (see bind_store).
   std::string store;
+  /// Set when the server stops: a call waiting for PostgreSQL gives up at
+  /// once (the connection is closed, as at `query_timeout`); null: never.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 /// The `todos` table (or a rebuild table) plus its checkpoint row, behind

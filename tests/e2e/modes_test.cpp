@@ -368,6 +368,64 @@ TEST_CASE("unit-of-work: with PostgreSQL hung (the projection stuck in a stateme
   CHECK(took < 3s); // not at the 5 s drain deadline
 }
 
+TEST_CASE("eventual: with PostgreSQL hung while the projection applies a batch, the admin view, "
+          "/readyz, minPosition waits and a rebuild request answer on time, and SIGTERM ends "
+          "the server at once",
+          "[e2e][modes][eventual][postgres-down][shutdown]") {
+  // The statement timeout is longer than every wait below: only the
+  // projection's worker waits for PostgreSQL, not what asks about it.
+  server_behind_proxy s{{"--postgres.query-timeout-ms=30000"}};
+  http_client c{s.srv.port()};
+  auto first = ack_of(c.post_json("/todo", {{"description", "before the hang"}}));
+  REQUIRE(c.get("/todo/" + first.id + "?minPosition=" + std::to_string(first.position)).status
+          == 200);
+  s.proxy.stall();
+  auto second = ack_of(c.post_json("/todo", {{"description", "while PostgreSQL hangs"}}));
+  std::this_thread::sleep_for(300ms); // the projection is now inside its apply
+  auto timed = [](auto&& call) {
+    auto t0 = std::chrono::steady_clock::now();
+    auto r = call();
+    return std::pair{r, std::chrono::steady_clock::now() - t0};
+  };
+
+  auto [admin, admin_took] = timed([&] { return c.get("/admin/projections"); });
+  INFO("admin view: " << admin.status << " " << admin.body);
+  REQUIRE(admin.status == 200);
+  auto item = admin.json_body()["items"][0];
+  CHECK(item["connected"] == false);
+  CHECK(item["state"] == "error");
+  CHECK(item["lastError"].get<std::string>().find("has not answered") != std::string::npos);
+  CHECK(item["position"] == first.position);
+  CHECK(admin_took < 4500ms);
+
+  auto [ready, ready_took] = timed([&] { return c.get("/readyz"); });
+  INFO("readyz: " << ready.status << " " << ready.body);
+  CHECK(ready.status == 503);
+  CHECK(ready.body.find("has not answered") != std::string::npos);
+  CHECK(ready_took < 4500ms);
+
+  auto [waited, waited_took] = timed([&] {
+    return c.get("/todo/" + second.id + "?minPosition=" + std::to_string(second.position)
+                 + "&waitMs=300");
+  });
+  INFO("minPosition read: " << waited.status << " " << waited.body);
+  CHECK(waited.status == 503);
+  CHECK(waited.header("X-Read-Model-Position") == std::optional{std::to_string(first.position)});
+  CHECK(waited_took < 1500ms);
+
+  auto rebuild_now = [&] { return c.request("POST", "/admin/projections/todos/rebuild"); };
+  auto [rebuild, rebuild_took] = timed(rebuild_now);
+  CHECK(rebuild.status == 202);
+  CHECK(rebuild_took < 1000ms);
+  CHECK(rebuild_now().status == 409);
+
+  auto [status, stop_took] = timed([&] { return s.srv.stop(); });
+  s.proxy.restore();
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(stop_took < 2500ms); // not the 30 s of the statement
+}
+
 TEST_CASE("unit-of-work: while PostgreSQL is down writes answer 202; when it returns the read "
           "model catches up and writes answer 200 again",
           "[e2e][modes][unit-of-work][postgres-down]") {

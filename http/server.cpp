@@ -129,9 +129,19 @@ public:
     callbacks_.erase(id);
   }
 
-  size_t subscribers() {
+  /// Admits one more subscriber unless `max` are admitted already; each
+  /// admitted one calls leave() once.
+  bool admit(size_t max) {
     std::lock_guard<std::mutex> guard{mtx_};
-    return callbacks_.size();
+    if (admitted_ >= max)
+      return false;
+    ++admitted_;
+    return true;
+  }
+
+  void leave() {
+    std::lock_guard<std::mutex> guard{mtx_};
+    --admitted_;
   }
 
   void notify(uint64_t head) {
@@ -149,6 +159,7 @@ public:
 private:
   std::mutex mtx_;
   uint64_t next_id_ = 0;
+  size_t admitted_ = 0;
   std::unordered_map<uint64_t, callback> callbacks_;
 };
 
@@ -163,6 +174,7 @@ private:
 /// for `--http.read-timeout-ms` is dropped.
 class sse_session : public std::enable_shared_from_this<sse_session> {
 public:
+  /// REQUIRES: `signal.admit()` admitted this subscriber.
   sse_session(beast::tcp_stream stream, services& svc, head_signal& signal, uint64_t from)
     : stream_(std::move(stream)), svc_(svc), signal_(signal), next_(from),
       heartbeat_(stream_.get_executor()) {}
@@ -187,7 +199,10 @@ public:
     read_page(); // an empty answer marks the subscriber live
   }
 
-  ~sse_session() { core::metrics::instance().sse_subscribers.add(-1); }
+  ~sse_session() {
+    core::metrics::instance().sse_subscribers.add(-1);
+    signal_.leave();
+  }
 
 private:
   void on_head(uint64_t head) {
@@ -607,7 +622,7 @@ private:
     }
     // Each subscriber reads the log after every batch: their number is
     // bounded like any other resource a client can claim.
-    if (auto max = router_.svc().options.sse_max_subscribers; signal_.subscribers() >= max) {
+    if (auto max = router_.svc().options.sse_max_subscribers; !signal_.admit(max)) {
       auto busy = problem(503, "already " + std::to_string(max)
                                  + " subscribers (--http.sse-max-subscribers); retry later");
       busy.header("Retry-After", "5");

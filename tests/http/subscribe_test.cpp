@@ -569,3 +569,29 @@ TEST_CASE("SSE: past --http.sse-max-subscribers one more subscriber is a 503 wit
   }
   CHECK(served);
 }
+
+TEST_CASE("SSE: subscribers arriving all at once are admitted up to --http.sse-max-subscribers "
+          "exactly",
+          "[http][sse]") {
+  server s{server_options::with_args({"--http.sse-max-subscribers=3", "--http.threads=2"})};
+  constexpr int clients = 16;
+  std::vector<std::unique_ptr<sse_client>> opened(clients);
+  std::atomic<bool> go{false};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < clients; ++i)
+    threads.emplace_back([&, i] {
+      while (!go)
+        std::this_thread::yield();
+      opened[i] = std::make_unique<sse_client>(s.port(), "/subscribe/$all");
+    });
+  go = true;
+  for (auto& t : threads)
+    t.join();
+  int served = 0;
+  for (auto& c : opened) {
+    INFO("answer: " << c->head().status << " " << c->head().body);
+    CHECK((c->head().status == 200 || c->head().status == 503));
+    served += c->head().status == 200;
+  }
+  CHECK(served == 3);
+}

@@ -446,6 +446,10 @@ private:
   /// The header is in: a request with a body still to come gets `100 Continue`
   /// first when it asked for it (RFC 9110 §10.1.1), then the body is read.
   void on_header(beast::error_code ec, size_t n) {
+    // An answer to a HEAD has no body, whatever it is (a 408 while its body
+    // is read, say).
+    if (parser_->is_header_done())
+      head_ = parser_->get().method() == bhttp::verb::head;
     if (ec || parser_->is_done())
       return on_read(ec, n);
     auto& h = parser_->get();
@@ -498,6 +502,7 @@ private:
       // Counted under the route it was for: the header is in.
       auto& h = parser_->get();
       method_ = std::string{h.method_string()};
+      head_ = h.method() == bhttp::verb::head;
       return send(problem(413, "body larger than the limit of "
                                  + std::to_string(router_.svc().options.body_limit)
                                  + " bytes"),

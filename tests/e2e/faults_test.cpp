@@ -1276,6 +1276,12 @@ TEST_CASE("a client too slow to send its request within --http.read-timeout-ms g
   check_408("POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             "Content-Length: 40\r\n\r\n{\"description\":");               // inside the body
   CHECK(head() == before);
+  // The 408 of a HEAD whose body is late has no body (RFC 9110 §9.3.2).
+  auto head_408 = raw_exchange(
+    s.port(), "HEAD /todo HTTP/1.1\r\nHost: x\r\nContent-Length: 40\r\n\r\n{", 5000ms);
+  INFO("answer to the HEAD: " << head_408);
+  CHECK(head_408.rfind("HTTP/1.1 408 ", 0) == 0);
+  CHECK(head_408.size() == head_408.find("\r\n\r\n") + 4);
 
   // A connection that sends nothing is closed without an answer.
   auto t0 = clock_type::now();

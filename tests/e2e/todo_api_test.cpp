@@ -1168,6 +1168,14 @@ TEST_CASE("a body of exactly 65536 bytes is accepted and 65537 bytes is a 413",
   std::snprintf(size_line, sizeof size_line, "%zx\r\n", over.size());
   chunked += size_line + over + "\r\n0\r\n\r\n";
   check_rejected(parse_response(raw_exchange(shared_server().port(), chunked)), 413, before);
+  // The answer to a HEAD has no body, also when it is a 413 (RFC 9110 §9.3.2).
+  auto head_raw = raw_exchange(
+    shared_server().port(), "HEAD /todo HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n");
+  INFO("answer to the HEAD: " << head_raw);
+  CHECK(head_raw.rfind("HTTP/1.1 413 ", 0) == 0);
+  auto end_of_head = head_raw.find("\r\n\r\n");
+  REQUIRE(end_of_head != std::string::npos);
+  CHECK(head_raw.size() == end_of_head + 4);
 }
 
 TEST_CASE("a request target longer than the 16 KiB header limit is a 414, header fields past it "

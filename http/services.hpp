@@ -99,7 +99,7 @@ struct services {
 
   std::atomic<size_t> next_log_reader{0};
   std::atomic<size_t> next_read_model_reader{0};
-  drain_hooks on_drain;
+  drain_hooks on_drain{};
 };
 
 } // namespace eventsd::http

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <charconv>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -115,6 +116,17 @@ wait_outcome wait_socket(PGconn* c, short events, std::optional<clock::time_poin
   }
 }
 
+/// The connection's effective connect_timeout in seconds (0: none).
+int connect_timeout_of(PGconn* c) {
+  int seconds = 0;
+  std::unique_ptr<PQconninfoOption, decltype(&PQconninfoFree)> options{PQconninfo(c),
+                                                                        &PQconninfoFree};
+  for (auto* o = options.get(); o != nullptr && o->keyword != nullptr; ++o)
+    if (std::string_view{o->keyword} == "connect_timeout" && o->val != nullptr)
+      seconds = std::atoi(o->val);
+  return seconds;
+}
+
 failure timed_out(session s) {
   return failure{true, "",
                  "PostgreSQL did not answer within " + std::to_string(s.timeout.count())
@@ -170,17 +182,39 @@ outcome<result_ptr> finish(session s, int sent) {
 
 } // namespace
 
-outcome<conn_ptr> connect(const std::string& dsn, const char* app) {
+outcome<conn_ptr> connect(const std::string& dsn, const char* app,
+                          const std::atomic<bool>* cancel) {
   // Later entries win, so the DSN (expanded from "dbname") overrides these defaults.
   static constexpr std::array<const char*, 8> keys{
     "connect_timeout", "keepalives",     "keepalives_idle", "keepalives_interval",
     "keepalives_count", "application_name", "dbname",       nullptr};
   std::array<const char*, 8> values{"3", "1", "10", "5", "3", app, dsn.c_str(), nullptr};
-  conn_ptr c{PQconnectdbParams(keys.data(), values.data(), 1)};
+  // Connecting step by step, so that the wait can be cut short (libpq's
+  // blocking connect would hold the thread for connect_timeout per address).
+  conn_ptr c{PQconnectStartParams(keys.data(), values.data(), 1)};
   if (!c)
     return failure{true, "", "out of memory allocating a libpq connection"};
-  if (PQstatus(c.get()) != CONNECTION_OK)
+  if (PQstatus(c.get()) == CONNECTION_BAD)
     return failure{true, "", one_line(PQerrorMessage(c.get()))};
+  std::optional<clock::time_point> deadline;
+  if (auto seconds = connect_timeout_of(c.get()); seconds > 0)
+    deadline = clock::now() + std::chrono::seconds{seconds};
+  for (auto polled = PGRES_POLLING_WRITING; polled != PGRES_POLLING_OK;) {
+    if (polled == PGRES_POLLING_FAILED)
+      return failure{true, "", one_line(PQerrorMessage(c.get()))};
+    switch (wait_socket(c.get(), polled == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline,
+                        cancel)) {
+      case wait_outcome::ready:
+        break;
+      case wait_outcome::timed_out:
+        return failure{true, "", "connection to PostgreSQL timed out (connect_timeout)"};
+      case wait_outcome::cancelled:
+        return failure{true, "", "the server is stopping"};
+      case wait_outcome::failed:
+        return failure{true, "", std::string{"connecting to PostgreSQL: "} + std::strerror(errno)};
+    }
+    polled = PQconnectPoll(c.get());
+  }
   // Sends must not block either: finish() flushes them under the deadline.
   if (PQsetnonblocking(c.get(), 1) != 0)
     return failure{true, "", one_line(PQerrorMessage(c.get()))};

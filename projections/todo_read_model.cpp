@@ -541,7 +541,7 @@ pg_result<void> todo_read_model::connect() {
   d.ready = false;
   d.conn.reset();
   d.known_checkpoint.reset();
-  auto c = pg::connect(d.dsn, d.copts.application_name.c_str());
+  auto c = pg::connect(d.dsn, d.copts.application_name.c_str(), d.copts.cancel);
   if (!c)
     return d.fail(c.error());
   d.conn = std::move(*c);

@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -15,6 +16,11 @@
 #include <vector>
 
 #include "projections/pg.hpp"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 using namespace eventsd::projections;
 using namespace std::chrono_literals;
@@ -693,6 +699,97 @@ TEST_CASE("a PostgreSQL that stops answering fails the call after the query time
   require_ok(m.connect());
   CHECK(require_value(m.get(uuid(1))).position >= 1);
   CHECK(s.backends().size() == 2);
+}
+
+namespace {
+
+/// A TCP port that completes handshakes (the kernel's backlog) and never
+/// answers: a PostgreSQL host that hangs before its startup reply.
+struct silent_listener {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  uint16_t port = 0;
+  silent_listener() {
+    REQUIRE(fd >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(fd, 16) == 0);
+    socklen_t len = sizeof a;
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    port = ntohs(a.sin_port);
+  }
+  ~silent_listener() { ::close(fd); }
+  silent_listener(const silent_listener&) = delete;
+  silent_listener& operator=(const silent_listener&) = delete;
+};
+
+/// Sets `flag` after `delay`, on a thread of its own.
+struct set_later {
+  std::thread t;
+  set_later(std::atomic<bool>& flag, std::chrono::milliseconds delay)
+    : t([&flag, delay] {
+        std::this_thread::sleep_for(delay);
+        flag = true;
+      }) {}
+  ~set_later() { t.join(); }
+};
+
+} // namespace
+
+TEST_CASE("connecting to a server that never answers gives up at connect_timeout, or within "
+          "100 ms of the stop flag",
+          "[projections][postgres]") {
+  using clock = std::chrono::steady_clock;
+  silent_listener host;
+  auto dsn = "host=127.0.0.1 port=" + std::to_string(host.port)
+             + " dbname=x user=postgres connect_timeout=2";
+  SECTION("connect_timeout") {
+    auto began = clock::now();
+    auto c = pg::connect(dsn);
+    auto took = clock::now() - began;
+    REQUIRE_FALSE(c);
+    INFO(c.error().message);
+    CHECK(c.error().connection_lost);
+    CHECK(c.error().message.find("timed out") != std::string::npos);
+    CHECK(took >= 1900ms);
+    CHECK(took < 3s);
+  }
+  SECTION("the stop flag") {
+    std::atomic<bool> stop{false};
+    set_later later{stop, 300ms};
+    auto began = clock::now();
+    auto c = pg::connect(dsn, "eventsd", &stop);
+    auto took = clock::now() - began;
+    REQUIRE_FALSE(c);
+    CHECK(c.error().message == "the server is stopping");
+    CHECK(took >= 300ms);
+    CHECK(took < 700ms);
+  }
+}
+
+TEST_CASE("a statement waiting for a PostgreSQL that stopped answering ends within 100 ms of "
+          "the stop flag, long before the query timeout",
+          "[projections][postgres]") {
+  using clock = std::chrono::steady_clock;
+  scratch s;
+  std::atomic<bool> stop{false};
+  todo_read_model m{s.model_dsn(), s.table, {"unused: the DSN names the session", 30s, "", &stop}};
+  require_ok(m.connect());
+  require_ok(m.apply(std::vector{created(uuid(1), "one", 1)}, 1));
+  auto pids = s.backends();
+  REQUIRE(pids.size() == 1);
+  frozen_backend frozen{pids.front()};
+  set_later later{stop, 300ms};
+  auto began = clock::now();
+  auto r = m.get(uuid(1));
+  auto took = clock::now() - began;
+  REQUIRE_FALSE(r);
+  CHECK(r.error().code == projection_errc::unavailable);
+  CHECK(r.error().detail.find("stopping") != std::string::npos);
+  CHECK(took >= 300ms);
+  CHECK(took < 700ms);
+  CHECK_FALSE(m.connected());
 }
 
 TEST_CASE("bind_store claims a new checkpoint for its store and answers it; another store's "

@@ -26,28 +26,57 @@ int64_t now_ms() {
     .count();
 }
 
+/// What the projection's worker (which talks to PostgreSQL) tells the front
+/// (which answers waits and status, and never waits for PostgreSQL).
+struct projection_report {
+  uint64_t position = 0;       ///< last applied position
+  bool position_known = false; ///< read from PostgreSQL since the connection was (re)made
+  bool connected = false;
+  bool diverged = false; ///< the read model is another store's or ahead of the log
+  std::string last_error;
+  uint64_t reach_failures = 0;  ///< failed attempts to reach the read model so far
+  uint64_t probes_answered = 0; ///< stats_atom probes done
+  bool rebuilding = false;
+  uint64_t rebuild_position = 0;
+  uint64_t rebuilds_asked = 0; ///< rebuild requests received
+  uint64_t rebuilds_completed = 0;
+  bool operator==(const projection_report&) const = default;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, projection_report& x) {
+  return f(caf::meta::type_name("projection_report"), x.position, x.position_known, x.connected,
+           x.diverged, x.last_error, x.reach_failures, x.probes_answered, x.rebuilding,
+           x.rebuild_position, x.rebuilds_asked, x.rebuilds_completed);
+}
+
+/// The front's interface: the projection's, plus what its worker and its
+/// own timers send it.
+using front_actor = projection_actor::extend<caf::reacts_to<projection_report>,
+                                             caf::reacts_to<expire_atom>>;
+
 // -- the worker: applies the log to PostgreSQL (blocking, own thread) --------
 
 /// What the worker asks of itself or hears from the front.
 using worker_actor = caf::typed_actor<
   caf::reacts_to<core::committed>,
-  /// A read waits for this position (skip the batch wait; on-demand: apply up
-  /// to it).
+  /// The highest position reads now wait for, 0 for none (no batch wait
+  /// below it; on-demand: apply up to it).
   caf::reacts_to<wait_atom, uint64_t>,
-  /// Probes PostgreSQL, then reports.
-  caf::replies_to<stats_atom>::with<projection_report>,
+  /// Probes PostgreSQL, then reports (`probes_answered`).
+  caf::reacts_to<stats_atom>,
   caf::reacts_to<rebuild_atom>, caf::reacts_to<run_atom>, caf::reacts_to<rebuild_step_atom>,
   caf::reacts_to<tick_atom>, caf::reacts_to<metrics_atom>>;
 
 struct worker_state {
   const storage::event_log* log = nullptr;
   projection_options opts;
-  projection_actor front;
+  front_actor front;
   std::unique_ptr<todo_read_model> model;
   projection_report now;       // position, errors, rebuild progress
   projection_report published; // what the front was told last
   uint64_t target = 0; // apply up to here now
-  uint64_t wanted = 0; // the highest position a read has waited for
+  uint64_t wanted = 0; // the highest position reads wait for (0: none)
   bool run_scheduled = false;
   clock::time_point last_batch{}; // when the latest batch began
   bool lingering = false;         // the scheduled run is a batch waiting for company
@@ -124,7 +153,7 @@ bool ensure_connected(worker_ptr self) {
   now.connected = st.model->connected();
   if (!connected.ok()) {
     st.connect_failed = clock::now();
-    ++now.connect_failures;
+    ++now.reach_failures;
     fail(self, connected.error());
     return false;
   }
@@ -135,6 +164,7 @@ bool ensure_connected(worker_ptr self) {
   now.connected = st.model->connected();
   now.diverged = !cp.ok() && cp.error().code == projection_errc::diverged;
   if (!cp.ok()) {
+    ++now.reach_failures;
     fail(self, cp.error());
     return false;
   }
@@ -284,7 +314,7 @@ void rebuild_step(worker_ptr self) {
 }
 
 worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* log,
-                                   projection_options opts, projection_actor front) {
+                                   projection_options opts, front_actor front) {
   core::name_this_thread("projection");
   auto& st = self->state;
   st.log = log;
@@ -323,11 +353,11 @@ worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* lo
         schedule_run(self);
       }
     },
-    [=](wait_atom, uint64_t position) {
+    [=](wait_atom, uint64_t wanted) {
       auto& st = self->state;
-      st.wanted = std::max(st.wanted, position);
-      if (mode == projection_mode::on_demand) {
-        st.target = std::max(st.target, std::min(position, st.log->head()));
+      st.wanted = wanted;
+      if (mode == projection_mode::on_demand && st.target < wanted) {
+        st.target = std::max(st.target, std::min(wanted, st.log->head()));
         schedule_run(self);
       }
       stop_waiting_if_due(self);
@@ -356,8 +386,8 @@ worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* lo
         }
       }
       update_metrics(self);
+      ++st.now.probes_answered;
       publish(self);
-      return st.now;
     },
     [=](rebuild_atom) {
       auto& st = self->state;
@@ -404,20 +434,27 @@ struct waiter {
   caf::typed_response_promise<uint64_t> promise;
 };
 
+struct status_waiter {
+  clock::time_point deadline;
+  caf::typed_response_promise<projection_status> promise;
+};
+
 struct front_state {
   const storage::event_log* log = nullptr;
   projection_mode mode = projection_mode::eventual;
   worker_actor worker;
   projection_report report; // the worker's latest
   std::vector<waiter> waiters;
+  uint64_t wanted = 0;        // what the worker was told reads wait for
   bool draining = false;      // the server is stopping: waits end at once
   uint64_t rebuilds_sent = 0; // rebuild_atoms passed on to the worker
-  bool probing = false;       // a probe is on its way to the worker
-  std::vector<caf::typed_response_promise<projection_status>> probe_waiters;
+  uint64_t probes_sent = 0;   // stats_atoms passed on to the worker
+  clock::time_point probe_sent_at{};
+  std::vector<status_waiter> status_waiters; // for the probe under way
   static inline const char* name = "todo_projection_front";
 };
 
-using front_ptr = projection_actor::stateful_pointer<front_state>;
+using front_ptr = front_actor::stateful_pointer<front_state>;
 
 /// Longest wait for the worker's probe before the front answers from what it
 /// knows (the worker may be inside a statement PostgreSQL does not answer).
@@ -440,6 +477,18 @@ caf::error unreachable(const projection_report& r) {
 
 caf::error stopping_error() {
   return caf::make_error(projection_errc::unavailable, "the server is stopping");
+}
+
+/// Tells the worker the highest position reads now wait for, when it changed.
+void tell_wanted(front_ptr self) {
+  auto& st = self->state;
+  uint64_t wanted = 0;
+  for (auto& w : st.waiters)
+    wanted = std::max(wanted, w.position);
+  if (wanted != st.wanted) {
+    st.wanted = wanted;
+    self->send(st.worker, wait_atom_v, wanted);
+  }
 }
 
 void deliver_waiters(front_ptr self) {
@@ -471,7 +520,7 @@ caf::typed_response_promise<uint64_t> add_waiter(front_ptr self, uint64_t positi
   auto timeout = std::chrono::milliseconds{timeout_ms};
   st.waiters.push_back(waiter{position, fresh, clock::now() + timeout, rp});
   self->delayed_send(self, timeout, expire_atom_v);
-  self->send(st.worker, wait_atom_v, position);
+  tell_wanted(self);
   return rp;
 }
 
@@ -503,32 +552,48 @@ projection_status status_of(const front_state& st, const projection_report& r) {
   return s;
 }
 
-void answer_probe(front_ptr self, const projection_status& s) {
-  auto& st = self->state;
-  st.probing = false;
-  for (auto& rp : st.probe_waiters)
-    rp.deliver(s);
-  st.probe_waiters.clear();
+bool probe_under_way(const front_state& st) {
+  return st.probes_sent > st.report.probes_answered;
 }
 
-projection_actor::behavior_type front(front_ptr self, const storage::event_log* log,
+/// The status while the worker has not come back from a probe for a while:
+/// it is inside a statement (or a connection attempt) PostgreSQL does not
+/// answer, which the status says instead of waiting for it.
+projection_status stuck_status(const front_state& st) {
+  auto s = status_of(st, st.report);
+  auto waited = std::chrono::duration_cast<std::chrono::seconds>(clock::now() - st.probe_sent_at);
+  s.connected = false;
+  s.state = "error";
+  s.last_error = "PostgreSQL has not answered the projection for "
+                 + std::to_string(waited.count()) + " s";
+  return s;
+}
+
+front_actor::behavior_type front(front_ptr self, const storage::event_log* log,
                                       projection_options opts) {
   auto& st = self->state;
   st.log = log;
   st.mode = opts.mode;
   st.worker = self->spawn<caf::detached + caf::linked>(worker, log, std::move(opts),
-                                                       projection_actor{self});
+                                                       front_actor{self});
   return {
     [=](core::committed c) { self->send(self->state.worker, c); },
     [=](const projection_report& r) {
       auto& st = self->state;
-      bool failed_to_connect = r.connect_failures > st.report.connect_failures;
+      bool unreachable_now = r.reach_failures > st.report.reach_failures;
       st.report = r;
       deliver_waiters(self);
       // Reads wait to bring the read model up to the head; without
       // PostgreSQL they cannot be served anyway: say so now, not at waitMs.
-      if (failed_to_connect && st.mode == projection_mode::on_demand)
+      if (unreachable_now && st.mode == projection_mode::on_demand)
         fail_waiters(self, unreachable(r));
+      tell_wanted(self);
+      if (!probe_under_way(st)) {
+        auto s = status_of(st, r);
+        for (auto& w : st.status_waiters)
+          w.promise.deliver(s);
+        st.status_waiters.clear();
+      }
     },
     [=](wait_atom, uint64_t position,
         uint64_t timeout_ms) -> caf::typed_response_promise<uint64_t> {
@@ -556,27 +621,19 @@ projection_actor::behavior_type front(front_ptr self, const storage::event_log* 
     [=](stats_atom) -> caf::typed_response_promise<projection_status> {
       auto& st = self->state;
       auto rp = self->make_response_promise<projection_status>();
-      st.probe_waiters.push_back(rp);
-      if (st.probing)
+      auto now = clock::now();
+      if (!probe_under_way(st)) {
+        ++st.probes_sent;
+        st.probe_sent_at = now;
+        self->send(st.worker, stats_atom_v);
+      } else if (now - st.probe_sent_at >= probe_patience) {
+        // Still in the statement the last probe found it in: no need to wait again.
+        rp.deliver(stuck_status(st));
         return rp;
-      st.probing = true;
-      self->request(st.worker, probe_patience, stats_atom_v)
-        .then(
-          [=](const projection_report& r) {
-            self->state.report = r;
-            deliver_waiters(self);
-            answer_probe(self, status_of(self->state, r));
-          },
-          [=](caf::error&) {
-            // The worker is inside a statement (or a connection attempt)
-            // that PostgreSQL has not answered: say so instead of waiting.
-            auto s = status_of(self->state, self->state.report);
-            s.connected = false;
-            s.state = "error";
-            s.last_error = "PostgreSQL has not answered the projection for "
-                           + std::to_string(probe_patience.count()) + " s";
-            answer_probe(self, s);
-          });
+      }
+      auto deadline = st.probe_sent_at + probe_patience;
+      st.status_waiters.push_back(status_waiter{deadline, rp});
+      self->delayed_send(self, deadline - now, expire_atom_v);
       return rp;
     },
     [=](rebuild_atom) {
@@ -601,10 +658,20 @@ projection_actor::behavior_type front(front_ptr self, const storage::event_log* 
       for (auto i = expired; i != st.waiters.end(); ++i)
         i->promise.deliver(why);
       st.waiters.erase(expired, st.waiters.end());
+      tell_wanted(self);
+      auto late = std::partition(st.status_waiters.begin(), st.status_waiters.end(),
+                                 [&](const status_waiter& w) { return w.deadline > now; });
+      if (late != st.status_waiters.end()) {
+        auto s = stuck_status(st);
+        for (auto i = late; i != st.status_waiters.end(); ++i)
+          i->promise.deliver(s);
+        st.status_waiters.erase(late, st.status_waiters.end());
+      }
     },
     [=](drain_atom) {
       self->state.draining = true;
       fail_waiters(self, stopping_error());
+      tell_wanted(self);
     },
   };
 }
@@ -686,7 +753,7 @@ std::optional<todo_change> to_change(const storage::recorded_event& e) {
 
 projection_actor spawn_projection(caf::actor_system& sys, const storage::event_log* log,
                                   projection_options opts) {
-  return sys.spawn(front, log, std::move(opts));
+  return sys.spawn(front, log, std::move(opts)); // the projection_actor part of front_actor
 }
 
 read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::string dsn,

@@ -2,10 +2,11 @@
 // synchronization modes, rebuild, and the reader actors that answer
 // `GET /todo` and `GET /todo/{id}`.
 //
-// Actor ownership: the projection and every reader are spawned `detached`;
-// each owns its own libpq connection (blocking I/O on its own thread).
-// The projection reads the durable log by position; a `committed` message
-// from the log writer only wakes it.
+// Actor ownership: the projection's handle is a front actor on CAF's
+// scheduler that never blocks; it spawns and links the projection's worker.
+// The worker and every reader are `detached` and own a libpq connection
+// each (blocking I/O on their own threads). The worker reads the durable log
+// by position; a `committed` message from the log writer only wakes it.
 #pragma once
 
 #include <atomic>
@@ -83,29 +84,6 @@ typename Inspector::result_type inspect(Inspector& f, projection_status& x) {
            x.rebuild_position, x.rebuild_head, x.rebuilds_completed, x.diverged);
 }
 
-/// What the projection's worker (which talks to PostgreSQL) tells the actor
-/// that answers waits and status (which never waits for PostgreSQL).
-struct projection_report {
-  uint64_t position = 0;       ///< last applied position
-  bool position_known = false; ///< read from PostgreSQL since the connection was (re)made
-  bool connected = false;
-  bool diverged = false; ///< the read model is another store's or ahead of the log
-  std::string last_error;
-  uint64_t connect_failures = 0; ///< failed connection attempts so far
-  bool rebuilding = false;
-  uint64_t rebuild_position = 0;
-  uint64_t rebuilds_asked = 0;     ///< rebuild requests received
-  uint64_t rebuilds_completed = 0;
-  bool operator==(const projection_report&) const = default;
-};
-
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, projection_report& x) {
-  return f(caf::meta::type_name("projection_report"), x.position, x.position_known, x.connected,
-           x.diverged, x.last_error, x.connect_failures, x.rebuilding, x.rebuild_position,
-           x.rebuilds_asked, x.rebuilds_completed);
-}
-
 /// Handle of the Todo projection. It answers waits and status at once; a
 /// worker of its own (detached, linked) applies the log to PostgreSQL, so a
 /// PostgreSQL that stops answering holds the worker only.
@@ -120,13 +98,12 @@ using projection_actor = caf::typed_actor<
   caf::replies_to<stats_atom>::with<projection_status>,
   /// Starts a rebuild into a fresh table; false when one is running.
   caf::replies_to<rebuild_atom>::with<bool>,
-  /// From the projection's worker: what it applied and how PostgreSQL is.
-  caf::reacts_to<projection_report>, caf::reacts_to<expire_atom>,
   /// The server is stopping: every wait, and any later one, ends at once
   /// (`unavailable`), so that what waits on the read model is answered.
   caf::reacts_to<drain_atom>>;
 
-/// Spawns the projection (detached). REQUIRES: `log` outlives it.
+/// Spawns the projection (a front actor and its detached worker).
+/// REQUIRES: `log` outlives it.
 projection_actor spawn_projection(caf::actor_system& sys, const storage::event_log* log,
                                   projection_options opts);
 

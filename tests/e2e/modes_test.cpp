@@ -396,13 +396,15 @@ TEST_CASE("eventual: with PostgreSQL hung while the projection applies a batch, 
   CHECK(item["state"] == "error");
   CHECK(item["lastError"].get<std::string>().find("has not answered") != std::string::npos);
   CHECK(item["position"] == first.position);
+  CHECK(admin_took >= 2500ms); // the projection gave its worker 3 s to come back
   CHECK(admin_took < 4500ms);
 
+  // The worker is known to be stuck now: asking again does not wait again.
   auto [ready, ready_took] = timed([&] { return c.get("/readyz"); });
   INFO("readyz: " << ready.status << " " << ready.body);
   CHECK(ready.status == 503);
   CHECK(ready.body.find("has not answered") != std::string::npos);
-  CHECK(ready_took < 4500ms);
+  CHECK(ready_took < 1000ms);
 
   auto [waited, waited_took] = timed([&] {
     return c.get("/todo/" + second.id + "?minPosition=" + std::to_string(second.position)

@@ -724,3 +724,68 @@ TEST_CASE("read-model reader: lookups sent together are each answered with their
              [&](caf::error& e) { FAIL("fetch failed: " << f.sys().render(e)); });
   caf::anon_send_exit(reader, caf::exit_reason::user_shutdown);
 }
+
+TEST_CASE("projection (eventual): a wait for a position far ahead that timed out leaves the batch "
+          "wait on",
+          "[projections][postgres]") {
+  fixture f;
+  projection_options o;
+  o.mode = projection_mode::eventual;
+  o.batch_size = 3;
+  o.batch_wait = std::chrono::hours{1};
+  auto p = f.spawn(o);
+  auto a = core::make_uuid();
+  auto first = f.append(a, todo::created{"one"});
+  f.notify(p);
+  REQUIRE(eventually([&] { return f.checkpoint() == first; }, 5s));
+  auto w = f.wait(p, first + 1000, 200); // a read for a position far ahead; times out
+  CHECK(is_error(w.error, projection_errc::timeout));
+  // A small batch should now wait for company (an hour):
+  f.append(a, todo::description_changed{"two"});
+  f.notify(p);
+  std::this_thread::sleep_for(500ms);
+  CHECK(f.checkpoint() == first); // the small batch still waits for company
+}
+
+TEST_CASE("projection (on-demand): after a wait for a position far ahead timed out, new events "
+          "are not applied until a read asks",
+          "[projections][postgres]") {
+  fixture f;
+  auto a = core::make_uuid();
+  auto p = f.spawn(projection_mode::on_demand);
+  auto first = f.append(a, todo::created{"x"});
+  auto c = f.catch_up(p, 5000);
+  REQUIRE(c.position);
+  auto w = f.wait(p, first + 1000, 200);
+  CHECK(is_error(w.error, projection_errc::timeout));
+  f.append(a, todo::description_changed{"y"});
+  f.notify(p);
+  std::this_thread::sleep_for(500ms);
+  CHECK(f.checkpoint() == first); // on-demand: nothing applied without a read
+}
+
+TEST_CASE("projection (on-demand): over another store's read model a catch-up fails as diverged at "
+          "once, not at its timeout",
+          "[projections][postgres]") {
+  fixture f;
+  auto a = core::make_uuid();
+  f.append(a, todo::created{"x"});
+  projection_options o;
+  o.mode = projection_mode::eventual;
+  o.store = "store-A";
+  auto p1 = f.spawn(o);
+  f.notify(p1);
+  REQUIRE(f.wait(p1, 1, 5000).position);
+  f.stop(p1);
+  std::this_thread::sleep_for(300ms);
+  o.mode = projection_mode::on_demand;
+  o.store = "store-B";
+  auto p2 = f.spawn(o);
+  std::this_thread::sleep_for(300ms);
+  f.append(a, todo::description_changed{"y"});
+  auto c = f.catch_up(p2, 5000);
+  INFO("catch_up: " << c.rendered << " after " << c.took.count() << " ms");
+  CHECK_FALSE(c.position);
+  CHECK(is_error(c.error, projection_errc::diverged));
+  CHECK(c.took < 1000ms);
+}

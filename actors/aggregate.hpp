@@ -251,6 +251,10 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
       [self, reply, ev](storage::append_result& r) mutable {
         auto& st = self->state;
         if (r.replayed) {
+          // A replayed create names the first request's stream, not this
+          // fresh one: nothing to keep alive.
+          if (!A::exists(st.current))
+            self->send(st.env->registry, idle_atom_v, A::id_of(st.current));
           auto stream_id = r.stream.substr(A::stream_prefix.size());
           return reply(write_outcome{stream_id, r.version, r.last_position, true,
                                      r.first_answer});
@@ -265,8 +269,13 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
         reply(write_outcome{A::id_of(st.current), after, r.last_position, false});
       },
       [self, reply, cmd](caf::error& err) mutable {
-        if (err != storage::storage_errc::wrong_expected_version)
+        if (err != storage::storage_errc::wrong_expected_version) {
+          // Nothing was appended (an idempotency conflict, a failed write):
+          // a todo that does not exist is not kept alive for it.
+          if (!A::exists(self->state.current))
+            self->send(self->state.env->registry, idle_atom_v, A::id_of(self->state.current));
           return reply(std::move(err));
+        }
         // Our view of the stream was stale (a fresh aggregate whose id exists
         // after all, or another writer): recover from the log and answer
         // what the command means against the real state.

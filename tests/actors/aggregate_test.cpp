@@ -348,6 +348,14 @@ TEST_CASE("an idempotent create retried on another id answers the first outcome"
   REQUIRE_FALSE(conflict);
   CHECK(is_error(conflict.error, storage::storage_errc::idempotency_conflict));
   CHECK(log->head() == 1);
+
+  // The replays' and the conflict's fresh aggregates name no todo: they do
+  // not stay alive (pushing real todos out of max_live) until the idle timeout.
+  for (int i = 0; i < 20; ++i) {
+    REQUIRE_OK(rt.execute(core::make_uuid(), todo::create{"only once"}, claim("fp")));
+    REQUIRE_FALSE(rt.execute(core::make_uuid(), todo::create{"different"}, claim("fp3")));
+  }
+  CHECK(eventually([&] { return rt.live() <= 1; }));
 }
 
 TEST_CASE("idle aggregates are passivated and a later command reactivates them intact",

@@ -18,14 +18,20 @@ void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
   auto started = std::chrono::steady_clock::now();
   auto results = st.log->append(st.pending);
   auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);
-  m.fsync_batches.add();
-  m.fsync_seconds.observe(elapsed.count());
-  m.batch_events.observe(static_cast<double>(st.pending.size()));
+  uint64_t written = 0;
+  for (auto& r : results)
+    if (r.ok() && !r->replayed)
+      written += r->last_position - r->first_position + 1;
+  // A batch of replays and refusals writes nothing and syncs nothing.
+  if (written > 0) {
+    m.fsync_batches.add();
+    m.fsync_seconds.observe(elapsed.count());
+    m.batch_events.observe(static_cast<double>(written));
+    m.events_appended.add(written);
+  }
   for (size_t i = 0; i < results.size(); ++i) {
     auto& r = results[i];
     if (r.ok()) {
-      if (!r->replayed)
-        m.events_appended.add(r->last_position - r->first_position + 1);
       st.promises[i].deliver(std::move(r.value()));
     } else {
       if (r.error().code != storage::storage_errc::not_writable)

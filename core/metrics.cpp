@@ -142,7 +142,7 @@ std::string metrics::render() const {
   sample(out, "eventsd_append_conflicts_total", append_conflicts.value());
   family(out, "eventsd_fsync_batches_total", "counter", "Group-commit batches written.");
   sample(out, "eventsd_fsync_batches_total", fsync_batches.value());
-  family(out, "eventsd_fsync_batch_events", "histogram", "Appends per group-commit batch.");
+  family(out, "eventsd_fsync_batch_events", "histogram", "Events written per group-commit batch (replays and refusals write none).");
   batch_events.render(out, "eventsd_fsync_batch_events", "");
   family(out, "eventsd_fsync_duration_seconds", "histogram",
          "Time to write and fsync one batch.");

@@ -256,6 +256,9 @@ TEST_CASE("an idempotency claim replays the first append through the writer",
   CHECK_FALSE(first.value->replayed);
 
   SECTION("a retry with the same key and fingerprint appends nothing and answers the same") {
+    auto& m = core::metrics::instance();
+    auto batches = m.fsync_batches.value();
+    auto appended = m.events_appended.value();
     // Even with an expectation the stream no longer meets.
     auto again = append_one(
       rt.sys(), rt.writer(),
@@ -268,6 +271,9 @@ TEST_CASE("an idempotency claim replays the first append through the writer",
     CHECK(again.value->last_position == first.value->last_position);
     CHECK(log->head() == 1);
     CHECK_FALSE(log->stream_version("todo-b").ok());
+    // Nothing was written or synced, and the metrics say so.
+    CHECK(m.fsync_batches.value() == batches);
+    CHECK(m.events_appended.value() == appended);
   }
 
   SECTION("the same key with a different fingerprint is an idempotency conflict") {

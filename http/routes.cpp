@@ -453,6 +453,7 @@ router::router(services& svc) : svc_(svc) {
     auto writer = s.writer;
     auto& jobs = s.jobs;
     auto& on_drain = s.on_drain;
+    auto& answers = s.answers;
     std::optional<std::string> key;
     if (cond.idempotency)
       key = cond.idempotency->key;
@@ -460,37 +461,46 @@ router::router(services& svc) : svc_(svc) {
     // Modes other than unit-of-work always answer `success`; there the
     // first answer's status (201, or 202 when the read model lagged) is
     // recorded with the key. A replay that finds none recorded yet (the
-    // first request is still waiting) waits like it, and ends as it does.
-    auto on_outcome = [=, &jobs, &on_drain](const actors::write_outcome& o) {
+    // first request is still waiting) answers when the first does and as it
+    // does; should the first be gone (a restart), it waits like it.
+    auto on_outcome = [=, &jobs, &on_drain, &answers](const actors::write_outcome& o) {
       if (o.replayed && o.first_answer != 0)
         return respond(write_reply(o, static_cast<unsigned>(o.first_answer)));
       if (mode != projections::projection_mode::unit_of_work)
         return respond(write_reply(o, success));
-      // Answered once: by the projection's answer, or when the server
-      // starts to drain — the event is durable, so 202, never 503, even
-      // while the projection is stuck in PostgreSQL.
+      // Answered once: by the projection's answer, by the first request's
+      // (a replay), or when the server starts to drain — the event is
+      // durable, so 202, never 503, even while the projection is stuck in
+      // PostgreSQL.
       auto answered = std::make_shared<std::atomic<bool>>(false);
-      auto answer = [=](unsigned status) {
+      auto answer = [=, &answers](unsigned status) {
         if (answered->exchange(true))
           return;
-        if (key && !o.replayed)
+        if (key && !o.replayed) {
           caf::anon_send(writer, answered_atom_v, *key, uint64_t{status});
+          answers.settle(*key, status);
+        }
         respond(write_reply(o, status));
       };
+      uint64_t following = 0;
+      if (key && o.replayed) {
+        auto f = answers.follow(*key, answer);
+        if (f.status)
+          return answer(*f.status);
+        following = f.id;
+      }
+      auto done = [=, &on_drain, &answers](uint64_t hook, unsigned status) {
+        on_drain.remove(hook);
+        if (following != 0)
+          answers.unfollow(*key, following);
+        answer(status);
+      };
       auto hook = on_drain.add([=] { answer(202); });
-      jobs.run([=, &on_drain](caf::event_based_actor* self) {
+      jobs.run([=](caf::event_based_actor* self) {
         self
           ->request(projection, uow_timeout, wait_atom_v, o.position,
                     static_cast<uint64_t>(uow_timeout.count()))
-          .then(
-            [=, &on_drain](uint64_t) {
-              on_drain.remove(hook);
-              answer(success);
-            },
-            [=, &on_drain](caf::error&) {
-              on_drain.remove(hook);
-              answer(202);
-            });
+          .then([=](uint64_t) { done(hook, success); }, [=](caf::error&) { done(hook, 202); });
       });
     };
     caf::anon_send(shard, execute_atom_v, std::move(id), std::move(cmd), std::move(cond),

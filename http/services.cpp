@@ -48,6 +48,46 @@ void drain_hooks::drain() {
     hook();
 }
 
+void first_answers::settle(const std::string& key, unsigned status) {
+  std::map<uint64_t, std::function<void(unsigned)>> followers;
+  {
+    std::lock_guard lock{mtx_};
+    auto now = clock::now();
+    while (!settled_.empty() && now - settled_.front().first > kept) {
+      if (auto e = entries_.find(settled_.front().second);
+          e != entries_.end() && e->second.followers.empty())
+        entries_.erase(e);
+      settled_.pop_front();
+    }
+    auto& e = entries_[key];
+    e.status = status;
+    followers.swap(e.followers);
+    settled_.emplace_back(now, key);
+  }
+  for (auto& [id, then] : followers)
+    then(status);
+}
+
+first_answers::following first_answers::follow(const std::string& key,
+                                               std::function<void(unsigned)> then) {
+  std::lock_guard lock{mtx_};
+  auto& e = entries_[key];
+  if (e.status)
+    return {e.status, 0};
+  e.followers.emplace(++next_, std::move(then));
+  return {std::nullopt, next_};
+}
+
+void first_answers::unfollow(const std::string& key, uint64_t id) {
+  std::lock_guard lock{mtx_};
+  auto e = entries_.find(key);
+  if (e == entries_.end())
+    return;
+  e->second.followers.erase(id);
+  if (e->second.followers.empty() && !e->second.status)
+    entries_.erase(e);
+}
+
 const actors::log_reader_actor& services::log_reader() {
   return log_readers[next_log_reader.fetch_add(1, std::memory_order_relaxed)
                      % log_readers.size()];

@@ -8,11 +8,14 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -80,6 +83,41 @@ private:
   std::map<uint64_t, std::function<void()>> hooks_;
 };
 
+/// The answers of keyed unit-of-work writes, for their replays in this
+/// process: a replay that comes while the first request still waits for the
+/// read model answers when it does and as it does (201, or 202 when the read
+/// model lagged), not from a wait of its own. The log records that answer with
+/// the key too, a moment later; this covers the moment. Thread-safe.
+class first_answers {
+public:
+  using clock = std::chrono::steady_clock;
+  /// How long an answer is kept here (the log has it long before).
+  static constexpr auto kept = std::chrono::seconds{5};
+
+  /// The first request with `key` answered `status`: its followers get it,
+  /// and so does any follow() in the next `kept`.
+  void settle(const std::string& key, unsigned status);
+
+  struct following {
+    std::optional<unsigned> status; ///< the first request answered this already
+    uint64_t id = 0;                ///< else: `then` was registered under this id
+  };
+  /// Calls `then` with the first request's status when it answers.
+  following follow(const std::string& key, std::function<void(unsigned)> then);
+  /// Forgets follower `id` of `key` (its request was answered otherwise).
+  void unfollow(const std::string& key, uint64_t id);
+
+private:
+  struct entry {
+    std::optional<unsigned> status;
+    std::map<uint64_t, std::function<void(unsigned)>> followers;
+  };
+  std::mutex mtx_;
+  uint64_t next_ = 0;
+  std::unordered_map<std::string, entry> entries_;
+  std::deque<std::pair<clock::time_point, std::string>> settled_; // oldest first
+};
+
 /// The gateway's view of the rest of eventsd.
 struct services {
   caf::actor_system& system;
@@ -100,6 +138,7 @@ struct services {
   std::atomic<size_t> next_log_reader{0};
   std::atomic<size_t> next_read_model_reader{0};
   drain_hooks on_drain{};
+  first_answers answers{};
 };
 
 } // namespace eventsd::http

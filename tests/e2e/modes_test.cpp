@@ -502,6 +502,53 @@ TEST_CASE("unit-of-work: an Idempotency-Key replay answers the status of the fir
   CHECK(all_head(c2) == 2);
 }
 
+TEST_CASE("unit-of-work: replays that come while the first request still waits answer when it "
+          "does and as it does, though the read model catches up before their own wait would end",
+          "[e2e][modes][unit-of-work][postgres-down][idempotency]") {
+  server_behind_proxy s{{"--projection.mode=unit-of-work", "--projection.uow-timeout-ms=1000"}};
+  http_client c{s.srv.port()};
+  REQUIRE(c.post_json("/todo", {{"description", "before the hang"}}).status == 201);
+  json body{{"description", "keyed while PostgreSQL hangs"}};
+  auto key = random_uuid();
+  s.proxy.stall();
+  auto t0 = std::chrono::steady_clock::now();
+  auto since = [&] { return std::chrono::steady_clock::now() - t0; };
+  response first;
+  std::chrono::steady_clock::duration first_took{};
+  std::thread first_thread{[&] {
+    http_client fc{s.srv.port()};
+    first = fc.post_json("/todo", body, {{"Idempotency-Key", key}});
+    first_took = since();
+  }};
+  std::this_thread::sleep_for(300ms);
+  std::vector<response> replays(3);
+  std::vector<std::chrono::steady_clock::duration> replay_took(3);
+  std::vector<std::thread> replay_threads;
+  for (size_t i = 0; i < replays.size(); ++i)
+    replay_threads.emplace_back([&, i] {
+      http_client rc{s.srv.port()};
+      replays[i] = rc.post_json("/todo", body, {{"Idempotency-Key", key}});
+      replay_took[i] = since();
+    });
+  // The first request's wait ends at 1 s (202); PostgreSQL answers again
+  // after that, within the replays' own waits.
+  std::this_thread::sleep_for(850ms);
+  s.proxy.restore();
+  first_thread.join();
+  for (auto& t : replay_threads)
+    t.join();
+  INFO("first: " << first.status << " " << first.body);
+  REQUIRE(first.status == 202);
+  for (size_t i = 0; i < replays.size(); ++i) {
+    INFO("replay " << i << ": " << replays[i].status << " " << replays[i].body);
+    CHECK(replays[i].status == 202);
+    CHECK(replays[i].body == first.body);
+    CHECK(replay_took[i] - first_took < 200ms); // answered with the first, not 300 ms later
+  }
+  // Later replays read the status from the log.
+  CHECK(c.post_json("/todo", body, {{"Idempotency-Key", key}}).status == 202);
+}
+
 TEST_CASE("eventual: writes while PostgreSQL is down are accepted and the read model catches up "
           "when it returns",
           "[e2e][modes][eventual][postgres-down]") {

@@ -547,7 +547,8 @@ projection_status status_of(const front_state& st, const projection_report& r) {
   s.diverged = r.diverged;
   s.rebuilding = r.rebuilding || st.rebuilds_sent > r.rebuilds_asked;
   s.rebuild_position = r.rebuild_position;
-  s.rebuild_head = s.head;
+  // A finished rebuild reached the head it was chasing.
+  s.rebuild_head = s.rebuilding ? s.head : r.rebuild_position;
   s.rebuilds_completed = r.rebuilds_completed;
   return s;
 }

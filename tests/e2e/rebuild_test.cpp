@@ -331,6 +331,11 @@ TEST_CASE("online rebuild: 202, reads keep answering from the old table, progres
   // A second rebuild, with more events behind it.
   auto more = c.put("/todo/" + watched.id + "/done");
   REQUIRE(more.status == 200);
+  // The finished rebuild shows where it ended, not the head that moved on since.
+  auto finished = projection_status(c).at("rebuild");
+  CHECK(finished.at("active") == false);
+  CHECK(finished.at("head") == finished.at("position"));
+  CHECK(finished.at("head").get<uint64_t>() < ack_of(more).position);
   auto second = c.request("POST", "/admin/projections/todos/rebuild");
   REQUIRE(second.status == 202);
   rebuild_watch w2;

@@ -16,14 +16,21 @@ void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
     return;
   auto& m = core::metrics::instance();
   auto started = std::chrono::steady_clock::now();
+  const bool was_writable = st.log->writable();
   auto results = st.log->append(st.pending);
   auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);
   uint64_t written = 0;
-  for (auto& r : results)
+  bool write_failed = false;
+  for (auto& r : results) {
     if (r.ok() && !r->replayed)
       written += r->last_position - r->first_position + 1;
-  // A batch of replays and refusals writes nothing and syncs nothing.
-  if (written > 0) {
+    else if (!r.ok() && r.error().code == storage::storage_errc::not_writable)
+      write_failed = was_writable;
+  }
+  // A batch of replays and refusals writes and syncs nothing; one that found
+  // the store not writable did not try either. A failed write did (its
+  // duration is what the fsync histogram is for).
+  if (written > 0 || write_failed) {
     m.fsync_batches.add();
     m.fsync_seconds.observe(elapsed.count());
     m.batch_events.observe(static_cast<double>(written));

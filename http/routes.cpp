@@ -462,40 +462,45 @@ router::router(services& svc) : svc_(svc) {
     // first answer's status (201, or 202 when the read model lagged) is
     // recorded with the key. A replay that finds none recorded yet (the
     // first request is still waiting) answers when the first does and as it
-    // does; should the first be gone (a restart), it waits like it.
+    // does; should the first be gone (a restart), it waits like it, and the
+    // first of them to answer records its status.
     auto on_outcome = [=, &jobs, &on_drain, &answers](const actors::write_outcome& o) {
       if (o.replayed && o.first_answer != 0)
         return respond(write_reply(o, static_cast<unsigned>(o.first_answer)));
       if (mode != projections::projection_mode::unit_of_work)
         return respond(write_reply(o, success));
-      // Answered once: by the projection's answer, by the first request's
-      // (a replay), or when the server starts to drain — the event is
-      // durable, so 202, never 503, even while the projection is stuck in
-      // PostgreSQL.
+      // Answered once: by its own wait on the projection, by another
+      // request for the same key, or when the server starts to drain — the
+      // event is durable, so 202, never 503, even while the projection is
+      // stuck in PostgreSQL.
       auto answered = std::make_shared<std::atomic<bool>>(false);
-      auto answer = [=, &answers](unsigned status) {
+      auto answer = [=](unsigned status) {
         if (answered->exchange(true))
-          return;
-        if (key && !o.replayed) {
-          caf::anon_send(writer, answered_atom_v, *key, uint64_t{status});
-          answers.settle(*key, status);
-        }
+          return false;
         respond(write_reply(o, status));
+        return true;
+      };
+      // What this request decided, keyed requests record for the others.
+      auto decide = [=, &answers](unsigned status) {
+        if (answer(status) && key) {
+          caf::anon_send(writer, answered_atom_v, *key, uint64_t{status});
+          answers.settle(o.position, status);
+        }
       };
       uint64_t following = 0;
       if (key && o.replayed) {
-        auto f = answers.follow(*key, answer);
+        auto f = answers.follow(o.position, [answer](unsigned status) { answer(status); });
         if (f.status)
-          return answer(*f.status);
+          return void(answer(*f.status));
         following = f.id;
       }
       auto done = [=, &on_drain, &answers](uint64_t hook, unsigned status) {
         on_drain.remove(hook);
         if (following != 0)
-          answers.unfollow(*key, following);
-        answer(status);
+          answers.unfollow(o.position, following);
+        decide(status);
       };
-      auto hook = on_drain.add([=] { answer(202); });
+      auto hook = on_drain.add([=] { decide(202); });
       jobs.run([=](caf::event_based_actor* self) {
         self
           ->request(projection, uow_timeout, wait_atom_v, o.position,

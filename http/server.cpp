@@ -112,7 +112,8 @@ void fail(beast::error_code ec, const char* what) {
   std::cerr << "\n";
 }
 
-/// Wakes SSE sessions when the log head moves. Thread-safe.
+/// Wakes SSE sessions when the log head moves, and admits them under a cap.
+/// Thread-safe.
 class head_signal {
 public:
   using callback = std::function<void(uint64_t)>;
@@ -502,6 +503,8 @@ private:
       // Counted under the route it was for: the header is in.
       auto& h = parser_->get();
       method_ = std::string{h.method_string()};
+      // Beast finds the declared length too large before the header is
+      // done, so on_header did not learn the method.
       head_ = h.method() == bhttp::verb::head;
       return send(problem(413, "body larger than the limit of "
                                  + std::to_string(router_.svc().options.body_limit)
@@ -870,17 +873,18 @@ private:
 
 struct server::impl {
   services& svc;
-  drain_state drain; // before ioc: sessions destroyed with ioc's handlers use it
-  net::io_context ioc;
+  // Before ioc: sessions destroyed with ioc's pending handlers use them.
+  drain_state drain;
   router routes;
   head_signal signal;
+  net::io_context ioc;
   std::shared_ptr<listener> accept;
   std::vector<std::thread> threads;
   actors::position_listener_actor head_listener;
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
 
   explicit impl(services& s)
-    : svc(s), ioc(static_cast<int>(std::max<size_t>(1, s.options.threads))), routes(s) {}
+    : svc(s), routes(s), ioc(static_cast<int>(std::max<size_t>(1, s.options.threads))) {}
 };
 
 server::server(services& svc) : impl_(std::make_unique<impl>(svc)) {}

@@ -48,39 +48,44 @@ void drain_hooks::drain() {
     hook();
 }
 
-void first_answers::settle(const std::string& key, unsigned status) {
+void first_answers::expire(clock::time_point now) {
+  while (!settled_.empty() && now - settled_.front().first > kept) {
+    entries_.erase(settled_.front().second); // settled: no followers
+    settled_.pop_front();
+  }
+}
+
+void first_answers::settle(uint64_t position, unsigned status) {
   std::map<uint64_t, std::function<void(unsigned)>> followers;
   {
     std::lock_guard lock{mtx_};
     auto now = clock::now();
-    while (!settled_.empty() && now - settled_.front().first > kept) {
-      if (auto e = entries_.find(settled_.front().second);
-          e != entries_.end() && e->second.followers.empty())
-        entries_.erase(e);
-      settled_.pop_front();
-    }
-    auto& e = entries_[key];
+    expire(now);
+    auto& e = entries_[position];
+    if (e.status)
+      return;
     e.status = status;
     followers.swap(e.followers);
-    settled_.emplace_back(now, key);
+    settled_.emplace_back(now, position);
   }
   for (auto& [id, then] : followers)
     then(status);
 }
 
-first_answers::following first_answers::follow(const std::string& key,
+first_answers::following first_answers::follow(uint64_t position,
                                                std::function<void(unsigned)> then) {
   std::lock_guard lock{mtx_};
-  auto& e = entries_[key];
+  expire(clock::now());
+  auto& e = entries_[position];
   if (e.status)
     return {e.status, 0};
   e.followers.emplace(++next_, std::move(then));
   return {std::nullopt, next_};
 }
 
-void first_answers::unfollow(const std::string& key, uint64_t id) {
+void first_answers::unfollow(uint64_t position, uint64_t id) {
   std::lock_guard lock{mtx_};
-  auto e = entries_.find(key);
+  auto e = entries_.find(position);
   if (e == entries_.end())
     return;
   e->second.followers.erase(id);

@@ -83,39 +83,44 @@ private:
   std::map<uint64_t, std::function<void()>> hooks_;
 };
 
-/// The answers of keyed unit-of-work writes, for their replays in this
-/// process: a replay that comes while the first request still waits for the
-/// read model answers when it does and as it does (201, or 202 when the read
-/// model lagged), not from a wait of its own. The log records that answer with
-/// the key too, a moment later; this covers the moment. Thread-safe.
+/// The answers of keyed unit-of-work writes, by the position of their event,
+/// for the replays in this process: a replay that comes while the request
+/// that appended the event still waits for the read model answers when it
+/// does and as it does (201, or 202 when the read model lagged), not from a
+/// wait of its own. The log records that answer with the key too, a moment
+/// later; this covers the moment. Thread-safe.
 class first_answers {
 public:
   using clock = std::chrono::steady_clock;
-  /// How long an answer is kept here (the log has it long before).
+  /// How long an answer is kept here at least (the log has it long before).
   static constexpr auto kept = std::chrono::seconds{5};
 
-  /// The first request with `key` answered `status`: its followers get it,
-  /// and so does any follow() in the next `kept`.
-  void settle(const std::string& key, unsigned status);
+  /// A request for the event at `position` answered `status`: its followers
+  /// get it, and so does any later follow() while it is kept. The first
+  /// status settled stays.
+  void settle(uint64_t position, unsigned status);
 
   struct following {
-    std::optional<unsigned> status; ///< the first request answered this already
+    std::optional<unsigned> status; ///< settled already
     uint64_t id = 0;                ///< else: `then` was registered under this id
   };
-  /// Calls `then` with the first request's status when it answers.
-  following follow(const std::string& key, std::function<void(unsigned)> then);
-  /// Forgets follower `id` of `key` (its request was answered otherwise).
-  void unfollow(const std::string& key, uint64_t id);
+  /// Calls `then` with the status once the event at `position` is settled.
+  following follow(uint64_t position, std::function<void(unsigned)> then);
+  /// Forgets follower `id` of `position` (its request was answered otherwise).
+  void unfollow(uint64_t position, uint64_t id);
 
 private:
+  /// Drops answers settled longer than `kept` ago. REQUIRES: mtx_ held.
+  void expire(clock::time_point now);
+
   struct entry {
     std::optional<unsigned> status;
     std::map<uint64_t, std::function<void(unsigned)>> followers;
   };
   std::mutex mtx_;
   uint64_t next_ = 0;
-  std::unordered_map<std::string, entry> entries_;
-  std::deque<std::pair<clock::time_point, std::string>> settled_; // oldest first
+  std::unordered_map<uint64_t, entry> entries_;
+  std::deque<std::pair<clock::time_point, uint64_t>> settled_; // oldest first
 };
 
 /// The gateway's view of the rest of eventsd.

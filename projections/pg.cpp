@@ -1,6 +1,7 @@
 // Thread-safety: see pg.hpp (one thread per PGconn).
 #include "projections/pg.hpp"
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <charconv>
@@ -96,8 +97,10 @@ enum class wait_outcome { ready, timed_out, cancelled, failed };
 wait_outcome wait_socket(PGconn* c, short events, std::optional<clock::time_point> deadline,
                          const std::atomic<bool>* cancel) {
   pollfd p{PQsocket(c), events, 0};
-  if (p.fd < 0)
+  if (p.fd < 0) {
+    errno = EBADF;
     return wait_outcome::failed;
+  }
   for (;;) {
     if (cancel != nullptr && cancel->load(std::memory_order_relaxed))
       return wait_outcome::cancelled;
@@ -116,15 +119,29 @@ wait_outcome wait_socket(PGconn* c, short events, std::optional<clock::time_poin
   }
 }
 
-/// The connection's effective connect_timeout in seconds (0: none).
-int connect_timeout_of(PGconn* c) {
-  int seconds = 0;
-  std::unique_ptr<PQconninfoOption, decltype(&PQconninfoFree)> options{PQconninfo(c),
-                                                                        &PQconninfoFree};
+using conninfo_ptr = std::unique_ptr<PQconninfoOption, decltype(&PQconninfoFree)>;
+
+/// The value of `keyword` in `options`; empty when unset.
+std::string_view option(const conninfo_ptr& options, std::string_view keyword) {
   for (auto* o = options.get(); o != nullptr && o->keyword != nullptr; ++o)
-    if (std::string_view{o->keyword} == "connect_timeout" && o->val != nullptr)
-      seconds = std::atoi(o->val);
-  return seconds;
+    if (o->keyword == keyword && o->val != nullptr)
+      return o->val;
+  return {};
+}
+
+/// The connection's effective connect_timeout in seconds (0: none; libpq
+/// waits at least 2).
+int connect_timeout_of(PGconn* c) {
+  conninfo_ptr options{PQconninfo(c), &PQconninfoFree};
+  int seconds = std::atoi(std::string{option(options, "connect_timeout")}.c_str());
+  return seconds <= 0 ? 0 : std::max(seconds, 2);
+}
+
+/// True when `dsn` names several hosts (libpq tries them in turn).
+bool several_hosts(const std::string& dsn) {
+  conninfo_ptr options{PQconninfoParse(dsn.c_str(), nullptr), &PQconninfoFree};
+  return option(options, "host").find(',') != std::string_view::npos
+         || option(options, "hostaddr").find(',') != std::string_view::npos;
 }
 
 failure timed_out(session s) {
@@ -190,8 +207,12 @@ outcome<conn_ptr> connect(const std::string& dsn, const char* app,
     "keepalives_count", "application_name", "dbname",       nullptr};
   std::array<const char*, 8> values{"3", "1", "10", "5", "3", app, dsn.c_str(), nullptr};
   // Connecting step by step, so that the wait can be cut short (libpq's
-  // blocking connect would hold the thread for connect_timeout per address).
-  conn_ptr c{PQconnectStartParams(keys.data(), values.data(), 1)};
+  // blocking connect would hold the thread for connect_timeout). Not with
+  // several hosts: only the blocking connect gives up on a host that does
+  // not answer and tries the next one.
+  const bool step_by_step = !several_hosts(dsn);
+  conn_ptr c{step_by_step ? PQconnectStartParams(keys.data(), values.data(), 1)
+                          : PQconnectdbParams(keys.data(), values.data(), 1)};
   if (!c)
     return failure{true, "", "out of memory allocating a libpq connection"};
   if (PQstatus(c.get()) == CONNECTION_BAD)
@@ -199,7 +220,8 @@ outcome<conn_ptr> connect(const std::string& dsn, const char* app,
   std::optional<clock::time_point> deadline;
   if (auto seconds = connect_timeout_of(c.get()); seconds > 0)
     deadline = clock::now() + std::chrono::seconds{seconds};
-  for (auto polled = PGRES_POLLING_WRITING; polled != PGRES_POLLING_OK;) {
+  for (auto polled = step_by_step ? PGRES_POLLING_WRITING : PGRES_POLLING_OK;
+       polled != PGRES_POLLING_OK;) {
     if (polled == PGRES_POLLING_FAILED)
       return failure{true, "", one_line(PQerrorMessage(c.get()))};
     switch (wait_socket(c.get(), polled == PGRES_POLLING_READING ? POLLIN : POLLOUT, deadline,

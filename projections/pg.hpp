@@ -59,10 +59,11 @@ using outcome = storage::result<T, failure>;
 using param = std::optional<std::string_view>;
 
 /// Opens a connection to `dsn` (a conninfo string or URI) in non-blocking
-/// mode. Defaults that the DSN does not override: connect_timeout=3 (for the
-/// whole attempt), TCP keepalives (idle 10 s, interval 5 s, 3 probes),
-/// application_name=`app`. The attempt ends within 100 ms once `cancel` is
-/// set (null: never).
+/// mode. Defaults that the DSN does not override: connect_timeout=3, TCP
+/// keepalives (idle 10 s, interval 5 s, 3 probes), application_name=`app`.
+/// With one host the attempt ends within 100 ms once `cancel` is set (null:
+/// never); a DSN naming several hosts connects with libpq's blocking call,
+/// which moves on to the next host after connect_timeout.
 outcome<conn_ptr> connect(const std::string& dsn, const char* app = "eventsd",
                           const std::atomic<bool>* cancel = nullptr);
 

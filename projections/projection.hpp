@@ -89,12 +89,16 @@ typename Inspector::result_type inspect(Inspector& f, projection_status& x) {
 /// PostgreSQL that stops answering holds the worker only.
 using projection_actor = caf::typed_actor<
   caf::reacts_to<core::committed>,
-  /// Answers the position once it is >= the given one; fails with
-  /// `projection_errc::timeout` after the given milliseconds.
+  /// Answers the position once it is >= the given one; fails after the
+  /// given milliseconds with `timeout` (or `unavailable` / `diverged` when
+  /// PostgreSQL is the reason), and at once with `unavailable` when the
+  /// server stops or, on-demand, PostgreSQL cannot be reached.
   caf::replies_to<wait_atom, uint64_t, uint64_t>::with<uint64_t>,
   /// Applies everything up to the current head (on-demand reads), then
-  /// answers the position; fails with `timeout` after the given milliseconds.
+  /// answers the position; fails as wait_atom does.
   caf::replies_to<catch_up_atom, uint64_t>::with<uint64_t>,
+  /// The status, after a probe of PostgreSQL; within 3 s even when
+  /// PostgreSQL does not answer (then it says so).
   caf::replies_to<stats_atom>::with<projection_status>,
   /// Starts a rebuild into a fresh table; false when one is running.
   caf::replies_to<rebuild_atom>::with<bool>,

@@ -866,6 +866,8 @@ result<void> event_log::mark_idempotency_answer(std::string_view key, uint64_t s
   auto rec = keys::decode_idempotency(**raw);
   if (!rec)
     return corrupted("idempotency record", key);
+  if (rec->answered != 0)
+    return {}; // the first answer recorded stays
   rec->answered = status;
   impl_->keep_memtable_nonempty();
   auto st = impl_->db->Put(rocksdb::WriteOptions{}, name, keys::encode_idempotency(*rec));

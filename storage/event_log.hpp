@@ -174,8 +174,9 @@ public:
 
   /// Records the status of the first answer to the request that claimed
   /// `key` (where it depends on more than the append: unit-of-work's 201 or
-  /// 202), for its replays to answer the same. Not synced (the next append's fsync makes it durable). A key
-  /// no longer stored (purged) is left alone.
+  /// 202), for its replays to answer the same. The first status recorded
+  /// stays (a later call changes nothing). Not synced (the next append's
+  /// fsync makes it durable). A key no longer stored (purged) is left alone.
   result<void> mark_idempotency_answer(std::string_view key, uint64_t status);
 
   /// Deletes idempotency keys created before `older_than_ms`; returns how many.

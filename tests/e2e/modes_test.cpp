@@ -505,48 +505,91 @@ TEST_CASE("unit-of-work: an Idempotency-Key replay answers the status of the fir
 TEST_CASE("unit-of-work: replays that come while the first request still waits answer when it "
           "does and as it does, though the read model catches up before their own wait would end",
           "[e2e][modes][unit-of-work][postgres-down][idempotency]") {
-  server_behind_proxy s{{"--projection.mode=unit-of-work", "--projection.uow-timeout-ms=1000"}};
+  server_behind_proxy s{{"--projection.mode=unit-of-work", "--projection.uow-timeout-ms=1500"}};
   http_client c{s.srv.port()};
   REQUIRE(c.post_json("/todo", {{"description", "before the hang"}}).status == 201);
+  auto head_before = all_head(c);
   json body{{"description", "keyed while PostgreSQL hangs"}};
   auto key = random_uuid();
   s.proxy.stall();
-  auto t0 = std::chrono::steady_clock::now();
-  auto since = [&] { return std::chrono::steady_clock::now() - t0; };
+  using clock = std::chrono::steady_clock;
   response first;
-  std::chrono::steady_clock::duration first_took{};
+  clock::time_point first_answered;
   std::thread first_thread{[&] {
     http_client fc{s.srv.port()};
     first = fc.post_json("/todo", body, {{"Idempotency-Key", key}});
-    first_took = since();
+    first_answered = clock::now();
   }};
-  std::this_thread::sleep_for(300ms);
+  // The first request's event is durable; it now waits for the read model.
+  REQUIRE(eventually([&] { return all_head(c) > head_before; }, 5000ms, 10ms));
+  auto appended = clock::now();
+  std::this_thread::sleep_for(500ms);
   std::vector<response> replays(3);
-  std::vector<std::chrono::steady_clock::duration> replay_took(3);
+  std::vector<clock::time_point> replay_answered(3);
   std::vector<std::thread> replay_threads;
   for (size_t i = 0; i < replays.size(); ++i)
     replay_threads.emplace_back([&, i] {
       http_client rc{s.srv.port()};
       replays[i] = rc.post_json("/todo", body, {{"Idempotency-Key", key}});
-      replay_took[i] = since();
+      replay_answered[i] = clock::now();
     });
-  // The first request's wait ends at 1 s (202); PostgreSQL answers again
-  // after that, within the replays' own waits.
-  std::this_thread::sleep_for(850ms);
-  s.proxy.restore();
+  // The first request's wait ends (202) at 1.5 s; then PostgreSQL answers
+  // again, while the replays' own waits (from 0.5 s on) would still run.
   first_thread.join();
+  s.proxy.restore();
   for (auto& t : replay_threads)
     t.join();
   INFO("first: " << first.status << " " << first.body);
   REQUIRE(first.status == 202);
+  CHECK(first_answered - appended >= 1400ms);
   for (size_t i = 0; i < replays.size(); ++i) {
     INFO("replay " << i << ": " << replays[i].status << " " << replays[i].body);
     CHECK(replays[i].status == 202);
     CHECK(replays[i].body == first.body);
-    CHECK(replay_took[i] - first_took < 200ms); // answered with the first, not 300 ms later
+    CHECK(replay_answered[i] - first_answered < 300ms); // with the first, not at their own end
   }
   // Later replays read the status from the log.
   CHECK(c.post_json("/todo", body, {{"Idempotency-Key", key}}).status == 202);
+}
+
+TEST_CASE("unit-of-work: replays of a request answered by an earlier process (its answer never "
+          "recorded) all answer as the first of them did",
+          "[e2e][modes][unit-of-work][postgres-down][idempotency]") {
+  // The first request's answer is not recorded when the server is killed
+  // between its append and its answer: here the request waits for a
+  // PostgreSQL that is not there, and the server is killed meanwhile.
+  server_behind_proxy s{{"--projection.mode=unit-of-work", "--projection.uow-timeout-ms=1000"}};
+  http_client c{s.srv.port()};
+  REQUIRE(c.post_json("/todo", {{"description", "before the cut"}}).status == 201);
+  auto head_before = all_head(c);
+  json body{{"description", "keyed, then killed"}};
+  auto key = random_uuid();
+  s.proxy.cut();
+  std::thread first_thread{[&] {
+    http_client fc{s.srv.port()};
+    try {
+      fc.post_json("/todo", body, {{"Idempotency-Key", key}});
+    } catch (const std::exception&) {
+      // the server was killed under it
+    }
+  }};
+  REQUIRE(eventually([&] { return all_head(c) > head_before; }, 5000ms, 10ms));
+  s.srv.kill(); // well within the first request's 1 s wait
+  first_thread.join();
+  s.srv.start();
+  http_client c2{s.srv.port()};
+  // PostgreSQL still out of reach: the first replay waits, answers 202 and
+  // records it; PostgreSQL back: later replays still answer 202.
+  auto r1 = c2.post_json("/todo", body, {{"Idempotency-Key", key}});
+  REQUIRE(r1.status == 202);
+  s.proxy.restore();
+  REQUIRE(eventually([&] { return c2.get("/readyz").status == 200; }, 20000ms, 100ms));
+  auto id = ack_of(r1).id;
+  REQUIRE(c2.get("/todo/" + id + "?minPosition=" + std::to_string(ack_of(r1).position)).status
+          == 200);
+  auto r2 = c2.post_json("/todo", body, {{"Idempotency-Key", key}});
+  CHECK(r2.status == 202);
+  CHECK(r2.body == r1.body);
 }
 
 TEST_CASE("eventual: writes while PostgreSQL is down are accepted and the read model catches up "

@@ -768,6 +768,33 @@ TEST_CASE("connecting to a server that never answers gives up at connect_timeout
   }
 }
 
+TEST_CASE("a DSN naming several hosts connects to the next one when the first never answers",
+          "[projections][postgres]") {
+  using clock = std::chrono::steady_clock;
+  silent_listener first;
+  auto dsn = test_dsn();
+  std::unique_ptr<PQconninfoOption, decltype(&PQconninfoFree)> parsed{
+    PQconninfoParse(dsn.c_str(), nullptr), &PQconninfoFree};
+  std::string host = "127.0.0.1", port = "5432";
+  for (auto* o = parsed.get(); o != nullptr && o->keyword != nullptr; ++o) {
+    if (o->val != nullptr && std::string_view{o->keyword} == "host")
+      host = o->val;
+    if (o->val != nullptr && std::string_view{o->keyword} == "port")
+      port = o->val;
+  }
+  // Later keywords win in a conninfo string.
+  auto both = dsn + " host=127.0.0.1," + host + " port=" + std::to_string(first.port) + ","
+              + port + " connect_timeout=2";
+  auto began = clock::now();
+  auto c = pg::connect(both);
+  auto took = clock::now() - began;
+  INFO((c ? std::string{"connected"} : c.error().message));
+  REQUIRE(c);
+  CHECK(PQport(c->get()) == port);
+  CHECK(took >= 1900ms);
+  CHECK(took < 5s);
+}
+
 TEST_CASE("a statement waiting for a PostgreSQL that stopped answering ends within 100 ms of "
           "the stop flag, long before the query timeout",
           "[projections][postgres]") {

@@ -676,13 +676,14 @@ TEST_CASE("idempotency keys survive a reopen") {
 }
 
 TEST_CASE("the status of a key's first answer, once marked, comes back with every replay, "
-          "also after a reopen") {
+          "also after a reopen; a second mark changes nothing") {
   temp_dir dir;
   {
     auto log = open_log(dir);
     append_one(*log, with_key(request("todo-1", no_stream, 1), "k1", "fp", 1000, 1'000'000));
     append_one(*log, with_key(request("todo-2", no_stream, 1), "k2", "fp", 1000, 1'000'000));
     REQUIRE(log->mark_idempotency_answer("k1", 202));
+    REQUIRE(log->mark_idempotency_answer("k1", 201)); // the first status recorded stays
     REQUIRE(log->mark_idempotency_answer("never-used", 202)); // nothing to mark: no error
     CHECK(append_one(*log, with_key(request("todo-1", no_stream, 1), "k1", "fp", 1100,
                                     1'000'000))

@@ -64,8 +64,42 @@ options::options() {
     .add(rebuild, "rebuild", "rebuild the named projection (todos) offline and exit");
 }
 
+namespace {
+
+bool is_our_group(std::string_view g) {
+  return g == "http" || g == "storage" || g == "postgres" || g == "projection" || g == "actors"
+         || g == "global";
+}
+
+/// Sections CAF 0.17 reads itself.
+bool is_caf_group(std::string_view g) {
+  return g == "scheduler" || g == "work-stealing" || g == "logger" || g == "middleman"
+         || g == "stream" || g == "openssl" || g == "caf";
+}
+
+/// The text given for `--name` on the command line, for error messages (a
+/// number too large for its type reaches us as 0); none when not given there.
+std::optional<std::string> on_command_line(int argc, char** argv, const std::string& name) {
+  auto prefix = "--" + name + "=";
+  for (int i = argc - 1; i > 0; --i)
+    if (std::string_view a = argv[i]; a.rfind(prefix, 0) == 0)
+      return std::string{a.substr(prefix.size())};
+  return std::nullopt;
+}
+
+struct bound {
+  const char* name;
+  size_t value;
+  size_t min;
+  size_t max;
+  const char* unit;
+};
+
+} // namespace
+
 std::optional<std::string> parse(options& opts, int argc, char** argv) {
   bool dsn_on_command_line = false;
+  bool file_named = false;
   std::string file = "config/eventsd.conf";
   for (int i = 1; i < argc; ++i) {
     std::string_view a = argv[i];
@@ -99,11 +133,17 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
     }
     if (a.rfind("--postgres.dsn", 0) == 0)
       dsn_on_command_line = true;
-    if (a.rfind("--config-file=", 0) == 0)
+    if (a.rfind("--config-file=", 0) == 0) {
       file = std::string{a.substr(14)};
+      file_named = true;
+    }
   }
   std::error_code ec;
   bool has_file = std::filesystem::exists(file, ec);
+  if (has_file && !std::filesystem::is_regular_file(file, ec))
+    return "invalid --config-file " + file + ": not a regular file";
+  if (!has_file && file_named)
+    return "invalid --config-file " + file + ": no such file";
   if (has_file) {
     // CAF skips config-file values it cannot convert (`[http] threads="many"`
     // parsed, and the default stayed): read the file without the options and
@@ -116,8 +156,15 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
       auto* group = caf::get_if<caf::config_value::dictionary>(&entries);
       if (group == nullptr)
         continue;
+      const bool ours = is_our_group(category);
+      if (!ours && !is_caf_group(category))
+        return "invalid config file " + file + ": unknown section [" + std::string{category}
+               + "]";
       for (auto& [key, value] : *group) {
         auto* option = opts.custom_options().qualified_name_lookup(category, key);
+        if (option == nullptr && ours)
+          return "invalid config file " + file + ": unknown option " + std::string{category}
+                 + "." + std::string{key};
         if (option == nullptr)
           continue; // CAF's own groups (scheduler, logger, ...) are CAF's to check
         if (auto err = option->check(value))
@@ -144,6 +191,46 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
       opts.postgres_dsn = env;
   if (opts.postgres_dsn.empty())
     return "no PostgreSQL DSN: pass --postgres.dsn=... or set EVENTSD_POSTGRES_DSN";
+  // Each number within what makes sense: a timeout of 0 answers nothing, a
+  // heartbeat of 0 floods, a retention in the trillions overflows.
+  constexpr size_t day_ms = 24 * 3600 * 1000;
+  const bound bounds[] = {
+    {"http.read-timeout-ms", opts.http_read_timeout_ms, 100, day_ms, "ms"},
+    {"http.request-timeout-ms", opts.http_request_timeout_ms, 100, day_ms, "ms"},
+    {"http.drain-timeout-ms", opts.http_drain_timeout_ms, 0, 3600 * 1000, "ms"},
+    {"http.sse-heartbeat-ms", opts.http_sse_heartbeat_ms, 100, 3600 * 1000, "ms"},
+    {"http.sse-max-lag", opts.http_sse_max_lag, 1, size_t{1} << 40, "events"},
+    {"http.sse-max-subscribers", opts.http_sse_max_subscribers, 0, 1'000'000, ""},
+    {"http.body-limit", opts.http_body_limit, 1, size_t{1} << 30, "bytes"},
+    {"storage.max-batch", opts.storage_max_batch, 1, 1'000'000, "appends"},
+    {"storage.max-wait-us", opts.storage_max_wait_us, 0, 1'000'000, "µs"},
+    {"storage.block-cache-mb", opts.storage_block_cache_mb, 8, size_t{1} << 20, "MiB"},
+    {"storage.idempotency-retention-s", opts.storage_idempotency_retention_s, 24 * 3600,
+     10 * 366 * 24 * 3600, "s (1 day .. 10 years)"},
+    {"postgres.readers", opts.postgres_readers, 1, 256, ""},
+    {"postgres.query-timeout-ms", opts.postgres_query_timeout_ms, 0, day_ms, "ms (0 = forever)"},
+    {"projection.uow-timeout-ms", opts.projection_uow_timeout_ms, 1, 3600 * 1000, "ms"},
+    {"projection.interval-ms", opts.projection_interval_ms, 1, day_ms, "ms"},
+    {"projection.batch-size", opts.projection_batch_size, 1, 1'000'000, "events"},
+    {"projection.batch-wait-us", opts.projection_batch_wait_us, 0, 10'000'000, "µs"},
+    {"projection.rebuild-batch-size", opts.projection_rebuild_batch_size, 1, 1'000'000, "events"},
+    {"actors.idle-timeout", opts.actors_idle_timeout_s, 1, 366 * 24 * 3600, "s"},
+    {"actors.max-live", opts.actors_max_live, 1, 1'000'000'000, ""},
+    {"actors.snapshot-every", opts.actors_snapshot_every, 0, 1'000'000'000, "events"},
+    {"actors.shards", opts.actors_shards, 1, 1024, ""},
+    {"actors.log-readers", opts.actors_log_readers, 1, 256, ""},
+    {"scheduler.max-threads", caf::get_or(opts, "scheduler.max-threads", size_t{1}), 1, 1024, ""},
+  };
+  for (auto& b : bounds) {
+    if (b.value >= b.min && b.value <= b.max)
+      continue;
+    // Not on the command line: the config file's (the defaults are in range).
+    auto given = on_command_line(argc, argv, b.name);
+    return "invalid --" + std::string{b.name} + " "
+           + (given ? *given : std::to_string(b.value) + " (config file " + file + ")")
+           + ": expected " + std::to_string(b.min) + ".." + std::to_string(b.max)
+           + (*b.unit != '\0' ? " " + std::string{b.unit} : std::string{});
+  }
   if (opts.storage_sync != "fsync" && opts.storage_sync != "none")
     return "invalid --storage.sync `" + opts.storage_sync + "`: expected fsync or none";
   if (opts.projection_mode != "eventual" && opts.projection_mode != "unit-of-work"
@@ -152,18 +239,6 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
            + "`: expected eventual, unit-of-work, on-demand or scheduled";
   if (opts.http_threads == 0 || opts.http_threads > 64)
     return "invalid --http.threads: expected 1..64";
-  if (opts.http_body_limit == 0)
-    return "invalid --http.body-limit: expected at least 1";
-  if (opts.storage_max_batch == 0)
-    return "invalid --storage.max-batch: expected at least 1";
-  if (opts.actors_max_live == 0 || opts.actors_shards == 0)
-    return "invalid --actors.max-live/--actors.shards: expected at least 1";
-  if (opts.postgres_readers == 0 || opts.actors_log_readers == 0)
-    return "invalid reader count: expected at least 1";
-  if (opts.projection_interval_ms == 0 || opts.projection_batch_size == 0
-      || opts.projection_rebuild_batch_size == 0)
-    return "invalid --projection.interval-ms/--projection.batch-size/"
-           "--projection.rebuild-batch-size: expected at least 1";
   // A unit-of-work write waits up to uow-timeout-ms for the read model (plus
   // 1 s of slack for the answer) and then answers 202: the request deadline
   // must not fall first, or an appended write would be answered 503.
@@ -173,10 +248,6 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
            + ": in unit-of-work mode it must be at least --projection.uow-timeout-ms + 2000 ("
            + std::to_string(opts.projection_uow_timeout_ms + 2000)
            + "), or appended writes would be answered 503 instead of 202";
-  if (opts.storage_idempotency_retention_s < 24 * 3600)
-    return "invalid --storage.idempotency-retention-s "
-           + std::to_string(opts.storage_idempotency_retention_s)
-           + ": Idempotency-Key answers are kept at least 24 h (86400 s)";
   if (!opts.rebuild.empty() && opts.rebuild != "todos")
     return "invalid --rebuild `" + opts.rebuild + "`: the only projection is todos";
   return std::nullopt;

@@ -804,6 +804,15 @@ TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reas
     {{"--rebuild=users"}, "--rebuild"},
     {{"--no-such-option=1"}, "--no-such-option=1"},
     {{"--storage.idempotency-retention-s=1"}, "--storage.idempotency-retention-s 1"},
+    // Numbers outside what works: each would have started a broken server.
+    {{"--http.request-timeout-ms=0"}, "--http.request-timeout-ms 0"},
+    {{"--http.read-timeout-ms=0"}, "--http.read-timeout-ms 0"},
+    {{"--http.sse-heartbeat-ms=0"}, "--http.sse-heartbeat-ms 0"},
+    {{"--http.sse-max-lag=0"}, "--http.sse-max-lag 0"},
+    {{"--scheduler.max-threads=0"}, "--scheduler.max-threads"},
+    {{"--storage.idempotency-retention-s=10000000000000000"},
+     "--storage.idempotency-retention-s 10000000000000000"},
+    {{"--projection.batch-wait-us=99999999999"}, "--projection.batch-wait-us 99999999999"},
     // The request deadline would answer 503 for writes the unit-of-work wait
     // would answer 202 (appended, but the client told "may or may not").
     {{"--projection.mode=unit-of-work", "--http.request-timeout-ms=3000"},
@@ -857,7 +866,10 @@ TEST_CASE("a bad value in the config file stops eventsd with exit code 2 and a o
   temp_dir d{"eventsd-faults-config-"};
   auto dir = d.path() + "/data";
   auto conf = d.path() + "/bad.conf";
-  for (std::string body : {"[http]\nthreads=\"many\"\n", "[projection]\nbatch-size=-3\n"}) {
+  for (std::string body :
+       {"[http]\nthreads=\"many\"\n", "[projection]\nbatch-size=-3\n",
+        "[http]\nprot=9000\n" /* a misspelt option */, "[htp]\nport=9000\n" /* section */,
+        "[http]\nread-timeout-ms=0\n"}) {
     {
       std::ofstream out{conf};
       out << body;
@@ -871,6 +883,16 @@ TEST_CASE("a bad value in the config file stops eventsd with exit code 2 and a o
     CHECK(r.exit_code() == 2);
     CHECK(one_line(r.output));
     CHECK(r.output.find(conf) != std::string::npos);
+  }
+  // A config file named on the command line must be one.
+  for (auto named : {d.path(), d.path() + "/missing.conf"}) {
+    auto r = run_command({bin, "--config-file=" + named, "--storage.dir=" + dir, "--http.port=0",
+                          "--postgres.dsn=" + unreachable_dsn},
+                         10s, d.path(), {}, "listening on");
+    INFO(named << " -> exit " << r.exit_code() << ": " << r.output);
+    CHECK(r.exit_code() == 2);
+    CHECK(one_line(r.output));
+    CHECK(r.output.find(named) != std::string::npos);
   }
 }
 

@@ -5,6 +5,8 @@
 #include <chrono>
 #include <csignal>
 #include <ctime>
+#include <cstdlib>
+#include <functional>
 #include <iostream>
 #include <mutex>
 #include <optional>
@@ -882,6 +884,11 @@ struct server::impl {
   std::vector<std::thread> threads;
   actors::position_listener_actor head_listener;
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+  // SIGINT/SIGTERM, also while the server stops (wait_for_signal).
+  net::io_context signal_ioc;
+  std::optional<net::signal_set> signals;
+  std::function<void(beast::error_code, int)> late_signal;
+  std::thread signal_thread;
 
   explicit impl(services& s)
     : svc(s), routes(s), ioc(static_cast<int>(std::max<size_t>(1, s.options.threads))) {}
@@ -891,6 +898,10 @@ server::server(services& svc) : impl_(std::make_unique<impl>(svc)) {}
 
 server::~server() {
   stop();
+  auto& d = *impl_;
+  d.signal_ioc.stop();
+  if (d.signal_thread.joinable())
+    d.signal_thread.join();
 }
 
 uint16_t server::start(std::string& error) {
@@ -974,10 +985,29 @@ void server::stop() {
 }
 
 void server::wait_for_signal() {
-  net::io_context sig_ioc;
-  net::signal_set signals{sig_ioc, SIGINT, SIGTERM};
-  signals.async_wait([&](beast::error_code, int) { sig_ioc.stop(); });
-  sig_ioc.run();
+  auto& d = *impl_;
+  d.signals.emplace(d.signal_ioc, SIGINT, SIGTERM);
+  d.signals->async_wait([&d](beast::error_code, int) { d.signal_ioc.stop(); });
+  d.signal_ioc.run();
+  // Keep the handler while the server stops: a second signal right after
+  // the first (a double Ctrl-C, `timeout` signalling the process group) must
+  // not kill it half-way. One that comes later means "now": exit at once.
+  d.signal_ioc.restart();
+  auto first = std::chrono::steady_clock::now();
+  d.late_signal = [&d, first](beast::error_code ec, int n) {
+    if (ec)
+      return;
+    if (std::chrono::steady_clock::now() - first < std::chrono::seconds{2}) {
+      std::cerr << "eventsd: already shutting down\n";
+      d.signals->async_wait(d.late_signal);
+      return;
+    }
+    std::cerr << "eventsd: signal " << n << " again: exiting now, without a clean shutdown"
+              << std::endl;
+    std::_Exit(128 + n);
+  };
+  d.signals->async_wait(d.late_signal);
+  d.signal_thread = std::thread{[&d] { d.signal_ioc.run(); }};
 }
 
 } // namespace eventsd::http

@@ -571,10 +571,14 @@ void server::start() {
   }
 }
 
-int server::stop() {
+int server::stop(int sigterms) {
   if (!running())
     return -1;
-  ::kill(pid_, SIGTERM);
+  for (int i = 0; i < sigterms; ++i) {
+    if (i > 0)
+      std::this_thread::sleep_for(5ms);
+    ::kill(pid_, SIGTERM);
+  }
   int status = 0;
   auto deadline = std::chrono::steady_clock::now() + 5s;
   bool reaped = false;

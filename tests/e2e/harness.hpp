@@ -138,9 +138,9 @@ public:
   /// Starts the process again (same directory, same database, same args);
   /// REQUIRES: it is not running. The port changes.
   void start();
-  /// Sends SIGTERM and waits (SIGKILL after 5 s). Returns the exit status as
-  /// from waitpid, or -1 when nothing ran.
-  int stop();
+  /// Sends SIGTERM (`sigterms` times, 5 ms apart) and waits (SIGKILL after
+  /// 5 s). Returns the exit status as from waitpid, or -1 when nothing ran.
+  int stop(int sigterms = 1);
   /// Sends SIGKILL and reaps the process.
   void kill();
   /// stop() then start().

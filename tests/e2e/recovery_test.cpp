@@ -312,8 +312,11 @@ TEST_CASE("aggregates evicted, passivated and recovered from snapshots keep vers
 }
 
 TEST_CASE("SIGTERM under load answers every request it has read: each event in the log was "
-          "answered 2xx, each 2xx is in the log, and the process exits 0",
+          "answered 2xx, each 2xx is in the log, and the process exits 0, also when a second "
+          "SIGTERM follows at once",
           "[e2e][recovery][shutdown]") {
+  auto sigterms = GENERATE(1, 2);
+  INFO(sigterms << " SIGTERM(s)");
   server s;
   std::mutex mtx;
   std::set<std::string> answered;
@@ -340,11 +343,13 @@ TEST_CASE("SIGTERM under load answers every request it has read: each event in t
   for (int t = 0; t < 16; ++t)
     threads.emplace_back(worker, t);
   sleep_for(1000ms);
-  auto status = s.stop(); // SIGTERM while the workers are still sending
+  auto status = s.stop(sigterms); // while the workers are still sending
   for (auto& t : threads)
     t.join();
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 0);
+  if (sigterms == 2)
+    CHECK(s.output().find("already shutting down") != std::string::npos);
   INFO("odd answers: " << odd_answers.size() << (odd_answers.empty() ? "" : ", first " + odd_answers.front()));
   CHECK(odd_answers.empty());
   REQUIRE(answered.size() > 100);

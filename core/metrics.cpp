@@ -1,6 +1,9 @@
 #include "core/metrics.hpp"
 
 #include <algorithm>
+#include <chrono>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <iterator>
@@ -161,11 +164,11 @@ std::string metrics::render() const {
   family(out, "eventsd_projection_position", "gauge", "Last position applied to the read model.");
   sample(out, "eventsd_projection_position", projection_position.value());
   family(out, "eventsd_projection_lag_events", "gauge", "Log head minus projection position.");
-  sample(out, "eventsd_projection_lag_events", projection_lag_events.value());
+  sample(out, "eventsd_projection_lag_events", projection_lag_events());
   family(out, "eventsd_projection_lag_seconds", "gauge",
          "Age of the oldest event not yet applied to the read model.");
   out += "eventsd_projection_lag_seconds "
-         + format_double(static_cast<double>(projection_lag_ms.value()) / 1000.0) + "\n";
+         + format_double(static_cast<double>(projection_lag_ms()) / 1000.0) + "\n";
   family(out, "eventsd_projection_batches_total", "counter", "Read-model transactions committed.");
   sample(out, "eventsd_projection_batches_total", projection_batches.value());
   family(out, "eventsd_projection_errors_total", "counter", "Failed read-model transactions.");
@@ -185,6 +188,20 @@ std::string metrics::render() const {
          "SSE subscribers disconnected for falling more than --http.sse-max-lag events behind.");
   sample(out, "eventsd_sse_slow_disconnects_total", sse_dropped_slow.value());
   return out;
+}
+
+int64_t metrics::projection_lag_events() const {
+  return std::max<int64_t>(0, log_head.value() - projection_position.value());
+}
+
+int64_t metrics::projection_lag_ms() const {
+  auto since = projection_unapplied_since_ms.value();
+  if (since == 0 || projection_lag_events() == 0)
+    return 0;
+  auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+               .count();
+  return std::max<int64_t>(0, now - since);
 }
 
 metrics& metrics::instance() {

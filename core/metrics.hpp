@@ -75,8 +75,10 @@ struct metrics {
 
   // -- read side (projections/) --
   gauge projection_position;
-  gauge projection_lag_events;
-  gauge projection_lag_ms;
+  /// When the oldest event not applied yet occurred (Unix ms); 0: none.
+  /// The lags are computed from it when asked, so they grow while nothing
+  /// is applied (PostgreSQL down, scheduled mode) without anyone updating.
+  gauge projection_unapplied_since_ms;
   counter projection_batches;
   counter projection_errors;
   histogram projection_batch_events{size_bounds()};
@@ -90,6 +92,11 @@ struct metrics {
   /// Counts one HTTP request of `route` (a pattern like "/todo/{id}").
   void observe_request(const std::string& method, const std::string& route, int status,
                        double seconds);
+
+  /// Log head minus projection position, now.
+  int64_t projection_lag_events() const;
+  /// Age of the oldest event not applied yet, now (0 when caught up).
+  int64_t projection_lag_ms() const;
 
   /// The whole exposition in Prometheus text format 0.0.4.
   std::string render() const;

@@ -1,6 +1,7 @@
 #include "projections/projection.hpp"
 
 #include <algorithm>
+#include <iostream>
 
 #include <nlohmann/json.hpp>
 
@@ -84,6 +85,8 @@ struct worker_state {
   clock::time_point connect_failed{}; // when connecting last failed
   clock::time_point metrics_at{};     // when update_metrics last ran
   bool metrics_due = false;           // a metrics_atom is on its way
+  std::string logged_error;           // the failure last said on stderr
+  clock::time_point logged_at{};
   // online rebuild
   std::unique_ptr<todo_read_model> rebuild_model;
   bool rebuild_reset = false; ///< the rebuild's table was emptied for this rebuild
@@ -119,9 +122,32 @@ void schedule_run(worker_ptr self, clock::duration delay = clock::duration::zero
     self->send(self, run_atom_v);
 }
 
+/// Says on stderr that the read model cannot be updated: each new reason,
+/// and the same one again once a minute.
+void log_failure(worker_state& st) {
+  auto now = clock::now();
+  if (st.now.last_error == st.logged_error && now - st.logged_at < std::chrono::minutes{1})
+    return;
+  st.logged_error = st.now.last_error;
+  st.logged_at = now;
+  std::cerr << "eventsd: read model not updated (position " << st.now.position
+            << "; writes go on, retried): " << st.now.last_error << std::endl;
+}
+
+/// The read model is updated again: says so when a failure was logged.
+void clear_failure(worker_state& st) {
+  st.now.last_error.clear();
+  if (st.logged_error.empty())
+    return;
+  st.logged_error.clear();
+  std::cerr << "eventsd: read model reachable again (position " << st.now.position << ")"
+            << std::endl;
+}
+
 void fail(worker_ptr self, const projection_error& err) {
   auto& st = self->state;
   st.now.last_error = err.detail.empty() ? to_string(err.code) : err.detail;
+  log_failure(st);
   core::metrics::instance().projection_errors.add();
   auto next = st.backoff.count() == 0 ? st.opts.retry_min : st.backoff * 2;
   st.backoff = std::min(next, st.opts.retry_max);
@@ -134,13 +160,12 @@ void update_metrics(worker_ptr self) {
   auto head = st.log->head();
   auto position = st.now.position;
   m.projection_position.set(static_cast<int64_t>(position));
-  m.projection_lag_events.set(static_cast<int64_t>(head > position ? head - position : 0));
-  int64_t lag_ms = 0;
+  int64_t since = 0;
   if (head > position) {
     if (auto next = st.log->read_all(position + 1, 1); next.ok() && !next->empty())
-      lag_ms = std::max<int64_t>(0, now_ms() - next->front().occurred_at_ms);
+      since = next->front().occurred_at_ms;
   }
-  m.projection_lag_ms.set(lag_ms);
+  m.projection_unapplied_since_ms.set(since);
 }
 
 /// Connects when needed and learns the checkpoint; false on failure.
@@ -170,7 +195,7 @@ bool ensure_connected(worker_ptr self) {
   }
   now.position = *cp;
   now.position_known = true;
-  now.last_error.clear(); // connected and bound again: earlier failures are over
+  clear_failure(st); // connected and bound again: earlier failures are over
   return true;
 }
 
@@ -248,7 +273,7 @@ void step(worker_ptr self) {
       static_cast<double>(std::max<int64_t>(0, committed_ms - e.occurred_at_ms)) / 1000.0);
   st.now.position = last;
   st.backoff = std::chrono::milliseconds{0};
-  st.now.last_error.clear();
+  clear_failure(st);
   update_metrics(self);
   if (st.now.position < st.target)
     schedule_run(self);
@@ -337,6 +362,11 @@ worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* lo
       // The lag keeps growing while nothing is applied (PostgreSQL down,
       // on-demand or scheduled mode): /metrics says so within a second,
       // also after the last commit of a burst.
+      // The first unapplied event since the projection caught up occurred
+      // just now; update_metrics reads the exact time.
+      auto& m = core::metrics::instance();
+      if (m.projection_unapplied_since_ms.value() == 0 && c.position > st.now.position)
+        m.projection_unapplied_since_ms.set(now_ms());
       if (clock::now() - st.metrics_at > std::chrono::seconds{1}) {
         update_metrics(self);
       } else if (!st.metrics_due) {
@@ -381,7 +411,7 @@ worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* lo
         if (clock::now() - began < std::chrono::milliseconds{500}
             && clock::now() - st.connect_failed > std::chrono::seconds{5}
             && ensure_connected(self)) {
-          st.now.last_error.clear();
+          clear_failure(st);
           st.backoff = std::chrono::milliseconds{0};
         }
       }
@@ -533,7 +563,7 @@ projection_status status_of(const front_state& st, const projection_report& r) {
   // A position once seen stays a lower bound of the read model's.
   s.position_known = r.position_known || r.position > 0;
   s.head = st.log->head();
-  s.lag_ms = core::metrics::instance().projection_lag_ms.value();
+  s.lag_ms = core::metrics::instance().projection_lag_ms();
   s.connected = r.connected;
   s.last_error = r.last_error;
   if (!r.last_error.empty())

@@ -1015,6 +1015,19 @@ TEST_CASE("PostgreSQL stopped under a running server: writes go on, /readyz and 
   REQUIRE(caught_up);
   CHECK(took < 7500ms); // the 5 s cap plus slack; uncapped doubling would take ~12 s
   CHECK(c.get("/readyz").status == 200);
+  // The operator reads it in the log: once when it began, once when it ended
+  // (not once per retry).
+  auto log = s.output();
+  INFO("server output:\n" << log);
+  auto count = [&](const std::string& what) {
+    size_t n = 0;
+    for (auto at = log.find(what); at != std::string::npos; at = log.find(what, at + 1))
+      ++n;
+    return n;
+  };
+  CHECK(count("read model not updated") >= 1);
+  CHECK(count("read model not updated") <= 3);
+  CHECK(count("read model reachable again") >= 1);
 
   // Reader connections that died in the outage fail their first query once
   // each (the bug of the test below, since fixed); use every reader once first.

@@ -49,8 +49,8 @@ ensure_packages() {
   as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
 }
 
-# Configures build/ (Ninja, Release) unless it already is, then builds everything,
-# tests included. The server ends up in build/eventsd.
+# Configures build/ (Ninja, Release) unless it already is, then builds the given
+# targets (default: everything, tests included). The server ends up in build/eventsd.
 build_release() {
   local src=${EVENTSD_ROOT} bin=${EVENTSD_ROOT}/build
   [[ -f $src/CMakeLists.txt ]] || die "no CMakeLists.txt in $src"
@@ -59,6 +59,6 @@ build_release() {
     log "configuring $bin (Ninja, Release)"
     cmake -S "$src" -B "$bin" -G Ninja -DCMAKE_BUILD_TYPE=Release
   fi
-  log "building"
-  cmake --build "$bin" -j"$(nproc)"
+  log "building${1:+ $*}"
+  cmake --build "$bin" -j"$(nproc)" ${1:+--target "$@"}
 }

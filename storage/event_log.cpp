@@ -356,15 +356,35 @@ class stderr_logger : public rocksdb::Logger {
 public:
   stderr_logger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
   using rocksdb::Logger::Logv;
-  /// Open failures are reported by `open` in one line; log only afterwards.
-  std::atomic<bool> opened{false};
   void Logv(const char* format, va_list ap) override {
-    if (!opened.load(std::memory_order_relaxed))
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (opened_) {
+      std::fputs("eventsd: rocksdb: ", stderr);
+      std::vfprintf(stderr, format, ap);
+      std::fputc('\n', stderr);
       return;
-    std::fputs("eventsd: rocksdb: ", stderr);
-    std::vfprintf(stderr, format, ap);
-    std::fputc('\n', stderr);
+    }
+    // Held until the open succeeds (a failure is reported by `open` in one
+    // line): what recovery did, e.g. WAL bytes it dropped, is said then.
+    if (held_.size() < 100) {
+      char line[1024];
+      std::vsnprintf(line, sizeof line, format, ap);
+      held_.emplace_back(line);
+    }
   }
+  /// The open succeeded: says what recovery logged, and logs from now on.
+  void opened() {
+    std::lock_guard<std::mutex> guard{mtx_};
+    opened_ = true;
+    for (auto& line : held_)
+      std::fprintf(stderr, "eventsd: rocksdb (opening the store): %s\n", line.c_str());
+    held_.clear();
+  }
+
+private:
+  std::mutex mtx_;
+  bool opened_ = false;
+  std::vector<std::string> held_;
 };
 
 /// Leaves recovery from a write error to `append`, which calls Resume() on
@@ -467,6 +487,7 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
   rocksdb::ColumnFamilyOptions event_ids_options{options};
   rocksdb::ColumnFamilyOptions index_options{options};
   index_options.compaction_style = rocksdb::kCompactionStyleUniversal;
+  index_options.level_compaction_dynamic_level_bytes = false; // leveled compaction's only
   index_options.prefix_extractor = std::make_shared<stream_index_prefix>();
   const std::vector<rocksdb::ColumnFamilyDescriptor> families{
     {rocksdb::kDefaultColumnFamilyName, index_options},
@@ -484,7 +505,7 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
   }
   if (!pimpl->db || handles.size() != 3)
     return storage_error{storage_errc::not_writable, "open " + opts.dir + ": no database"};
-  logger->opened = true;
+  logger->opened();
   pimpl->default_cf = handles[0];
   pimpl->events = handles[1];
   pimpl->event_ids = handles[2];

@@ -885,7 +885,9 @@ router::router(services& svc) : svc_(svc) {
             const bool writable = log->writable() && !stalled;
             const char* store = stalled ? "stalled" : writable ? "open" : "not writable";
             const char* postgres = st.connected ? "reachable" : "unreachable";
-            const char* read_model = st.diverged ? "diverged" : "ok";
+            const char* read_model = st.diverged    ? "diverged"
+                                     : st.connected ? "ok"
+                                                    : "unknown";
             if (writable && st.connected && !st.diverged)
               return respond(json_reply(200, {{"status", "ready"},
                                               {"eventStore", store},

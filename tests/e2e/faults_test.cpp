@@ -969,6 +969,7 @@ TEST_CASE("PostgreSQL stopped under a running server: writes go on, /readyz and 
         auto j = ready.json_body();
         CHECK(j.at("detail").get<std::string>().find("PostgreSQL") != std::string::npos);
         CHECK(j["checks"]["postgres"] == "unreachable");
+        CHECK(j["checks"]["readModel"] == "unknown"); // not "ok": nobody can tell
         errors_at_start = metric(c, "eventsd_projection_errors_total");
       }
     } else if (!checked_reads) {

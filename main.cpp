@@ -161,7 +161,10 @@ int main(int argc, char** argv) {
     shutdown();
     return 2;
   }
-  std::cout << "eventsd: listening on http://" << hopts.address << ":" << port << " (mode "
+  // An IPv6 address goes in brackets in a URL (RFC 3986 §3.2.2).
+  auto host = hopts.address.find(':') != std::string::npos ? "[" + hopts.address + "]"
+                                                            : hopts.address;
+  std::cout << "eventsd: listening on http://" << host << ":" << port << " (mode "
             << opts.projection_mode << ", store " << opts.storage_dir << ")" << std::endl;
   srv.wait_for_signal();
   std::cout << "eventsd: shutting down" << std::endl;

@@ -182,6 +182,20 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
   // one worker beats two by ~40 %, see docs/performance.md).
   auto cores = std::thread::hardware_concurrency(); // 0 when unknown
   opts.set("scheduler.max-threads", static_cast<size_t>(cores > 1 ? cores - 1 : 1));
+  // Say which argument CAF would refuse, in words (its own message is a
+  // parser_error tuple).
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    if (a.rfind("--", 0) != 0 || a.rfind("--config-file=", 0) == 0)
+      continue;
+    auto eq = a.find('=');
+    auto name = a.substr(2, eq == std::string_view::npos ? a.npos : eq - 2);
+    auto* option = opts.custom_options().cli_long_name_lookup({name.data(), name.size()});
+    if (option == nullptr)
+      return "unknown option " + std::string{a} + " (eventsd --help lists them)";
+    if (eq == std::string_view::npos && !option->is_flag())
+      return "option " + std::string{a} + " needs a value: " + std::string{a} + "=...";
+  }
   if (auto err = opts.parse(argc, argv, has_file ? file.c_str() : "/dev/null"))
     return "invalid configuration: " + caf::to_string(err);
   if (!opts.remainder.empty())
@@ -231,6 +245,9 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
            + ": expected " + std::to_string(b.min) + ".." + std::to_string(b.max)
            + (*b.unit != '\0' ? " " + std::string{b.unit} : std::string{});
   }
+  if (auto policy = caf::get_or(opts, "scheduler.policy", caf::atom("sharing"));
+      policy != caf::atom("sharing") && policy != caf::atom("stealing"))
+    return "invalid --scheduler.policy " + caf::to_string(policy) + ": expected sharing or stealing";
   if (opts.storage_sync != "fsync" && opts.storage_sync != "none")
     return "invalid --storage.sync `" + opts.storage_sync + "`: expected fsync or none";
   if (opts.projection_mode != "eventual" && opts.projection_mode != "unit-of-work"

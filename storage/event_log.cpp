@@ -501,7 +501,11 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
   pimpl->db.reset(raw);
   if (!st.ok()) {
     auto code = st.IsCorruption() ? storage_errc::corrupted : storage_errc::not_writable;
-    return storage_error{code, "open " + opts.dir + ": " + st.ToString()};
+    auto why = st.ToString();
+    // RocksDB says "While lock file: .../LOCK: Resource temporarily unavailable".
+    if (st.IsIOError() && why.find("lock file") != std::string::npos)
+      why += " (another process, another eventsd say, has this store open)";
+    return storage_error{code, "open " + opts.dir + ": " + why};
   }
   if (!pimpl->db || handles.size() != 3)
     return storage_error{storage_errc::not_writable, "open " + opts.dir + ": no database"};

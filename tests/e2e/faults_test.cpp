@@ -764,6 +764,17 @@ TEST_CASE("eventsd refuses to start on a storage directory it cannot use: non-ze
     CHECK(one_line(r.output));
     CHECK(r.output.find("cannot open the event store") != std::string::npos);
   }
+  SECTION("another eventsd has the store open") {
+    server first;
+    auto r = run(first.storage_dir());
+    INFO("output: " << r.output);
+    CHECK_FALSE(r.timed_out);
+    CHECK(r.exit_code() == 1);
+    CHECK(one_line(r.output));
+    CHECK(r.output.find("another eventsd say, has this store open") != std::string::npos);
+    http_client c{first.port()};
+    CHECK(c.get("/healthz").status == 200); // and the first one is untouched
+  }
   SECTION("the file system is read-only") {
     tmpfs_mount ro{d.path() + "/ro", "size=1m", MS_RDONLY};
     if (!ro.mounted()) {
@@ -802,7 +813,9 @@ TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reas
     {{"--projection.batch-size=0"}, "--projection.batch-size"},
     {{"--projection.interval-ms=soon"}, "--projection.interval-ms=soon"},
     {{"--rebuild=users"}, "--rebuild"},
-    {{"--no-such-option=1"}, "--no-such-option=1"},
+    {{"--no-such-option=1"}, "unknown option --no-such-option=1"},
+    {{"--http.port"}, "--http.port needs a value"},
+    {{"--scheduler.policy=bogus"}, "--scheduler.policy bogus"},
     {{"--storage.idempotency-retention-s=1"}, "--storage.idempotency-retention-s 1"},
     // Numbers outside what works: each would have started a broken server.
     {{"--http.request-timeout-ms=0"}, "--http.request-timeout-ms 0"},

@@ -125,7 +125,6 @@ CAF_BEGIN_TYPE_ID_BLOCK(eventsd, caf::first_custom_type_id)
   CAF_ADD_ATOM(eventsd, eventsd, recover_atom, "recover")
   CAF_ADD_ATOM(eventsd, eventsd, snapshot_atom, "snapshot")
   CAF_ADD_ATOM(eventsd, eventsd, drain_atom, "drain")
-  CAF_ADD_ATOM(eventsd, eventsd, metrics_atom, "metrics")
   CAF_ADD_ATOM(eventsd, eventsd, rebuild_step_atom, "rb_step")
 
 CAF_END_TYPE_ID_BLOCK(eventsd)

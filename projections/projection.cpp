@@ -67,7 +67,7 @@ using worker_actor = caf::typed_actor<
   /// Probes PostgreSQL, then reports (`probes_answered`).
   caf::reacts_to<stats_atom>,
   caf::reacts_to<rebuild_atom>, caf::reacts_to<run_atom>, caf::reacts_to<rebuild_step_atom>,
-  caf::reacts_to<tick_atom>, caf::reacts_to<metrics_atom>>;
+  caf::reacts_to<tick_atom>>;
 
 struct worker_state {
   const storage::event_log* log = nullptr;
@@ -83,8 +83,6 @@ struct worker_state {
   bool lingering = false;         // the scheduled run is a batch waiting for company
   std::chrono::milliseconds backoff{0};
   clock::time_point connect_failed{}; // when connecting last failed
-  clock::time_point metrics_at{};     // when update_metrics last ran
-  bool metrics_due = false;           // a metrics_atom is on its way
   std::string logged_error;           // the failure last said on stderr
   clock::time_point logged_at{};
   // online rebuild
@@ -155,7 +153,6 @@ void fail(worker_ptr self, const projection_error& err) {
 
 void update_metrics(worker_ptr self) {
   auto& st = self->state;
-  st.metrics_at = clock::now();
   auto& m = core::metrics::instance();
   auto head = st.log->head();
   auto position = st.now.position;
@@ -195,6 +192,7 @@ bool ensure_connected(worker_ptr self) {
   }
   now.position = *cp;
   now.position_known = true;
+  update_metrics(self);
   clear_failure(st); // connected and bound again: earlier failures are over
   return true;
 }
@@ -332,8 +330,7 @@ void rebuild_step(worker_ptr self) {
   st.model = make_model(st.opts, live_table);
   now.position_known = false;
   st.backoff = std::chrono::milliseconds{0};
-  if (ensure_connected(self))
-    update_metrics(self);
+  ensure_connected(self);
   if (now.position < st.target)
     schedule_run(self);
 }
@@ -359,20 +356,13 @@ worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* lo
   return {
     [=](core::committed c) {
       auto& st = self->state;
-      // The lag keeps growing while nothing is applied (PostgreSQL down,
-      // on-demand or scheduled mode): /metrics says so within a second,
-      // also after the last commit of a burst.
-      // The first unapplied event since the projection caught up occurred
-      // just now; update_metrics reads the exact time.
+      // The first event not applied since the projection caught up occurred
+      // just now: the lag (computed when /metrics is scraped) counts from
+      // here, also while nothing gets applied (PostgreSQL down, on-demand or
+      // scheduled mode); the next update_metrics reads the exact time.
       auto& m = core::metrics::instance();
       if (m.projection_unapplied_since_ms.value() == 0 && c.position > st.now.position)
         m.projection_unapplied_since_ms.set(now_ms());
-      if (clock::now() - st.metrics_at > std::chrono::seconds{1}) {
-        update_metrics(self);
-      } else if (!st.metrics_due) {
-        st.metrics_due = true;
-        self->delayed_send(self, std::chrono::seconds{1}, metrics_atom_v);
-      }
       if (mode == projection_mode::eventual || mode == projection_mode::unit_of_work) {
         st.target = std::max(st.target, c.position);
         schedule_run(self);
@@ -441,10 +431,6 @@ worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* lo
     [=](rebuild_step_atom) {
       rebuild_step(self);
       publish(self);
-    },
-    [=](metrics_atom) {
-      self->state.metrics_due = false;
-      update_metrics(self);
     },
     [=](tick_atom) {
       auto& st = self->state;

@@ -36,6 +36,10 @@ void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
     m.batch_events.observe(static_cast<double>(written));
     m.events_appended.add(written);
   }
+  // Before any answer: a client that scrapes /metrics after its write's
+  // answer sees the head (and the projection lag) with the write in it.
+  auto head = st.log->head();
+  m.log_head.set(static_cast<int64_t>(head));
   for (size_t i = 0; i < results.size(); ++i) {
     auto& r = results[i];
     if (r.ok()) {
@@ -48,8 +52,6 @@ void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
   }
   st.pending.clear();
   st.promises.clear();
-  auto head = st.log->head();
-  m.log_head.set(static_cast<int64_t>(head));
   for (auto& l : st.listeners)
     self->send(l, core::committed{head});
 }

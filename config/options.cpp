@@ -74,7 +74,7 @@ bool is_our_group(std::string_view g) {
 /// Sections CAF 0.17 reads itself.
 bool is_caf_group(std::string_view g) {
   return g == "scheduler" || g == "work-stealing" || g == "logger" || g == "middleman"
-         || g == "stream" || g == "openssl" || g == "caf";
+         || g == "stream" || g == "openssl" || g == "opencl" || g == "caf";
 }
 
 /// The text given for `--name` on the command line, for error messages (a

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <iterator>

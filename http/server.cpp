@@ -902,6 +902,13 @@ server::~server() {
   d.signal_ioc.stop();
   if (d.signal_thread.joinable())
     d.signal_thread.join();
+  if (d.signals) {
+    // Stopping: the rest of it (the actor system, the store's close) is not
+    // to be cut short by a signal now that no handler is left to catch it.
+    d.signals.reset(); // gives SIGINT/SIGTERM back their default action
+    std::signal(SIGINT, SIG_IGN);
+    std::signal(SIGTERM, SIG_IGN);
+  }
 }
 
 uint16_t server::start(std::string& error) {

@@ -209,6 +209,7 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
   // heartbeat of 0 floods, a retention in the trillions overflows.
   constexpr size_t day_ms = 24 * 3600 * 1000;
   const bound bounds[] = {
+    {"http.threads", opts.http_threads, 1, 64, ""},
     {"http.read-timeout-ms", opts.http_read_timeout_ms, 100, day_ms, "ms"},
     {"http.request-timeout-ms", opts.http_request_timeout_ms, 100, day_ms, "ms"},
     {"http.drain-timeout-ms", opts.http_drain_timeout_ms, 0, 3600 * 1000, "ms"},
@@ -254,8 +255,6 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
       && opts.projection_mode != "on-demand" && opts.projection_mode != "scheduled")
     return "invalid --projection.mode `" + opts.projection_mode
            + "`: expected eventual, unit-of-work, on-demand or scheduled";
-  if (opts.http_threads == 0 || opts.http_threads > 64)
-    return "invalid --http.threads: expected 1..64";
   // A unit-of-work write waits up to uow-timeout-ms for the read model (plus
   // 1 s of slack for the answer) and then answers 202: the request deadline
   // must not fall first, or an appended write would be answered 503.

@@ -171,13 +171,16 @@ bool ensure_connected(worker_ptr self) {
   auto& now = st.now;
   if (st.model->connected() && now.position_known)
     return true;
+  auto unreachable = [&](const projection_error& err) {
+    ++now.reach_failures;
+    fail(self, err);
+    return false;
+  };
   auto connected = st.model->connect();
   now.connected = st.model->connected();
   if (!connected.ok()) {
     st.connect_failed = clock::now();
-    ++now.reach_failures;
-    fail(self, connected.error());
-    return false;
+    return unreachable(connected.error());
   }
   // The checkpoint must count positions of this store's log: a read model
   // of another store, or one ahead of the log, is never applied to.
@@ -185,11 +188,8 @@ bool ensure_connected(worker_ptr self) {
                                   : st.model->bind_store(st.log->head());
   now.connected = st.model->connected();
   now.diverged = !cp.ok() && cp.error().code == projection_errc::diverged;
-  if (!cp.ok()) {
-    ++now.reach_failures;
-    fail(self, cp.error());
-    return false;
-  }
+  if (!cp.ok())
+    return unreachable(cp.error());
   now.position = *cp;
   now.position_known = true;
   update_metrics(self);
@@ -350,8 +350,8 @@ worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* lo
   } else if (mode == projection_mode::scheduled) {
     self->delayed_send(self, opts.interval, tick_atom_v);
   }
-  ensure_connected(self);
-  update_metrics(self);
+  if (!ensure_connected(self))
+    update_metrics(self); // a connect sets them
   publish(self);
   return {
     [=](core::committed c) {
@@ -400,10 +400,8 @@ worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* lo
         st.now.position_known = false;
         if (clock::now() - began < std::chrono::milliseconds{500}
             && clock::now() - st.connect_failed > std::chrono::seconds{5}
-            && ensure_connected(self)) {
-          clear_failure(st);
+            && ensure_connected(self))
           st.backoff = std::chrono::milliseconds{0};
-        }
       }
       update_metrics(self);
       ++st.now.probes_answered;
@@ -522,6 +520,14 @@ void fail_waiters(front_ptr self, const caf::error& why) {
   for (auto& w : self->state.waiters)
     w.promise.deliver(why);
   self->state.waiters.clear();
+  tell_wanted(self);
+}
+
+/// A wait answered at once.
+caf::typed_response_promise<uint64_t> answered(front_ptr self, uint64_t position) {
+  auto rp = self->make_response_promise<uint64_t>();
+  rp.deliver(position);
+  return rp;
 }
 
 /// Waits until the read model reaches `position`, asking the worker for it.
@@ -587,7 +593,7 @@ projection_status stuck_status(const front_state& st) {
 }
 
 front_actor::behavior_type front(front_ptr self, const storage::event_log* log,
-                                      projection_options opts) {
+                                 projection_options opts) {
   auto& st = self->state;
   st.log = log;
   st.mode = opts.mode;
@@ -618,21 +624,15 @@ front_actor::behavior_type front(front_ptr self, const storage::event_log* log,
       // What the read model applied it keeps, also while PostgreSQL is out
       // of reach: the position last seen is reached (the query will tell
       // whether the read model can be asked).
-      if (st.report.position >= position) {
-        auto rp = self->make_response_promise<uint64_t>();
-        rp.deliver(st.report.position);
-        return rp;
-      }
+      if (st.report.position >= position)
+        return answered(self, st.report.position);
       return add_waiter(self, position, false, timeout_ms);
     },
     [=](catch_up_atom, uint64_t timeout_ms) -> caf::typed_response_promise<uint64_t> {
       auto& st = self->state;
       auto head = st.log->head();
-      if (st.report.position_known && st.report.position >= head) {
-        auto rp = self->make_response_promise<uint64_t>();
-        rp.deliver(st.report.position);
-        return rp;
-      }
+      if (st.report.position_known && st.report.position >= head)
+        return answered(self, st.report.position);
       return add_waiter(self, head, true, timeout_ms);
     },
     [=](stats_atom) -> caf::typed_response_promise<projection_status> {
@@ -688,7 +688,6 @@ front_actor::behavior_type front(front_ptr self, const storage::event_log* log,
     [=](drain_atom) {
       self->state.draining = true;
       fail_waiters(self, stopping_error());
-      tell_wanted(self);
     },
   };
 }

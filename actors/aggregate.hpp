@@ -43,6 +43,11 @@ struct write_conditions {
   std::optional<std::vector<uint64_t>> if_none_match;
   bool if_none_match_any = false; ///< `If-None-Match: *`: refused when the aggregate exists
   std::optional<storage::idempotency_claim> idempotency; ///< `Idempotency-Key`
+  /// A command still undecided at this time (queued behind a slow activation,
+  /// say) is refused unwritten with runtime_errc::deadline_passed, and so is
+  /// its append if the log writer has not taken it by then; the default is no
+  /// deadline. The gateway sets its request timeout here.
+  std::chrono::steady_clock::time_point deadline{};
 };
 
 /// The answer to an accepted write.
@@ -222,6 +227,13 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
     self->send(env.registry, idle_atom_v, A::id_of(cur));
     return reply(*st.broken);
   }
+  if (cond.deadline != std::chrono::steady_clock::time_point{}
+      && std::chrono::steady_clock::now() >= cond.deadline) {
+    if (!A::exists(cur))
+      self->send(env.registry, idle_atom_v, A::id_of(cur)); // nothing to keep alive
+    return reply(caf::make_error(core::runtime_errc::deadline_passed,
+                                 "before the aggregate could decide it"));
+  }
   auto names_version = [&](const std::vector<uint64_t>& versions) {
     return std::find(versions.begin(), versions.end(), A::version(cur)) != versions.end();
   };
@@ -246,6 +258,7 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
       std::chrono::system_clock::now().time_since_epoch())
       .count()});
   req.idempotency = std::move(cond.idempotency);
+  req.deadline = cond.deadline;
   self->request(env.writer, caf::infinite, append_atom_v, std::move(req))
     .await(
       [self, reply, ev](storage::append_result& r) mutable {

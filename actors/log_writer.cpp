@@ -16,6 +16,26 @@ void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
     return;
   auto& m = core::metrics::instance();
   auto started = std::chrono::steady_clock::now();
+  // Appends whose client has been answered already (their deadline passed
+  // while they queued behind a slow batch) are refused, not written.
+  size_t kept = 0;
+  for (size_t i = 0; i < st.pending.size(); ++i) {
+    auto deadline = st.pending[i].deadline;
+    if (deadline != std::chrono::steady_clock::time_point{} && started >= deadline) {
+      st.promises[i].deliver(caf::make_error(core::runtime_errc::deadline_passed,
+                                             "before the log writer could take it"));
+      continue;
+    }
+    if (kept != i) {
+      st.pending[kept] = std::move(st.pending[i]);
+      st.promises[kept] = std::move(st.promises[i]);
+    }
+    ++kept;
+  }
+  st.pending.resize(kept);
+  st.promises.resize(kept);
+  if (st.pending.empty())
+    return;
   const bool was_writable = st.log->writable();
   auto results = st.log->append(st.pending);
   auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);

@@ -12,6 +12,8 @@ const char* to_string(runtime_errc x) {
       return "shutting_down";
     case runtime_errc::invalid_id:
       return "invalid_id";
+    case runtime_errc::deadline_passed:
+      return "deadline_passed";
   }
   return "unknown";
 }

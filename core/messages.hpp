@@ -25,6 +25,7 @@ enum class runtime_errc : uint8_t {
   overloaded,              ///< the runtime cannot take more work now
   shutting_down,           ///< the server is stopping
   invalid_id,              ///< not an id of the aggregate type (e.g. a todo id is a UUID)
+  deadline_passed,         ///< a write that had not reached the log by its deadline: not written
 };
 
 /// Stable lowercase name of `x`.

@@ -135,6 +135,9 @@ reply problem_for(const caf::error& err) {
       }
       case core::runtime_errc::invalid_id:
         return problem(404, "no aggregate has the id " + detail);
+      case core::runtime_errc::deadline_passed:
+        return unavailable("not written: the write did not reach the event log within the "
+                           "request timeout (" + detail + "); nothing was appended, retry");
       case core::runtime_errc::overloaded:
       case core::runtime_errc::shutting_down:
         return unavailable(core::to_string(static_cast<core::runtime_errc>(err.code())));

@@ -448,6 +448,10 @@ router::router(services& svc) : svc_(svc) {
   auto execute = [&s, mode, uow_timeout](std::string id, todo::command cmd,
                                          actors::write_conditions cond, unsigned success,
                                          responder respond) {
+    // Not decided and taken by the log writer within the request timeout:
+    // refused unwritten, so that the answer says what happened (the session
+    // waits longer for a write; see arm_deadline).
+    cond.deadline = std::chrono::steady_clock::now() + s.options.request_timeout;
     auto shard = s.registry.shard_for(id);
     auto projection = s.projection;
     auto writer = s.writer;

@@ -585,13 +585,24 @@ private:
 
   /// Answers 503 when the actors have not answered request `request` within
   /// --http.request-timeout-ms (a stuck disk, say); its late answer is dropped.
+  /// A write gets twice that: one that has not reached the event log within
+  /// the request timeout is refused unwritten by the actors (its answer says
+  /// so), one that has is answered when durable (in unit-of-work mode after
+  /// its wait for the read model, shorter than the request timeout); only if
+  /// that takes another request timeout (a hung disk) does it get this 503,
+  /// which cannot say whether it was written.
   void arm_deadline(uint64_t request) {
-    deadline_.expires_after(router_.svc().options.request_timeout);
-    deadline_.async_wait([weak = weak_from_this(), request](beast::error_code ec) {
+    auto timeout = router_.svc().options.request_timeout;
+    const bool read = method_ == "GET" || method_ == "HEAD";
+    if (!read)
+      timeout *= 2;
+    deadline_.expires_after(timeout);
+    deadline_.async_wait([weak = weak_from_this(), request, read](beast::error_code ec) {
       auto self = weak.lock();
       if (ec || !self || self->answered_ >= request)
         return;
-      self->answer_late(request, "no answer within the request timeout");
+      self->answer_late(request, read ? "no answer within the request timeout"
+                                      : "no answer within twice the request timeout");
     });
   }
 

@@ -392,6 +392,37 @@ TEST_CASE("idle aggregates are passivated and a later command reactivates them i
   CHECK(eventually([&] { return rt.live() == 0; }));
 }
 
+TEST_CASE("a command whose deadline passed before the aggregate decided it is refused as "
+          "deadline_passed and appends nothing",
+          "[aggregate][deadline]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto id = core::make_uuid();
+  actors::write_conditions passed;
+  passed.deadline = std::chrono::steady_clock::now() - std::chrono::milliseconds{1};
+
+  // A create: refused, and the fresh aggregate is not kept alive.
+  auto refused = rt.execute(id, todo::create{"too late"}, passed);
+  REQUIRE_FALSE(refused);
+  CHECK(is_error(refused.error, core::runtime_errc::deadline_passed));
+  CHECK(log->head() == 0);
+  CHECK(eventually([&] { return rt.live() == 0; }));
+
+  // A command on an existing todo: refused, nothing appended, and the next
+  // command (no deadline) carries on from the same version.
+  REQUIRE_OK(rt.execute(id, todo::create{"in time"}));
+  auto late = rt.execute(id, todo::mark_done{}, passed);
+  REQUIRE_FALSE(late);
+  CHECK(is_error(late.error, core::runtime_errc::deadline_passed));
+  CHECK(log->head() == 1);
+  actors::write_conditions ahead;
+  ahead.deadline = std::chrono::steady_clock::now() + std::chrono::minutes{10};
+  auto ok = rt.execute(id, todo::mark_done{}, ahead);
+  REQUIRE_OK(ok);
+  CHECK(ok->version == 2);
+}
+
 TEST_CASE("a refused command on a missing todo leaves no live aggregate behind",
           "[aggregate][passivation]") {
   temp_dir dir;
@@ -580,9 +611,13 @@ TEST_CASE("recovery from a snapshot plus the tail equals a full replay",
   auto events = events_of(*log, id);
   REQUIRE(events.size() == 35);
 
+  // A loader actor stores snapshots after the append's answer: wait for the last one.
+  REQUIRE(eventually([&] {
+    auto s = log->load_snapshot(stream_of(id));
+    return s.ok() && s->version == 30;
+  }));
   auto snap = log->load_snapshot(stream_of(id));
   REQUIRE(snap.ok());
-  CHECK(snap->version == 30);
   auto snap_state = todo::decode_state(snap->state);
   REQUIRE(snap_state);
   auto at_30 = todo_aggregate::initial(id);

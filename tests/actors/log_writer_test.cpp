@@ -340,3 +340,32 @@ TEST_CASE("a storage error reaches the sender as a storage-category CAF error",
   CHECK(rt.sys().render(conflict.error).find("storage: wrong_expected_version")
         != std::string::npos);
 }
+
+TEST_CASE("an append whose deadline passed before the writer took it is refused unwritten, "
+          "the others of its batch are written",
+          "[log_writer][deadline]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto now = std::chrono::steady_clock::now();
+
+  std::vector<append_request> reqs;
+  reqs.push_back(request("no-deadline", storage::no_stream));
+  reqs.push_back(request("passed", storage::no_stream));
+  reqs.back().deadline = now - std::chrono::milliseconds{1};
+  reqs.push_back(request("in-time", storage::no_stream));
+  reqs.back().deadline = now + std::chrono::minutes{10};
+
+  auto answers = burst(rt.sys(), rt.writer(), reqs);
+  REQUIRE(answers.size() == 3);
+  REQUIRE(answers[0].value);
+  CHECK_FALSE(answers[1].value);
+  CHECK(is_error(answers[1].error, core::runtime_errc::deadline_passed));
+  REQUIRE(answers[2].value);
+  // The refusal took no position.
+  CHECK(answers[0].value->first_position + answers[2].value->first_position == 3);
+  CHECK(log->head() == 2);
+  auto refused = log->stream_version("passed");
+  REQUIRE_FALSE(refused.ok());
+  CHECK(refused.error().code == storage::storage_errc::stream_not_found);
+}

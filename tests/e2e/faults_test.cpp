@@ -1214,6 +1214,55 @@ TEST_CASE("a request the server cannot answer within --http.request-timeout-ms g
   CHECK(c.connections() == 1);
 }
 
+TEST_CASE("a write answered 503 for the request timeout is not appended: a command queued "
+          "behind a slow activation past its deadline is refused unwritten",
+          "[e2e][faults][deadline]") {
+  const char* seeder = std::getenv("EVENTSD_SEED_LOG");
+  REQUIRE(seeder != nullptr);
+  // A todo of 400 000 events and no snapshot: activating it replays them all,
+  // for longer than the shortest request timeout (100 ms; ≈ 0.35 s here).
+  constexpr uint64_t events = 400'000;
+  server s{server_options::with_args({"--http.request-timeout-ms=100",
+                                      "--actors.snapshot-every=0"})};
+  s.stop();
+  temp_dir lists;
+  auto seeded = run_command({seeder, "--dir=" + s.storage_dir(), "--work=0", "--history=0",
+                             "--long=" + std::to_string(events), "--long-count=0",
+                             "--long-raw-count=1", "--out=" + lists.path() + "/seed"},
+                            120s);
+  INFO(seeded.output);
+  REQUIRE(seeded.exit_code() == 0);
+  std::ifstream long_list{lists.path() + "/seed.long"};
+  std::string id;
+  REQUIRE(long_list >> id);
+  s.start();
+  http_client c{s.port()};
+
+  // Each write waits for the activation, the first one longest; every 503
+  // among them must have appended nothing, so the first that succeeds is
+  // version events + 1.
+  std::vector<std::string> refusals;
+  response r;
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    r = c.put_json("/todo/change-description",
+                   {{"id", id}, {"description", "attempt " + std::to_string(attempt)}});
+    if (r.status != 503)
+      break;
+    CHECK(r.header("Retry-After").has_value());
+    refusals.push_back(r.json_body()["detail"].get<std::string>());
+  }
+  INFO("503 answers: " << refusals.size());
+  for (auto& why : refusals)
+    INFO(why);
+  REQUIRE(r.status == 200);
+  CHECK_FALSE(refusals.empty()); // the activation did outlast the first request
+  CHECK(r.json_body()["version"] == events + 1);
+  auto tail = c.get("/streams/todo-" + id + "?from=" + std::to_string(events + 1)).json_body();
+  REQUIRE(tail["items"].size() == 1);
+  CHECK(tail["items"][0]["data"]["description"]
+        == "attempt " + std::to_string(refusals.size()));
+}
+
 namespace {
 
 /// PIDs of the sessions of `dsn`'s cluster named `application_name`.

@@ -52,12 +52,25 @@ ensure_packages() {
 # Configures build/ (Ninja, Release) unless it already is, then builds the given
 # targets (default: everything, tests included). The server ends up in build/eventsd.
 build_release() {
-  local src=${EVENTSD_ROOT} bin=${EVENTSD_ROOT}/build
+  build_in "$EVENTSD_ROOT/build" Release "" "$@"
+}
+
+# Configures build-sanitize/ (RelWithDebInfo, AddressSanitizer and
+# UndefinedBehaviorSanitizer) unless it already is, then builds everything.
+build_sanitized() {
+  build_in "$EVENTSD_ROOT/build-sanitize" RelWithDebInfo address,undefined "$@"
+}
+
+# build_in DIR BUILD_TYPE SANITIZERS [TARGET...]
+build_in() {
+  local src=${EVENTSD_ROOT} bin=$1 type=$2 sanitize=$3
+  shift 3
   [[ -f $src/CMakeLists.txt ]] || die "no CMakeLists.txt in $src"
   if [[ ! -f $bin/build.ninja ]] \
-     || ! grep -qx 'CMAKE_BUILD_TYPE:STRING=Release' "$bin/CMakeCache.txt" 2>/dev/null; then
-    log "configuring $bin (Ninja, Release)"
-    cmake -S "$src" -B "$bin" -G Ninja -DCMAKE_BUILD_TYPE=Release
+     || ! grep -qx "CMAKE_BUILD_TYPE:STRING=$type" "$bin/CMakeCache.txt" 2>/dev/null \
+     || ! grep -qx "EVENTSD_SANITIZE:STRING=$sanitize" "$bin/CMakeCache.txt" 2>/dev/null; then
+    log "configuring $bin (Ninja, $type${sanitize:+, sanitizers $sanitize})"
+    cmake -S "$src" -B "$bin" -G Ninja -DCMAKE_BUILD_TYPE="$type" -DEVENTSD_SANITIZE="$sanitize"
   fi
   log "building${1:+ $*}"
   cmake --build "$bin" -j"$(nproc)" ${1:+--target "$@"}

@@ -96,7 +96,11 @@ TEST_CASE("todo_state_at folds correctly across a snapshot", "[todo_aggregate][s
   REQUIRE_OK(rt.execute(id, todo::create{"v1"}));
   for (int v = 2; v <= 8; ++v)
     REQUIRE_OK(rt.execute(id, todo::change_description{"v" + std::to_string(v)}));
-  REQUIRE(log->load_snapshot("todo-" + id).ok());
+  // A loader actor stores snapshots after the append's answer.
+  REQUIRE(eventually([&] {
+    auto s = log->load_snapshot("todo-" + id);
+    return s.ok() && s->version == 6;
+  }));
   auto h = actors::todo_history(*log, id);
   REQUIRE(h.ok());
   REQUIRE(h->size() == 8);

@@ -1758,8 +1758,9 @@ TEST_CASE("a history longer than a page (1000 events) is sent in chunks, page by
               == todo_state(c.id, "paged " + std::to_string(i + 1), "Created", i + 1));
     }
     for (uint64_t from = 1; from <= n; from += 1000) {
-      auto page = client().get("/streams/todo-" + c.id + "?limit=1000&from=" + std::to_string(from));
-      for (auto& e : page.json_body()["items"])
+      auto page = client().get("/streams/todo-" + c.id + "?limit=1000&from=" + std::to_string(from))
+                      .json_body();
+      for (auto& e : page["items"])
         CHECK(items[e["version"].get<size_t>() - 1]["id"] == e["id"]);
     }
   };

@@ -886,7 +886,10 @@ router::router(services& svc) : svc_(svc) {
             // them (an fsync takes milliseconds): not ready, before any fails.
             auto waiting = log->write_waiting();
             const bool stalled = waiting > 2s;
-            const bool writable = log->writable() && !stalled;
+            // A store that recovers after each failed write and fails the next
+            // (a full disk under load) is not ready either.
+            auto failed = log->since_write_failure();
+            const bool writable = log->writable() && !stalled && !(failed && *failed < 5s);
             const char* store = stalled ? "stalled" : writable ? "open" : "not writable";
             const char* postgres = st.connected ? "reachable" : "unreachable";
             const char* read_model = st.diverged    ? "diverged"
@@ -902,7 +905,10 @@ router::router(services& svc) : svc_(svc) {
               why = "a write to the event store has been waiting " + std::to_string(waiting.count())
                     + " ms for the disk";
             else if (!writable)
-              why = "the event store is not writable (its last write failed; retried every second)";
+              why = "the event store is not writable (a write failed "
+                    + std::to_string(failed ? failed->count() : 0)
+                    + " ms ago; ready again 5 s after the last failure once it recovers, "
+                      "retried every second)";
             if (!st.connected)
               why += (why.empty() ? "" : "; ") + std::string{"PostgreSQL is not reachable: "}
                      + st.last_error;

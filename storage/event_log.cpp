@@ -177,6 +177,14 @@ struct event_log::impl {
   /// later write until `Resume()` succeeds (cleared only under `write_mutex`;
   /// set by any failed write; read by `writable()` from any thread).
   std::atomic<bool> needs_resume{false};
+  /// steady_clock nanoseconds of the last failed write (or resume); 0: none.
+  std::atomic<int64_t> last_failure_ns{0};
+  /// A write failed: the store needs a resume, and the time is recorded.
+  void note_write_failure() {
+    last_failure_ns.store(std::chrono::steady_clock::now().time_since_epoch().count(),
+                          std::memory_order_relaxed);
+    needs_resume.store(true, std::memory_order_release);
+  }
   /// steady_clock nanoseconds when the write in progress began; 0: none.
   std::atomic<int64_t> write_began_ns{0};
 
@@ -189,7 +197,7 @@ struct event_log::impl {
     // Cleared first: a write failing on another thread meanwhile sets it again.
     needs_resume.store(false, std::memory_order_release);
     if (auto st = db->Resume(); !st.ok()) {
-      needs_resume.store(true, std::memory_order_release);
+      note_write_failure();
       return st;
     }
     if (auto last = last_position(); last && *last > head.load())
@@ -685,7 +693,7 @@ event_log::append(std::span<const append_request> batch) {
       for (auto& r : results)
         r = err;
       heads.clear(); // it holds this batch's heads, which did not become durable
-      impl_->needs_resume.store(true, std::memory_order_release);
+      impl_->note_write_failure();
       // Positions stay unconsumed, unless the batch reached the log after all
       // (e.g. WAL written, fsync failed): then never hand them out again.
       if (auto last = impl_->last_position(); last && *last >= first_free)
@@ -848,6 +856,15 @@ bool event_log::writable() const {
   return !impl_->needs_resume.load(std::memory_order_acquire);
 }
 
+std::optional<std::chrono::milliseconds> event_log::since_write_failure() const {
+  auto at = impl_->last_failure_ns.load(std::memory_order_relaxed);
+  if (at == 0)
+    return std::nullopt;
+  auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+    std::chrono::nanoseconds{std::max<int64_t>(0, now - at)});
+}
+
 bool event_log::try_resume() {
   std::lock_guard<std::mutex> guard{impl_->write_mutex};
   return impl_->resume_if_needed().ok();
@@ -870,7 +887,7 @@ result<void> event_log::save_snapshot(std::string_view stream,
   impl_->keep_memtable_nonempty(); // a failure here must leave Resume() a flush too
   auto st = impl_->db->Put(wo, keys::snapshot_key(stream), keys::encode_snapshot(snap));
   if (!st.ok()) {
-    impl_->needs_resume.store(true, std::memory_order_release);
+    impl_->note_write_failure();
     return storage_error{storage_errc::not_writable, "save snapshot: " + st.ToString()};
   }
   return {};
@@ -897,7 +914,7 @@ result<void> event_log::mark_idempotency_answer(std::string_view key, uint64_t s
   impl_->keep_memtable_nonempty();
   auto st = impl_->db->Put(rocksdb::WriteOptions{}, name, keys::encode_idempotency(*rec));
   if (!st.ok()) {
-    impl_->needs_resume.store(true, std::memory_order_release);
+    impl_->note_write_failure();
     return storage_error{storage_errc::not_writable, "mark idempotency key: " + st.ToString()};
   }
   return {};
@@ -951,7 +968,7 @@ result<size_t> event_log::purge_idempotency_keys(int64_t older_than_ms) try {
       impl_->keep_memtable_nonempty();
       auto st = impl_->db->Write(rocksdb::WriteOptions{}, &wb);
       if (!st.ok()) {
-        impl_->needs_resume.store(true, std::memory_order_release);
+        impl_->note_write_failure();
         return storage_error{storage_errc::not_writable, "purge: " + st.ToString()};
       }
       purged += wb.Count();

@@ -160,6 +160,12 @@ public:
   /// recovered: the next `append`, or `try_resume`, retries.
   bool writable() const;
 
+  /// Time since the last failed write (or failed recovery); nullopt when none
+  /// failed since the store was opened. A store that recovers after each
+  /// failed write and fails again with the next (a full disk under load) is
+  /// `writable()` between them: this is what tells.
+  std::optional<std::chrono::milliseconds> since_write_failure() const;
+
   /// How long the append being written has been waiting for RocksDB (its
   /// write and fsync); zero when none is being written. A stalled disk
   /// shows here before any write fails.

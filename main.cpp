@@ -75,6 +75,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto log = std::move(opened.value());
+  if (log->read_only())
+    std::cerr << "eventsd: WARNING the disk of " << opts.storage_dir
+              << " is full: the event store is open read-only (reads are served, every write "
+                 "answers 503, /readyz is 503); free space and restart eventsd\n";
   if (!lopts.sync)
     std::cerr << "eventsd: WARNING --storage.sync=none: acknowledged writes can be lost\n";
 

@@ -904,6 +904,9 @@ router::router(services& svc) : svc_(svc) {
             if (stalled)
               why = "a write to the event store has been waiting " + std::to_string(waiting.count())
                     + " ms for the disk";
+            else if (log->read_only())
+              why = "the event store is open read-only: its disk was full when eventsd "
+                    "started; free space and restart eventsd";
             else if (!writable)
               why = "the event store is not writable (a write failed "
                     + std::to_string(failed ? failed->count() : 0)

@@ -169,6 +169,9 @@ struct event_log::impl {
       }
   }
   bool sync = true;
+  /// Opened with OpenForReadOnly because the disk was full (see `open`):
+  /// every write is refused until a restart.
+  bool read_only = false;
   /// Serialises the writers: `append` and `purge_idempotency_keys`.
   std::mutex write_mutex;
   /// Position of the newest durable event; written only under `write_mutex`.
@@ -193,6 +196,10 @@ struct event_log::impl {
   rocksdb::Status resume_if_needed() {
     if (!needs_resume.load(std::memory_order_relaxed))
       return rocksdb::Status::OK();
+    if (read_only)
+      return rocksdb::Status::NotSupported(
+        "opened read-only because its disk was full when eventsd started; free space and "
+        "restart eventsd");
     // Recover once the fault has cleared (disk space freed, device back).
     // Cleared first: a write failing on another thread meanwhile sets it again.
     needs_resume.store(false, std::memory_order_release);
@@ -505,8 +512,23 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
   rocksdb::DB* raw = nullptr;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   auto st = rocksdb::DB::Open(rocksdb::DBOptions{options}, opts.dir, families, &handles, &raw);
+  // A full disk: the open must write (a new MANIFEST at least) and cannot.
+  // Opened read-only instead, the server still serves every read and answers
+  // writes 503 (/readyz says why) rather than not starting at all.
+  bool read_only = false;
+  if (!st.ok()
+      && (st.IsNoSpace() || st.ToString().find("No space left on device") != std::string::npos)) {
+    auto full = st;
+    handles.clear();
+    st = rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions{options}, opts.dir, families, &handles,
+                                      &raw);
+    read_only = st.ok();
+    if (!st.ok())
+      st = full;
+  }
   auto pimpl = std::make_unique<impl>();
   pimpl->db.reset(raw);
+  pimpl->read_only = read_only;
   if (!st.ok()) {
     auto code = st.IsCorruption() ? storage_errc::corrupted : storage_errc::not_writable;
     auto why = st.ToString();
@@ -524,10 +546,14 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
   pimpl->sync = opts.sync;
   if (auto id = pimpl->db->GetDbIdentity(pimpl->store_id); !id.ok())
     return storage_error{storage_errc::io_error, "open " + opts.dir + ": " + id.ToString()};
-  if (auto moved = pimpl->move_to_family(keys::all_prefix, pimpl->events); !moved)
-    return moved.error();
-  if (auto moved = pimpl->move_to_family(keys::event_id_prefix, pimpl->event_ids); !moved)
-    return moved.error();
+  if (read_only) {
+    pimpl->needs_resume.store(true, std::memory_order_release); // never cleared
+  } else {
+    if (auto moved = pimpl->move_to_family(keys::all_prefix, pimpl->events); !moved)
+      return moved.error();
+    if (auto moved = pimpl->move_to_family(keys::event_id_prefix, pimpl->event_ids); !moved)
+      return moved.error();
+  }
   auto last = pimpl->last_position();
   if (!last)
     return last.error();
@@ -854,6 +880,10 @@ std::chrono::milliseconds event_log::write_waiting() const {
 
 bool event_log::writable() const {
   return !impl_->needs_resume.load(std::memory_order_acquire);
+}
+
+bool event_log::read_only() const {
+  return impl_->read_only;
 }
 
 std::optional<std::chrono::milliseconds> event_log::since_write_failure() const {

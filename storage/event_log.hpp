@@ -166,6 +166,11 @@ public:
   /// `writable()` between them: this is what tells.
   std::optional<std::chrono::milliseconds> since_write_failure() const;
 
+  /// True when `open` found the disk full and opened the store read-only:
+  /// reads work, every write fails with `not_writable`, and nothing but a
+  /// restart (with space freed) makes it writable.
+  bool read_only() const;
+
   /// How long the append being written has been waiting for RocksDB (its
   /// write and fsync); zero when none is being written. A stalled disk
   /// shows here before any write fails.

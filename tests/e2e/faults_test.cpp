@@ -633,6 +633,55 @@ TEST_CASE("a full disk answers 503 problem+json and the server stays up while wr
   check_log_against(read_all(c), writes); // reads still work
 }
 
+TEST_CASE("a server started on a full disk opens the store read-only: reads are served, writes "
+          "and /readyz answer 503, and a restart after freeing space writes again",
+          "[e2e][faults][disk-full]") {
+  small_disk disk;
+  if (!disk.usable())
+    return;
+  auto filler = disk.filler();
+  server s{server_options::with_args({"--storage.dir=" + disk.store()})};
+  http_client c{s.port()};
+  auto first = c.post_json("/todo", {{"description", "before the disk fills"}});
+  REQUIRE(first.status == 201);
+  auto todo_id = first.json_body()["id"].get<std::string>();
+  fill_disk(filler, 160 * 1024);
+  bool died = false;
+  auto writes = write_until_full(s.port(), 2, 5, died);
+  REQUIRE_FALSE(died);
+  s.kill();
+  // Not a byte left: the open cannot write its new MANIFEST.
+  fill_disk(filler + "2", 0);
+
+  s.start(); // the bug: "cannot open the event store … No space left on device", exit 1
+  INFO("eventsd output:\n" << s.output().substr(s.output().size() > 2000 ? s.output().size() - 2000 : 0));
+  CHECK(s.output().find("open read-only") != std::string::npos);
+  http_client r{s.port()};
+  auto while_full = read_all(r);
+  check_log_against(while_full, writes);
+  REQUIRE(while_full.size() >= 1);
+  CHECK(r.get("/todo/" + todo_id + "/history").status == 200);
+  auto ready = r.get("/readyz");
+  INFO("/readyz: " << ready.body);
+  CHECK(ready.status == 503);
+  CHECK(ready.body.find("read-only") != std::string::npos);
+  auto refused = r.put("/todo/" + todo_id + "/done");
+  INFO("PUT done while read-only: " << refused.status << " " << refused.body);
+  CHECK(refused.status == 503);
+  CHECK(refused.body.find("read-only") != std::string::npos);
+  CHECK(read_all(r).size() == while_full.size());
+
+  std::filesystem::remove(filler);
+  std::filesystem::remove(filler + "2");
+  s.restart();
+  http_client w{s.port()};
+  auto next = w.post_json("/todo", {{"description", "after freeing space and a restart"}});
+  INFO("after the restart: " << next.status << " " << next.body);
+  REQUIRE(next.status == 201);
+  CHECK(ack_of(next).position == while_full.size() + 1);
+  check_log_against(read_all(w), writes);
+}
+
 TEST_CASE("once space is freed the next write succeeds (the store resumes on the next append) "
           "and a restart keeps everything",
           "[e2e][faults][disk-full]") {

@@ -381,6 +381,10 @@ class session;
 struct drain_state {
   std::atomic<size_t> in_flight{0};
   std::atomic<bool> draining{false};
+  /// Set by stop() once nothing was in flight: from then on a request read
+  /// is not routed (503 "not served"), so none can start after the io
+  /// threads' last answer.
+  std::atomic<bool> closed{false};
   std::mutex mtx;
   std::unordered_map<const session*, std::weak_ptr<session>> sessions;
 };
@@ -434,9 +438,12 @@ private:
     stream_.expires_never();
     read_timed_out_ = false;
     read_deadline_.expires_after(router_.svc().options.read_timeout);
-    read_deadline_.async_wait([weak = weak_from_this()](beast::error_code ec) {
+    // A timer that fired as the request came in is queued already and runs
+    // despite on_read's cancel(): it must not touch the answer's write or the
+    // next request's read (read_phase_ has moved on by then).
+    read_deadline_.async_wait([weak = weak_from_this(), phase = ++read_phase_](beast::error_code ec) {
       auto self = weak.lock();
-      if (ec || !self)
+      if (ec || !self || self->read_phase_ != phase)
         return;
       self->read_timed_out_ = true;
       beast::error_code ignored;
@@ -488,6 +495,7 @@ private:
 
   void on_read(beast::error_code ec, size_t) {
     read_deadline_.cancel();
+    ++read_phase_;
     if (read_timed_out_ && ec) {
       // An idle keep-alive connection just closes; a started request is a 408.
       if (buffer_.size() == 0 && !parser_->got_some())
@@ -566,10 +574,21 @@ private:
     auto self = shared_from_this();
     auto route = std::make_shared<std::string>();
     auto request = ++request_no_;
-    drain_.in_flight.fetch_add(1, std::memory_order_relaxed);
+    // Counted first, then `closed` checked (stop() does the opposite, both
+    // sequentially consistent): either stop() waits for this request, or it
+    // is not routed — routed after stop() saw nothing in flight, it could be
+    // appended and then cut off unanswered when the io threads stop.
+    drain_.in_flight.fetch_add(1);
     counted_ = true;
-    route_ = route;
     started_ = started;
+    if (drain_.closed.load()) {
+      answered_ = request;
+      close_after_ = true;
+      auto r = problem(503, "the server is stopping: this request was not served; retry");
+      r.header("Retry-After", "1");
+      return send(std::move(r), router_.pattern_of(req.method, req.path), started);
+    }
+    route_ = route;
     *route = router_.handle(std::move(req), [self, executor, route, started, request](reply r) {
       net::post(executor, [self, r = std::move(r), route, started, request]() mutable {
         if (self->answered_ >= request)
@@ -726,9 +745,10 @@ private:
     // request timeout, or the body is cut (the client sees it truncated).
     waiting_part_ = true;
     deadline_.expires_after(router_.svc().options.request_timeout);
-    deadline_.async_wait([weak = weak_from_this()](beast::error_code ec) {
+    // As the read timer: one that fired as part n came is for part n only.
+    deadline_.async_wait([weak = weak_from_this(), part = ++part_no_](beast::error_code ec) {
       auto self = weak.lock();
-      if (ec || !self || !self->waiting_part_)
+      if (ec || !self || !self->waiting_part_ || self->part_no_ != part)
         return;
       self->waiting_part_ = false;
       self->finish_request();
@@ -796,6 +816,8 @@ private:
   net::steady_timer read_deadline_; // the request must be read by then
   bool read_timed_out_ = false;
   bool waiting_part_ = false; // a chunked answer waits for its next part
+  uint64_t part_no_ = 0;      // parts of chunked answers asked for on this connection
+  uint64_t read_phase_ = 0;   // bumped when a request's read starts and when it ends
   uint64_t request_no_ = 0; // requests read on this connection
   uint64_t answered_ = 0;   // the last one answered
   beast::flat_buffer buffer_;
@@ -968,11 +990,15 @@ void server::stop() {
   d.svc.on_drain.drain();
   caf::anon_send(d.svc.projection, drain_atom_v);
   auto deadline = std::chrono::steady_clock::now() + d.svc.options.drain_timeout;
-  int idle_checks = 0;
-  while (idle_checks < 2 && std::chrono::steady_clock::now() < deadline) {
-    idle_checks = d.drain.in_flight.load() == 0 ? idle_checks + 1 : 0;
-    std::this_thread::sleep_for(std::chrono::milliseconds{10});
-  }
+  auto wait_idle = [&] {
+    while (d.drain.in_flight.load() > 0 && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds{10});
+  };
+  wait_idle();
+  // Nothing in flight: no request is routed from here on (see drain_state),
+  // and those that slipped in before this are waited for too.
+  d.drain.closed = true;
+  wait_idle();
   if (d.drain.in_flight.load() > 0) {
     // Still unanswered at the deadline: a 503 each, rather than a cut
     // connection, and a moment for those answers to be written.

@@ -914,6 +914,10 @@ result<void> event_log::save_snapshot(std::string_view stream,
     return storage_error{storage_errc::not_writable, "snapshot over 4 GiB"};
   rocksdb::WriteOptions wo;
   wo.sync = false;
+  // Under the writers' lock, as every write through the WAL: the memtable
+  // kept non-empty here must not be emptied (a flush by Resume() or by an
+  // append) before the Put.
+  std::lock_guard<std::mutex> guard{impl_->write_mutex};
   impl_->keep_memtable_nonempty(); // a failure here must leave Resume() a flush too
   auto st = impl_->db->Put(wo, keys::snapshot_key(stream), keys::encode_snapshot(snap));
   if (!st.ok()) {

@@ -1284,16 +1284,13 @@ TEST_CASE("a request the server cannot answer within --http.request-timeout-ms g
   CHECK(c.connections() == 1);
 }
 
-TEST_CASE("a write answered 503 for the request timeout is not appended: a command queued "
-          "behind a slow activation past its deadline is refused unwritten",
-          "[e2e][faults][deadline]") {
+/// Stops `s`, seeds its empty store with one todo of `events` events and no
+/// snapshot (the bench's bulk seeder, EVENTSD_SEED_LOG), starts it again and
+/// returns the todo's id. With --actors.snapshot-every=0 its first command
+/// waits for all of them to be replayed.
+std::string seed_long_todo(server& s, uint64_t events) {
   const char* seeder = std::getenv("EVENTSD_SEED_LOG");
   REQUIRE(seeder != nullptr);
-  // A todo of 400 000 events and no snapshot: activating it replays them all,
-  // for longer than the shortest request timeout (100 ms; ≈ 0.35 s here).
-  constexpr uint64_t events = 400'000;
-  server s{server_options::with_args({"--http.request-timeout-ms=100",
-                                      "--actors.snapshot-every=0"})};
   s.stop();
   temp_dir lists;
   auto seeded = run_command({seeder, "--dir=" + s.storage_dir(), "--work=0", "--history=0",
@@ -1306,6 +1303,18 @@ TEST_CASE("a write answered 503 for the request timeout is not appended: a comma
   std::string id;
   REQUIRE(long_list >> id);
   s.start();
+  return id;
+}
+
+TEST_CASE("a write answered 503 for the request timeout is not appended: a command queued "
+          "behind a slow activation past its deadline is refused unwritten",
+          "[e2e][faults][deadline]") {
+  // A todo of 400 000 events and no snapshot: activating it replays them all,
+  // for longer than the shortest request timeout (100 ms; ≈ 0.35 s here).
+  constexpr uint64_t events = 400'000;
+  server s{server_options::with_args({"--http.request-timeout-ms=100",
+                                      "--actors.snapshot-every=0"})};
+  auto id = seed_long_todo(s, events);
   http_client c{s.port()};
 
   // Each write waits for the activation, the first one longest; every 503
@@ -1464,4 +1473,42 @@ TEST_CASE("a client too slow to send its request within --http.read-timeout-ms g
     sleep_for(200ms);
   }
   CHECK(c.connections() == 1);
+}
+
+TEST_CASE("a request that comes on an idle keep-alive connection while the drain waits for "
+          "another is served and closes its connection; both are in the log",
+          "[e2e][faults][shutdown]") {
+  // The write in flight: a command on a todo whose activation replays
+  // 400 000 events, so the drain lasts that long.
+  server s{server_options::with_args({"--actors.snapshot-every=0"})};
+  auto id = seed_long_todo(s, 400'000);
+  http_client idle{s.port()};
+  REQUIRE(idle.get("/healthz").status == 200);
+
+  std::optional<response> in_flight;
+  std::thread writer{[&] {
+    http_client c{s.port()};
+    in_flight = c.put_json("/todo/change-description", {{"id", id}, {"description", "in flight"}});
+  }};
+  std::this_thread::sleep_for(50ms); // the write is read, its activation runs
+  std::thread stopper{[&] { s.stop(); }};
+  std::this_thread::sleep_for(50ms); // SIGTERM is in
+  auto late = idle.post_json("/todo", {{"description", "after the drain began"}});
+  stopper.join();
+  writer.join();
+
+  INFO("late request: " << late.status << " " << late.body);
+  CHECK(late.status == 201);
+  CHECK(late.header("Connection").value_or("") == "close");
+  REQUIRE(in_flight);
+  INFO("request in flight: " << in_flight->status << " " << in_flight->body);
+  CHECK(in_flight->status == 200);
+
+  s.start();
+  http_client c{s.port()};
+  // The seeded events, then the two writes.
+  auto tail = read_all(c, 400'001);
+  REQUIRE(tail.size() == 2);
+  std::set<std::string> written{tail[0]["data"]["description"], tail[1]["data"]["description"]};
+  CHECK(written == std::set<std::string>{"in flight", "after the drain began"});
 }

@@ -16,8 +16,8 @@ void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
     return;
   auto& m = core::metrics::instance();
   auto started = std::chrono::steady_clock::now();
-  // Appends whose client has been answered already (their deadline passed
-  // while they queued behind a slow batch) are refused, not written.
+  // Appends whose deadline passed while they queued (behind a slow batch, say)
+  // are refused unwritten, and their clients told so.
   size_t kept = 0;
   for (size_t i = 0; i < st.pending.size(); ++i) {
     auto deadline = st.pending[i].deadline;

@@ -990,13 +990,18 @@ void server::stop() {
   d.svc.on_drain.drain();
   caf::anon_send(d.svc.projection, drain_atom_v);
   auto deadline = std::chrono::steady_clock::now() + d.svc.options.drain_timeout;
+  // Done when none is in flight twice in a row, 10 ms apart (a client that
+  // had its answer before the drain began may be sending its next request).
   auto wait_idle = [&] {
-    while (d.drain.in_flight.load() > 0 && std::chrono::steady_clock::now() < deadline)
+    int idle_checks = 0;
+    while (idle_checks < 2 && std::chrono::steady_clock::now() < deadline) {
+      idle_checks = d.drain.in_flight.load() == 0 ? idle_checks + 1 : 0;
       std::this_thread::sleep_for(std::chrono::milliseconds{10});
+    }
   };
   wait_idle();
-  // Nothing in flight: no request is routed from here on (see drain_state),
-  // and those that slipped in before this are waited for too.
+  // From here on no request is routed (see drain_state); one that slipped in
+  // before this is waited for too.
   d.drain.closed = true;
   wait_idle();
   if (d.drain.in_flight.load() > 0) {

@@ -172,7 +172,8 @@ struct event_log::impl {
   /// Opened with OpenForReadOnly because the disk was full (see `open`):
   /// every write is refused until a restart.
   bool read_only = false;
-  /// Serialises the writers: `append` and `purge_idempotency_keys`.
+  /// Serialises the writers: `append`, `purge_idempotency_keys` and
+  /// `save_snapshot` (the loaders' threads).
   std::mutex write_mutex;
   /// Position of the newest durable event; written only under `write_mutex`.
   std::atomic<uint64_t> head{0};

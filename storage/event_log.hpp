@@ -64,8 +64,8 @@ struct append_request {
   std::vector<proposed_event> events;      ///< REQUIRES: not empty
   std::optional<idempotency_claim> idempotency;
   /// The log writer refuses the request unwritten once this has passed (the
-  /// client has been answered by then); the default is no deadline. The
-  /// storage itself ignores it.
+  /// gateway's request timeout); the default is no deadline. The storage
+  /// itself ignores it.
   std::chrono::steady_clock::time_point deadline{};
 
   friend bool operator==(const append_request&, const append_request&) = default;

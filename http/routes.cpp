@@ -484,12 +484,19 @@ router::router(services& svc) : svc_(svc) {
         respond(write_reply(o, status));
         return true;
       };
-      // What this request decided, keyed requests record for the others.
+      // What this request decided. With a key, the first request for the
+      // event and its replays in this process answer what the first of them
+      // to decide settled (each may otherwise decide differently, a 202 on
+      // its timeout while another saw the read model catch up), and that one
+      // records it for replays after a restart.
       auto decide = [=, &answers](unsigned status) {
-        if (answer(status) && key) {
-          caf::anon_send(writer, answered_atom_v, *key, uint64_t{status});
-          answers.settle(o.position, status);
+        if (key) {
+          auto settled = answers.settle(o.position, status);
+          if (settled.first)
+            caf::anon_send(writer, answered_atom_v, *key, uint64_t{settled.status});
+          status = settled.status;
         }
+        answer(status);
       };
       uint64_t following = 0;
       if (key && o.replayed) {

@@ -55,7 +55,7 @@ void first_answers::expire(clock::time_point now) {
   }
 }
 
-void first_answers::settle(uint64_t position, unsigned status) {
+first_answers::settled first_answers::settle(uint64_t position, unsigned status) {
   std::map<uint64_t, std::function<void(unsigned)>> followers;
   {
     std::lock_guard lock{mtx_};
@@ -63,13 +63,14 @@ void first_answers::settle(uint64_t position, unsigned status) {
     expire(now);
     auto& e = entries_[position];
     if (e.status)
-      return;
+      return {*e.status, false};
     e.status = status;
     followers.swap(e.followers);
     settled_.emplace_back(now, position);
   }
   for (auto& [id, then] : followers)
     then(status);
+  return {status, true};
 }
 
 first_answers::following first_answers::follow(uint64_t position,

@@ -95,10 +95,16 @@ public:
   /// How long an answer is kept here at least (the log has it long before).
   static constexpr auto kept = std::chrono::seconds{5};
 
-  /// A request for the event at `position` answered `status`: its followers
-  /// get it, and so does any later follow() while it is kept. The first
-  /// status settled stays.
-  void settle(uint64_t position, unsigned status);
+  struct settled {
+    unsigned status = 0; ///< the status every request for the event answers
+    bool first = false;  ///< this call settled it
+  };
+  /// A request for the event at `position` decided `status`. The first status
+  /// settled stays and is returned (to this request too: the first request
+  /// and a replay of it wait side by side, and whichever decides first
+  /// decides for both); its followers get it, and so does any later follow()
+  /// while it is kept.
+  settled settle(uint64_t position, unsigned status);
 
   struct following {
     std::optional<unsigned> status; ///< settled already

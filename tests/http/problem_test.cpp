@@ -2,6 +2,8 @@
 // components become problem+json answers.
 #include "http/reply.hpp"
 
+#include "core/messages.hpp"
+
 #include <string>
 
 #include <caf/all.hpp>
@@ -30,4 +32,19 @@ TEST_CASE("an error no component names is a 503 internal error", "[http][problem
   auto r = problem_for(caf::make_error(caf::sec::runtime_error));
   CHECK(r.status == 503);
   CHECK(json::parse(r.body)["detail"].get<std::string>().rfind("internal error", 0) == 0);
+}
+
+TEST_CASE("a write refused at its deadline is a 503 that says nothing was appended",
+          "[http][problem][deadline]") {
+  auto r = problem_for(caf::make_error(eventsd::core::runtime_errc::deadline_passed,
+                                       "before the log writer could take it"));
+  CHECK(r.status == 503);
+  auto detail = json::parse(r.body)["detail"].get<std::string>();
+  CHECK(detail.rfind("not written", 0) == 0);
+  CHECK(detail.find("nothing was appended") != std::string::npos);
+  CHECK(detail.find("before the log writer could take it") != std::string::npos);
+  bool retry_after = false;
+  for (auto& [name, value] : r.headers)
+    retry_after = retry_after || name == "Retry-After";
+  CHECK(retry_after);
 }

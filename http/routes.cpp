@@ -450,8 +450,10 @@ router::router(services& svc) : svc_(svc) {
                                          responder respond) {
     // Not decided and taken by the log writer within the request timeout:
     // refused unwritten, so that the answer says what happened (the session
-    // waits longer for a write; see arm_deadline).
-    cond.deadline = std::chrono::steady_clock::now() + s.options.request_timeout;
+    // waits longer for a write; see arm_deadline). A route that read first
+    // (undo-to) set it when the request came.
+    if (cond.deadline == std::chrono::steady_clock::time_point{})
+      cond.deadline = std::chrono::steady_clock::now() + s.options.request_timeout;
     auto shard = s.registry.shard_for(id);
     auto projection = s.projection;
     auto writer = s.writer;
@@ -606,6 +608,8 @@ router::router(services& svc) : svc_(svc) {
           return respond(problem(404, "no event has the id `" + p[1] + "` (not a UUID)"));
         auto reader = s.log_reader();
         auto cond = conditions_of(req);
+        // The deadline counts from now, not from after the read below.
+        cond.deadline = std::chrono::steady_clock::now() + s.options.request_timeout;
         auto execute_undo = execute;
         caf::anon_send(reader, state_at_atom_v, *id, *event_id,
                        answer_to<todo::state>(

@@ -18,6 +18,7 @@
 
 #include <rocksdb/cache.h>
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/iterator.h>
 #include <rocksdb/listener.h>
@@ -172,6 +173,8 @@ struct event_log::impl {
   /// Opened with OpenForReadOnly because the disk was full (see `open`):
   /// every write is refused until a restart.
   bool read_only = false;
+  /// RocksDB's LOCK file, held by us when read_only (RocksDB holds it otherwise).
+  rocksdb::FileLock* lock = nullptr;
   /// Serialises the writers: `append`, `purge_idempotency_keys` and
   /// `save_snapshot` (the loaders' threads).
   std::mutex write_mutex;
@@ -361,6 +364,8 @@ event_log::~event_log() {
     impl_->db->SyncWAL();
   impl_->release_families();
   impl_->db->Close();
+  if (impl_->lock)
+    rocksdb::Env::Default()->UnlockFile(impl_->lock);
 }
 
 namespace {
@@ -549,12 +554,20 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
     return storage_error{storage_errc::io_error, "open " + opts.dir + ": " + id.ToString()};
   if (read_only) {
     pimpl->needs_resume.store(true, std::memory_order_release); // never cleared
-  } else {
-    if (auto moved = pimpl->move_to_family(keys::all_prefix, pimpl->events); !moved)
-      return moved.error();
-    if (auto moved = pimpl->move_to_family(keys::event_id_prefix, pimpl->event_ids); !moved)
-      return moved.error();
+    // A read-only open takes no lock: hold RocksDB's LOCK file as a
+    // read-write open would, so that no second eventsd opens the store
+    // meanwhile (its compactions would delete files this one still reads).
+    if (auto lk = rocksdb::Env::Default()->LockFile(opts.dir + "/LOCK", &pimpl->lock); !lk.ok())
+      return storage_error{storage_errc::not_writable,
+                           "open " + opts.dir + ": " + lk.ToString()
+                             + " (another process, another eventsd say, has this store open)"};
   }
+  // Writes only when a store of an older layout has keys to move (then a
+  // read-only store cannot open: it would miss those events).
+  if (auto moved = pimpl->move_to_family(keys::all_prefix, pimpl->events); !moved)
+    return moved.error();
+  if (auto moved = pimpl->move_to_family(keys::event_id_prefix, pimpl->event_ids); !moved)
+    return moved.error();
   auto last = pimpl->last_position();
   if (!last)
     return last.error();
@@ -973,6 +986,8 @@ result<snapshot_record> event_log::load_snapshot(std::string_view stream) const 
 }
 
 result<size_t> event_log::purge_idempotency_keys(int64_t older_than_ms) try {
+  if (impl_->read_only)
+    return size_t{0}; // nothing can be deleted; the keys expire at the next purge after a restart
   size_t purged = 0;
   std::string resume_at(1, keys::idempotency_prefix);
   const std::string end = keys::prefix_end(keys::idempotency_prefix);

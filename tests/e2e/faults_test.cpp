@@ -670,6 +670,16 @@ TEST_CASE("a server started on a full disk opens the store read-only: reads are 
   CHECK(refused.status == 503);
   CHECK(refused.body.find("read-only") != std::string::npos);
   CHECK(read_all(r).size() == while_full.size());
+  // It holds the store as a writable one would: a second eventsd on the same
+  // directory does not open it (read-only here too, or read-write once space
+  // is freed, its compactions deleting files the first still reads).
+  auto second = run_command({eventsd_binary(), "--storage.dir=" + disk.store(), "--http.port=0",
+                             "--postgres.dsn=" + unreachable_dsn},
+                            20s, "/", {}, "listening on");
+  INFO("second eventsd: " << second.output);
+  CHECK_FALSE(second.timed_out);
+  CHECK(second.exit_code() == 1);
+  CHECK(second.output.find("has this store open") != std::string::npos);
 
   std::filesystem::remove(filler);
   std::filesystem::remove(filler + "2");

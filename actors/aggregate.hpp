@@ -212,6 +212,15 @@ template <class A>
 using aggregate_pointer =
   typename aggregate_actor<A>::template stateful_pointer<aggregate_state<A>>;
 
+/// An aggregate that does not exist (after a refused, replayed or unwritten
+/// create) is not kept alive: the shard is told it is idle.
+template <class A>
+void idle_if_absent(aggregate_pointer<A> self) {
+  auto& st = self->state;
+  if (!A::exists(st.current))
+    self->send(st.env->registry, idle_atom_v, A::id_of(st.current));
+}
+
 /// Decides `cmd`, appends its event and answers through `reply` (callable
 /// with a write_outcome or a caf::error). The next command waits (`await`)
 /// until this one's event is durable.
@@ -229,8 +238,7 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
   }
   if (cond.deadline != std::chrono::steady_clock::time_point{}
       && std::chrono::steady_clock::now() >= cond.deadline) {
-    if (!A::exists(cur))
-      self->send(env.registry, idle_atom_v, A::id_of(cur)); // nothing to keep alive
+    idle_if_absent<A>(self);
     return reply(caf::make_error(core::runtime_errc::deadline_passed,
                                  "before the aggregate could decide it"));
   }
@@ -244,8 +252,7 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
                                  std::to_string(A::version(cur))));
   auto decided = A::decide(cur, cmd);
   if (auto rej = A::rejected(decided)) {
-    if (!A::exists(cur))
-      self->send(env.registry, idle_atom_v, A::id_of(cur)); // nothing to keep alive
+    idle_if_absent<A>(self);
     return reply(std::move(*rej));
   }
   auto ev = A::event_of(std::move(decided));
@@ -266,8 +273,7 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
         if (r.replayed) {
           // A replayed create names the first request's stream, not this
           // fresh one: nothing to keep alive.
-          if (!A::exists(st.current))
-            self->send(st.env->registry, idle_atom_v, A::id_of(st.current));
+          idle_if_absent<A>(self);
           auto stream_id = r.stream.substr(A::stream_prefix.size());
           return reply(write_outcome{stream_id, r.version, r.last_position, true,
                                      r.first_answer});
@@ -285,8 +291,7 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
         if (err != storage::storage_errc::wrong_expected_version) {
           // Nothing was appended (an idempotency conflict, a failed write):
           // a todo that does not exist is not kept alive for it.
-          if (!A::exists(self->state.current))
-            self->send(self->state.env->registry, idle_atom_v, A::id_of(self->state.current));
+          idle_if_absent<A>(self);
           return reply(std::move(err));
         }
         // Our view of the stream was stale (a fresh aggregate whose id exists

@@ -79,7 +79,10 @@ struct worker_state {
   uint64_t target = 0; // apply up to here now
   uint64_t wanted = 0; // the highest position reads wait for (0: none)
   bool run_scheduled = false;
-  clock::time_point last_batch{}; // when the latest batch began
+  // When the latest batch began; none yet, so the first one goes at once
+  // (not `time_point{}`: steady_clock counts from boot, and a batch wait
+  // longer than the uptime would hold the first batch back).
+  std::optional<clock::time_point> last_batch;
   bool lingering = false;         // the scheduled run is a batch waiting for company
   std::chrono::milliseconds backoff{0};
   clock::time_point connect_failed{}; // when connecting last failed
@@ -210,9 +213,9 @@ std::vector<todo_change> to_changes(const std::vector<storage::recorded_event>& 
 /// projection_options::batch_wait); zero when it should go now.
 clock::duration batch_wait_left(const worker_state& st) {
   if (st.opts.mode != projection_mode::eventual || st.wanted > st.now.position
-      || st.target >= st.now.position + st.opts.batch_size)
+      || st.target >= st.now.position + st.opts.batch_size || !st.last_batch)
     return clock::duration::zero();
-  return std::max(clock::duration::zero(), st.last_batch + st.opts.batch_wait - clock::now());
+  return std::max(clock::duration::zero(), *st.last_batch + st.opts.batch_wait - clock::now());
 }
 
 /// Runs a batch that waits for company at once when it need not wait any

@@ -40,6 +40,8 @@ problem_kind kind_of(unsigned status) {
       return {"uri-too-long", "URI Too Long"};
     case 415:
       return {"unsupported-media-type", "Unsupported Media Type"};
+    case 417:
+      return {"expectation-failed", "Expectation Failed"};
     case 431:
       return {"headers-too-large", "Request Header Fields Too Large"};
     case 501:

@@ -1043,15 +1043,19 @@ router::router(services& svc) : svc_(svc) {
   add("GET", "/openapi.json", [serve](incoming&, auto&, responder& respond) {
     serve("openapi.json", respond);
   });
-  add("GET", "/swagger", [serve](incoming&, auto&, responder& respond) {
-    serve("swagger/index.html", respond);
-  });
+  // The pages answer with and without a trailing slash, as a browser's user
+  // would type them (their assets' paths are absolute).
+  for (const char* page : {"/swagger", "/swagger/"})
+    add("GET", page, [serve](incoming&, auto&, responder& respond) {
+      serve("swagger/index.html", respond);
+    });
   add("GET", "/swagger/{file}", [serve](incoming&, auto& p, responder& respond) {
     serve("swagger/" + p[0], respond);
   });
-  add("GET", "/ui", [serve](incoming&, auto&, responder& respond) {
-    serve("ui/index.html", respond);
-  });
+  for (const char* page : {"/ui", "/ui/"})
+    add("GET", page, [serve](incoming&, auto&, responder& respond) {
+      serve("ui/index.html", respond);
+    });
   add("GET", "/ui/{file}", [serve](incoming&, auto& p, responder& respond) {
     serve("ui/" + p[0], respond);
   });
@@ -1063,6 +1067,8 @@ void router::add(std::string method, std::string pattern, handler fn) {
   std::string seg;
   while (std::getline(ss, seg, '/'))
     r.segments.push_back(seg);
+  if (pattern.size() > 1 && pattern.back() == '/')
+    r.segments.emplace_back(); // as split_path splits the request's path
   routes_.push_back(std::move(r));
 }
 

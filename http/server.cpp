@@ -389,6 +389,29 @@ struct drain_state {
   std::unordered_map<const session*, std::weak_ptr<session>> sessions;
 };
 
+enum class expectation { none, continue_first, unknown };
+
+/// What an `Expect` field asks: `100-continue` is the only expectation HTTP
+/// defines (RFC 9110 §10.1.1; compared case-insensitively).
+expectation expectation_of(beast::string_view value) {
+  auto result = expectation::none;
+  while (!value.empty()) {
+    auto comma = value.find(',');
+    auto member = value.substr(0, comma);
+    value = comma == beast::string_view::npos ? beast::string_view{} : value.substr(comma + 1);
+    while (!member.empty() && (member.front() == ' ' || member.front() == '\t'))
+      member.remove_prefix(1);
+    while (!member.empty() && (member.back() == ' ' || member.back() == '\t'))
+      member.remove_suffix(1);
+    if (member.empty())
+      continue; // an empty list element (§5.6.1)
+    if (!beast::iequals(member, "100-continue"))
+      return expectation::unknown;
+    result = expectation::continue_first;
+  }
+  return result;
+}
+
 class session : public std::enable_shared_from_this<session> {
   /// Most bytes of a request line and header fields together.
   static constexpr size_t header_limit = 16 * 1024;
@@ -460,13 +483,28 @@ private:
     // is read, say).
     if (parser_->is_header_done())
       head_ = parser_->get().method() == bhttp::verb::head;
-    if (ec || parser_->is_done())
-      return on_read(ec, n);
     auto& h = parser_->get();
     auto expect = h.find(bhttp::field::expect);
     // HTTP/1.0 has no interim answers: its expectation is ignored (§10.1.1).
-    if (h.version() >= 11 && expect != h.end()
-        && beast::iequals(expect->value(), "100-continue")) {
+    auto expects = !ec && h.version() >= 11 && expect != h.end()
+                     ? expectation_of(expect->value())
+                     : expectation::none;
+    if (expects == expectation::unknown) {
+      // An expectation the server cannot meet is refused before anything is
+      // done (§10.1.1); a body that may follow is not read, so the
+      // connection closes.
+      read_deadline_.cancel();
+      ++read_phase_;
+      close_after_ = true;
+      method_ = std::string{h.method_string()};
+      return send(problem(417, "unknown expectation `" + std::string{expect->value()}
+                                 + "`: only 100-continue is understood"),
+                  router_.pattern_of(method_, {h.target().data(), h.target().size()}),
+                  std::chrono::steady_clock::now());
+    }
+    if (ec || parser_->is_done())
+      return on_read(ec, n);
+    if (expects == expectation::continue_first) {
       static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
       net::async_write(stream_, net::buffer(continue_line.data(), continue_line.size()),
                        [self = shared_from_this()](beast::error_code wec, size_t) {

@@ -1314,6 +1314,56 @@ TEST_CASE("a request with Expect: 100-continue gets 100 Continue before its body
   CHECK(head() == before + 2);
 }
 
+TEST_CASE("an expectation other than 100-continue is refused with 417 before anything is "
+          "written, and the connection closes",
+          "[e2e][todo][validation]") {
+  const std::string body = R"({"description":"never written"})";
+  auto before = head();
+  auto unknown = raw_exchange(shared_server().port(),
+                              "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              "Expect: 200-ok\r\nContent-Length: "
+                                + std::to_string(body.size()) + "\r\n\r\n",
+                              1500ms);
+  INFO("answer: " << unknown);
+  auto refused = parse_response(unknown);
+  check_rejected(refused, 417, before);
+  CHECK(refused.json_body().value("type", std::string{}) == "urn:eventsd:problem:expectation-failed");
+  CHECK(refused.json_body().value("detail", std::string{}).find("200-ok") != std::string::npos);
+  CHECK(refused.header("Connection") == "close");
+  // One unknown member in a list is enough; a list of 100-continue alone is
+  // met (in any letter case), and an empty field asks for nothing.
+  auto listed = parse_response(raw_exchange(
+    shared_server().port(),
+    "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    "Expect: 100-continue, x-fast\r\nContent-Length: " + std::to_string(body.size())
+      + "\r\n\r\n" + body,
+    1500ms));
+  check_rejected(listed, 417, before);
+  auto met = raw_exchange(shared_server().port(),
+                          "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          "Expect: 100-Continue ,\r\nContent-Length: "
+                            + std::to_string(body.size()) + "\r\n\r\n" + body,
+                          1500ms);
+  INFO("answer to a listed 100-continue: " << met);
+  REQUIRE(met.rfind("HTTP/1.1 100 Continue\r\n\r\n", 0) == 0);
+  check_write(parse_response(met.substr(std::string{"HTTP/1.1 100 Continue\r\n\r\n"}.size())), 201);
+  auto empty = parse_response(raw_exchange(
+    shared_server().port(),
+    "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: \r\n"
+    "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body,
+    1500ms));
+  check_write(empty, 201);
+  CHECK(head() == before + 2);
+  // HTTP/1.0 ignores expectations, known or not.
+  auto old_http = raw_exchange(shared_server().port(),
+                               "POST /todo HTTP/1.0\r\nContent-Type: application/json\r\n"
+                               "Expect: 200-ok\r\nContent-Length: "
+                                 + std::to_string(body.size()) + "\r\n\r\n" + body,
+                               1500ms);
+  CHECK(old_http.rfind("HTTP/1.1 201 ", 0) == 0);
+  CHECK(head() == before + 3);
+}
+
 TEST_CASE("OPTIONS answers a path's methods in Allow; a 405's Allow names only methods that "
           "path serves",
           "[e2e][todo][routes]") {

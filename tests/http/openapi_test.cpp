@@ -100,6 +100,21 @@ TEST_CASE("the validator fails a broken document (the check has teeth)", "[http]
   CHECK(result.output.find("NoSuchSchema") != std::string::npos);
 }
 
+TEST_CASE("GET /swagger/ and /ui/ with a trailing slash serve the same pages", "[http][swagger]") {
+  for (std::string page : {"/swagger", "/ui"}) {
+    auto bare = client().get(page);
+    auto slashed = client().get(page + "/");
+    INFO("GET " << page << "/");
+    REQUIRE(bare.status == 200);
+    CHECK(slashed.status == 200);
+    CHECK(media_type(slashed) == "text/html");
+    CHECK(slashed.body == bare.body);
+  }
+  // Only those: a trailing slash is not a wildcard.
+  CHECK(client().get("/openapi.json/").status == 404);
+  CHECK(client().get("/swagger//").status == 404);
+}
+
 TEST_CASE("GET /swagger: Swagger UI whose scripts and styles are all served", "[http][swagger]") {
   auto r = client().get("/swagger");
   REQUIRE(r.status == 200);

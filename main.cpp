@@ -10,6 +10,7 @@
 #include "actors/log_writer.hpp"
 #include "actors/todo_aggregate.hpp"
 #include "config/options.hpp"
+#include "core/lifeline.hpp"
 #include "core/messages.hpp"
 #include "http/server.hpp"
 #include "http/services.hpp"
@@ -158,6 +159,27 @@ int main(int argc, char** argv) {
     // `svc`, `jobs` and `srv`: they end before those are destroyed.
     sys.await_all_actors_done();
   };
+  // A long-lived actor that ends unasked (an exception escaped it) stops the
+  // server: what it did can no longer be done, and requests would wait on
+  // it. The exit status tells a supervisor to restart eventsd.
+  auto watch = [&](const auto& handle, std::string name) {
+    core::on_unexpected_exit(handle, std::move(name), [&srv](const std::string& why) {
+      std::cerr << "eventsd: " << why << "; stopping" << std::endl;
+      srv.stop_for(why);
+    });
+  };
+  watch(writer, "the log writer");
+  watch(projection, "the projection");
+  for (auto& r : log_readers)
+    watch(r, "a log reader");
+  for (auto& r : pg_readers)
+    watch(r, "a read-model reader");
+  for (auto& s : registry.shards())
+    watch(s, "a registry shard");
+  for (auto& l : registry.loaders())
+    watch(l, "an aggregate loader");
+  for (auto& a : jobs.actors())
+    watch(a, "a gateway actor");
   std::string error;
   auto port = srv.start(error);
   if (port == 0) {
@@ -173,5 +195,5 @@ int main(int argc, char** argv) {
   srv.wait_for_signal();
   std::cout << "eventsd: shutting down" << std::endl;
   shutdown();
-  return 0;
+  return srv.failure().empty() ? 0 : 70; // EX_SOFTWARE
 }

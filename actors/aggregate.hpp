@@ -25,6 +25,7 @@
 #include <caf/all.hpp>
 
 #include "actors/log_writer.hpp"
+#include "core/lifeline.hpp"
 #include "core/messages.hpp"
 #include "core/metrics.hpp"
 #include "core/reply_to.hpp"
@@ -149,9 +150,10 @@ inline constexpr size_t loaders_per_registry = 2;
 /// Behavior of a loader. Actor ownership: spawned `detached` (RocksDB
 /// reads and writes block). REQUIRES: `log` outlives the actor.
 template <class A>
-typename loader_actor<A>::behavior_type loader(typename loader_actor<A>::pointer,
+typename loader_actor<A>::behavior_type loader(typename loader_actor<A>::pointer self,
                                                storage::event_log* log) {
   core::name_this_thread("loader");
+  core::end_on_exception(self);
   return {
     [log](recover_atom, const std::string& id) -> caf::result<typename A::state_type> {
       auto rec = recover<A>(*log, id);
@@ -463,6 +465,7 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
   auto sweep_every = std::max<std::chrono::milliseconds>(opts.idle_timeout / 4,
                                                          std::chrono::milliseconds{10});
   self->delayed_send(self, sweep_every, tick_atom_v);
+  core::end_on_exception(self);
   // Aggregates are not linked to their shard: CAF unlinks by scanning a
   // list, which made passivating N aggregates O(N^2). A stopping shard stops
   // its aggregates itself.
@@ -588,6 +591,7 @@ public:
   }
 
   const std::vector<registry_actor<A>>& shards() const { return shards_; }
+  const std::vector<loader_actor<A>>& loaders() const { return loaders_; }
 
   /// Stops the shards (and with them their aggregates) and the loaders.
   void stop() {

@@ -1,4 +1,5 @@
 #include "actors/log_reader.hpp"
+#include "core/lifeline.hpp"
 #include "core/thread_name.hpp"
 
 namespace eventsd::actors {
@@ -24,6 +25,7 @@ void answer(storage::result<T>&& r, const core::reply_to<T>& reply) {
 log_reader_actor::behavior_type log_reader(log_reader_actor::pointer self,
                                            const storage::event_log* log) {
   core::name_this_thread("log-reader");
+  core::end_on_exception(self);
   return {
     [=](history_atom, const std::string& id) -> caf::result<todo_history_items> {
       return answer(todo_history(*log, id));

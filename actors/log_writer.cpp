@@ -2,6 +2,8 @@
 
 #include <iostream>
 
+#include "core/failpoint.hpp"
+#include "core/lifeline.hpp"
 #include "core/metrics.hpp"
 #include "core/thread_name.hpp"
 
@@ -36,6 +38,7 @@ void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
   st.promises.resize(kept);
   if (st.pending.empty())
     return;
+  core::failpoint("log-writer.before-append");
   const bool was_writable = st.log->writable();
   auto results = st.log->append(st.pending);
   auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);
@@ -94,16 +97,27 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
   // this tick every second too, so that /readyz turns ready again once the
   // fault has cleared even when no write comes.
   self->delayed_send(self, std::chrono::seconds{1}, tick_atom_v);
-  // Appends still queued when the writer is told to stop are answered (as
-  // not written), so that no aggregate waits forever for them.
-  self->set_exit_handler([self](caf::exit_msg& msg) {
+  // Appends still queued when the writer is told to stop, or when an
+  // exception ends it, are answered (as not written: an exception of
+  // `append` leaves nothing written), so that no aggregate waits forever for
+  // them.
+  auto answer_queued = [self] {
     auto& st = self->state;
     for (auto& rp : st.promises)
-      rp.deliver(caf::make_error(core::runtime_errc::shutting_down, "the log writer stopped"));
+      if (rp.pending())
+        rp.deliver(caf::make_error(core::runtime_errc::shutting_down, "the log writer stopped"));
     st.pending.clear();
     st.promises.clear();
-    self->send_exit(st.purger, msg.reason);
+  };
+  self->set_exit_handler([self, answer_queued](caf::exit_msg& msg) {
+    answer_queued();
+    self->send_exit(self->state.purger, msg.reason);
     self->quit(msg.reason);
+  });
+  self->set_exception_handler([self, answer_queued](std::exception_ptr& thrown) {
+    answer_queued();
+    self->send_exit(self->state.purger, caf::exit_reason::user_shutdown);
+    return core::exception_error(thrown);
   });
   return {
     [=](append_atom, storage::append_request& req)
@@ -153,10 +167,21 @@ key_purger_actor::behavior_type key_purger(key_purger_actor::pointer self,
     [=](expire_atom) {
       auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::system_clock::now().time_since_epoch());
-      if (auto r = log->purge_idempotency_keys((now - options.idempotency_retention).count());
-          !r.ok())
+      // Housekeeping: a failure, even an exception, is retried later rather
+      // than ending the purger.
+      std::string failure;
+      try {
+        if (auto r = log->purge_idempotency_keys((now - options.idempotency_retention).count());
+            !r.ok())
+          failure = r.error().detail;
+      } catch (const std::exception& e) {
+        failure = e.what();
+      } catch (...) {
+        failure = "an exception of unknown type";
+      }
+      if (!failure.empty())
         std::cerr << "eventsd: purging expired idempotency keys failed (retried in "
-                  << options.purge_interval.count() << " ms): " << r.error().detail << "\n";
+                  << options.purge_interval.count() << " ms): " << failure << "\n";
       self->delayed_send(self, options.purge_interval, expire_atom_v);
     },
   };

@@ -960,6 +960,9 @@ struct server::impl {
   std::optional<net::signal_set> signals;
   std::function<void(beast::error_code, int)> late_signal;
   std::thread signal_thread;
+  mutable std::mutex failure_mtx;
+  bool signalled = false; // the first SIGINT/SIGTERM (or stop_for) came
+  std::string failure;
 
   explicit impl(services& s)
     : svc(s), routes(s), ioc(static_cast<int>(std::max<size_t>(1, s.options.threads))) {}
@@ -1076,6 +1079,10 @@ void server::wait_for_signal() {
   d.signals.emplace(d.signal_ioc, SIGINT, SIGTERM);
   d.signals->async_wait([&d](beast::error_code, int) { d.signal_ioc.stop(); });
   d.signal_ioc.run();
+  {
+    std::lock_guard<std::mutex> guard{d.failure_mtx};
+    d.signalled = true;
+  }
   // Keep the handler while the server stops: a second signal right after
   // the first (a double Ctrl-C, `timeout` signalling the process group) must
   // not kill it half-way. One that comes later means "now": exit at once.
@@ -1095,6 +1102,22 @@ void server::wait_for_signal() {
   };
   d.signals->async_wait(d.late_signal);
   d.signal_thread = std::thread{[&d] { d.signal_ioc.run(); }};
+}
+
+void server::stop_for(std::string reason) {
+  auto& d = *impl_;
+  std::lock_guard<std::mutex> guard{d.failure_mtx};
+  if (d.signalled)
+    return;
+  if (d.failure.empty())
+    d.failure = std::move(reason);
+  // Before wait_for_signal() too: run() then returns at once.
+  d.signal_ioc.stop();
+}
+
+std::string server::failure() const {
+  std::lock_guard<std::mutex> guard{impl_->failure_mtx};
+  return impl_->failure;
 }
 
 } // namespace eventsd::http

@@ -24,8 +24,16 @@ public:
   /// Stops accepting, closes connections and joins the io threads.
   void stop();
 
-  /// Blocks until stop() is called or a SIGINT/SIGTERM arrives.
+  /// Blocks until a SIGINT/SIGTERM arrives or stop_for() is called.
   void wait_for_signal();
+
+  /// Makes wait_for_signal() return as a signal would, because a part of the
+  /// server cannot go on (`reason`; the first one is kept). From any thread,
+  /// also before wait_for_signal(); ignored once a signal has come.
+  void stop_for(std::string reason);
+
+  /// The reason given to stop_for() before any signal, or empty.
+  std::string failure() const;
 
 private:
   struct impl;

@@ -1,10 +1,13 @@
 #include "http/services.hpp"
 
+#include "core/lifeline.hpp"
+
 namespace eventsd::http {
 
 bridge::bridge(caf::actor_system& sys, size_t actors) {
   for (size_t i = 0; i < std::max<size_t>(1, actors); ++i)
     actors_.push_back(sys.spawn([](caf::event_based_actor* self) -> caf::behavior {
+      core::end_on_exception(self);
       return {
         [self](run_atom, const core::bridge_job& job) { job(self); },
       };

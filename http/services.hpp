@@ -59,6 +59,8 @@ public:
   /// Stops the bridge actors.
   void stop();
 
+  const std::vector<caf::actor>& actors() const { return actors_; }
+
 private:
   std::vector<caf::actor> actors_;
   std::atomic<size_t> next_{0};

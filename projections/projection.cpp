@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/flat_json.hpp"
+#include "core/lifeline.hpp"
 #include "core/metrics.hpp"
 #include "core/thread_name.hpp"
 
@@ -341,6 +342,7 @@ void rebuild_step(worker_ptr self) {
 worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* log,
                                    projection_options opts, front_actor front) {
   core::name_this_thread("projection");
+  core::end_on_exception(self);
   auto& st = self->state;
   st.log = log;
   st.opts = opts;
@@ -597,6 +599,7 @@ projection_status stuck_status(const front_state& st) {
 
 front_actor::behavior_type front(front_ptr self, const storage::event_log* log,
                                  projection_options opts) {
+  core::end_on_exception(self);
   auto& st = self->state;
   st.log = log;
   st.mode = opts.mode;
@@ -783,6 +786,7 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
     [query_timeout, store, cancel](reader_ptr self,
                            std::string dsn) -> read_model_reader_actor::behavior_type {
       core::name_this_thread("model-reader");
+      core::end_on_exception(self);
       self->state.model = std::make_unique<todo_read_model>(
         std::move(dsn), live_table, connection_options{"eventsd reader", query_timeout, store, cancel});
       auto ready = [self]() -> std::optional<projection_error> {

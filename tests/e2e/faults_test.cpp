@@ -989,6 +989,43 @@ TEST_CASE("a bad value in the config file stops eventsd with exit code 2 and a o
   }
 }
 
+TEST_CASE("an exception that ends the log writer stops the server: the write it held is "
+          "answered 503 and not appended, the reason is logged, and eventsd exits with status 70",
+          "[e2e][faults][lifeline]") {
+  // The failpoint makes the log writer throw before it writes its first batch.
+  ::setenv("EVENTSD_FAILPOINTS", "log-writer.before-append", 1);
+  std::unique_ptr<server> s;
+  try {
+    s = std::make_unique<server>(server_options::without_postgres({}));
+  } catch (...) {
+    ::unsetenv("EVENTSD_FAILPOINTS");
+    throw;
+  }
+  ::unsetenv("EVENTSD_FAILPOINTS");
+  {
+    http_client c{s->port()};
+    auto r = c.post_json("/todo", {{"description", "held when the writer failed"}});
+    INFO(r.status << " " << r.body);
+    CHECK(is_problem(r, 503));
+  }
+  auto status = s->wait_exit(20s);
+  INFO(s->output());
+  REQUIRE(status);
+  CHECK(WIFEXITED(*status));
+  CHECK(WEXITSTATUS(*status) == 70);
+  CHECK(s->output().find("eventsd: the log writer stopped unexpectedly: exception: failpoint "
+                         "log-writer.before-append; stopping")
+        != std::string::npos);
+  // Started again (the failpoint unarmed): the held write is not in the log,
+  // and writes work.
+  s->start();
+  http_client c{s->port()};
+  auto all = c.get("/streams/$all");
+  REQUIRE(all.status == 200);
+  CHECK(all.json_body()["items"].empty());
+  CHECK(c.post_json("/todo", {{"description", "after the restart"}}).status == 201);
+}
+
 TEST_CASE("PostgreSQL stopped under a running server: writes go on, /readyz and read-model reads "
           "answer 503, the projection reconnects by itself within the capped backoff and the "
           "read model converges to the fold of the log",

@@ -603,6 +603,27 @@ int server::stop(int sigterms) {
   return status;
 }
 
+std::optional<int> server::wait_exit(std::chrono::milliseconds limit) {
+  if (!running())
+    return std::nullopt;
+  int status = 0;
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    auto r = ::waitpid(pid_, &status, WNOHANG);
+    if (r == pid_ || (r < 0 && errno != EINTR))
+      break;
+    if (std::chrono::steady_clock::now() >= deadline)
+      return std::nullopt;
+    std::this_thread::sleep_for(10ms);
+  }
+  pid_ = -1;
+  if (pump_) {
+    previous_output_ += pump_->snapshot();
+    pump_.reset();
+  }
+  return status;
+}
+
 void server::kill() {
   if (!running())
     return;

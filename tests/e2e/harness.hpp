@@ -141,6 +141,9 @@ public:
   /// Sends SIGTERM (`sigterms` times, 5 ms apart) and waits (SIGKILL after
   /// 5 s). Returns the exit status as from waitpid, or -1 when nothing ran.
   int stop(int sigterms = 1);
+  /// Waits up to `limit` for the process to end by itself (no signal) and
+  /// reaps it; its status as from waitpid, or nullopt while it still runs.
+  std::optional<int> wait_exit(std::chrono::milliseconds limit);
   /// Sends SIGKILL and reaps the process.
   void kill();
   /// stop() then start().

@@ -1,0 +1,43 @@
+// Failpoints: named places in the code where a test can make eventsd fail
+// as it would on an unexpected error, to prove the failure is handled. The
+// environment variable EVENTSD_FAILPOINTS (comma-separated names, read once)
+// arms them; `failpoint(name)` then throws there. Unset — always, outside
+// tests — a failpoint costs one test of an empty list.
+#pragma once
+
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace eventsd::core {
+
+/// The names armed by EVENTSD_FAILPOINTS.
+inline const std::vector<std::string>& armed_failpoints() {
+  static const std::vector<std::string> armed = [] {
+    std::vector<std::string> names;
+    const char* env = std::getenv("EVENTSD_FAILPOINTS");
+    std::string_view rest = env ? env : "";
+    while (!rest.empty()) {
+      auto comma = rest.find(',');
+      if (auto name = rest.substr(0, comma); !name.empty())
+        names.emplace_back(name);
+      rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+    }
+    return names;
+  }();
+  return armed;
+}
+
+/// Throws std::runtime_error("failpoint <name>") when `name` is armed.
+inline void failpoint(std::string_view name) {
+  auto& armed = armed_failpoints();
+  if (armed.empty())
+    return;
+  for (auto& a : armed)
+    if (a == name)
+      throw std::runtime_error("failpoint " + std::string{name});
+}
+
+} // namespace eventsd::core

@@ -2,6 +2,8 @@
 // serves until SIGINT/SIGTERM.
 #include <filesystem>
 #include <iostream>
+#include <memory>
+#include <mutex>
 #include <unistd.h>
 
 #include <caf/all.hpp>
@@ -162,10 +164,28 @@ int main(int argc, char** argv) {
   // A long-lived actor that ends unasked (an exception escaped it) stops the
   // server: what it did can no longer be done, and requests would wait on
   // it. The exit status tells a supervisor to restart eventsd.
-  auto watch = [&](const auto& handle, std::string name) {
-    core::on_unexpected_exit(handle, std::move(name), [&srv](const std::string& why) {
+  // The watches reach the server through `sink`, which is unhooked before
+  // the server goes: CAF counts an actor done (await_all_actors_done) before
+  // the functors attached to it have run.
+  struct failure_sink {
+    std::mutex mtx;
+    http::server* srv = nullptr;
+  };
+  auto sink = std::make_shared<failure_sink>();
+  sink->srv = &srv;
+  struct unhook {
+    std::shared_ptr<failure_sink> sink;
+    ~unhook() {
+      std::lock_guard<std::mutex> guard{sink->mtx};
+      sink->srv = nullptr;
+    }
+  } unhook_at_return{sink};
+  auto watch = [sink](const auto& handle, std::string name) {
+    core::on_unexpected_exit(handle, std::move(name), [sink](const std::string& why) {
       std::cerr << "eventsd: " << why << "; stopping" << std::endl;
-      srv.stop_for(why);
+      std::lock_guard<std::mutex> guard{sink->mtx};
+      if (sink->srv)
+        sink->srv->stop_for(why);
     });
   };
   watch(writer, "the log writer");

@@ -41,6 +41,7 @@ void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
   core::failpoint("log-writer.before-append");
   const bool was_writable = st.log->writable();
   auto results = st.log->append(st.pending);
+  st.appended = true; // until every promise of the batch is answered
   auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);
   uint64_t written = 0;
   bool write_failed = false;
@@ -75,6 +76,7 @@ void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
   }
   st.pending.clear();
   st.promises.clear();
+  st.appended = false;
   for (auto& l : st.listeners)
     self->send(l, core::committed{head});
 }
@@ -98,14 +100,18 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
   // fault has cleared even when no write comes.
   self->delayed_send(self, std::chrono::seconds{1}, tick_atom_v);
   // Appends still queued when the writer is told to stop, or when an
-  // exception ends it, are answered (as not written: an exception of
-  // `append` leaves nothing written), so that no aggregate waits forever for
-  // them.
+  // exception ends it, are answered, so that no aggregate waits forever for
+  // them: as not written, unless the exception came after their batch's
+  // append (`append` itself throws nothing).
   auto answer_queued = [self] {
     auto& st = self->state;
+    auto why = st.appended ? "the log writer failed after writing the batch this write was "
+                             "in: it may or may not have been appended"
+                           : "the log writer stopped before writing this write; nothing was "
+                             "appended, retry";
     for (auto& rp : st.promises)
       if (rp.pending())
-        rp.deliver(caf::make_error(core::runtime_errc::shutting_down, "the log writer stopped"));
+        rp.deliver(caf::make_error(core::runtime_errc::shutting_down, why));
     st.pending.clear();
     st.promises.clear();
   };

@@ -51,6 +51,8 @@ struct log_writer_state {
   std::vector<storage::append_request> pending;
   std::vector<caf::typed_response_promise<storage::append_result>> promises;
   bool flush_scheduled = false;
+  /// The batch in `pending` has been appended; its answers are going out.
+  bool appended = false;
   std::vector<position_listener_actor> listeners;
   key_purger_actor purger; ///< stopped with the writer
   static inline const char* name = "log_writer";

@@ -141,8 +141,9 @@ reply problem_for(const caf::error& err) {
         return unavailable("not written: the write did not reach the event log within the "
                            "request timeout (" + detail + "); nothing was appended, retry");
       case core::runtime_errc::overloaded:
-      case core::runtime_errc::shutting_down:
         return unavailable(core::to_string(static_cast<core::runtime_errc>(err.code())));
+      case core::runtime_errc::shutting_down:
+        return unavailable("the server is stopping" + (detail.empty() ? "" : ": " + detail));
     }
   } else if (err.category() == caf::atom("projection")) {
     switch (static_cast<projection_errc>(err.code())) {

@@ -56,9 +56,9 @@ caf::behavior fragile(caf::event_based_actor* self) {
 
 TEST_CASE("an actor ended by an escaped exception is reported with the exception's message",
           "[core][lifeline]") {
+  reports r; // outlives the system, whose actors call it
   caf::actor_system_config cfg;
   caf::actor_system sys{cfg};
-  reports r;
   auto a = sys.spawn(fragile);
   eventsd::core::on_unexpected_exit(a, "the fragile actor", r.callback());
   caf::anon_send(a, 42);
@@ -88,12 +88,14 @@ TEST_CASE("an actor stopped by the server, or quitting by itself, is not reporte
 }
 
 TEST_CASE("watching an actor that has ended already reports it at once", "[core][lifeline]") {
+  reports r; // outlives the system, whose actors call it
   caf::actor_system_config cfg;
   caf::actor_system sys{cfg};
-  reports r;
   auto a = sys.spawn<caf::detached>(fragile);
   caf::anon_send(a, 1);
-  sys.await_all_actors_done();
+  // Until its down message: await_all_actors_done() can return before an
+  // actor counts as terminated, and the watch would then be an ordinary one.
+  caf::scoped_actor{sys}->wait_for(a);
   eventsd::core::on_unexpected_exit(a, "the detached actor", r.callback());
   auto why = r.wait_first(0ms);
   REQUIRE(why);

@@ -333,6 +333,9 @@ std::optional<std::string> parse_target(std::string_view target, std::string& pa
     return true;
   };
   const std::string malformed = "malformed percent escape in the request target";
+  // A fragment is the client's own business and never sent (RFC 9112 §3.2).
+  if (target.find('#') != std::string_view::npos)
+    return std::string{"a request target has no fragment (`#`)"};
   auto q = target.find('?');
   if (!decode(target.substr(0, q), false, path))
     return malformed;
@@ -1174,6 +1177,29 @@ std::string router::pattern_of(const std::string& method, std::string_view targe
 }
 
 std::string router::handle(incoming req, responder respond) {
+  // `OPTIONS *` asks about the server itself (RFC 9110 §9.3.7): every method
+  // it serves somewhere.
+  if (req.target == "*") {
+    if (req.method != "OPTIONS") {
+      respond(problem(400, "the request target `*` is for OPTIONS only"));
+      return "unmatched";
+    }
+    std::vector<std::string> methods;
+    for (auto& r : routes_)
+      if (std::find(methods.begin(), methods.end(), r.method) == methods.end())
+        methods.push_back(r.method);
+    methods.insert(std::find(methods.begin(), methods.end(), "GET") + 1, "HEAD");
+    methods.push_back("OPTIONS");
+    std::string allow;
+    for (auto& m : methods)
+      allow += (allow.empty() ? "" : ", ") + m;
+    reply r;
+    r.status = 204;
+    r.content_type.clear();
+    r.header("Allow", allow);
+    respond(std::move(r));
+    return "options";
+  }
   std::vector<std::string> best_params, allowed;
   const route* best = find(req.method, req.path, best_params, allowed);
   if (best) {

@@ -6,6 +6,7 @@
 #include <csignal>
 #include <ctime>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <iostream>
 #include <mutex>
@@ -389,6 +390,20 @@ struct drain_state {
   std::unordered_map<const session*, std::weak_ptr<session>> sessions;
 };
 
+/// True when `bytes` hold a line feed within their first `limit` bytes.
+template <class Buffers>
+bool line_ends_within(const Buffers& bytes, size_t limit) {
+  for (auto it = net::buffer_sequence_begin(bytes); it != net::buffer_sequence_end(bytes) && limit;
+       ++it) {
+    net::const_buffer b = *it;
+    auto n = std::min(b.size(), limit);
+    if (std::memchr(b.data(), '\n', n))
+      return true;
+    limit -= n;
+  }
+  return false;
+}
+
 enum class expectation { none, continue_first, unknown };
 
 /// What an `Expect` field asks: `100-continue` is the only expectation HTTP
@@ -562,9 +577,11 @@ private:
     }
     if (ec == bhttp::error::header_limit) {
       close_after_ = true;
-      // The parser stopped inside the request line (no target yet): it is the
-      // target that is too long (RFC 9110 §15.5.15), not the header fields.
-      if (parser_->get().target().empty())
+      // 414 when the request line itself does not end within the limit: it
+      // is the target that is too long (RFC 9110 §15.5.15), not the header
+      // fields. (Beast parses the request line only once the whole header is
+      // in, so the parser cannot tell: the bytes read do.)
+      if (parser_->get().target().empty() && !line_ends_within(buffer_.data(), header_limit))
         return send(problem(414, "request target longer than "
                                    + std::to_string(header_limit) + " bytes"),
                     "too-large", std::chrono::steady_clock::now());
@@ -599,13 +616,20 @@ private:
     }
     req.body = std::move(msg.body());
     keep_alive_ = msg.keep_alive();
+    chunked_ok_ = msg.version() >= 11;
     head_ = msg.method() == bhttp::verb::head;
     if (auto bad = framing_problem(msg.version(), req)) {
       close_after_ = true;
       return send(std::move(*bad), "bad-request", started);
     }
-    if (auto why = parse_target(req.target, req.path, req.query))
-      return send(problem(400, *why), "bad-request", started);
+    // A method HTTP does not define (names are case-sensitive: `get` is
+    // none) is not implemented for any resource (RFC 9110 §9.1).
+    if (msg.method() == bhttp::verb::unknown)
+      return send(problem(501, "method `" + req.method + "` is not implemented"),
+                  "method-not-implemented", started);
+    if (req.target != "*")
+      if (auto why = parse_target(req.target, req.path, req.query))
+        return send(problem(400, *why), "bad-request", started);
     if (router_.is_subscription(req))
       return start_subscription(req);
     auto executor = stream_.get_executor();
@@ -753,13 +777,17 @@ private:
 
   /// An answer whose body comes part by part: the header with
   /// `Transfer-Encoding: chunked`, then one chunk per part, each asked for
-  /// once the previous one is written (write timeouts apply to each).
+  /// once the previous one is written (write timeouts apply to each). An
+  /// HTTP/1.0 client knows no transfer coding (RFC 9112 §6.1): its answer's
+  /// body is the parts as they are, ended by closing the connection.
   void send_stream(reply r, const std::string& route,
                    std::chrono::steady_clock::time_point started) {
     using header_response = bhttp::response<bhttp::empty_body>;
     auto res = std::make_shared<header_response>(static_cast<bhttp::status>(r.status), 11);
+    if (!chunked_ok_)
+      close_after_ = true;
     set_header(*res, r, route, started);
-    res->chunked(true);
+    res->chunked(chunked_ok_);
     auto serializer = std::make_shared<bhttp::response_serializer<bhttp::empty_body>>(*res);
     res_ = res;
     bool close = !res->keep_alive();
@@ -810,19 +838,23 @@ private:
         auto data = std::make_shared<std::string>(std::move(*part));
         bool last = body->last();
         self->stream_.expires_after(self->router_.svc().options.read_timeout);
-        net::async_write(
-          self->stream_, bhttp::make_chunk(net::buffer(*data)),
-          [self, data, body = std::move(body), close, last](beast::error_code ec,
-                                                             size_t) mutable {
-            if (ec)
-              return self->on_write(close, ec, 0);
-            if (!last)
-              return self->send_part(std::move(body), close);
-            net::async_write(self->stream_, bhttp::make_chunk_last(),
-                             [self, close](beast::error_code wec, size_t) {
-                               self->on_write(close, wec, 0);
-                             });
-          });
+        auto written = [self, data, body = std::move(body), close, last](beast::error_code ec,
+                                                                          size_t) mutable {
+          if (ec)
+            return self->on_write(close, ec, 0);
+          if (!last)
+            return self->send_part(std::move(body), close);
+          if (!self->chunked_ok_) // the close ends the body
+            return self->on_write(close, {}, 0);
+          net::async_write(self->stream_, bhttp::make_chunk_last(),
+                           [self, close](beast::error_code wec, size_t) {
+                             self->on_write(close, wec, 0);
+                           });
+        };
+        if (self->chunked_ok_)
+          net::async_write(self->stream_, bhttp::make_chunk(net::buffer(*data)), std::move(written));
+        else
+          net::async_write(self->stream_, net::buffer(*data), std::move(written));
       });
     });
   }
@@ -869,6 +901,7 @@ private:
   std::chrono::steady_clock::time_point started_{}; // when it was read
   std::string method_;
   bool keep_alive_ = true;
+  bool chunked_ok_ = true; // HTTP/1.1 or later: Transfer-Encoding may be sent
   bool close_after_ = false;
   bool head_ = false;
 };

@@ -810,6 +810,12 @@ size_t complete_response_length(const std::string& raw) {
   auto i = lower.find("\r\ncontent-length:");
   if (i != std::string::npos)
     length = std::stoul(lower.substr(i + 17));
+  // Neither length nor transfer coding (an answer to HTTP/1.0): the body
+  // ends when the server closes — unless the status has no body.
+  bool bodiless = lower.compare(9, 3, "204") == 0 || lower.compare(9, 3, "304") == 0;
+  if (i == std::string::npos && lower.find("\r\ntransfer-encoding:") == std::string::npos
+      && !bodiless)
+    return 0;
   auto total = end + 4 + length;
   return raw.size() >= total ? total : 0;
 }

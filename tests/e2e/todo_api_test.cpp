@@ -1200,6 +1200,28 @@ TEST_CASE("a request target longer than the 16 KiB header limit is a 414, header
   // One field line past the limit is a header too large, not a target.
   auto one_big = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + std::string(20000, 'a') + "\r\n\r\n";
   check_rejected(parse_response(raw_exchange(shared_server().port(), one_big)), 431, before);
+  // A long target whose line ends within the limit, with fields that take
+  // the whole past it: the fields are too large, not the target.
+  for (size_t target : {1000, 8000}) {
+    auto both = "GET /healthz?x=" + std::string(target, 'q') + " HTTP/1.1\r\nHost: x\r\nX-A: "
+                + std::string(16 * 1024 - target, 'a') + "\r\n\r\n";
+    INFO("target of " << target << " bytes");
+    check_rejected(parse_response(raw_exchange(shared_server().port(), both)), 431, before);
+  }
+}
+
+TEST_CASE("a request target with a fragment (`#`) is a 400: clients never send one",
+          "[e2e][todo][validation]") {
+  auto before = head();
+  for (std::string target : {"/healthz#x", "/todo#", "/todo?limit=1#top"}) {
+    INFO(target);
+    auto r = parse_response(
+      raw_exchange(shared_server().port(), "GET " + target + " HTTP/1.1\r\nHost: x\r\n\r\n"));
+    check_rejected(r, 400, before);
+    CHECK(r.json_body()["detail"] == "a request target has no fragment (`#`)");
+  }
+  // An encoded `#` is an ordinary character of a segment.
+  check_problem(client().get("/todo/%23"), 404);
 }
 
 TEST_CASE("a query parameter given twice is a 400 naming it; an encoded slash in a path is "
@@ -1380,6 +1402,31 @@ TEST_CASE("OPTIONS answers a path's methods in Allow; a 405's Allow names only m
   auto t = client().request("DELETE", "/todo/" + random_uuid(), std::nullopt);
   check_problem(t, 405);
   CHECK(t.header("Allow") == "GET, HEAD, OPTIONS");
+  // `OPTIONS *`: the server's own methods; `*` names nothing else.
+  auto server = parse_response(raw_exchange(shared_server().port(),
+                                            "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n"));
+  CHECK(server.status == 204);
+  CHECK(server.header("Allow") == "POST, PUT, GET, HEAD, OPTIONS");
+  check_problem(parse_response(raw_exchange(shared_server().port(),
+                                            "GET * HTTP/1.1\r\nHost: x\r\n\r\n")),
+                400);
+}
+
+TEST_CASE("a method HTTP does not define is a 501 on any path; method names are case-sensitive",
+          "[e2e][todo][routes]") {
+  auto before = head();
+  for (std::string method : {"FOO", "get", "Post"}) {
+    INFO(method);
+    for (std::string path : {"/todo", "/healthz", "/no/such/route"}) {
+      auto r = parse_response(raw_exchange(shared_server().port(),
+                                           method + " " + path + " HTTP/1.1\r\nHost: x\r\n"
+                                             "Content-Length: 2\r\n\r\n{}"));
+      check_rejected(r, 501, before);
+      CHECK(r.json_body()["detail"] == "method `" + method + "` is not implemented");
+    }
+  }
+  // A method HTTP defines that a path does not serve stays a 405.
+  check_problem(client().request("DELETE", "/healthz", std::nullopt), 405);
 }
 
 TEST_CASE("a request target in absolute form is served like its origin form",
@@ -1823,6 +1870,21 @@ TEST_CASE("a history longer than a page (1000 events) is sent in chunks, page by
   CHECK(head.status == 200);
   CHECK(head.header("Transfer-Encoding").value_or("") == "chunked");
   CHECK(head.body.empty());
+  // HTTP/1.0 knows no chunked coding (RFC 9112 §6.1): the body is the JSON as
+  // it is, ended by the close.
+  auto old_http = raw_exchange(shared_server().port(),
+                               "GET /todo/" + c.id + "/history HTTP/1.0\r\n\r\n", 10000ms);
+  auto end_of_head = old_http.find("\r\n\r\n");
+  REQUIRE(end_of_head != std::string::npos);
+  auto old_head = old_http.substr(0, end_of_head);
+  INFO(old_head);
+  CHECK(old_http.rfind("HTTP/1.1 200 ", 0) == 0);
+  CHECK(old_head.find("Transfer-Encoding") == std::string::npos);
+  CHECK(old_head.find("Content-Length") == std::string::npos);
+  CHECK(old_head.find("Connection: close") != std::string::npos);
+  auto old_body = json::parse(old_http.substr(end_of_head + 4));
+  CHECK(old_body["items"].size() == 2301);
+  CHECK(old_body["items"].back()["version"] == 2301);
   // The connection serves the next request after a chunked answer.
   CHECK(client().get("/todo/" + c.id + "/history").json_body()["items"].size() == 2301);
   CHECK(client().get("/healthz").status == 200);

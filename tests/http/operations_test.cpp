@@ -253,7 +253,7 @@ TEST_CASE("/metrics: Prometheus text format (promtool check metrics) with the fa
   CHECK(typed);
 }
 
-TEST_CASE("/metrics: made-up HTTP methods share the method label \"other\", a 413 is counted "
+TEST_CASE("/metrics: made-up HTTP methods (501) share the method label \"other\", a 413 is counted "
           "under its route, and the log head is known from the start, before any write",
           "[http][ops][metrics]") {
   server s;
@@ -261,11 +261,11 @@ TEST_CASE("/metrics: made-up HTTP methods share the method label \"other\", a 41
     http_client c{s.port()};
     create_todos(s.port(), 1, 3, "head");
     for (int i = 0; i < 50; ++i)
-      REQUIRE(c.request("MADEUP" + std::to_string(i), "/todo").status == 405);
+      REQUIRE(c.request("MADEUP" + std::to_string(i), "/todo").status == 501);
     REQUIRE(c.request("PATCH", "/todo").status == 405);
     auto m = parse_prometheus(c.get("/metrics").body);
     CHECK(m.value("eventsd_http_requests_total",
-                  {{"method", "other"}, {"route", "method-not-allowed"}, {"status", "405"}})
+                  {{"method", "other"}, {"route", "method-not-implemented"}, {"status", "501"}})
           == 50);
     CHECK(m.value("eventsd_http_requests_total",
                   {{"method", "PATCH"}, {"route", "method-not-allowed"}, {"status", "405"}})

@@ -869,9 +869,27 @@ private:
     do_read();
   }
 
+  /// Closes the connection after the last answer: FIN first, then what the
+  /// client still sends (the rest of a refused body, say) is read and
+  /// dropped until it closes too, for at most 2 s and 4 MiB. Closing a
+  /// socket with unread bytes sends a reset, which can destroy the answer
+  /// before the client has read it (RFC 9112 §9.6).
   void do_close() {
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    if (ec)
+      return;
+    stream_.expires_after(std::chrono::seconds{2});
+    linger(4 * 1024 * 1024);
+  }
+
+  void linger(size_t budget) {
+    buffer_.consume(buffer_.size());
+    stream_.async_read_some(buffer_.prepare(4096),
+                            [self = shared_from_this(), budget](beast::error_code ec, size_t n) {
+                              if (!ec && n < budget)
+                                self->linger(budget - n);
+                            });
   }
 
   /// The routed request read last has been answered (or never will be).

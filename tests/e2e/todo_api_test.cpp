@@ -8,11 +8,18 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <exception>
 #include <mutex>
 #include <set>
 #include <stdexcept>
 #include <thread>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 
 using namespace eventsd::e2e;
 using namespace std::chrono_literals;
@@ -1176,6 +1183,61 @@ TEST_CASE("a body of exactly 65536 bytes is accepted and 65537 bytes is a 413",
   auto end_of_head = head_raw.find("\r\n\r\n");
   REQUIRE(end_of_head != std::string::npos);
   CHECK(head_raw.size() == end_of_head + 4);
+}
+
+TEST_CASE("after a 413 the rest of the body is read and dropped before the close, so the "
+          "client gets the answer and a clean end of stream, not a reset",
+          "[e2e][todo][validation]") {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  REQUIRE(fd >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(shared_server().port());
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  timeval tv{5, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  auto send_all = [&](const std::string& bytes) {
+    size_t sent = 0;
+    while (sent < bytes.size()) {
+      auto n = ::send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL);
+      if (n <= 0)
+        return false;
+      sent += static_cast<size_t>(n);
+    }
+    return true;
+  };
+  // A body declared far over the limit, sent with the header as a client
+  // that does not wait for an answer would: the 413 comes after the header,
+  // and most of this megabyte is still unread when it does.
+  CHECK(send_all("POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 "Content-Length: 3000000\r\n\r\n"
+                 + std::string(1024 * 1024, 'x')));
+  std::string in;
+  char buf[4096];
+  auto whole_answer = [&] { // the head, and as many body bytes as it declares
+    auto end = in.find("\r\n\r\n");
+    auto length = in.find("Content-Length: ");
+    return end != std::string::npos && length != std::string::npos && length < end
+           && in.size() >= end + 4 + std::stoul(in.substr(length + 16));
+  };
+  while (!whole_answer()) {
+    auto n = ::recv(fd, buf, sizeof buf, 0);
+    REQUIRE(n > 0);
+    in.append(buf, static_cast<size_t>(n));
+  }
+  check_problem(parse_response(in), 413);
+  // The client goes on sending the rest, then ends its side.
+  CHECK(send_all(std::string(1024 * 1024, 'x')));
+  ::shutdown(fd, SHUT_WR);
+  // What follows the answer is a clean end of stream, not ECONNRESET.
+  ssize_t n = 0;
+  while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) {
+  }
+  int err = errno;
+  ::close(fd);
+  INFO("recv: " << n << " " << (n < 0 ? std::strerror(err) : ""));
+  CHECK(n == 0);
 }
 
 TEST_CASE("a request target longer than the 16 KiB header limit is a 414, header fields past it "

@@ -1177,32 +1177,18 @@ std::string router::pattern_of(const std::string& method, std::string_view targe
 }
 
 std::string router::handle(incoming req, responder respond) {
-  // `OPTIONS *` asks about the server itself (RFC 9110 §9.3.7): every method
-  // it serves somewhere.
+  std::vector<std::string> best_params, allowed;
   if (req.target == "*") {
+    // `OPTIONS *` asks about the server itself (RFC 9110 §9.3.7): every
+    // method it serves somewhere.
     if (req.method != "OPTIONS") {
       respond(problem(400, "the request target `*` is for OPTIONS only"));
       return "unmatched";
     }
-    std::vector<std::string> methods;
     for (auto& r : routes_)
-      if (std::find(methods.begin(), methods.end(), r.method) == methods.end())
-        methods.push_back(r.method);
-    methods.insert(std::find(methods.begin(), methods.end(), "GET") + 1, "HEAD");
-    methods.push_back("OPTIONS");
-    std::string allow;
-    for (auto& m : methods)
-      allow += (allow.empty() ? "" : ", ") + m;
-    reply r;
-    r.status = 204;
-    r.content_type.clear();
-    r.header("Allow", allow);
-    respond(std::move(r));
-    return "options";
-  }
-  std::vector<std::string> best_params, allowed;
-  const route* best = find(req.method, req.path, best_params, allowed);
-  if (best) {
+      if (std::find(allowed.begin(), allowed.end(), r.method) == allowed.end())
+        allowed.push_back(r.method);
+  } else if (const route* best = find(req.method, req.path, best_params, allowed)) {
     best->fn(req, best_params, respond);
     return best->pattern;
   }

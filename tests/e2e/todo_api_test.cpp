@@ -1367,6 +1367,20 @@ TEST_CASE("HTTP/1.1 framing rules: no Host is a 400, an unknown transfer coding 
   check_write(identity, 201);
 }
 
+namespace {
+
+/// A `POST /todo` whose `Expect` field is `expect`, sent raw: the header, then
+/// `sent_body` (empty as a client waiting for 100 Continue sends it; the
+/// declared length is `body`'s).
+std::string expecting(const std::string& version, const std::string& expect,
+                      const std::string& body, const std::string& sent_body) {
+  return "POST /todo HTTP/" + version + "\r\nHost: x\r\nContent-Type: application/json\r\n"
+         + "Expect: " + expect + "\r\nContent-Length: " + std::to_string(body.size())
+         + "\r\n\r\n" + sent_body;
+}
+
+} // namespace
+
 TEST_CASE("a request with Expect: 100-continue gets 100 Continue before its body is sent, "
           "then its answer",
           "[e2e][todo][validation]") {
@@ -1388,11 +1402,8 @@ TEST_CASE("a request with Expect: 100-continue gets 100 Continue before its body
   check_write(final_answer, 201);
   CHECK(head() == before + 1);
   // HTTP/1.0 knows no interim answers: the expectation is ignored.
-  auto old_http = raw_exchange(shared_server().port(),
-                               "POST /todo HTTP/1.0\r\nContent-Type: application/json\r\n"
-                               "Expect: 100-continue\r\nContent-Length: "
-                                 + std::to_string(body.size()) + "\r\n\r\n" + body,
-                               1500ms);
+  auto old_http =
+    raw_exchange(shared_server().port(), expecting("1.0", "100-continue", body, body), 1500ms);
   INFO("HTTP/1.0 answer: " << old_http);
   CHECK(old_http.rfind("HTTP/1.1 201 ", 0) == 0);
   CHECK(head() == before + 2);
@@ -1402,12 +1413,9 @@ TEST_CASE("an expectation other than 100-continue is refused with 417 before any
           "written, and the connection closes",
           "[e2e][todo][validation]") {
   const std::string body = R"({"description":"never written"})";
+  auto port = shared_server().port();
   auto before = head();
-  auto unknown = raw_exchange(shared_server().port(),
-                              "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                              "Expect: 200-ok\r\nContent-Length: "
-                                + std::to_string(body.size()) + "\r\n\r\n",
-                              1500ms);
+  auto unknown = raw_exchange(port, expecting("1.1", "200-ok", body, ""), 1500ms);
   INFO("answer: " << unknown);
   auto refused = parse_response(unknown);
   check_rejected(refused, 417, before);
@@ -1416,34 +1424,16 @@ TEST_CASE("an expectation other than 100-continue is refused with 417 before any
   CHECK(refused.header("Connection") == "close");
   // One unknown member in a list is enough; a list of 100-continue alone is
   // met (in any letter case), and an empty field asks for nothing.
-  auto listed = parse_response(raw_exchange(
-    shared_server().port(),
-    "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-    "Expect: 100-continue, x-fast\r\nContent-Length: " + std::to_string(body.size())
-      + "\r\n\r\n" + body,
-    1500ms));
-  check_rejected(listed, 417, before);
-  auto met = raw_exchange(shared_server().port(),
-                          "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                          "Expect: 100-Continue ,\r\nContent-Length: "
-                            + std::to_string(body.size()) + "\r\n\r\n" + body,
-                          1500ms);
+  auto listed = raw_exchange(port, expecting("1.1", "100-continue, x-fast", body, body), 1500ms);
+  check_rejected(parse_response(listed), 417, before);
+  auto met = raw_exchange(port, expecting("1.1", "100-Continue ,", body, body), 1500ms);
   INFO("answer to a listed 100-continue: " << met);
   REQUIRE(met.rfind("HTTP/1.1 100 Continue\r\n\r\n", 0) == 0);
   check_write(parse_response(met.substr(std::string{"HTTP/1.1 100 Continue\r\n\r\n"}.size())), 201);
-  auto empty = parse_response(raw_exchange(
-    shared_server().port(),
-    "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: \r\n"
-    "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body,
-    1500ms));
-  check_write(empty, 201);
+  check_write(parse_response(raw_exchange(port, expecting("1.1", "", body, body), 1500ms)), 201);
   CHECK(head() == before + 2);
   // HTTP/1.0 ignores expectations, known or not.
-  auto old_http = raw_exchange(shared_server().port(),
-                               "POST /todo HTTP/1.0\r\nContent-Type: application/json\r\n"
-                               "Expect: 200-ok\r\nContent-Length: "
-                                 + std::to_string(body.size()) + "\r\n\r\n" + body,
-                               1500ms);
+  auto old_http = raw_exchange(port, expecting("1.0", "200-ok", body, body), 1500ms);
   CHECK(old_http.rfind("HTTP/1.1 201 ", 0) == 0);
   CHECK(head() == before + 3);
 }

@@ -574,9 +574,16 @@ void server::start() {
 int server::stop(int sigterms) {
   if (!running())
     return -1;
+  const auto before = output().size();
   for (int i = 0; i < sigterms; ++i) {
-    if (i > 0)
+    if (i > 0) {
+      // A signal sent before the first was taken would merge with it.
+      auto seen = std::chrono::steady_clock::now() + 1s;
+      while (output().find("eventsd: shutting down", before) == std::string::npos
+             && std::chrono::steady_clock::now() < seen)
+        std::this_thread::sleep_for(1ms);
       std::this_thread::sleep_for(5ms);
+    }
     ::kill(pid_, SIGTERM);
   }
   int status = 0;

@@ -138,8 +138,10 @@ public:
   /// Starts the process again (same directory, same database, same args);
   /// REQUIRES: it is not running. The port changes.
   void start();
-  /// Sends SIGTERM (`sigterms` times, 5 ms apart) and waits (SIGKILL after
-  /// 5 s). Returns the exit status as from waitpid, or -1 when nothing ran.
+  /// Sends SIGTERM (`sigterms` times: each further one 5 ms after the process
+  /// said it is shutting down, so that the kernel does not merge it with the
+  /// first) and waits (SIGKILL after 5 s). Returns the exit status as from
+  /// waitpid, or -1 when nothing ran.
   int stop(int sigterms = 1);
   /// Waits up to `limit` for the process to end by itself (no signal) and
   /// reaps it; its status as from waitpid, or nullopt while it still runs.

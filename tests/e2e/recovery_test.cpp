@@ -342,7 +342,15 @@ TEST_CASE("SIGTERM under load answers every request it has read: each event in t
   std::vector<std::thread> threads;
   for (int t = 0; t < 16; ++t)
     threads.emplace_back(worker, t);
+  // Under way: at least a second, and more than 100 answers (a slow machine
+  // takes longer to get there).
   sleep_for(1000ms);
+  for (auto until = std::chrono::steady_clock::now() + 20s;
+       std::chrono::steady_clock::now() < until; sleep_for(50ms)) {
+    std::lock_guard lock{mtx};
+    if (answered.size() > 100)
+      break;
+  }
   auto status = s.stop(sigterms); // while the workers are still sending
   for (auto& t : threads)
     t.join();

@@ -1531,19 +1531,25 @@ TEST_CASE("a request that comes on an idle keep-alive connection while the drain
           "another is served and closes its connection; both are in the log",
           "[e2e][faults][shutdown]") {
   // The write in flight: a command on a todo whose activation replays
-  // 400 000 events, so the drain lasts that long.
-  server s{server_options::with_args({"--actors.snapshot-every=0"})};
+  // 400 000 events, so the drain lasts that long (under the sanitizers on a
+  // slow machine, longer than the default 5 s drain: it may take 30).
+  server s{server_options::with_args({"--actors.snapshot-every=0", "--http.drain-timeout-ms=30000"})};
   auto id = seed_long_todo(s, 400'000);
   http_client idle{s.port()};
   REQUIRE(idle.get("/healthz").status == 200);
 
   std::optional<response> in_flight;
+  std::string writer_error;
   std::thread writer{[&] {
-    http_client c{s.port()};
-    in_flight = c.put_json("/todo/change-description", {{"id", id}, {"description", "in flight"}});
+    try {
+      http_client c{s.port()};
+      in_flight = c.put_json("/todo/change-description", {{"id", id}, {"description", "in flight"}});
+    } catch (const std::exception& e) {
+      writer_error = e.what();
+    }
   }};
   std::this_thread::sleep_for(50ms); // the write is read, its activation runs
-  std::thread stopper{[&] { s.stop(); }};
+  std::thread stopper{[&] { s.stop(1, 60s); }};
   std::this_thread::sleep_for(50ms); // SIGTERM is in
   auto late = idle.post_json("/todo", {{"description", "after the drain began"}});
   stopper.join();
@@ -1552,6 +1558,7 @@ TEST_CASE("a request that comes on an idle keep-alive connection while the drain
   INFO("late request: " << late.status << " " << late.body);
   CHECK(late.status == 201);
   CHECK(late.header("Connection").value_or("") == "close");
+  INFO("request in flight failed: " << writer_error);
   REQUIRE(in_flight);
   INFO("request in flight: " << in_flight->status << " " << in_flight->body);
   CHECK(in_flight->status == 200);

@@ -571,7 +571,7 @@ void server::start() {
   }
 }
 
-int server::stop(int sigterms) {
+int server::stop(int sigterms, std::chrono::milliseconds patience) {
   if (!running())
     return -1;
   const auto before = output().size();
@@ -587,7 +587,7 @@ int server::stop(int sigterms) {
     ::kill(pid_, SIGTERM);
   }
   int status = 0;
-  auto deadline = std::chrono::steady_clock::now() + 5s;
+  auto deadline = std::chrono::steady_clock::now() + patience;
   bool reaped = false;
   while (std::chrono::steady_clock::now() < deadline) {
     auto r = ::waitpid(pid_, &status, WNOHANG);
@@ -598,7 +598,8 @@ int server::stop(int sigterms) {
     std::this_thread::sleep_for(10ms);
   }
   if (!reaped) {
-    std::cerr << "e2e: eventsd (pid " << pid_ << ") ignored SIGTERM for 5 s; sending SIGKILL\n";
+    std::cerr << "e2e: eventsd (pid " << pid_ << ") ignored SIGTERM for " << patience.count()
+              << " ms; sending SIGKILL\n";
     ::kill(pid_, SIGKILL);
     ::waitpid(pid_, &status, 0);
   }

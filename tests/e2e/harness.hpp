@@ -140,9 +140,9 @@ public:
   void start();
   /// Sends SIGTERM (`sigterms` times: each further one 5 ms after the process
   /// said it is shutting down, so that the kernel does not merge it with the
-  /// first) and waits (SIGKILL after 5 s). Returns the exit status as from
-  /// waitpid, or -1 when nothing ran.
-  int stop(int sigterms = 1);
+  /// first) and waits (SIGKILL after `patience`). Returns the exit status as
+  /// from waitpid, or -1 when nothing ran.
+  int stop(int sigterms = 1, std::chrono::milliseconds patience = std::chrono::seconds{5});
   /// Waits up to `limit` for the process to end by itself (no signal) and
   /// reaps it; its status as from waitpid, or nullopt while it still runs.
   std::optional<int> wait_exit(std::chrono::milliseconds limit);

@@ -586,29 +586,12 @@ int server::stop(int sigterms, std::chrono::milliseconds patience) {
     }
     ::kill(pid_, SIGTERM);
   }
-  int status = 0;
-  auto deadline = std::chrono::steady_clock::now() + patience;
-  bool reaped = false;
-  while (std::chrono::steady_clock::now() < deadline) {
-    auto r = ::waitpid(pid_, &status, WNOHANG);
-    if (r == pid_ || (r < 0 && errno != EINTR)) {
-      reaped = true;
-      break;
-    }
-    std::this_thread::sleep_for(10ms);
-  }
-  if (!reaped) {
-    std::cerr << "e2e: eventsd (pid " << pid_ << ") ignored SIGTERM for " << patience.count()
-              << " ms; sending SIGKILL\n";
-    ::kill(pid_, SIGKILL);
-    ::waitpid(pid_, &status, 0);
-  }
-  pid_ = -1;
-  if (pump_) {
-    previous_output_ += pump_->snapshot();
-    pump_.reset();
-  }
-  return status;
+  if (auto status = wait_exit(patience))
+    return *status;
+  std::cerr << "e2e: eventsd (pid " << pid_ << ") ignored SIGTERM for " << patience.count()
+            << " ms; sending SIGKILL\n";
+  ::kill(pid_, SIGKILL);
+  return *wait_exit(std::chrono::hours{1});
 }
 
 std::optional<int> server::wait_exit(std::chrono::milliseconds limit) {
@@ -636,13 +619,7 @@ void server::kill() {
   if (!running())
     return;
   ::kill(pid_, SIGKILL);
-  int status = 0;
-  ::waitpid(pid_, &status, 0);
-  pid_ = -1;
-  if (pump_) {
-    previous_output_ += pump_->snapshot();
-    pump_.reset();
-  }
+  wait_exit(std::chrono::hours{1});
 }
 
 void server::restart() {

@@ -33,6 +33,7 @@ int64_t now_ms() {
 struct projection_report {
   uint64_t position = 0;       ///< last applied position
   bool position_known = false; ///< read from PostgreSQL since the connection was (re)made
+  bool reached = false;        ///< read from PostgreSQL at least once since the start
   bool connected = false;
   bool diverged = false; ///< the read model is another store's or ahead of the log
   std::string last_error;
@@ -47,8 +48,8 @@ struct projection_report {
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, projection_report& x) {
-  return f(caf::meta::type_name("projection_report"), x.position, x.position_known, x.connected,
-           x.diverged, x.last_error, x.reach_failures, x.probes_answered, x.rebuilding,
+  return f(caf::meta::type_name("projection_report"), x.position, x.position_known, x.reached,
+           x.connected, x.diverged, x.last_error, x.reach_failures, x.probes_answered, x.rebuilding,
            x.rebuild_position, x.rebuilds_asked, x.rebuilds_completed);
 }
 
@@ -149,7 +150,9 @@ void clear_failure(worker_state& st) {
 void fail(worker_ptr self, const projection_error& err) {
   auto& st = self->state;
   st.now.last_error = err.detail.empty() ? to_string(err.code) : err.detail;
-  log_failure(st);
+  // A statement cut short because the server stops is no failure to report.
+  if (!(st.opts.cancel && st.opts.cancel->load()))
+    log_failure(st);
   core::metrics::instance().projection_errors.add();
   auto next = st.backoff.count() == 0 ? st.opts.retry_min : st.backoff * 2;
   st.backoff = std::min(next, st.opts.retry_max);
@@ -196,6 +199,7 @@ bool ensure_connected(worker_ptr self) {
     return unreachable(cp.error());
   now.position = *cp;
   now.position_known = true;
+  now.reached = true;
   update_metrics(self);
   clear_failure(st); // connected and bound again: earlier failures are over
   return true;
@@ -485,7 +489,7 @@ constexpr auto probe_patience = std::chrono::seconds{3};
 caf::error unreachable(const projection_report& r) {
   if (r.diverged)
     return caf::make_error(projection_errc::diverged, r.last_error);
-  if (!r.position_known && r.position == 0)
+  if (!r.reached)
     return caf::make_error(projection_errc::unavailable,
                            "PostgreSQL not reached since the start: " + r.last_error);
   return caf::make_error(projection_errc::unavailable,
@@ -558,7 +562,7 @@ projection_status status_of(const front_state& st, const projection_report& r) {
   s.mode = to_string(st.mode);
   s.position = r.position;
   // A position once seen stays a lower bound of the read model's.
-  s.position_known = r.position_known || r.position > 0;
+  s.position_known = r.position_known || r.reached;
   s.head = st.log->head();
   s.lag_ms = core::metrics::instance().projection_lag_ms();
   s.connected = r.connected;

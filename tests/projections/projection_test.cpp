@@ -189,6 +189,7 @@ public:
   fixture& operator=(const fixture&) = delete;
 
   const std::string& dsn() const { return db_.dsn; }
+  const fresh_database& db() const { return db_; }
   storage::event_log& log() { return *log_; }
   caf::actor_system& sys() { return sys_; }
 
@@ -660,6 +661,41 @@ TEST_CASE("projection: with PostgreSQL never reached a wait_atom fails as unavai
   CHECK(st.head == pos);
   CHECK(st.state == "error");
   CHECK_FALSE(st.last_error.empty());
+}
+
+TEST_CASE("projection: PostgreSQL lost after the read model was reached at position 0 is "
+          "reported with that position, not as never reached",
+          "[projections][actor][postgres]") {
+  fixture f;
+  auto p = f.spawn(projection_mode::on_demand);
+  REQUIRE(f.catch_up(p, 5000).position == 0u);
+  REQUIRE(f.stats(p).connected);
+  // No new connection to the test database from here on; the projection's is ended.
+  struct refuse_connections {
+    const fresh_database& db;
+    explicit refuse_connections(const fresh_database& d) : db(d) {
+      admin_exec(db.admin, "ALTER DATABASE " + db.name + " ALLOW_CONNECTIONS false");
+    }
+    ~refuse_connections() {
+      admin_exec(db.admin, "ALTER DATABASE " + db.name + " ALLOW_CONNECTIONS true");
+    }
+  } refused{f.db()};
+  admin_exec(f.db().admin, "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                           "WHERE datname = '" + f.db().name
+                             + "' AND application_name = 'eventsd projection'");
+  auto pos = f.append(core::make_uuid(), todo::created{"after the loss"});
+  f.notify(p);
+  auto a = f.catch_up(p, 300);
+  INFO("catch-up: " << a.rendered);
+  REQUIRE_FALSE(a.position);
+  CHECK(is_error(a.error, projection_errc::unavailable));
+  CHECK(a.rendered.find("not reached since the start") == std::string::npos);
+  CHECK(a.rendered.find("had reached position 0") != std::string::npos);
+  auto st = f.stats(p);
+  CHECK(st.position_known);
+  CHECK(st.position == 0);
+  CHECK(st.head == pos);
+  CHECK(st.state == "error");
 }
 
 // -- the read-model reader ---------------------------------------------------------

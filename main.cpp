@@ -1,5 +1,5 @@
 // eventsd: wires storage, actors, projections and the HTTP gateway, then
-// serves until SIGINT/SIGTERM.
+// serves until SIGINT, SIGTERM or SIGHUP.
 #include <filesystem>
 #include <iostream>
 #include <memory>

@@ -1006,13 +1006,13 @@ struct server::impl {
   std::vector<std::thread> threads;
   actors::position_listener_actor head_listener;
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
-  // SIGINT/SIGTERM, also while the server stops (wait_for_signal).
+  // SIGINT/SIGTERM/SIGHUP, also while the server stops (wait_for_signal).
   net::io_context signal_ioc;
   std::optional<net::signal_set> signals;
   std::function<void(beast::error_code, int)> late_signal;
   std::thread signal_thread;
   mutable std::mutex failure_mtx;
-  bool signalled = false; // the first SIGINT/SIGTERM (or stop_for) came
+  bool signalled = false; // the first SIGINT/SIGTERM/SIGHUP (or stop_for) came
   std::string failure;
 
   explicit impl(services& s)
@@ -1030,9 +1030,10 @@ server::~server() {
   if (d.signals) {
     // Stopping: the rest of it (the actor system, the store's close) is not
     // to be cut short by a signal now that no handler is left to catch it.
-    d.signals.reset(); // gives SIGINT/SIGTERM back their default action
+    d.signals.reset(); // gives the signals back their default action
     std::signal(SIGINT, SIG_IGN);
     std::signal(SIGTERM, SIG_IGN);
+    std::signal(SIGHUP, SIG_IGN);
   }
 }
 
@@ -1127,7 +1128,10 @@ void server::stop() {
 
 void server::wait_for_signal() {
   auto& d = *impl_;
-  d.signals.emplace(d.signal_ioc, SIGINT, SIGTERM);
+  // SIGHUP (a closed terminal, a supervisor's "reload") stops the server like
+  // SIGTERM: eventsd has nothing to reload, and its default action would end
+  // the process with writes appended but never answered.
+  d.signals.emplace(d.signal_ioc, SIGINT, SIGTERM, SIGHUP);
   d.signals->async_wait([&d](beast::error_code, int) { d.signal_ioc.stop(); });
   d.signal_ioc.run();
   {

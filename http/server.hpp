@@ -24,7 +24,7 @@ public:
   /// Stops accepting, closes connections and joins the io threads.
   void stop();
 
-  /// Blocks until a SIGINT/SIGTERM arrives or stop_for() is called.
+  /// Blocks until a SIGINT, SIGTERM or SIGHUP arrives or stop_for() is called.
   void wait_for_signal();
 
   /// Makes wait_for_signal() return as a signal would, because a part of the

@@ -36,7 +36,7 @@ struct http_options {
   size_t body_limit = 64 * 1024;
   std::chrono::milliseconds read_timeout{30'000};
   std::chrono::milliseconds request_timeout{60'000};
-  /// On SIGTERM/SIGINT, the longest wait for requests already read to be answered.
+  /// On SIGTERM/SIGINT/SIGHUP, the longest wait for requests already read to be answered.
   std::chrono::milliseconds drain_timeout{5'000};
   std::string admin_token;
   std::string static_dir;

@@ -571,11 +571,11 @@ void server::start() {
   }
 }
 
-int server::stop(int sigterms, std::chrono::milliseconds patience) {
+int server::stop(int count, std::chrono::milliseconds patience, int signal) {
   if (!running())
     return -1;
   const auto before = output().size();
-  for (int i = 0; i < sigterms; ++i) {
+  for (int i = 0; i < count; ++i) {
     if (i > 0) {
       // A signal sent before the first was taken would merge with it.
       auto seen = std::chrono::steady_clock::now() + 1s;
@@ -584,11 +584,12 @@ int server::stop(int sigterms, std::chrono::milliseconds patience) {
         std::this_thread::sleep_for(1ms);
       std::this_thread::sleep_for(5ms);
     }
-    ::kill(pid_, SIGTERM);
+    ::kill(pid_, signal);
   }
   if (auto status = wait_exit(patience))
     return *status;
-  std::cerr << "e2e: eventsd (pid " << pid_ << ") ignored SIGTERM for " << patience.count()
+  std::cerr << "e2e: eventsd (pid " << pid_ << ") ignored signal " << signal << " for "
+            << patience.count()
             << " ms; sending SIGKILL\n";
   ::kill(pid_, SIGKILL);
   return *wait_exit(std::chrono::hours{1});

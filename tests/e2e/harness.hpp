@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -138,11 +139,12 @@ public:
   /// Starts the process again (same directory, same database, same args);
   /// REQUIRES: it is not running. The port changes.
   void start();
-  /// Sends SIGTERM (`sigterms` times: each further one 5 ms after the process
+  /// Sends `signal` (`count` times: each further one 5 ms after the process
   /// said it is shutting down, so that the kernel does not merge it with the
   /// first) and waits (SIGKILL after `patience`). Returns the exit status as
   /// from waitpid, or -1 when nothing ran.
-  int stop(int sigterms = 1, std::chrono::milliseconds patience = std::chrono::seconds{5});
+  int stop(int count = 1, std::chrono::milliseconds patience = std::chrono::seconds{5},
+           int signal = SIGTERM);
   /// Waits up to `limit` for the process to end by itself (no signal) and
   /// reaps it; its status as from waitpid, or nullopt while it still runs.
   std::optional<int> wait_exit(std::chrono::milliseconds limit);

@@ -311,12 +311,12 @@ TEST_CASE("aggregates evicted, passivated and recovered from snapshots keep vers
   CHECK(ack_of(r2).version == 8);
 }
 
-TEST_CASE("SIGTERM under load answers every request it has read: each event in the log was "
-          "answered 2xx, each 2xx is in the log, and the process exits 0, also when a second "
-          "SIGTERM follows at once",
+TEST_CASE("SIGTERM (or SIGHUP) under load answers every request it has read: each event in the "
+          "log was answered 2xx, each 2xx is in the log, and the process exits 0, also when a "
+          "second SIGTERM follows at once",
           "[e2e][recovery][shutdown]") {
-  auto sigterms = GENERATE(1, 2);
-  INFO(sigterms << " SIGTERM(s)");
+  auto [signal, sigterms] = GENERATE(table<int, int>({{SIGTERM, 1}, {SIGTERM, 2}, {SIGHUP, 1}}));
+  INFO(sigterms << " × signal " << signal);
   server s;
   std::mutex mtx;
   std::set<std::string> answered;
@@ -351,7 +351,7 @@ TEST_CASE("SIGTERM under load answers every request it has read: each event in t
     if (answered.size() > 100)
       break;
   }
-  auto status = s.stop(sigterms); // while the workers are still sending
+  auto status = s.stop(sigterms, 5s, signal); // while the workers are still sending
   for (auto& t : threads)
     t.join();
   CHECK(WIFEXITED(status));

@@ -8,6 +8,8 @@
 #include <algorithm>
 
 #include <caf/config_option_adder.hpp>
+#include <arpa/inet.h>
+#include <libpq-fe.h>
 
 namespace eventsd::config {
 
@@ -24,7 +26,7 @@ options::options() {
          "longest wait for the server's own answer to a request before it answers 503 "
          "(default 60000; above the longest waitMs of 30000)")
     .add(http_drain_timeout_ms, "drain-timeout-ms",
-         "on SIGTERM/SIGINT, the longest wait for requests already read to be answered "
+         "on SIGTERM/SIGINT/SIGHUP, the longest wait for requests already read to be answered "
          "(default 5000)")
     .add(http_sse_heartbeat_ms, "sse-heartbeat-ms", "SSE heartbeat interval (default 15000)")
     .add(http_sse_max_lag, "sse-max-lag",
@@ -87,6 +89,79 @@ std::optional<std::string> on_command_line(int argc, char** argv, const std::str
   return std::nullopt;
 }
 
+std::string str(caf::string_view v) { return std::string{v.data(), v.size()}; }
+
+/// The environment variable of option `group.name`: EVENTSD_GROUP_NAME, with
+/// `-` as `_` (`--http.read-timeout-ms` is EVENTSD_HTTP_READ_TIMEOUT_MS).
+std::string env_name(const caf::config_option& o) {
+  std::string n = "EVENTSD_" + str(o.category()) + "_" + str(o.long_name());
+  for (auto& c : n)
+    c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return n;
+}
+
+/// Whether `o` is one of eventsd's options that the environment may set
+/// (`--rebuild` is a command, not a setting).
+bool settable_from_env(const caf::config_option& o) {
+  return is_our_group(str(o.category())) && str(o.category()) != "global";
+}
+
+/// Why CAF could not read `text` as a value of option `o`, in words (CAF's
+/// own message is a parser_error tuple).
+std::string why_not(const caf::config_option& o, std::string_view text, const caf::error& err) {
+  auto type = str(o.type_name());
+  bool whole = type.rfind("uint", 0) == 0;
+  if (text.empty())
+    return "needs a value";
+  if (whole && err.category() == caf::atom("parser")
+      && static_cast<caf::pec>(err.code()) == caf::pec::integer_overflow)
+    return type == "uint16" ? "too large (at most 65535)" : "too large";
+  return whole ? "not a whole number of 0 or more" : "not a " + type;
+}
+
+/// `err` from reading a config file, in words: where and what.
+std::string file_error(const caf::error& err) {
+  if (err.category() != caf::atom("parser"))
+    return caf::to_string(err);
+  std::string where;
+  auto& ctx = err.context();
+  if (ctx.size() == 1 && ctx.match_element<caf::config_value::dictionary>(0)) {
+    auto& d = ctx.get_as<caf::config_value::dictionary>(0);
+    auto number = [&](const char* key) -> std::string {
+      auto i = d.find(key);
+      if (i == d.end())
+        return "?";
+      if (auto* n = caf::get_if<caf::config_value::integer>(&i->second))
+        return std::to_string(*n);
+      return "?";
+    };
+    where = "line " + number("line") + ", column " + number("column") + ": ";
+  }
+  auto code = static_cast<caf::pec>(err.code());
+  std::string what = caf::to_string(code);
+  for (auto& c : what)
+    c = c == '_' ? ' ' : c;
+  if (code == caf::pec::unexpected_character)
+    what += " (text values need quotes: mode = \"eventual\")";
+  return where + what;
+}
+
+/// Why libpq cannot read `dsn`, or nothing when it can (the DSN itself is
+/// not repeated: it may hold a password).
+std::optional<std::string> dsn_error(const std::string& dsn) {
+  char* err = nullptr;
+  PQconninfoOption* parsed = PQconninfoParse(dsn.c_str(), &err);
+  if (parsed != nullptr) {
+    PQconninfoFree(parsed);
+    return std::nullopt;
+  }
+  std::string why = err ? err : "out of memory";
+  PQfreemem(err);
+  while (!why.empty() && (why.back() == '\n' || why.back() == ' '))
+    why.pop_back();
+  return why;
+}
+
 struct bound {
   const char* name;
   size_t value;
@@ -98,7 +173,6 @@ struct bound {
 } // namespace
 
 std::optional<std::string> parse(options& opts, int argc, char** argv) {
-  bool dsn_on_command_line = false;
   bool file_named = false;
   std::string file = "config/eventsd.conf";
   for (int i = 1; i < argc; ++i) {
@@ -107,10 +181,11 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
       // Every option of ours with its default, to stdout; nothing else runs.
       std::cout << "usage: eventsd [--group.option=value ...]\n\n"
                    "Options come from the command line, then the environment\n"
-                   "(EVENTSD_POSTGRES_DSN for --postgres.dsn), then the config file\n"
-                   "(--config-file=PATH, default config/eventsd.conf in the working\n"
-                   "directory, which describes every option), then the defaults below.\n";
-      auto str = [](caf::string_view v) { return std::string{v.data(), v.size()}; };
+                   "(EVENTSD_GROUP_OPTION: EVENTSD_POSTGRES_DSN for --postgres.dsn,\n"
+                   "EVENTSD_HTTP_READ_TIMEOUT_MS for --http.read-timeout-ms), then the\n"
+                   "config file (--config-file=PATH, default config/eventsd.conf in the\n"
+                   "working directory, which describes every option), then the defaults\n"
+                   "below.\n";
       std::string group;
       for (const auto& o : opts.custom_options()) {
         auto category = str(o.category());
@@ -131,8 +206,6 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
       opts.cli_helptext_printed = true;
       return std::nullopt;
     }
-    if (a.rfind("--postgres.dsn", 0) == 0)
-      dsn_on_command_line = true;
     if (a.rfind("--config-file=", 0) == 0) {
       file = std::string{a.substr(14)};
       file_named = true;
@@ -151,7 +224,7 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
     // the server instead of being ignored.
     auto raw = caf::actor_system_config::parse_config_file(file.c_str());
     if (!raw)
-      return "invalid config file " + file + ": " + caf::to_string(raw.error());
+      return "invalid config file " + file + ": " + file_error(raw.error());
     for (auto& [category, entries] : *raw) {
       auto* group = caf::get_if<caf::config_value::dictionary>(&entries);
       if (group == nullptr)
@@ -195,16 +268,50 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
       return "unknown option " + std::string{a} + " (eventsd --help lists them)";
     if (eq == std::string_view::npos && !option->is_flag())
       return "option " + std::string{a} + " needs a value: " + std::string{a} + "=...";
+    if (eq != std::string_view::npos && !option->is_flag()) {
+      auto text = a.substr(eq + 1);
+      auto parsed = option->parse({text.data(), text.size()});
+      if (!parsed || text.empty())
+        return "invalid " + std::string{a} + ": "
+               + why_not(*option, text, parsed ? caf::error{} : parsed.error());
+    }
   }
   if (auto err = opts.parse(argc, argv, has_file ? file.c_str() : "/dev/null"))
     return "invalid configuration: " + caf::to_string(err);
   if (!opts.remainder.empty())
     return "unknown argument: " + opts.remainder.front();
-  if (!dsn_on_command_line)
-    if (const char* env = std::getenv("EVENTSD_POSTGRES_DSN"); env && *env)
-      opts.postgres_dsn = env;
+  // The environment, for each option of ours the command line leaves out.
+  std::vector<std::pair<std::string, std::string>> from_env; // option name, variable
+  for (const auto& o : opts.custom_options()) {
+    if (!settable_from_env(o) || on_command_line(argc, argv, str(o.full_name())))
+      continue;
+    auto var = env_name(o);
+    const char* value = std::getenv(var.c_str());
+    if (value == nullptr || *value == '\0')
+      continue;
+    if (auto parsed = o.parse(value); !parsed)
+      return "invalid " + var + "=" + value + ": " + why_not(o, value, parsed.error());
+    from_env.emplace_back(str(o.full_name()), std::move(var));
+  }
+  auto env_of = [&](const std::string& name) -> std::optional<std::string> {
+    for (auto& [option, var] : from_env)
+      if (option == name)
+        return var;
+    return std::nullopt;
+  };
+  {
+    in6_addr ip;
+    auto& a = opts.http_address;
+    if (a != "localhost" && inet_pton(AF_INET, a.c_str(), &ip) != 1
+        && inet_pton(AF_INET6, a.c_str(), &ip) != 1)
+      return "invalid --http.address `" + a + "`: not an IPv4 or IPv6 address (nor localhost)";
+  }
   if (opts.postgres_dsn.empty())
     return "no PostgreSQL DSN: pass --postgres.dsn=... or set EVENTSD_POSTGRES_DSN";
+  if (auto why = dsn_error(opts.postgres_dsn))
+    return "invalid --postgres.dsn"
+           + (env_of("postgres.dsn") ? " (from EVENTSD_POSTGRES_DSN)" : std::string{}) + ": "
+           + *why;
   // Each number within what makes sense: a timeout of 0 answers nothing, a
   // heartbeat of 0 floods, a retention in the trillions overflows.
   constexpr size_t day_ms = 24 * 3600 * 1000;
@@ -223,7 +330,8 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
     {"storage.idempotency-retention-s", opts.storage_idempotency_retention_s, 24 * 3600,
      10 * 366 * 24 * 3600, "s (1 day .. 10 years)"},
     {"postgres.readers", opts.postgres_readers, 1, 256, ""},
-    {"postgres.query-timeout-ms", opts.postgres_query_timeout_ms, 0, day_ms, "ms (0 = forever)"},
+    {"postgres.query-timeout-ms", opts.postgres_query_timeout_ms == 0 ? 100 : opts.postgres_query_timeout_ms,
+     100, day_ms, "ms, or 0 = forever"},
     {"projection.uow-timeout-ms", opts.projection_uow_timeout_ms, 1, 3600 * 1000, "ms"},
     {"projection.interval-ms", opts.projection_interval_ms, 1, day_ms, "ms"},
     {"projection.batch-size", opts.projection_batch_size, 1, 1'000'000, "events"},
@@ -239,10 +347,14 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
   for (auto& b : bounds) {
     if (b.value >= b.min && b.value <= b.max)
       continue;
-    // Not on the command line: the config file's (the defaults are in range).
+    // Not on the command line: the environment's or the config file's (the
+    // defaults are in range).
     auto given = on_command_line(argc, argv, b.name);
+    auto var = env_of(b.name);
     return "invalid --" + std::string{b.name} + " "
-           + (given ? *given : std::to_string(b.value) + " (config file " + file + ")")
+           + (given ? *given
+                    : std::to_string(b.value)
+                        + (var ? " (" + *var + ")" : " (config file " + file + ")"))
            + ": expected " + std::to_string(b.min) + ".." + std::to_string(b.max)
            + (*b.unit != '\0' ? " " + std::string{b.unit} : std::string{});
   }

@@ -1,7 +1,7 @@
 // eventsd's options, read through CAF's config system: command line
 // (`--group.name=value`), the config file (`config/eventsd.conf` by
 // default, `--config-file=PATH` to change) and the environment
-// (`EVENTSD_POSTGRES_DSN`). Defaults and meanings are in config/eventsd.conf.
+// (`EVENTSD_<GROUP>_<NAME>`). Defaults and meanings are in config/eventsd.conf.
 //
 // Thread-safety: filled once in `main` before anything starts.
 #pragma once
@@ -69,8 +69,9 @@ public:
 };
 
 /// Parses `argv`; on a bad value returns a one-line reason (the caller
-/// exits with code 2). Applies `EVENTSD_POSTGRES_DSN` when the command line
-/// gives no `--postgres.dsn`. An empty optional means "parsed fine".
+/// exits with code 2). An option the command line leaves out is taken from
+/// the environment (`EVENTSD_HTTP_PORT` for `--http.port`, `-` as `_`), then
+/// from the config file. An empty optional means "parsed fine".
 std::optional<std::string> parse(options& opts, int argc, char** argv);
 
 } // namespace eventsd::config

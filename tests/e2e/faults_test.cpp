@@ -884,7 +884,12 @@ TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reas
   };
   std::vector<bad> cases{
     {{"--http.port=eighty"}, "--http.port=eighty"},
-    {{"--http.port=70000"}, "--http.port=70000"},
+    {{"--http.port=70000"}, "--http.port=70000: too large (at most 65535)"},
+    {{"--storage.dir="}, "--storage.dir=: needs a value"},
+    {{"--http.address=999.1.1.1"}, "--http.address `999.1.1.1`: not an IPv4 or IPv6 address"},
+    // libpq's own syntax check, without repeating the DSN (it may hold a password).
+    {{"--postgres.dsn=hots=127.0.0.1 password=secret"}, "invalid connection option \"hots\""},
+    {{"--postgres.query-timeout-ms=1"}, "--postgres.query-timeout-ms 1"},
     {{"--http.threads=0"}, "--http.threads"},
     {{"--http.threads=-1"}, "--http.threads=-1"},
     {{"--storage.sync=maybe"}, "--storage.sync"},
@@ -921,6 +926,8 @@ TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reas
     CHECK(one_line(r.output));
     CHECK(r.output.rfind("eventsd: ", 0) == 0);
     CHECK(r.output.find(c.names) != std::string::npos);
+    CHECK(r.output.find("parser_error") == std::string::npos); // words, not CAF's tuples
+    CHECK(r.output.find("secret") == std::string::npos);
     CHECK_FALSE(std::filesystem::exists(dir));
   }
   // No DSN anywhere (command line or EVENTSD_POSTGRES_DSN) is a bad configuration too.
@@ -962,7 +969,7 @@ TEST_CASE("a bad value in the config file stops eventsd with exit code 2 and a o
   for (std::string body :
        {"[http]\nthreads=\"many\"\n", "[projection]\nbatch-size=-3\n",
         "[http]\nprot=9000\n" /* a misspelt option */, "[htp]\nport=9000\n" /* section */,
-        "[http]\nread-timeout-ms=0\n"}) {
+        "[http]\nread-timeout-ms=0\n", "[projection]\nmode=eventual\n" /* no quotes */}) {
     {
       std::ofstream out{conf};
       out << body;
@@ -976,6 +983,7 @@ TEST_CASE("a bad value in the config file stops eventsd with exit code 2 and a o
     CHECK(r.exit_code() == 2);
     CHECK(one_line(r.output));
     CHECK(r.output.find(conf) != std::string::npos);
+    CHECK(r.output.find("parser_error") == std::string::npos);
   }
   // A config file named on the command line must be one.
   for (auto named : {d.path(), d.path() + "/missing.conf"}) {
@@ -987,6 +995,57 @@ TEST_CASE("a bad value in the config file stops eventsd with exit code 2 and a o
     CHECK(one_line(r.output));
     CHECK(r.output.find(named) != std::string::npos);
   }
+}
+
+TEST_CASE("every option can come from EVENTSD_<GROUP>_<NAME> when the command line leaves it "
+          "out; a bad value there stops eventsd with exit code 2 naming the variable",
+          "[e2e][faults][startup]") {
+  auto bin = eventsd_binary();
+  temp_dir d{"eventsd-faults-env-"};
+  auto dir = d.path() + "/data";
+  struct scoped_env {
+    std::string name;
+    scoped_env(std::string n, const std::string& value) : name(std::move(n)) {
+      ::setenv(name.c_str(), value.c_str(), 1);
+    }
+    ~scoped_env() { ::unsetenv(name.c_str()); }
+  };
+  auto run = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args{bin, "--storage.dir=" + dir, "--postgres.dsn=" + unreachable_dsn};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_command(args, 20s, d.path(), {}, "listening on");
+  };
+  {
+    scoped_env threads{"EVENTSD_HTTP_THREADS", "0"};
+    auto r = run({"--http.port=0"});
+    INFO("exit " << r.exit_code() << ": " << r.output);
+    CHECK(r.exit_code() == 2);
+    CHECK(one_line(r.output));
+    CHECK(r.output.find("--http.threads 0 (EVENTSD_HTTP_THREADS)") != std::string::npos);
+  }
+  {
+    scoped_env port{"EVENTSD_HTTP_PORT", "eighty"};
+    auto r = run({});
+    INFO("exit " << r.exit_code() << ": " << r.output);
+    CHECK(r.exit_code() == 2);
+    CHECK(r.output.find("invalid EVENTSD_HTTP_PORT=eighty") != std::string::npos);
+    // The command line wins over the environment.
+    auto ok = run({"--http.port=0"});
+    INFO("exit " << ok.exit_code() << ": " << ok.output);
+    CHECK(ok.output.find("listening on") != std::string::npos);
+  }
+  {
+    // A free port, taken from the environment; `-` in a name is `_`.
+    auto port = std::to_string(free_port());
+    scoped_env p{"EVENTSD_HTTP_PORT", port};
+    scoped_env mode{"EVENTSD_PROJECTION_MODE", "on-demand"};
+    scoped_env timeout{"EVENTSD_HTTP_DRAIN_TIMEOUT_MS", "100"};
+    auto r = run({});
+    INFO("exit " << r.exit_code() << ": " << r.output);
+    CHECK(r.output.find("listening on http://127.0.0.1:" + port + " (mode on-demand")
+          != std::string::npos);
+  }
+  CHECK(std::filesystem::exists(dir)); // the last runs started
 }
 
 TEST_CASE("an exception that ends the log writer stops the server: the write it held is "

@@ -72,6 +72,18 @@ constexpr size_t max_reserve = 1024;
 constexpr const char* events_family = "events";
 constexpr const char* event_ids_family = "event_ids";
 
+/// `st` as clients are told it: without the context RocksDB adds after the
+/// reason ("While appending to file: <path>"), which names files of the
+/// server's disk. The log keeps the whole status.
+std::string public_reason(const rocksdb::Status& st) {
+  auto text = st.ToString();
+  if (auto at = text.find(": While "); at != std::string::npos)
+    text.resize(at);
+  if (auto path = text.find(": /"); path != std::string::npos)
+    text.resize(path);
+  return text;
+}
+
 rocksdb::Slice as_slice(std::string_view s) {
   return rocksdb::Slice{s.data(), s.size()};
 }
@@ -187,11 +199,23 @@ struct event_log::impl {
   /// steady_clock nanoseconds of the last failed write (or resume); 0: none.
   std::atomic<int64_t> last_failure_ns{0};
   /// A write failed: the store needs a resume, and the time is recorded.
-  void note_write_failure() {
+  /// The first failure after the store was writable is logged (with the
+  /// file it concerns, which clients are not told).
+  /// REQUIRES: `write_mutex` held.
+  void note_write_failure(const rocksdb::Status& why) {
     last_failure_ns.store(std::chrono::steady_clock::now().time_since_epoch().count(),
                           std::memory_order_relaxed);
     needs_resume.store(true, std::memory_order_release);
+    if (unwritable_logged)
+      return;
+    unwritable_logged = true;
+    std::fprintf(stderr,
+                 "eventsd: event store not writable (writes answer 503, reads go on; each "
+                 "write retries): %s\n",
+                 why.ToString().c_str());
   }
+  /// The failure above was logged and not yet its end (under `write_mutex`).
+  bool unwritable_logged = false;
   /// steady_clock nanoseconds when the write in progress began; 0: none.
   std::atomic<int64_t> write_began_ns{0};
 
@@ -208,11 +232,16 @@ struct event_log::impl {
     // Cleared first: a write failing on another thread meanwhile sets it again.
     needs_resume.store(false, std::memory_order_release);
     if (auto st = db->Resume(); !st.ok()) {
-      note_write_failure();
+      note_write_failure(st);
       return st;
     }
     if (auto last = last_position(); last && *last > head.load())
       head.store(*last, std::memory_order_release);
+    if (unwritable_logged) {
+      unwritable_logged = false;
+      std::fprintf(stderr, "eventsd: event store writable again (head at position %llu)\n",
+                   static_cast<unsigned long long>(head.load()));
+    }
     return rocksdb::Status::OK();
   }
   /// Heads of streams appended to since the last failed write, so that an
@@ -380,9 +409,22 @@ public:
   void Logv(const char* format, va_list ap) override {
     std::lock_guard<std::mutex> guard{mtx_};
     if (opened_) {
+      // A fault that lasts (a full disk) makes RocksDB repeat the same
+      // warning many times a second: each kind of line (its format) is said
+      // at most once a minute, with how many were left out.
+      auto now = std::chrono::steady_clock::now();
+      auto& seen = said_[format];
+      if (seen.count > 0 && now - seen.at < std::chrono::minutes{1}) {
+        ++seen.left_out;
+        return;
+      }
       std::fputs("eventsd: rocksdb: ", stderr);
       std::vfprintf(stderr, format, ap);
+      if (seen.left_out > 0)
+        std::fprintf(stderr, " (and %llu more like it in the last minute, not shown)",
+                     static_cast<unsigned long long>(seen.left_out));
       std::fputc('\n', stderr);
+      seen = {now, seen.count + 1, 0};
       return;
     }
     // Held until the open succeeds (a failure is reported by `open` in one
@@ -403,9 +445,15 @@ public:
   }
 
 private:
+  struct said {
+    std::chrono::steady_clock::time_point at; ///< when this kind was last shown
+    uint64_t count = 0;                       ///< times shown
+    uint64_t left_out = 0;                    ///< not shown since
+  };
   std::mutex mtx_;
   bool opened_ = false;
   std::vector<std::string> held_;
+  std::unordered_map<const char*, said> said_; // RocksDB's formats are literals
 };
 
 /// Leaves recovery from a write error to `append`, which calls Resume() on
@@ -589,7 +637,7 @@ event_log::append(std::span<const append_request> batch) {
     // Until the fault of a failed write has cleared every append fails cleanly.
     if (auto st = impl_->resume_if_needed(); !st.ok()) {
       results.assign(batch.size(), storage_error{storage_errc::not_writable,
-                                                 "store not writable: " + st.ToString()});
+                                                 "store not writable: " + public_reason(st)});
       return results;
     }
     rocksdb::ReadOptions ro;
@@ -729,11 +777,11 @@ event_log::append(std::span<const append_request> batch) {
     auto st = db.Write(wo, &wb);
     impl_->write_began_ns.store(0, std::memory_order_relaxed);
     if (!st.ok()) {
-      storage_error err{storage_errc::not_writable, "write: " + st.ToString()};
+      storage_error err{storage_errc::not_writable, "write: " + public_reason(st)};
       for (auto& r : results)
         r = err;
       heads.clear(); // it holds this batch's heads, which did not become durable
-      impl_->note_write_failure();
+      impl_->note_write_failure(st);
       // Positions stay unconsumed, unless the batch reached the log after all
       // (e.g. WAL written, fsync failed): then never hand them out again.
       if (auto last = impl_->last_position(); last && *last >= first_free)
@@ -935,8 +983,8 @@ result<void> event_log::save_snapshot(std::string_view stream,
   impl_->keep_memtable_nonempty(); // a failure here must leave Resume() a flush too
   auto st = impl_->db->Put(wo, keys::snapshot_key(stream), keys::encode_snapshot(snap));
   if (!st.ok()) {
-    impl_->note_write_failure();
-    return storage_error{storage_errc::not_writable, "save snapshot: " + st.ToString()};
+    impl_->note_write_failure(st);
+    return storage_error{storage_errc::not_writable, "save snapshot: " + public_reason(st)};
   }
   return {};
 } catch (const std::exception& e) {
@@ -962,8 +1010,8 @@ result<void> event_log::mark_idempotency_answer(std::string_view key, uint64_t s
   impl_->keep_memtable_nonempty();
   auto st = impl_->db->Put(rocksdb::WriteOptions{}, name, keys::encode_idempotency(*rec));
   if (!st.ok()) {
-    impl_->note_write_failure();
-    return storage_error{storage_errc::not_writable, "mark idempotency key: " + st.ToString()};
+    impl_->note_write_failure(st);
+    return storage_error{storage_errc::not_writable, "mark idempotency key: " + public_reason(st)};
   }
   return {};
 } catch (const std::exception& e) {
@@ -1018,8 +1066,8 @@ result<size_t> event_log::purge_idempotency_keys(int64_t older_than_ms) try {
       impl_->keep_memtable_nonempty();
       auto st = impl_->db->Write(rocksdb::WriteOptions{}, &wb);
       if (!st.ok()) {
-        impl_->note_write_failure();
-        return storage_error{storage_errc::not_writable, "purge: " + st.ToString()};
+        impl_->note_write_failure(st);
+        return storage_error{storage_errc::not_writable, "purge: " + public_reason(st)};
       }
       purged += wb.Count();
     }

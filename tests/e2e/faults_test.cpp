@@ -627,10 +627,23 @@ TEST_CASE("a full disk answers 503 problem+json and the server stays up while wr
     INFO("503 answer: " << w.body);
     CHECK(w.problem_json);
     CHECK(w.body.find("not writable") != std::string::npos);
+    CHECK(w.body.find(disk.store()) == std::string::npos); // no file of the server's disk
   }
   REQUIRE(n503 > 0);
   CHECK(c.get("/healthz").status == 200);
   check_log_against(read_all(c), writes); // reads still work
+  // The log says it once, with the reason, and RocksDB's repeated warnings
+  // are not a line each.
+  auto out = s.output();
+  auto count = [&](const std::string& what) {
+    size_t n = 0;
+    for (auto at = out.find(what); at != std::string::npos; at = out.find(what, at + 1))
+      ++n;
+    return n;
+  };
+  CHECK(count("eventsd: event store not writable") == 1);
+  CHECK(out.find("No space left on device") != std::string::npos);
+  CHECK(count("eventsd: rocksdb:") <= 20);
 }
 
 TEST_CASE("a server started on a full disk opens the store read-only: reads are served, writes "
@@ -742,6 +755,7 @@ TEST_CASE("once space is freed the next write succeeds (the store resumes on the
                                            << " ms");
   REQUIRE(resumed);
   CHECK(ack_of(r).position == while_full.size() + 1);
+  CHECK(s.output().find("eventsd: event store writable again") != std::string::npos);
   auto done = c.put("/todo/" + todo_id + "/done");
   INFO("PUT done after the store resumed: " << done.status << " " << done.body);
   CHECK(done.status == 200);

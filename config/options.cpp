@@ -1,5 +1,6 @@
 #include "config/options.hpp"
 
+#include <cctype>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -289,8 +290,10 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
     const char* value = std::getenv(var.c_str());
     if (value == nullptr || *value == '\0')
       continue;
+    // A text value is not repeated: it may be a DSN with a password, or a token.
     if (auto parsed = o.parse(value); !parsed)
-      return "invalid " + var + "=" + value + ": " + why_not(o, value, parsed.error());
+      return "invalid " + var + (str(o.type_name()) == "string" ? "" : "=" + std::string{value})
+             + ": " + why_not(o, value, parsed.error());
     from_env.emplace_back(str(o.full_name()), std::move(var));
   }
   auto env_of = [&](const std::string& name) -> std::optional<std::string> {
@@ -330,8 +333,9 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
     {"storage.idempotency-retention-s", opts.storage_idempotency_retention_s, 24 * 3600,
      10 * 366 * 24 * 3600, "s (1 day .. 10 years)"},
     {"postgres.readers", opts.postgres_readers, 1, 256, ""},
-    {"postgres.query-timeout-ms", opts.postgres_query_timeout_ms == 0 ? 100 : opts.postgres_query_timeout_ms,
-     100, day_ms, "ms, or 0 = forever"},
+    {"postgres.query-timeout-ms",
+     opts.postgres_query_timeout_ms == 0 ? 100 : opts.postgres_query_timeout_ms, 100, day_ms,
+     "ms, or 0 = forever"},
     {"projection.uow-timeout-ms", opts.projection_uow_timeout_ms, 1, 3600 * 1000, "ms"},
     {"projection.interval-ms", opts.projection_interval_ms, 1, day_ms, "ms"},
     {"projection.batch-size", opts.projection_batch_size, 1, 1'000'000, "events"},

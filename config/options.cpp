@@ -1,6 +1,7 @@
 #include "config/options.hpp"
 
 #include <cctype>
+#include <charconv>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -11,6 +12,7 @@
 #include <caf/config_option_adder.hpp>
 #include <arpa/inet.h>
 #include <libpq-fe.h>
+#include <unistd.h> // environ
 
 namespace eventsd::config {
 
@@ -107,12 +109,16 @@ bool settable_from_env(const caf::config_option& o) {
   return is_our_group(str(o.category())) && str(o.category()) != "global";
 }
 
+bool blank(std::string_view text) {
+  return text.find_first_not_of(" \t\r\n") == std::string_view::npos;
+}
+
 /// Why CAF could not read `text` as a value of option `o`, in words (CAF's
 /// own message is a parser_error tuple).
 std::string why_not(const caf::config_option& o, std::string_view text, const caf::error& err) {
   auto type = str(o.type_name());
   bool whole = type.rfind("uint", 0) == 0;
-  if (text.empty())
+  if (blank(text))
     return "needs a value";
   if (whole && err.category() == caf::atom("parser")
       && static_cast<caf::pec>(err.code()) == caf::pec::integer_overflow)
@@ -147,19 +153,55 @@ std::string file_error(const caf::error& err) {
   return where + what;
 }
 
-/// Why libpq cannot read `dsn`, or nothing when it can (the DSN itself is
-/// not repeated: it may hold a password).
+/// Why libpq cannot use `dsn`, or nothing when it can tell without
+/// connecting: its syntax, and the port and sslmode it names. The DSN itself
+/// is not repeated (it may hold a password): libpq quotes a malformed URI
+/// whole, so quoted text holding `://` is left out.
 std::optional<std::string> dsn_error(const std::string& dsn) {
   char* err = nullptr;
   PQconninfoOption* parsed = PQconninfoParse(dsn.c_str(), &err);
-  if (parsed != nullptr) {
-    PQconninfoFree(parsed);
-    return std::nullopt;
+  if (parsed == nullptr) {
+    std::string why = err ? err : "out of memory";
+    PQfreemem(err);
+    while (!why.empty() && (why.back() == '\n' || why.back() == ' '))
+      why.pop_back();
+    for (size_t open = why.find('"'); open != std::string::npos; open = why.find('"', open + 1)) {
+      auto close = why.find('"', open + 1);
+      if (close == std::string::npos)
+        break;
+      if (why.substr(open, close - open).find("://") != std::string::npos)
+        why.replace(open, close - open + 1, "(the DSN)");
+      else
+        open = close;
+    }
+    return why;
   }
-  std::string why = err ? err : "out of memory";
-  PQfreemem(err);
-  while (!why.empty() && (why.back() == '\n' || why.back() == ' '))
-    why.pop_back();
+  std::optional<std::string> why;
+  for (auto* o = parsed; o->keyword != nullptr && !why; ++o) {
+    if (o->val == nullptr)
+      continue;
+    std::string_view key = o->keyword, value = o->val;
+    if (key == "port") {
+      // One port, or one per host (comma-separated); empty means the default.
+      for (size_t at = 0; at <= value.size() && !why;) {
+        auto comma = std::min(value.find(',', at), value.size());
+        auto port = value.substr(at, comma - at);
+        unsigned n = 0;
+        auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), n);
+        if (!port.empty() && (ec != std::errc{} || end != port.data() + port.size() || n == 0
+                              || n > 65535))
+          why = "invalid port \"" + std::string{port} + "\" (1..65535)";
+        at = comma + 1;
+      }
+    } else if (key == "sslmode") {
+      static constexpr std::string_view modes[] = {"disable", "allow",     "prefer",
+                                                   "require", "verify-ca", "verify-full"};
+      if (std::find(std::begin(modes), std::end(modes), value) == std::end(modes))
+        why = "invalid sslmode \"" + std::string{value}
+              + "\" (disable, allow, prefer, require, verify-ca or verify-full)";
+    }
+  }
+  PQconninfoFree(parsed);
   return why;
 }
 
@@ -182,8 +224,9 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
       // Every option of ours with its default, to stdout; nothing else runs.
       std::cout << "usage: eventsd [--group.option=value ...]\n\n"
                    "Options come from the command line, then the environment\n"
-                   "(EVENTSD_GROUP_OPTION: EVENTSD_POSTGRES_DSN for --postgres.dsn,\n"
-                   "EVENTSD_HTTP_READ_TIMEOUT_MS for --http.read-timeout-ms), then the\n"
+                   "(EVENTSD_GROUP_OPTION for each option below but --rebuild:\n"
+                   "EVENTSD_POSTGRES_DSN for --postgres.dsn, EVENTSD_HTTP_READ_TIMEOUT_MS\n"
+                   "for --http.read-timeout-ms; an empty variable counts as unset), then the\n"
                    "config file (--config-file=PATH, default config/eventsd.conf in the\n"
                    "working directory, which describes every option), then the defaults\n"
                    "below.\n";
@@ -272,7 +315,7 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
     if (eq != std::string_view::npos && !option->is_flag()) {
       auto text = a.substr(eq + 1);
       auto parsed = option->parse({text.data(), text.size()});
-      if (!parsed || text.empty())
+      if (!parsed || blank(text))
         return "invalid " + std::string{a} + ": "
                + why_not(*option, text, parsed ? caf::error{} : parsed.error());
     }
@@ -289,12 +332,30 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
     auto var = env_name(o);
     const char* value = std::getenv(var.c_str());
     if (value == nullptr || *value == '\0')
-      continue;
+      continue; // empty: unset
+    if (blank(value))
+      return "invalid " + var + ": needs a value (or leave it unset)";
     // A text value is not repeated: it may be a DSN with a password, or a token.
     if (auto parsed = o.parse(value); !parsed)
       return "invalid " + var + (str(o.type_name()) == "string" ? "" : "=" + std::string{value})
              + ": " + why_not(o, value, parsed.error());
     from_env.emplace_back(str(o.full_name()), std::move(var));
+  }
+  // A misspelt variable of one of our groups would otherwise be ignored.
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string_view kv = *e;
+    auto name = kv.substr(0, kv.find('='));
+    for (auto group : {"HTTP_", "STORAGE_", "POSTGRES_", "PROJECTION_", "ACTORS_"}) {
+      if (name.rfind("EVENTSD_" + std::string{group}, 0) != 0)
+        continue;
+      bool known = std::any_of(opts.custom_options().begin(), opts.custom_options().end(),
+                               [&](const caf::config_option& o) {
+                                 return settable_from_env(o) && env_name(o) == name;
+                               });
+      if (!known)
+        return "unknown variable " + std::string{name}
+               + " (eventsd --help lists the options; EVENTSD_HTTP_PORT sets --http.port)";
+    }
   }
   auto env_of = [&](const std::string& name) -> std::optional<std::string> {
     for (auto& [option, var] : from_env)
@@ -307,7 +368,9 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
     auto& a = opts.http_address;
     if (a != "localhost" && inet_pton(AF_INET, a.c_str(), &ip) != 1
         && inet_pton(AF_INET6, a.c_str(), &ip) != 1)
-      return "invalid --http.address `" + a + "`: not an IPv4 or IPv6 address (nor localhost)";
+      return "invalid --http.address `" + a + "`"
+             + (env_of("http.address") ? " (EVENTSD_HTTP_ADDRESS)" : std::string{})
+             + ": not an IPv4 or IPv6 address (nor localhost)";
   }
   if (opts.postgres_dsn.empty())
     return "no PostgreSQL DSN: pass --postgres.dsn=... or set EVENTSD_POSTGRES_DSN";

@@ -903,6 +903,11 @@ TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reas
     {{"--http.address=999.1.1.1"}, "--http.address `999.1.1.1`: not an IPv4 or IPv6 address"},
     // libpq's own syntax check, without repeating the DSN (it may hold a password).
     {{"--postgres.dsn=hots=127.0.0.1 password=secret"}, "invalid connection option \"hots\""},
+    // libpq quotes a malformed URI whole, password included.
+    {{"--postgres.dsn=postgresql://u:secret@[::1/db"}, "--postgres.dsn: "},
+    {{"--postgres.dsn=host=127.0.0.1 port=abc password=secret"}, "invalid port \"abc\""},
+    {{"--postgres.dsn=host=127.0.0.1 sslmode=bogus password=secret"}, "invalid sslmode \"bogus\""},
+    {{"--http.admin-token= "}, "--http.admin-token= : needs a value"},
     {{"--postgres.query-timeout-ms=1"}, "--postgres.query-timeout-ms 1"},
     {{"--http.threads=0"}, "--http.threads"},
     {{"--http.threads=-1"}, "--http.threads=-1"},
@@ -1036,6 +1041,31 @@ TEST_CASE("every option can come from EVENTSD_<GROUP>_<NAME> when the command li
     CHECK(r.exit_code() == 2);
     CHECK(one_line(r.output));
     CHECK(r.output.find("--http.threads 0 (EVENTSD_HTTP_THREADS)") != std::string::npos);
+  }
+  {
+    // A misspelt variable of one of eventsd's groups is refused, not ignored.
+    scoped_env typo{"EVENTSD_HTTP_PROT", "9000"};
+    auto r = run({"--http.port=0"});
+    INFO("exit " << r.exit_code() << ": " << r.output);
+    CHECK(r.exit_code() == 2);
+    CHECK(r.output.find("unknown variable EVENTSD_HTTP_PROT") != std::string::npos);
+  }
+  {
+    scoped_env token{"EVENTSD_HTTP_ADMIN_TOKEN", " "};
+    auto r = run({"--http.port=0"});
+    INFO("exit " << r.exit_code() << ": " << r.output);
+    CHECK(r.exit_code() == 2);
+    CHECK(r.output.find("invalid EVENTSD_HTTP_ADMIN_TOKEN: needs a value") != std::string::npos);
+  }
+  {
+    // The DSN from the environment is not repeated either (its password).
+    scoped_env dsn{"EVENTSD_POSTGRES_DSN", "postgresql://u:secret@[::1/db"};
+    auto r = run_command({bin, "--storage.dir=" + dir, "--http.port=0"}, 20s, d.path(), {},
+                         "listening on");
+    INFO("exit " << r.exit_code() << ": " << r.output);
+    CHECK(r.exit_code() == 2);
+    CHECK(r.output.find("invalid --postgres.dsn (from EVENTSD_POSTGRES_DSN)") != std::string::npos);
+    CHECK(r.output.find("secret") == std::string::npos);
   }
   {
     scoped_env port{"EVENTSD_HTTP_PORT", "eighty"};

@@ -18,12 +18,17 @@ namespace eventsd::projections::pg {
 namespace {
 
 std::string one_line(const char* msg) {
-  std::string s = msg ? msg : "";
-  while (!s.empty() && (s.back() == '\n' || s.back() == ' '))
+  // libpq's messages run over lines, their continuations indented by a tab.
+  std::string s;
+  for (const char* p = msg ? msg : ""; *p != '\0'; ++p) {
+    bool space = *p == '\n' || *p == '\t' || *p == ' ';
+    if (!space)
+      s += *p;
+    else if (!s.empty() && s.back() != ' ')
+      s += ' ';
+  }
+  if (!s.empty() && s.back() == ' ')
     s.pop_back();
-  for (auto& ch : s)
-    if (ch == '\n')
-      ch = ' ';
   return s;
 }
 

@@ -133,7 +133,9 @@ void log_failure(worker_state& st) {
     return;
   st.logged_error = st.now.last_error;
   st.logged_at = now;
-  std::cerr << "eventsd: read model not updated (position " << st.now.position
+  std::cerr << "eventsd: read model not updated ("
+            << (st.now.reached ? "position " + std::to_string(st.now.position)
+                               : std::string{"not reached since the start"})
             << "; writes go on, retried): " << st.now.last_error << std::endl;
 }
 

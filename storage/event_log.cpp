@@ -76,6 +76,8 @@ constexpr const char* event_ids_family = "event_ids";
 /// reason ("While appending to file: <path>"), which names files of the
 /// server's disk. The log keeps the whole status.
 std::string public_reason(const rocksdb::Status& st) {
+  if (st.IsNotSupported() && st.getState() != nullptr)
+    return st.getState(); // eventsd's own reason (a read-only store), without "Not implemented"
   auto text = st.ToString();
   if (auto at = text.find(": While "); at != std::string::npos)
     text.resize(at);

@@ -97,7 +97,7 @@ std::string_view as_view(const rocksdb::Slice& s) {
 /// Translates a failed read status.
 storage_error read_error(const rocksdb::Status& st, std::string_view what) {
   auto code = st.IsCorruption() ? storage_errc::corrupted : storage_errc::io_error;
-  return storage_error{code, std::string{what} + ": " + st.ToString()};
+  return storage_error{code, std::string{what} + ": " + public_reason(st)};
 }
 
 storage_error corrupted(std::string_view what, std::string_view key) {
@@ -407,23 +407,30 @@ namespace {
 class stderr_logger : public rocksdb::Logger {
 public:
   stderr_logger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
-  using rocksdb::Logger::Logv;
   void Logv(const char* format, va_list ap) override {
+    Logv(rocksdb::InfoLogLevel::INFO_LEVEL, format, ap);
+  }
+  void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
+    if (level < GetInfoLogLevel())
+      return;
+    static constexpr const char* names[] = {"DEBUG", "INFO", "WARN", "ERROR", "FATAL", "HEADER"};
+    const char* name = level < rocksdb::InfoLogLevel::NUM_INFO_LOG_LEVELS ? names[level] : "?";
     std::lock_guard<std::mutex> guard{mtx_};
     if (opened_) {
       // A fault that lasts (a full disk) makes RocksDB repeat the same
-      // warning many times a second: each kind of line (its format) is said
-      // at most once a minute, with how many were left out.
+      // warning many times a second: each kind of line (its format, a
+      // literal of one call site) is said at most once a minute, with how
+      // many were left out since it was last said.
       auto now = std::chrono::steady_clock::now();
       auto& seen = said_[format];
       if (seen.count > 0 && now - seen.at < std::chrono::minutes{1}) {
         ++seen.left_out;
         return;
       }
-      std::fputs("eventsd: rocksdb: ", stderr);
+      std::fprintf(stderr, "eventsd: rocksdb: [%s] ", name);
       std::vfprintf(stderr, format, ap);
       if (seen.left_out > 0)
-        std::fprintf(stderr, " (and %llu more like it in the last minute, not shown)",
+        std::fprintf(stderr, " (and %llu more like it since it was last shown)",
                      static_cast<unsigned long long>(seen.left_out));
       std::fputc('\n', stderr);
       seen = {now, seen.count + 1, 0};
@@ -433,7 +440,8 @@ public:
     // line): what recovery did, e.g. WAL bytes it dropped, is said then.
     if (held_.size() < 100) {
       char line[1024];
-      std::vsnprintf(line, sizeof line, format, ap);
+      int n = std::snprintf(line, sizeof line, "[%s] ", name);
+      std::vsnprintf(line + n, sizeof line - static_cast<size_t>(n), format, ap);
       held_.emplace_back(line);
     }
   }
@@ -455,7 +463,7 @@ private:
   std::mutex mtx_;
   bool opened_ = false;
   std::vector<std::string> held_;
-  std::unordered_map<const char*, said> said_; // RocksDB's formats are literals
+  std::unordered_map<const char*, said> said_; // one per ROCKS_LOG_* call site
 };
 
 /// Leaves recovery from a write error to `append`, which calls Resume() on

@@ -1,5 +1,6 @@
 // eventsd: wires storage, actors, projections and the HTTP gateway, then
 // serves until SIGINT, SIGTERM or SIGHUP.
+#include <csignal>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -17,6 +18,7 @@
 #include "http/server.hpp"
 #include "http/services.hpp"
 #include "projections/projection.hpp"
+#include "projections/todo_read_model.hpp"
 #include "storage/event_log.hpp"
 
 namespace {
@@ -64,6 +66,16 @@ int main(int argc, char** argv) {
   }
   if (opts.cli_helptext_printed)
     return 0;
+  if (auto why = projections::dsn_problem(opts.postgres_dsn)) {
+    std::cerr << "eventsd: invalid --postgres.dsn"
+              << (opts.postgres_dsn_from.empty() ? "" : " (from " + opts.postgres_dsn_from + ")")
+              << ": " << *why << "\n";
+    return 2;
+  }
+  // A closed stderr (a pipe whose reader went) must not end the process
+  // mid-drain: writes to it fail instead. Sockets never raise it (Beast
+  // sends with MSG_NOSIGNAL).
+  std::signal(SIGPIPE, SIG_IGN);
 
   std::error_code ec;
   std::filesystem::create_directories(opts.storage_dir, ec);

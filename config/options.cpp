@@ -1,7 +1,7 @@
 #include "config/options.hpp"
 
+#include <array>
 #include <cctype>
-#include <charconv>
 #include <cstdlib>
 #include <filesystem>
 #include <iostream>
@@ -11,7 +11,6 @@
 
 #include <caf/config_option_adder.hpp>
 #include <arpa/inet.h>
-#include <libpq-fe.h>
 #include <unistd.h> // environ
 
 namespace eventsd::config {
@@ -49,7 +48,7 @@ options::options() {
     .add(postgres_readers, "readers", "read-model connections for GET /todo (default 2)")
     .add(postgres_query_timeout_ms, "query-timeout-ms",
          "longest wait for PostgreSQL's answer to one statement before the connection is "
-         "closed and reopened (default 10000; 0 = forever)");
+         "closed and reopened (default 10000, at least 100; 0 = forever)");
   opt_group{custom_options_, "projection"}
     .add(projection_mode, "mode", "eventual (default), unit-of-work, on-demand or scheduled")
     .add(projection_uow_timeout_ms, "uow-timeout-ms", "unit-of-work wait before answering 202 (default 5000)")
@@ -71,9 +70,16 @@ options::options() {
 
 namespace {
 
+/// The groups of eventsd's settings (`global` holds the `--rebuild` command).
+constexpr std::array<std::string_view, 5> setting_groups{"http", "storage", "postgres",
+                                                          "projection", "actors"};
+
+bool is_setting_group(std::string_view g) {
+  return std::find(setting_groups.begin(), setting_groups.end(), g) != setting_groups.end();
+}
+
 bool is_our_group(std::string_view g) {
-  return g == "http" || g == "storage" || g == "postgres" || g == "projection" || g == "actors"
-         || g == "global";
+  return is_setting_group(g) || g == "global";
 }
 
 /// Sections CAF 0.17 reads itself.
@@ -106,7 +112,7 @@ std::string env_name(const caf::config_option& o) {
 /// Whether `o` is one of eventsd's options that the environment may set
 /// (`--rebuild` is a command, not a setting).
 bool settable_from_env(const caf::config_option& o) {
-  return is_our_group(str(o.category())) && str(o.category()) != "global";
+  return is_setting_group(str(o.category()));
 }
 
 bool blank(std::string_view text) {
@@ -153,58 +159,6 @@ std::string file_error(const caf::error& err) {
   return where + what;
 }
 
-/// Why libpq cannot use `dsn`, or nothing when it can tell without
-/// connecting: its syntax, and the port and sslmode it names. The DSN itself
-/// is not repeated (it may hold a password): libpq quotes a malformed URI
-/// whole, so quoted text holding `://` is left out.
-std::optional<std::string> dsn_error(const std::string& dsn) {
-  char* err = nullptr;
-  PQconninfoOption* parsed = PQconninfoParse(dsn.c_str(), &err);
-  if (parsed == nullptr) {
-    std::string why = err ? err : "out of memory";
-    PQfreemem(err);
-    while (!why.empty() && (why.back() == '\n' || why.back() == ' '))
-      why.pop_back();
-    for (size_t open = why.find('"'); open != std::string::npos; open = why.find('"', open + 1)) {
-      auto close = why.find('"', open + 1);
-      if (close == std::string::npos)
-        break;
-      if (why.substr(open, close - open).find("://") != std::string::npos)
-        why.replace(open, close - open + 1, "(the DSN)");
-      else
-        open = close;
-    }
-    return why;
-  }
-  std::optional<std::string> why;
-  for (auto* o = parsed; o->keyword != nullptr && !why; ++o) {
-    if (o->val == nullptr)
-      continue;
-    std::string_view key = o->keyword, value = o->val;
-    if (key == "port") {
-      // One port, or one per host (comma-separated); empty means the default.
-      for (size_t at = 0; at <= value.size() && !why;) {
-        auto comma = std::min(value.find(',', at), value.size());
-        auto port = value.substr(at, comma - at);
-        unsigned n = 0;
-        auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), n);
-        if (!port.empty() && (ec != std::errc{} || end != port.data() + port.size() || n == 0
-                              || n > 65535))
-          why = "invalid port \"" + std::string{port} + "\" (1..65535)";
-        at = comma + 1;
-      }
-    } else if (key == "sslmode") {
-      static constexpr std::string_view modes[] = {"disable", "allow",     "prefer",
-                                                   "require", "verify-ca", "verify-full"};
-      if (std::find(std::begin(modes), std::end(modes), value) == std::end(modes))
-        why = "invalid sslmode \"" + std::string{value}
-              + "\" (disable, allow, prefer, require, verify-ca or verify-full)";
-    }
-  }
-  PQconninfoFree(parsed);
-  return why;
-}
-
 struct bound {
   const char* name;
   size_t value;
@@ -224,18 +178,17 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
       // Every option of ours with its default, to stdout; nothing else runs.
       std::cout << "usage: eventsd [--group.option=value ...]\n\n"
                    "Options come from the command line, then the environment\n"
-                   "(EVENTSD_GROUP_OPTION for each option below but --rebuild:\n"
-                   "EVENTSD_POSTGRES_DSN for --postgres.dsn, EVENTSD_HTTP_READ_TIMEOUT_MS\n"
-                   "for --http.read-timeout-ms; an empty variable counts as unset), then the\n"
-                   "config file (--config-file=PATH, default config/eventsd.conf in the\n"
+                   "(EVENTSD_GROUP_OPTION for each --group.option below, not for\n"
+                   "--rebuild, --scheduler.* or --config-file: EVENTSD_POSTGRES_DSN for\n"
+                   "--postgres.dsn, EVENTSD_HTTP_READ_TIMEOUT_MS for --http.read-timeout-ms;\n"
+                   "an empty variable counts as unset), then the config file (--config-file=PATH, default config/eventsd.conf in the\n"
                    "working directory, which describes every option), then the defaults\n"
                    "below.\n";
       std::string group;
       for (const auto& o : opts.custom_options()) {
         auto category = str(o.category());
         bool rebuild = category == "global" && str(o.long_name()) == "rebuild";
-        if (category != "http" && category != "storage" && category != "postgres"
-            && category != "projection" && category != "actors" && !rebuild)
+        if (!is_setting_group(category) && !rebuild)
           continue; // CAF's own options
         if (category != group) {
           group = category;
@@ -315,8 +268,10 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
     if (eq != std::string_view::npos && !option->is_flag()) {
       auto text = a.substr(eq + 1);
       auto parsed = option->parse({text.data(), text.size()});
+      // A text value is not repeated: it may be a DSN with a password, or a token.
       if (!parsed || blank(text))
-        return "invalid " + std::string{a} + ": "
+        return "invalid "
+               + std::string{str(option->type_name()) == "string" ? a.substr(0, eq) : a} + ": "
                + why_not(*option, text, parsed ? caf::error{} : parsed.error());
     }
   }
@@ -345,8 +300,11 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
   for (char** e = environ; *e != nullptr; ++e) {
     std::string_view kv = *e;
     auto name = kv.substr(0, kv.find('='));
-    for (auto group : {"HTTP_", "STORAGE_", "POSTGRES_", "PROJECTION_", "ACTORS_"}) {
-      if (name.rfind("EVENTSD_" + std::string{group}, 0) != 0)
+    for (auto group : setting_groups) {
+      std::string prefix = "EVENTSD_";
+      for (char c : group)
+        prefix += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      if (name.rfind(prefix + "_", 0) != 0)
         continue;
       bool known = std::any_of(opts.custom_options().begin(), opts.custom_options().end(),
                                [&](const caf::config_option& o) {
@@ -366,18 +324,18 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
   {
     in6_addr ip;
     auto& a = opts.http_address;
+    auto v6 = a.substr(0, a.find('%')); // fe80::1%eth0: the zone is the server's to check
     if (a != "localhost" && inet_pton(AF_INET, a.c_str(), &ip) != 1
-        && inet_pton(AF_INET6, a.c_str(), &ip) != 1)
-      return "invalid --http.address `" + a + "`"
-             + (env_of("http.address") ? " (EVENTSD_HTTP_ADDRESS)" : std::string{})
+        && inet_pton(AF_INET6, v6.c_str(), &ip) != 1) {
+      auto var = env_of("http.address");
+      return "invalid --http.address `" + a + "`" + (var ? " (" + *var + ")" : std::string{})
              + ": not an IPv4 or IPv6 address (nor localhost)";
+    }
   }
   if (opts.postgres_dsn.empty())
     return "no PostgreSQL DSN: pass --postgres.dsn=... or set EVENTSD_POSTGRES_DSN";
-  if (auto why = dsn_error(opts.postgres_dsn))
-    return "invalid --postgres.dsn"
-           + (env_of("postgres.dsn") ? " (from EVENTSD_POSTGRES_DSN)" : std::string{}) + ": "
-           + *why;
+  if (env_of("postgres.dsn"))
+    opts.postgres_dsn_from = "EVENTSD_POSTGRES_DSN";
   // Each number within what makes sense: a timeout of 0 answers nothing, a
   // heartbeat of 0 floods, a retention in the trillions overflows.
   constexpr size_t day_ms = 24 * 3600 * 1000;

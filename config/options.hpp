@@ -46,6 +46,7 @@ public:
 
   // [postgres]
   std::string postgres_dsn;
+  std::string postgres_dsn_from; ///< "EVENTSD_POSTGRES_DSN" when it came from there
   size_t postgres_readers = 2;
   size_t postgres_query_timeout_ms = 10'000;
 

@@ -67,6 +67,11 @@ using param = std::optional<std::string_view>;
 outcome<conn_ptr> connect(const std::string& dsn, const char* app = "eventsd",
                           const std::atomic<bool>* cancel = nullptr);
 
+/// Why libpq cannot use `dsn`, as far as it can tell without connecting (its
+/// syntax, a port that is not one, an unknown sslmode); nothing when it can.
+/// Never repeats text of the DSN, which may hold a password.
+std::optional<std::string> dsn_problem(const std::string& dsn);
+
 /// True when `c` is non-null and libpq believes the connection is up.
 bool is_up(const PGconn* c) noexcept;
 

@@ -786,6 +786,10 @@ pg_result<todo_page> todo_read_model::list(const todo_query& q) {
   return page;
 }
 
+std::optional<std::string> dsn_problem(const std::string& dsn) {
+  return pg::dsn_problem(dsn);
+}
+
 pg_result<void> todo_read_model::reset() {
   auto& d = *impl_;
   if (auto e = d.require_ready())

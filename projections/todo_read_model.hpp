@@ -108,6 +108,10 @@ struct connection_options {
   const std::atomic<bool>* cancel = nullptr;
 };
 
+/// Why libpq cannot use `dsn`, as far as it can tell without connecting;
+/// nothing when it can. Never repeats text of the DSN (a password).
+std::optional<std::string> dsn_problem(const std::string& dsn);
+
 /// The `todos` table (or a rebuild table) plus its checkpoint row, behind
 /// one PostgreSQL connection.
 class todo_read_model {

@@ -1130,8 +1130,12 @@ void server::wait_for_signal() {
   auto& d = *impl_;
   // SIGHUP (a closed terminal, a supervisor's "reload") stops the server like
   // SIGTERM: eventsd has nothing to reload, and its default action would end
-  // the process with writes appended but never answered.
-  d.signals.emplace(d.signal_ioc, SIGINT, SIGTERM, SIGHUP);
+  // the process with writes appended but never answered. Not when it was
+  // started ignoring SIGHUP (`nohup eventsd`): that asks to outlive the terminal.
+  d.signals.emplace(d.signal_ioc, SIGINT, SIGTERM);
+  struct sigaction hup{};
+  if (::sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler != SIG_IGN)
+    d.signals->add(SIGHUP);
   d.signals->async_wait([&d](beast::error_code, int) { d.signal_ioc.stop(); });
   d.signal_ioc.run();
   {

@@ -133,9 +133,10 @@ void log_failure(worker_state& st) {
     return;
   st.logged_error = st.now.last_error;
   st.logged_at = now;
-  std::cerr << "eventsd: read model not updated ("
-            << (st.now.reached ? "position " + std::to_string(st.now.position)
-                               : std::string{"not reached since the start"})
+  std::string where = st.now.reached    ? "position " + std::to_string(st.now.position)
+                      : st.now.diverged ? "diverged from this log"
+                                        : "not reached since the start";
+  std::cerr << "eventsd: read model not updated (" << where
             << "; writes go on, retried): " << st.now.last_error << std::endl;
 }
 

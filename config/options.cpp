@@ -100,13 +100,18 @@ std::optional<std::string> on_command_line(int argc, char** argv, const std::str
 
 std::string str(caf::string_view v) { return std::string{v.data(), v.size()}; }
 
-/// The environment variable of option `group.name`: EVENTSD_GROUP_NAME, with
-/// `-` as `_` (`--http.read-timeout-ms` is EVENTSD_HTTP_READ_TIMEOUT_MS).
+/// `s` as a part of an environment variable's name: upper case, `-` as `_`.
+std::string env_word(std::string_view s) {
+  std::string w;
+  for (char c : s)
+    w += c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return w;
+}
+
+/// The environment variable of option `group.name`: EVENTSD_GROUP_NAME
+/// (`--http.read-timeout-ms` is EVENTSD_HTTP_READ_TIMEOUT_MS).
 std::string env_name(const caf::config_option& o) {
-  std::string n = "EVENTSD_" + str(o.category()) + "_" + str(o.long_name());
-  for (auto& c : n)
-    c = c == '-' ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  return n;
+  return "EVENTSD_" + env_word(str(o.category())) + "_" + env_word(str(o.long_name()));
 }
 
 /// Whether `o` is one of eventsd's options that the environment may set
@@ -301,10 +306,7 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
     std::string_view kv = *e;
     auto name = kv.substr(0, kv.find('='));
     for (auto group : setting_groups) {
-      std::string prefix = "EVENTSD_";
-      for (char c : group)
-        prefix += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-      if (name.rfind(prefix + "_", 0) != 0)
+      if (name.rfind("EVENTSD_" + env_word(group) + "_", 0) != 0)
         continue;
       bool known = std::any_of(opts.custom_options().begin(), opts.custom_options().end(),
                                [&](const caf::config_option& o) {

@@ -149,57 +149,6 @@ bool several_hosts(const std::string& dsn) {
          || option(options, "hostaddr").find(',') != std::string_view::npos;
 }
 
-} // namespace
-
-std::optional<std::string> dsn_problem(const std::string& dsn) {
-  char* err = nullptr;
-  conninfo_ptr options{PQconninfoParse(dsn.c_str(), &err), &PQconninfoFree};
-  if (!options) {
-    // libpq quotes parts of the DSN: a malformed URI whole (first taken out
-    // here, as it may hold quotes itself), a token after which it expected
-    // "=", a bad percent-encoding. Each quoted part becomes "…" but the
-    // separators libpq names and the keyword of "invalid connection option".
-    std::string why = one_line(err ? err : "out of memory");
-    PQfreemem(err);
-    for (auto at = why.find(dsn); !dsn.empty() && at != std::string::npos; at = why.find(dsn))
-      why.replace(at, dsn.size(), "…");
-    bool keyword = why.starts_with("invalid connection option ");
-    std::string out;
-    size_t at = 0;
-    for (auto open = why.find('"'); open != std::string::npos; open = why.find('"', at)) {
-      auto close = why.find('"', open + 1);
-      if (close == std::string::npos)
-        break;
-      auto quoted = why.substr(open + 1, close - open - 1);
-      bool keep = quoted == "=" || quoted == "]" || quoted == ":" || quoted == "/" || keyword;
-      out += why.substr(at, open - at) + "\"" + (keep ? quoted : "…") + "\"";
-      at = close + 1;
-    }
-    // An unpaired quote: what follows it may be DSN text.
-    auto rest = why.substr(at);
-    return out + rest.substr(0, rest.find('"'));
-  }
-  // One port, or one per host (comma-separated); empty means the default.
-  for (auto ports = option(options, "port"); !ports.empty();) {
-    auto comma = std::min(ports.find(','), ports.size());
-    auto port = ports.substr(0, comma);
-    unsigned n = 0;
-    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), n);
-    if (!port.empty()
-        && (ec != std::errc{} || end != port.data() + port.size() || n == 0 || n > 65535))
-      return "its port is not a number 1..65535";
-    ports = comma < ports.size() ? ports.substr(comma + 1) : std::string_view{};
-  }
-  static constexpr std::string_view modes[] = {"disable", "allow",     "prefer",
-                                               "require", "verify-ca", "verify-full"};
-  if (auto mode = option(options, "sslmode");
-      !mode.empty() && std::find(std::begin(modes), std::end(modes), mode) == std::end(modes))
-    return "its sslmode is none of disable, allow, prefer, require, verify-ca, verify-full";
-  return std::nullopt;
-}
-
-namespace {
-
 failure timed_out(session s) {
   return failure{true, "",
                  "PostgreSQL did not answer within " + std::to_string(s.timeout.count())
@@ -299,6 +248,53 @@ outcome<conn_ptr> connect(const std::string& dsn, const char* app,
   // libpq prints NOTICEs ("relation ... already exists, skipping") to stderr by default.
   PQsetNoticeProcessor(c.get(), [](void*, const char*) {}, nullptr);
   return c;
+}
+
+std::optional<std::string> dsn_problem(const std::string& dsn) {
+  char* err = nullptr;
+  conninfo_ptr options{PQconninfoParse(dsn.c_str(), &err), &PQconninfoFree};
+  if (!options) {
+    // libpq quotes parts of the DSN: a malformed URI whole (first taken out
+    // here, as it may hold quotes itself), a token after which it expected
+    // "=", a bad percent-encoding. Each quoted part becomes "…" but the
+    // separators libpq names and the keyword of "invalid connection option".
+    std::string why = one_line(err ? err : "out of memory");
+    PQfreemem(err);
+    for (auto at = why.find(dsn); !dsn.empty() && at != std::string::npos; at = why.find(dsn))
+      why.replace(at, dsn.size(), "…");
+    bool keyword = why.starts_with("invalid connection option ");
+    std::string out;
+    size_t at = 0;
+    for (auto open = why.find('"'); open != std::string::npos; open = why.find('"', at)) {
+      auto close = why.find('"', open + 1);
+      if (close == std::string::npos)
+        break;
+      auto quoted = why.substr(open + 1, close - open - 1);
+      bool keep = quoted == "=" || quoted == "]" || quoted == ":" || quoted == "/" || keyword;
+      out += why.substr(at, open - at) + "\"" + (keep ? quoted : "…") + "\"";
+      at = close + 1;
+    }
+    // An unpaired quote: what follows it may be DSN text.
+    auto rest = why.substr(at);
+    return out + rest.substr(0, rest.find('"'));
+  }
+  // One port, or one per host (comma-separated); empty means the default.
+  for (auto ports = option(options, "port"); !ports.empty();) {
+    auto comma = std::min(ports.find(','), ports.size());
+    auto port = ports.substr(0, comma);
+    unsigned n = 0;
+    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), n);
+    if (!port.empty()
+        && (ec != std::errc{} || end != port.data() + port.size() || n == 0 || n > 65535))
+      return "its port is not a number 1..65535";
+    ports = comma < ports.size() ? ports.substr(comma + 1) : std::string_view{};
+  }
+  static constexpr std::string_view modes[] = {"disable", "allow",     "prefer",
+                                               "require", "verify-ca", "verify-full"};
+  if (auto mode = option(options, "sslmode");
+      !mode.empty() && std::find(std::begin(modes), std::end(modes), mode) == std::end(modes))
+    return "its sslmode is none of disable, allow, prefer, require, verify-ca, verify-full";
+  return std::nullopt;
 }
 
 bool is_up(const PGconn* c) noexcept {

@@ -786,10 +786,6 @@ pg_result<todo_page> todo_read_model::list(const todo_query& q) {
   return page;
 }
 
-std::optional<std::string> dsn_problem(const std::string& dsn) {
-  return pg::dsn_problem(dsn);
-}
-
 pg_result<void> todo_read_model::reset() {
   auto& d = *impl_;
   if (auto e = d.require_ready())
@@ -809,6 +805,10 @@ pg_result<void> todo_read_model::swap_into(std::string_view target) {
     return projection_error{projection_errc::query_failed, "cannot swap " + t + " into itself"};
   d.known_checkpoint.reset();
   return d.in_transaction([&] { return d.swap_once(t); });
+}
+
+std::optional<std::string> dsn_problem(const std::string& dsn) {
+  return pg::dsn_problem(dsn);
 }
 
 } // namespace eventsd::projections

@@ -150,6 +150,14 @@ bool one_line(const std::string& out) {
   return !s.empty() && s.find('\n') == std::string::npos;
 }
 
+/// A start refused as a bad configuration: exit code 2, and one line that
+/// says `says`.
+void check_refused(const run_result& r, const std::string& says) {
+  CHECK(r.exit_code() == 2);
+  CHECK(one_line(r.output));
+  CHECK(r.output.find(says) != std::string::npos);
+}
+
 /// A DSN nothing listens on (eventsd starts without PostgreSQL).
 
 // -- tmpfs ---------------------------------------------------------------------
@@ -953,10 +961,8 @@ TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reas
     auto r = run_command(args, 20s, d.path(), {}, "listening on");
     INFO(c.args.front() << " -> exit " << r.exit_code() << ": " << r.output);
     CHECK_FALSE(r.timed_out);
-    CHECK(r.exit_code() == 2);
-    CHECK(one_line(r.output));
+    check_refused(r, c.names);
     CHECK(r.output.rfind("eventsd: ", 0) == 0);
-    CHECK(r.output.find(c.names) != std::string::npos);
     CHECK(r.output.find("parser_error") == std::string::npos); // words, not CAF's tuples
     CHECK(r.output.find("secret") == std::string::npos);
     CHECK(r.output.find("cret") == std::string::npos);
@@ -966,9 +972,7 @@ TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reas
   auto r = run_command({bin, "--storage.dir=" + dir, "--http.port=0"}, 20s, d.path(),
                        {"EVENTSD_POSTGRES_DSN"}, "listening on");
   INFO("no DSN -> exit " << r.exit_code() << ": " << r.output);
-  CHECK(r.exit_code() == 2);
-  CHECK(one_line(r.output));
-  CHECK(r.output.find("postgres.dsn") != std::string::npos);
+  check_refused(r, "postgres.dsn");
   CHECK_FALSE(std::filesystem::exists(dir));
 }
 
@@ -1012,9 +1016,7 @@ TEST_CASE("a bad value in the config file stops eventsd with exit code 2 and a o
     INFO("config file:\n" << body << "-> exit " << r.exit_code() << (r.timed_out ? " (killed: it started serving)" : "")
                           << ": " << r.output);
     CHECK_FALSE(r.timed_out);
-    CHECK(r.exit_code() == 2);
-    CHECK(one_line(r.output));
-    CHECK(r.output.find(conf) != std::string::npos);
+    check_refused(r, conf);
     CHECK(r.output.find("parser_error") == std::string::npos);
   }
   // A config file named on the command line must be one.
@@ -1023,9 +1025,7 @@ TEST_CASE("a bad value in the config file stops eventsd with exit code 2 and a o
                           "--postgres.dsn=" + unreachable_dsn},
                          10s, d.path(), {}, "listening on");
     INFO(named << " -> exit " << r.exit_code() << ": " << r.output);
-    CHECK(r.exit_code() == 2);
-    CHECK(one_line(r.output));
-    CHECK(r.output.find(named) != std::string::npos);
+    check_refused(r, named);
   }
 }
 
@@ -1068,9 +1068,7 @@ TEST_CASE("every option can come from EVENTSD_<GROUP>_<NAME> when the command li
     scoped_env v{c.variable, c.value};
     auto r = run({}, c.variable != "EVENTSD_POSTGRES_DSN");
     INFO(c.variable << "=" << c.value << " -> exit " << r.exit_code() << ": " << r.output);
-    CHECK(r.exit_code() == 2);
-    CHECK(one_line(r.output));
-    CHECK(r.output.find(c.says) != std::string::npos);
+    check_refused(r, c.says);
     CHECK(r.output.find("secret") == std::string::npos);
   }
   {

@@ -76,6 +76,9 @@ int main(int argc, char** argv) {
   // mid-drain: writes to it fail instead. Sockets never raise it (Beast
   // sends with MSG_NOSIGNAL).
   std::signal(SIGPIPE, SIG_IGN);
+  // Opening a large store takes a while: a SIGTERM meanwhile stops eventsd
+  // cleanly once it has started instead of killing it mid-open.
+  http::server::catch_early_signals();
 
   std::error_code ec;
   std::filesystem::create_directories(opts.storage_dir, ec);
@@ -97,8 +100,10 @@ int main(int argc, char** argv) {
   if (!lopts.sync)
     std::cerr << "eventsd: WARNING --storage.sync=none: acknowledged writes can be lost\n";
 
-  if (!opts.rebuild.empty())
+  if (!opts.rebuild.empty()) {
+    http::server::release_early_signals();
     return rebuild_offline(*log, opts.postgres_dsn);
+  }
 
   caf::actor_system sys{opts};
   actors::writer_options wopts;

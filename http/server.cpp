@@ -36,6 +36,19 @@ using tcp = net::ip::tcp;
 
 namespace {
 
+/// The signal catch_early_signals() caught, or 0.
+volatile std::sig_atomic_t early_signal = 0;
+
+extern "C" void remember_signal(int n) {
+  early_signal = n;
+}
+
+/// Whether SIGHUP's action is to ignore it (eventsd started under `nohup`).
+bool sighup_ignored() {
+  struct sigaction hup{};
+  return ::sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler == SIG_IGN;
+}
+
 /// The `Date` header's value for now (RFC 9110 §5.6.7), formatted once a
 /// second per io thread.
 const std::string& http_date() {
@@ -1133,10 +1146,12 @@ void server::wait_for_signal() {
   // the process with writes appended but never answered. Not when it was
   // started ignoring SIGHUP (`nohup eventsd`): that asks to outlive the terminal.
   d.signals.emplace(d.signal_ioc, SIGINT, SIGTERM);
-  struct sigaction hup{};
-  if (::sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler != SIG_IGN)
+  if (!sighup_ignored())
     d.signals->add(SIGHUP);
   d.signals->async_wait([&d](beast::error_code, int) { d.signal_ioc.stop(); });
+  // Read after asio's handlers replaced remember_signal: none is missed.
+  if (early_signal != 0)
+    d.signal_ioc.stop();
   d.signal_ioc.run();
   {
     std::lock_guard<std::mutex> guard{d.failure_mtx};
@@ -1161,6 +1176,23 @@ void server::wait_for_signal() {
   };
   d.signals->async_wait(d.late_signal);
   d.signal_thread = std::thread{[&d] { d.signal_ioc.run(); }};
+}
+
+void server::catch_early_signals() {
+  struct sigaction sa{};
+  sa.sa_handler = remember_signal;
+  ::sigemptyset(&sa.sa_mask);
+  for (int n : {SIGINT, SIGTERM, SIGHUP})
+    if (n != SIGHUP || !sighup_ignored())
+      ::sigaction(n, &sa, nullptr);
+}
+
+void server::release_early_signals() {
+  for (int n : {SIGINT, SIGTERM, SIGHUP})
+    if (n != SIGHUP || !sighup_ignored())
+      std::signal(n, SIG_DFL);
+  if (early_signal != 0)
+    std::raise(early_signal);
 }
 
 void server::stop_for(std::string reason) {

@@ -24,8 +24,19 @@ public:
   /// Stops accepting, closes connections and joins the io threads.
   void stop();
 
-  /// Blocks until a SIGINT, SIGTERM or SIGHUP arrives or stop_for() is called.
+  /// Blocks until a SIGINT, SIGTERM or SIGHUP arrives or stop_for() is called;
+  /// returns at once when one was caught early (catch_early_signals()).
   void wait_for_signal();
+
+  /// From now until wait_for_signal() takes over, a SIGINT, SIGTERM or SIGHUP
+  /// is remembered instead of ending the process: eventsd finishes starting
+  /// (a store is never left half-opened) and then stops as it would have
+  /// when serving. SIGHUP is left alone when it is ignored (`nohup`).
+  static void catch_early_signals();
+
+  /// Gives the three signals back their default action, for a run that will
+  /// not serve (an offline rebuild); one caught early is raised again now.
+  static void release_early_signals();
 
   /// Makes wait_for_signal() return as a signal would, because a part of the
   /// server cannot go on (`reason`; the first one is kept). From any thread,

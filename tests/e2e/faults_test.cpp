@@ -23,6 +23,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
@@ -64,10 +65,12 @@ struct run_result {
 /// Runs `args` (argv[0] looked up in PATH) in `cwd` with stdout+stderr captured,
 /// without the environment variables named in `unset`. Kills it (SIGKILL) after
 /// `timeout`, or as soon as its output contains `stop_at` (when not empty).
+/// `with_child`, when given, is called with the child's pid once it runs.
 run_result run_command(const std::vector<std::string>& args,
                        std::chrono::milliseconds timeout = 30s, const std::string& cwd = "/",
                        const std::vector<std::string>& unset = {},
-                       const std::string& stop_at = {}) {
+                       const std::string& stop_at = {},
+                       const std::function<void(pid_t)>& with_child = {}) {
   std::vector<std::string> env_strings;
   for (char** e = environ; *e != nullptr; ++e) {
     std::string kv = *e;
@@ -106,6 +109,8 @@ run_result run_command(const std::vector<std::string>& args,
     ::_exit(127);
   }
   ::close(fds[1]);
+  if (with_child)
+    with_child(pid);
   run_result r;
   auto deadline = clock_type::now() + timeout;
   char buf[4096];
@@ -900,6 +905,32 @@ TEST_CASE("eventsd refuses to start on a storage directory it cannot use: non-ze
     CHECK(one_line(r.output));
     CHECK(r.output.find("cannot open the event store") != std::string::npos);
   }
+}
+
+TEST_CASE("a SIGINT, SIGTERM or SIGHUP while eventsd opens its store stops it cleanly once it "
+          "has started: exit 0, the store closed and usable",
+          "[e2e][faults][startup]") {
+  auto bin = eventsd_binary();
+  auto sig = GENERATE(SIGINT, SIGTERM, SIGHUP);
+  temp_dir d{"eventsd-faults-early-signal-"};
+  auto dir = d.path() + "/data";
+  std::vector<std::string> args{bin, "--storage.dir=" + dir, "--http.port=0",
+                                "--postgres.dsn=" + unreachable_dsn};
+  bool sent = false;
+  auto r = run_command(args, 30s, d.path(), {}, {}, [&](pid_t pid) {
+    // eventsd creates the directory right before it opens the store, long
+    // before it listens.
+    sent = eventually([&] { return std::filesystem::exists(dir); }, 10s, 1ms);
+    ::kill(pid, sig);
+  });
+  INFO("signal " << sig << " -> status " << r.status << ": " << r.output);
+  REQUIRE(sent);
+  CHECK_FALSE(r.timed_out);
+  CHECK(r.exit_code() == 0); // not killed by the signal's default action
+  CHECK(r.output.find("eventsd: shutting down") != std::string::npos);
+  auto again = run_command(args, 30s, d.path(), {}, "listening on");
+  INFO("started again: " << again.output);
+  CHECK(again.timed_out); // it listened, then was stopped by us
 }
 
 TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reason, before it "

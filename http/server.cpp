@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include <unistd.h>
+
 #include <boost/asio.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/beast/core.hpp>
@@ -39,8 +41,16 @@ namespace {
 /// The signal catch_early_signals() caught, or 0.
 volatile std::sig_atomic_t early_signal = 0;
 
+/// The first signal is kept for when eventsd has started; a second one means
+/// "now" (Ctrl-C pressed again on a slow start), as it does while stopping.
 extern "C" void remember_signal(int n) {
-  early_signal = n;
+  if (early_signal == 0) {
+    early_signal = n;
+    return;
+  }
+  static constexpr char again[] = "eventsd: signal again while starting: exiting now\n";
+  [[maybe_unused]] auto written = ::write(STDERR_FILENO, again, sizeof again - 1);
+  ::_exit(128 + n);
 }
 
 /// Whether SIGHUP's action is to ignore it (eventsd started under `nohup`).

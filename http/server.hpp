@@ -31,7 +31,8 @@ public:
   /// From now until wait_for_signal() takes over, a SIGINT, SIGTERM or SIGHUP
   /// is remembered instead of ending the process: eventsd finishes starting
   /// (a store is never left half-opened) and then stops as it would have
-  /// when serving. SIGHUP is left alone when it is ignored (`nohup`).
+  /// when serving; a second one ends the process at once. SIGHUP is left
+  /// alone when it is ignored (`nohup`).
   static void catch_early_signals();
 
   /// Gives the three signals back their default action, for a run that will

@@ -933,6 +933,28 @@ TEST_CASE("a SIGINT, SIGTERM or SIGHUP while eventsd opens its store stops it cl
   CHECK(again.timed_out); // it listened, then was stopped by us
 }
 
+TEST_CASE("a second stop signal while eventsd starts ends it at once (Ctrl-C pressed twice on a "
+          "slow start)",
+          "[e2e][faults][startup]") {
+  auto bin = eventsd_binary();
+  temp_dir d{"eventsd-faults-early-signals-"};
+  auto dir = d.path() + "/data";
+  auto r = run_command({bin, "--storage.dir=" + dir, "--http.port=0",
+                        "--postgres.dsn=" + unreachable_dsn},
+                       30s, d.path(), {}, {}, [&](pid_t pid) {
+                         REQUIRE(eventually([&] { return std::filesystem::exists(dir); }, 10s, 1ms));
+                         // Two kinds, so that the kernel does not merge them.
+                         ::kill(pid, SIGINT);
+                         ::kill(pid, SIGTERM);
+                       });
+  INFO("status " << r.status << ": " << r.output);
+  CHECK_FALSE(r.timed_out);
+  // Whichever the kernel delivers second.
+  CHECK((r.exit_code() == 128 + SIGINT || r.exit_code() == 128 + SIGTERM));
+  CHECK(r.output.find("eventsd: signal again while starting: exiting now") != std::string::npos);
+  CHECK(r.output.find("listening on") == std::string::npos);
+}
+
 TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reason, before it "
           "touches the storage directory",
           "[e2e][faults][startup]") {

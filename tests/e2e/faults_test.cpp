@@ -907,28 +907,42 @@ TEST_CASE("eventsd refuses to start on a storage directory it cannot use: non-ze
   }
 }
 
+namespace {
+
+/// eventsd on `dir` (no PostgreSQL), sent `signals` as soon as it has created
+/// `dir` — right before it opens the store, long before it listens — and run
+/// to its end.
+run_result signalled_while_starting(const temp_dir& d, const std::string& dir,
+                                    const std::vector<int>& signals) {
+  bool seen = false;
+  auto r = run_command({eventsd_binary(), "--storage.dir=" + dir, "--http.port=0",
+                        "--postgres.dsn=" + unreachable_dsn},
+                       30s, d.path(), {}, {}, [&](pid_t pid) {
+                         seen = eventually([&] { return std::filesystem::exists(dir); }, 10s, 1ms);
+                         for (int s : signals)
+                           ::kill(pid, s);
+                       });
+  if (!seen)
+    throw std::runtime_error("eventsd did not create " + dir + " within 10 s: " + r.output);
+  return r;
+}
+
+} // namespace
+
 TEST_CASE("a SIGINT, SIGTERM or SIGHUP while eventsd opens its store stops it cleanly once it "
           "has started: exit 0, the store closed and usable",
           "[e2e][faults][startup]") {
-  auto bin = eventsd_binary();
   auto sig = GENERATE(SIGINT, SIGTERM, SIGHUP);
   temp_dir d{"eventsd-faults-early-signal-"};
   auto dir = d.path() + "/data";
-  std::vector<std::string> args{bin, "--storage.dir=" + dir, "--http.port=0",
-                                "--postgres.dsn=" + unreachable_dsn};
-  bool sent = false;
-  auto r = run_command(args, 30s, d.path(), {}, {}, [&](pid_t pid) {
-    // eventsd creates the directory right before it opens the store, long
-    // before it listens.
-    sent = eventually([&] { return std::filesystem::exists(dir); }, 10s, 1ms);
-    ::kill(pid, sig);
-  });
+  auto r = signalled_while_starting(d, dir, {sig});
   INFO("signal " << sig << " -> status " << r.status << ": " << r.output);
-  REQUIRE(sent);
   CHECK_FALSE(r.timed_out);
   CHECK(r.exit_code() == 0); // not killed by the signal's default action
   CHECK(r.output.find("eventsd: shutting down") != std::string::npos);
-  auto again = run_command(args, 30s, d.path(), {}, "listening on");
+  auto again = run_command({eventsd_binary(), "--storage.dir=" + dir, "--http.port=0",
+                            "--postgres.dsn=" + unreachable_dsn},
+                           30s, d.path(), {}, "listening on");
   INFO("started again: " << again.output);
   CHECK(again.timed_out); // it listened, then was stopped by us
 }
@@ -936,17 +950,9 @@ TEST_CASE("a SIGINT, SIGTERM or SIGHUP while eventsd opens its store stops it cl
 TEST_CASE("a second stop signal while eventsd starts ends it at once (Ctrl-C pressed twice on a "
           "slow start)",
           "[e2e][faults][startup]") {
-  auto bin = eventsd_binary();
   temp_dir d{"eventsd-faults-early-signals-"};
-  auto dir = d.path() + "/data";
-  auto r = run_command({bin, "--storage.dir=" + dir, "--http.port=0",
-                        "--postgres.dsn=" + unreachable_dsn},
-                       30s, d.path(), {}, {}, [&](pid_t pid) {
-                         REQUIRE(eventually([&] { return std::filesystem::exists(dir); }, 10s, 1ms));
-                         // Two kinds, so that the kernel does not merge them.
-                         ::kill(pid, SIGINT);
-                         ::kill(pid, SIGTERM);
-                       });
+  // Two kinds, so that the kernel does not merge them.
+  auto r = signalled_while_starting(d, d.path() + "/data", {SIGINT, SIGTERM});
   INFO("status " << r.status << ": " << r.output);
   CHECK_FALSE(r.timed_out);
   // Whichever the kernel delivers second.

@@ -72,6 +72,20 @@ int main(int argc, char** argv) {
               << ": " << *why << "\n";
     return 2;
   }
+  // The OpenAPI document, Swagger UI and /ui: a directory named for them must
+  // hold them; beside the binary they may be missing (a binary copied alone).
+  auto static_dir = opts.http_static_dir.empty() ? default_static_dir() : opts.http_static_dir;
+  if (!std::filesystem::is_regular_file(static_dir + "/openapi.json")) {
+    if (!opts.http_static_dir.empty()) {
+      std::cerr << "eventsd: --http.static-dir " << static_dir
+                << " holds no openapi.json (the directory of /openapi.json, /swagger and /ui, "
+                   "build/static after a build)\n";
+      return 2;
+    }
+    std::cerr << "eventsd: WARNING no openapi.json in " << static_dir
+              << ": /openapi.json, /swagger and /ui answer 404 (set --http.static-dir to "
+                 "build/static of a build)\n";
+  }
   // A closed stderr (a pipe whose reader went) must not end the process
   // mid-drain: writes to it fail instead. Sockets never raise it (Beast
   // sends with MSG_NOSIGNAL).
@@ -154,7 +168,7 @@ int main(int argc, char** argv) {
   hopts.request_timeout = std::chrono::milliseconds{opts.http_request_timeout_ms};
   hopts.drain_timeout = std::chrono::milliseconds{opts.http_drain_timeout_ms};
   hopts.admin_token = opts.http_admin_token;
-  hopts.static_dir = opts.http_static_dir.empty() ? default_static_dir() : opts.http_static_dir;
+  hopts.static_dir = static_dir;
   hopts.uow_timeout = std::chrono::milliseconds{opts.projection_uow_timeout_ms};
   hopts.sse_heartbeat = std::chrono::milliseconds{opts.http_sse_heartbeat_ms};
   hopts.sse_max_lag = opts.http_sse_max_lag;

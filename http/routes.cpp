@@ -6,6 +6,9 @@
 #include <fstream>
 #include <sstream>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <nlohmann/json.hpp>
 
 #include "core/flat_json.hpp"
@@ -168,6 +171,16 @@ std::optional<reply> require_json_object(const incoming& req, json& out) {
   return std::nullopt;
 }
 
+/// For a route that takes no body: one sent anyway must still be a JSON
+/// object (whose fields are ignored, as unknown fields are), so that garbage,
+/// or a body meant for another route, is refused instead of written past.
+std::optional<reply> check_unused_body(const incoming& req) {
+  if (req.body.empty())
+    return std::nullopt;
+  json ignored;
+  return require_json_object(req, ignored);
+}
+
 /// `description` of a body: present, a string, and valid for a todo.
 std::optional<field_error> description_of(const json& body, std::string& out) {
   auto i = body.find("description");
@@ -243,6 +256,28 @@ actors::write_conditions conditions_of(const incoming& req, bool write = true) {
     cond.if_none_match_any = !versions || malformed;
   }
   return cond;
+}
+
+/// POST /todo's If-Match and If-None-Match, evaluated against its target, the
+/// collection /todo, which exists and has no entity tag (RFC 9110 §13.1.1-2):
+/// `If-Match: *` and `If-None-Match` with tags hold; `If-Match` with tags and
+/// `If-None-Match: *` do not (a 412, nothing created).
+std::optional<reply> collection_preconditions(const incoming& req) {
+  constexpr const char* retry_hint =
+    " (to make a create safe to retry, send an Idempotency-Key)";
+  if (auto m = req.headers.find("if-match");
+      m != req.headers.end() && entity_versions(m->second, false))
+    return problem(412, std::string{"If-Match names versions, but POST /todo creates a new todo: "
+                                    "there is no version to match"}
+                          + retry_hint);
+  if (auto n = req.headers.find("if-none-match"); n != req.headers.end()) {
+    bool malformed = false;
+    if (!entity_versions(n->second, true, &malformed) || malformed)
+      return problem(412, std::string{"If-None-Match: * holds only where nothing exists, and "
+                                      "/todo does: every POST creates a new todo"}
+                            + retry_hint);
+  }
+  return std::nullopt;
 }
 
 /// problem_for(err), where a todo's stream that does not exist is the todo.
@@ -546,16 +581,19 @@ router::router(services& svc) : svc_(svc) {
     std::string description;
     if (auto err = description_of(body, description))
       return respond(problem(400, "validation failed", {std::move(*err)}));
+    if (auto err = collection_preconditions(req))
+      return respond(*err);
     actors::write_conditions cond;
     if (auto key = req.headers.find("idempotency-key"); key != req.headers.end()) {
       if (req.repeated("idempotency-key"))
         return respond(problem(400, "Idempotency-Key given more than once",
                                {{"Idempotency-Key", {"must be given once"}}}));
-      // Characters, not bytes: UTF-8 continuation bytes do not count.
-      auto chars = std::ranges::count_if(key->second, [](char c) {
-        return (static_cast<unsigned char>(c) & 0xC0) != 0x80;
-      });
-      if (chars == 0 || chars > 128)
+      // Characters, not bytes.
+      auto chars = todo::count_code_points(key->second);
+      if (!chars)
+        return respond(problem(400, "Idempotency-Key is not valid UTF-8",
+                               {{"Idempotency-Key", {"must be UTF-8 text"}}}));
+      if (*chars == 0 || *chars > 128)
         return respond(problem(400, "Idempotency-Key must be 1..128 characters",
                                {{"Idempotency-Key", {"must be 1..128 characters"}}}));
       // The fingerprint is of what the request means, the object without the
@@ -592,17 +630,23 @@ router::router(services& svc) : svc_(svc) {
   });
 
   add("PUT", "/todo/{id}/put-in-progress", [=](incoming& req, auto& p, responder& respond) {
+    if (auto err = check_unused_body(req))
+      return respond(*err);
     if (auto id = path_id(p[0], respond))
       execute(*id, todo::put_in_progress{}, conditions_of(req), 200, respond);
   });
 
   add("PUT", "/todo/{id}/done", [=](incoming& req, auto& p, responder& respond) {
+    if (auto err = check_unused_body(req))
+      return respond(*err);
     if (auto id = path_id(p[0], respond))
       execute(*id, todo::mark_done{}, conditions_of(req), 200, respond);
   });
 
   add("PUT", "/todo/{id}/undo-to/{eventId}",
       [=, &s](incoming& req, auto& p, responder& respond) {
+        if (auto err = check_unused_body(req))
+          return respond(*err);
         auto id = path_id(p[0], respond);
         if (!id)
           return;
@@ -872,8 +916,12 @@ router::router(services& svc) : svc_(svc) {
   });
 
   // GET of the SSE route is served by the session (router::is_subscription);
-  // registered here for 405 and for HEAD, which gets the stream's headers.
-  add("GET", "/subscribe/$all", [](incoming&, auto&, responder& respond) {
+  // registered here for 405 and for HEAD, which gets the stream's headers
+  // (or the 400 a GET would get).
+  add("GET", "/subscribe/$all", [](incoming& req, auto&, responder& respond) {
+    uint64_t from = 0;
+    if (auto bad = subscription_start(req, from))
+      return respond(std::move(*bad));
     reply r;
     r.content_type = "text/event-stream";
     r.header("Cache-Control", "no-cache");
@@ -926,9 +974,14 @@ router::router(services& svc) : svc_(svc) {
                     + std::to_string(failed ? failed->count() : 0)
                     + " ms ago; ready again 5 s after the last failure once it recovers, "
                       "retried every second)";
-            if (!st.connected)
-              why += (why.empty() ? "" : "; ") + std::string{"PostgreSQL is not reachable: "}
-                     + st.last_error;
+            // PostgreSQL's words name hosts, ports and users: for the log and
+            // the admin routes only.
+            if (st.stuck)
+              why += (why.empty() ? "" : "; ") + st.last_error;
+            else if (!st.connected)
+              why += (why.empty() ? "" : "; ")
+                     + std::string{"PostgreSQL is not reachable (the reason is in eventsd's "
+                                   "log and GET /admin/projections)"};
             else if (st.diverged)
               why += (why.empty() ? "" : "; ") + st.last_error;
             auto r = problem(503, why);
@@ -1013,6 +1066,8 @@ router::router(services& svc) : svc_(svc) {
       [=, &s](incoming& req, auto& p, responder& respond) {
         if (!authorized(req, respond))
           return;
+        if (auto err = check_unused_body(req))
+          return respond(*err);
         if (p[0] != "todos")
           return respond(problem(404, "no projection named `" + p[0] + "`"));
         auto projection = s.projection;
@@ -1217,7 +1272,39 @@ std::string router::handle(incoming req, responder respond) {
 }
 
 bool is_loopback_address(const std::string& address) {
-  return address == "localhost" || address == "::1" || address.rfind("127.", 0) == 0;
+  if (address == "localhost")
+    return true;
+  in_addr v4{};
+  if (::inet_pton(AF_INET, address.c_str(), &v4) == 1)
+    return (ntohl(v4.s_addr) >> 24) == 127;
+  in6_addr v6{};
+  auto unzoned = address.substr(0, address.find('%'));
+  if (::inet_pton(AF_INET6, unzoned.c_str(), &v6) != 1)
+    return false;
+  return IN6_IS_ADDR_LOOPBACK(&v6) || (IN6_IS_ADDR_V4MAPPED(&v6) && v6.s6_addr[12] == 127);
+}
+
+std::optional<reply> subscription_start(const incoming& req, uint64_t& from) {
+  auto bad = [](const char* field) {
+    return problem(400, std::string{"`"} + field + "` must be a non-negative integer",
+                   {{field, {"must be a non-negative integer"}}});
+  };
+  from = 1;
+  // As `from` of GET /streams/$all: a number past any position is no
+  // error; it just selects no events (parse_count saturates).
+  if (auto f = req.query.find("from"); f != req.query.end()) {
+    auto n = parse_count(f->second);
+    if (!n)
+      return bad("from");
+    from = std::max<uint64_t>(1, *n);
+  }
+  if (auto last = req.header("last-event-id"); !last.empty()) {
+    auto n = parse_count(last);
+    if (!n)
+      return bad("Last-Event-ID");
+    from = *n == UINT64_MAX ? *n : *n + 1;
+  }
+  return std::nullopt;
 }
 
 bool constant_time_equal(std::string_view a, std::string_view b) {

@@ -54,8 +54,13 @@ std::optional<std::string> parse_target(std::string_view target, std::string& pa
 /// number beyond any position, version or limit). nullopt: not a number.
 std::optional<uint64_t> parse_count(std::string_view v);
 
-/// True for 127.0.0.0/8, ::1 and "localhost".
+/// True for 127.0.0.0/8, ::1 (in any spelling, IPv4-mapped 127.x.y.z too)
+/// and "localhost".
 bool is_loopback_address(const std::string& address);
+
+/// Where GET /subscribe/$all starts: `from` (inclusive, default 1), or one past
+/// `Last-Event-ID`, which overrides it. Answers the 400 for a malformed one.
+std::optional<reply> subscription_start(const incoming& req, uint64_t& from);
 
 /// Compares secrets in time independent of where they differ.
 bool constant_time_equal(std::string_view a, std::string_view b);

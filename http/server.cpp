@@ -108,10 +108,14 @@ std::optional<reply> framing_problem(unsigned version, incoming& req) {
   for (auto& coding : tokens(req.header("transfer-encoding")))
     if (coding != "chunked")
       return problem(501, "transfer coding `" + coding + "` is not supported (only chunked)");
+  // Only a body has a content coding to undo (none: nothing to refuse).
   for (auto& coding : tokens(req.header("content-encoding")))
-    if (coding != "identity")
-      return problem(415, "content coding `" + coding
-                            + "` is not supported: send the body uncompressed");
+    if (coding != "identity" && !req.body.empty()) {
+      auto r = problem(415, "content coding `" + coding
+                              + "` is not supported: send the body uncompressed");
+      r.header("Accept-Encoding", "identity"); // RFC 9110 §15.5.16
+      return r;
+    }
   return std::nullopt;
 }
 
@@ -605,8 +609,8 @@ private:
       // fields. (Beast parses the request line only once the whole header is
       // in, so the parser cannot tell: the bytes read do.)
       if (parser_->get().target().empty() && !line_ends_within(buffer_.data(), header_limit))
-        return send(problem(414, "request target longer than "
-                                   + std::to_string(header_limit) + " bytes"),
+        return send(problem(414, "request target too long: the request line does not end "
+                                   "within " + std::to_string(header_limit) + " bytes"),
                     "too-large", std::chrono::steady_clock::now());
       return send(problem(431, "request header larger than " + std::to_string(header_limit)
                                  + " bytes"),
@@ -725,26 +729,8 @@ private:
 
   void start_subscription(const incoming& req) {
     uint64_t from = 1;
-    auto f = req.query.find("from");
-    auto bad = [&](const char* field) {
-      send(problem(400, std::string{"`"} + field + "` must be a non-negative integer",
-                   {{field, {"must be a non-negative integer"}}}),
-           "/subscribe/$all", std::chrono::steady_clock::now());
-    };
-    // As `from` of GET /streams/$all: a number past any position is no
-    // error; it just selects no events (parse_count saturates).
-    if (f != req.query.end()) {
-      auto n = parse_count(f->second);
-      if (!n)
-        return bad("from");
-      from = std::max<uint64_t>(1, *n);
-    }
-    if (auto last = req.header("last-event-id"); !last.empty()) {
-      auto n = parse_count(last);
-      if (!n)
-        return bad("Last-Event-ID");
-      from = *n == UINT64_MAX ? *n : *n + 1;
-    }
+    if (auto bad = subscription_start(req, from))
+      return send(std::move(*bad), "/subscribe/$all", std::chrono::steady_clock::now());
     // Each subscriber reads the log after every batch: their number is
     // bounded like any other resource a client can claim.
     if (auto max = router_.svc().options.sse_max_subscribers; !signal_.admit(max)) {
@@ -787,6 +773,8 @@ private:
                   std::chrono::steady_clock::time_point started) {
     res.set(bhttp::field::server, "eventsd");
     res.set(bhttp::field::date, http_date());
+    if (r.status == 413) // Beast still has RFC 7231's "Payload Too Large"
+      res.reason("Content Too Large");
     if (!r.content_type.empty())
       res.set(bhttp::field::content_type, r.content_type);
     for (auto& [name, value] : r.headers)

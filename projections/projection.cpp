@@ -17,6 +17,8 @@ namespace {
 using clock = std::chrono::steady_clock;
 constexpr const char* live_table = "todos";
 constexpr const char* rebuild_table = "todos_rebuild";
+/// Where the reason for a read-model failure told to a client is.
+const std::string see_log = " (the reason is in eventsd's log and GET /admin/projections)";
 
 caf::error to_caf(const projection_error& err) {
   return caf::make_error(err.code, err.detail);
@@ -489,15 +491,17 @@ constexpr auto probe_patience = std::chrono::seconds{3};
 /// Why a wait ends without the read model: it is another store's, or
 /// PostgreSQL cannot be reached (never since the start: then no position is
 /// claimed, since the projection does not know where the read model is).
+/// PostgreSQL's own words (hosts, ports, users, databases) go to the log and
+/// /admin/projections, never to a client: this is what clients get instead.
 caf::error unreachable(const projection_report& r) {
   if (r.diverged)
     return caf::make_error(projection_errc::diverged, r.last_error);
   if (!r.reached)
     return caf::make_error(projection_errc::unavailable,
-                           "PostgreSQL not reached since the start: " + r.last_error);
+                           "PostgreSQL not reached since the start" + see_log);
   return caf::make_error(projection_errc::unavailable,
-                         r.last_error + " (the read model had reached position "
-                           + std::to_string(r.position) + ")",
+                         "the read model cannot be updated; it had reached position "
+                           + std::to_string(r.position) + see_log,
                          r.position);
 }
 
@@ -599,6 +603,7 @@ projection_status stuck_status(const front_state& st) {
   auto waited = std::chrono::duration_cast<std::chrono::seconds>(clock::now() - st.probe_sent_at);
   s.connected = false;
   s.state = "error";
+  s.stuck = true;
   s.last_error = "PostgreSQL has not answered the projection for "
                  + std::to_string(waited.count()) + " s";
   return s;
@@ -723,6 +728,9 @@ struct reader_state {
   /// answer each try waits out connect_timeout).
   std::optional<projection_error> connect_error;
   clock::time_point connect_failed{};
+  /// The failure last logged, and when (each new one, the same once a minute).
+  std::string logged_error;
+  clock::time_point logged_at{};
   static inline const char* name = "todo_read_model_reader";
 };
 
@@ -811,14 +819,34 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
         return std::nullopt;
       };
       // Runs a query; a connection found broken (PostgreSQL restarted since
-      // the last use) is reopened and the query tried once more.
-      auto run = [self, ready](auto&& query) -> decltype(query()) {
-        if (auto err = ready())
-          return *err;
-        auto r = query();
-        if (!r.ok() && r.error().code == projection_errc::unavailable && !ready())
-          r = query();
-        return r;
+      // the last use) is reopened and the query tried once more. A failure
+      // goes to the log in PostgreSQL's words, to the client in eventsd's.
+      auto run = [self, ready, cancel](auto&& query) -> decltype(query()) {
+        auto r = [&]() -> decltype(query()) {
+          if (auto err = ready())
+            return *err;
+          auto first = query();
+          if (!first.ok() && first.error().code == projection_errc::unavailable && !ready())
+            return query();
+          return first;
+        }();
+        if (r.ok())
+          return r;
+        auto code = r.error().code;
+        if (code != projection_errc::unavailable && code != projection_errc::query_failed)
+          return r; // eventsd's own words: a store mismatch, a malformed cursor
+        if (cancel != nullptr && cancel->load())
+          return projection_error{code, "the server is stopping"};
+        auto& st = self->state;
+        const auto& why = r.error().detail;
+        if (why != st.logged_error || clock::now() - st.logged_at >= std::chrono::minutes{1}) {
+          st.logged_error = why;
+          st.logged_at = clock::now();
+          std::cerr << "eventsd: read-model read failed: " << why << std::endl;
+        }
+        return projection_error{code, code == projection_errc::unavailable
+                                        ? "PostgreSQL cannot be reached" + see_log
+                                        : "the read-model query failed" + see_log};
       };
       // Answers every pending lookup with one query per max_fetch_batch ids.
       auto flush = [self, run] {

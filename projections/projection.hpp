@@ -75,13 +75,16 @@ struct projection_status {
   uint64_t rebuild_head = 0;
   uint64_t rebuilds_completed = 0;
   bool diverged = false; ///< the read model is another store's or ahead of the log
+  /// PostgreSQL holds the worker in a statement (last_error says how long):
+  /// eventsd's own words, where other errors are PostgreSQL's.
+  bool stuck = false;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, projection_status& x) {
   return f(caf::meta::type_name("projection_status"), x.name, x.mode, x.state, x.position,
            x.position_known, x.head, x.lag_ms, x.connected, x.last_error, x.rebuilding,
-           x.rebuild_position, x.rebuild_head, x.rebuilds_completed, x.diverged);
+           x.rebuild_position, x.rebuild_head, x.rebuilds_completed, x.diverged, x.stuck);
 }
 
 /// Handle of the Todo projection. It answers waits and status at once; a

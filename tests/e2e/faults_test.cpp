@@ -1035,6 +1035,31 @@ TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reas
   CHECK_FALSE(std::filesystem::exists(dir));
 }
 
+TEST_CASE("without openapi.json eventsd refuses a --http.static-dir named for it (exit 2) and "
+          "warns when its own static directory is missing",
+          "[e2e][faults][startup]") {
+  temp_dir d{"eventsd-faults-static-"};
+  auto dir = d.path() + "/data";
+  auto empty = d.path() + "/empty";
+  std::filesystem::create_directories(empty);
+  auto r = run_command({eventsd_binary(), "--storage.dir=" + dir, "--http.port=0",
+                        "--postgres.dsn=" + unreachable_dsn, "--http.static-dir=" + empty},
+                       20s, d.path(), {}, "listening on");
+  INFO(r.output);
+  check_refused(r, "--http.static-dir " + empty + " holds no openapi.json");
+  CHECK_FALSE(std::filesystem::exists(dir));
+  // The binary copied alone: it serves, and says what it cannot.
+  auto alone = d.path() + "/eventsd";
+  std::filesystem::copy_file(eventsd_binary(), alone);
+  auto warned = run_command({alone, "--storage.dir=" + dir, "--http.port=0",
+                             "--postgres.dsn=" + unreachable_dsn},
+                            20s, d.path(), {}, "listening on");
+  INFO(warned.output);
+  CHECK(warned.timed_out); // it listened
+  CHECK(warned.output.find("eventsd: WARNING no openapi.json in " + d.path() + "/static")
+        != std::string::npos);
+}
+
 TEST_CASE("--help lists eventsd's own options with their defaults and exits 0, before any "
           "configuration check",
           "[e2e][faults][startup]") {

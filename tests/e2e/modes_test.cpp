@@ -269,10 +269,18 @@ TEST_CASE("unit-of-work with PostgreSQL unreachable: writes answer 202 with the 
   CHECK(one.header("Content-Type").value_or("").rfind("application/problem+json", 0) == 0);
   auto list = c.get("/todo");
   CHECK(list.status == 503);
-  // The reason in words, not a rendered CAF error.
+  // The reason in eventsd's words, not a rendered CAF error, nor PostgreSQL's
+  // (which names its host and port): those are in the log.
   INFO("GET /todo: " << list.body);
-  CHECK(list.json_body().value("detail", "").find("Connection refused") != std::string::npos);
+  CHECK(list.json_body().value("detail", "").find("PostgreSQL cannot be reached")
+        != std::string::npos);
   CHECK(list.body.find("error(") == std::string::npos);
+  for (auto* body : {&ready.body, &one.body, &list.body}) {
+    CHECK(body->find("Connection refused") == std::string::npos);
+    CHECK(body->find("127.0.0.1") == std::string::npos);
+  }
+  CHECK(s.output().find("eventsd: read-model read failed: ") != std::string::npos);
+  CHECK(s.output().find("Connection refused") != std::string::npos);
   CHECK(c.get("/healthz").status == 200);
 }
 

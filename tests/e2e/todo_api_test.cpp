@@ -953,6 +953,31 @@ TEST_CASE("an Idempotency-Key is counted in characters, and given twice it is a 
                                    {"Idempotency-Key", random_uuid()}});
   check_rejected(twice, 400, before);
   check_field_error(twice, "Idempotency-Key");
+  // Bytes that are no UTF-8 have no characters to count.
+  auto not_text = client().post_json("/todo", {{"description", "key of 0xff bytes"}},
+                                     {{"Idempotency-Key", std::string(8, '\xff')}});
+  check_rejected(not_text, 400, before);
+  check_field_error(not_text, "Idempotency-Key");
+}
+
+TEST_CASE("POST /todo evaluates If-Match and If-None-Match against /todo, which exists and has "
+          "no entity tag: a tag in If-Match and If-None-Match: * are a 412 and create nothing",
+          "[e2e][todo][concurrency]") {
+  auto before = head();
+  for (std::string refused : {"If-Match: \"1\"", "If-Match: \"5\", \"6\"", "If-Match: W/\"1\"",
+                              "If-Match: 1", "If-None-Match: *", "If-None-Match: 1"}) {
+    auto colon = refused.find(": ");
+    auto r = client().post_json("/todo", {{"description", "conditional create"}},
+                                {{refused.substr(0, colon), refused.substr(colon + 2)}});
+    INFO(refused);
+    check_rejected(r, 412, before);
+    CHECK(r.json_body().value("detail", "").find("Idempotency-Key") != std::string::npos);
+    CHECK_FALSE(r.header("ETag"));
+  }
+  // `If-Match: *` holds (/todo exists), and no tag matches If-None-Match.
+  create("created under If-Match: *", {{"If-Match", "*"}});
+  create("created under If-None-Match: \"1\"", {{"If-None-Match", "\"1\""}});
+  CHECK(head() == before + 2);
 }
 
 // -- §4/§6 validation ------------------------------------------------------------
@@ -1168,6 +1193,7 @@ TEST_CASE("a body of exactly 65536 bytes is accepted and 65537 bytes is a 413",
                           "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                           "Content-Length: 1000000\r\n\r\n");
   check_rejected(parse_response(raw), 413, before);
+  CHECK(raw.rfind("HTTP/1.1 413 Content Too Large\r\n", 0) == 0); // RFC 9110 §15.5.14
   // A chunked body over the limit too.
   std::string chunked = "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                         "Transfer-Encoding: chunked\r\n\r\n";
@@ -1360,11 +1386,49 @@ TEST_CASE("HTTP/1.1 framing rules: no Host is a 400, an unknown transfer coding 
                                   {{"Content-Type", "application/json"},
                                    {"Content-Encoding", "gzip"}});
   check_rejected(gzip_ce, 415, before);
+  CHECK(gzip_ce.header("Accept-Encoding") == "identity"); // RFC 9110 §15.5.16
   // `identity` is no coding at all.
   auto identity = client().request("POST", "/todo", body,
                                    {{"Content-Type", "application/json"},
                                     {"Content-Encoding", "identity"}});
-  check_write(identity, 201);
+  auto created = check_write(identity, 201);
+  // Without a body there is nothing coded: the field is no reason to refuse.
+  CHECK(client().get("/healthz", {{"Content-Encoding", "gzip"}}).status == 200);
+  check_write(client().put("/todo/" + created.id + "/done", {{"Content-Encoding", "gzip"}}), 200);
+}
+
+TEST_CASE("the writes that take no body refuse one that is not a JSON object (415, 400) and "
+          "append nothing; an object's fields are ignored",
+          "[e2e][todo][validation]") {
+  auto c = create("no body expected");
+  auto first_event = history(c.id)[0]["id"].get<std::string>();
+  for (std::string path : {"/todo/" + c.id + "/put-in-progress", "/todo/" + c.id + "/done",
+                           "/todo/" + c.id + "/undo-to/" + first_event}) {
+    INFO("PUT " << path);
+    auto before = head();
+    check_rejected(client().request("PUT", path, std::string{"not json"},
+                                    {{"Content-Type", "text/plain"}}),
+                   415, before);
+    check_rejected(client().request("PUT", path, std::string{"{\"x\":\"\xff"},
+                                    {{"Content-Type", "application/json"}}),
+                   400, before);
+    check_rejected(client().request("PUT", path, std::string{"{\"status\":"},
+                                    {{"Content-Type", "application/json"}}),
+                   400, before);
+    check_rejected(client().request("PUT", path, std::string{"[1]"},
+                                    {{"Content-Type", "application/json"}}),
+                   400, before);
+    // A body without a type is no JSON either (§6).
+    check_rejected(client().request("PUT", path, std::string{"{}"}), 415, before);
+    check_write(client().request("PUT", path, std::string{"{\"status\":\"Created\"}"},
+                                 {{"Content-Type", "application/json"}}),
+                200);
+    CHECK(head() == before + 1);
+  }
+  // The last write was the undo to the first event: the ignored field changed nothing.
+  auto last = history(c.id).back()["snapshot"];
+  CHECK(last["status"] == "Created");
+  CHECK(last["version"] == 4);
 }
 
 namespace {
@@ -1512,6 +1576,10 @@ TEST_CASE("every answer carries a Date header; HEAD of the subscription route an
   CHECK_FALSE(head_sse.header("Content-Length"));
   CHECK(own.get("/healthz").status == 200);
   CHECK(own.connections() == 1); // the same connection still serves
+  // HEAD answers what GET would: a malformed start is a 400 there too.
+  CHECK(own.request("HEAD", "/subscribe/$all?from=-1", std::nullopt).status == 400);
+  CHECK(own.request("HEAD", "/subscribe/$all", std::nullopt, {{"Last-Event-ID", "abc"}}).status
+        == 400);
   auto post_sse = client().request("POST", "/subscribe/$all", std::string{"{}"},
                                    {{"Content-Type", "application/json"}});
   check_problem(post_sse, 405);

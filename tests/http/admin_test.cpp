@@ -338,6 +338,32 @@ TEST_CASE("POST /admin/projections/{name}/rebuild: an unknown projection is a 40
   CHECK(projection_status(c)["rebuild"]["completed"] == 0);
 }
 
+TEST_CASE("POST /admin/projections/todos/rebuild takes no body: one that is not a JSON object "
+          "is a 415 or 400 and starts nothing",
+          "[http][admin][rebuild]") {
+  server s{server_options::with_args({"--http.admin-token=secret"})};
+  http_client c{s.port()};
+  auto with_type = [](const char* type) {
+    auto h = bearer;
+    h.emplace_back("Content-Type", type);
+    return h;
+  };
+  check_problem(c.request("POST", "/admin/projections/todos/rebuild", std::string{"now"},
+                          with_type("text/plain")),
+                415);
+  check_problem(c.request("POST", "/admin/projections/todos/rebuild", std::string{"{\"x\""},
+                          with_type("application/json")),
+                400);
+  auto status = projection_status(c);
+  CHECK(status["rebuild"]["active"] == false);
+  CHECK(status["rebuild"]["completed"] == 0);
+  // A JSON object is ignored, as no body is.
+  CHECK(c.request("POST", "/admin/projections/todos/rebuild", std::string{"{\"force\":true}"},
+                  with_type("application/json"))
+          .status
+        == 202);
+}
+
 TEST_CASE("/admin/projections: while PostgreSQL has not been reached since the start, the "
           "position and lag are unknown (null), not 0",
           "[http][admin]") {

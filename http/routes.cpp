@@ -280,6 +280,31 @@ std::optional<reply> collection_preconditions(const incoming& req) {
   return std::nullopt;
 }
 
+/// `respond`, except that a 412 says so when the request's If-Match or
+/// If-None-Match is no list of entity tags (`If-Match: 3`), which matches
+/// nothing: else the client learns only that its version did not match.
+responder hinting_malformed_tags(const incoming& req, responder respond) {
+  std::string hint;
+  for (auto [name, field] : {std::pair{"if-match", "If-Match"}, {"if-none-match", "If-None-Match"}}) {
+    bool malformed = false;
+    if (auto i = req.headers.find(name); i != req.headers.end())
+      entity_versions(i->second, true, &malformed);
+    if (malformed)
+      hint += std::string{"; "} + field + " is not a list of entity tags, so nothing matches "
+              "it: quote the version, as in " + field + ": \"3\"";
+  }
+  if (hint.empty())
+    return respond;
+  return [respond = std::move(respond), hint](reply r) {
+    if (r.status == 412) {
+      auto j = json::parse(r.body);
+      j["detail"] = j.value("detail", std::string{}) + hint;
+      r.body = dump(j);
+    }
+    respond(std::move(r));
+  };
+}
+
 /// problem_for(err), where a todo's stream that does not exist is the todo.
 reply todo_problem(const caf::error& err) {
   if (err == storage::storage_errc::stream_not_found)
@@ -626,21 +651,23 @@ router::router(services& svc) : svc_(svc) {
     if (!errors.empty())
       return respond(problem(400, "validation failed", std::move(errors)));
     execute(*id, todo::change_description{std::move(description)},
-            conditions_of(req), 200, respond);
+            conditions_of(req), 200, hinting_malformed_tags(req, respond));
   });
 
   add("PUT", "/todo/{id}/put-in-progress", [=](incoming& req, auto& p, responder& respond) {
     if (auto err = check_unused_body(req))
       return respond(*err);
     if (auto id = path_id(p[0], respond))
-      execute(*id, todo::put_in_progress{}, conditions_of(req), 200, respond);
+      execute(*id, todo::put_in_progress{}, conditions_of(req), 200,
+              hinting_malformed_tags(req, respond));
   });
 
   add("PUT", "/todo/{id}/done", [=](incoming& req, auto& p, responder& respond) {
     if (auto err = check_unused_body(req))
       return respond(*err);
     if (auto id = path_id(p[0], respond))
-      execute(*id, todo::mark_done{}, conditions_of(req), 200, respond);
+      execute(*id, todo::mark_done{}, conditions_of(req), 200,
+              hinting_malformed_tags(req, respond));
   });
 
   add("PUT", "/todo/{id}/undo-to/{eventId}",
@@ -658,11 +685,11 @@ router::router(services& svc) : svc_(svc) {
         // The deadline counts from now, not from after the read below.
         cond.deadline = std::chrono::steady_clock::now() + s.options.request_timeout;
         auto execute_undo = execute;
+        auto answer = hinting_malformed_tags(req, respond);
         caf::anon_send(reader, state_at_atom_v, *id, *event_id,
                        answer_to<todo::state>(
                          [=](const todo::state& target) {
-                           execute_undo(*id, todo::undo_to{*event_id, target},
-                                        cond, 200, respond);
+                           execute_undo(*id, todo::undo_to{*event_id, target}, cond, 200, answer);
                          },
                          [=](caf::error& err) { respond(todo_problem(err)); }));
       });

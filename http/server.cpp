@@ -3,6 +3,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <ctime>
 #include <cstdlib>
@@ -15,8 +16,6 @@
 #include <unordered_map>
 #include <utility>
 #include <vector>
-
-#include <unistd.h>
 
 #include <boost/asio.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -38,25 +37,107 @@ using tcp = net::ip::tcp;
 
 namespace {
 
-/// The signal catch_early_signals() caught, or 0.
-volatile std::sig_atomic_t early_signal = 0;
-
-/// The first signal is kept for when eventsd has started; a second one means
-/// "now" (Ctrl-C pressed again on a slow start), as it does while stopping.
-extern "C" void remember_signal(int n) {
-  if (early_signal == 0) {
-    early_signal = n;
-    return;
-  }
-  static constexpr char again[] = "eventsd: signal again while starting: exiting now\n";
-  [[maybe_unused]] auto written = ::write(STDERR_FILENO, again, sizeof again - 1);
-  ::_exit(128 + n);
-}
-
 /// Whether SIGHUP's action is to ignore it (eventsd started under `nohup`).
 bool sighup_ignored() {
   struct sigaction hup{};
   return ::sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler == SIG_IGN;
+}
+
+/// SIGINT, SIGTERM and SIGHUP for the whole process, from start() until
+/// finish(): the first asks the server to stop (wait() returns); another
+/// within 2 s is ignored (a double Ctrl-C, `timeout` signalling the process
+/// group, a supervisor's SIGTERM and SIGHUP); a later one ends the process at
+/// once. SIGHUP (a closed terminal, a supervisor's "reload": eventsd has
+/// nothing to reload) is left alone when it is ignored (`nohup eventsd`).
+class signal_watch {
+public:
+  /// Starts watching, once: signals from now on are not lost.
+  void start() {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (set_)
+      return;
+    set_.emplace(ioc_, SIGINT, SIGTERM);
+    if (!sighup_ignored())
+      set_->add(SIGHUP);
+    arm();
+    thread_ = std::thread{[this] { ioc_.run(); }};
+  }
+
+  /// Blocks until the first signal or wake().
+  void wait() {
+    std::unique_lock<std::mutex> lock{mtx_};
+    woken_.wait(lock, [this] { return stopping_since_.has_value(); });
+  }
+
+  /// Makes wait() return as a signal would (a signal after it counts as a
+  /// second one); false when a signal came first.
+  bool wake() {
+    std::lock_guard<std::mutex> guard{mtx_};
+    if (first_ != 0)
+      return false;
+    if (!stopping_since_)
+      stopping_since_ = std::chrono::steady_clock::now();
+    woken_.notify_all();
+    return true;
+  }
+
+  /// Stops watching; `then` is the three signals' action from now on.
+  /// Returns the first signal that came, or 0.
+  int finish(void (*then)(int)) {
+    ioc_.stop();
+    if (thread_.joinable())
+      thread_.join();
+    if (set_) {
+      set_.reset(); // gives the signals back their default action
+      for (int n : {SIGINT, SIGTERM, SIGHUP})
+        if (n != SIGHUP || !sighup_ignored())
+          std::signal(n, then);
+    }
+    return first_;
+  }
+
+  ~signal_watch() { finish(SIG_DFL); }
+
+private:
+  void arm() {
+    set_->async_wait([this](beast::error_code ec, int n) {
+      if (ec)
+        return;
+      on_signal(n);
+      arm();
+    });
+  }
+
+  void on_signal(int n) {
+    std::lock_guard<std::mutex> guard{mtx_};
+    auto now = std::chrono::steady_clock::now();
+    if (!stopping_since_) {
+      first_ = n;
+      stopping_since_ = now;
+      woken_.notify_all();
+      return;
+    }
+    if (now - *stopping_since_ < std::chrono::seconds{2}) {
+      std::cerr << "eventsd: already shutting down\n";
+      return;
+    }
+    std::cerr << "eventsd: signal " << n << " again: exiting now, without a clean shutdown"
+              << std::endl;
+    std::_Exit(128 + n);
+  }
+
+  std::mutex mtx_;
+  std::condition_variable woken_;
+  int first_ = 0; // the first signal, or 0
+  std::optional<std::chrono::steady_clock::time_point> stopping_since_; // signal or wake()
+  net::io_context ioc_{1};
+  std::optional<net::signal_set> set_;
+  std::thread thread_;
+};
+
+signal_watch& process_signals() {
+  static signal_watch watch;
+  return watch;
 }
 
 /// The `Date` header's value for now (RFC 9110 §5.6.7), formatted once a
@@ -1017,13 +1098,7 @@ struct server::impl {
   std::vector<std::thread> threads;
   actors::position_listener_actor head_listener;
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
-  // SIGINT/SIGTERM/SIGHUP, also while the server stops (wait_for_signal).
-  net::io_context signal_ioc;
-  std::optional<net::signal_set> signals;
-  std::function<void(beast::error_code, int)> late_signal;
-  std::thread signal_thread;
   mutable std::mutex failure_mtx;
-  bool signalled = false; // the first SIGINT/SIGTERM/SIGHUP (or stop_for) came
   std::string failure;
 
   explicit impl(services& s)
@@ -1034,18 +1109,9 @@ server::server(services& svc) : impl_(std::make_unique<impl>(svc)) {}
 
 server::~server() {
   stop();
-  auto& d = *impl_;
-  d.signal_ioc.stop();
-  if (d.signal_thread.joinable())
-    d.signal_thread.join();
-  if (d.signals) {
-    // Stopping: the rest of it (the actor system, the store's close) is not
-    // to be cut short by a signal now that no handler is left to catch it.
-    d.signals.reset(); // gives the signals back their default action
-    std::signal(SIGINT, SIG_IGN);
-    std::signal(SIGTERM, SIG_IGN);
-    std::signal(SIGHUP, SIG_IGN);
-  }
+  // The rest of a stop (the actor system, the store's close) is not to be
+  // cut short by a signal now that nothing is left to act on it.
+  process_signals().finish(SIG_IGN);
 }
 
 uint16_t server::start(std::string& error) {
@@ -1138,70 +1204,24 @@ void server::stop() {
 }
 
 void server::wait_for_signal() {
-  auto& d = *impl_;
-  // SIGHUP (a closed terminal, a supervisor's "reload") stops the server like
-  // SIGTERM: eventsd has nothing to reload, and its default action would end
-  // the process with writes appended but never answered. Not when it was
-  // started ignoring SIGHUP (`nohup eventsd`): that asks to outlive the terminal.
-  d.signals.emplace(d.signal_ioc, SIGINT, SIGTERM);
-  if (!sighup_ignored())
-    d.signals->add(SIGHUP);
-  d.signals->async_wait([&d](beast::error_code, int) { d.signal_ioc.stop(); });
-  // Read after asio's handlers replaced remember_signal: none is missed.
-  if (early_signal != 0)
-    d.signal_ioc.stop();
-  d.signal_ioc.run();
-  {
-    std::lock_guard<std::mutex> guard{d.failure_mtx};
-    d.signalled = true;
-  }
-  // Keep the handler while the server stops: a second signal right after
-  // the first (a double Ctrl-C, `timeout` signalling the process group) must
-  // not kill it half-way. One that comes later means "now": exit at once.
-  d.signal_ioc.restart();
-  auto first = std::chrono::steady_clock::now();
-  d.late_signal = [&d, first](beast::error_code ec, int n) {
-    if (ec)
-      return;
-    if (std::chrono::steady_clock::now() - first < std::chrono::seconds{2}) {
-      std::cerr << "eventsd: already shutting down\n";
-      d.signals->async_wait(d.late_signal);
-      return;
-    }
-    std::cerr << "eventsd: signal " << n << " again: exiting now, without a clean shutdown"
-              << std::endl;
-    std::_Exit(128 + n);
-  };
-  d.signals->async_wait(d.late_signal);
-  d.signal_thread = std::thread{[&d] { d.signal_ioc.run(); }};
+  process_signals().start();
+  process_signals().wait();
 }
 
 void server::catch_early_signals() {
-  struct sigaction sa{};
-  sa.sa_handler = remember_signal;
-  ::sigemptyset(&sa.sa_mask);
-  for (int n : {SIGINT, SIGTERM, SIGHUP})
-    if (n != SIGHUP || !sighup_ignored())
-      ::sigaction(n, &sa, nullptr);
+  process_signals().start();
 }
 
 void server::release_early_signals() {
-  for (int n : {SIGINT, SIGTERM, SIGHUP})
-    if (n != SIGHUP || !sighup_ignored())
-      std::signal(n, SIG_DFL);
-  if (early_signal != 0)
-    std::raise(early_signal);
+  if (int n = process_signals().finish(SIG_DFL))
+    std::raise(n);
 }
 
 void server::stop_for(std::string reason) {
   auto& d = *impl_;
   std::lock_guard<std::mutex> guard{d.failure_mtx};
-  if (d.signalled)
-    return;
-  if (d.failure.empty())
+  if (process_signals().wake() && d.failure.empty())
     d.failure = std::move(reason);
-  // Before wait_for_signal() too: run() then returns at once.
-  d.signal_ioc.stop();
 }
 
 std::string server::failure() const {

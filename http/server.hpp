@@ -24,15 +24,15 @@ public:
   /// Stops accepting, closes connections and joins the io threads.
   void stop();
 
-  /// Blocks until a SIGINT, SIGTERM or SIGHUP arrives or stop_for() is called;
-  /// returns at once when one was caught early (catch_early_signals()).
+  /// Blocks until a SIGINT, SIGTERM or SIGHUP arrives (or came since
+  /// catch_early_signals()) or stop_for() is called. From then on, another
+  /// within 2 s is ignored and a later one ends the process at once.
   void wait_for_signal();
 
-  /// From now until wait_for_signal() takes over, a SIGINT, SIGTERM or SIGHUP
-  /// is remembered instead of ending the process: eventsd finishes starting
-  /// (a store is never left half-opened) and then stops as it would have
-  /// when serving; a second one ends the process at once. SIGHUP is left
-  /// alone when it is ignored (`nohup`).
+  /// From now on a SIGINT, SIGTERM or SIGHUP does not end the process but is
+  /// kept for wait_for_signal(): eventsd finishes starting (a large store's
+  /// open included) and then stops as it would have when serving. SIGHUP is
+  /// left alone when it is ignored (`nohup`).
   static void catch_early_signals();
 
   /// Gives the three signals back their default action, for a run that will

@@ -595,6 +595,11 @@ int server::stop(int count, std::chrono::milliseconds patience, int signal) {
   return *wait_exit(std::chrono::hours{1});
 }
 
+void server::signal(int signal) {
+  if (running())
+    ::kill(pid_, signal);
+}
+
 std::optional<int> server::wait_exit(std::chrono::milliseconds limit) {
   if (!running())
     return std::nullopt;

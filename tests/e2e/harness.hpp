@@ -145,6 +145,8 @@ public:
   /// from waitpid, or -1 when nothing ran.
   int stop(int count = 1, std::chrono::milliseconds patience = std::chrono::seconds{5},
            int signal = SIGTERM);
+  /// Sends `signal` and nothing else (no wait, no reaping).
+  void signal(int signal);
   /// Waits up to `limit` for the process to end by itself (no signal) and
   /// reaps it; its status as from waitpid, or nullopt while it still runs.
   std::optional<int> wait_exit(std::chrono::milliseconds limit);

@@ -379,6 +379,49 @@ TEST_CASE("SIGTERM (or SIGHUP) under load answers every request it has read: eac
   CHECK(lost.empty());
 }
 
+TEST_CASE("a stop signal 2 s or more after the first ends a drain that is still waiting at "
+          "once (exit 128 + signal); one sooner is ignored",
+          "[e2e][recovery][shutdown]") {
+  // The drain waits for a read that PostgreSQL, hung, does not answer.
+  test_database db;
+  auto [host, port] = host_port_of(db.dsn());
+  tcp_proxy proxy{host, port};
+  server_options o;
+  o.dsn = dsn_with_host_port(db.dsn(), "127.0.0.1", proxy.port());
+  o.args = {"--http.drain-timeout-ms=20000", "--postgres.query-timeout-ms=30000"};
+  server s{o};
+  http_client c{s.port()};
+  auto a = ack_of(c.post_json("/todo", {{"description", "read while PostgreSQL hangs"}}));
+  REQUIRE(c.get("/todo/" + a.id + "?minPosition=" + std::to_string(a.position)).status == 200);
+  proxy.stall();
+  std::jthread reader([&] {
+    try {
+      http_client{s.port()}.get("/todo/" + a.id);
+    } catch (const std::exception&) { // cut by the exit, as expected
+    }
+  });
+  sleep_for(300ms); // the read waits in a read-model reader
+  s.signal(SIGTERM);
+  REQUIRE(eventually([&] { return s.output().find("eventsd: shutting down") != std::string::npos; },
+                     5000ms, 5ms));
+  sleep_for(100ms);
+  s.signal(SIGINT); // a double Ctrl-C: ignored
+  REQUIRE(eventually([&] { return s.output().find("already shutting down") != std::string::npos; },
+                     5000ms, 5ms));
+  CHECK_FALSE(s.wait_exit(2500ms)); // still draining
+  auto t0 = std::chrono::steady_clock::now();
+  s.signal(SIGTERM);
+  auto status = s.wait_exit(3000ms);
+  auto took = std::chrono::steady_clock::now() - t0;
+  INFO(s.output());
+  REQUIRE(status);
+  CHECK(WIFEXITED(*status));
+  CHECK(WEXITSTATUS(*status) == 128 + SIGTERM);
+  CHECK(s.output().find("eventsd: signal 15 again: exiting now") != std::string::npos);
+  CHECK(took < 1s);
+  proxy.restore();
+}
+
 TEST_CASE("a request still unanswered at the drain deadline (a long minPosition wait) gets a "
           "503 saying the server is stopping, not a cut connection",
           "[e2e][recovery][shutdown]") {

@@ -75,7 +75,7 @@ int main(int argc, char** argv) {
   // The OpenAPI document, Swagger UI and /ui: a directory named for them must
   // hold them; beside the binary they may be missing (a binary copied alone).
   auto static_dir = opts.http_static_dir.empty() ? default_static_dir() : opts.http_static_dir;
-  if (!std::filesystem::is_regular_file(static_dir + "/openapi.json")) {
+  if (opts.rebuild.empty() && !std::filesystem::is_regular_file(static_dir + "/openapi.json")) {
     if (!opts.http_static_dir.empty()) {
       std::cerr << "eventsd: --http.static-dir " << static_dir
                 << " holds no openapi.json (the directory of /openapi.json, /swagger and /ui, "

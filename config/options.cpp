@@ -22,7 +22,7 @@ options::options() {
     .add(http_threads, "threads", "io threads (default 2)")
     .add(http_body_limit, "body-limit", "largest request body in bytes, inclusive (default 65536)")
     .add(http_admin_token, "admin-token", "bearer token for /admin routes (default none)")
-    .add(http_static_dir, "static-dir", "OpenAPI, Swagger UI and /ui files (default <binary dir>/static)")
+    .add(http_static_dir, "static-dir", "OpenAPI, Swagger UI and /ui files: must hold openapi.json (default <binary dir>/static, where a missing one is a warning)")
     .add(http_read_timeout_ms, "read-timeout-ms", "idle/read/write timeout per connection (default 30000)")
     .add(http_request_timeout_ms, "request-timeout-ms",
          "longest wait for the server's own answer to a request before it answers 503 "

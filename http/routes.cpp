@@ -171,14 +171,24 @@ std::optional<reply> require_json_object(const incoming& req, json& out) {
   return std::nullopt;
 }
 
-/// For a route that takes no body: one sent anyway must still be a JSON
-/// object (whose fields are ignored, as unknown fields are), so that garbage,
-/// or a body meant for another route, is refused instead of written past.
+/// For a route that takes no body: one sent anyway is ignored, as are the
+/// fields eventsd does not read, unless it says it is JSON and is not (a
+/// client that sends broken JSON should hear of it, not see it written past).
+/// `curl -d '{}'` (a form type) or a browser's text/plain body are no error.
 std::optional<reply> check_unused_body(const incoming& req) {
   if (req.body.empty())
     return std::nullopt;
-  json ignored;
-  return require_json_object(req, ignored);
+  auto type = lower(req.header("content-type"));
+  auto media = type.substr(0, type.find(';'));
+  while (!media.empty() && (media.back() == ' ' || media.back() == '\t'))
+    media.pop_back();
+  if (media != "application/json")
+    return std::nullopt;
+  if (!todo::count_code_points(req.body))
+    return problem(400, "body is not valid UTF-8");
+  if (!json::accept(req.body))
+    return problem(400, "body is not well-formed JSON");
+  return std::nullopt;
 }
 
 /// `description` of a body: present, a string, and valid for a todo.
@@ -258,49 +268,55 @@ actors::write_conditions conditions_of(const incoming& req, bool write = true) {
   return cond;
 }
 
+/// What a 412 adds when If-Match or If-None-Match is no list of entity tags
+/// (`If-Match: 3`): If-Match then matches no version, If-None-Match is read
+/// as `*` (see conditions_of). Empty when both are well-formed or absent.
+std::string malformed_tags_hint(const incoming& req) {
+  std::string hint;
+  for (auto [name, field, effect] :
+       {std::tuple{"if-match", "If-Match", "so no version matches it"},
+        std::tuple{"if-none-match", "If-None-Match", "so it is read as `*`"}}) {
+    bool malformed = false;
+    if (auto i = req.headers.find(name); i != req.headers.end())
+      entity_versions(i->second, true, &malformed);
+    if (malformed)
+      hint += std::string{"; "} + field + " is not a list of entity tags, " + effect
+              + ": quote versions, as in " + field + ": \"3\"";
+  }
+  return hint;
+}
+
 /// POST /todo's If-Match and If-None-Match, evaluated against its target, the
 /// collection /todo, which exists and has no entity tag (RFC 9110 §13.1.1-2):
 /// `If-Match: *` and `If-None-Match` with tags hold; `If-Match` with tags and
 /// `If-None-Match: *` do not (a 412, nothing created).
 std::optional<reply> collection_preconditions(const incoming& req) {
-  constexpr const char* retry_hint =
-    " (to make a create safe to retry, send an Idempotency-Key)";
-  if (auto m = req.headers.find("if-match");
-      m != req.headers.end() && entity_versions(m->second, false))
-    return problem(412, std::string{"If-Match names versions, but POST /todo creates a new todo: "
-                                    "there is no version to match"}
-                          + retry_hint);
-  if (auto n = req.headers.find("if-none-match"); n != req.headers.end()) {
-    bool malformed = false;
-    if (!entity_versions(n->second, true, &malformed) || malformed)
-      return problem(412, std::string{"If-None-Match: * holds only where nothing exists, and "
-                                      "/todo does: every POST creates a new todo"}
-                            + retry_hint);
-  }
-  return std::nullopt;
+  auto cond = conditions_of(req);
+  std::string why;
+  if (cond.if_match) // tags (`*` holds)
+    why = "If-Match names versions, but POST /todo creates a new todo: there is none to match";
+  else if (cond.if_none_match_any)
+    why = "If-None-Match: * holds only where nothing exists, and /todo does: every POST "
+          "creates a new todo";
+  if (why.empty())
+    return std::nullopt;
+  return problem(412, why + malformed_tags_hint(req)
+                        + " (to make a create safe to retry, send an Idempotency-Key)");
 }
 
 /// `respond`, except that a 412 says so when the request's If-Match or
-/// If-None-Match is no list of entity tags (`If-Match: 3`), which matches
-/// nothing: else the client learns only that its version did not match.
+/// If-None-Match is malformed: else the client learns only that its version
+/// did not match.
 responder hinting_malformed_tags(const incoming& req, responder respond) {
-  std::string hint;
-  for (auto [name, field] : {std::pair{"if-match", "If-Match"}, {"if-none-match", "If-None-Match"}}) {
-    bool malformed = false;
-    if (auto i = req.headers.find(name); i != req.headers.end())
-      entity_versions(i->second, true, &malformed);
-    if (malformed)
-      hint += std::string{"; "} + field + " is not a list of entity tags, so nothing matches "
-              "it: quote the version, as in " + field + ": \"3\"";
-  }
+  auto hint = malformed_tags_hint(req);
   if (hint.empty())
     return respond;
   return [respond = std::move(respond), hint](reply r) {
-    if (r.status == 412) {
-      auto j = json::parse(r.body);
-      j["detail"] = j.value("detail", std::string{}) + hint;
-      r.body = dump(j);
-    }
+    if (r.status == 412)
+      if (auto j = json::parse(r.body, nullptr, false); j.is_object()) {
+        j["detail"] = j.value("detail", std::string{}) + hint;
+        r.body = dump(j);
+      }
     respond(std::move(r));
   };
 }
@@ -655,31 +671,33 @@ router::router(services& svc) : svc_(svc) {
   });
 
   add("PUT", "/todo/{id}/put-in-progress", [=](incoming& req, auto& p, responder& respond) {
+    auto id = path_id(p[0], respond);
+    if (!id)
+      return;
     if (auto err = check_unused_body(req))
       return respond(*err);
-    if (auto id = path_id(p[0], respond))
-      execute(*id, todo::put_in_progress{}, conditions_of(req), 200,
-              hinting_malformed_tags(req, respond));
+    execute(*id, todo::put_in_progress{}, conditions_of(req), 200, hinting_malformed_tags(req, respond));
   });
 
   add("PUT", "/todo/{id}/done", [=](incoming& req, auto& p, responder& respond) {
+    auto id = path_id(p[0], respond);
+    if (!id)
+      return;
     if (auto err = check_unused_body(req))
       return respond(*err);
-    if (auto id = path_id(p[0], respond))
-      execute(*id, todo::mark_done{}, conditions_of(req), 200,
-              hinting_malformed_tags(req, respond));
+    execute(*id, todo::mark_done{}, conditions_of(req), 200, hinting_malformed_tags(req, respond));
   });
 
   add("PUT", "/todo/{id}/undo-to/{eventId}",
       [=, &s](incoming& req, auto& p, responder& respond) {
-        if (auto err = check_unused_body(req))
-          return respond(*err);
         auto id = path_id(p[0], respond);
         if (!id)
           return;
         auto event_id = core::normalize_uuid(p[1]);
         if (!event_id)
           return respond(problem(404, "no event has the id `" + p[1] + "` (not a UUID)"));
+        if (auto err = check_unused_body(req))
+          return respond(*err);
         auto reader = s.log_reader();
         auto cond = conditions_of(req);
         // The deadline counts from now, not from after the read below.
@@ -1093,10 +1111,10 @@ router::router(services& svc) : svc_(svc) {
       [=, &s](incoming& req, auto& p, responder& respond) {
         if (!authorized(req, respond))
           return;
-        if (auto err = check_unused_body(req))
-          return respond(*err);
         if (p[0] != "todos")
           return respond(problem(404, "no projection named `" + p[0] + "`"));
+        if (auto err = check_unused_body(req))
+          return respond(*err);
         auto projection = s.projection;
         s.jobs.run([=](caf::event_based_actor* self) {
           self->request(projection, 10s, rebuild_atom_v)

@@ -119,6 +119,20 @@ int64_t now_ms() {
     .count();
 }
 
+/// Parses a body already known to be UTF-8.
+std::optional<reply> parse_json_body(const std::string& body, json& out) {
+  try {
+    out = json::parse(body);
+  } catch (const json::out_of_range&) {
+    // Well-formed, but past what a 64-bit float holds (RFC 8259 §6 lets a
+    // reader limit the range), even in a field eventsd would ignore.
+    return problem(400, "body holds a number beyond the range of a 64-bit float (±1.8e308)");
+  } catch (const json::exception&) {
+    return problem(400, "body is not well-formed JSON");
+  }
+  return std::nullopt;
+}
+
 /// Checks Content-Type and parses a JSON object body.
 std::optional<reply> require_json_object(const incoming& req, json& out) {
   auto type = lower(req.header("content-type"));
@@ -157,15 +171,8 @@ std::optional<reply> require_json_object(const incoming& req, json& out) {
         out[std::string{k}] = std::string{v};
       }))
     return std::nullopt;
-  try {
-    out = json::parse(req.body);
-  } catch (const json::out_of_range&) {
-    // Well-formed, but past what a 64-bit float holds (RFC 8259 §6 lets a
-    // reader limit the range), even in a field eventsd would ignore.
-    return problem(400, "body holds a number beyond the range of a 64-bit float (±1.8e308)");
-  } catch (const json::exception&) {
-    return problem(400, "body is not well-formed JSON");
-  }
+  if (auto err = parse_json_body(req.body, out))
+    return err;
   if (!out.is_object())
     return problem(400, "body must be a JSON object");
   return std::nullopt;
@@ -186,9 +193,8 @@ std::optional<reply> check_unused_body(const incoming& req) {
     return std::nullopt;
   if (!todo::count_code_points(req.body))
     return problem(400, "body is not valid UTF-8");
-  if (!json::accept(req.body))
-    return problem(400, "body is not well-formed JSON");
-  return std::nullopt;
+  json ignored;
+  return parse_json_body(req.body, ignored);
 }
 
 /// `description` of a body: present, a string, and valid for a todo.
@@ -293,8 +299,9 @@ std::string malformed_tags_hint(const incoming& req) {
 std::optional<reply> collection_preconditions(const incoming& req) {
   auto cond = conditions_of(req);
   std::string why;
-  if (cond.if_match) // tags (`*` holds)
-    why = "If-Match names versions, but POST /todo creates a new todo: there is none to match";
+  if (cond.if_match) // anything but `*`
+    why = "If-Match holds on POST /todo only as `*`: it creates a new todo, and /todo has no "
+          "version to match";
   else if (cond.if_none_match_any)
     why = "If-None-Match: * holds only where nothing exists, and /todo does: every POST "
           "creates a new todo";

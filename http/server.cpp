@@ -17,6 +17,9 @@
 #include <utility>
 #include <vector>
 
+#include <poll.h>
+#include <unistd.h>
+
 #include <boost/asio.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/beast/core.hpp>
@@ -81,22 +84,25 @@ public:
     return true;
   }
 
-  /// Stops watching; `then` is the three signals' action from now on.
-  /// Returns the first signal that came, or 0.
-  int finish(void (*then)(int)) {
+  /// Stops acting on signals: from now on they are ignored (asio's handler
+  /// stays, writing to a pipe nobody reads: no moment with the default action).
+  void ignore_from_now() {
     ioc_.stop();
     if (thread_.joinable())
       thread_.join();
-    if (set_) {
-      set_.reset(); // gives the signals back their default action
-      for (int n : {SIGINT, SIGTERM, SIGHUP})
-        if (n != SIGHUP || !sighup_ignored())
-          std::signal(n, then);
-    }
+  }
+
+  /// Stops watching and gives the signals their default action back; returns
+  /// the first signal that came (one still in asio's pipe too), or 0.
+  int release() {
+    ignore_from_now();
+    ioc_.restart();
+    ioc_.poll();
+    set_.reset();
     return first_;
   }
 
-  ~signal_watch() { finish(SIG_DFL); }
+  ~signal_watch() { ignore_from_now(); }
 
 private:
   void arm() {
@@ -109,21 +115,28 @@ private:
   }
 
   void on_signal(int n) {
-    std::lock_guard<std::mutex> guard{mtx_};
-    auto now = std::chrono::steady_clock::now();
-    if (!stopping_since_) {
-      first_ = n;
-      stopping_since_ = now;
-      woken_.notify_all();
-      return;
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      auto now = std::chrono::steady_clock::now();
+      if (!stopping_since_) {
+        first_ = n;
+        stopping_since_ = now;
+        woken_.notify_all();
+        return;
+      }
+      if (now - *stopping_since_ < std::chrono::seconds{2})
+        return say("eventsd: already shutting down\n");
     }
-    if (now - *stopping_since_ < std::chrono::seconds{2}) {
-      std::cerr << "eventsd: already shutting down\n";
-      return;
-    }
-    std::cerr << "eventsd: signal " << n << " again: exiting now, without a clean shutdown"
-              << std::endl;
+    say("eventsd: signal " + std::to_string(n) + " again: exiting now, without a clean shutdown\n");
     std::_Exit(128 + n);
+  }
+
+  /// Writes `line` to stderr unless that would block (a pipe nobody reads):
+  /// the watcher goes on, and can end the process, whatever the log does.
+  static void say(const std::string& line) {
+    pollfd p{STDERR_FILENO, POLLOUT, 0};
+    if (::poll(&p, 1, 0) == 1 && (p.revents & POLLOUT) != 0)
+      [[maybe_unused]] auto written = ::write(STDERR_FILENO, line.data(), line.size());
   }
 
   std::mutex mtx_;
@@ -1111,7 +1124,7 @@ server::~server() {
   stop();
   // The rest of a stop (the actor system, the store's close) is not to be
   // cut short by a signal now that nothing is left to act on it.
-  process_signals().finish(SIG_IGN);
+  process_signals().ignore_from_now();
 }
 
 uint16_t server::start(std::string& error) {
@@ -1213,7 +1226,7 @@ void server::catch_early_signals() {
 }
 
 void server::release_early_signals() {
-  if (int n = process_signals().finish(SIG_DFL))
+  if (int n = process_signals().release())
     std::raise(n);
 }
 

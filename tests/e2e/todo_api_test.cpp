@@ -1419,6 +1419,11 @@ TEST_CASE("the writes that take no body ignore one, unless it says it is JSON an
     auto before = head();
     for (std::string broken : {"{\"x\":\"\xff\"}", "{\"status\":", "not json"})
       check_rejected(client().request("PUT", path, broken, json_type), 400, before);
+    // As in every JSON body eventsd reads (POST /todo's too).
+    auto huge = client().request("PUT", path, std::string{"{\"x\":1e400}"}, json_type);
+    check_rejected(huge, 400, before);
+    CHECK(huge.json_body().value("detail", "").find("beyond the range of a 64-bit float")
+          != std::string::npos);
     // What clients send by habit: curl -d (a form type), fetch (text/plain),
     // an empty object, JSON null.
     check_write(client().request("PUT", path, std::string{"{}"},

@@ -40,10 +40,11 @@ using tcp = net::ip::tcp;
 
 namespace {
 
-/// Whether SIGHUP's action is to ignore it (eventsd started under `nohup`).
-bool sighup_ignored() {
-  struct sigaction hup{};
-  return ::sigaction(SIGHUP, nullptr, &hup) == 0 && hup.sa_handler == SIG_IGN;
+/// Whether signal `n`'s action is to ignore it (SIGHUP under `nohup`, SIGINT
+/// in a background job of a non-interactive shell).
+bool ignored(int n) {
+  struct sigaction action{};
+  return ::sigaction(n, nullptr, &action) == 0 && action.sa_handler == SIG_IGN;
 }
 
 /// SIGINT, SIGTERM and SIGHUP for the whole process, from start() until
@@ -59,8 +60,11 @@ public:
     std::lock_guard<std::mutex> guard{mtx_};
     if (set_)
       return;
+    for (int n : {SIGINT, SIGTERM})
+      if (ignored(n))
+        ignored_before_.push_back(n);
     set_.emplace(ioc_, SIGINT, SIGTERM);
-    if (!sighup_ignored())
+    if (!ignored(SIGHUP))
       set_->add(SIGHUP);
     arm();
     thread_ = std::thread{[this] { ioc_.run(); }};
@@ -92,13 +96,15 @@ public:
       thread_.join();
   }
 
-  /// Stops watching and gives the signals their default action back; returns
-  /// the first signal that came (one still in asio's pipe too), or 0.
+  /// Stops watching and gives the signals the action they had before start();
+  /// returns the first signal that came (one still in asio's pipe too), or 0.
   int release() {
     ignore_from_now();
     ioc_.restart();
     ioc_.poll();
-    set_.reset();
+    set_.reset(); // the default action
+    for (int n : ignored_before_)
+      std::signal(n, SIG_IGN);
     return first_;
   }
 
@@ -146,6 +152,7 @@ private:
   net::io_context ioc_{1};
   std::optional<net::signal_set> set_;
   std::thread thread_;
+  std::vector<int> ignored_before_; // SIGINT/SIGTERM ignored when start() came
 };
 
 signal_watch& process_signals() {

@@ -35,8 +35,9 @@ public:
   /// left alone when it is ignored (`nohup`).
   static void catch_early_signals();
 
-  /// Gives the three signals back their default action, for a run that will
-  /// not serve (an offline rebuild); one caught early is raised again now.
+  /// Gives the three signals back the action they had before
+  /// catch_early_signals(), for a run that will not serve (an offline
+  /// rebuild); one caught early is raised again now.
   static void release_early_signals();
 
   /// Makes wait_for_signal() return as a signal would, because a part of the

@@ -961,6 +961,62 @@ TEST_CASE("a second stop signal right after the first while eventsd starts is ig
   CHECK(r.output.find("eventsd: shutting down") != std::string::npos);
 }
 
+namespace {
+
+/// Whether /proc says process `pid` ignores signal `n`.
+bool ignores(pid_t pid, int n) {
+  std::ifstream status{"/proc/" + std::to_string(pid) + "/status"};
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("SigIgn:", 0) == 0)
+      return ((std::stoull(line.substr(7), nullptr, 16) >> (n - 1)) & 1) != 0;
+  return false;
+}
+
+} // namespace
+
+TEST_CASE("an offline rebuild gets the signal actions eventsd started with: SIGINT ignored by "
+          "the parent (a background job) stays ignored, SIGTERM ends it",
+          "[e2e][faults][startup]") {
+  temp_dir d{"eventsd-faults-rebuild-signals-"};
+  // A PostgreSQL that accepts and never answers: the rebuild waits in its
+  // connect (connect_timeout) long enough to be looked at.
+  int hang = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(hang >= 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(hang, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  REQUIRE(::listen(hang, 8) == 0);
+  socklen_t len = sizeof addr;
+  ::getsockname(hang, reinterpret_cast<sockaddr*>(&addr), &len);
+  auto dsn = "host=127.0.0.1 port=" + std::to_string(ntohs(addr.sin_port))
+             + " dbname=eventsd user=postgres connect_timeout=10";
+  bool stayed_ignored = false, survived_sigint = false;
+  auto previous = std::signal(SIGINT, SIG_IGN); // inherited, as by `eventsd … &` in a script
+  auto r = run_command({eventsd_binary(), "--storage.dir=" + d.path() + "/data",
+                        "--postgres.dsn=" + dsn, "--rebuild=todos"},
+                       30s, d.path(), {}, {}, [&](pid_t pid) {
+                         // The rebuild runs once it connects to PostgreSQL; before, while
+                         // eventsd started, SIGINT was caught (asio's handler).
+                         pollfd p{hang, POLLIN, 0};
+                         REQUIRE(::poll(&p, 1, 10000) == 1);
+                         int conn = ::accept(hang, nullptr, nullptr);
+                         stayed_ignored = ignores(pid, SIGINT);
+                         ::kill(pid, SIGINT);
+                         sleep_for(300ms);
+                         survived_sigint = ::kill(pid, 0) == 0;
+                         ::kill(pid, SIGTERM);
+                         ::close(conn);
+                       });
+  std::signal(SIGINT, previous);
+  ::close(hang);
+  INFO("status " << r.status << ": " << r.output);
+  CHECK(stayed_ignored);
+  CHECK(survived_sigint);
+  CHECK(WIFSIGNALED(r.status));
+  CHECK(WTERMSIG(r.status) == SIGTERM);
+}
+
 TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reason, before it "
           "touches the storage directory",
           "[e2e][faults][startup]") {

@@ -980,16 +980,8 @@ TEST_CASE("an offline rebuild gets the signal actions eventsd started with: SIGI
   temp_dir d{"eventsd-faults-rebuild-signals-"};
   // A PostgreSQL that accepts and never answers: the rebuild waits in its
   // connect (connect_timeout) long enough to be looked at.
-  int hang = ::socket(AF_INET, SOCK_STREAM, 0);
-  REQUIRE(hang >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::bind(hang, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-  REQUIRE(::listen(hang, 8) == 0);
-  socklen_t len = sizeof addr;
-  ::getsockname(hang, reinterpret_cast<sockaddr*>(&addr), &len);
-  auto dsn = "host=127.0.0.1 port=" + std::to_string(ntohs(addr.sin_port))
+  silent_listener hang;
+  auto dsn = "host=127.0.0.1 port=" + std::to_string(hang.port())
              + " dbname=eventsd user=postgres connect_timeout=10";
   bool stayed_ignored = false, survived_sigint = false;
   auto previous = std::signal(SIGINT, SIG_IGN); // inherited, as by `eventsd … &` in a script
@@ -998,9 +990,9 @@ TEST_CASE("an offline rebuild gets the signal actions eventsd started with: SIGI
                        30s, d.path(), {}, {}, [&](pid_t pid) {
                          // The rebuild runs once it connects to PostgreSQL; before, while
                          // eventsd started, SIGINT was caught (asio's handler).
-                         pollfd p{hang, POLLIN, 0};
+                         pollfd p{hang.fd(), POLLIN, 0};
                          REQUIRE(::poll(&p, 1, 10000) == 1);
-                         int conn = ::accept(hang, nullptr, nullptr);
+                         int conn = ::accept(hang.fd(), nullptr, nullptr);
                          stayed_ignored = ignores(pid, SIGINT);
                          ::kill(pid, SIGINT);
                          sleep_for(300ms);
@@ -1009,7 +1001,6 @@ TEST_CASE("an offline rebuild gets the signal actions eventsd started with: SIGI
                          ::close(conn);
                        });
   std::signal(SIGINT, previous);
-  ::close(hang);
   INFO("status " << r.status << ": " << r.output);
   CHECK(stayed_ignored);
   CHECK(survived_sigint);

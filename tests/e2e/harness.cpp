@@ -637,6 +637,37 @@ std::string server::output() const {
   return previous_output_ + (pump_ ? pump_->snapshot() : std::string{});
 }
 
+server_behind_proxy::server_behind_proxy(std::vector<std::string> args,
+                                         const std::string& dsn_options)
+    : proxy(host_port_of(db.dsn()).first, host_port_of(db.dsn()).second),
+      srv([&] {
+        server_options o;
+        o.dsn = dsn_with_host_port(db.dsn(), "127.0.0.1", proxy.port()) + " " + dsn_options;
+        o.args = std::move(args);
+        return o;
+      }()) {}
+
+// -- silent listener -----------------------------------------------------------
+
+silent_listener::silent_listener() : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0
+      || ::listen(fd_, 16) != 0 || ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    auto why = std::string{"silent_listener: "} + std::strerror(errno);
+    if (fd_ >= 0)
+      ::close(fd_);
+    throw std::runtime_error(why);
+  }
+  port_ = ntohs(a.sin_port);
+}
+
+silent_listener::~silent_listener() {
+  ::close(fd_);
+}
+
 // -- HTTP ---------------------------------------------------------------------
 
 bool ci_less::operator()(const std::string& a, const std::string& b) const {

@@ -52,6 +52,25 @@ std::string dsn_with_host_port(const std::string& dsn, const std::string& host, 
 /// The `host` and `port` that `dsn` names (defaults: 127.0.0.1 and 5432).
 std::pair<std::string, uint16_t> host_port_of(const std::string& dsn);
 
+/// A loopback TCP port that completes handshakes (the kernel's backlog) and
+/// never answers: a PostgreSQL host that hangs before its startup reply.
+class silent_listener {
+public:
+  /// Throws when no port can be bound.
+  silent_listener();
+  ~silent_listener();
+  silent_listener(const silent_listener&) = delete;
+  silent_listener& operator=(const silent_listener&) = delete;
+
+  uint16_t port() const { return port_; }
+  /// The listening socket, to see (poll, accept) who connected.
+  int fd() const { return fd_; }
+
+private:
+  int fd_ = -1;
+  uint16_t port_ = 0;
+};
+
 /// A loopback TCP forwarder to stand between eventsd and PostgreSQL: `cut()`
 /// closes every forwarded connection and refuses new ones (as if PostgreSQL
 /// were down); `stall()` keeps them open but forwards nothing (as if it hung);
@@ -174,6 +193,19 @@ private:
   uint16_t port_ = 0;
   std::shared_ptr<output_pump> pump_;
   std::string previous_output_;
+};
+
+/// A server on a fresh database whose PostgreSQL connections pass through
+/// `proxy`, so that a test can cut them or make PostgreSQL hang.
+struct server_behind_proxy {
+  test_database db;
+  tcp_proxy proxy;
+  server srv;
+
+  /// `args`: extra command-line arguments, as for server_options;
+  /// `dsn_options`: libpq options added to the DSN.
+  explicit server_behind_proxy(std::vector<std::string> args,
+                               const std::string& dsn_options = "connect_timeout=2");
 };
 
 /// Case-insensitive ordering for header names.

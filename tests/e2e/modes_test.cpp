@@ -304,25 +304,6 @@ TEST_CASE("on-demand and minPosition reads with PostgreSQL never reached answer 
   }
 }
 
-namespace {
-
-/// A server whose PostgreSQL connections pass through `proxy` (so the test can cut them).
-struct server_behind_proxy {
-  test_database db;
-  tcp_proxy proxy;
-  server srv;
-
-  explicit server_behind_proxy(std::vector<std::string> args)
-      : proxy(host_port_of(db.dsn()).first, host_port_of(db.dsn()).second),
-        srv([&] {
-          server_options o;
-          o.dsn = dsn_with_host_port(db.dsn(), "127.0.0.1", proxy.port()) + " connect_timeout=2";
-          o.args = std::move(args);
-          return o;
-        }()) {}
-};
-
-} // namespace
 
 TEST_CASE("unit-of-work: a write still waiting for the read model when SIGTERM comes is answered "
           "202 (its event is durable), not 503",

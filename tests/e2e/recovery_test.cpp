@@ -382,18 +382,15 @@ TEST_CASE("SIGTERM (or SIGHUP) under load answers every request it has read: eac
 TEST_CASE("a stop signal 2 s or more after the first ends a drain that is still waiting at "
           "once (exit 128 + signal); one sooner is ignored",
           "[e2e][recovery][shutdown]") {
-  // The drain waits for a read that PostgreSQL, hung, does not answer.
-  test_database db;
-  auto [host, port] = host_port_of(db.dsn());
-  tcp_proxy proxy{host, port};
-  server_options o;
-  o.dsn = dsn_with_host_port(db.dsn(), "127.0.0.1", proxy.port());
-  o.args = {"--http.drain-timeout-ms=20000", "--postgres.query-timeout-ms=30000"};
-  server s{o};
+  // The drain waits for a read that PostgreSQL, hung, does not answer (no
+  // connect_timeout: a reader that has to connect waits too).
+  server_behind_proxy behind{
+    {"--http.drain-timeout-ms=20000", "--postgres.query-timeout-ms=30000"}, ""};
+  auto& s = behind.srv;
   http_client c{s.port()};
   auto a = ack_of(c.post_json("/todo", {{"description", "read while PostgreSQL hangs"}}));
   REQUIRE(c.get("/todo/" + a.id + "?minPosition=" + std::to_string(a.position)).status == 200);
-  proxy.stall();
+  behind.proxy.stall();
   std::jthread reader([&] {
     try {
       http_client{s.port()}.get("/todo/" + a.id);
@@ -419,7 +416,7 @@ TEST_CASE("a stop signal 2 s or more after the first ends a drain that is still 
   CHECK(WEXITSTATUS(*status) == 128 + SIGTERM);
   CHECK(s.output().find("eventsd: signal 15 again: exiting now") != std::string::npos);
   CHECK(took < 1s);
-  proxy.restore();
+  behind.proxy.restore();
 }
 
 TEST_CASE("a request still unanswered at the drain deadline (a long minPosition wait) gets a "

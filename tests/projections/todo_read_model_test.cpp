@@ -15,15 +15,14 @@
 #include <thread>
 #include <vector>
 
+#include "e2e/harness.hpp"
 #include "projections/pg.hpp"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 using namespace eventsd::projections;
 using namespace std::chrono_literals;
+using eventsd::e2e::silent_listener;
 
 namespace {
 
@@ -709,27 +708,6 @@ TEST_CASE("a PostgreSQL that stops answering fails the call after the query time
 
 namespace {
 
-/// A TCP port that completes handshakes (the kernel's backlog) and never
-/// answers: a PostgreSQL host that hangs before its startup reply.
-struct silent_listener {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  uint16_t port = 0;
-  silent_listener() {
-    REQUIRE(fd >= 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
-    REQUIRE(::listen(fd, 16) == 0);
-    socklen_t len = sizeof a;
-    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0);
-    port = ntohs(a.sin_port);
-  }
-  ~silent_listener() { ::close(fd); }
-  silent_listener(const silent_listener&) = delete;
-  silent_listener& operator=(const silent_listener&) = delete;
-};
-
 /// Sets `flag` after `delay`, on a thread of its own.
 struct set_later {
   std::thread t;
@@ -748,7 +726,7 @@ TEST_CASE("connecting to a server that never answers gives up at connect_timeout
           "[projections][postgres]") {
   using clock = std::chrono::steady_clock;
   silent_listener host;
-  auto dsn = "host=127.0.0.1 port=" + std::to_string(host.port)
+  auto dsn = "host=127.0.0.1 port=" + std::to_string(host.port())
              + " dbname=x user=postgres connect_timeout=2";
   SECTION("connect_timeout") {
     auto began = clock::now();
@@ -789,7 +767,7 @@ TEST_CASE("a DSN naming several hosts connects to the next one when the first ne
       port = o->val;
   }
   // Later keywords win in a conninfo string.
-  auto both = dsn + " host=127.0.0.1," + host + " port=" + std::to_string(first.port) + ","
+  auto both = dsn + " host=127.0.0.1," + host + " port=" + std::to_string(first.port()) + ","
               + port + " connect_timeout=2";
   auto began = clock::now();
   auto c = pg::connect(both);

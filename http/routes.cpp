@@ -133,13 +133,18 @@ std::optional<reply> parse_json_body(const std::string& body, json& out) {
   return std::nullopt;
 }
 
+/// The media type of a Content-Type value: what comes before its parameters.
+std::string media_type(const std::string& content_type) {
+  auto media = content_type.substr(0, content_type.find(';'));
+  while (!media.empty() && (media.back() == ' ' || media.back() == '\t'))
+    media.pop_back();
+  return media;
+}
+
 /// Checks Content-Type and parses a JSON object body.
 std::optional<reply> require_json_object(const incoming& req, json& out) {
   auto type = lower(req.header("content-type"));
-  auto media = type.substr(0, type.find(';'));
-  while (!media.empty() && (media.back() == ' ' || media.back() == '\t'))
-    media.pop_back();
-  if (media != "application/json")
+  if (media_type(type) != "application/json")
     return problem(415, "expected a body of type application/json");
   // JSON is UTF-8 (RFC 8259 §8.1): a body said to be in another charset
   // would be read as something it is not.
@@ -183,13 +188,7 @@ std::optional<reply> require_json_object(const incoming& req, json& out) {
 /// client that sends broken JSON should hear of it, not see it written past).
 /// `curl -d '{}'` (a form type) or a browser's text/plain body are no error.
 std::optional<reply> check_unused_body(const incoming& req) {
-  if (req.body.empty())
-    return std::nullopt;
-  auto type = lower(req.header("content-type"));
-  auto media = type.substr(0, type.find(';'));
-  while (!media.empty() && (media.back() == ' ' || media.back() == '\t'))
-    media.pop_back();
-  if (media != "application/json")
+  if (req.body.empty() || media_type(lower(req.header("content-type"))) != "application/json")
     return std::nullopt;
   if (!todo::count_code_points(req.body))
     return problem(400, "body is not valid UTF-8");
@@ -677,23 +676,19 @@ router::router(services& svc) : svc_(svc) {
             conditions_of(req), 200, hinting_malformed_tags(req, respond));
   });
 
-  add("PUT", "/todo/{id}/put-in-progress", [=](incoming& req, auto& p, responder& respond) {
-    auto id = path_id(p[0], respond);
-    if (!id)
-      return;
-    if (auto err = check_unused_body(req))
-      return respond(*err);
-    execute(*id, todo::put_in_progress{}, conditions_of(req), 200, hinting_malformed_tags(req, respond));
-  });
-
-  add("PUT", "/todo/{id}/done", [=](incoming& req, auto& p, responder& respond) {
-    auto id = path_id(p[0], respond);
-    if (!id)
-      return;
-    if (auto err = check_unused_body(req))
-      return respond(*err);
-    execute(*id, todo::mark_done{}, conditions_of(req), 200, hinting_malformed_tags(req, respond));
-  });
+  // The status changes: no body, one event each.
+  for (auto [pattern, command] :
+       {std::pair{"/todo/{id}/put-in-progress", todo::command{todo::put_in_progress{}}},
+        std::pair{"/todo/{id}/done", todo::command{todo::mark_done{}}}}) {
+    add("PUT", pattern, [=, command = command](incoming& req, auto& p, responder& respond) {
+      auto id = path_id(p[0], respond);
+      if (!id)
+        return;
+      if (auto err = check_unused_body(req))
+        return respond(*err);
+      execute(*id, command, conditions_of(req), 200, hinting_malformed_tags(req, respond));
+    });
+  }
 
   add("PUT", "/todo/{id}/undo-to/{eventId}",
       [=, &s](incoming& req, auto& p, responder& respond) {

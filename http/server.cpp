@@ -48,7 +48,8 @@ bool ignored(int n) {
 }
 
 /// SIGINT, SIGTERM and SIGHUP for the whole process, from start() until
-/// finish(): the first asks the server to stop (wait() returns); another
+/// ignore_from_now() or release(): the first asks the server to stop (wait()
+/// returns); another
 /// within 2 s is ignored (a double Ctrl-C, `timeout` signalling the process
 /// group, a supervisor's SIGTERM and SIGHUP); a later one ends the process at
 /// once. SIGHUP (a closed terminal, a supervisor's "reload": eventsd has

@@ -20,6 +20,23 @@ constexpr const char* rebuild_table = "todos_rebuild";
 /// Where the reason for a read-model failure told to a client is.
 const std::string see_log = " (the reason is in eventsd's log and GET /admin/projections)";
 
+/// Which failures are worth a line on stderr: each new reason, and the same
+/// one again once a minute.
+struct failure_log {
+  std::string last; ///< the failure last said, empty when none (or cleared)
+  clock::time_point at{};
+
+  /// True (and remembered) when `why` is to be said now.
+  bool due(const std::string& why) {
+    auto now = clock::now();
+    if (why == last && now - at < std::chrono::minutes{1})
+      return false;
+    last = why;
+    at = now;
+    return true;
+  }
+};
+
 caf::error to_caf(const projection_error& err) {
   return caf::make_error(err.code, err.detail);
 }
@@ -90,8 +107,7 @@ struct worker_state {
   bool lingering = false;         // the scheduled run is a batch waiting for company
   std::chrono::milliseconds backoff{0};
   clock::time_point connect_failed{}; // when connecting last failed
-  std::string logged_error;           // the failure last said on stderr
-  clock::time_point logged_at{};
+  failure_log logged;
   // online rebuild
   std::unique_ptr<todo_read_model> rebuild_model;
   bool rebuild_reset = false; ///< the rebuild's table was emptied for this rebuild
@@ -130,11 +146,8 @@ void schedule_run(worker_ptr self, clock::duration delay = clock::duration::zero
 /// Says on stderr that the read model cannot be updated: each new reason,
 /// and the same one again once a minute.
 void log_failure(worker_state& st) {
-  auto now = clock::now();
-  if (st.now.last_error == st.logged_error && now - st.logged_at < std::chrono::minutes{1})
+  if (!st.logged.due(st.now.last_error))
     return;
-  st.logged_error = st.now.last_error;
-  st.logged_at = now;
   std::string where = st.now.reached    ? "position " + std::to_string(st.now.position)
                       : st.now.diverged ? "diverged from this log"
                                         : "not reached since the start";
@@ -145,9 +158,9 @@ void log_failure(worker_state& st) {
 /// The read model is updated again: says so when a failure was logged.
 void clear_failure(worker_state& st) {
   st.now.last_error.clear();
-  if (st.logged_error.empty())
+  if (st.logged.last.empty())
     return;
-  st.logged_error.clear();
+  st.logged.last.clear();
   std::cerr << "eventsd: read model reachable again (position " << st.now.position << ")"
             << std::endl;
 }
@@ -728,9 +741,7 @@ struct reader_state {
   /// answer each try waits out connect_timeout).
   std::optional<projection_error> connect_error;
   clock::time_point connect_failed{};
-  /// The failure last logged, and when (each new one, the same once a minute).
-  std::string logged_error;
-  clock::time_point logged_at{};
+  failure_log logged;
   static inline const char* name = "todo_read_model_reader";
 };
 
@@ -839,11 +850,8 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
           return projection_error{code, "the server is stopping"};
         auto& st = self->state;
         const auto& why = r.error().detail;
-        if (why != st.logged_error || clock::now() - st.logged_at >= std::chrono::minutes{1}) {
-          st.logged_error = why;
-          st.logged_at = clock::now();
+        if (st.logged.due(why))
           std::cerr << "eventsd: read-model read failed: " << why << std::endl;
-        }
         return projection_error{code, code == projection_errc::unavailable
                                         ? "PostgreSQL cannot be reached" + see_log
                                         : "the read-model query failed" + see_log};

@@ -100,6 +100,7 @@ int main(int argc, char** argv) {
   lopts.dir = opts.storage_dir;
   lopts.sync = opts.storage_sync == "fsync";
   lopts.block_cache_mb = opts.storage_block_cache_mb;
+  lopts.stream_cache_mb = opts.storage_stream_cache_mb;
   auto opened = storage::event_log::open(lopts);
   if (!opened.ok()) {
     std::cerr << "eventsd: cannot open the event store in " << opts.storage_dir << ": "

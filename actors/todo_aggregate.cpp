@@ -52,18 +52,17 @@ std::optional<todo_aggregate::key_type> todo_aggregate::key_of(std::string_view 
   return k;
 }
 
-storage::result<todo_history_chunk> todo_history_page(const storage::event_log& log,
-                                                      const std::string& id, uint64_t from,
-                                                      std::optional<todo::state> before,
-                                                      size_t limit) {
-  auto events = log.read_stream(stream_of(id), from, limit);
-  if (!events.ok())
-    return events.error();
+namespace {
+
+/// `events` of todo `id` (consecutive, from `before`'s version + 1), each
+/// with the state after it.
+storage::result<todo_history_chunk> fold_history(const std::string& id,
+                                                 std::vector<storage::recorded_event> events,
+                                                 std::optional<todo::state> before) {
   todo_history_chunk chunk;
-  chunk.items.reserve(events->size());
-  chunk.more = events->size() == limit;
+  chunk.items.reserve(events.size());
   auto st = before ? std::move(*before) : todo_aggregate::initial(id);
-  for (auto& e : *events) {
+  for (auto& e : events) {
     auto ev = todo_aggregate::decode(e.type, e.data);
     if (!ev)
       return undecodable(e);
@@ -71,6 +70,29 @@ storage::result<todo_history_chunk> todo_history_page(const storage::event_log& 
     chunk.items.push_back(todo_history_item{std::move(e), st});
   }
   return chunk;
+}
+
+} // namespace
+
+storage::result<todo_history_chunk> todo_history_page(const storage::event_log& log,
+                                                      const std::string& id, uint64_t from,
+                                                      std::optional<todo::state> before,
+                                                      size_t limit) {
+  auto events = log.read_stream(stream_of(id), from, limit);
+  if (!events.ok())
+    return events.error();
+  auto chunk = fold_history(id, std::move(*events), std::move(before));
+  if (chunk.ok())
+    chunk->more = chunk->items.size() == limit;
+  return chunk;
+}
+
+std::optional<storage::result<todo_history_chunk>>
+cached_todo_history(const storage::event_log& log, const std::string& id) {
+  auto all = log.cached_stream(stream_of(id));
+  if (!all)
+    return std::nullopt;
+  return fold_history(id, *all, std::nullopt);
 }
 
 storage::result<std::vector<todo_history_item>> todo_history(const storage::event_log& log,

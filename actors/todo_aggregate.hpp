@@ -94,6 +94,12 @@ storage::result<todo_history_chunk> todo_history_page(const storage::event_log& 
                                                       std::optional<todo::state> before,
                                                       size_t limit);
 
+/// The whole history of todo `id` (one page, `more` false) when the log's
+/// stream cache holds its events; nullopt when it does not. Reads nothing
+/// from RocksDB: may run where nothing may block (an io thread).
+std::optional<storage::result<todo_history_chunk>>
+cached_todo_history(const storage::event_log& log, const std::string& id);
+
 /// The whole history of todo `id`, oldest first. Fails with
 /// `stream_not_found` for an unknown todo.
 storage::result<std::vector<todo_history_item>> todo_history(const storage::event_log& log,

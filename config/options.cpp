@@ -42,6 +42,7 @@ options::options() {
     .add(storage_max_batch, "max-batch", "most appends per group commit (default 512)")
     .add(storage_max_wait_us, "max-wait-us", "extra wait for a batch to fill, in microseconds (default 0)")
     .add(storage_block_cache_mb, "block-cache-mb", "RocksDB memory: block cache, memtables charged to it (default 128)")
+    .add(storage_stream_cache_mb, "stream-cache-mb", "whole short streams (up to 64 events) kept as read, for histories read again; 0: none (default 64)")
     .add(storage_idempotency_retention_s, "idempotency-retention-s", "how long Idempotency-Key answers are kept (default 86400)");
   opt_group{custom_options_, "postgres"}
     .add(postgres_dsn, "dsn", "libpq conninfo of the read model (env EVENTSD_POSTGRES_DSN)")
@@ -353,6 +354,7 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
     {"storage.max-batch", opts.storage_max_batch, 1, 1'000'000, "appends"},
     {"storage.max-wait-us", opts.storage_max_wait_us, 0, 1'000'000, "µs"},
     {"storage.block-cache-mb", opts.storage_block_cache_mb, 8, size_t{1} << 20, "MiB"},
+    {"storage.stream-cache-mb", opts.storage_stream_cache_mb, 0, size_t{1} << 20, "MiB"},
     {"storage.idempotency-retention-s", opts.storage_idempotency_retention_s, 24 * 3600,
      10 * 366 * 24 * 3600, "s (1 day .. 10 years)"},
     {"postgres.readers", opts.postgres_readers, 1, 256, ""},

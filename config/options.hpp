@@ -42,6 +42,7 @@ public:
   size_t storage_max_batch = 512;
   size_t storage_max_wait_us = 0;
   size_t storage_block_cache_mb = 128;
+  size_t storage_stream_cache_mb = 64;
   size_t storage_idempotency_retention_s = 24 * 3600;
 
   // [postgres]

@@ -857,6 +857,15 @@ router::router(services& svc) : svc_(svc) {
     auto id = path_id(p[0], respond);
     if (!id)
       return;
+    // A history read before and not appended to since is folded here: no
+    // hop to a log reader, nothing read from RocksDB.
+    if (auto cached = actors::cached_todo_history(s.log, *id)) {
+      if (!cached->ok())
+        return respond(todo_problem(core::make_error(cached->error())));
+      reply r;
+      r.body = history_part(**cached, true);
+      return respond(std::move(r));
+    }
     auto reader = s.log_reader();
     auto key = *id;
     caf::anon_send(
@@ -1044,10 +1053,24 @@ router::router(services& svc) : svc_(svc) {
     });
   });
 
-  add("GET", "/metrics", [](incoming&, auto&, responder& respond) {
+  add("GET", "/metrics", [&s](incoming&, auto&, responder& respond) {
     reply r;
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";
     r.body = core::metrics::instance().render();
+    // The stream cache lives in storage/, which knows no metrics.
+    auto cache = s.log.stream_cache_statistics();
+    auto sample = [&](const char* name, const char* type, const char* help, uint64_t v) {
+      r.body += std::string{"# HELP "} + name + " " + help + "\n# TYPE " + name + " " + type
+                + "\n" + name + " " + std::to_string(v) + "\n";
+    };
+    sample("eventsd_stream_cache_hits_total", "counter",
+           "Stream reads (histories) answered from the stream cache.", cache.hits);
+    sample("eventsd_stream_cache_misses_total", "counter",
+           "Stream reads that went to RocksDB.", cache.misses);
+    sample("eventsd_stream_cache_streams", "gauge", "Streams held by the stream cache.",
+           cache.streams);
+    sample("eventsd_stream_cache_bytes", "gauge",
+           "Estimated size of the streams held by the stream cache.", cache.bytes);
     respond(std::move(r));
   });
 

@@ -31,6 +31,7 @@
 #include <rocksdb/write_batch.h>
 
 #include "storage/keys.hpp"
+#include "storage/stream_cache.hpp"
 
 namespace eventsd::storage {
 
@@ -153,6 +154,19 @@ public:
   }
 };
 
+/// Streams of at most this many events are kept whole in the stream cache.
+constexpr size_t cached_stream_max_events = 64;
+
+/// Events of `all` (a whole stream) with version >= `from` (>= 1), at most `limit`.
+std::vector<recorded_event> slice(const std::vector<recorded_event>& all, uint64_t from,
+                                  size_t limit) {
+  if (from > all.size())
+    return {};
+  auto first = all.begin() + static_cast<ptrdiff_t>(from - 1);
+  auto n = std::min<uint64_t>(limit, all.size() - (from - 1));
+  return {first, first + static_cast<ptrdiff_t>(n)};
+}
+
 bool field_too_large(std::string_view s) {
   return s.size() > std::numeric_limits<uint32_t>::max();
 }
@@ -167,8 +181,10 @@ struct event_log::impl {
   rocksdb::ColumnFamilyHandle* event_ids = nullptr;
   rocksdb::ColumnFamilyHandle* default_cf = nullptr;
   std::string store_id; ///< RocksDB's DB identity, read at open
+  /// Whole short streams as read, for reads that come again (histories).
+  stream_cache cache;
 
-  impl() = default;
+  explicit impl(size_t cache_bytes) : cache(cache_bytes, cached_stream_max_events) {}
   impl(const impl&) = delete;
   impl& operator=(const impl&) = delete;
   ~impl() { release_families(); }
@@ -590,7 +606,7 @@ result<std::unique_ptr<event_log>> event_log::open(const log_options& opts) try 
     if (!st.ok())
       st = full;
   }
-  auto pimpl = std::make_unique<impl>();
+  auto pimpl = std::make_unique<impl>(opts.stream_cache_mb << 20);
   pimpl->db.reset(raw);
   pimpl->read_only = read_only;
   if (!st.ok()) {
@@ -791,6 +807,7 @@ event_log::append(std::span<const append_request> batch) {
       for (auto& r : results)
         r = err;
       heads.clear(); // it holds this batch's heads, which did not become durable
+      impl_->cache.clear(); // readers may see whatever part of it RocksDB kept
       impl_->note_write_failure(st);
       // Positions stay unconsumed, unless the batch reached the log after all
       // (e.g. WAL written, fsync failed): then never hand them out again.
@@ -799,6 +816,11 @@ event_log::append(std::span<const append_request> batch) {
       return results;
     }
     impl_->head.store(next - 1, std::memory_order_release);
+    // Readers see the batch now: what they cached of the streams it extended
+    // is stale (a new stream was never cached).
+    for (const auto& r : results)
+      if (r.ok() && !r->replayed && r->version > r->last_position - r->first_position + 1)
+        impl_->cache.invalidate(r->stream);
     return results;
   } catch (const std::exception& e) {
     results.assign(batch.size(), unexpected(storage_errc::not_writable, e.what()));
@@ -808,6 +830,7 @@ event_log::append(std::span<const append_request> batch) {
   // Nothing was written: forget the heads this batch had assumed.
   std::lock_guard<std::mutex> guard{impl_->write_mutex};
   impl_->head_cache.clear();
+  impl_->cache.clear();
   return results;
 }
 
@@ -818,6 +841,11 @@ event_log::read_stream(std::string_view stream, uint64_t from_version, size_t li
   // so whatever the iterator (created after the head was read) and the
   // record reads see is at least what the head says.
   from_version = std::max<uint64_t>(from_version, 1);
+  auto& cache = impl_->cache;
+  if (auto all = cache.find(stream))
+    return slice(*all, from_version, limit);
+  cache.count_miss();
+  const auto ticket = cache.ticket(stream);
   auto stored = impl_->get_head(rocksdb::ReadOptions{}, stream);
   if (!stored)
     return stored.error();
@@ -852,9 +880,22 @@ event_log::read_stream(std::string_view stream, uint64_t from_version, size_t li
     if (positions.size() != count)
       return corrupted("stream index (entries missing)", stream);
   }
-  return impl_->fetch_positions(rocksdb::ReadOptions{}, positions);
+  auto events = impl_->fetch_positions(rocksdb::ReadOptions{}, positions);
+  if (events.ok() && from_version == 1 && count == head.version && cache.holds(count))
+    cache.insert(stream, ticket, std::make_shared<const std::vector<recorded_event>>(*events));
+  return events;
 } catch (const std::exception& e) {
   return unexpected(storage_errc::io_error, e.what());
+}
+
+std::shared_ptr<const std::vector<recorded_event>>
+event_log::cached_stream(std::string_view stream) const {
+  return impl_->cache.find(stream);
+}
+
+stream_cache_stats event_log::stream_cache_statistics() const {
+  auto st = impl_->cache.statistics();
+  return {st.hits, st.misses, st.streams, st.bytes};
 }
 
 result<std::vector<recorded_event>> event_log::read_all(uint64_t from_position,

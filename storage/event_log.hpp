@@ -107,6 +107,15 @@ struct log_options {
   std::string dir;              ///< RocksDB directory; created when missing
   bool sync = true;             ///< fsync the WAL on every append batch (unsafe when false)
   size_t block_cache_mb = 128;  ///< RocksDB block cache, memtables charged to it (MiB)
+  size_t stream_cache_mb = 64;  ///< whole short streams kept as read (MiB; 0: none)
+};
+
+/// What the stream cache holds and did (see `event_log::cached_stream`).
+struct stream_cache_stats {
+  uint64_t hits = 0;    ///< stream reads answered from it
+  uint64_t misses = 0;  ///< stream reads that went to RocksDB
+  uint64_t streams = 0; ///< streams held
+  uint64_t bytes = 0;   ///< their estimated size
 };
 
 /// The append-only event log: streams, the global `$all` order, idempotency
@@ -133,6 +142,16 @@ public:
   result<std::vector<recorded_event>> read_stream(std::string_view stream,
                                                   uint64_t from_version,
                                                   size_t limit) const;
+
+  /// All events of `stream` when the stream cache holds them, else null;
+  /// never reads RocksDB, so it may be called where nothing may block. The
+  /// cache holds whole short streams (up to 64 events) that `read_stream`
+  /// read whole, and loses each one when an append to it becomes visible:
+  /// what it returns is as current as `read_stream`'s answer.
+  std::shared_ptr<const std::vector<recorded_event>> cached_stream(std::string_view stream) const;
+
+  /// Counters of the stream cache.
+  stream_cache_stats stream_cache_statistics() const;
 
   /// Events of `$all` with position >= `from_position`, at most `limit`, ascending.
   result<std::vector<recorded_event>> read_all(uint64_t from_position, size_t limit) const;

@@ -294,17 +294,6 @@ json projection_status(http_client& c) {
   return r.json_body().at("items").at(0);
 }
 
-/// A counter or gauge of GET /metrics (-1 when absent).
-double metric(http_client& c, const std::string& name) {
-  auto r = c.get("/metrics");
-  std::istringstream in{r.body};
-  std::string line;
-  while (std::getline(in, line))
-    if (line.rfind(name + " ", 0) == 0)
-      return std::stod(line.substr(name.size() + 1));
-  return -1;
-}
-
 bool is_problem(const response& r, unsigned status) {
   if (r.status != status)
     return false;

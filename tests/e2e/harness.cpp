@@ -13,6 +13,7 @@
 #include <mutex>
 #include <random>
 #include <regex>
+#include <sstream>
 #include <stdexcept>
 #include <thread>
 
@@ -932,6 +933,16 @@ write_ack ack_of(const response& r) {
     throw std::runtime_error("answer " + std::to_string(r.status)
                              + " is not {id, version, position}: " + r.body);
   return {j["id"].get<std::string>(), j["version"].get<uint64_t>(), j["position"].get<uint64_t>()};
+}
+
+double metric(http_client& c, const std::string& name) {
+  auto r = c.get("/metrics");
+  std::istringstream in{r.body};
+  std::string line;
+  while (std::getline(in, line))
+    if (line.rfind(name + " ", 0) == 0)
+      return std::stod(line.substr(name.size() + 1));
+  return -1;
 }
 
 uint64_t all_head(http_client& c, uint64_t hint) {

@@ -288,6 +288,9 @@ write_ack ack_of(const response& r);
 /// position known to exist, or 1).
 uint64_t all_head(http_client& c, uint64_t hint = 1);
 
+/// A counter or gauge without labels of GET /metrics (-1 when absent).
+double metric(http_client& c, const std::string& name);
+
 /// Every event of `$all` from `from` on, paging with `next`.
 std::vector<json> read_all(http_client& c, uint64_t from = 1);
 

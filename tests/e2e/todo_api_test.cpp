@@ -474,6 +474,49 @@ TEST_CASE("snapshot/{eventId} equals the history snapshot of that event",
   }
 }
 
+TEST_CASE("a history read again comes from the stream cache and shows every write "
+          "acknowledged before it",
+          "[e2e][todo][history]") {
+  auto& c = client();
+  auto hits = [&] { return metric(c, "eventsd_stream_cache_hits_total"); };
+  auto t = create("cached history");
+  auto first = history(t.id);
+  REQUIRE(first.size() == 1);
+  auto before = hits();
+  CHECK(history(t.id) == first);
+  CHECK(hits() >= before + 1);
+  // Each acknowledged write is in the very next history, cached or not.
+  auto a2 = put_in_progress(t.id);
+  auto second = history(t.id);
+  REQUIRE(second.size() == 2);
+  CHECK(second[1]["position"] == a2.position);
+  CHECK(second[1]["snapshot"]["status"] == "InProgress");
+  auto a3 = done(t.id);
+  auto third = history(t.id);
+  REQUIRE(third.size() == 3);
+  CHECK(third[2]["position"] == a3.position);
+  CHECK(history(t.id) == third);
+  CHECK(metric(c, "eventsd_stream_cache_streams") >= 1);
+  CHECK(metric(c, "eventsd_stream_cache_misses_total") >= 3);
+}
+
+TEST_CASE("with --storage.stream-cache-mb=0 every history is read from RocksDB",
+          "[e2e][todo][history]") {
+  server s{server_options::with_args({"--storage.stream-cache-mb=0"})};
+  http_client c{s.port()};
+  auto created = c.post_json("/todo", {{"description", "uncached"}});
+  REQUIRE(created.status == 201);
+  auto id = ack_of(created).id;
+  for (int i = 0; i < 3; ++i) {
+    auto r = c.get("/todo/" + id + "/history");
+    REQUIRE(r.status == 200);
+    CHECK(r.json_body()["items"].size() == 1);
+  }
+  CHECK(metric(c, "eventsd_stream_cache_hits_total") == 0);
+  CHECK(metric(c, "eventsd_stream_cache_misses_total") == 3);
+  CHECK(metric(c, "eventsd_stream_cache_streams") == 0);
+}
+
 TEST_CASE("snapshot of an unknown event, an event of another todo or a malformed event id "
           "is a 404",
           "[e2e][todo][history]") {

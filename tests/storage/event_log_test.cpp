@@ -1029,6 +1029,126 @@ TEST_CASE("readers see a gap-free prefix of $all while a writer appends") {
   CHECK(log->read_all(1, 100'000).value().size() == total);
 }
 
+TEST_CASE("a short stream read whole is cached; an append drops it and the next read is "
+          "current") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  append_one(*log, request("todo-1", no_stream, 3));
+  CHECK(log->cached_stream("todo-1") == nullptr);
+  CHECK(log->read_stream("todo-1", 2, 10).value().size() == 2); // a part: not cached
+  CHECK(log->cached_stream("todo-1") == nullptr);
+  auto whole = log->read_stream("todo-1", 1, 1000).value();
+  auto cached = log->cached_stream("todo-1");
+  REQUIRE(cached != nullptr);
+  CHECK(*cached == whole);
+  // Later reads, whole or in parts, are answered from it, the same.
+  CHECK(log->read_stream("todo-1", 2, 1).value() == std::vector{whole[1]});
+  CHECK(log->read_stream("todo-1", 4, 10).value().empty());
+  CHECK(log->read_stream("todo-1", 0, 0).value().empty());
+  auto stats = log->stream_cache_statistics();
+  CHECK(stats.hits == 4); // cached_stream once, read_stream three times
+  CHECK(stats.misses == 2);
+  CHECK(stats.streams == 1);
+
+  append_one(*log, request("todo-1", 3, 1, 3));
+  CHECK(log->cached_stream("todo-1") == nullptr);
+  auto after = log->read_stream("todo-1", 1, 1000).value();
+  CHECK(positions_of(after) == range(1, 4));
+  REQUIRE(log->cached_stream("todo-1") != nullptr);
+  CHECK(log->cached_stream("todo-1")->size() == 4);
+  // An idempotent replay appends nothing and leaves the entry alone.
+  auto keyed = with_key(request("todo-2", no_stream, 1), "k", "f", 1);
+  append_one(*log, keyed);
+  log->read_stream("todo-2", 1, 1000).value();
+  append_one(*log, keyed);
+  CHECK(log->cached_stream("todo-2") != nullptr);
+}
+
+TEST_CASE("streams over 64 events, unknown streams and a zero budget are not cached") {
+  temp_dir dir;
+  {
+    auto log = open_log(dir);
+    append_one(*log, request("long", no_stream, 65));
+    append_one(*log, request("short", no_stream, 64));
+    CHECK(log->read_stream("long", 1, 1000).value().size() == 65);
+    CHECK(log->cached_stream("long") == nullptr);
+    CHECK(log->read_stream("short", 1, 1000).value().size() == 64);
+    CHECK(log->cached_stream("short") != nullptr);
+    CHECK(log->read_stream("none", 1, 1000).error().code == storage_errc::stream_not_found);
+    CHECK(log->cached_stream("none") == nullptr);
+  }
+  log_options opts;
+  opts.dir = dir.db();
+  opts.block_cache_mb = 8;
+  opts.stream_cache_mb = 0;
+  auto log = event_log::open(opts).value();
+  CHECK(log->read_stream("short", 1, 1000).value().size() == 64);
+  CHECK(log->cached_stream("short") == nullptr);
+}
+
+TEST_CASE("a failed write empties the stream cache") {
+  temp_dir dir;
+  auto log = open_log(dir);
+  auto big = request("todo-1", no_stream, 2);
+  big.events[0].data = std::string(1 << 20, 'x');
+  append_one(*log, big);
+  append_one(*log, request("todo-2", no_stream, 1));
+  log->read_stream("todo-2", 1, 1000).value();
+  REQUIRE(log->cached_stream("todo-2") != nullptr);
+  auto wal = current_wal_size(dir.db());
+  {
+    file_size_limit limit{static_cast<rlim_t>(wal)};
+    auto req = request("todo-1", 2, 1, 2);
+    REQUIRE_FALSE(log->append(std::span{&req, 1})[0]);
+  }
+  CHECK(log->cached_stream("todo-2") == nullptr);
+  CHECK(log->read_stream("todo-2", 1, 1000).value().size() == 1);
+}
+
+TEST_CASE("while a writer appends, every read of a stream is a prefix of it and a read after "
+          "an acknowledged append includes it") {
+  temp_dir dir;
+  auto log = open_log(dir, /*sync=*/false);
+  constexpr uint64_t streams = 4, per_stream = 60;
+  for (uint64_t s = 0; s < streams; ++s)
+    append_one(*log, request(numbered("s-", s), no_stream, 1, 0));
+  std::atomic<uint64_t> acknowledged[streams];
+  for (auto& a : acknowledged)
+    a = 1;
+  std::atomic<bool> done{false};
+  std::thread writer{[&] {
+    for (uint64_t v = 1; v < per_stream; ++v)
+      for (uint64_t s = 0; s < streams; ++s) {
+        append_one(*log, request(numbered("s-", s), v, 1, v));
+        acknowledged[s] = v + 1;
+      }
+    done = true;
+  }};
+  bool prefix = true, current = true;
+  auto reader = [&] {
+    while (!done)
+      for (uint64_t s = 0; s < streams; ++s) {
+        auto name = numbered("s-", s);
+        const uint64_t known = acknowledged[s];
+        auto events = log->read_stream(name, 1, 1000).value();
+        current = current && events.size() >= known;
+        for (size_t i = 0; i < events.size(); ++i)
+          prefix = prefix && events[i].version == i + 1 && events[i].id == event_id(name, i);
+        if (auto cached = log->cached_stream(name))
+          current = current && cached->size() >= known;
+      }
+  };
+  std::thread other{reader};
+  reader();
+  writer.join();
+  other.join();
+  CHECK(prefix);
+  CHECK(current);
+  for (uint64_t s = 0; s < streams; ++s)
+    CHECK(log->read_stream(numbered("s-", s), 1, 1000).value().size() == per_stream);
+  CHECK(log->stream_cache_statistics().hits > 0);
+}
+
 TEST_CASE("the record codec round-trips and rejects truncated records") {
   recorded_event ev{"id", std::string("s\0t", 3), "type", 7, 42, -5, "{\"a\":1}"};
   auto bytes = keys::encode_event(ev);

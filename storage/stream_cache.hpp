@@ -1,0 +1,100 @@
+// A bounded, least-recently-used cache of whole short streams as the event
+// log read them, so that a stream read again (a todo's history) costs no
+// RocksDB reads. The log keeps it exact: every append drops the entries of
+// the streams it wrote, and a read that raced with an append is not kept.
+//
+// Thread-safety: every member may be called from any thread. Each of the
+// shards has its own mutex, held only for a lookup or an insert (never
+// during I/O).
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "storage/event_log.hpp"
+
+namespace eventsd::storage {
+
+class stream_cache {
+public:
+  /// A cached stream: all of its events, version 1 first.
+  using events = std::shared_ptr<const std::vector<recorded_event>>;
+
+  /// Holds streams of at most `max_events` events, at most about
+  /// `budget_bytes` of them in all (0: holds nothing).
+  stream_cache(size_t budget_bytes, size_t max_events);
+
+  /// The cached events of `stream`, or null (counted as a hit when found).
+  events find(std::string_view stream);
+
+  /// Taken before reading `stream` from the store, handed to `insert` after.
+  uint64_t ticket(std::string_view stream) const;
+
+  /// Keeps `all`, the whole of `stream` as read from the store after
+  /// `ticket` was taken, unless an append to one of the streams of its
+  /// shard was reported since (`invalidate`): the read may predate it.
+  /// Streams longer than `max_events` or than a shard's budget are not kept.
+  void insert(std::string_view stream, uint64_t ticket, events all);
+
+  /// Drops `stream`'s entry. REQUIRES: called after an append to `stream`
+  /// became visible to readers and before it is acknowledged.
+  void invalidate(std::string_view stream);
+
+  /// Drops every entry (after a failed write, say).
+  void clear();
+
+  /// True when streams of `n` events may be kept.
+  bool holds(uint64_t n) const { return n <= max_events_ && shard_budget_ > 0; }
+
+  struct stats {
+    uint64_t hits = 0;
+    uint64_t misses = 0;
+    uint64_t streams = 0;
+    uint64_t bytes = 0;
+  };
+  stats statistics() const;
+
+  /// Counts a lookup that found nothing and went to the store.
+  void count_miss() { misses_.fetch_add(1, std::memory_order_relaxed); }
+
+private:
+  struct entry {
+    std::string stream;
+    events all;
+    size_t bytes = 0;
+  };
+  struct hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  struct shard {
+    mutable std::mutex mutex;
+    /// Bumped by every `invalidate`: a read with an older ticket is stale.
+    uint64_t generation = 0;
+    std::list<entry> lru; ///< most recently used first
+    std::unordered_map<std::string_view, std::list<entry>::iterator, hash, std::equal_to<>> index;
+    size_t bytes = 0;
+  };
+  static constexpr size_t shard_count = 32;
+
+  shard& shard_of(std::string_view stream) const {
+    return shards_[hash{}(stream) % shard_count];
+  }
+  static void erase(shard& s, std::list<entry>::iterator it);
+
+  size_t shard_budget_;
+  size_t max_events_;
+  mutable std::array<shard, shard_count> shards_;
+  std::atomic<uint64_t> hits_{0};
+  std::atomic<uint64_t> misses_{0};
+};
+
+} // namespace eventsd::storage

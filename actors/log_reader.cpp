@@ -36,7 +36,7 @@ log_reader_actor::behavior_type log_reader(log_reader_actor::pointer self,
     },
     [=](stream_atom, const std::string& stream, uint64_t from,
         uint64_t limit) -> caf::result<recorded_events> {
-      return answer(log->read_stream(stream, from, limit));
+      return answer(log->read_stream(stream, from, limit, storage::stream_caching::fill));
     },
     [=](all_atom, uint64_t from, uint64_t limit) -> caf::result<recorded_events> {
       return answer(log->read_all(from, limit));
@@ -60,7 +60,7 @@ log_reader_actor::behavior_type log_reader(log_reader_actor::pointer self,
     },
     [=](stream_atom, const std::string& stream, uint64_t from, uint64_t limit,
         const core::reply_to<recorded_events>& reply) {
-      answer(log->read_stream(stream, from, limit), reply);
+      answer(log->read_stream(stream, from, limit, storage::stream_caching::fill), reply);
     },
     [=](all_atom, uint64_t from, uint64_t limit, const core::reply_to<recorded_events>& reply) {
       answer(log->read_all(from, limit), reply);

@@ -78,7 +78,7 @@ storage::result<todo_history_chunk> todo_history_page(const storage::event_log& 
                                                       const std::string& id, uint64_t from,
                                                       std::optional<todo::state> before,
                                                       size_t limit) {
-  auto events = log.read_stream(stream_of(id), from, limit);
+  auto events = log.read_stream(stream_of(id), from, limit, storage::stream_caching::fill);
   if (!events.ok())
     return events.error();
   auto chunk = fold_history(id, std::move(*events), std::move(before));

@@ -835,7 +835,8 @@ event_log::append(std::span<const append_request> batch) {
 }
 
 result<std::vector<recorded_event>>
-event_log::read_stream(std::string_view stream, uint64_t from_version, size_t limit) const try {
+event_log::read_stream(std::string_view stream, uint64_t from_version, size_t limit,
+                       stream_caching caching) const try {
   // No snapshot: heads only grow, index entries and event records are
   // written in the batch that makes a head point at them and never change,
   // so whatever the iterator (created after the head was read) and the
@@ -881,7 +882,8 @@ event_log::read_stream(std::string_view stream, uint64_t from_version, size_t li
       return corrupted("stream index (entries missing)", stream);
   }
   auto events = impl_->fetch_positions(rocksdb::ReadOptions{}, positions);
-  if (events.ok() && from_version == 1 && count == head.version && cache.holds(count))
+  if (caching == stream_caching::fill && events.ok() && from_version == 1
+      && count == head.version && cache.holds(count))
     cache.insert(stream, ticket, std::make_shared<const std::vector<recorded_event>>(*events));
   return events;
 } catch (const std::exception& e) {

@@ -110,6 +110,13 @@ struct log_options {
   size_t stream_cache_mb = 64;  ///< whole short streams kept as read (MiB; 0: none)
 };
 
+/// Whether a stream read may fill the stream cache (see `event_log::cached_stream`).
+enum class stream_caching : uint8_t {
+  use = 1, ///< answered from the cache when it holds the stream; fills nothing
+  fill,    ///< also keeps a whole short stream it read: for reads likely to
+           ///< come again (histories), not for an aggregate's recovery
+};
+
 /// What the stream cache holds and did (see `event_log::cached_stream`).
 struct stream_cache_stats {
   uint64_t hits = 0;    ///< stream reads answered from it
@@ -140,14 +147,16 @@ public:
   /// Events of `stream` with version >= `from_version`, at most `limit`,
   /// ascending. Fails with `stream_not_found` for an unknown stream.
   result<std::vector<recorded_event>> read_stream(std::string_view stream,
-                                                  uint64_t from_version,
-                                                  size_t limit) const;
+                                                  uint64_t from_version, size_t limit,
+                                                  stream_caching caching
+                                                  = stream_caching::use) const;
 
   /// All events of `stream` when the stream cache holds them, else null;
   /// never reads RocksDB, so it may be called where nothing may block. The
   /// cache holds whole short streams (up to 64 events) that `read_stream`
-  /// read whole, and loses each one when an append to it becomes visible:
-  /// what it returns is as current as `read_stream`'s answer.
+  /// read whole with `stream_caching::fill`, and loses each one when an
+  /// append to it becomes visible: what it returns is as current as
+  /// `read_stream`'s answer.
   std::shared_ptr<const std::vector<recorded_event>> cached_stream(std::string_view stream) const;
 
   /// Counters of the stream cache.

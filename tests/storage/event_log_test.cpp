@@ -26,6 +26,8 @@
 namespace fs = std::filesystem;
 using namespace eventsd::storage;
 
+constexpr auto fill = stream_caching::fill;
+
 namespace {
 
 /// A fresh, unique directory under the system temp dir, removed afterwards.
@@ -1029,15 +1031,16 @@ TEST_CASE("readers see a gap-free prefix of $all while a writer appends") {
   CHECK(log->read_all(1, 100'000).value().size() == total);
 }
 
-TEST_CASE("a short stream read whole is cached; an append drops it and the next read is "
-          "current") {
+TEST_CASE("a short stream read whole with `fill` is cached; an append drops it and the next "
+          "read is current") {
   temp_dir dir;
   auto log = open_log(dir);
   append_one(*log, request("todo-1", no_stream, 3));
   CHECK(log->cached_stream("todo-1") == nullptr);
-  CHECK(log->read_stream("todo-1", 2, 10).value().size() == 2); // a part: not cached
+  CHECK(log->read_stream("todo-1", 2, 10, fill).value().size() == 2); // a part: not kept
+  CHECK(log->read_stream("todo-1", 1, 1000).value().size() == 3); // `use`: not kept
   CHECK(log->cached_stream("todo-1") == nullptr);
-  auto whole = log->read_stream("todo-1", 1, 1000).value();
+  auto whole = log->read_stream("todo-1", 1, 1000, fill).value();
   auto cached = log->cached_stream("todo-1");
   REQUIRE(cached != nullptr);
   CHECK(*cached == whole);
@@ -1047,19 +1050,19 @@ TEST_CASE("a short stream read whole is cached; an append drops it and the next 
   CHECK(log->read_stream("todo-1", 0, 0).value().empty());
   auto stats = log->stream_cache_statistics();
   CHECK(stats.hits == 4); // cached_stream once, read_stream three times
-  CHECK(stats.misses == 2);
+  CHECK(stats.misses == 3);
   CHECK(stats.streams == 1);
 
   append_one(*log, request("todo-1", 3, 1, 3));
   CHECK(log->cached_stream("todo-1") == nullptr);
-  auto after = log->read_stream("todo-1", 1, 1000).value();
+  auto after = log->read_stream("todo-1", 1, 1000, fill).value();
   CHECK(positions_of(after) == range(1, 4));
   REQUIRE(log->cached_stream("todo-1") != nullptr);
   CHECK(log->cached_stream("todo-1")->size() == 4);
   // An idempotent replay appends nothing and leaves the entry alone.
   auto keyed = with_key(request("todo-2", no_stream, 1), "k", "f", 1);
   append_one(*log, keyed);
-  log->read_stream("todo-2", 1, 1000).value();
+  log->read_stream("todo-2", 1, 1000, fill).value();
   append_one(*log, keyed);
   CHECK(log->cached_stream("todo-2") != nullptr);
 }
@@ -1070,11 +1073,11 @@ TEST_CASE("streams over 64 events, unknown streams and a zero budget are not cac
     auto log = open_log(dir);
     append_one(*log, request("long", no_stream, 65));
     append_one(*log, request("short", no_stream, 64));
-    CHECK(log->read_stream("long", 1, 1000).value().size() == 65);
+    CHECK(log->read_stream("long", 1, 1000, fill).value().size() == 65);
     CHECK(log->cached_stream("long") == nullptr);
-    CHECK(log->read_stream("short", 1, 1000).value().size() == 64);
+    CHECK(log->read_stream("short", 1, 1000, fill).value().size() == 64);
     CHECK(log->cached_stream("short") != nullptr);
-    CHECK(log->read_stream("none", 1, 1000).error().code == storage_errc::stream_not_found);
+    CHECK(log->read_stream("none", 1, 1000, fill).error().code == storage_errc::stream_not_found);
     CHECK(log->cached_stream("none") == nullptr);
   }
   log_options opts;
@@ -1082,7 +1085,7 @@ TEST_CASE("streams over 64 events, unknown streams and a zero budget are not cac
   opts.block_cache_mb = 8;
   opts.stream_cache_mb = 0;
   auto log = event_log::open(opts).value();
-  CHECK(log->read_stream("short", 1, 1000).value().size() == 64);
+  CHECK(log->read_stream("short", 1, 1000, fill).value().size() == 64);
   CHECK(log->cached_stream("short") == nullptr);
 }
 
@@ -1093,7 +1096,7 @@ TEST_CASE("a failed write empties the stream cache") {
   big.events[0].data = std::string(1 << 20, 'x');
   append_one(*log, big);
   append_one(*log, request("todo-2", no_stream, 1));
-  log->read_stream("todo-2", 1, 1000).value();
+  log->read_stream("todo-2", 1, 1000, fill).value();
   REQUIRE(log->cached_stream("todo-2") != nullptr);
   auto wal = current_wal_size(dir.db());
   {
@@ -1130,7 +1133,7 @@ TEST_CASE("while a writer appends, every read of a stream is a prefix of it and 
       for (uint64_t s = 0; s < streams; ++s) {
         auto name = numbered("s-", s);
         const uint64_t known = acknowledged[s];
-        auto events = log->read_stream(name, 1, 1000).value();
+        auto events = log->read_stream(name, 1, 1000, fill).value();
         current = current && events.size() >= known;
         for (size_t i = 0; i < events.size(); ++i)
           prefix = prefix && events[i].version == i + 1 && events[i].id == event_id(name, i);

@@ -784,6 +784,17 @@ uintmax_t current_wal_size(const fs::path& db) {
   return fs::file_size(newest_wal(db));
 }
 
+/// Appends two events to `todo-1` (a new stream), the first of 1 MiB, so that
+/// the WAL becomes the store's biggest file; returns the WAL's size. A
+/// `file_size_limit` of that size then stops only the WAL: RocksDB's info
+/// LOG (this build keeps its asserts) must stay writable.
+uintmax_t grow_wal(event_log& log, const temp_dir& dir) {
+  auto big = request("todo-1", no_stream, 2);
+  big.events[0].data = std::string(1 << 20, 'x');
+  append_one(log, big);
+  return current_wal_size(dir.db());
+}
+
 /// While alive, no file of this process may grow past `bytes`
 /// (root ignores permissions but not RLIMIT_FSIZE).
 class file_size_limit {
@@ -813,12 +824,7 @@ TEST_CASE("a failed write fails every request of the batch and consumes no posit
   temp_dir dir;
   {
     auto log = open_log(dir);
-    // The limit must stop only the WAL: RocksDB's info LOG (this build keeps
-    // its asserts) must stay writable, so make the WAL the biggest file first.
-    auto big = request("todo-1", no_stream, 2);
-    big.events[0].data = std::string(1 << 20, 'x');
-    append_one(*log, big);
-    auto wal = current_wal_size(dir.db());
+    auto wal = grow_wal(*log, dir);
     auto info_log = fs::path{dir.db()} / "LOG"; // eventsd logs RocksDB to stderr instead
     REQUIRE(wal > (fs::exists(info_log) ? fs::file_size(info_log) : 0) + (64 << 10));
 
@@ -1092,13 +1098,10 @@ TEST_CASE("streams over 64 events, unknown streams and a zero budget are not cac
 TEST_CASE("a failed write empties the stream cache") {
   temp_dir dir;
   auto log = open_log(dir);
-  auto big = request("todo-1", no_stream, 2);
-  big.events[0].data = std::string(1 << 20, 'x');
-  append_one(*log, big);
   append_one(*log, request("todo-2", no_stream, 1));
   log->read_stream("todo-2", 1, 1000, fill).value();
   REQUIRE(log->cached_stream("todo-2") != nullptr);
-  auto wal = current_wal_size(dir.db());
+  auto wal = grow_wal(*log, dir);
   {
     file_size_limit limit{static_cast<rlim_t>(wal)};
     auto req = request("todo-1", 2, 1, 2);

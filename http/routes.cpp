@@ -1066,7 +1066,8 @@ router::router(services& svc) : svc_(svc) {
     sample("eventsd_stream_cache_hits_total", "counter",
            "Stream reads (histories) answered from the stream cache.", cache.hits);
     sample("eventsd_stream_cache_misses_total", "counter",
-           "Stream reads that went to RocksDB.", cache.misses);
+           "Stream reads (histories) that went to RocksDB and filled the stream cache.",
+           cache.misses);
     sample("eventsd_stream_cache_streams", "gauge", "Streams held by the stream cache.",
            cache.streams);
     sample("eventsd_stream_cache_bytes", "gauge",

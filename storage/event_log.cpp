@@ -167,6 +167,27 @@ std::vector<recorded_event> slice(const std::vector<recorded_event>& all, uint64
   return {first, first + static_cast<ptrdiff_t>(n)};
 }
 
+/// The streams a batch extends are not served from the stream cache while it
+/// is written; once it is visible (or failed) their entries are dropped.
+class writing_streams {
+public:
+  writing_streams(stream_cache& cache, std::vector<std::string_view> streams)
+    : cache_(cache), streams_(std::move(streams)) {
+    for (auto s : streams_)
+      cache_.begin_write(s);
+  }
+  ~writing_streams() {
+    for (auto s : streams_)
+      cache_.end_write(s);
+  }
+  writing_streams(const writing_streams&) = delete;
+  writing_streams& operator=(const writing_streams&) = delete;
+
+private:
+  stream_cache& cache_;
+  std::vector<std::string_view> streams_;
+};
+
 bool field_too_large(std::string_view s) {
   return s.size() > std::numeric_limits<uint32_t>::max();
 }
@@ -249,9 +270,13 @@ struct event_log::impl {
     // Recover once the fault has cleared (disk space freed, device back).
     // Cleared first: a write failing on another thread meanwhile sets it again.
     needs_resume.store(false, std::memory_order_release);
-    if (auto st = db->Resume(); !st.ok()) {
-      note_write_failure(st);
-      return st;
+    auto resumed = db->Resume();
+    // A failed batch may have become visible (its WAL record written, say):
+    // what readers cached since the failure may lack it.
+    cache.clear();
+    if (!resumed.ok()) {
+      note_write_failure(resumed);
+      return resumed;
     }
     if (auto last = last_position(); last && *last > head.load())
       head.store(*last, std::memory_order_release);
@@ -675,6 +700,8 @@ event_log::append(std::span<const append_request> batch) {
     std::map<std::string, idempotency_record, std::less<>> pending_keys;
     const uint64_t first_free = impl_->head.load(std::memory_order_relaxed) + 1;
     uint64_t next = first_free;
+    // Existing streams this batch appends to (a new one was never cached).
+    std::vector<std::string_view> extended;
 
     for (const auto& req : batch) {
       if (req.events.empty()) {
@@ -789,6 +816,8 @@ event_log::append(std::span<const append_request> batch) {
       }
       results.emplace_back(append_result{req.stream, after.version, first_position,
                                          after.last_position, false});
+      if (previous_version > 0)
+        extended.push_back(req.stream);
       heads.insert_or_assign(req.stream, std::move(after));
     }
 
@@ -800,6 +829,7 @@ event_log::append(std::span<const append_request> batch) {
     impl_->keep_memtable_nonempty();
     impl_->write_began_ns.store(
       std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+    writing_streams writing{impl_->cache, std::move(extended)};
     auto st = db.Write(wo, &wb);
     impl_->write_began_ns.store(0, std::memory_order_relaxed);
     if (!st.ok()) {
@@ -816,11 +846,6 @@ event_log::append(std::span<const append_request> batch) {
       return results;
     }
     impl_->head.store(next - 1, std::memory_order_release);
-    // Readers see the batch now: what they cached of the streams it extended
-    // is stale (a new stream was never cached).
-    for (const auto& r : results)
-      if (r.ok() && !r->replayed && r->version > r->last_position - r->first_position + 1)
-        impl_->cache.invalidate(r->stream);
     return results;
   } catch (const std::exception& e) {
     results.assign(batch.size(), unexpected(storage_errc::not_writable, e.what()));
@@ -845,7 +870,8 @@ event_log::read_stream(std::string_view stream, uint64_t from_version, size_t li
   auto& cache = impl_->cache;
   if (auto all = cache.find(stream))
     return slice(*all, from_version, limit);
-  cache.count_miss();
+  if (caching == stream_caching::fill)
+    cache.count_miss();
   const auto ticket = cache.ticket(stream);
   auto stored = impl_->get_head(rocksdb::ReadOptions{}, stream);
   if (!stored)

@@ -120,7 +120,7 @@ enum class stream_caching : uint8_t {
 /// What the stream cache holds and did (see `event_log::cached_stream`).
 struct stream_cache_stats {
   uint64_t hits = 0;    ///< stream reads answered from it
-  uint64_t misses = 0;  ///< stream reads that went to RocksDB
+  uint64_t misses = 0;  ///< reads with `stream_caching::fill` that went to RocksDB
   uint64_t streams = 0; ///< streams held
   uint64_t bytes = 0;   ///< their estimated size
 };

@@ -21,7 +21,7 @@ stream_cache::events stream_cache::find(std::string_view stream) {
   auto& s = shard_of(stream);
   std::lock_guard<std::mutex> guard{s.mutex};
   auto i = s.index.find(stream);
-  if (i == s.index.end())
+  if (i == s.index.end() || s.is_written(stream))
     return nullptr;
   s.lru.splice(s.lru.begin(), s.lru, i->second);
   hits_.fetch_add(1, std::memory_order_relaxed);
@@ -41,13 +41,12 @@ void stream_cache::insert(std::string_view stream, uint64_t ticket, events all) 
   if (bytes > shard_budget_)
     return;
   auto& s = shard_of(stream);
-  std::list<entry> evicted; // freed after the lock is released
+  std::list<entry> dropped; // freed after the lock is released
   {
     std::lock_guard<std::mutex> guard{s.mutex};
-    if (s.generation != ticket)
+    if (s.generation != ticket || s.is_written(stream))
       return;
-    if (auto i = s.index.find(stream); i != s.index.end())
-      erase(s, i->second);
+    take(s, stream, dropped);
     s.lru.push_front(entry{std::string{stream}, std::move(all), bytes});
     s.index.emplace(s.lru.front().stream, s.lru.begin());
     s.bytes += bytes;
@@ -55,33 +54,49 @@ void stream_cache::insert(std::string_view stream, uint64_t ticket, events all) 
       auto last = std::prev(s.lru.end());
       s.bytes -= last->bytes;
       s.index.erase(last->stream);
-      evicted.splice(evicted.begin(), s.lru, last);
+      dropped.splice(dropped.begin(), s.lru, last);
     }
   }
 }
 
-void stream_cache::invalidate(std::string_view stream) {
+void stream_cache::begin_write(std::string_view stream) {
   auto& s = shard_of(stream);
+  std::list<entry> dropped;
+  std::lock_guard<std::mutex> guard{s.mutex};
+  s.writing.push_back(hash{}(stream));
+  take(s, stream, dropped);
+}
+
+void stream_cache::end_write(std::string_view stream) {
+  auto& s = shard_of(stream);
+  std::list<entry> dropped;
   std::lock_guard<std::mutex> guard{s.mutex};
   ++s.generation;
-  if (auto i = s.index.find(stream); i != s.index.end())
-    erase(s, i->second);
+  if (auto i = std::find(s.writing.begin(), s.writing.end(), hash{}(stream));
+      i != s.writing.end())
+    s.writing.erase(i);
+  take(s, stream, dropped);
 }
 
 void stream_cache::clear() {
   for (auto& s : shards_) {
+    std::list<entry> dropped;
     std::lock_guard<std::mutex> guard{s.mutex};
     ++s.generation;
     s.index.clear();
-    s.lru.clear();
+    dropped.swap(s.lru);
     s.bytes = 0;
   }
 }
 
-void stream_cache::erase(shard& s, std::list<entry>::iterator it) {
+void stream_cache::take(shard& s, std::string_view stream, std::list<entry>& out) {
+  auto i = s.index.find(stream);
+  if (i == s.index.end())
+    return;
+  auto it = i->second;
   s.bytes -= it->bytes;
-  s.index.erase(it->stream);
-  s.lru.erase(it);
+  s.index.erase(i);
+  out.splice(out.end(), s.lru, it);
 }
 
 stream_cache::stats stream_cache::statistics() const {

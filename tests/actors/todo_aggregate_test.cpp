@@ -71,6 +71,35 @@ TEST_CASE("todo_history of an unknown todo fails with stream_not_found",
   CHECK(h.error().code == storage::storage_errc::stream_not_found);
 }
 
+TEST_CASE("cached_todo_history answers only once a history read filled the stream cache, the "
+          "same items, and not after a write until the next read",
+          "[todo_aggregate][history]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto id = four_event_todo(rt);
+  CHECK_FALSE(actors::cached_todo_history(*log, id)); // the aggregate's writes fill nothing
+  auto read = actors::todo_history_page(*log, id, 1, std::nullopt, 1000);
+  REQUIRE(read.ok());
+  auto cached = actors::cached_todo_history(*log, id);
+  REQUIRE(cached);
+  REQUIRE(cached->ok());
+  CHECK_FALSE((*cached)->more);
+  REQUIRE((*cached)->items.size() == 4);
+  for (size_t i = 0; i < 4; ++i) {
+    CHECK((*cached)->items[i].event == read->items[i].event);
+    CHECK((*cached)->items[i].state == read->items[i].state);
+  }
+  REQUIRE_OK(rt.execute(id, todo::change_description{"after the read"}));
+  CHECK_FALSE(actors::cached_todo_history(*log, id));
+  REQUIRE(actors::todo_history_page(*log, id, 1, std::nullopt, 1000)->items.size() == 5);
+  auto again = actors::cached_todo_history(*log, id);
+  REQUIRE(again);
+  REQUIRE((*again)->items.size() == 5);
+  CHECK((*again)->items[4].state.description == "after the read");
+  CHECK_FALSE(actors::cached_todo_history(*log, core::make_uuid()));
+}
+
 TEST_CASE("todo_state_at answers the state right after each event", "[todo_aggregate][state_at]") {
   temp_dir dir;
   auto log = open_log(dir.db());

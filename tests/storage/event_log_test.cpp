@@ -1056,7 +1056,7 @@ TEST_CASE("a short stream read whole with `fill` is cached; an append drops it a
   CHECK(log->read_stream("todo-1", 0, 0).value().empty());
   auto stats = log->stream_cache_statistics();
   CHECK(stats.hits == 4); // cached_stream once, read_stream three times
-  CHECK(stats.misses == 3);
+  CHECK(stats.misses == 2); // `use` reads are not counted
   CHECK(stats.streams == 1);
 
   append_one(*log, request("todo-1", 3, 1, 3));
@@ -1095,7 +1095,7 @@ TEST_CASE("streams over 64 events, unknown streams and a zero budget are not cac
   CHECK(log->cached_stream("short") == nullptr);
 }
 
-TEST_CASE("a failed write empties the stream cache") {
+TEST_CASE("a failed write empties the stream cache, and so does the recovery after it") {
   temp_dir dir;
   auto log = open_log(dir);
   append_one(*log, request("todo-2", no_stream, 1));
@@ -1108,10 +1108,18 @@ TEST_CASE("a failed write empties the stream cache") {
     REQUIRE_FALSE(log->append(std::span{&req, 1})[0]);
   }
   CHECK(log->cached_stream("todo-2") == nullptr);
-  CHECK(log->read_stream("todo-2", 1, 1000).value().size() == 1);
+  // Read again while the store is not writable: kept, until the recovery
+  // (which may make part of the failed batch visible) drops it.
+  CHECK(log->read_stream("todo-2", 1, 1000, fill).value().size() == 1);
+  REQUIRE(log->cached_stream("todo-2") != nullptr);
+  REQUIRE_FALSE(log->writable());
+  // Whether RocksDB recovers (here its WAL writer keeps the error; a reopen
+  // would), what was cached is dropped once it tried.
+  log->try_resume();
+  CHECK(log->cached_stream("todo-2") == nullptr);
 }
 
-TEST_CASE("while a writer appends, every read of a stream is a prefix of it and a read after "
+TEST_CASE("while a writer appends every read of a stream is a prefix of it and a read after "
           "an acknowledged append includes it") {
   temp_dir dir;
   auto log = open_log(dir, /*sync=*/false);

@@ -1,5 +1,6 @@
 #include "actors/todo_aggregate.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <iterator>
 
@@ -110,6 +111,26 @@ storage::result<std::vector<todo_history_item>> todo_history(const storage::even
     if (!chunk->more)
       return items;
   }
+}
+
+std::optional<storage::result<todo::state>>
+cached_todo_state_at(const storage::event_log& log, const std::string& id,
+                     const std::string& event_id) {
+  auto all = log.cached_stream(stream_of(id));
+  if (!all)
+    return std::nullopt;
+  auto target = std::find_if(all->begin(), all->end(),
+                             [&](const auto& e) { return e.id == event_id; });
+  if (target == all->end())
+    return std::nullopt; // another todo's event, or none: the index says which
+  auto st = todo_aggregate::initial(id);
+  for (auto e = all->begin(); e <= target; ++e) {
+    auto ev = todo_aggregate::decode(e->type, e->data);
+    if (!ev)
+      return undecodable(*e);
+    st = todo_aggregate::evolve(std::move(st), *ev);
+  }
+  return st;
 }
 
 storage::result<todo::state> todo_state_at(const storage::event_log& log, const std::string& id,

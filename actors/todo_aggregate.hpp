@@ -105,6 +105,14 @@ cached_todo_history(const storage::event_log& log, const std::string& id);
 storage::result<std::vector<todo_history_item>> todo_history(const storage::event_log& log,
                                                              const std::string& id);
 
+/// The state of todo `id` right after its event `event_id` when the log's
+/// stream cache holds its events and that event is one of them; nullopt
+/// otherwise (`todo_state_at` then tells which error it is). Reads nothing
+/// from RocksDB: may run where nothing may block (an io thread).
+std::optional<storage::result<todo::state>>
+cached_todo_state_at(const storage::event_log& log, const std::string& id,
+                     const std::string& event_id);
+
 /// The state of todo `id` right after event `event_id`. Fails with
 /// `stream_not_found` (unknown todo) or `event_not_found` (no such event in
 /// this todo).

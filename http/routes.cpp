@@ -891,6 +891,14 @@ router::router(services& svc) : svc_(svc) {
     auto event_id = core::normalize_uuid(p[1]);
     if (!event_id)
       return respond(problem(404, "no event has the id `" + p[1] + "` (not a UUID)"));
+    // As for the history: an event of a cached stream is folded here.
+    if (auto cached = actors::cached_todo_state_at(s.log, *id, *event_id)) {
+      if (!cached->ok())
+        return respond(todo_problem(core::make_error(cached->error())));
+      reply r;
+      append_todo_json(r.body, **cached);
+      return respond(std::move(r));
+    }
     auto reader = s.log_reader();
     auto key = *id;
     auto ev = *event_id;

@@ -100,6 +100,31 @@ TEST_CASE("cached_todo_history answers only once a history read filled the strea
   CHECK_FALSE(actors::cached_todo_history(*log, core::make_uuid()));
 }
 
+TEST_CASE("cached_todo_state_at answers, once the stream is cached, what todo_state_at "
+          "answers for each of its events, and leaves other ids to it",
+          "[todo_aggregate][state_at]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto id = four_event_todo(rt);
+  auto other = four_event_todo(rt, "other");
+  auto first = log->read_stream("todo-" + id, 1, 1).value(); // a read that fills nothing
+  REQUIRE(first.size() == 1);
+  CHECK_FALSE(actors::cached_todo_state_at(*log, id, first[0].id));
+  auto h = actors::todo_history(*log, id); // fills the cache
+  REQUIRE(h.ok());
+  for (auto& item : *h) {
+    auto cached = actors::cached_todo_state_at(*log, id, item.event.id);
+    REQUIRE(cached);
+    REQUIRE(cached->ok());
+    CHECK(**cached == item.state);
+    CHECK(**cached == actors::todo_state_at(*log, id, item.event.id).value());
+  }
+  auto others = actors::todo_history(*log, other);
+  CHECK_FALSE(actors::cached_todo_state_at(*log, id, others->front().event.id));
+  CHECK_FALSE(actors::cached_todo_state_at(*log, id, core::make_uuid()));
+}
+
 TEST_CASE("todo_state_at answers the state right after each event", "[todo_aggregate][state_at]") {
   temp_dir dir;
   auto log = open_log(dir.db());

@@ -1138,18 +1138,20 @@ TEST_CASE("while a writer appends every read of a stream is a prefix of it and a
       }
     done = true;
   }};
-  bool prefix = true, current = true;
+  std::atomic<bool> prefix{true}, current{true}; // two readers write them
   auto reader = [&] {
     while (!done)
       for (uint64_t s = 0; s < streams; ++s) {
         auto name = numbered("s-", s);
         const uint64_t known = acknowledged[s];
         auto events = log->read_stream(name, 1, 1000, fill).value();
-        current = current && events.size() >= known;
+        if (events.size() < known)
+          current = false;
         for (size_t i = 0; i < events.size(); ++i)
-          prefix = prefix && events[i].version == i + 1 && events[i].id == event_id(name, i);
-        if (auto cached = log->cached_stream(name))
-          current = current && cached->size() >= known;
+          if (events[i].version != i + 1 || events[i].id != event_id(name, i))
+            prefix = false;
+        if (auto cached = log->cached_stream(name); cached && cached->size() < known)
+          current = false;
       }
   };
   std::thread other{reader};

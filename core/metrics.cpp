@@ -54,6 +54,12 @@ std::string escape_label(const std::string& s) {
 
 } // namespace
 
+void append_metric(std::string& out, const char* name, const char* type, const char* help,
+                   uint64_t value) {
+  family(out, name, type, help);
+  sample(out, name, value);
+}
+
 histogram::histogram(std::vector<double> bounds)
   : bounds_(std::move(bounds)),
     buckets_(new std::atomic<uint64_t>[bounds_.size() + 1]) {

@@ -53,6 +53,12 @@ private:
   std::atomic<uint64_t> sum_micros_{0}; // sum scaled by 1e6 to stay an integer
 };
 
+/// Appends one unlabeled family (`type`: "counter" or "gauge") and its sample
+/// to `out`, in the format of `metrics::render`: for values kept outside
+/// `metrics` (the event log's stream cache, in storage/, knows no metrics).
+void append_metric(std::string& out, const char* name, const char* type, const char* help,
+                   uint64_t value);
+
 /// Bounds for latencies in seconds (100 µs .. 10 s).
 std::vector<double> latency_bounds();
 

@@ -1065,21 +1065,17 @@ router::router(services& svc) : svc_(svc) {
     reply r;
     r.content_type = "text/plain; version=0.0.4; charset=utf-8";
     r.body = core::metrics::instance().render();
-    // The stream cache lives in storage/, which knows no metrics.
     auto cache = s.log.stream_cache_statistics();
-    auto sample = [&](const char* name, const char* type, const char* help, uint64_t v) {
-      r.body += std::string{"# HELP "} + name + " " + help + "\n# TYPE " + name + " " + type
-                + "\n" + name + " " + std::to_string(v) + "\n";
-    };
-    sample("eventsd_stream_cache_hits_total", "counter",
-           "Stream reads (histories) answered from the stream cache.", cache.hits);
-    sample("eventsd_stream_cache_misses_total", "counter",
-           "Stream reads (histories) that went to RocksDB and filled the stream cache.",
-           cache.misses);
-    sample("eventsd_stream_cache_streams", "gauge", "Streams held by the stream cache.",
-           cache.streams);
-    sample("eventsd_stream_cache_bytes", "gauge",
-           "Estimated size of the streams held by the stream cache.", cache.bytes);
+    core::append_metric(r.body, "eventsd_stream_cache_hits_total", "counter",
+                        "Stream reads (histories) answered from the stream cache.", cache.hits);
+    core::append_metric(r.body, "eventsd_stream_cache_misses_total", "counter",
+                        "Stream reads (histories) that went to RocksDB and filled the stream "
+                        "cache.",
+                        cache.misses);
+    core::append_metric(r.body, "eventsd_stream_cache_streams", "gauge",
+                        "Streams held by the stream cache.", cache.streams);
+    core::append_metric(r.body, "eventsd_stream_cache_bytes", "gauge",
+                        "Estimated size of the streams held by the stream cache.", cache.bytes);
     respond(std::move(r));
   });
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <iterator>
+#include <span>
 
 namespace eventsd::actors {
 
@@ -73,6 +74,18 @@ storage::result<todo_history_chunk> fold_history(const std::string& id,
   return chunk;
 }
 
+/// `st` after `events` (consecutive, the first right after `st`).
+storage::result<todo::state> fold_state(todo::state st,
+                                        std::span<const storage::recorded_event> events) {
+  for (const auto& e : events) {
+    auto ev = todo_aggregate::decode(e.type, e.data);
+    if (!ev)
+      return undecodable(e);
+    st = todo_aggregate::evolve(std::move(st), *ev);
+  }
+  return st;
+}
+
 } // namespace
 
 storage::result<todo_history_chunk> todo_history_page(const storage::event_log& log,
@@ -123,14 +136,7 @@ cached_todo_state_at(const storage::event_log& log, const std::string& id,
                              [&](const auto& e) { return e.id == event_id; });
   if (target == all->end())
     return std::nullopt; // another todo's event, or none: the index says which
-  auto st = todo_aggregate::initial(id);
-  for (auto e = all->begin(); e <= target; ++e) {
-    auto ev = todo_aggregate::decode(e->type, e->data);
-    if (!ev)
-      return undecodable(*e);
-    st = todo_aggregate::evolve(std::move(st), *ev);
-  }
-  return st;
+  return fold_state(todo_aggregate::initial(id), {all->begin(), target + 1});
 }
 
 storage::result<todo::state> todo_state_at(const storage::event_log& log, const std::string& id,
@@ -164,12 +170,10 @@ storage::result<todo::state> todo_state_at(const storage::event_log& log, const 
       return events.error();
     if (events->empty())
       break;
-    for (auto& e : *events) {
-      auto ev = todo_aggregate::decode(e.type, e.data);
-      if (!ev)
-        return undecodable(e);
-      st = todo_aggregate::evolve(std::move(st), *ev);
-    }
+    auto folded = fold_state(std::move(st), *events);
+    if (!folded.ok())
+      return folded.error();
+    st = std::move(*folded);
     from += events->size();
   }
   return st;

@@ -48,6 +48,8 @@ problem_kind kind_of(unsigned status) {
       return {"not-implemented", "Not Implemented"};
     case 503:
       return {"unavailable", "Service Unavailable"};
+    case 505:
+      return {"http-version-not-supported", "HTTP Version Not Supported"};
     default:
       return {"internal", "Internal Server Error"};
   }

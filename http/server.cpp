@@ -533,6 +533,29 @@ bool line_ends_within(const Buffers& bytes, size_t limit) {
   return false;
 }
 
+/// The version a request line asks for when it is well formed ("HTTP/" digit
+/// "." digit, RFC 9112 §2.3) but not one Beast parses (1.0 and 1.1): such a
+/// request is answered 505, anything else Beast calls a bad version is a 400.
+template <class Buffers>
+std::optional<std::string> unsupported_version(const Buffers& bytes, size_t limit) {
+  std::string line;
+  for (auto it = net::buffer_sequence_begin(bytes); it != net::buffer_sequence_end(bytes); ++it) {
+    net::const_buffer b = *it;
+    std::string_view chunk{static_cast<const char*>(b.data()), b.size()};
+    auto end = chunk.find('\n');
+    line.append(chunk.substr(0, std::min(end, limit - line.size())));
+    if (end != std::string_view::npos || line.size() >= limit)
+      break;
+  }
+  if (!line.empty() && line.back() == '\r')
+    line.pop_back();
+  auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  if (line.size() < 10 || line.compare(line.size() - 9, 6, " HTTP/") != 0
+      || !digit(line[line.size() - 3]) || line[line.size() - 2] != '.' || !digit(line.back()))
+    return std::nullopt;
+  return line.substr(line.size() - 8);
+}
+
 enum class expectation { none, continue_first, unknown };
 
 /// What an `Expect` field asks: `100-continue` is the only expectation HTTP
@@ -723,6 +746,10 @@ private:
       if (ec != beast::error::timeout && ec != net::error::eof
           && ec.category() == bhttp::make_error_code(bhttp::error::bad_target).category()) {
         close_after_ = true;
+        if (ec == bhttp::error::bad_version)
+          if (auto version = unsupported_version(buffer_.data(), header_limit))
+            return send(problem(505, *version + " is not supported: send HTTP/1.1 (or 1.0)"),
+                        "bad-request", std::chrono::steady_clock::now());
         return send(problem(400, "malformed HTTP request: " + ec.message()), "bad-request",
                     std::chrono::steady_clock::now());
       }

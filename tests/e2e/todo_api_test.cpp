@@ -1417,6 +1417,36 @@ TEST_CASE("a malformed HTTP request is a 400 problem", "[e2e][todo][validation]"
   check_rejected(r, 400, before);
 }
 
+TEST_CASE("a well-formed HTTP version other than 1.0 and 1.1 is a 505 naming it; a malformed "
+          "version a 400; neither appends",
+          "[e2e][todo][validation]") {
+  auto before = head();
+  for (std::string version : {"HTTP/2.0", "HTTP/1.2", "HTTP/0.9", "HTTP/3.1"}) {
+    INFO(version);
+    auto r = parse_response(raw_exchange(
+        shared_server().port(), "POST /todo " + version
+                                    + "\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                      "Content-Length: 2\r\n\r\n{}"));
+    check_rejected(r, 505, before);
+    CHECK(r.json_body()["title"] == "HTTP Version Not Supported");
+    CHECK(r.json_body()["detail"].get<std::string>().find(version) != std::string::npos);
+    CHECK(r.header("Connection").value_or("") == "close");
+  }
+  for (std::string version : {"HTTP/1.10", "HTTP/a.b", "HTTX/1.1", "HTTP/11"}) {
+    INFO(version);
+    auto r = parse_response(
+        raw_exchange(shared_server().port(), "GET /healthz " + version + "\r\nHost: x\r\n\r\n"));
+    check_rejected(r, 400, before);
+  }
+  // Still served over HTTP/1.0 and 1.1.
+  for (std::string version : {"HTTP/1.0", "HTTP/1.1"}) {
+    auto r = parse_response(
+        raw_exchange(shared_server().port(),
+                     "GET /healthz " + version + "\r\nHost: x\r\nConnection: close\r\n\r\n"));
+    CHECK(r.status == 200);
+  }
+}
+
 TEST_CASE("HTTP/1.1 framing rules: no Host is a 400, an unknown transfer coding a 501, a "
           "content coding a 415, each appending nothing",
           "[e2e][todo][validation]") {

@@ -4,6 +4,7 @@
 #include <charconv>
 #include <ctime>
 #include <fstream>
+#include <span>
 #include <sstream>
 
 #include <arpa/inet.h>
@@ -927,7 +928,7 @@ router::router(services& svc) : svc_(svc) {
       if (auto id = core::normalize_uuid(stream.substr(dash + 1)))
         stream = stream.substr(0, dash + 1) + *id;
     bool all = stream == "$all";
-    auto render = [=](const actors::recorded_events& events) {
+    auto render = [=](std::span<const storage::recorded_event> events) {
       reply r;
       r.body = "{\"items\":[";
       size_t n = std::min<size_t>(events.size(), limit);
@@ -944,6 +945,14 @@ router::router(services& svc) : svc_(svc) {
       r.body += '}';
       respond(std::move(r));
     };
+    // As for a history: a stream read before and not appended to since is
+    // answered here (the cache holds whole streams, version v at v - 1).
+    if (!all)
+      if (auto cached = s.log.cached_stream(stream)) {
+        auto rest = std::span<const storage::recorded_event>{*cached}.subspan(
+          std::min<uint64_t>(from - 1, cached->size()));
+        return render(rest.first(std::min<uint64_t>(limit + 1, rest.size())));
+      }
     auto on_error = [=](caf::error& err) { respond(problem_for(err)); };
     auto done = answer_to<actors::recorded_events>(render, on_error);
     if (all)

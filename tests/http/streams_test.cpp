@@ -203,6 +203,53 @@ TEST_CASE("GET /streams/{streamId}: from is inclusive, next is the next from or 
   CHECK(p["items"] == all);
 }
 
+TEST_CASE("GET /streams/{streamId}: a stream read again is answered from the stream cache, "
+          "page for page as the log answers it, and shows every write acknowledged before it",
+          "[http][streams][cache]") {
+  auto& c = client();
+  auto hits = [&] { return metric(c, "eventsd_stream_cache_hits_total"); };
+  auto misses = [&] { return metric(c, "eventsd_stream_cache_misses_total"); };
+  auto t = make_four_event_todo("cache me");
+  auto base = "/streams/" + t.stream;
+  const auto hits0 = hits(), misses0 = misses();
+  auto whole = get_json(base); // read from RocksDB, and kept
+  REQUIRE(whole["items"].size() == 4);
+  CHECK(misses() == misses0 + 1);
+  CHECK(hits() == hits0);
+  // Every page, from the cache: the same events and `next` as slices of the
+  // whole stream (what the log reader answers: the test above).
+  int reads = 0;
+  for (uint64_t from : {1, 2, 3, 4, 5, 1000}) {
+    for (uint64_t limit : {1, 2, 3, 4, 100}) {
+      INFO("from=" << from << " limit=" << limit);
+      auto pg = get_json(base + "?from=" + std::to_string(from) + "&limit=" + std::to_string(limit));
+      ++reads;
+      json expected = json::array();
+      for (uint64_t v = from; v <= 4 && v < from + limit; ++v)
+        expected.push_back(whole["items"][v - 1]);
+      CHECK(pg["items"] == expected);
+      if (from + limit <= 4)
+        CHECK(pg["next"] == from + limit);
+      else
+        CHECK(pg["next"].is_null());
+    }
+  }
+  CHECK(hits() == hits0 + reads);
+  CHECK(misses() == misses0 + 1);
+  // An acknowledged write drops the cached stream: the next read has it.
+  auto undone = c.put("/todo/" + t.id + "/undo-to/" + whole["items"][0]["id"].get<std::string>());
+  REQUIRE(undone.status == 200);
+  auto ack = ack_of(undone);
+  auto after = get_json(base);
+  REQUIRE(after["items"].size() == 5);
+  CHECK(after["items"][4]["position"] == ack.position);
+  CHECK(after["items"][4]["version"] == 5);
+  CHECK(misses() == misses0 + 2);
+  const auto hits1 = hits(); // (undo-to's fold may have read the cached stream)
+  CHECK(get_json(base + "?from=5")["items"] == json::array({after["items"][4]}));
+  CHECK(hits() == hits1 + 1);
+}
+
 TEST_CASE("GET /streams/{streamId}: a stream of more than 1000 events pages by 100 by default "
           "and clamps limit to 1000",
           "[http][streams]") {

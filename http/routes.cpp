@@ -730,6 +730,7 @@ router::router(services& svc) : svc_(svc) {
     return r;
   };
 
+  static constexpr uint64_t default_wait_ms = 5000;
   auto read_model = [&s, mode, read_model_problem](incoming& req, responder& respond,
                                                    std::function<void()> query) {
     uint64_t min_position = 0;
@@ -739,7 +740,7 @@ router::router(services& svc) : svc_(svc) {
     if (min_position > static_cast<uint64_t>(INT64_MAX)) // positions are int64 (OpenAPI)
       return respond(problem(400, "query parameter `minPosition` is out of range",
                              {{"minPosition", {"must be at most 9223372036854775807"}}}));
-    if (auto err = query_number(req, "waitMs", 5000, 30000, 0, wait_ms))
+    if (auto err = query_number(req, "waitMs", default_wait_ms, 30000, 0, wait_ms))
       return respond(*err);
     auto projection = s.projection;
     bool has_min = req.query.count("minPosition") > 0;
@@ -748,7 +749,12 @@ router::router(services& svc) : svc_(svc) {
     s.jobs.run([=](caf::event_based_actor* self) {
       auto timeout = std::chrono::milliseconds{wait_ms} + 5s;
       if (mode == projections::projection_mode::on_demand) {
-        auto catch_up_ms = std::max<uint64_t>(wait_ms, 1);
+        // Bringing the read model up to the log's head is part of every read
+        // in this mode, not a wait for `minPosition`: it gets the default
+        // wait even when `waitMs` is shorter (a position the log holds is
+        // never refused for a short `waitMs`); only a `minPosition` past the
+        // head waits for the writes that reach it, for `waitMs`.
+        auto catch_up_ms = std::max<uint64_t>(wait_ms, default_wait_ms);
         self->request(projection, timeout, catch_up_atom_v, catch_up_ms)
           .then(
             [=](uint64_t pos) {

@@ -685,12 +685,13 @@ event_log::append(std::span<const append_request> batch) {
     results.reserve(batch.size());
     std::lock_guard<std::mutex> guard{impl_->write_mutex};
     auto& db = *impl_->db;
-    // Until the fault of a failed write has cleared every append fails cleanly.
-    if (auto st = impl_->resume_if_needed(); !st.ok()) {
-      results.assign(batch.size(), storage_error{storage_errc::not_writable,
-                                                 "store not writable: " + public_reason(st)});
-      return results;
-    }
+    // Until the fault of a failed write has cleared every append fails
+    // cleanly — but a replay of an idempotency key still gets its first
+    // answer: it writes nothing.
+    std::optional<storage_error> unwritable;
+    if (auto st = impl_->resume_if_needed(); !st.ok())
+      unwritable = storage_error{storage_errc::not_writable,
+                                 "store not writable: " + public_reason(st)};
     rocksdb::ReadOptions ro;
     rocksdb::WriteBatch wb;
     auto& heads = impl_->head_cache;
@@ -753,6 +754,10 @@ event_log::append(std::span<const append_request> batch) {
           }
           continue;
         }
+      }
+      if (unwritable) {
+        results.emplace_back(*unwritable);
+        continue;
       }
 
       stream_head head;

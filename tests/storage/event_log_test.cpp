@@ -1009,6 +1009,52 @@ TEST_CASE("a write that fails on a full disk leaves no stream head behind: once 
   CHECK(log->stream_version("todo-1").value() == 3);
 }
 
+TEST_CASE("while the store is not writable a replay of an idempotency key still gets its "
+          "first answer (and a reuse its conflict); everything else is refused unwritten") {
+  small_disk disk;
+  if (!disk.usable())
+    return;
+  auto log = disk.open();
+  const int64_t now = 1'700'000'000'000;
+  auto first = append_one(*log, with_key(request("todo-1", no_stream, 1), "k1", "f1", now, 60'000));
+
+  disk.fill();
+  auto too_big = request("todo-2", no_stream, 1, 2);
+  too_big.events[0].data = std::string(256 * 1024, 'x');
+  auto failed = log->append(std::span{&too_big, 1});
+  REQUIRE_FALSE(failed[0]);
+  REQUIRE(failed[0].error().code == storage_errc::not_writable);
+  REQUIRE_FALSE(log->writable());
+
+  // One batch: the replay (its stream meanwhile at any version), a reuse of
+  // the key for another request, a new key and a plain append.
+  std::vector<append_request> batch{
+    with_key(request("todo-9", no_stream, 1, 5), "k1", "f1", now + 1, 60'000),
+    with_key(request("todo-8", no_stream, 1, 6), "k1", "other", now + 1, 60'000),
+    with_key(request("todo-7", no_stream, 1, 7), "k2", "f2", now + 1, 60'000),
+    request("todo-1", 1, 1, 8)};
+  auto results = log->append(batch);
+  REQUIRE(results.size() == 4);
+  REQUIRE(results[0]);
+  CHECK(results[0]->replayed);
+  CHECK(results[0]->stream == "todo-1");
+  CHECK(results[0]->first_position == first.first_position);
+  REQUIRE_FALSE(results[1]);
+  CHECK(results[1].error().code == storage_errc::idempotency_conflict);
+  for (size_t i : {2, 3}) {
+    REQUIRE_FALSE(results[i]);
+    CHECK(results[i].error().code == storage_errc::not_writable);
+  }
+  CHECK(log->head() == 1);
+
+  // Space is back: the new key was not taken, and the log goes on at 2.
+  disk.free();
+  auto fresh = append_once_resumed(*log, batch[2]);
+  REQUIRE(fresh);
+  CHECK_FALSE(fresh->replayed);
+  CHECK(fresh->first_position == 2);
+}
+
 TEST_CASE("readers see a gap-free prefix of $all while a writer appends") {
   temp_dir dir;
   auto log = open_log(dir, /*sync=*/false);

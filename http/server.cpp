@@ -8,6 +8,7 @@
 #include <ctime>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <functional>
 #include <iostream>
 #include <mutex>
@@ -277,6 +278,42 @@ public:
     --admitted_;
   }
 
+  /// The catch-up gate: at most `catch_up_slots` subscribers behind the head
+  /// read and encode a page at once; the others queue, first come first
+  /// served, a page each per turn. A burst of subscribers starting far back
+  /// (reconnecting after a restart, say) then takes turns instead of taking
+  /// every core from the writes. Returns true when the caller holds a slot
+  /// now; otherwise `turn` is called (on the thread that frees a slot, no
+  /// lock held) when one is handed to it, and returns false when its
+  /// subscriber is gone (the slot goes on to the next). A holder calls
+  /// leave_catch_up() once.
+  bool enter_catch_up(std::function<bool()> turn) {
+    std::lock_guard<std::mutex> guard{gate_mtx_};
+    if (catching_up_ < catch_up_slots) {
+      ++catching_up_;
+      return true;
+    }
+    waiting_.push_back(std::move(turn));
+    return false;
+  }
+
+  void leave_catch_up() {
+    for (;;) {
+      std::function<bool()> next;
+      {
+        std::lock_guard<std::mutex> guard{gate_mtx_};
+        if (waiting_.empty()) {
+          --catching_up_;
+          return;
+        }
+        next = std::move(waiting_.front());
+        waiting_.pop_front();
+      }
+      if (next())
+        return; // the slot is the next one's now
+    }
+  }
+
   void notify(uint64_t head) {
     std::vector<callback> copy;
     {
@@ -290,10 +327,16 @@ public:
   }
 
 private:
+  /// Pages read and encoded at once: half the cores at most for the
+  /// catch-up (one of this machine's two), the rest for everything else.
+  const size_t catch_up_slots = std::max(1u, std::thread::hardware_concurrency() / 2);
   std::mutex mtx_;
   uint64_t next_id_ = 0;
   size_t admitted_ = 0;
   std::unordered_map<uint64_t, callback> callbacks_;
+  std::mutex gate_mtx_; // not mtx_: a turn may end a session, whose leave() takes mtx_
+  size_t catching_up_ = 0;
+  std::deque<std::function<bool()>> waiting_;
 };
 
 /// One `GET /subscribe/$all` connection: catch-up from the log, then live.
@@ -334,6 +377,7 @@ public:
 
   ~sse_session() {
     core::metrics::instance().sse_subscribers.add(-1);
+    leave_catch_up();
     signal_.leave();
   }
 
@@ -361,6 +405,30 @@ private:
   }
 
   void read_page() {
+    // Behind the head, a page is read in turn with the other subscribers
+    // catching up (head_signal::enter_catch_up); a live one reads at once.
+    if (!live_ && !in_catch_up_) {
+      if (waiting_turn_)
+        return;
+      waiting_turn_ = true;
+      auto turn = [weak = weak_from_this(), executor = stream_.get_executor()] {
+        auto s = weak.lock();
+        if (!s)
+          return false;
+        net::post(executor, [s] {
+          s->waiting_turn_ = false;
+          s->in_catch_up_ = true;
+          if (s->closed_ || s->closing_)
+            return s->leave_catch_up();
+          s->read_page();
+        });
+        return true;
+      };
+      if (!signal_.enter_catch_up(std::move(turn)))
+        return;
+      waiting_turn_ = false;
+      in_catch_up_ = true;
+    }
     reading_ = true;
     auto reader = svc_.log_reader();
     auto from = next_;
@@ -372,9 +440,9 @@ private:
                        net::post(executor, [weak, events = std::move(events)] {
                          if (auto s = weak.lock()) {
                            if (events)
-                             s->on_page(*events);
-                           else
-                             s->close(": log read failed\n\n");
+                             return s->on_page(*events);
+                           s->leave_catch_up();
+                           s->close(": log read failed\n\n");
                          }
                        });
                      }});
@@ -383,10 +451,11 @@ private:
   void on_page(const actors::recorded_events& events) {
     reading_ = false;
     if (closed_ || closing_)
-      return;
+      return leave_catch_up();
     if (events.size() < page_size)
       live_ = true; // reached the head once: from now on the lag limit applies
     if (events.empty()) {
+      leave_catch_up();
       if (next_ <= svc_.log.head())
         read_page();
       return;
@@ -402,7 +471,13 @@ private:
         break; // the rest of the page is read again after this is written
     }
     known_head_ = std::max(known_head_, next_ - 1);
+    leave_catch_up(); // read and encoded: the next subscriber's turn
     write();
+  }
+
+  void leave_catch_up() {
+    if (std::exchange(in_catch_up_, false))
+      signal_.leave_catch_up();
   }
 
   void write() {
@@ -498,6 +573,8 @@ private:
   bool writing_ = false;
   bool reading_ = false;
   bool live_ = false;
+  bool waiting_turn_ = false; ///< queued at the catch-up gate
+  bool in_catch_up_ = false;  ///< holds a catch-up slot (a page being read)
   bool closing_ = false;
   bool closed_ = false;
 };

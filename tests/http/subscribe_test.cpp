@@ -595,3 +595,50 @@ TEST_CASE("SSE: subscribers arriving all at once are admitted up to --http.sse-m
   }
   CHECK(served == 3);
 }
+
+TEST_CASE("SSE: subscribers catching up at once take turns, each gets every event in order, and "
+          "ones that stall or vanish while they wait hold nobody up",
+          "[http][sse][catch-up]") {
+  // Several pages (500 events each) for every subscriber to catch up on.
+  if (head() < 2600)
+    REQUIRE(create_todos(port(), 4, 650, "catch-up filler").acks.size() == 2600);
+  auto h = head();
+  // Subscribers that take nothing: each catch-up fills their buffers and
+  // then waits on the socket, not on the others.
+  sse_client::options small;
+  small.receive_buffer = 4096;
+  std::vector<std::unique_ptr<sse_client>> stuck;
+  for (int i = 0; i < 10; ++i)
+    stuck.push_back(subscribe(subscribe_target(1), small));
+  std::vector<std::unique_ptr<sse_client>> readers;
+  for (int i = 0; i < 6; ++i)
+    readers.push_back(subscribe(subscribe_target(1)));
+  // Half the stuck ones vanish while the readers catch up (some waiting for
+  // a turn, some holding one or with a page in flight).
+  for (int i = 0; i < 5; ++i)
+    stuck[i]->reset();
+  std::vector<std::vector<uint64_t>> got(readers.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < readers.size(); ++i)
+    threads.emplace_back([&, i] { got[i] = ids_of(read_until(*readers[i], h, 60000ms)); });
+  for (auto& t : threads)
+    t.join();
+  for (size_t i = 0; i < readers.size(); ++i) {
+    INFO("reader " << i << " first difference: " << first_difference(got[i], range(1, h)));
+    CHECK(got[i] == range(1, h));
+  }
+  // Every slot came back: with the rest gone too, a new subscriber from the
+  // start still catches up, and one more write reaches it live.
+  for (int i = 5; i < 10; ++i)
+    stuck[i]->reset();
+  readers.clear();
+  auto late = subscribe(subscribe_target(1));
+  auto caught = ids_of(read_until(*late, h, 30000ms));
+  INFO("late reader first difference: " << first_difference(caught, range(1, h)));
+  CHECK(caught == range(1, h));
+  auto w = client().post_json("/todo", {{"description", "after the catch-up"}});
+  REQUIRE(w.status == 201);
+  auto live = late->next(5000ms);
+  REQUIRE(live);
+  CHECK(live->id == std::to_string(ack_of(w).position));
+}

@@ -111,6 +111,7 @@ struct worker_state {
   // online rebuild
   std::unique_ptr<todo_read_model> rebuild_model;
   bool rebuild_reset = false; ///< the rebuild's table was emptied for this rebuild
+  bool looked_for_rebuild = false; ///< for one a stop interrupted (once connected)
   static inline const char* name = "todo_projection";
 };
 
@@ -191,6 +192,48 @@ void update_metrics(worker_ptr self) {
 }
 
 /// Connects when needed and learns the checkpoint; false on failure.
+/// Starts a rebuild into `rebuild_table` unless one runs; `resume_at` goes on
+/// from what an interrupted one of this store left there (its rows and
+/// checkpoint were written together), otherwise the table is emptied first.
+void start_rebuild(worker_ptr self, std::optional<uint64_t> resume_at = std::nullopt) {
+  auto& st = self->state;
+  if (st.now.rebuilding)
+    return;
+  st.now.rebuilding = true;
+  st.now.rebuild_position = resume_at.value_or(0);
+  st.rebuild_reset = resume_at.has_value();
+  st.rebuild_model = make_model(st.opts, rebuild_table);
+  // The steps connect and empty the table (retried until they can).
+  self->send(self, rebuild_step_atom_v);
+}
+
+/// A rebuild a stop interrupted (its checkpoint row is there: a finished
+/// one's goes with the swap) is taken up again, once, after the first
+/// connect: it was asked for, and /admin/projections would otherwise show
+/// nothing of it. Only one of this store's; one of another store (two
+/// servers on one database) is left to it.
+void resume_interrupted_rebuild(worker_ptr self) {
+  auto& st = self->state;
+  if (st.looked_for_rebuild || st.now.rebuilding)
+    return;
+  auto row = st.model->checkpoint_of(rebuild_table);
+  if (!row.ok())
+    return; // looked for at the next connect
+  st.looked_for_rebuild = true;
+  if (!*row || (!(*row)->store.empty() && (*row)->store != st.opts.store))
+    return;
+  auto head = st.log->head();
+  std::optional<uint64_t> resume_at;
+  if (!(*row)->store.empty() && (*row)->position <= head)
+    resume_at = (*row)->position;
+  std::cerr << "eventsd: taking up the read-model rebuild that a stop interrupted ("
+            << (resume_at ? "at position " + std::to_string(*resume_at) + " of " + std::to_string(head)
+                          : std::string{"from the start"})
+            << ")\n";
+  ++st.now.rebuilds_asked;
+  start_rebuild(self, resume_at);
+}
+
 bool ensure_connected(worker_ptr self) {
   auto& st = self->state;
   auto& now = st.now;
@@ -220,6 +263,7 @@ bool ensure_connected(worker_ptr self) {
   now.reached = true;
   update_metrics(self);
   clear_failure(st); // connected and bound again: earlier failures are over
+  resume_interrupted_rebuild(self);
   return true;
 }
 
@@ -437,14 +481,7 @@ worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* lo
     [=](rebuild_atom) {
       auto& st = self->state;
       ++st.now.rebuilds_asked;
-      if (!st.now.rebuilding) {
-        st.now.rebuilding = true;
-        st.now.rebuild_position = 0;
-        st.rebuild_reset = false;
-        st.rebuild_model = make_model(st.opts, rebuild_table);
-        // The steps connect and empty the table (retried until they can).
-        self->send(self, rebuild_step_atom_v);
-      }
+      start_rebuild(self);
       publish(self);
     },
     [=](run_atom) {

@@ -606,6 +606,23 @@ pg_result<uint64_t> todo_read_model::checkpoint() {
   return projection_error{projection_errc::query_failed, "unreadable checkpoint"};
 }
 
+pg_result<std::optional<todo_read_model::checkpoint_row>>
+todo_read_model::checkpoint_of(std::string_view table) {
+  auto& d = *impl_;
+  if (auto e = d.require_ready())
+    return *e;
+  const pg::param ps[] = {table};
+  auto r = pg::exec(d.s(), "SELECT position, store FROM eventsd_checkpoints WHERE name = $1", ps);
+  if (!r)
+    return d.fail(r.error());
+  if (PQntuples(r->get()) == 0)
+    return std::optional<checkpoint_row>{};
+  auto position = pg::to_u64(r->get(), 0, 0);
+  if (!position)
+    return projection_error{projection_errc::query_failed, "unreadable checkpoint"};
+  return std::optional{checkpoint_row{*position, std::string{pg::text(r->get(), 0, 1)}}};
+}
+
 pg_result<uint64_t> todo_read_model::bind_store(uint64_t head) {
   auto& d = *impl_;
   if (auto e = d.require_ready())

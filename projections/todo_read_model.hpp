@@ -137,6 +137,15 @@ public:
   /// Position of the last event applied to this table (0 when none).
   pg_result<uint64_t> checkpoint();
 
+  /// The checkpoint row of another table of this database (`table`), if it
+  /// has one: how a server finds a rebuild into `todos_rebuild` that a stop
+  /// interrupted (the row goes when the rebuild is swapped in).
+  struct checkpoint_row {
+    uint64_t position = 0;
+    std::string store; ///< empty when not claimed by a store
+  };
+  pg_result<std::optional<checkpoint_row>> checkpoint_of(std::string_view table);
+
   /// Ties the checkpoint to the event store `connection_options::store`,
   /// whose log ends at `head`, and answers the checkpoint. A checkpoint of no
   /// store yet (new, or rebuilt) is claimed. Fails with `diverged` when it is

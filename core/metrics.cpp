@@ -189,6 +189,12 @@ std::string metrics::render() const {
   projection_visible_seconds.render(out, "eventsd_projection_visible_seconds", "");
   family(out, "eventsd_sse_subscribers", "gauge", "Open /subscribe/$all connections.");
   sample(out, "eventsd_sse_subscribers", sse_subscribers.value());
+  family(out, "eventsd_sse_catching_up", "gauge",
+         "SSE subscribers behind the head reading a page now (at most half the cores' worth).");
+  sample(out, "eventsd_sse_catching_up", sse_catching_up.value());
+  family(out, "eventsd_sse_catch_up_waiting", "gauge",
+         "SSE subscribers behind the head waiting for their turn to read a page.");
+  sample(out, "eventsd_sse_catch_up_waiting", sse_catch_up_waiting.value());
   family(out, "eventsd_sse_slow_disconnects_total", "counter",
          "SSE subscribers disconnected for falling more than --http.sse-max-lag events behind.");
   sample(out, "eventsd_sse_slow_disconnects_total", sse_dropped_slow.value());

@@ -287,13 +287,17 @@ public:
   /// lock held) when one is handed to it, and returns false when its
   /// subscriber is gone (the slot goes on to the next). A holder calls
   /// leave_catch_up() once.
+  /// `turn` must not own anything that needs the io_context (an executor):
+  /// turns still queued are destroyed with this, after the io_context.
   bool enter_catch_up(std::function<bool()> turn) {
     std::lock_guard<std::mutex> guard{gate_mtx_};
     if (catching_up_ < catch_up_slots) {
       ++catching_up_;
+      gauges();
       return true;
     }
     waiting_.push_back(std::move(turn));
+    gauges();
     return false;
   }
 
@@ -304,10 +308,12 @@ public:
         std::lock_guard<std::mutex> guard{gate_mtx_};
         if (waiting_.empty()) {
           --catching_up_;
+          gauges();
           return;
         }
         next = std::move(waiting_.front());
         waiting_.pop_front();
+        gauges();
       }
       if (next())
         return; // the slot is the next one's now
@@ -327,6 +333,13 @@ public:
   }
 
 private:
+  /// REQUIRES: gate_mtx_ held.
+  void gauges() {
+    auto& m = core::metrics::instance();
+    m.sse_catching_up.set(static_cast<int64_t>(catching_up_));
+    m.sse_catch_up_waiting.set(static_cast<int64_t>(waiting_.size()));
+  }
+
   /// Pages read and encoded at once: half the cores at most for the
   /// catch-up (one of this machine's two), the rest for everything else.
   const size_t catch_up_slots = std::max(1u, std::thread::hardware_concurrency() / 2);
@@ -411,11 +424,11 @@ private:
       if (waiting_turn_)
         return;
       waiting_turn_ = true;
-      auto turn = [weak = weak_from_this(), executor = stream_.get_executor()] {
+      auto turn = [weak = weak_from_this()] {
         auto s = weak.lock();
         if (!s)
           return false;
-        net::post(executor, [s] {
+        net::post(s->stream_.get_executor(), [s] {
           s->waiting_turn_ = false;
           s->in_catch_up_ = true;
           if (s->closed_ || s->closing_)
@@ -630,7 +643,12 @@ std::optional<std::string> unsupported_version(const Buffers& bytes, size_t limi
   if (line.size() < 10 || line.compare(line.size() - 9, 6, " HTTP/") != 0
       || !digit(line[line.size() - 3]) || line[line.size() - 2] != '.' || !digit(line.back()))
     return std::nullopt;
-  return line.substr(line.size() - 8);
+  auto version = line.substr(line.size() - 8);
+  // Beast says "bad version" for whatever it finds wrong after the target
+  // (two spaces, a bare LF): with 1.0 or 1.1 it is that, a 400.
+  if (version == "HTTP/1.0" || version == "HTTP/1.1")
+    return std::nullopt;
+  return version;
 }
 
 enum class expectation { none, continue_first, unknown };

@@ -1438,6 +1438,13 @@ TEST_CASE("a well-formed HTTP version other than 1.0 and 1.1 is a 505 naming it;
         raw_exchange(shared_server().port(), "GET /healthz " + version + "\r\nHost: x\r\n\r\n"));
     check_rejected(r, 400, before);
   }
+  // Beast calls whatever is wrong after the target a bad version: with 1.1
+  // (two spaces before it, a bare LF after it) that is a malformed line.
+  for (std::string line : {"GET /healthz  HTTP/1.1\r\n", "GET /healthz HTTP/1.1\n"}) {
+    INFO(line);
+    auto r = parse_response(raw_exchange(shared_server().port(), line + "Host: x\r\n\r\n"));
+    check_rejected(r, 400, before);
+  }
   // Still served over HTTP/1.0 and 1.1.
   for (std::string version : {"HTTP/1.0", "HTTP/1.1"}) {
     auto r = parse_response(

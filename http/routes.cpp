@@ -755,7 +755,8 @@ router::router(services& svc) : svc_(svc) {
         // never refused for a short `waitMs`); only a `minPosition` past the
         // head waits for the writes that reach it, for `waitMs`.
         auto catch_up_ms = std::max<uint64_t>(wait_ms, default_wait_ms);
-        self->request(projection, timeout, catch_up_atom_v, catch_up_ms)
+        auto catch_up_timeout = std::chrono::milliseconds{catch_up_ms} + 5s;
+        self->request(projection, catch_up_timeout, catch_up_atom_v, catch_up_ms)
           .then(
             [=](uint64_t pos) {
               if (pos >= min_position) {

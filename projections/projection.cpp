@@ -191,7 +191,6 @@ void update_metrics(worker_ptr self) {
   m.projection_unapplied_since_ms.set(since);
 }
 
-/// Connects when needed and learns the checkpoint; false on failure.
 /// Starts a rebuild into `rebuild_table` unless one runs; `resume_at` goes on
 /// from what an interrupted one of this store left there (its rows and
 /// checkpoint were written together), otherwise the table is emptied first.
@@ -209,9 +208,13 @@ void start_rebuild(worker_ptr self, std::optional<uint64_t> resume_at = std::nul
 
 /// A rebuild a stop interrupted (its checkpoint row is there: a finished
 /// one's goes with the swap) is taken up again, once, after the first
-/// connect: it was asked for, and /admin/projections would otherwise show
-/// nothing of it. Only one of this store's; one of another store (two
-/// servers on one database) is left to it.
+/// connect — also when the live table is diverged, the case rebuilds are
+/// for: it was asked for, and /admin/projections would otherwise show
+/// nothing of it. Only one of this store's: a row of another store, or of
+/// none yet (its rebuild had not begun; another store's server may be about
+/// to claim it), is left alone. Its rows and checkpoint were written
+/// together, so it goes on from there, unless its table is gone or its
+/// checkpoint is past the log's head: then it starts over.
 void resume_interrupted_rebuild(worker_ptr self) {
   auto& st = self->state;
   if (st.looked_for_rebuild || st.now.rebuilding)
@@ -220,20 +223,20 @@ void resume_interrupted_rebuild(worker_ptr self) {
   if (!row.ok())
     return; // looked for at the next connect
   st.looked_for_rebuild = true;
-  if (!*row || (!(*row)->store.empty() && (*row)->store != st.opts.store))
+  if (!*row || st.opts.store.empty() || (*row)->store != st.opts.store)
     return;
   auto head = st.log->head();
   std::optional<uint64_t> resume_at;
-  if (!(*row)->store.empty() && (*row)->position <= head)
+  if ((*row)->table_exists && (*row)->position <= head)
     resume_at = (*row)->position;
   std::cerr << "eventsd: taking up the read-model rebuild that a stop interrupted ("
             << (resume_at ? "at position " + std::to_string(*resume_at) + " of " + std::to_string(head)
                           : std::string{"from the start"})
             << ")\n";
-  ++st.now.rebuilds_asked;
   start_rebuild(self, resume_at);
 }
 
+/// Connects when needed and learns the checkpoint; false on failure.
 bool ensure_connected(worker_ptr self) {
   auto& st = self->state;
   auto& now = st.now;
@@ -250,6 +253,7 @@ bool ensure_connected(worker_ptr self) {
     st.connect_failed = clock::now();
     return unreachable(connected.error());
   }
+  resume_interrupted_rebuild(self);
   // The checkpoint must count positions of this store's log: a read model
   // of another store, or one ahead of the log, is never applied to.
   auto cp = st.opts.store.empty() ? st.model->checkpoint()
@@ -263,7 +267,6 @@ bool ensure_connected(worker_ptr self) {
   now.reached = true;
   update_metrics(self);
   clear_failure(st); // connected and bound again: earlier failures are over
-  resume_interrupted_rebuild(self);
   return true;
 }
 

@@ -612,7 +612,10 @@ todo_read_model::checkpoint_of(std::string_view table) {
   if (auto e = d.require_ready())
     return *e;
   const pg::param ps[] = {table};
-  auto r = pg::exec(d.s(), "SELECT position, store FROM eventsd_checkpoints WHERE name = $1", ps);
+  auto r = pg::exec(d.s(),
+                    "SELECT position, store, to_regclass($1) IS NOT NULL "
+                    "FROM eventsd_checkpoints WHERE name = $1",
+                    ps);
   if (!r)
     return d.fail(r.error());
   if (PQntuples(r->get()) == 0)
@@ -620,7 +623,8 @@ todo_read_model::checkpoint_of(std::string_view table) {
   auto position = pg::to_u64(r->get(), 0, 0);
   if (!position)
     return projection_error{projection_errc::query_failed, "unreadable checkpoint"};
-  return std::optional{checkpoint_row{*position, std::string{pg::text(r->get(), 0, 1)}}};
+  return std::optional{checkpoint_row{*position, std::string{pg::text(r->get(), 0, 1)},
+                                      pg::text(r->get(), 0, 2) == "t"}};
 }
 
 pg_result<uint64_t> todo_read_model::bind_store(uint64_t head) {

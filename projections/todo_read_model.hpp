@@ -143,6 +143,7 @@ public:
   struct checkpoint_row {
     uint64_t position = 0;
     std::string store; ///< empty when not claimed by a store
+    bool table_exists = false; ///< the table itself (dropped by hand, say)
   };
   pg_result<std::optional<checkpoint_row>> checkpoint_of(std::string_view table);
 

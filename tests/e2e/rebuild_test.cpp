@@ -504,46 +504,70 @@ TEST_CASE("an online rebuild asked for while PostgreSQL is unreachable starts, o
 }
 
 TEST_CASE("an online rebuild that a kill -9 interrupted is taken up at the next start where it "
-          "stopped, shows in /admin/projections and ends with the fold of the log; one of "
-          "another store is left alone",
+          "stopped, also when the live table is diverged, and ends with the fold of the log; "
+          "one of another store is left alone",
           "[e2e][rebuild][crash]") {
   // Small steps, so that the rebuild is still running when it is killed.
   server s{server_options::with_args({"--projection.rebuild-batch-size=5"})};
-  http_client c{s.port()};
   std::vector<std::string> samples;
   REQUIRE(write_events(s.port(), 4000, 4, samples) == 0);
-  auto head = check_read_model_is_fold_of_log(c);
-  REQUIRE(c.request("POST", "/admin/projections/todos/rebuild").status == 202);
-  uint64_t at = 0;
-  REQUIRE(eventually(
-    [&] {
-      auto rb = projection_status(c).at("rebuild");
-      at = rb.at("position").get<uint64_t>();
-      return rb.at("active").get<bool>() && at > 0;
-    },
-    10000ms, 1ms));
-  s.kill();
-  // Where the killed rebuild got to: its rows and checkpoint, written together.
-  auto left = static_cast<uint64_t>(
-    pg_exec(s.dsn(), "SELECT position FROM eventsd_checkpoints WHERE name = 'todos_rebuild'"));
-  INFO("killed at position " << at << " (seen), " << left << " (stored), head " << head);
-  REQUIRE(left >= at);
-  REQUIRE(left < head); // else the test proves nothing: it had finished
+  http_client c0{s.port()};
+  auto head = check_read_model_is_fold_of_log(c0);
+  // Asks for a rebuild, kills the server while it runs; where it got to.
+  auto kill_mid_rebuild = [&] {
+    http_client c{s.port()};
+    REQUIRE(c.request("POST", "/admin/projections/todos/rebuild").status == 202);
+    uint64_t at = 0;
+    REQUIRE(eventually(
+      [&] {
+        auto rb = projection_status(c).at("rebuild");
+        at = rb.at("position").get<uint64_t>();
+        return rb.at("active").get<bool>() && at > 0;
+      },
+      10000ms, 1ms));
+    s.kill();
+    // Its rows and checkpoint, written together.
+    auto left = static_cast<uint64_t>(
+      pg_exec(s.dsn(), "SELECT position FROM eventsd_checkpoints WHERE name = 'todos_rebuild'"));
+    INFO("killed at position " << at << " (seen), " << left << " (stored), head " << head);
+    REQUIRE(left >= at);
+    REQUIRE(left < head); // else the test proves nothing: it had finished
+    return left;
+  };
+  // Restarts and follows the rebuild taken up to its end.
+  auto resumed = [&](uint64_t left) {
+    s.start();
+    http_client c{s.port()};
+    rebuild_watch w;
+    bool done = w.until_completed(c, 1, 60000ms);
+    INFO("last status: " << w.last.dump() << "\noutput: " << s.output());
+    REQUIRE(done);
+    CHECK(s.output().find("taking up the read-model rebuild that a stop interrupted (at position "
+                          + std::to_string(left))
+          != std::string::npos);
+    // Taken up where it stopped, not from the start.
+    CHECK(std::all_of(w.positions.begin(), w.positions.end(), [&](uint64_t p) { return p >= left; }));
+    REQUIRE(eventually([&] { return c.get("/readyz").status == 200; }, 10000ms, 20ms));
+    check_read_model_is_fold_of_log(c);
+    CHECK(pg_exec(s.dsn(), "SELECT count(*) FROM eventsd_checkpoints WHERE name = 'todos_rebuild'")
+          == 0);
+  };
 
-  s.start();
-  http_client c2{s.port()};
-  rebuild_watch w;
-  bool done = w.until_completed(c2, 1, 60000ms);
-  INFO("last status: " << w.last.dump() << "\noutput: " << s.output());
-  REQUIRE(done);
-  CHECK(s.output().find("taking up the read-model rebuild that a stop interrupted (at position "
-                        + std::to_string(left))
-        != std::string::npos);
-  // Taken up where it stopped, not from the start.
-  CHECK(std::all_of(w.positions.begin(), w.positions.end(), [&](uint64_t p) { return p >= left; }));
-  check_read_model_is_fold_of_log(c2);
-  CHECK(pg_exec(s.dsn(), "SELECT count(*) FROM eventsd_checkpoints WHERE name = 'todos_rebuild'")
-        == 0);
+  resumed(kill_mid_rebuild());
+  {
+    // One rebuild at a time, as before the crash.
+    http_client c{s.port()};
+    REQUIRE(c.request("POST", "/admin/projections/todos/rebuild").status == 202);
+    CHECK(c.request("POST", "/admin/projections/todos/rebuild").status == 409);
+    rebuild_watch w;
+    REQUIRE(w.until_completed(c, 2, 60000ms));
+  }
+
+  // Killed again, and the live table turns out to be another store's (the
+  // case a rebuild is asked for): still taken up, and it mends the read model.
+  auto left = kill_mid_rebuild();
+  pg_exec(s.dsn(), "UPDATE eventsd_checkpoints SET store = 'another store' WHERE name = 'todos'");
+  resumed(left);
 
   // A rebuild table another store's server left is not this server's to take up.
   pg_exec(s.dsn(), "CREATE TABLE todos_rebuild (LIKE todos INCLUDING ALL)");
@@ -557,4 +581,8 @@ TEST_CASE("an online rebuild that a kill -9 interrupted is taken up at the next 
   CHECK(rb.at("active") == false);
   CHECK(rb.at("completed") == 0);
   check_read_model_is_fold_of_log(c3);
+  CHECK(pg_exec(s.dsn(), "SELECT count(*) FROM eventsd_checkpoints "
+                         "WHERE name = 'todos_rebuild' AND store = 'another store'")
+        == 1);
+  CHECK(pg_exec(s.dsn(), "SELECT count(*) FROM pg_class WHERE relname = 'todos_rebuild'") == 1);
 }

@@ -1079,6 +1079,11 @@ result<void> event_log::mark_idempotency_answer(std::string_view key, uint64_t s
   // Under the writer lock: an append of the same key (a replay) or a purge
   // cannot come between the read and the write.
   std::lock_guard<std::mutex> guard{impl_->write_mutex};
+  // As for an append: nothing is written to a store not writable (a replay
+  // can come then: its append answers it without writing).
+  if (auto st = impl_->resume_if_needed(); !st.ok())
+    return storage_error{storage_errc::not_writable,
+                         "mark idempotency key: store not writable: " + public_reason(st)};
   auto name = keys::idempotency_key(key);
   auto raw = impl_->get(rocksdb::ReadOptions{}, name);
   if (!raw)

@@ -1046,6 +1046,10 @@ TEST_CASE("while the store is not writable a replay of an idempotency key still 
     CHECK(results[i].error().code == storage_errc::not_writable);
   }
   CHECK(log->head() == 1);
+  // Nor is a first answer recorded for the key meanwhile.
+  auto marked = log->mark_idempotency_answer("k1", 202);
+  REQUIRE_FALSE(marked);
+  CHECK(marked.error().code == storage_errc::not_writable);
 
   // Space is back: the new key was not taken, and the log goes on at 2.
   disk.free();
@@ -1053,6 +1057,10 @@ TEST_CASE("while the store is not writable a replay of an idempotency key still 
   REQUIRE(fresh);
   CHECK_FALSE(fresh->replayed);
   CHECK(fresh->first_position == 2);
+  REQUIRE(log->mark_idempotency_answer("k1", 202));
+  auto replay = log->append(std::span{&batch[0], 1});
+  REQUIRE(replay[0]);
+  CHECK(replay[0]->first_answer == 202);
 }
 
 TEST_CASE("readers see a gap-free prefix of $all while a writer appends") {

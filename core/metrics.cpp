@@ -195,6 +195,9 @@ std::string metrics::render() const {
   family(out, "eventsd_sse_catch_up_waiting", "gauge",
          "SSE subscribers behind the head waiting for their turn to read a page.");
   sample(out, "eventsd_sse_catch_up_waiting", sse_catch_up_waiting.value());
+  family(out, "eventsd_sse_catch_up_waits_total", "counter",
+         "Times an SSE subscriber behind the head waited for its turn to read a page.");
+  sample(out, "eventsd_sse_catch_up_waits_total", sse_catch_up_waits.value());
   family(out, "eventsd_sse_slow_disconnects_total", "counter",
          "SSE subscribers disconnected for falling more than --http.sse-max-lag events behind.");
   sample(out, "eventsd_sse_slow_disconnects_total", sse_dropped_slow.value());

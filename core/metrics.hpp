@@ -95,6 +95,7 @@ struct metrics {
   gauge sse_subscribers;
   gauge sse_catching_up;     ///< subscribers reading a catch-up page now (the gate's slots held)
   gauge sse_catch_up_waiting; ///< subscribers waiting for a turn at the gate
+  counter sse_catch_up_waits;  ///< turns waited for at the gate
   counter sse_dropped_slow;
 
   /// Counts one HTTP request of `route` (a pattern like "/todo/{id}").

@@ -297,6 +297,7 @@ public:
       return true;
     }
     waiting_.push_back(std::move(turn));
+    core::metrics::instance().sse_catch_up_waits.add();
     gauges();
     return false;
   }

@@ -603,11 +603,7 @@ TEST_CASE("SSE: subscribers catching up at once take turns, each gets every even
   if (head() < 2600)
     REQUIRE(create_todos(port(), 4, 650, "catch-up filler").acks.size() == 2600);
   auto h = head();
-  auto gauge = [](const char* name) {
-    auto r = client().get("/metrics");
-    REQUIRE(r.status == 200);
-    return parse_prometheus(r.body).value(name);
-  };
+  auto gauge = [](const char* name) { return metric(client(), name); };
   const auto waits_before = gauge("eventsd_sse_catch_up_waits_total");
   // Subscribers that take nothing: each catch-up fills their buffers and
   // then waits on the socket, not on the others.

@@ -47,12 +47,13 @@ log_reader_actor::behavior_type log_reader(log_reader_actor::pointer self,
     [=](history_atom, const std::string& id, const core::reply_to<todo_history_items>& reply) {
       answer(todo_history(*log, id), reply);
     },
-    [=](history_atom, const std::string& id, uint64_t from, todo::state& before,
-        const core::reply_to<todo_history_chunk>& reply) {
+    [=](history_atom, const std::string& id, uint64_t from, uint64_t through,
+        todo::state& before, const core::reply_to<todo_history_chunk>& reply) {
       std::optional<todo::state> st;
       if (from > 1)
         st = std::move(before);
-      answer(todo_history_page(*log, id, from, std::move(st), history_page_size), reply);
+      answer(todo_history_page(*log, id, from, std::move(st), history_page_size, through),
+             reply);
     },
     [=](state_at_atom, const std::string& id, const std::string& event_id,
         const core::reply_to<todo::state>& reply) {

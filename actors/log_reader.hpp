@@ -35,9 +35,10 @@ using log_reader_actor = caf::typed_actor<
   caf::replies_to<all_atom, uint64_t, uint64_t>::with<recorded_events>,
   caf::replies_to<streams_atom, uint64_t, uint64_t>::with<stream_summaries>,
   caf::reacts_to<history_atom, std::string, core::reply_to<todo_history_items>>,
-  /// One page of a history from a version, given the state before it
-  /// (ignored for version 1); see todo_history_page.
-  caf::reacts_to<history_atom, std::string, uint64_t, todo::state,
+  /// One page of a history from a version up to where it ends (0: not
+  /// known yet), given the state before it (ignored for version 1); see
+  /// todo_history_page.
+  caf::reacts_to<history_atom, std::string, uint64_t, uint64_t, todo::state,
                  core::reply_to<todo_history_chunk>>,
   caf::reacts_to<state_at_atom, std::string, std::string, core::reply_to<todo::state>>,
   caf::reacts_to<stream_atom, std::string, uint64_t, uint64_t, core::reply_to<recorded_events>>,

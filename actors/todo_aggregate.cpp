@@ -71,6 +71,8 @@ storage::result<todo_history_chunk> fold_history(const std::string& id,
     st = todo_aggregate::evolve(std::move(st), *ev);
     chunk.items.push_back(todo_history_item{std::move(e), st});
   }
+  if (!chunk.items.empty())
+    chunk.through = chunk.items.back().event.version;
   return chunk;
 }
 
@@ -91,13 +93,29 @@ storage::result<todo::state> fold_state(todo::state st,
 storage::result<todo_history_chunk> todo_history_page(const storage::event_log& log,
                                                       const std::string& id, uint64_t from,
                                                       std::optional<todo::state> before,
-                                                      size_t limit) {
-  auto events = log.read_stream(stream_of(id), from, limit, storage::stream_caching::fill);
+                                                      size_t limit, uint64_t through) {
+  if (through != 0)
+    limit = from > through ? 0 : std::min<uint64_t>(limit, through - from + 1);
+  auto stream = stream_of(id);
+  auto events = log.read_stream(stream, from, limit, storage::stream_caching::fill);
   if (!events.ok())
     return events.error();
   auto chunk = fold_history(id, std::move(*events), std::move(before));
-  if (chunk.ok())
-    chunk->more = chunk->items.size() == limit;
+  if (!chunk.ok())
+    return chunk;
+  uint64_t last = chunk->items.empty() ? from - 1 : chunk->items.back().event.version;
+  if (through == 0) {
+    through = last;
+    // A full page: the stream's version now is where the pages stop.
+    if (limit != 0 && chunk->items.size() == limit) {
+      auto head = log.stream_version(stream);
+      if (!head.ok())
+        return head.error();
+      through = std::max(*head, last);
+    }
+  }
+  chunk->through = through;
+  chunk->more = last < through;
   return chunk;
 }
 
@@ -114,12 +132,14 @@ storage::result<std::vector<todo_history_item>> todo_history(const storage::even
   constexpr size_t page = 1000;
   std::vector<todo_history_item> items;
   std::optional<todo::state> st;
+  uint64_t through = 0;
   for (;;) {
-    auto chunk = todo_history_page(log, id, items.size() + 1, st, page);
+    auto chunk = todo_history_page(log, id, items.size() + 1, st, page, through);
     if (!chunk.ok())
       return chunk.error();
     if (!chunk->items.empty())
       st = chunk->items.back().state;
+    through = chunk->through;
     std::move(chunk->items.begin(), chunk->items.end(), std::back_inserter(items));
     if (!chunk->more)
       return items;

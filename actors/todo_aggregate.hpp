@@ -82,17 +82,21 @@ struct todo_history_item {
 /// Part of a todo's history: consecutive events, each with the state after it.
 struct todo_history_chunk {
   std::vector<todo_history_item> items;
-  bool more = false; ///< the stream may go on after the last item
+  bool more = false; ///< pages follow, up to `through`
+  /// The version the history ends at: the stream's version when its first
+  /// page was read (a history is the stream as it was then, page after page).
+  uint64_t through = 0;
 };
 
 /// Up to `limit` events of todo `id`'s history from version `from`, each with
 /// the state after it; `before` is the state after version `from - 1` (none:
-/// the initial state, for `from` = 1). Fails with `stream_not_found` for an
-/// unknown todo.
+/// the initial state, for `from` = 1). `through` (0: none yet) is where the
+/// history ends; a page without it sets it to the stream's version at the
+/// read. Fails with `stream_not_found` for an unknown todo.
 storage::result<todo_history_chunk> todo_history_page(const storage::event_log& log,
                                                       const std::string& id, uint64_t from,
                                                       std::optional<todo::state> before,
-                                                      size_t limit);
+                                                      size_t limit, uint64_t through = 0);
 
 /// The whole history of todo `id` (one page, `more` false) when the log's
 /// stream cache holds its events; nullopt when it does not. Reads nothing

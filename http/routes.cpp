@@ -292,6 +292,30 @@ std::string malformed_tags_hint(const incoming& req) {
   return hint;
 }
 
+/// A conditional GET (RFC 9110 §13.1) of a representation whose entity tag
+/// is `version` (quoted, added to `r` as ETag): If-Match compares strongly,
+/// If-None-Match weakly, and `*` holds for anything that exists. True when
+/// `r` became the answer: a 412 (If-Match names another version) or a 304.
+bool conditional_get(const actors::write_conditions& cond, uint64_t version, reply& r) {
+  r.header("ETag", "\"" + std::to_string(version) + "\"");
+  auto names_version = [&](const std::vector<uint64_t>& versions) {
+    return std::ranges::find(versions, version) != versions.end();
+  };
+  if (cond.if_match && !names_version(*cond.if_match)) {
+    auto p = problem(412, "If-Match does not match the entity tag \""
+                            + std::to_string(version) + "\"");
+    p.headers.insert(p.headers.begin(), r.headers.begin(), r.headers.end());
+    r = std::move(p);
+    return true;
+  }
+  if (cond.if_none_match_any || (cond.if_none_match && names_version(*cond.if_none_match))) {
+    r.status = 304;
+    r.content_type.clear();
+    return true;
+  }
+  return false;
+}
+
 /// POST /todo's If-Match and If-None-Match, evaluated against its target, the
 /// collection /todo, which exists and has no entity tag (RFC 9110 §13.1.1-2):
 /// `If-Match: *` and `If-None-Match` with tags hold; `If-Match` with tags and
@@ -492,7 +516,7 @@ public:
       return done(std::move(part));
     }
     auto self = shared_from_this();
-    caf::anon_send(reader_, history_atom_v, id_, next_version_, state_,
+    caf::anon_send(reader_, history_atom_v, id_, next_version_, through_, state_,
                    answer_to<actors::todo_history_chunk>(
                      [self, done](actors::todo_history_chunk& page) {
                        done(self->render(page, false));
@@ -505,6 +529,7 @@ public:
 private:
   std::string render(actors::todo_history_chunk& page, bool first) {
     auto out = history_part(page, first);
+    through_ = page.through;
     next_version_ += page.items.size();
     if (!page.items.empty())
       state_ = std::move(page.items.back().state);
@@ -518,6 +543,7 @@ private:
   bool opened_ = false;
   bool last_ = false;
   uint64_t next_version_ = 1;
+  uint64_t through_ = 0;
   todo::state state_;
 };
 
@@ -833,25 +859,8 @@ router::router(services& svc) : svc_(svc) {
           [=](const projections::todo_answer& a) {
             reply r;
             r.header("X-Read-Model-Position", std::to_string(a.position));
-            r.header("ETag", "\"" + std::to_string(a.row.version) + "\"");
-            // Conditional GET (RFC 9110 §13.1): If-Match compares strongly,
-            // If-None-Match weakly; the read model's version is the tag.
-            auto names_version = [&](const std::vector<uint64_t>& versions) {
-              return std::ranges::find(versions, a.row.version) != versions.end();
-            };
-            if (cond.if_match && !names_version(*cond.if_match)) {
-              auto p = problem(412, "If-Match does not match the current version "
-                                      + std::to_string(a.row.version));
-              p.headers.insert(p.headers.begin(), r.headers.begin(), r.headers.end());
-              return respond(std::move(p));
-            }
-            // `If-None-Match: *` holds for any todo that exists.
-            if (cond.if_none_match_any
-                || (cond.if_none_match && names_version(*cond.if_none_match))) {
-              r.status = 304;
-              r.content_type.clear();
+            if (conditional_get(cond, a.row.version, r))
               return respond(std::move(r));
-            }
             append_todo_json(r.body, a.row);
             respond(std::move(r));
           },
@@ -861,26 +870,32 @@ router::router(services& svc) : svc_(svc) {
 
   // -- reads from the log ---------------------------------------------------
 
-  add("GET", "/todo/{id}/history", [=, &s](incoming&, auto& p, responder& respond) {
+  // A history's entity tag is the version it ends at (the todo's version
+  // when it was read), as GET /todo/{id}'s is the read model's version.
+  add("GET", "/todo/{id}/history", [=, &s](incoming& req, auto& p, responder& respond) {
     auto id = path_id(p[0], respond);
     if (!id)
       return;
+    auto cond = conditions_of(req, false);
     // A history read before and not appended to since is folded here: no
     // hop to a log reader, nothing read from RocksDB.
     if (auto cached = actors::cached_todo_history(s.log, *id)) {
       if (!cached->ok())
         return respond(todo_problem(core::make_error(cached->error())));
       reply r;
-      r.body = history_part(**cached, true);
+      if (!conditional_get(cond, (*cached)->through, r))
+        r.body = history_part(**cached, true);
       return respond(std::move(r));
     }
     auto reader = s.log_reader();
     auto key = *id;
     caf::anon_send(
-      reader, history_atom_v, key, uint64_t{1}, todo::state{},
+      reader, history_atom_v, key, uint64_t{1}, uint64_t{0}, todo::state{},
       answer_to<actors::todo_history_chunk>(
         [=](actors::todo_history_chunk& first) {
           reply r;
+          if (conditional_get(cond, first.through, r))
+            return respond(std::move(r));
           if (first.more) {
             // Longer than a page: sent page by page (chunked), never whole.
             r.stream = std::make_shared<history_stream>(reader, key, std::move(first));
@@ -892,10 +907,14 @@ router::router(services& svc) : svc_(svc) {
         [=](caf::error& err) { respond(todo_problem(err)); }));
   });
 
-  add("GET", "/todo/{id}/snapshot/{eventId}", [=, &s](incoming&, auto& p, responder& respond) {
+  // The state right after an event never changes; its entity tag is the
+  // event's version.
+  add("GET", "/todo/{id}/snapshot/{eventId}", [=, &s](incoming& req, auto& p,
+                                                      responder& respond) {
     auto id = path_id(p[0], respond);
     if (!id)
       return;
+    auto cond = conditions_of(req, false);
     auto event_id = core::normalize_uuid(p[1]);
     if (!event_id)
       return respond(problem(404, "no event has the id `" + p[1] + "` (not a UUID)"));
@@ -904,7 +923,8 @@ router::router(services& svc) : svc_(svc) {
       if (!cached->ok())
         return respond(todo_problem(core::make_error(cached->error())));
       reply r;
-      append_todo_json(r.body, **cached);
+      if (!conditional_get(cond, (*cached)->version, r))
+        append_todo_json(r.body, **cached);
       return respond(std::move(r));
     }
     auto reader = s.log_reader();
@@ -914,7 +934,8 @@ router::router(services& svc) : svc_(svc) {
                    answer_to<todo::state>(
                      [=](const todo::state& st) {
                        reply r;
-                       append_todo_json(r.body, st);
+                       if (!conditional_get(cond, st.version, r))
+                         append_todo_json(r.body, st);
                        respond(std::move(r));
                      },
                      [=](caf::error& err) { respond(todo_problem(err)); }));

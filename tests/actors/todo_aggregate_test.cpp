@@ -71,6 +71,46 @@ TEST_CASE("todo_history of an unknown todo fails with stream_not_found",
   CHECK(h.error().code == storage::storage_errc::stream_not_found);
 }
 
+TEST_CASE("todo_history_page: a history ends at the version its first page saw; later pages "
+          "stop there even when the todo is written meanwhile",
+          "[todo_aggregate][history]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto id = four_event_todo(rt);
+  // The whole history in one page: it ends at its last event.
+  auto whole = actors::todo_history_page(*log, id, 1, std::nullopt, 1000);
+  REQUIRE(whole.ok());
+  CHECK(whole->through == 4);
+  CHECK_FALSE(whole->more);
+  // A page exactly as long as the stream: nothing more to read.
+  auto exact = actors::todo_history_page(*log, id, 1, std::nullopt, 4);
+  REQUIRE(exact.ok());
+  CHECK(exact->through == 4);
+  CHECK_FALSE(exact->more);
+  // Pages of three: the first learns where the history ends.
+  auto first = actors::todo_history_page(*log, id, 1, std::nullopt, 3);
+  REQUIRE(first.ok());
+  REQUIRE(first->items.size() == 3);
+  CHECK(first->through == 4);
+  CHECK(first->more);
+  REQUIRE_OK(rt.execute(id, todo::change_description{"written between two pages"}));
+  auto second = actors::todo_history_page(*log, id, 4, first->items.back().state, 3,
+                                          first->through);
+  REQUIRE(second.ok());
+  REQUIRE(second->items.size() == 1); // version 5 is not part of this history
+  CHECK(second->items[0].event.version == 4);
+  CHECK(second->items[0].state == todo::state{id, "history, renamed", todo::status::done, 4});
+  CHECK(second->through == 4);
+  CHECK_FALSE(second->more);
+  // A read begun now ends at 5; whole histories say where they end too.
+  CHECK(actors::todo_history_page(*log, id, 1, std::nullopt, 3)->through == 5);
+  CHECK(actors::todo_history(*log, id)->size() == 5);
+  auto cached = actors::cached_todo_history(*log, id);
+  REQUIRE(cached);
+  CHECK((*cached)->through == 5);
+}
+
 TEST_CASE("cached_todo_history answers only once a history read filled the stream cache, the "
           "same items, and not after a write until the next read",
           "[todo_aggregate][history]") {

@@ -474,6 +474,53 @@ TEST_CASE("snapshot/{eventId} equals the history snapshot of that event",
   }
 }
 
+TEST_CASE("history and snapshot are conditional GETs: the ETag is the history's last version "
+          "or the event's, If-None-Match naming it a 304, If-Match naming another a 412",
+          "[e2e][todo][history]") {
+  auto c = create("conditional history");
+  put_in_progress(c.id);
+  auto url = "/todo/" + c.id + "/history";
+  // The first read misses the stream cache, the second hits it: both paths.
+  for (int round = 0; round < 2; ++round) {
+    INFO("read " << round);
+    auto full = client().get(url);
+    REQUIRE(full.status == 200);
+    CHECK(full.header("ETag") == "\"2\"");
+    for (std::string tag : {"\"2\"", "W/\"2\"", "\"7\", \"2\"", "*"}) {
+      INFO("If-None-Match: " << tag);
+      auto r = client().get(url, {{"If-None-Match", tag}});
+      CHECK(r.status == 304);
+      CHECK(r.body.empty());
+      CHECK(r.header("ETag") == "\"2\"");
+    }
+    check_problem(client().get(url, {{"If-Match", "\"1\""}}), 412);
+    CHECK(client().get(url, {{"If-Match", "\"2\""}}).body == full.body);
+  }
+  // A write changes the tag: the old one no longer matches.
+  done(c.id);
+  auto after = client().get(url, {{"If-None-Match", "\"2\""}});
+  CHECK(after.status == 200);
+  CHECK(after.header("ETag") == "\"3\"");
+  CHECK(after.json_body()["items"].size() == 3);
+
+  // The state after an event never changes: its tag is the event's version,
+  // whatever the todo's version now.
+  auto items = after.json_body()["items"];
+  for (size_t i = 0; i < items.size(); ++i) {
+    auto snap = "/todo/" + c.id + "/snapshot/" + items[i]["id"].get<std::string>();
+    auto tag = "\"" + std::to_string(i + 1) + "\"";
+    INFO(snap);
+    auto r = client().get(snap);
+    REQUIRE(r.status == 200);
+    CHECK(r.header("ETag") == tag);
+    auto not_modified = client().get(snap, {{"If-None-Match", tag}});
+    CHECK(not_modified.status == 304);
+    CHECK(not_modified.body.empty());
+    CHECK(client().get(snap, {{"If-None-Match", "\"9\""}}).json_body() == items[i]["snapshot"]);
+    check_problem(client().get(snap, {{"If-Match", "\"9\""}}), 412);
+  }
+}
+
 TEST_CASE("a history read again comes from the stream cache and shows every write "
           "acknowledged before it",
           "[e2e][todo][history]") {
@@ -2085,6 +2132,12 @@ TEST_CASE("a history longer than a page (1000 events) is sent in chunks, page by
   check_whole(2000);
   grow_to(2301);
   check_whole(2301);
+  // Its ETag is its last version, known before the first page is sent.
+  CHECK(client().get("/todo/" + c.id + "/history").header("ETag") == "\"2301\"");
+  auto unchanged = client().get("/todo/" + c.id + "/history", {{"If-None-Match", "\"2301\""}});
+  CHECK(unchanged.status == 304);
+  CHECK(unchanged.body.empty());
+  CHECK_FALSE(unchanged.header("Transfer-Encoding"));
   // HEAD: the same header, no body.
   auto head = client().request("HEAD", "/todo/" + c.id + "/history");
   CHECK(head.status == 200);

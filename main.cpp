@@ -1,10 +1,12 @@
 // eventsd: wires storage, actors, projections and the HTTP gateway, then
 // serves until SIGINT, SIGTERM or SIGHUP.
+#include <algorithm>
 #include <csignal>
 #include <filesystem>
 #include <iostream>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <unistd.h>
 
 #include <caf/all.hpp>
@@ -174,6 +176,9 @@ int main(int argc, char** argv) {
   hopts.sse_heartbeat = std::chrono::milliseconds{opts.http_sse_heartbeat_ms};
   hopts.sse_max_lag = opts.http_sse_max_lag;
   hopts.sse_max_subscribers = opts.http_sse_max_subscribers;
+  hopts.sse_catch_up_slots = opts.http_sse_catch_up_slots != 0
+                               ? opts.http_sse_catch_up_slots
+                               : std::max(1u, std::thread::hardware_concurrency() / 2);
   hopts.idempotency_retention_ms = static_cast<int64_t>(opts.storage_idempotency_retention_s) * 1000;
   http::services svc{sys,       *log,         registry, writer, log_readers, pg_readers,
                      projection, popts.mode, jobs,     hopts};

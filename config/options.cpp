@@ -35,7 +35,10 @@ options::options() {
          "events a live SSE subscriber may fall behind the head before it is disconnected "
          "(default 10000)")
     .add(http_sse_max_subscribers, "sse-max-subscribers",
-         "most SSE subscribers at once; more are answered 503 with Retry-After (default 1000)");
+         "most SSE subscribers at once; more are answered 503 with Retry-After (default 1000)")
+    .add(http_sse_catch_up_slots, "sse-catch-up-slots",
+         "SSE subscribers behind the head reading a page at once; the others wait their "
+         "turn (default 0: half the cores, at least 1)");
   opt_group{custom_options_, "storage"}
     .add(storage_dir, "dir", "RocksDB directory (default var/data)")
     .add(storage_sync, "sync", "fsync (default, durable) or none (UNSAFE: loses acknowledged writes on power loss)")
@@ -350,6 +353,7 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
     {"http.sse-heartbeat-ms", opts.http_sse_heartbeat_ms, 100, 3600 * 1000, "ms"},
     {"http.sse-max-lag", opts.http_sse_max_lag, 1, size_t{1} << 40, "events"},
     {"http.sse-max-subscribers", opts.http_sse_max_subscribers, 0, 1'000'000, ""},
+    {"http.sse-catch-up-slots", opts.http_sse_catch_up_slots, 0, 1'000'000, ""},
     {"http.body-limit", opts.http_body_limit, 1, size_t{1} << 30, "bytes"},
     {"storage.max-batch", opts.storage_max_batch, 1, 1'000'000, "appends"},
     {"storage.max-wait-us", opts.storage_max_wait_us, 0, 1'000'000, "µs"},

@@ -35,6 +35,7 @@ public:
   size_t http_sse_heartbeat_ms = 15'000;
   size_t http_sse_max_lag = 10'000;
   size_t http_sse_max_subscribers = 1'000;
+  size_t http_sse_catch_up_slots = 0; ///< 0: half the cores, at least 1
 
   // [storage]
   std::string storage_dir = "var/data";

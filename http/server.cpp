@@ -251,6 +251,9 @@ class head_signal {
 public:
   using callback = std::function<void(uint64_t)>;
 
+  explicit head_signal(size_t catch_up_slots)
+    : catch_up_slots(std::max<size_t>(1, catch_up_slots)) {}
+
   uint64_t subscribe(callback cb) {
     std::lock_guard<std::mutex> guard{mtx_};
     auto id = ++next_id_;
@@ -341,9 +344,10 @@ private:
     m.sse_catch_up_waiting.set(static_cast<int64_t>(waiting_.size()));
   }
 
-  /// Pages read and encoded at once: half the cores at most for the
-  /// catch-up (one of this machine's two), the rest for everything else.
-  const size_t catch_up_slots = std::max(1u, std::thread::hardware_concurrency() / 2);
+  /// Pages read and encoded at once (`--http.sse-catch-up-slots`; by
+  /// default half the cores: one of this machine's two for the catch-up, the
+  /// rest for everything else).
+  const size_t catch_up_slots;
   std::mutex mtx_;
   uint64_t next_id_ = 0;
   size_t admitted_ = 0;
@@ -1246,7 +1250,8 @@ struct server::impl {
   std::string failure;
 
   explicit impl(services& s)
-    : svc(s), routes(s), ioc(static_cast<int>(std::max<size_t>(1, s.options.threads))) {}
+    : svc(s), routes(s), signal(s.options.sse_catch_up_slots),
+      ioc(static_cast<int>(std::max<size_t>(1, s.options.threads))) {}
 };
 
 server::server(services& svc) : impl_(std::make_unique<impl>(svc)) {}

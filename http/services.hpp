@@ -44,6 +44,8 @@ struct http_options {
   std::chrono::milliseconds sse_heartbeat{15'000};
   uint64_t sse_max_lag = 10'000;
   size_t sse_max_subscribers = 1'000;
+  /// SSE subscribers behind the head reading a page at once (at least 1).
+  size_t sse_catch_up_slots = 1;
   int64_t idempotency_retention_ms = 24LL * 3600 * 1000;
 };
 

@@ -1041,6 +1041,7 @@ TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reas
     {{"--http.read-timeout-ms=0"}, "--http.read-timeout-ms 0"},
     {{"--http.sse-heartbeat-ms=0"}, "--http.sse-heartbeat-ms 0"},
     {{"--http.sse-max-lag=0"}, "--http.sse-max-lag 0"},
+    {{"--http.sse-catch-up-slots=2000000"}, "--http.sse-catch-up-slots 2000000"},
     {{"--scheduler.max-threads=0"}, "--scheduler.max-threads"},
     {{"--storage.idempotency-retention-s=10000000000000000"},
      "--storage.idempotency-retention-s 10000000000000000"},

@@ -649,3 +649,26 @@ TEST_CASE("SSE: subscribers catching up at once take turns, each gets every even
   CHECK(eventually([&] { return gauge("eventsd_sse_catching_up") == 0; }, 5000ms, 20ms));
   CHECK(gauge("eventsd_sse_catch_up_waiting") == 0);
 }
+
+TEST_CASE("SSE: --http.sse-catch-up-slots sets how many subscribers catch up at once: with a "
+          "slot for each, nobody waits for a turn",
+          "[http][sse][catch-up]") {
+  server s{server_options::with_args({"--http.sse-catch-up-slots=64"})};
+  REQUIRE(create_todos(s.port(), 4, 400, "catch-up filler").acks.size() == 1600);
+  http_client c{s.port()};
+  std::vector<std::unique_ptr<sse_client>> readers;
+  for (int i = 0; i < 8; ++i)
+    readers.push_back(std::make_unique<sse_client>(s.port(), "/subscribe/$all?from=1"));
+  std::vector<std::vector<uint64_t>> got(readers.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < readers.size(); ++i)
+    threads.emplace_back([&, i] { got[i] = ids_of(read_until(*readers[i], 1600, 60000ms)); });
+  for (auto& t : threads)
+    t.join();
+  for (size_t i = 0; i < readers.size(); ++i) {
+    INFO("reader " << i << " first difference: " << first_difference(got[i], range(1, 1600)));
+    CHECK(got[i] == range(1, 1600));
+  }
+  CHECK(metric(c, "eventsd_sse_catch_up_waits_total") == 0);
+  CHECK(metric(c, "eventsd_sse_catch_up_waiting") == 0);
+}

@@ -4,6 +4,7 @@
 #include <charconv>
 #include <ctime>
 #include <fstream>
+#include <set>
 #include <span>
 #include <sstream>
 
@@ -120,10 +121,27 @@ int64_t now_ms() {
     .count();
 }
 
-/// Parses a body already known to be UTF-8.
-std::optional<reply> parse_json_body(const std::string& body, json& out) {
+/// The 400 of a body object naming one member twice: which one counts would
+/// be a guess (RFC 8259 §4 leaves it to the reader).
+reply duplicate_member(const std::string& name) {
+  return problem(400, "member `" + name + "` appears more than once in the body",
+                 {{name, {"is given more than once"}}});
+}
+
+/// Parses a body already known to be UTF-8; with `refuse_duplicates`, a
+/// member named twice in the top-level object is refused.
+std::optional<reply> parse_json_body(const std::string& body, json& out,
+                                     bool refuse_duplicates = false) {
+  std::set<std::string> names;
+  std::optional<std::string> duplicate;
+  auto top_level_names = [&](int depth, json::parse_event_t event, json& parsed) {
+    if (refuse_duplicates && depth == 1 && event == json::parse_event_t::key && !duplicate
+        && !names.insert(parsed.get<std::string>()).second)
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
   try {
-    out = json::parse(body);
+    out = json::parse(body, top_level_names);
   } catch (const json::out_of_range&) {
     // Well-formed, but past what a 64-bit float holds (RFC 8259 §6 lets a
     // reader limit the range), even in a field eventsd would ignore.
@@ -131,6 +149,8 @@ std::optional<reply> parse_json_body(const std::string& body, json& out) {
   } catch (const json::exception&) {
     return problem(400, "body is not well-formed JSON");
   }
+  if (duplicate)
+    return duplicate_member(*duplicate);
   return std::nullopt;
 }
 
@@ -171,13 +191,16 @@ std::optional<reply> require_json_object(const incoming& req, json& out) {
   if (!todo::count_code_points(req.body))
     return problem(400, "body is not valid UTF-8");
   // The usual body, e.g. {"description":"…"}, without the parser: the same
-  // object json::parse makes of it (a later duplicate key wins there too).
+  // object json::parse makes of it.
   out = json::object();
+  std::optional<std::string> duplicate;
   if (core::scan_flat_strings(req.body, [&](std::string_view k, std::string_view v) {
-        out[std::string{k}] = std::string{v};
+        auto [it, added] = out.emplace(std::string{k}, std::string{v});
+        if (!added && !duplicate)
+          duplicate = it.key();
       }))
-    return std::nullopt;
-  if (auto err = parse_json_body(req.body, out))
+    return duplicate ? std::optional{duplicate_member(*duplicate)} : std::nullopt;
+  if (auto err = parse_json_body(req.body, out, true))
     return err;
   if (!out.is_object())
     return problem(400, "body must be a JSON object");
@@ -440,6 +463,10 @@ std::optional<std::string> parse_target(std::string_view target, std::string& pa
     return true;
   };
   const std::string malformed = "malformed percent escape in the request target";
+  // Origin form; the absolute form was rewritten to it, `*` is not parsed.
+  if (!target.starts_with('/'))
+    return std::string{"a request target begins with `/` (or is an absolute URI, or `*` "
+                       "for OPTIONS)"};
   // A fragment is the client's own business and never sent (RFC 9112 §3.2).
   if (target.find('#') != std::string_view::npos)
     return std::string{"a request target has no fragment (`#`)"};

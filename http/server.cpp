@@ -180,9 +180,11 @@ const std::string& http_date() {
 }
 
 /// What RFC 9112/9110 make a server refuse before routing: an HTTP/1.1
-/// request without `Host`, a transfer coding other than chunked (501), a
-/// content coding (415). Rewrites an absolute-form target (`http://host/p`)
-/// to its origin form (RFC 9112 §3.2.2).
+/// request without `Host`; a body whose framing cannot be trusted (400):
+/// chunked applied twice or not last, any transfer coding in HTTP/1.0; a
+/// transfer coding other than chunked (501), a content coding (415).
+/// Rewrites an absolute-form target (`http://host/p`) to its origin form
+/// (RFC 9112 §3.2.2). The connection closes after any of these.
 std::optional<reply> framing_problem(unsigned version, incoming& req) {
   if (version >= 11 && req.headers.count("host") == 0)
     return problem(400, "HTTP/1.1 request without a Host header");
@@ -208,7 +210,18 @@ std::optional<reply> framing_problem(unsigned version, incoming& req) {
     }
     return out;
   };
-  for (auto& coding : tokens(req.header("transfer-encoding")))
+  // Beast reads a body as chunked only when chunked is named once, last;
+  // otherwise it would read none and take the body for the next request
+  // (RFC 9112 §6.1, §6.3: such a request is a 400 and the connection closes).
+  auto codings = tokens(req.header("transfer-encoding"));
+  if (!codings.empty() && version < 11)
+    return problem(400, "Transfer-Encoding in an HTTP/1.0 request: its framing cannot be "
+                        "trusted (send HTTP/1.1, or Content-Length)");
+  if (auto n = std::ranges::count(codings, "chunked"); n > 1)
+    return problem(400, "Transfer-Encoding names chunked more than once");
+  else if (n == 1 && codings.back() != "chunked")
+    return problem(400, "Transfer-Encoding: chunked is not the last transfer coding");
+  for (auto& coding : codings)
     if (coding != "chunked")
       return problem(501, "transfer coding `" + coding + "` is not supported (only chunked)");
   // Only a body has a content coding to undo (none: nothing to refuse).
@@ -841,6 +854,9 @@ private:
                                  + " bytes"),
                   "too-large", std::chrono::steady_clock::now());
     }
+    if (ec && ec.category() == bhttp::make_error_code(bhttp::error::bad_target).category()
+        && skip_blank_lines())
+      return do_read();
     if (ec) {
       fail(ec, "read");
       if (ec != beast::error::timeout && ec != net::error::eof
@@ -855,6 +871,7 @@ private:
       }
       return do_close();
     }
+    blank_skipped_ = 0;
     auto started = std::chrono::steady_clock::now();
     auto msg = parser_->release();
     incoming req;
@@ -1010,6 +1027,10 @@ private:
       res.insert(name, value);
     res.keep_alive(keep_alive_ && !close_after_
                    && !drain_.draining.load(std::memory_order_relaxed));
+    // An HTTP/1.0 client closes unless told the connection stays open (the
+    // answer says HTTP/1.1, where that goes without saying).
+    if (!chunked_ok_ && res.keep_alive())
+      res.set(bhttp::field::connection, "keep-alive");
     auto elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started);
     core::metrics::instance().observe_request(method_, route, static_cast<int>(r.status),
                                               elapsed.count());
@@ -1109,6 +1130,22 @@ private:
     do_read();
   }
 
+  /// Empty lines before a request line are ignored (RFC 9112 §2.2: some
+  /// clients send a CRLF after a body), up to a few before each request.
+  /// True when the unparsed bytes began with some, now dropped: the request
+  /// is read again from what follows them.
+  bool skip_blank_lines() {
+    constexpr size_t most = 16;
+    auto data = static_cast<const char*>(buffer_.data().data());
+    size_t n = 0;
+    while (n < buffer_.size() && (data[n] == '\r' || data[n] == '\n'))
+      ++n;
+    if (n == 0 || (blank_skipped_ += n) > most)
+      return false;
+    buffer_.consume(n);
+    return true;
+  }
+
   /// Closes the connection after the last answer: FIN first, then what the
   /// client still sends (the rest of a refused body, say) is read and
   /// dropped until it closes too, for at most 2 s and 4 MiB. Closing a
@@ -1162,6 +1199,7 @@ private:
   bool chunked_ok_ = true; // HTTP/1.1 or later: Transfer-Encoding may be sent
   bool close_after_ = false;
   bool head_ = false;
+  size_t blank_skipped_ = 0; // CR and LF bytes dropped before the next request line
 };
 
 class listener : public std::enable_shared_from_this<listener> {

@@ -846,7 +846,7 @@ size_t complete_response_length(const std::string& raw) {
 } // namespace
 
 std::string raw_exchange(uint16_t port, const std::string& bytes,
-                         std::chrono::milliseconds timeout) {
+                         std::chrono::milliseconds timeout, bool until_close) {
   ignore_sigpipe();
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
@@ -887,7 +887,7 @@ std::string raw_exchange(uint16_t port, const std::string& bytes,
       auto r = ::recv(fd, buf, sizeof buf, 0);
       if (r > 0) {
         in.append(buf, static_cast<size_t>(r));
-        if (complete_response_length(in) > 0)
+        if (!until_close && complete_response_length(in) > 0)
           break;
       } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
         break;

@@ -265,10 +265,11 @@ private:
 
 /// Opens a new connection, writes `bytes` as they are (errors while writing are
 /// ignored: the server may answer and close early), then reads until the server
-/// closes, a final (not 1xx) response is complete, or `timeout` passes.
-/// Returns everything read.
+/// closes, a final (not 1xx) response is complete (unless `until_close`), or
+/// `timeout` passes. Returns everything read.
 std::string raw_exchange(uint16_t port, const std::string& bytes,
-                         std::chrono::milliseconds timeout = std::chrono::milliseconds{5000});
+                         std::chrono::milliseconds timeout = std::chrono::milliseconds{5000},
+                         bool until_close = false);
 
 /// Parses the first HTTP/1.1 response in `raw` (status, headers, body by
 /// Content-Length). Throws when `raw` holds no complete response head.

@@ -1,6 +1,7 @@
 #include "actors/log_writer.hpp"
 
 #include <iostream>
+#include <stdexcept>
 
 #include "core/failpoint.hpp"
 #include "core/lifeline.hpp"
@@ -10,6 +11,16 @@
 namespace eventsd::actors {
 
 namespace {
+
+/// A store that can no longer recover while open (RocksDB rated a failure
+/// fatal) would refuse every write until someone restarts eventsd: the
+/// writer ends instead, which stops the server with status 70, for its
+/// supervisor to restart it (the store reopens with every durable event).
+void stop_if_unrecoverable(const log_writer_state& st) {
+  if (auto why = st.log->unrecoverable())
+    throw std::runtime_error("the event store cannot recover from a failed write while open, "
+                             "a restart reopens it: " + *why);
+}
 
 void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
   auto& st = self->state;
@@ -79,6 +90,7 @@ void flush(log_writer_actor::stateful_pointer<log_writer_state> self) {
   st.appended = false;
   for (auto& l : st.listeners)
     self->send(l, core::committed{head});
+  stop_if_unrecoverable(st);
 }
 
 } // namespace
@@ -160,6 +172,7 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
     [=](tick_atom) {
       if (!self->state.log->writable())
         self->state.log->try_resume();
+      stop_if_unrecoverable(self->state);
       self->delayed_send(self, std::chrono::seconds{1}, tick_atom_v);
     },
   };

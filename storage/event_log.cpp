@@ -255,6 +255,10 @@ struct event_log::impl {
   }
   /// The failure above was logged and not yet its end (under `write_mutex`).
   bool unwritable_logged = false;
+  /// Resume() refused for good (see event_log::unrecoverable); `fatal_reason`
+  /// is written once, before `fatal` is set.
+  std::atomic<bool> fatal{false};
+  std::string fatal_reason;
   /// steady_clock nanoseconds when the write in progress began; 0: none.
   std::atomic<int64_t> write_began_ns{0};
 
@@ -276,6 +280,15 @@ struct event_log::impl {
     cache.clear();
     if (!resumed.ok()) {
       note_write_failure(resumed);
+      // RocksDB answers a fatal background error with that error, every time.
+      if (resumed.severity() >= rocksdb::Status::Severity::kFatalError
+          && !fatal.load(std::memory_order_relaxed)) {
+        fatal_reason = resumed.ToString();
+        fatal.store(true, std::memory_order_release);
+        std::fprintf(stderr, "eventsd: the event store cannot recover from this failure while "
+                             "open (RocksDB rates it fatal); a restart reopens it: %s\n",
+                     fatal_reason.c_str());
+      }
       return resumed;
     }
     if (auto last = last_position(); last && *last > head.load())
@@ -1044,6 +1057,12 @@ std::optional<std::chrono::milliseconds> event_log::since_write_failure() const 
 bool event_log::try_resume() {
   std::lock_guard<std::mutex> guard{impl_->write_mutex};
   return impl_->resume_if_needed().ok();
+}
+
+std::optional<std::string> event_log::unrecoverable() const {
+  if (!impl_->fatal.load(std::memory_order_acquire))
+    return std::nullopt;
+  return impl_->fatal_reason;
 }
 
 uint64_t event_log::head() const {

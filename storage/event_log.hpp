@@ -208,6 +208,13 @@ public:
   /// is writable afterwards. Blocks like `append` (RocksDB may flush).
   bool try_resume();
 
+  /// Why the store can no longer recover while open, when it cannot: RocksDB
+  /// rates some failures fatal (a new WAL file that could not be created,
+  /// say) and refuses to resume after them, whatever is freed since; only
+  /// reopening the store (a restart, which recovers every durable event)
+  /// makes it writable again. nullopt while a retry may still succeed.
+  std::optional<std::string> unrecoverable() const;
+
   /// Stores `snap` as the latest snapshot of `stream` (not fsynced: a
   /// snapshot is a cache that can always be rebuilt from the log).
   result<void> save_snapshot(std::string_view stream, const snapshot_record& snap);

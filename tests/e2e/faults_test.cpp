@@ -604,6 +604,57 @@ TEST_CASE("a full disk loses no acknowledged write and leaks no refused one, acr
   CHECK(ack_of(next).position == events.size() + 1);
 }
 
+TEST_CASE("a failed write RocksDB cannot resume from while open (no inode for a new WAL file) "
+          "stops eventsd with status 70 for its supervisor; restarted, every acknowledged write "
+          "is there once and no refused one",
+          "[e2e][faults][disk-full]") {
+  temp_dir base{"eventsd-faults-inodes-"};
+  tmpfs_mount fs{base.path() + "/fs", "size=512m,nr_inodes=64,mode=0755"};
+  if (!fs.mounted()) {
+    if (::geteuid() == 0)
+      FAIL("cannot mount a tmpfs as root: " << fs.error());
+    WARN("skipped: cannot mount a tmpfs here (" << fs.error() << "); this test needs root");
+    return;
+  }
+  // Memtables of 32 MiB at most: the switch to a new WAL file comes soon.
+  server s{server_options::with_args(
+    {"--storage.dir=" + fs.dir() + "/data", "--storage.block-cache-mb=8"})};
+  std::vector<std::string> fillers;
+  for (int i = 0;; ++i) {
+    auto f = fs.dir() + "/inode-" + std::to_string(i);
+    if (!std::ofstream{f})
+      break;
+    fillers.push_back(f);
+  }
+  REQUIRE_FALSE(fillers.empty());
+  bool died = false;
+  auto writes = write_until_full(s.port(), 4, 5, died);
+  // Space back does not help an open store RocksDB will not resume.
+  for (auto& f : fillers)
+    std::filesystem::remove(f);
+  auto status = s.wait_exit(20s);
+  INFO("eventsd output:\n" << s.output().substr(s.output().size() > 3000 ? s.output().size() - 3000 : 0));
+  REQUIRE(status);
+  CHECK(WIFEXITED(*status));
+  CHECK(WEXITSTATUS(*status) == 70);
+  CHECK(s.output().find("the event store cannot recover from this failure while open")
+        != std::string::npos);
+  CHECK(s.output().find("the log writer stopped unexpectedly") != std::string::npos);
+  for (auto& w : writes) {
+    INFO("answer " << w.status << ": " << w.body);
+    CHECK((w.status == 200 || w.status == 201 || w.status == 503 || w.status == 0));
+  }
+
+  s.start();
+  http_client c{s.port()};
+  auto events = read_all(c);
+  check_log_against(events, writes);
+  auto next = c.post_json("/todo", {{"description", "after the restart"}});
+  INFO("after the restart: " << next.status << " " << next.body);
+  REQUIRE(next.status == 201);
+  CHECK(ack_of(next).position == events.size() + 1);
+}
+
 TEST_CASE("a full disk answers 503 problem+json and the server stays up while writes keep "
           "coming",
           "[e2e][faults][disk-full]") {

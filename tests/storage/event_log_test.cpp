@@ -1009,6 +1009,71 @@ TEST_CASE("a write that fails on a full disk leaves no stream head behind: once 
   CHECK(log->stream_version("todo-1").value() == 3);
 }
 
+TEST_CASE("a failure RocksDB rates fatal (no inode for a new WAL file) is reported as "
+          "unrecoverable, and a reopened store has every acknowledged event and is writable") {
+  temp_dir dir;
+  auto mnt = dir.path() / "fs";
+  fs::create_directories(mnt);
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=256m,nr_inodes=64,mode=0755") != 0) {
+    if (::geteuid() == 0)
+      FAIL("cannot mount a tmpfs as root: " << std::strerror(errno));
+    WARN("skipped: cannot mount a tmpfs here; needs root");
+    return;
+  }
+  struct unmount {
+    fs::path p;
+    ~unmount() { ::umount2(p.c_str(), MNT_DETACH); }
+  } unmount_at_end{mnt};
+  log_options opts;
+  opts.dir = (mnt / "db").string();
+  opts.block_cache_mb = 8; // memtables of 32 MiB at most: a switch comes soon
+  uint64_t acknowledged = 0;
+  {
+    auto opened = event_log::open(opts);
+    REQUIRE(opened);
+    auto log = std::move(opened).value();
+    // Every inode left taken: the next new file (a WAL, at the memtable
+    // switch) cannot be created.
+    std::vector<fs::path> fillers;
+    for (int i = 0;; ++i) {
+      auto f = mnt / ("inode-" + std::to_string(i));
+      if (!std::ofstream{f})
+        break;
+      fillers.push_back(f);
+    }
+    REQUIRE_FALSE(fillers.empty());
+    std::optional<storage_error> failed;
+    for (int i = 1; i <= 200 && !failed; ++i) {
+      auto req = request("todo-" + std::to_string(i), no_stream, 1);
+      req.events[0].data = std::string(1 << 20, 'x');
+      auto r = log->append(std::span{&req, 1});
+      if (r[0])
+        ++acknowledged;
+      else
+        failed = r[0].error();
+    }
+    REQUIRE(failed);
+    CHECK(failed->code == storage_errc::not_writable);
+    CHECK_FALSE(log->unrecoverable()); // not yet known: the next resume tells
+    for (auto& f : fillers)
+      fs::remove(f);
+    CHECK_FALSE(log->try_resume());
+    auto why = log->unrecoverable();
+    REQUIRE(why);
+    CHECK(why->find("No space left on device") != std::string::npos);
+    CHECK_FALSE(log->writable());
+    CHECK(log->head() == acknowledged);
+  }
+  // Reopened (a restart): every acknowledged event, and writes work.
+  auto opened = event_log::open(opts);
+  REQUIRE(opened);
+  auto log = std::move(opened).value();
+  CHECK(log->head() == acknowledged);
+  CHECK_FALSE(log->unrecoverable());
+  auto next = append_one(*log, request("todo-after", no_stream, 1));
+  CHECK(next.first_position == acknowledged + 1);
+}
+
 TEST_CASE("while the store is not writable a replay of an idempotency key still gets its "
           "first answer (and a reuse its conflict); everything else is refused unwritten") {
   small_disk disk;

@@ -256,8 +256,14 @@ bool ensure_connected(worker_ptr self) {
   resume_interrupted_rebuild(self);
   // The checkpoint must count positions of this store's log: a read model
   // of another store, or one ahead of the log, is never applied to.
+  auto event_at = [log = st.log](uint64_t position) -> std::optional<std::string> {
+    auto e = log->read_all(position, 1);
+    if (!e.ok() || e->empty() || e->front().position != position)
+      return std::nullopt;
+    return e->front().id;
+  };
   auto cp = st.opts.store.empty() ? st.model->checkpoint()
-                                  : st.model->bind_store(st.log->head());
+                                  : st.model->bind_store(st.log->head(), event_at);
   now.connected = st.model->connected();
   now.diverged = !cp.ok() && cp.error().code == projection_errc::diverged;
   if (!cp.ok())
@@ -325,7 +331,7 @@ void step(worker_ptr self) {
   st.last_batch = started;
   auto changes = to_changes(*events);
   auto last = events->back().position;
-  auto applied = st.model->apply(changes, last);
+  auto applied = st.model->apply(changes, last, events->back().id);
   st.now.connected = st.model->connected();
   if (!applied.ok()) {
     fail(self, applied.error());
@@ -388,7 +394,7 @@ void rebuild_step(worker_ptr self) {
                     "the log holds no event past " + std::to_string(now.rebuild_position)
                       + " below its head " + std::to_string(head)});
     auto last = events->back().position;
-    if (auto r = st.rebuild_model->apply(to_changes(*events), last); !r.ok())
+    if (auto r = st.rebuild_model->apply(to_changes(*events), last, events->back().id); !r.ok())
       return retry(r.error());
     now.rebuild_position = last;
     self->send(self, rebuild_step_atom_v); // let live work and reads interleave
@@ -975,7 +981,7 @@ pg_result<uint64_t> rebuild_offline(const storage::event_log& log, const std::st
     if (events->empty())
       break;
     auto last = events->back().position;
-    if (auto r = fresh.apply(to_changes(*events), last); !r.ok())
+    if (auto r = fresh.apply(to_changes(*events), last, events->back().id); !r.ok())
       return r.error();
     position = last;
     progress(position, head);

@@ -60,6 +60,17 @@ constexpr const char* sql_add_store_column =
   "ALTER TABLE eventsd_checkpoints ADD COLUMN store text; "
   "END IF; END $$";
 
+// The id of the log's event at the checkpoint's position (NULL: not known):
+// a log restored from an older copy, which then grew past the checkpoint
+// with other events, has another event there. Added like `store`.
+constexpr const char* sql_add_last_event_column =
+  "DO $$ BEGIN "
+  "IF NOT EXISTS (SELECT 1 FROM pg_attribute "
+  "WHERE attrelid = 'eventsd_checkpoints'::regclass AND attname = 'last_event' "
+  "AND NOT attisdropped) THEN "
+  "ALTER TABLE eventsd_checkpoints ADD COLUMN last_event text; "
+  "END IF; END $$";
+
 // DDL waits this long for a lock and fails instead; connect() is retried.
 constexpr const char* sql_ddl_lock_timeout = "SET LOCAL lock_timeout = '2s'";
 
@@ -84,7 +95,7 @@ constexpr const char* sql_drop_table = "DROP TABLE IF EXISTS {t}";
 // when not checked), so that no other store's projection claims it.
 constexpr const char* sql_zero_checkpoint =
   "INSERT INTO eventsd_checkpoints (name, position, store) VALUES ($1, 0, $2) "
-  "ON CONFLICT (name) DO UPDATE SET position = 0, store = EXCLUDED.store";
+  "ON CONFLICT (name) DO UPDATE SET position = 0, store = EXCLUDED.store, last_event = NULL";
 
 // swap_into: checkpoint rows are locked first, in name order, as apply() locks
 // its checkpoint row before touching its table; this keeps the lock order the
@@ -99,9 +110,10 @@ constexpr const char* sql_rename_created_idx =
 constexpr const char* sql_rename_status_idx =
   "ALTER INDEX IF EXISTS {t}_status_idx RENAME TO {u}_status_idx";
 constexpr const char* sql_move_checkpoint_row =
-  "INSERT INTO eventsd_checkpoints (name, position, store) "
-  "SELECT $2, position, store FROM eventsd_checkpoints WHERE name = $1 "
-  "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, store = EXCLUDED.store";
+  "INSERT INTO eventsd_checkpoints (name, position, store, last_event) "
+  "SELECT $2, position, store, last_event FROM eventsd_checkpoints WHERE name = $1 "
+  "ON CONFLICT (name) DO UPDATE SET position = EXCLUDED.position, store = EXCLUDED.store, "
+  "last_event = EXCLUDED.last_event";
 constexpr const char* sql_delete_checkpoint_row =
   "DELETE FROM eventsd_checkpoints WHERE name = $1";
 
@@ -113,7 +125,7 @@ constexpr const char* sql_set_store = "UPDATE eventsd_checkpoints SET store = $2
 
 constexpr const char* stmt_lock_checkpoint = "lock_checkpoint";
 constexpr const char* sql_lock_checkpoint =
-  "SELECT position, store FROM eventsd_checkpoints WHERE name = $1 FOR UPDATE";
+  "SELECT position, store, last_event FROM eventsd_checkpoints WHERE name = $1 FOR UPDATE";
 
 constexpr const char* stmt_upsert = "upsert_todos";
 // The upsert of a folded batch, in two parts: the rows, and how they merge
@@ -135,7 +147,8 @@ constexpr std::string_view sql_upsert_merge =
 // swap) and nothing was written.
 constexpr const char* stmt_apply_from = "apply_from";
 std::string sql_apply_from() {
-  return std::string{"WITH cp AS (UPDATE eventsd_checkpoints SET position = $7::bigint "
+  return std::string{"WITH cp AS (UPDATE eventsd_checkpoints SET position = $7::bigint, "
+                     "last_event = $10 "
                      "WHERE name = $6 AND position = $8::bigint "
                      "AND ($9::text IS NULL OR store = $9) RETURNING 1), up AS ("}
          + std::string{sql_upsert_rows} + "WHERE EXISTS (SELECT FROM cp) "
@@ -144,7 +157,8 @@ std::string sql_apply_from() {
 
 constexpr const char* stmt_advance_checkpoint = "advance_checkpoint";
 constexpr const char* sql_advance_checkpoint =
-  "UPDATE eventsd_checkpoints SET position = GREATEST(position, $2::bigint) WHERE name = $1";
+  "UPDATE eventsd_checkpoints SET last_event = CASE WHEN $2::bigint > position THEN $3 "
+  "ELSE last_event END, position = GREATEST(position, $2::bigint) WHERE name = $1";
 
 // The checkpoint row first (placeholder NULL id, its store in the second
 // column), then the rows found; one statement, so both come from one snapshot.
@@ -377,7 +391,8 @@ struct todo_read_model::impl {
 
   pg::outcome<void> create_schema(bool drop_first) {
     for (const char* ddl :
-         {sql_ddl_lock_timeout, sql_schema_lock, sql_create_checkpoints, sql_add_store_column})
+         {sql_ddl_lock_timeout, sql_schema_lock, sql_create_checkpoints, sql_add_store_column,
+          sql_add_last_event_column})
       if (auto r = run(ddl); !r)
         return r;
     if (drop_first)
@@ -402,8 +417,8 @@ struct todo_read_model::impl {
       {stmt_checkpoint, sql_checkpoint, 1},
       {stmt_lock_checkpoint, sql_lock_checkpoint, 1},
       {stmt_upsert, sql.upsert.c_str(), 5},
-      {stmt_advance_checkpoint, sql_advance_checkpoint, 2},
-      {stmt_apply_from, sql.apply_from.c_str(), 9},
+      {stmt_advance_checkpoint, sql_advance_checkpoint, 3},
+      {stmt_apply_from, sql.apply_from.c_str(), 10},
       {stmt_get_many, sql.get_many.c_str(), 2},
       {stmt_list, sql.list.c_str(), 3},
       {stmt_list_by_status, sql.list_by_status.c_str(), 4},
@@ -458,12 +473,12 @@ struct todo_read_model::impl {
   /// statement. True when applied; false when the checkpoint had moved (nothing
   /// written; the caller takes the locking path).
   pg::outcome<bool> apply_from_known(std::span<const todo_change> changes,
-                                     uint64_t new_checkpoint) {
+                                     uint64_t new_checkpoint, pg::param last_event) {
     auto a = fold(changes, *known_checkpoint);
     auto position = std::to_string(new_checkpoint);
     auto expected = std::to_string(*known_checkpoint);
-    const pg::param ps[] = {a.ids,    a.descriptions, a.statuses, a.versions, a.created,
-                            table,    position,       expected,   store_param()};
+    const pg::param ps[] = {a.ids,    a.descriptions, a.statuses, a.versions,    a.created,
+                            table,    position,       expected,   store_param(), last_event};
     auto r = pg::exec_prepared(s(), stmt_apply_from, ps);
     if (!r)
       return r.error();
@@ -475,7 +490,7 @@ struct todo_read_model::impl {
   /// the changes it already covers. Sets `locked_checkpoint` to the
   /// checkpoint after the batch.
   pg::outcome<void> apply_locked(std::span<const todo_change> changes, uint64_t new_checkpoint,
-                                 uint64_t& locked_checkpoint) {
+                                 pg::param last_event, uint64_t& locked_checkpoint) {
     const pg::param name[] = {table};
     auto locked = pg::exec_prepared(s(), stmt_lock_checkpoint, name);
     if (!locked)
@@ -500,7 +515,7 @@ struct todo_read_model::impl {
     }
 
     auto position = std::to_string(new_checkpoint);
-    const pg::param ps[] = {table, position};
+    const pg::param ps[] = {table, position, last_event};
     if (auto r = pg::exec_prepared(s(), stmt_advance_checkpoint, ps); !r)
       return r.error();
     locked_checkpoint = std::max(*stored, new_checkpoint);
@@ -627,7 +642,8 @@ todo_read_model::checkpoint_of(std::string_view table) {
                                       pg::text(r->get(), 0, 2) == "t"}};
 }
 
-pg_result<uint64_t> todo_read_model::bind_store(uint64_t head) {
+pg_result<uint64_t> todo_read_model::bind_store(
+  uint64_t head, const std::function<std::optional<std::string>(uint64_t)>& event_at) {
   auto& d = *impl_;
   if (auto e = d.require_ready())
     return *e;
@@ -646,6 +662,20 @@ pg_result<uint64_t> todo_read_model::bind_store(uint64_t head) {
     if (!stored.empty() && stored != d.copts.store) {
       refused = d.diverged(stored);
       return {};
+    }
+    std::string last_event{pg::text(row->get(), 0, 2)};
+    if (position <= head && position > 0 && !last_event.empty() && event_at) {
+      // Behind the head, but is it this log's past? A log restored from an
+      // older copy may have grown past the checkpoint with other events.
+      if (auto actual = event_at(position); actual && *actual != last_event) {
+        auto mark = "diverged: at position " + std::to_string(position) + " names event "
+                    + last_event + ", where the event log of store " + d.copts.store
+                    + " has event " + *actual
+                    + ": the log lost events (an older copy restored, say), or the read model "
+                      "was made from another store";
+        refused = d.diverged(mark);
+        return d.run(sql_set_store, {d.table, mark});
+      }
     }
     if (position <= head) {
       if (!stored.empty())
@@ -668,12 +698,13 @@ pg_result<uint64_t> todo_read_model::bind_store(uint64_t head) {
 }
 
 pg_result<void> todo_read_model::apply(std::span<const todo_change> changes,
-                                       uint64_t new_checkpoint) {
+                                       uint64_t new_checkpoint, std::string_view last_event) {
   auto& d = *impl_;
   if (auto e = d.require_ready())
     return *e;
+  auto last = last_event.empty() ? pg::param{} : pg::param{last_event};
   if (d.known_checkpoint && new_checkpoint > *d.known_checkpoint) {
-    auto fast = d.apply_from_known(changes, new_checkpoint);
+    auto fast = d.apply_from_known(changes, new_checkpoint, last);
     if (fast && *fast) {
       d.known_checkpoint = new_checkpoint;
       return {};
@@ -686,7 +717,8 @@ pg_result<void> todo_read_model::apply(std::span<const todo_change> changes,
   }
   uint64_t after = 0;
   d.refused.reset();
-  auto r = d.in_transaction([&] { return d.apply_locked(changes, new_checkpoint, after); });
+  auto r = d.in_transaction(
+    [&] { return d.apply_locked(changes, new_checkpoint, last, after); });
   if (r.ok())
     d.known_checkpoint = after;
   else if (d.refused)

@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -150,17 +151,24 @@ public:
   /// Ties the checkpoint to the event store `connection_options::store`,
   /// whose log ends at `head`, and answers the checkpoint. A checkpoint of no
   /// store yet (new, or rebuilt) is claimed. Fails with `diverged` when it is
-  /// another store's, or ahead of `head` — the log lost events, or the read
-  /// model was made from another store; the row is then marked so that it
-  /// stays refused, even once the log grows past it, until a rebuild.
+  /// another store's, or ahead of `head`, or names an event the log does not
+  /// have at its position (`event_at` answers the id of the log's event at a
+  /// position, nullopt when it cannot tell) — the log lost events (an older
+  /// copy restored, say) or the read model was made from another store; the
+  /// row is then marked so that it stays refused, even once the log grows
+  /// past it, until a rebuild.
   /// REQUIRES: `connection_options::store` is not empty.
-  pg_result<uint64_t> bind_store(uint64_t head);
+  pg_result<uint64_t> bind_store(
+    uint64_t head, const std::function<std::optional<std::string>(uint64_t)>& event_at = {});
 
   /// Applies `changes` (ascending by position) and moves the checkpoint to
   /// `new_checkpoint`, in one transaction. Changes at or below the stored
   /// checkpoint are skipped, so a retried batch is never applied twice.
   /// Uses one multi-row statement per batch, not one round trip per event.
-  pg_result<void> apply(std::span<const todo_change> changes, uint64_t new_checkpoint);
+  /// `last_event` is the id of the log's event at `new_checkpoint` (empty:
+  /// not known), kept with the checkpoint for bind_store to check.
+  pg_result<void> apply(std::span<const todo_change> changes, uint64_t new_checkpoint,
+                        std::string_view last_event = {});
 
   /// One todo by id (lowercase). Fails with `not_found`.
   pg_result<todo_answer> get(std::string_view id);

@@ -469,6 +469,64 @@ TEST_CASE("a read model of another store (the storage directory replaced, the da
   CHECK(c2.get("/todo/" + a.id).status == 200);
 }
 
+TEST_CASE("a log restored from an older copy that grew past the read model's checkpoint while "
+          "PostgreSQL was down is found diverged when PostgreSQL is back (the checkpoint's event "
+          "is not the log's), and a rebuild makes the read model its fold",
+          "[e2e][rebuild][diverged]") {
+  test_database db;
+  auto [host, port] = host_port_of(db.dsn());
+  tcp_proxy proxy{host, port};
+  server_options o;
+  o.dsn = dsn_with_host_port(db.dsn(), "127.0.0.1", proxy.port());
+  server s{o};
+  auto write = [&](int n, const std::string& what) {
+    http_client c{s.port()};
+    uint64_t last = 0;
+    for (int i = 0; i < n; ++i) {
+      auto r = c.post_json("/todo", {{"description", what + " " + std::to_string(i)}});
+      REQUIRE(r.status == 201);
+      last = ack_of(r).position;
+    }
+    return last;
+  };
+  REQUIRE(write(5, "kept") == 5);
+  REQUIRE(s.stop() == 0);
+  temp_dir backup;
+  std::filesystem::copy(s.storage_dir(), backup.path() + "/data",
+                        std::filesystem::copy_options::recursive);
+  s.start();
+  REQUIRE(write(3, "lost with the disk") == 8);
+  {
+    http_client c{s.port()};
+    check_read_model_is_fold_of_log(c); // its checkpoint is at 8
+  }
+  REQUIRE(s.stop() == 0);
+  // The disk is lost; the older copy is restored, and the server starts
+  // while PostgreSQL is down: its log grows past 8 with other events.
+  std::filesystem::remove_all(s.storage_dir());
+  std::filesystem::copy(backup.path() + "/data", s.storage_dir(),
+                        std::filesystem::copy_options::recursive);
+  proxy.cut();
+  s.start();
+  REQUIRE(write(6, "after the restore") == 11);
+  proxy.restore();
+  http_client c{s.port()};
+  json ready;
+  REQUIRE(eventually(
+    [&] {
+      ready = c.get("/readyz").json_body();
+      return ready["checks"]["readModel"] == "diverged";
+    },
+    20000ms, 50ms));
+  INFO("/readyz: " << ready.dump());
+  CHECK(ready.value("detail", "").find("an older copy restored") != std::string::npos);
+  CHECK(c.get("/todo").status == 503);
+
+  REQUIRE(c.request("POST", "/admin/projections/todos/rebuild").status == 202);
+  REQUIRE(eventually([&] { return c.get("/readyz").status == 200; }, 15000ms, 50ms));
+  check_read_model_is_fold_of_log(c);
+}
+
 TEST_CASE("an online rebuild asked for while PostgreSQL is unreachable starts, once it is back, "
           "from an empty table: what an interrupted rebuild of another store left is dropped",
           "[e2e][rebuild][postgres-down]") {

@@ -865,6 +865,40 @@ TEST_CASE("bind_store refuses a checkpoint ahead of the log and marks it, so tha
         == "store-a");
 }
 
+TEST_CASE("bind_store refuses a checkpoint whose event is not the log's event at its position "
+          "(a log restored from an older copy that grew past it) and marks it; the same event "
+          "binds, and so does a checkpoint of no known event",
+          "[projections][postgres]") {
+  scratch s;
+  todo_read_model m{s.dsn, s.table, {"eventsd test", 10s, "store-a"}};
+  require_ok(m.connect());
+  CHECK(require_value(m.bind_store(0)) == 0);
+  require_ok(m.apply(std::vector{created(uuid(1), "one", 1)}, 1, "event-1"));
+  require_ok(m.apply(std::vector{created(uuid(2), "two", 2)}, 2, "event-2"));
+  CHECK(s.db.scalar("SELECT last_event FROM eventsd_checkpoints WHERE name = $1", {s.table})
+        == "event-2");
+  auto log_with = [](std::string id) {
+    return [id](uint64_t position) -> std::optional<std::string> {
+      return position == 2 ? std::optional{id} : std::nullopt;
+    };
+  };
+  // The log has the checkpoint's event where it says, or cannot tell.
+  CHECK(require_value(m.bind_store(5, log_with("event-2"))) == 2);
+  CHECK(require_value(m.bind_store(5, [](uint64_t) { return std::optional<std::string>{}; }))
+        == 2);
+  // Another event at position 2: the log is not the one the read model folds.
+  auto other = m.bind_store(5, log_with("event-2-of-a-restored-log"));
+  REQUIRE_FALSE(other);
+  CHECK(other.error().code == projection_errc::diverged);
+  INFO(other.error().detail);
+  CHECK(other.error().detail.find("event-2-of-a-restored-log") != std::string::npos);
+  // Marked: refused from then on, whatever the log says, until a rebuild.
+  CHECK(m.bind_store(5, log_with("event-2")).error().code == projection_errc::diverged);
+  CHECK(m.get(uuid(1)).error().code == projection_errc::diverged);
+  require_ok(m.reset());
+  CHECK(require_value(m.bind_store(5, log_with("anything"))) == 0);
+}
+
 TEST_CASE("a table rebuilt by another store and swapped in is that store's: the projection "
           "that applied to it before is refused from its next apply on, the rebuilding store "
           "binds it",

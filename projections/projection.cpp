@@ -771,6 +771,8 @@ front_actor::behavior_type front(front_ptr self, const storage::event_log* log,
 
 /// Largest number of ids in one read-model query.
 constexpr size_t max_fetch_batch = 256;
+/// See connection_options::lock_timeout.
+constexpr std::chrono::milliseconds reader_lock_timeout{2000};
 
 struct pending_fetch {
   std::string id;
@@ -860,7 +862,8 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
       core::name_this_thread("model-reader");
       core::end_on_exception(self);
       self->state.model = std::make_unique<todo_read_model>(
-        std::move(dsn), live_table, connection_options{"eventsd reader", query_timeout, store, cancel});
+        std::move(dsn), live_table,
+        connection_options{"eventsd reader", query_timeout, store, cancel, reader_lock_timeout});
       auto ready = [self]() -> std::optional<projection_error> {
         auto& st = self->state;
         if (st.model->connected())

@@ -574,6 +574,11 @@ pg_result<void> todo_read_model::connect() {
     // servers refuse the setting, which changes nothing else.
     pg::exec(d.s(), "SET client_connection_check_interval = 1000");
   }
+  if (auto ms = d.copts.lock_timeout.count(); ms > 0) {
+    auto set = "SET lock_timeout = " + std::to_string(ms);
+    if (auto r = pg::exec(d.s(), set.c_str()); !r)
+      return d.fail(r.error());
+  }
   // A connection whose set-up failed is not kept: connected() would say
   // it is up, and nothing would call connect() again.
   auto set_up = [&]() -> pg_result<void> {

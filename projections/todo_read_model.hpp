@@ -107,6 +107,11 @@ struct connection_options {
   /// Set when the server stops: a call waiting for PostgreSQL gives up at
   /// once (the connection is closed, as at `query_timeout`); null: never.
   const std::atomic<bool>* cancel = nullptr;
+  /// Longest wait of one statement for a lock (0: up to `query_timeout`).
+  /// Readers wait for none in the usual course (a rebuild's swap holds its
+  /// lock for milliseconds); one held for long (a DDL by hand) answers 503
+  /// soon instead of holding every lookup queued behind it.
+  std::chrono::milliseconds lock_timeout{0};
 };
 
 /// Why libpq cannot use `dsn`, as far as it can tell without connecting;

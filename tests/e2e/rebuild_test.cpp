@@ -406,6 +406,41 @@ TEST_CASE("offline rebuild: `eventsd --rebuild=todos` on a stopped server's stor
   CHECK(c2.get("/todo/" + ack_of(next).id + "?minPosition=" + std::to_string(head + 1)).status == 200);
 }
 
+TEST_CASE("while the read-model table is locked for long (a DDL by hand) each read is a 503 "
+          "after the readers' lock timeout (2 s), not the query timeout (9 s) per read queued; "
+          "reads answer again once it is released",
+          "[e2e][read-model][postgres]") {
+  using clock_type = std::chrono::steady_clock;
+  server s;
+  http_client c{s.port()};
+  auto a = ack_of(c.post_json("/todo", {{"description", "behind a lock"}}));
+  REQUIRE(c.get("/todo/" + a.id + "?minPosition=" + std::to_string(a.position)).status == 200);
+  std::thread locker{[&] {
+    pg_exec(s.dsn(), "BEGIN; LOCK TABLE todos IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(6); COMMIT");
+  }};
+  sleep_for(500ms);
+  // More reads than readers (2): some queue behind others.
+  std::vector<std::pair<unsigned, clock_type::duration>> answers(4);
+  std::vector<std::thread> readers;
+  for (size_t i = 0; i < answers.size(); ++i)
+    readers.emplace_back([&, i] {
+      http_client mine{s.port()};
+      auto began = clock_type::now();
+      answers[i].first = mine.get("/todo/" + a.id).status;
+      answers[i].second = clock_type::now() - began;
+    });
+  for (auto& t : readers)
+    t.join();
+  for (auto& [status, took] : answers) {
+    INFO("answered " << status << " after "
+                     << std::chrono::duration_cast<std::chrono::milliseconds>(took).count() << " ms");
+    CHECK(status == 503);
+    CHECK(took < 5500ms); // two lock timeouts at most; a statement timeout is 9 s alone
+  }
+  locker.join();
+  CHECK(c.get("/todo/" + a.id).status == 200);
+}
+
 TEST_CASE("a read model of another store (the storage directory replaced, the database kept) "
           "is refused until rebuilt: /readyz 503, reads 503 with the remedy, writes go on, and "
           "a rebuild makes it the fold of the new log",

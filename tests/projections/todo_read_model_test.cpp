@@ -960,6 +960,31 @@ TEST_CASE("a statement that waits past the query timeout is cancelled by the ser
   CHECK(require_value(m.get(uuid(1))).row.description == "one");
 }
 
+TEST_CASE("with a lock_timeout a statement waiting for a lock fails after it, well before the "
+          "query timeout, and the session goes on",
+          "[projections][postgres]") {
+  using clock = std::chrono::steady_clock;
+  scratch s;
+  connection_options o{"unused", 10s, ""};
+  o.lock_timeout = 300ms;
+  todo_read_model m{s.model_dsn(), s.table, o};
+  require_ok(m.connect());
+  require_ok(m.apply(std::vector{created(uuid(1), "one", 1)}, 1));
+  admin locker{s.dsn};
+  locker.query("BEGIN");
+  auto lock = "LOCK TABLE " + s.table + " IN ACCESS EXCLUSIVE MODE";
+  locker.query(lock.c_str());
+  auto began = clock::now();
+  auto r = m.get(uuid(1));
+  REQUIRE_FALSE(r);
+  INFO(r.error().detail);
+  CHECK(r.error().detail.find("lock timeout") != std::string::npos);
+  CHECK(clock::now() - began < 5s); // the statement timeout (9 s) did not end it
+  CHECK(m.connected());
+  locker.query("ROLLBACK");
+  CHECK(require_value(m.get(uuid(1))).row.description == "one");
+}
+
 TEST_CASE("connect does not wait for a transaction that read the checkpoints; a connect whose "
           "set-up fails leaves the model not connected, and the next connect recovers",
           "[projections][postgres]") {

@@ -28,6 +28,15 @@ TEST_CASE("a component that does not answer in time is a 503 saying so, not an i
   CHECK(retry_after);
 }
 
+TEST_CASE("a request to a component that had stopped is a 503 saying nothing was done",
+          "[http][problem]") {
+  auto r = problem_for(caf::make_error(caf::sec::request_receiver_down));
+  CHECK(r.status == 503);
+  auto detail = json::parse(r.body)["detail"].get<std::string>();
+  CHECK(detail.find("stopped before taking it") != std::string::npos);
+  CHECK(detail.find("nothing was done") != std::string::npos);
+}
+
 TEST_CASE("an error no component names is a 503 internal error", "[http][problem]") {
   auto r = problem_for(caf::make_error(caf::sec::runtime_error));
   CHECK(r.status == 503);

@@ -97,11 +97,13 @@ reply problem_for(const caf::error& err) {
   if (err == caf::sec::request_timeout)
     return unavailable("no answer in time from the component serving this request "
                        "(PostgreSQL or the event store is slow or stalled)");
-  // Sent to an actor that had ended: it never took the request (one that
-  // ends while handling a request answers it itself).
+  // The actor serving the request ended before answering it: sent to one
+  // that had ended (nothing done), or ended while it held the request (an
+  // aggregate whose append was durable, say): which one, nobody can tell.
   if (err == caf::sec::request_receiver_down)
-    return unavailable("a component serving this request stopped before taking it (the server "
-                       "may be stopping); nothing was done, retry");
+    return unavailable("a component serving this request stopped before answering it (the "
+                       "server may be stopping); a write may or may not have been made: retry "
+                       "with If-Match or the same Idempotency-Key");
   if (err.category() == caf::atom("storage")) {
     switch (static_cast<storage_errc>(err.code())) {
       case storage_errc::stream_not_found:

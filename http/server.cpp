@@ -728,6 +728,13 @@ public:
 
 private:
   void do_read() {
+    read_until_ = std::chrono::steady_clock::now() + router_.svc().options.read_timeout;
+    start_read();
+  }
+
+  /// Reads a request that must be in by `read_until_` (empty lines skipped
+  /// before it do not give it more time).
+  void start_read() {
     // What the previous request was says nothing of an answer to this one
     // that fails before its header is in (408, 431, 400).
     head_ = false;
@@ -740,7 +747,7 @@ private:
     // is owed a 408 (RFC 9110 §15.5.9).
     stream_.expires_never();
     read_timed_out_ = false;
-    read_deadline_.expires_after(router_.svc().options.read_timeout);
+    read_deadline_.expires_at(read_until_);
     // A timer that fired as the request came in is queued already and runs
     // despite on_read's cancel(): it must not touch the answer's write or the
     // next request's read (read_phase_ has moved on by then).
@@ -854,9 +861,10 @@ private:
                                  + " bytes"),
                   "too-large", std::chrono::steady_clock::now());
     }
-    if (ec && ec.category() == bhttp::make_error_code(bhttp::error::bad_target).category()
-        && skip_blank_lines())
-      return do_read();
+    // Only a request line can begin with an empty line: once the header is
+    // in, CR and LF left unread belong to a body, and are never skipped.
+    if (ec == bhttp::error::bad_method && !parser_->is_header_done() && skip_blank_lines())
+      return start_read();
     if (ec) {
       fail(ec, "read");
       if (ec != beast::error::timeout && ec != net::error::eof
@@ -1179,6 +1187,7 @@ private:
   beast::tcp_stream stream_;
   net::steady_timer deadline_;
   net::steady_timer read_deadline_; // the request must be read by then
+  std::chrono::steady_clock::time_point read_until_{}; // when read_deadline_ fires
   bool read_timed_out_ = false;
   bool waiting_part_ = false; // a chunked answer waits for its next part
   uint64_t part_no_ = 0;      // parts of chunked answers asked for on this connection

@@ -60,9 +60,11 @@ constexpr const char* sql_add_store_column =
   "ALTER TABLE eventsd_checkpoints ADD COLUMN store text; "
   "END IF; END $$";
 
-// The id of the log's event at the checkpoint's position (NULL: not known):
-// a log restored from an older copy, which then grew past the checkpoint
-// with other events, has another event there. Added like `store`.
+// `<position>:<id>` of the log's event at the checkpoint's position (NULL:
+// not known): a log restored from an older copy, which then grew past the
+// checkpoint with other events, has another event there. The position is
+// kept with the id because binaries before this column move the checkpoint
+// without it: an id of another position is not compared. Added like `store`.
 constexpr const char* sql_add_last_event_column =
   "DO $$ BEGIN "
   "IF NOT EXISTS (SELECT 1 FROM pg_attribute "
@@ -668,7 +670,12 @@ pg_result<uint64_t> todo_read_model::bind_store(
       refused = d.diverged(stored);
       return {};
     }
-    std::string last_event{pg::text(row->get(), 0, 2)};
+    // `<position>:<id>`, see sql_add_last_event_column.
+    std::string_view tagged{pg::text(row->get(), 0, 2)};
+    auto colon = tagged.find(':');
+    std::string last_event;
+    if (colon != std::string_view::npos && tagged.substr(0, colon) == std::to_string(position))
+      last_event = tagged.substr(colon + 1);
     if (position <= head && position > 0 && !last_event.empty() && event_at) {
       // Behind the head, but is it this log's past? A log restored from an
       // older copy may have grown past the checkpoint with other events.
@@ -707,7 +714,8 @@ pg_result<void> todo_read_model::apply(std::span<const todo_change> changes,
   auto& d = *impl_;
   if (auto e = d.require_ready())
     return *e;
-  auto last = last_event.empty() ? pg::param{} : pg::param{last_event};
+  auto tagged = std::to_string(new_checkpoint) + ":" + std::string{last_event};
+  auto last = last_event.empty() ? pg::param{} : pg::param{tagged};
   if (d.known_checkpoint && new_checkpoint > *d.known_checkpoint) {
     auto fast = d.apply_from_known(changes, new_checkpoint, last);
     if (fast && *fast) {

@@ -475,30 +475,38 @@ TEST_CASE("snapshot/{eventId} equals the history snapshot of that event",
 }
 
 TEST_CASE("history and snapshot are conditional GETs: the ETag is the history's last version "
-          "or the event's, If-None-Match naming it a 304, If-Match naming another a 412",
+          "or the event's, If-None-Match naming it a 304, If-Match naming another a 412; from "
+          "the stream cache and from a log reader alike",
           "[e2e][todo][history]") {
-  auto c = create("conditional history");
-  put_in_progress(c.id);
-  auto url = "/todo/" + c.id + "/history";
-  // The first read misses the stream cache, the second hits it: both paths.
-  for (int round = 0; round < 2; ++round) {
-    INFO("read " << round);
-    auto full = client().get(url);
-    REQUIRE(full.status == 200);
-    CHECK(full.header("ETag") == "\"2\"");
-    for (std::string tag : {"\"2\"", "W/\"2\"", "\"7\", \"2\"", "*"}) {
-      INFO("If-None-Match: " << tag);
-      auto r = client().get(url, {{"If-None-Match", tag}});
-      CHECK(r.status == 304);
-      CHECK(r.body.empty());
-      CHECK(r.header("ETag") == "\"2\"");
-    }
-    check_problem(client().get(url, {{"If-Match", "\"1\""}}), 412);
-    CHECK(client().get(url, {{"If-Match", "\"2\""}}).body == full.body);
+  // With the cache every request after the first read is a hit; without it
+  // (--storage.stream-cache-mb=0) every one goes through a log reader.
+  bool cached = GENERATE(true, false);
+  CAPTURE(cached);
+  std::unique_ptr<server> uncached;
+  std::unique_ptr<http_client> own;
+  if (!cached) {
+    uncached = std::make_unique<server>(server_options::with_args({"--storage.stream-cache-mb=0"}));
+    own = std::make_unique<http_client>(uncached->port());
   }
+  http_client& c = cached ? client() : *own;
+  auto todo = ack_of(c.post_json("/todo", {{"description", "conditional history"}}));
+  REQUIRE(c.put("/todo/" + todo.id + "/put-in-progress").status == 200);
+  auto url = "/todo/" + todo.id + "/history";
+  auto full = c.get(url);
+  REQUIRE(full.status == 200);
+  CHECK(full.header("ETag") == "\"2\"");
+  for (std::string tag : {"\"2\"", "W/\"2\"", "\"7\", \"2\"", "*"}) {
+    INFO("If-None-Match: " << tag);
+    auto r = c.get(url, {{"If-None-Match", tag}});
+    CHECK(r.status == 304);
+    CHECK(r.body.empty());
+    CHECK(r.header("ETag") == "\"2\"");
+  }
+  check_problem(c.get(url, {{"If-Match", "\"1\""}}), 412);
+  CHECK(c.get(url, {{"If-Match", "\"2\""}}).body == full.body);
   // A write changes the tag: the old one no longer matches.
-  done(c.id);
-  auto after = client().get(url, {{"If-None-Match", "\"2\""}});
+  REQUIRE(c.put("/todo/" + todo.id + "/done").status == 200);
+  auto after = c.get(url, {{"If-None-Match", "\"2\""}});
   CHECK(after.status == 200);
   CHECK(after.header("ETag") == "\"3\"");
   CHECK(after.json_body()["items"].size() == 3);
@@ -507,18 +515,20 @@ TEST_CASE("history and snapshot are conditional GETs: the ETag is the history's 
   // whatever the todo's version now.
   auto items = after.json_body()["items"];
   for (size_t i = 0; i < items.size(); ++i) {
-    auto snap = "/todo/" + c.id + "/snapshot/" + items[i]["id"].get<std::string>();
+    auto snap = "/todo/" + todo.id + "/snapshot/" + items[i]["id"].get<std::string>();
     auto tag = "\"" + std::to_string(i + 1) + "\"";
     INFO(snap);
-    auto r = client().get(snap);
+    auto r = c.get(snap);
     REQUIRE(r.status == 200);
     CHECK(r.header("ETag") == tag);
-    auto not_modified = client().get(snap, {{"If-None-Match", tag}});
+    auto not_modified = c.get(snap, {{"If-None-Match", tag}});
     CHECK(not_modified.status == 304);
     CHECK(not_modified.body.empty());
-    CHECK(client().get(snap, {{"If-None-Match", "\"9\""}}).json_body() == items[i]["snapshot"]);
-    check_problem(client().get(snap, {{"If-Match", "\"9\""}}), 412);
+    CHECK(c.get(snap, {{"If-None-Match", "\"9\""}}).json_body() == items[i]["snapshot"]);
+    check_problem(c.get(snap, {{"If-Match", "\"9\""}}), 412);
   }
+  auto hits = metric(c, "eventsd_stream_cache_hits_total");
+  CHECK((cached ? hits > 0 : hits == 0));
 }
 
 TEST_CASE("a history read again comes from the stream cache and shows every write "
@@ -1564,6 +1574,28 @@ TEST_CASE("a request whose body framing cannot be trusted is a 400 and the conne
     CHECK(r.header("Connection").value_or("") == "close");
     CHECK(raw.find("HTTP/1.1 ", 1) == std::string::npos); // one answer, then the close
   }
+}
+
+TEST_CASE("a chunked body whose next chunk-size line is not one is a 400 and the connection "
+          "closes: the rest of the body is never read as a request, though it begins with CRLF",
+          "[e2e][todo][validation]") {
+  auto victim = create("never done by a smuggled request");
+  auto before = head();
+  // One whole chunk, then a request line where the next chunk's size should
+  // be: the bytes left unread begin with the chunk's closing CRLF.
+  const std::string data = R"({"description":"smuggled"})";
+  char size_line[32];
+  std::snprintf(size_line, sizeof size_line, "%zx\r\n", data.size());
+  auto raw = raw_exchange(
+    shared_server().port(),
+    "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    "Transfer-Encoding: chunked\r\n\r\n" + std::string{size_line} + data
+      + "\r\nPUT /todo/" + victim.id + "/done HTTP/1.1\r\nHost: x\r\n\r\n",
+    5000ms, true);
+  auto r = parse_response(raw);
+  check_rejected(r, 400, before);
+  CHECK(raw.find("HTTP/1.1 ", 1) == std::string::npos); // one answer, then the close
+  CHECK(history(victim.id).size() == 1);
 }
 
 TEST_CASE("empty lines before a request line are ignored, a few of them; a request target that "

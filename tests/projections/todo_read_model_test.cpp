@@ -876,7 +876,7 @@ TEST_CASE("bind_store refuses a checkpoint whose event is not the log's event at
   require_ok(m.apply(std::vector{created(uuid(1), "one", 1)}, 1, "event-1"));
   require_ok(m.apply(std::vector{created(uuid(2), "two", 2)}, 2, "event-2"));
   CHECK(s.db.scalar("SELECT last_event FROM eventsd_checkpoints WHERE name = $1", {s.table})
-        == "event-2");
+        == "2:event-2");
   auto log_with = [](std::string id) {
     return [id](uint64_t position) -> std::optional<std::string> {
       return position == 2 ? std::optional{id} : std::nullopt;
@@ -884,6 +884,13 @@ TEST_CASE("bind_store refuses a checkpoint whose event is not the log's event at
   };
   // The log has the checkpoint's event where it says, or cannot tell.
   CHECK(require_value(m.bind_store(5, log_with("event-2"))) == 2);
+  // An id kept for another position (an older binary moved the checkpoint
+  // without it) is not compared.
+  s.db.query("UPDATE eventsd_checkpoints SET last_event = '1:event-1' WHERE name = $1",
+             {s.table});
+  CHECK(require_value(m.bind_store(5, log_with("not event-1"))) == 2);
+  s.db.query("UPDATE eventsd_checkpoints SET last_event = '2:event-2' WHERE name = $1",
+             {s.table});
   CHECK(require_value(m.bind_store(5, [](uint64_t) { return std::optional<std::string>{}; }))
         == 2);
   // Another event at position 2: the log is not the one the read model folds.

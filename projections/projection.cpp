@@ -255,7 +255,8 @@ bool ensure_connected(worker_ptr self) {
   }
   resume_interrupted_rebuild(self);
   // The checkpoint must count positions of this store's log: a read model
-  // of another store, or one ahead of the log, is never applied to.
+  // of another store, one ahead of the log, or one whose checkpoint event is
+  // not this log's event at its position, is never applied to.
   auto event_at = [log = st.log](uint64_t position) -> std::optional<std::string> {
     auto e = log->read_all(position, 1);
     if (!e.ok() || e->empty() || e->front().position != position)

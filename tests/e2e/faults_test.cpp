@@ -561,6 +561,19 @@ void check_log_against(const std::vector<json>& events, const std::vector<fill_w
   CHECK(acked > 0);
 }
 
+/// Starts the stopped `s` again and checks its log against `writes`
+/// (check_log_against), then that it takes writes, continuing the positions.
+void check_restarted(server& s, const std::vector<fill_write>& writes) {
+  s.start();
+  http_client c{s.port()};
+  auto events = read_all(c);
+  check_log_against(events, writes);
+  auto next = c.post_json("/todo", {{"description", "after the restart"}});
+  INFO("after the restart: " << next.status << " " << next.body);
+  REQUIRE(next.status == 201);
+  CHECK(ack_of(next).position == events.size() + 1);
+}
+
 } // namespace
 
 TEST_CASE("a full disk loses no acknowledged write and leaks no refused one, across a restart",
@@ -593,15 +606,7 @@ TEST_CASE("a full disk loses no acknowledged write and leaks no refused one, acr
 
   std::filesystem::remove(filler);
   s.stop();
-  s.start();
-  http_client c{s.port()};
-  auto events = read_all(c);
-  check_log_against(events, writes);
-  // And the store takes writes again, continuing the positions.
-  auto next = c.post_json("/todo", {{"description", "after the restart"}});
-  INFO("after the restart: " << next.status << " " << next.body);
-  REQUIRE(next.status == 201);
-  CHECK(ack_of(next).position == events.size() + 1);
+  check_restarted(s, writes);
 }
 
 TEST_CASE("a failed write RocksDB cannot resume from while open (no inode for a new WAL file) "
@@ -645,14 +650,7 @@ TEST_CASE("a failed write RocksDB cannot resume from while open (no inode for a 
     CHECK((w.status == 200 || w.status == 201 || w.status == 503 || w.status == 0));
   }
 
-  s.start();
-  http_client c{s.port()};
-  auto events = read_all(c);
-  check_log_against(events, writes);
-  auto next = c.post_json("/todo", {{"description", "after the restart"}});
-  INFO("after the restart: " << next.status << " " << next.body);
-  REQUIRE(next.status == 201);
-  CHECK(ack_of(next).position == events.size() + 1);
+  check_restarted(s, writes);
 }
 
 TEST_CASE("a full disk answers 503 problem+json and the server stays up while writes keep "

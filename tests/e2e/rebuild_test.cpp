@@ -508,12 +508,9 @@ TEST_CASE("a log restored from an older copy that grew past the read model's che
           "PostgreSQL was down is found diverged when PostgreSQL is back (the checkpoint's event "
           "is not the log's), and a rebuild makes the read model its fold",
           "[e2e][rebuild][diverged]") {
-  test_database db;
-  auto [host, port] = host_port_of(db.dsn());
-  tcp_proxy proxy{host, port};
-  server_options o;
-  o.dsn = dsn_with_host_port(db.dsn(), "127.0.0.1", proxy.port());
-  server s{o};
+  server_behind_proxy p{{}};
+  auto& s = p.srv;
+  auto& proxy = p.proxy;
   auto write = [&](int n, const std::string& what) {
     http_client c{s.port()};
     uint64_t last = 0;
@@ -565,12 +562,8 @@ TEST_CASE("a log restored from an older copy that grew past the read model's che
 TEST_CASE("an online rebuild asked for while PostgreSQL is unreachable starts, once it is back, "
           "from an empty table: what an interrupted rebuild of another store left is dropped",
           "[e2e][rebuild][postgres-down]") {
-  test_database db;
-  auto [host, port] = host_port_of(db.dsn());
-  tcp_proxy proxy{host, port};
-  server_options o;
-  o.dsn = dsn_with_host_port(db.dsn(), "127.0.0.1", proxy.port());
-  server s{o};
+  server_behind_proxy p{{}};
+  auto& [db, proxy, s] = p;
   http_client c{s.port()};
   for (int i = 0; i < 3; ++i)
     REQUIRE(c.post_json("/todo", {{"description", "kept " + std::to_string(i)}}).status == 201);

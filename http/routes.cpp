@@ -983,8 +983,19 @@ router::router(services& svc) : svc_(svc) {
       if (auto id = core::normalize_uuid(stream.substr(dash + 1)))
         stream = stream.substr(0, dash + 1) + *id;
     bool all = stream == "$all";
+    auto cond = conditions_of(req, false);
+    // A page's entity tag is the last version (position, for `$all`) it was
+    // read through, its look-ahead event included, or from - 1 when empty:
+    // events are never changed or removed, so the page at this from and limit
+    // changes exactly when that number does (a poll at the tail gets 304s
+    // until something is appended).
     auto render = [=](std::span<const storage::recorded_event> events) {
       reply r;
+      uint64_t through = events.empty() ? from - 1
+                         : all          ? events.back().position
+                                        : events.back().version;
+      if (conditional_get(cond, through, r))
+        return respond(std::move(r));
       r.body = "{\"items\":[";
       size_t n = std::min<size_t>(events.size(), limit);
       for (size_t i = 0; i < n; ++i) {

@@ -203,6 +203,51 @@ TEST_CASE("GET /streams/{streamId}: from is inclusive, next is the next from or 
   CHECK(p["items"] == all);
 }
 
+TEST_CASE("GET /streams/{streamId} and /streams/$all: a page's ETag is the version (position) "
+          "it was read through, If-None-Match naming it a 304 until an append reaches the page, "
+          "If-Match naming another a 412",
+          "[http][streams][conditional]") {
+  auto& c = client();
+  auto t = make_four_event_todo("poll me");
+  auto base = "/streams/" + t.stream;
+  auto etag = [](const response& r) { return r.header("ETag").value_or("(none)"); };
+  // The whole stream; a full page, read through its look-ahead event.
+  CHECK(etag(c.get(base)) == "\"4\"");
+  CHECK(etag(c.get(base + "?from=2&limit=1")) == "\"3\"");
+  CHECK(etag(c.get(base + "?from=9")) == "\"8\""); // empty: from - 1
+  // Polling the tail: 304 (no body, the same tag) until the todo is written.
+  auto tail = base + "?from=5";
+  auto empty = c.get(tail);
+  REQUIRE(empty.status == 200);
+  REQUIRE(etag(empty) == "\"4\"");
+  auto same = c.get(tail, {{"If-None-Match", "\"4\""}});
+  CHECK(same.status == 304);
+  CHECK(same.body.empty());
+  CHECK(etag(same) == "\"4\"");
+  CHECK(c.get(tail, {{"If-None-Match", "*"}}).status == 304);
+  CHECK(c.get(tail, {{"If-Match", "\"3\""}}).status == 412);
+  CHECK(c.get(tail, {{"If-Match", "\"4\""}}).status == 200);
+  REQUIRE(c.put("/todo/" + t.id + "/put-in-progress").status == 200);
+  auto changed = c.get(tail, {{"If-None-Match", "\"4\""}});
+  CHECK(changed.status == 200);
+  CHECK(etag(changed) == "\"5\"");
+  CHECK(changed.json_body()["items"].size() == 1);
+  // A full page never changes: its tag stays as more is appended.
+  CHECK(c.get(base + "?from=1&limit=2", {{"If-None-Match", "\"3\""}}).status == 304);
+
+  // $all: the same by position.
+  auto last = ack_of(c.post_json("/todo", {{"description", "the newest"}})).position;
+  auto at_end = "/streams/$all?from=" + std::to_string(last + 1);
+  CHECK(etag(c.get(at_end)) == "\"" + std::to_string(last) + "\"");
+  CHECK(etag(c.get("/streams/$all?from=" + std::to_string(last))) ==
+        "\"" + std::to_string(last) + "\"");
+  CHECK(c.get(at_end, {{"If-None-Match", "\"" + std::to_string(last) + "\""}}).status == 304);
+  auto next = ack_of(c.post_json("/todo", {{"description", "newer"}})).position;
+  auto moved = c.get(at_end, {{"If-None-Match", "\"" + std::to_string(last) + "\""}});
+  CHECK(moved.status == 200);
+  CHECK(etag(moved) == "\"" + std::to_string(next) + "\"");
+}
+
 TEST_CASE("GET /streams/{streamId}: a stream read again is answered from the stream cache, "
           "page for page as the log answers it, and shows every write acknowledged before it",
           "[http][streams][cache]") {

@@ -84,6 +84,41 @@ TEST_CASE("GET /openapi.json: the served document is valid OpenAPI 3 listing eve
   CHECK(doc["servers"] == json::array({{{"url", "/"}}}));
 }
 
+TEST_CASE("GET /openapi.json: every operation lists the answers any request may get, and each "
+          "HEAD the conditional answers of its GET",
+          "[http][openapi]") {
+  auto doc = client().get("/openapi.json").json_body();
+  // Answers that depend on the request's framing, not on the route (the
+  // server really sends each: tests/e2e/todo_api_test.cpp).
+  const std::set<std::string> everywhere{"400", "408", "413", "414", "415",
+                                         "417", "431", "501", "503", "505"};
+  size_t operations = 0;
+  for (auto& [path, ops] : doc["paths"].items()) {
+    for (auto& [method, op] : ops.items()) {
+      if (!op.is_object() || !op.contains("responses"))
+        continue;
+      ++operations;
+      for (auto& status : everywhere) {
+        INFO(method << " " << path << " lists " << status);
+        CHECK(op["responses"].contains(status));
+      }
+    }
+    if (!ops.contains("get") || !ops.contains("head"))
+      continue;
+    auto names = [&](const json& op) {
+      std::set<std::string> out;
+      for (auto& param : op.value("parameters", json::array()))
+        out.insert(resolve(doc, param)["name"].get<std::string>());
+      return out;
+    };
+    INFO("HEAD " << path << " as its GET");
+    CHECK(names(ops["head"]) == names(ops["get"]));
+    for (auto status : {"304", "412"})
+      CHECK(ops["get"]["responses"].contains(status) == ops["head"]["responses"].contains(status));
+  }
+  CHECK(operations > 40);
+}
+
 TEST_CASE("the validator fails a broken document (the check has teeth)", "[http][openapi]") {
   auto doc = client().get("/openapi.json").json_body();
   doc["paths"].erase("/subscribe/$all");

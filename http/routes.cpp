@@ -375,6 +375,33 @@ responder hinting_malformed_tags(const incoming& req, responder respond) {
   };
 }
 
+/// `respond` for a GET or HEAD, evaluating If-Match and If-None-Match
+/// (RFC 9110 §13.2.2) on answers that carry no entity tag of their own: the
+/// resource exists but no tag can match it, so If-Match with tags is a 412
+/// and `If-None-Match: *` a 304; `If-Match: *` and If-None-Match with tags
+/// hold. Answers with an ETag were compared by their route (conditional_get).
+responder preconditions_without_tag(const incoming& req, responder respond) {
+  auto cond = conditions_of(req, false);
+  if (!cond.if_match && !cond.if_none_match_any)
+    return respond;
+  auto hint = malformed_tags_hint(req);
+  return [respond = std::move(respond), cond, hint](reply r) {
+    bool tagged = std::ranges::any_of(r.headers, [](auto& h) { return h.first == "ETag"; });
+    if (r.status / 100 == 2 && !tagged) {
+      if (cond.if_match)
+        r = problem(412, "If-Match names an entity tag, and this representation has none "
+                         "(only `*` holds)" + hint);
+      else {
+        r.status = 304;
+        r.content_type.clear();
+        r.body.clear();
+        r.stream.reset();
+      }
+    }
+    respond(std::move(r));
+  };
+}
+
 /// problem_for(err), where a todo's stream that does not exist is the todo.
 reply todo_problem(const caf::error& err) {
   if (err == storage::storage_errc::stream_not_found)
@@ -1394,6 +1421,9 @@ std::string router::handle(incoming req, responder respond) {
       if (std::find(allowed.begin(), allowed.end(), r.method) == allowed.end())
         allowed.push_back(r.method);
   } else if (const route* best = find(req.method, req.path, best_params, allowed)) {
+    // (The event stream's GET is the session's; its HEAD answers as that GET.)
+    if ((req.method == "GET" || req.method == "HEAD") && req.path != "/subscribe/$all")
+      respond = preconditions_without_tag(req, std::move(respond));
     best->fn(req, best_params, respond);
     return best->pattern;
   }

@@ -531,6 +531,34 @@ TEST_CASE("history and snapshot are conditional GETs: the ETag is the history's 
   CHECK((cached ? hits > 0 : hits == 0));
 }
 
+TEST_CASE("a GET or HEAD whose answer has no ETag (GET /todo, GET /streams, /healthz, "
+          "/openapi.json) evaluates its preconditions: If-Match with tags is a 412, "
+          "If-None-Match: * a 304, If-Match: * and If-None-Match with tags hold",
+          "[e2e][todo][conditional]") {
+  auto& c = client();
+  create("a listed todo");
+  for (std::string target : {"/todo", "/todo?status=Created&limit=1", "/streams", "/healthz",
+                             "/openapi.json"}) {
+    INFO(target);
+    auto plain = c.get(target);
+    REQUIRE(plain.status == 200);
+    REQUIRE_FALSE(plain.header("ETag"));
+    auto failed = c.get(target, {{"If-Match", "\"1\""}});
+    check_problem(failed, 412);
+    CHECK(failed.json_body()["detail"].get<std::string>().find("has none") != std::string::npos);
+    CHECK(c.request("HEAD", target, std::nullopt, {{"If-Match", "\"1\""}}).status == 412);
+    auto unchanged = c.get(target, {{"If-None-Match", "*"}});
+    CHECK(unchanged.status == 304);
+    CHECK(unchanged.body.empty());
+    CHECK(c.request("HEAD", target, std::nullopt, {{"If-None-Match", "*"}}).status == 304);
+    CHECK(c.get(target, {{"If-Match", "*"}}).status == 200);
+    CHECK(c.get(target, {{"If-None-Match", "\"1\""}}).status == 200);
+    CHECK(c.get(target, {{"If-None-Match", "\"1\""}}).body.size() > 0);
+  }
+  // Errors are not representations: no precondition turns them into a 304.
+  check_problem(c.get("/todo?limit=x", {{"If-None-Match", "*"}}), 400);
+}
+
 TEST_CASE("a history read again comes from the stream cache and shows every write "
           "acknowledged before it",
           "[e2e][todo][history]") {

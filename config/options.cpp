@@ -46,7 +46,7 @@ options::options() {
     .add(storage_max_wait_us, "max-wait-us", "extra wait for a batch to fill, in microseconds (default 0)")
     .add(storage_block_cache_mb, "block-cache-mb", "RocksDB memory: block cache, memtables charged to it (default 128)")
     .add(storage_stream_cache_mb, "stream-cache-mb", "whole short streams (up to 64 events) kept as read, for histories read again; 0: none (default 64)")
-    .add(storage_idempotency_retention_s, "idempotency-retention-s", "how long Idempotency-Key answers are kept (default 86400)");
+    .add(storage_idempotency_retention_s, "idempotency-retention-s", "how long Idempotency-Key answers are kept, in seconds (default 86400; at least 86400, API.md)");
   opt_group{custom_options_, "postgres"}
     .add(postgres_dsn, "dsn", "libpq conninfo of the read model (env EVENTSD_POSTGRES_DSN)")
     .add(postgres_readers, "readers", "read-model connections for GET /todo (default 2)")

@@ -1,6 +1,7 @@
 // The event log on RocksDB.
 //
-// Thread-safety: appends and idempotency purges are serialised by `write_mutex`
+// Thread-safety: every write (appends, idempotency purges and answers, snapshots,
+// Resume attempts) is serialised by `write_mutex`
 // (the single writer owns position assignment); reads take a RocksDB snapshot
 // and run concurrently with them. `rocksdb::Status` never leaves this file.
 #include "storage/event_log.hpp"

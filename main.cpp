@@ -35,9 +35,11 @@ std::string default_static_dir() {
   return (exe.parent_path() / "static").string();
 }
 
-int rebuild_offline(storage::event_log& log, const std::string& dsn) {
+int rebuild_offline(storage::event_log& log, const config::options& opts) {
   bool tty = isatty(STDERR_FILENO);
-  auto r = projections::rebuild_offline(log, dsn, [tty](uint64_t pos, uint64_t head) {
+  auto r = projections::rebuild_offline(
+    log, opts.postgres_dsn, opts.projection_rebuild_batch_size,
+    std::chrono::milliseconds{opts.postgres_query_timeout_ms}, [tty](uint64_t pos, uint64_t head) {
     if (!tty)
       return;
     int width = 40;
@@ -119,7 +121,7 @@ int main(int argc, char** argv) {
 
   if (!opts.rebuild.empty()) {
     http::server::release_early_signals();
-    return rebuild_offline(*log, opts.postgres_dsn);
+    return rebuild_offline(*log, opts);
   }
 
   caf::actor_system sys{opts};

@@ -61,7 +61,7 @@ options::options() {
     .add(projection_batch_wait_us, "batch-wait-us",
          "eventual mode: a smaller batch waits this long after the previous one began (default 2000)")
     .add(projection_rebuild_batch_size, "rebuild-batch-size",
-         "most events per transaction of a rebuild (default 5000)");
+         "most events per transaction of a rebuild, online or --rebuild (default 5000)");
   opt_group{custom_options_, "actors"}
     .add(actors_idle_timeout_s, "idle-timeout", "seconds before an idle aggregate actor stops (default 60)")
     .add(actors_max_live, "max-live", "most live aggregate actors (default 1000000)")

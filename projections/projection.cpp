@@ -967,9 +967,11 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
 }
 
 pg_result<uint64_t> rebuild_offline(const storage::event_log& log, const std::string& dsn,
+                                    size_t batch_size, std::chrono::milliseconds query_timeout,
                                     const std::function<void(uint64_t, uint64_t)>& progress) {
   connection_options conn;
   conn.application_name = "eventsd rebuild";
+  conn.query_timeout = query_timeout;
   conn.store = log.store_id();
   todo_read_model fresh{dsn, rebuild_table, conn};
   if (auto r = fresh.connect(); !r.ok())
@@ -979,7 +981,7 @@ pg_result<uint64_t> rebuild_offline(const storage::event_log& log, const std::st
   uint64_t position = 0;
   for (;;) {
     auto head = log.head();
-    auto events = log.read_all(position + 1, 5000);
+    auto events = log.read_all(position + 1, std::max<size_t>(batch_size, 1));
     if (!events.ok())
       return projection_error{projection_errc::query_failed, events.error().detail};
     if (events->empty())

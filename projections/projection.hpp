@@ -135,9 +135,12 @@ read_model_reader_actor spawn_read_model_reader(
   std::chrono::milliseconds query_timeout = std::chrono::milliseconds{10000},
   std::string store = {}, const std::atomic<bool>* cancel = nullptr);
 
-/// Replays the whole log into `table` offline (CLI `--rebuild`), printing
-/// progress through `progress(position, head)`. Returns the final position.
+/// Replays the whole log into a new table offline (CLI `--rebuild`), then
+/// swaps it in: `batch_size` events per transaction, `query_timeout` per
+/// statement (0: forever), progress through `progress(position, head)`.
+/// Returns the final position.
 pg_result<uint64_t> rebuild_offline(const storage::event_log& log, const std::string& dsn,
+                                    size_t batch_size, std::chrono::milliseconds query_timeout,
                                     const std::function<void(uint64_t, uint64_t)>& progress);
 
 } // namespace eventsd::projections

@@ -828,3 +828,25 @@ TEST_CASE("projection (on-demand): over another store's read model a catch-up fa
   CHECK(is_error(c.error, projection_errc::diverged));
   CHECK(c.took < 1000ms);
 }
+
+TEST_CASE("rebuild_offline: replays the whole log into the live table `batch_size` events per "
+          "transaction and leaves the checkpoint at the head",
+          "[projections][rebuild][postgres]") {
+  fixture f;
+  auto a = core::make_uuid(), b = core::make_uuid();
+  f.append(a, todo::created{"first"});
+  f.append(b, todo::created{"second"});
+  f.append(a, todo::status_changed_to_done{});
+  f.append(b, todo::description_changed{"second, renamed"});
+  auto head = f.append(a, todo::status_changed_to_in_progress{});
+  std::vector<uint64_t> progress;
+  auto r = rebuild_offline(f.log(), f.dsn(), 2, 5000ms,
+                           [&](uint64_t position, uint64_t) { progress.push_back(position); });
+  REQUIRE(r.ok());
+  CHECK(r.value() == head);
+  // One call per transaction: positions 1-2, 3-4, 5.
+  CHECK(progress == std::vector<uint64_t>{2, 4, 5});
+  CHECK(f.checkpoint() == head);
+  CHECK(f.row(a) == row_of(a, "first", "InProgress", 3));
+  CHECK(f.row(b) == row_of(b, "second, renamed", "Created", 2));
+}

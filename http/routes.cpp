@@ -299,12 +299,14 @@ actors::write_conditions conditions_of(const incoming& req, bool write = true) {
 
 /// What a 412 adds when If-Match or If-None-Match is no list of entity tags
 /// (`If-Match: 3`): If-Match then matches no version, If-None-Match is read
-/// as `*` (see conditions_of). Empty when both are well-formed or absent.
-std::string malformed_tags_hint(const incoming& req) {
+/// as `*` on a write and ignored on a `read` (see conditions_of). Empty when
+/// both are well-formed or absent.
+std::string malformed_tags_hint(const incoming& req, bool read = false) {
   std::string hint;
   for (auto [name, field, effect] :
        {std::tuple{"if-match", "If-Match", "so no version matches it"},
-        std::tuple{"if-none-match", "If-None-Match", "so it is read as `*`"}}) {
+        std::tuple{"if-none-match", "If-None-Match",
+                   read ? "so it is ignored" : "so it is read as `*`"}}) {
     bool malformed = false;
     if (auto i = req.headers.find(name); i != req.headers.end())
       entity_versions(i->second, true, &malformed);
@@ -360,9 +362,9 @@ std::optional<reply> collection_preconditions(const incoming& req) {
 
 /// `respond`, except that a 412 says so when the request's If-Match or
 /// If-None-Match is malformed: else the client learns only that its version
-/// did not match.
-responder hinting_malformed_tags(const incoming& req, responder respond) {
-  auto hint = malformed_tags_hint(req);
+/// did not match. `read`: a GET or HEAD (see malformed_tags_hint).
+responder hinting_malformed_tags(const incoming& req, responder respond, bool read = false) {
+  auto hint = malformed_tags_hint(req, read);
   if (hint.empty())
     return respond;
   return [respond = std::move(respond), hint](reply r) {
@@ -384,14 +386,19 @@ responder preconditions_without_tag(const incoming& req, responder respond) {
   auto cond = conditions_of(req, false);
   if (!cond.if_match && !cond.if_none_match_any)
     return respond;
-  auto hint = malformed_tags_hint(req);
-  return [respond = std::move(respond), cond, hint](reply r) {
+  return [respond = std::move(respond), cond](reply r) {
     bool tagged = std::ranges::any_of(r.headers, [](auto& h) { return h.first == "ETag"; });
     if (r.status / 100 == 2 && !tagged) {
-      if (cond.if_match)
-        r = problem(412, "If-Match names an entity tag, and this representation has none "
-                         "(only `*` holds)" + hint);
-      else {
+      if (cond.if_match) {
+        // Only the position the answer stood for carries over (not, say, a
+        // static file's Cache-Control, which would let a cache keep the 412).
+        auto p = problem(412, "If-Match holds here only as `*`: this answer has no entity tag "
+                              "to match");
+        for (auto& h : r.headers)
+          if (h.first == "X-Read-Model-Position")
+            p.headers.push_back(h);
+        r = std::move(p);
+      } else {
         r.status = 304;
         r.content_type.clear();
         r.body.clear();
@@ -1423,7 +1430,8 @@ std::string router::handle(incoming req, responder respond) {
   } else if (const route* best = find(req.method, req.path, best_params, allowed)) {
     // (The event stream's GET is the session's; its HEAD answers as that GET.)
     if ((req.method == "GET" || req.method == "HEAD") && req.path != "/subscribe/$all")
-      respond = preconditions_without_tag(req, std::move(respond));
+      respond = hinting_malformed_tags(req, preconditions_without_tag(req, std::move(respond)),
+                                       true);
     best->fn(req, best_params, respond);
     return best->pattern;
   }

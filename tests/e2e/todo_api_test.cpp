@@ -545,11 +545,11 @@ TEST_CASE("a GET or HEAD whose answer has no ETag (GET /todo, GET /streams, /hea
     REQUIRE_FALSE(plain.header("ETag"));
     auto failed = c.get(target, {{"If-Match", "\"1\""}});
     check_problem(failed, 412);
-    CHECK(failed.json_body()["detail"].get<std::string>().find("has none") != std::string::npos);
+    CHECK(failed.json_body()["detail"].get<std::string>().find("no entity tag") != std::string::npos);
     CHECK(c.request("HEAD", target, std::nullopt, {{"If-Match", "\"1\""}}).status == 412);
     auto unchanged = c.get(target, {{"If-None-Match", "*"}});
     CHECK(unchanged.status == 304);
-    CHECK(unchanged.body.empty());
+    CHECK_FALSE(unchanged.header("Content-Type"));
     CHECK(c.request("HEAD", target, std::nullopt, {{"If-None-Match", "*"}}).status == 304);
     CHECK(c.get(target, {{"If-Match", "*"}}).status == 200);
     CHECK(c.get(target, {{"If-None-Match", "\"1\""}}).status == 200);
@@ -557,6 +557,35 @@ TEST_CASE("a GET or HEAD whose answer has no ETag (GET /todo, GET /streams, /hea
   }
   // Errors are not representations: no precondition turns them into a 304.
   check_problem(c.get("/todo?limit=x", {{"If-None-Match", "*"}}), 400);
+  // The event stream is exempt: its GET subscribes, its HEAD answers as that GET.
+  http_client own{shared_server().port()};
+  CHECK(own.request("HEAD", "/subscribe/$all", std::nullopt, {{"If-None-Match", "*"}}).status == 200);
+  CHECK(own.request("HEAD", "/subscribe/$all", std::nullopt, {{"If-Match", "\"1\""}}).status == 200);
+}
+
+TEST_CASE("a read's 412 explains a malformed entity tag: an unquoted If-Match matches nothing, "
+          "a malformed If-None-Match is ignored",
+          "[e2e][todo][conditional]") {
+  auto& c = client();
+  auto todo = ack_of(c.post_json("/todo", {{"description", "tags"}}));
+  auto page = "/streams/todo-" + todo.id; // its ETag is "1"
+  auto detail = [](const response& r) { return r.json_body().value("detail", std::string{}); };
+  auto unquoted = c.get(page, {{"If-Match", "1"}});
+  check_problem(unquoted, 412);
+  CHECK(detail(unquoted).find("If-Match is not a list of entity tags") != std::string::npos);
+  CHECK(detail(unquoted).find("If-Match: \"3\"") != std::string::npos);
+  auto ignored = c.get(page, {{"If-Match", "\"7\""}, {"If-None-Match", "1"}});
+  check_problem(ignored, 412);
+  CHECK(detail(ignored).find("If-None-Match is not a list of entity tags, so it is ignored") !=
+        std::string::npos);
+  CHECK(c.get(page, {{"If-None-Match", "1"}}).status == 200);
+  // Where the answer has no entity tag, no quoting helps: only `*` holds.
+  auto untagged = c.get("/healthz", {{"If-Match", "1"}});
+  check_problem(untagged, 412);
+  CHECK(detail(untagged).find("only as `*`") != std::string::npos);
+  // A read-model answer's 412 still says where the read model was.
+  CHECK(c.get("/todo?minPosition=" + std::to_string(todo.position), {{"If-Match", "\"1\""}})
+          .header("X-Read-Model-Position"));
 }
 
 TEST_CASE("a history read again comes from the stream cache and shows every write "

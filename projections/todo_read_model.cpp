@@ -47,31 +47,26 @@ constexpr const char* sql_create_checkpoints =
   "CREATE TABLE IF NOT EXISTS eventsd_checkpoints ("
   "name text PRIMARY KEY, position bigint NOT NULL)";
 
-// The event store (event_log::store_id) the checkpoint counts positions of;
-// NULL until claimed. "diverged: ..." marks a checkpoint found ahead of its log.
-// Altered only when the column is missing: ALTER TABLE takes an ACCESS
-// EXCLUSIVE lock even when there is nothing to add, and would queue every
-// reader of the checkpoint behind any transaction that holds a lock on it.
-constexpr const char* sql_add_store_column =
-  "DO $$ BEGIN "
+// Columns added to eventsd_checkpoints after its first version, text each:
+// - `store`: the event store (event_log::store_id) the checkpoint counts
+//   positions of; NULL until claimed. "diverged: ..." marks a checkpoint
+//   found ahead of its log.
+// - `last_event`: `<position>:<id>` of the log's event at the checkpoint's
+//   position (NULL: not known): a log restored from an older copy, which then
+//   grew past the checkpoint with other events, has another event there. The
+//   position is kept with the id because binaries before this column move the
+//   checkpoint without it: an id of another position is not compared.
+// Each is altered only when missing: ALTER TABLE takes an ACCESS EXCLUSIVE
+// lock even when there is nothing to add, and would queue every reader of the
+// checkpoint behind any transaction that holds a lock on it.
+constexpr const char* sql_add_checkpoint_columns =
+  "DO $$ DECLARE c text; BEGIN "
+  "FOREACH c IN ARRAY ARRAY['store', 'last_event'] LOOP "
   "IF NOT EXISTS (SELECT 1 FROM pg_attribute "
-  "WHERE attrelid = 'eventsd_checkpoints'::regclass AND attname = 'store' "
+  "WHERE attrelid = 'eventsd_checkpoints'::regclass AND attname = c "
   "AND NOT attisdropped) THEN "
-  "ALTER TABLE eventsd_checkpoints ADD COLUMN store text; "
-  "END IF; END $$";
-
-// `<position>:<id>` of the log's event at the checkpoint's position (NULL:
-// not known): a log restored from an older copy, which then grew past the
-// checkpoint with other events, has another event there. The position is
-// kept with the id because binaries before this column move the checkpoint
-// without it: an id of another position is not compared. Added like `store`.
-constexpr const char* sql_add_last_event_column =
-  "DO $$ BEGIN "
-  "IF NOT EXISTS (SELECT 1 FROM pg_attribute "
-  "WHERE attrelid = 'eventsd_checkpoints'::regclass AND attname = 'last_event' "
-  "AND NOT attisdropped) THEN "
-  "ALTER TABLE eventsd_checkpoints ADD COLUMN last_event text; "
-  "END IF; END $$";
+  "EXECUTE format('ALTER TABLE eventsd_checkpoints ADD COLUMN %I text', c); "
+  "END IF; END LOOP; END $$";
 
 // DDL waits this long for a lock and fails instead; connect() is retried.
 constexpr const char* sql_ddl_lock_timeout = "SET LOCAL lock_timeout = '2s'";
@@ -393,8 +388,8 @@ struct todo_read_model::impl {
 
   pg::outcome<void> create_schema(bool drop_first) {
     for (const char* ddl :
-         {sql_ddl_lock_timeout, sql_schema_lock, sql_create_checkpoints, sql_add_store_column,
-          sql_add_last_event_column})
+         {sql_ddl_lock_timeout, sql_schema_lock, sql_create_checkpoints,
+          sql_add_checkpoint_columns})
       if (auto r = run(ddl); !r)
         return r;
     if (drop_first)
@@ -670,7 +665,7 @@ pg_result<uint64_t> todo_read_model::bind_store(
       refused = d.diverged(stored);
       return {};
     }
-    // `<position>:<id>`, see sql_add_last_event_column.
+    // `<position>:<id>`, see sql_add_checkpoint_columns.
     std::string_view tagged{pg::text(row->get(), 0, 2)};
     auto colon = tagged.find(':');
     std::string last_event;

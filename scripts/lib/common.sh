@@ -13,6 +13,7 @@ EVENTSD_PACKAGES=(
   catch2 nlohmann-json3-dev
   postgresql-15 postgresql-client-15 postgresql-contrib
   curl nodejs npm wrk rocksdb-tools bc chromium prometheus
+  e2fsprogs # mkfs.ext4, for a test's frozen file system (fsfreeze)
 )
 
 log()  { printf '==> %s\n' "$*" >&2; }

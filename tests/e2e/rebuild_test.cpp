@@ -302,6 +302,7 @@ TEST_CASE("online rebuild: 202, reads keep answering from the old table, progres
       refused.push_back(std::to_string(r.status) + " " + r.body);
   });
   CHECK(refused.empty());
+  CHECK_FALSE(during.empty());
   std::string seen;
   for (auto p : w.positions)
     seen += std::to_string(p) + " ";

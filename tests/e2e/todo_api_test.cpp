@@ -59,8 +59,7 @@ uint64_t head() {
 void check_problem(const response& r, unsigned status) {
   INFO("answer " << r.status << ": " << r.body);
   CHECK(r.status == status);
-  auto type = r.header("Content-Type").value_or("");
-  CHECK(type.rfind("application/problem+json", 0) == 0);
+  CHECK(r.header("Content-Type") == std::optional<std::string>{"application/problem+json; charset=utf-8"});
   auto j = json::parse(r.body, nullptr, false);
   REQUIRE(j.is_object());
   CHECK(j.contains("type"));
@@ -104,7 +103,7 @@ void check_rejected(const response& r, unsigned status, uint64_t before) {
 write_ack check_write(const response& r, unsigned status) {
   INFO("answer " << r.status << ": " << r.body);
   REQUIRE(r.status == status);
-  CHECK(r.header("Content-Type").value_or("").rfind("application/json", 0) == 0);
+  CHECK(r.header("Content-Type") == std::optional<std::string>{"application/json; charset=utf-8"});
   auto ack = ack_of(r);
   CHECK(is_canonical_uuid(ack.id));
   CHECK(r.header("ETag") == etag_of(ack.version));
@@ -469,7 +468,7 @@ TEST_CASE("snapshot/{eventId} equals the history snapshot of that event",
     auto r = client().get("/todo/" + c.id + "/snapshot/" + it["id"].get<std::string>());
     INFO("snapshot answer " << r.status << ": " << r.body);
     REQUIRE(r.status == 200);
-    CHECK(r.header("Content-Type").value_or("").rfind("application/json", 0) == 0);
+    CHECK(r.header("Content-Type") == std::optional<std::string>{"application/json; charset=utf-8"});
     CHECK(r.json_body() == it["snapshot"]);
   }
 }
@@ -655,7 +654,7 @@ TEST_CASE("GET /todo/{id} with minPosition shows the write at once, with X-Read-
   auto r = client().get("/todo/" + c.id + "?minPosition=" + std::to_string(c.position));
   INFO("answer " << r.body);
   REQUIRE(r.status == 200);
-  CHECK(r.header("Content-Type").value_or("").rfind("application/json", 0) == 0);
+  CHECK(r.header("Content-Type") == std::optional<std::string>{"application/json; charset=utf-8"});
   REQUIRE(r.header("X-Read-Model-Position"));
   CHECK(std::stoull(*r.header("X-Read-Model-Position")) >= c.position);
   CHECK(r.json_body() == todo_state(c.id, "read me back", "Created", 1));
@@ -750,7 +749,8 @@ TEST_CASE("minPosition beyond int64 is a 400 naming it, not a wait", "[e2e][todo
   }
 }
 
-TEST_CASE("waitMs above 30000 is accepted (clamped), not a 400", "[e2e][todo][read]") {
+TEST_CASE("waitMs above 30000 is accepted, not a 400 (the clamped wait itself: modes_test)",
+          "[e2e][todo][read]") {
   auto c = create("clamped wait");
   auto r = client().get("/todo/" + c.id + "?minPosition=" + std::to_string(c.position)
                         + "&waitMs=999999999");
@@ -794,12 +794,28 @@ TEST_CASE("GET /todo/{id} is a conditional GET: If-None-Match naming its version
   CHECK(client().get(url, {{"If-Match", "\"1\""}}).status == 200);
 }
 
-TEST_CASE("GET /todo/{id} of an unknown todo is a 404", "[e2e][todo][read]") {
+TEST_CASE("GET /todo/{id} of an unknown todo is a 404 with X-Read-Model-Position",
+          "[e2e][todo][read]") {
   auto c = create("make the read model non-empty");
-  check_problem(client().get("/todo/" + random_uuid() + "?minPosition="
-                             + std::to_string(c.position)),
-                404);
-  check_problem(client().get("/todo/" + random_uuid()), 404);
+  auto waited = client().get("/todo/" + random_uuid() + "?minPosition=" + std::to_string(c.position));
+  check_problem(waited, 404);
+  REQUIRE(waited.header("X-Read-Model-Position"));
+  CHECK(std::stoull(*waited.header("X-Read-Model-Position")) >= c.position);
+  auto at_once = client().get("/todo/" + random_uuid());
+  check_problem(at_once, 404);
+  CHECK(at_once.header("X-Read-Model-Position"));
+}
+
+TEST_CASE("GET /todo without limit answers 100 items and a cursor when there are more",
+          "[e2e][todo][read][paging]") {
+  uint64_t last = 0;
+  for (int i = 0; i < 101; ++i)
+    last = create("one of a hundred and one " + std::to_string(i)).position;
+  auto r = client().get("/todo?minPosition=" + std::to_string(last));
+  REQUIRE(r.status == 200);
+  auto j = r.json_body();
+  CHECK(j["items"].size() == 100);
+  CHECK(j["next"].is_string());
 }
 
 TEST_CASE("GET /todo pages with limit and the next cursor, each todo exactly once",
@@ -968,6 +984,7 @@ TEST_CASE("If-Match on an unknown todo is a 404", "[e2e][todo][if-match]") {
   header_list h{{"If-Match", "\"1\""}};
   check_rejected(client().put("/todo/" + unknown + "/done", h), 404, before);
   check_rejected(client().put("/todo/" + unknown + "/put-in-progress", h), 404, before);
+  check_rejected(client().put("/todo/" + unknown + "/undo-to/" + random_uuid(), h), 404, before);
   check_rejected(client().put_json("/todo/change-description",
                                    {{"id", unknown}, {"description", "nobody"}}, h),
                  404, before);
@@ -2082,12 +2099,15 @@ TEST_CASE("the client keeps one connection alive across requests and errors",
           "[e2e][todo][http]") {
   http_client c{shared_server().port()};
   auto a = ack_of(c.post_json("/todo", {{"description", "keep alive"}}));
-  c.put("/todo/" + a.id + "/done");
-  c.get("/todo/" + a.id + "/history");
-  c.get("/nowhere");
-  c.request("POST", "/todo", R"({"description":"abc"})", {{"Content-Type", "text/plain"}});
-  c.post_json("/todo", {{"description", "x"}});
-  c.get("/todo/" + a.id + "/history");
+  CHECK(c.put("/todo/" + a.id + "/done").status == 200);
+  CHECK(c.get("/todo/" + a.id + "/history").status == 200);
+  CHECK(c.get("/nowhere").status == 404);
+  CHECK(c.request("POST", "/todo", R"({"description":"abc"})", {{"Content-Type", "text/plain"}}).status
+        == 415);
+  CHECK(c.post_json("/todo", {{"description", "x"}}).status == 400);
+  auto last = c.get("/todo/" + a.id + "/history");
+  CHECK(last.status == 200);
+  CHECK(last.json_body()["items"].size() == 2);
   CHECK(c.connections() == 1);
 }
 
@@ -2301,16 +2321,18 @@ TEST_CASE("a history longer than a page (1000 events) is sent in chunks, page by
     CHECK_FALSE(r.header("Content-Length"));
     auto items = r.json_body()["items"];
     REQUIRE(items.size() == n);
-    auto log = client().get("/streams/todo-" + c.id + "?limit=1000");
     for (size_t i = 0; i < n; ++i) {
       INFO("item " << i);
       REQUIRE(items[i]["version"] == i + 1);
       REQUIRE(items[i]["snapshot"]
               == todo_state(c.id, "paged " + std::to_string(i + 1), "Created", i + 1));
     }
+    // Each item is the stream's event of its version.
     for (uint64_t from = 1; from <= n; from += 1000) {
-      auto page = client().get("/streams/todo-" + c.id + "?limit=1000&from=" + std::to_string(from))
-                      .json_body();
+      auto r = client().get("/streams/todo-" + c.id + "?limit=1000&from=" + std::to_string(from));
+      REQUIRE(r.status == 200);
+      auto page = r.json_body();
+      REQUIRE(page["items"].size() == std::min<uint64_t>(1000, n - from + 1));
       for (auto& e : page["items"])
         CHECK(items[e["version"].get<size_t>() - 1]["id"] == e["id"]);
     }

@@ -258,19 +258,21 @@ void fail(beast::error_code ec, const char* what) {
   std::cerr << "\n";
 }
 
-/// Wakes SSE sessions when the log head moves, and admits them under a cap.
-/// Thread-safe.
+/// Wakes SSE sessions when the log head moves, tells them when the server
+/// stops, and admits them under a cap. Thread-safe.
 class head_signal {
 public:
   using callback = std::function<void(uint64_t)>;
+  /// `now`: close at once; otherwise after a last comment.
+  using stop_callback = std::function<void(bool now)>;
 
   explicit head_signal(size_t catch_up_slots)
     : catch_up_slots(std::max<size_t>(1, catch_up_slots)) {}
 
-  uint64_t subscribe(callback cb) {
+  uint64_t subscribe(callback on_head, stop_callback on_stop) {
     std::lock_guard<std::mutex> guard{mtx_};
     auto id = ++next_id_;
-    callbacks_.emplace(id, std::move(cb));
+    callbacks_.emplace(id, subscriber{std::move(on_head), std::move(on_stop)});
     return id;
   }
 
@@ -292,6 +294,12 @@ public:
   void leave() {
     std::lock_guard<std::mutex> guard{mtx_};
     --admitted_;
+  }
+
+  /// Subscribers admitted and not yet gone.
+  size_t admitted() {
+    std::lock_guard<std::mutex> guard{mtx_};
+    return admitted_;
   }
 
   /// The catch-up gate: at most `catch_up_slots` subscribers behind the head
@@ -342,11 +350,24 @@ public:
     {
       std::lock_guard<std::mutex> guard{mtx_};
       copy.reserve(callbacks_.size());
-      for (auto& [id, cb] : callbacks_)
-        copy.push_back(cb);
+      for (auto& [id, sub] : callbacks_)
+        copy.push_back(sub.on_head);
     }
     for (auto& cb : copy)
       cb(head);
+  }
+
+  /// Tells every subscriber the server stops (see stop_callback).
+  void stop_all(bool now) {
+    std::vector<stop_callback> copy;
+    {
+      std::lock_guard<std::mutex> guard{mtx_};
+      copy.reserve(callbacks_.size());
+      for (auto& [id, sub] : callbacks_)
+        copy.push_back(sub.on_stop);
+    }
+    for (auto& cb : copy)
+      cb(now);
   }
 
 private:
@@ -361,10 +382,14 @@ private:
   /// default half the cores: one of this machine's two for the catch-up, the
   /// rest for everything else).
   const size_t catch_up_slots;
+  struct subscriber {
+    callback on_head;
+    stop_callback on_stop;
+  };
   std::mutex mtx_;
   uint64_t next_id_ = 0;
   size_t admitted_ = 0;
-  std::unordered_map<uint64_t, callback> callbacks_;
+  std::unordered_map<uint64_t, subscriber> callbacks_;
   std::mutex gate_mtx_; // not mtx_: a turn may end a session, whose leave() takes mtx_
   size_t catching_up_ = 0;
   std::deque<std::function<bool()>> waiting_;
@@ -391,10 +416,15 @@ public:
     // The session owns itself while the connection is open: between pages
     // no pending operation holds it. shutdown() lets go.
     self_ = shared_from_this();
-    sub_id_ = signal_.subscribe([weak = weak_from_this()](uint64_t head) {
-      if (auto s = weak.lock())
-        net::post(s->stream_.get_executor(), [s, head] { s->on_head(head); });
-    });
+    sub_id_ = signal_.subscribe(
+      [weak = weak_from_this()](uint64_t head) {
+        if (auto s = weak.lock())
+          net::post(s->stream_.get_executor(), [s, head] { s->on_head(head); });
+      },
+      [weak = weak_from_this()](bool now) {
+        if (auto s = weak.lock())
+          net::post(s->stream_.get_executor(), [s, now] { s->on_stop(now); });
+      });
     out_ = "HTTP/1.1 200 OK\r\nServer: eventsd\r\nDate: " + http_date()
            + "\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
              "Connection: close\r\nX-Accel-Buffering: no\r\n\r\n: subscribed from "
@@ -419,6 +449,15 @@ private:
       return;
     if (!writing_ && !reading_ && next_ <= known_head_)
       read_page();
+  }
+
+  /// The server stops: a last comment, then the connection is closed (at
+  /// once when `now`: the drain's time is up).
+  void on_stop(bool now) {
+    if (now)
+      return shutdown();
+    if (!closing_ && !closed_)
+      close(": the server is stopping; reconnect with Last-Event-ID\n\n");
   }
 
   /// Disconnects a live subscriber that fell more than sse_max_lag behind.
@@ -985,6 +1024,12 @@ private:
     uint64_t from = 1;
     if (auto bad = subscription_start(req, from))
       return send(std::move(*bad), "/subscribe/$all", std::chrono::steady_clock::now());
+    if (drain_.draining.load()) {
+      auto stopping = problem(503, "the server is stopping: no new subscriptions; retry");
+      stopping.header("Retry-After", "1");
+      close_after_ = true;
+      return send(std::move(stopping), "/subscribe/$all", std::chrono::steady_clock::now());
+    }
     // Each subscriber reads the log after every batch: their number is
     // bounded like any other resource a client can claim.
     if (auto max = router_.svc().options.sse_max_subscribers; !signal_.admit(max)) {
@@ -1351,17 +1396,22 @@ void server::stop() {
   // after it may have been appended. Each answer closes its connection, so
   // busy connections stop sending; done when none is in flight twice in a row.
   d.drain.draining = true;
+  // SSE subscribers get a last comment and are closed (they resume with
+  // Last-Event-ID elsewhere or after the restart).
+  d.signal.stop_all(false);
   // Waits on the read model end now: a unit-of-work write is answered 202
   // (durable), a minPosition read 503, instead of at the drain deadline.
   d.svc.on_drain.drain();
   caf::anon_send(d.svc.projection, drain_atom_v);
   auto deadline = std::chrono::steady_clock::now() + d.svc.options.drain_timeout;
-  // Done when none is in flight twice in a row, 10 ms apart (a client that
-  // had its answer before the drain began may be sending its next request).
+  // Done when none is in flight and no subscriber is left twice in a row,
+  // 10 ms apart (a client that had its answer before the drain began may be
+  // sending its next request).
   auto wait_idle = [&] {
     int idle_checks = 0;
     while (idle_checks < 2 && std::chrono::steady_clock::now() < deadline) {
-      idle_checks = d.drain.in_flight.load() == 0 ? idle_checks + 1 : 0;
+      bool idle = d.drain.in_flight.load() == 0 && d.signal.admitted() == 0;
+      idle_checks = idle ? idle_checks + 1 : 0;
       std::this_thread::sleep_for(std::chrono::milliseconds{10});
     }
   };
@@ -1390,6 +1440,12 @@ void server::stop() {
   if (auto left = d.drain.in_flight.load(); left > 0)
     std::cerr << "eventsd: stopped with " << left << " answer(s) unfinished after "
               << d.svc.options.drain_timeout.count() << " ms (--http.drain-timeout-ms)\n";
+  // Subscribers that did not take their last comment (or subscribed as the
+  // drain began) are closed now, while the io threads still run their ends.
+  d.signal.stop_all(true);
+  auto grace = std::chrono::steady_clock::now() + std::chrono::milliseconds{500};
+  while (d.signal.admitted() > 0 && std::chrono::steady_clock::now() < grace)
+    std::this_thread::sleep_for(std::chrono::milliseconds{10});
   d.work.reset();
   d.ioc.stop();
   for (auto& t : d.threads)

@@ -1880,8 +1880,22 @@ private:
   std::optional<std::string> old_;
 };
 
+/// eventsd with tests/e2e/sync_gate.cpp preloaded: its fdatasync and fsync
+/// calls wait while the file `gate` exists.
+std::unique_ptr<server> server_with_sync_gate(const std::string& gate,
+                                              const std::vector<std::string>& args) {
+  const char* shim = std::getenv("EVENTSD_SYNC_GATE_LIB");
+  REQUIRE(shim != nullptr); // set by ctest (tests/e2e/faults_CMakeLists.txt)
+  env_for_children preload{"LD_PRELOAD", shim};
+  env_for_children where{"EVENTSD_TEST_SYNC_GATE", gate};
+  // The shim comes before the sanitizer's runtime in a sanitized build.
+  std::string asan = std::getenv("ASAN_OPTIONS") ? std::getenv("ASAN_OPTIONS") : "";
+  env_for_children order{"ASAN_OPTIONS", asan + (asan.empty() ? "" : ":") + "verify_asan_link_order=0"};
+  return std::make_unique<server>(server_options::without_postgres(args));
+}
+
 /// What a create did while the server's fdatasync/fsync calls were held back
-/// (tests/e2e/sync_gate.cpp) for one second, then let go.
+/// for one second, then let go.
 struct held_sync_write {
   bool answered_while_held = false;
   response answer;
@@ -1889,19 +1903,9 @@ struct held_sync_write {
 };
 
 held_sync_write write_with_sync_held(const std::vector<std::string>& args) {
-  const char* shim = std::getenv("EVENTSD_SYNC_GATE_LIB");
-  REQUIRE(shim != nullptr); // set by ctest (tests/e2e/faults_CMakeLists.txt)
   temp_dir gate_dir{"eventsd-sync-gate-"};
   auto gate = gate_dir.path() + "/closed";
-  std::unique_ptr<server> s;
-  {
-    env_for_children preload{"LD_PRELOAD", shim};
-    env_for_children where{"EVENTSD_TEST_SYNC_GATE", gate};
-    // The shim comes before the sanitizer's runtime in a sanitized build.
-    std::string asan = std::getenv("ASAN_OPTIONS") ? std::getenv("ASAN_OPTIONS") : "";
-    env_for_children order{"ASAN_OPTIONS", asan + (asan.empty() ? "" : ":") + "verify_asan_link_order=0"};
-    s = std::make_unique<server>(server_options::without_postgres(args));
-  }
+  auto s = server_with_sync_gate(gate, args);
   http_client c{s->port()};
   // One write with the gate open: whatever the store syncs once is synced.
   REQUIRE(c.post_json("/todo", {{"description", "before the gate"}}).status == 201);
@@ -1926,7 +1930,7 @@ held_sync_write write_with_sync_held(const std::vector<std::string>& args) {
 
 TEST_CASE("a write is answered only after its fdatasync returns: while the disk holds the sync "
           "back the client waits, and gets its 201 once the sync completes",
-          "[e2e][faults][durability]") {
+          "[e2e][faults][durability][sync-gate]") {
   auto w = write_with_sync_held({});
   INFO(w.answer.status << " " << w.answer.body);
   CHECK_FALSE(w.answered_while_held);
@@ -1937,10 +1941,61 @@ TEST_CASE("a write is answered only after its fdatasync returns: while the disk 
 
 TEST_CASE("the durability check can tell: with --storage.sync=none (no fdatasync per write) the "
           "write is answered while the disk holds its syncs back",
-          "[e2e][faults][durability]") {
+          "[e2e][faults][durability][sync-gate]") {
   auto w = write_with_sync_held({"--storage.sync=none"});
   INFO(w.answer.status << " " << w.answer.body);
   CHECK(w.answered_while_held);
   CHECK(w.answer.status == 201);
   CHECK(w.head_after == 2);
+}
+
+TEST_CASE("on SIGTERM an SSE subscriber gets a last comment and is closed, a subscription asked "
+          "during the drain is a 503, and the write the drain waits for is answered",
+          "[e2e][faults][drain][sse][sync-gate]") {
+  temp_dir gate_dir{"eventsd-sync-gate-"};
+  auto gate = gate_dir.path() + "/closed";
+  auto s = server_with_sync_gate(gate, {"--http.drain-timeout-ms=30000"});
+  http_client c{s->port()};
+  REQUIRE(c.post_json("/todo", {{"description", "before the drain"}}).status == 201);
+
+  std::string stream;
+  std::thread subscriber{[&] {
+    stream = raw_exchange(s->port(), "GET /subscribe/$all?from=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+                          30s, /*until_close=*/true);
+  }};
+  REQUIRE(eventually([&] { return metric(c, "eventsd_sse_subscribers") == 1; }, 5000ms, 20ms));
+
+  // A write held in its fsync keeps the drain going.
+  std::ofstream{gate} << "closed\n";
+  response held;
+  std::thread writer{[&] {
+    http_client wc{s->port()};
+    held = wc.post_json("/todo", {{"description", "in flight at SIGTERM"}});
+  }};
+  REQUIRE(eventually([&] { return std::filesystem::exists(gate + ".held"); }, 5000ms, 5ms));
+  s->signal(SIGTERM);
+
+  subscriber.join();
+  INFO("the subscription got:\n" << stream);
+  CHECK(stream.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  CHECK(stream.find("id: 1\n") != std::string::npos);
+  auto last_word = std::string{": the server is stopping; reconnect with Last-Event-ID\n\n"};
+  REQUIRE(stream.size() >= last_word.size());
+  CHECK(stream.compare(stream.size() - last_word.size(), last_word.size(), last_word) == 0);
+
+  // The connection c kept open is still served while the drain waits.
+  auto refused = c.get("/subscribe/$all?from=1");
+  INFO(refused.status << " " << refused.body);
+  CHECK(refused.status == 503);
+  CHECK(refused.header("Retry-After") == std::optional<std::string>{"1"});
+  CHECK(refused.body.find("no new subscriptions") != std::string::npos);
+
+  std::filesystem::remove(gate);
+  writer.join();
+  INFO(held.status << " " << held.body);
+  CHECK(held.status == 201);
+  auto status = s->wait_exit(20s);
+  REQUIRE(status);
+  CHECK(WIFEXITED(*status));
+  CHECK(WEXITSTATUS(*status) == 0);
 }

@@ -1,15 +1,19 @@
-// An LD_PRELOAD shim for the e2e durability test (faults_test.cpp, "[durability]"):
-// while the file named by EVENTSD_TEST_SYNC_GATE exists, fdatasync and fsync
-// do not begin — as a disk that has not confirmed a write yet. A server that
-// answered a write before its sync returned would answer while the gate is
-// closed; one that keeps DESIGN.md's durability rule answers only after the
-// gate opens. Without the variable the calls pass straight through.
+// An LD_PRELOAD shim for e2e tests (faults_test.cpp, "[sync-gate]"): while the
+// file named by EVENTSD_TEST_SYNC_GATE exists, fdatasync and fsync do not
+// begin — as a disk that has not confirmed a write yet — and a file of the
+// same name plus ".held" says a call is waiting. A server that answered a
+// write before its sync returned would answer while the gate is closed; one
+// that keeps DESIGN.md's durability rule answers only after the gate opens.
+// Without the variable the calls pass straight through.
 #include <cerrno>
 #include <cstdlib>
 #include <ctime>
+#include <string>
 
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 namespace {
 
@@ -19,9 +23,14 @@ void wait_for_gate() {
     return;
   int saved = errno;
   struct stat st;
-  while (::stat(gate, &st) == 0) {
-    timespec ms{0, 1'000'000};
-    ::nanosleep(&ms, nullptr);
+  if (::stat(gate, &st) == 0) {
+    static const std::string held = std::string{gate} + ".held";
+    if (int fd = ::open(held.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644); fd >= 0)
+      ::close(fd);
+    while (::stat(gate, &st) == 0) {
+      timespec ms{0, 1'000'000};
+      ::nanosleep(&ms, nullptr);
+    }
   }
   errno = saved;
 }

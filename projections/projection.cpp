@@ -320,7 +320,14 @@ void step(worker_ptr self) {
     st.lingering = st.run_scheduled;
     return;
   }
-  auto events = st.log->read_all(st.now.position + 1, st.opts.batch_size);
+  // Up to the published head only: a batch being written is readable a moment
+  // before its head is published, and a checkpoint past the head would read
+  // as another store's at the next connect.
+  auto head = st.log->head();
+  if (head <= st.now.position)
+    return;
+  auto events = st.log->read_all(st.now.position + 1,
+                                 std::min<uint64_t>(st.opts.batch_size, head - st.now.position));
   if (!events.ok()) {
     fail(self, {projection_errc::query_failed, events.error().detail});
     schedule_run(self, st.backoff);
@@ -387,7 +394,9 @@ void rebuild_step(worker_ptr self) {
   }
   auto head = st.log->head();
   if (now.rebuild_position < head) {
-    auto events = st.log->read_all(now.rebuild_position + 1, st.opts.rebuild_batch_size);
+    auto events = st.log->read_all(now.rebuild_position + 1,
+                                   std::min<uint64_t>(st.opts.rebuild_batch_size,
+                                                      head - now.rebuild_position)); // as in step
     if (!events.ok())
       return retry({projection_errc::query_failed, events.error().detail});
     if (events->empty())

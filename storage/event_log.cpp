@@ -705,7 +705,7 @@ event_log::append(std::span<const append_request> batch) {
     std::optional<storage_error> unwritable;
     if (auto st = impl_->resume_if_needed(); !st.ok())
       unwritable = storage_error{storage_errc::not_writable,
-                                 "store not writable: " + public_reason(st)};
+                                 "store not writable: " + public_reason(st) + "; nothing was appended"};
     rocksdb::ReadOptions ro;
     rocksdb::WriteBatch wb;
     auto& heads = impl_->head_cache;
@@ -852,16 +852,30 @@ event_log::append(std::span<const append_request> batch) {
     auto st = db.Write(wo, &wb);
     impl_->write_began_ns.store(0, std::memory_order_relaxed);
     if (!st.ok()) {
-      storage_error err{storage_errc::not_writable, "write: " + public_reason(st)};
-      for (auto& r : results)
-        r = err;
       heads.clear(); // it holds this batch's heads, which did not become durable
       impl_->cache.clear(); // readers may see whatever part of it RocksDB kept
       impl_->note_write_failure(st);
-      // Positions stay unconsumed, unless the batch reached the log after all
-      // (e.g. WAL written, fsync failed): then never hand them out again.
-      if (auto last = impl_->last_position(); last && *last >= first_free)
+      // Positions stay unconsumed, unless the batch reached the log after all:
+      // then never hand them out again.
+      auto last = impl_->last_position();
+      bool landed = last && *last >= first_free;
+      if (landed)
         impl_->head.store(*last, std::memory_order_release);
+      // A failed sync comes after the batch was appended to the WAL, which a
+      // restart replays when the bytes reached the disk after all: the
+      // outcome is unknown, and the caller is told so. A failed append
+      // leaves at most a torn record, which recovery drops: nothing.
+      auto text = st.ToString();
+      auto context = text.find("While ");
+      bool unknown = landed || (context != std::string::npos && text.find("sync", context) != std::string::npos);
+      storage_error err{storage_errc::not_writable,
+                        "write: " + public_reason(st)
+                          + (unknown ? "; the disk did not confirm it, so it may or may not have "
+                                       "been appended: read the stream, or retry with If-Match or "
+                                       "the same Idempotency-Key"
+                                     : "; nothing was appended")};
+      for (auto& r : results)
+        r = err; // conflicts and replays too: they may have been judged on this batch
       return results;
     }
     impl_->head.store(next - 1, std::memory_order_release);

@@ -678,6 +678,7 @@ TEST_CASE("a full disk answers 503 problem+json and the server stays up while wr
     INFO("503 answer: " << w.body);
     CHECK(w.problem_json);
     CHECK(w.body.find("not writable") != std::string::npos);
+    CHECK(w.body.find("nothing was appended") != std::string::npos); // tmpfs: no sync can fail
     CHECK(w.body.find(disk.store()) == std::string::npos); // no file of the server's disk
   }
   REQUIRE(n503 > 0);
@@ -1881,13 +1882,15 @@ private:
 };
 
 /// eventsd with tests/e2e/sync_gate.cpp preloaded: its fdatasync and fsync
-/// calls wait while the file `gate` exists.
+/// calls wait while the file `gate` exists, and fail (EIO) while `fail` does.
 std::unique_ptr<server> server_with_sync_gate(const std::string& gate,
-                                              const std::vector<std::string>& args) {
+                                              const std::vector<std::string>& args,
+                                              const std::string& fail = "/nonexistent") {
   const char* shim = std::getenv("EVENTSD_SYNC_GATE_LIB");
   REQUIRE(shim != nullptr); // set by ctest (tests/e2e/faults_CMakeLists.txt)
   env_for_children preload{"LD_PRELOAD", shim};
   env_for_children where{"EVENTSD_TEST_SYNC_GATE", gate};
+  env_for_children failing{"EVENTSD_TEST_SYNC_FAIL", fail};
   // The shim comes before the sanitizer's runtime in a sanitized build.
   std::string asan = std::getenv("ASAN_OPTIONS") ? std::getenv("ASAN_OPTIONS") : "";
   env_for_children order{"ASAN_OPTIONS", asan + (asan.empty() ? "" : ":") + "verify_asan_link_order=0"};
@@ -1998,4 +2001,49 @@ TEST_CASE("on SIGTERM an SSE subscriber gets a last comment and is closed, a sub
   REQUIRE(status);
   CHECK(WIFEXITED(*status));
   CHECK(WEXITSTATUS(*status) == 0);
+}
+
+TEST_CASE("a write whose fsync fails is answered 503 saying it may or may not have been appended; "
+          "restarted, the log holds it once or not at all, and a retry with its Idempotency-Key "
+          "answers accordingly",
+          "[e2e][faults][durability][sync-gate]") {
+  temp_dir gate_dir{"eventsd-sync-gate-"};
+  auto fail = gate_dir.path() + "/fail";
+  auto s = server_with_sync_gate(gate_dir.path() + "/closed", {}, fail);
+  http_client c{s->port()};
+  REQUIRE(c.post_json("/todo", {{"description", "before the failing disk"}}).status == 201);
+
+  std::ofstream{fail} << "EIO\n";
+  json body{{"description", "its fsync failed"}};
+  auto key = random_uuid();
+  auto r = c.post_json("/todo", body, {{"Idempotency-Key", key}});
+  INFO(r.status << " " << r.body);
+  REQUIRE(r.status == 503);
+  auto detail = r.json_body().value("detail", std::string{});
+  CHECK(detail.find("may or may not have been appended") != std::string::npos);
+  CHECK(detail.find("nothing was appended") == std::string::npos);
+  std::filesystem::remove(fail);
+  // RocksDB 7.8 rates a failed WAL sync fatal: eventsd stops for its supervisor.
+  auto status = s->wait_exit(20s);
+  INFO(s->output());
+  REQUIRE(status);
+  CHECK(WIFEXITED(*status));
+  CHECK(WEXITSTATUS(*status) == 70);
+
+  s->start();
+  http_client c2{s->port()};
+  auto retry = c2.post_json("/todo", body, {{"Idempotency-Key", key}});
+  INFO("retry: " << retry.status << " " << retry.body);
+  REQUIRE(retry.status == 201);
+  auto events = read_all(c2);
+  std::vector<uint64_t> with_it;
+  for (size_t i = 0; i < events.size(); ++i) {
+    REQUIRE(events[i].at("position") == i + 1);
+    if (events[i].at("data").value("description", std::string{}) == "its fsync failed")
+      with_it.push_back(i + 1);
+  }
+  REQUIRE(with_it.size() == 1); // once: the first attempt's, replayed, or the retry's
+  CHECK(ack_of(retry).position == with_it.front());
+  INFO("the failed write " << (with_it.front() == 2 ? "reached" : "did not reach") << " the disk");
+  CHECK(events.size() == with_it.front());
 }

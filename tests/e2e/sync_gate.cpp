@@ -41,16 +41,27 @@ sync_fn real(const char* name) {
   return reinterpret_cast<sync_fn>(::dlsym(RTLD_NEXT, name));
 }
 
+/// True (errno EIO) while the file named by EVENTSD_TEST_SYNC_FAIL exists:
+/// the disk reports the sync failed.
+bool sync_fails() {
+  static const char* fail = std::getenv("EVENTSD_TEST_SYNC_FAIL");
+  struct stat st;
+  if (fail == nullptr || ::stat(fail, &st) != 0)
+    return false;
+  errno = EIO;
+  return true;
+}
+
 } // namespace
 
 extern "C" int fdatasync(int fd) {
   static const sync_fn next = real("fdatasync");
   wait_for_gate();
-  return next(fd);
+  return sync_fails() ? -1 : next(fd);
 }
 
 extern "C" int fsync(int fd) {
   static const sync_fn next = real("fsync");
   wait_for_gate();
-  return next(fd);
+  return sync_fails() ? -1 : next(fd);
 }

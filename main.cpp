@@ -158,10 +158,13 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < opts.actors_log_readers; ++i)
     log_readers.push_back(sys.spawn<caf::detached>(actors::log_reader, log.get()));
   std::vector<projections::read_model_reader_actor> pg_readers;
-  for (size_t i = 0; i < opts.postgres_readers; ++i)
+  std::vector<std::shared_ptr<projections::reader_health>> pg_reader_health;
+  for (size_t i = 0; i < opts.postgres_readers; ++i) {
+    pg_reader_health.push_back(std::make_shared<projections::reader_health>());
     pg_readers.push_back(projections::spawn_read_model_reader(sys, opts.postgres_dsn,
                                                               popts.query_timeout, popts.store,
-                                                              &stopping));
+                                                              &stopping, pg_reader_health.back()));
+  }
 
   http::bridge jobs{sys, 4};
   http::http_options hopts;
@@ -183,7 +186,7 @@ int main(int argc, char** argv) {
                                : std::max(1u, std::thread::hardware_concurrency() / 2);
   hopts.idempotency_retention_ms = static_cast<int64_t>(opts.storage_idempotency_retention_s) * 1000;
   http::services svc{sys,       *log,         registry, writer, log_readers, pg_readers,
-                     projection, popts.mode, jobs,     hopts};
+                     projection, popts.mode, jobs,     hopts, pg_reader_health};
   http::server srv{svc};
   auto shutdown = [&] {
     srv.stop();

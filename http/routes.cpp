@@ -1111,6 +1111,7 @@ router::router(services& svc) : svc_(svc) {
   add("GET", "/readyz", [=, &s](incoming&, auto&, responder& respond) {
     auto projection = s.projection;
     auto* log = &s.log;
+    auto* svc = &s;
     s.jobs.run([=](caf::event_based_actor* self) {
       // The projection answers within 3 s, from what it knows when PostgreSQL
       // holds its worker in a statement.
@@ -1130,11 +1131,20 @@ router::router(services& svc) : svc_(svc) {
             const char* read_model = st.diverged    ? "diverged"
                                      : st.connected ? "ok"
                                                     : "unknown";
-            if (writable && st.connected && !st.diverged)
+            // Reads go to the readers that connect; none connecting is not ready.
+            auto readers = svc->read_model_readers.size();
+            auto failing = svc->failing_read_model_readers();
+            const bool readers_ok = readers == 0 || failing < readers;
+            std::string reader_check = failing == 0 ? std::string{"ok"}
+                                                    : std::to_string(failing) + " of "
+                                                        + std::to_string(readers)
+                                                        + " cannot connect";
+            if (writable && st.connected && !st.diverged && readers_ok)
               return respond(json_reply(200, {{"status", "ready"},
                                               {"eventStore", store},
                                               {"postgres", postgres},
-                                              {"readModel", read_model}}));
+                                              {"readModel", read_model},
+                                              {"readModelReaders", reader_check}}));
             std::string why;
             if (stalled)
               why = "a write to the event store has been waiting " + std::to_string(waiting.count())
@@ -1157,10 +1167,16 @@ router::router(services& svc) : svc_(svc) {
                                    "log and GET /admin/projections)"};
             else if (st.diverged)
               why += (why.empty() ? "" : "; ") + st.last_error;
+            if (!readers_ok)
+              why += (why.empty() ? "" : "; ")
+                     + std::string{"no read-model reader can connect to PostgreSQL (the reason "
+                                   "is in eventsd's log)"};
             auto r = problem(503, why);
             auto j = json::parse(r.body);
-            j["checks"] = {
-              {"eventStore", store}, {"postgres", postgres}, {"readModel", read_model}};
+            j["checks"] = {{"eventStore", store},
+                           {"postgres", postgres},
+                           {"readModel", read_model},
+                           {"readModelReaders", reader_check}};
             r.body = dump(j);
             respond(std::move(r));
           },

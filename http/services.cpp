@@ -1,5 +1,7 @@
 #include "http/services.hpp"
 
+#include <algorithm>
+
 #include "core/lifeline.hpp"
 
 namespace eventsd::http {
@@ -103,8 +105,19 @@ const actors::log_reader_actor& services::log_reader() {
 }
 
 const projections::read_model_reader_actor& services::read_model_reader() {
-  return read_model_readers[next_read_model_reader.fetch_add(1, std::memory_order_relaxed)
-                            % read_model_readers.size()];
+  auto n = read_model_readers.size();
+  auto first = next_read_model_reader.fetch_add(1, std::memory_order_relaxed);
+  for (size_t i = 0; i < n && read_model_health.size() == n; ++i) {
+    auto k = (first + i) % n;
+    if (!read_model_health[k]->failing.load(std::memory_order_relaxed))
+      return read_model_readers[k];
+  }
+  return read_model_readers[first % n]; // all failing: any answers why
+}
+
+size_t services::failing_read_model_readers() const {
+  return static_cast<size_t>(std::count_if(read_model_health.begin(), read_model_health.end(),
+                                           [](const auto& h) { return h->failing.load(); }));
 }
 
 } // namespace eventsd::http

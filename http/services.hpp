@@ -145,10 +145,15 @@ struct services {
   projections::projection_mode mode;
   bridge& jobs;
   http_options options;
+  /// Each read-model reader's health, in their order (empty: not known).
+  std::vector<std::shared_ptr<projections::reader_health>> read_model_health{};
 
-  /// Next log reader / read-model reader, round robin.
+  /// Next log reader / read-model reader, round robin; readers whose
+  /// connection fails are skipped while another one is not failing.
   const actors::log_reader_actor& log_reader();
   const projections::read_model_reader_actor& read_model_reader();
+  /// Read-model readers whose last connect failed.
+  size_t failing_read_model_readers() const;
 
   std::atomic<size_t> next_log_reader{0};
   std::atomic<size_t> next_read_model_reader{0};

@@ -799,6 +799,8 @@ struct reader_state {
   /// answer each try waits out connect_timeout).
   std::optional<projection_error> connect_error;
   clock::time_point connect_failed{};
+  std::shared_ptr<reader_health> health;
+  bool reconnect_scheduled = false; ///< a recover_atom is on its way
   failure_log logged;
   static inline const char* name = "todo_read_model_reader";
 };
@@ -865,28 +867,40 @@ projection_actor spawn_projection(caf::actor_system& sys, const storage::event_l
 read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::string dsn,
                                                 std::chrono::milliseconds query_timeout,
                                                 std::string store,
-                                                const std::atomic<bool>* cancel) {
+                                                const std::atomic<bool>* cancel,
+                                                std::shared_ptr<reader_health> health) {
   return sys.spawn<caf::detached>(
-    [query_timeout, store, cancel](reader_ptr self,
+    [query_timeout, store, cancel, health](reader_ptr self,
                            std::string dsn) -> read_model_reader_actor::behavior_type {
       core::name_this_thread("model-reader");
       core::end_on_exception(self);
       self->state.model = std::make_unique<todo_read_model>(
         std::move(dsn), live_table,
         connection_options{"eventsd reader", query_timeout, store, cancel, reader_lock_timeout});
+      self->state.health = health;
+      // Connects unless connected. A failed connect is the answer for a
+      // second (not retried per lookup), is told through `health`, and is
+      // retried by the reader itself a second later, and so on until it
+      // connects: while it fails, reads go to other readers.
       auto ready = [self]() -> std::optional<projection_error> {
         auto& st = self->state;
         if (st.model->connected())
           return std::nullopt;
-        if (st.connect_error && clock::now() - st.connect_failed < std::chrono::seconds{1})
-          return st.connect_error;
-        if (auto r = st.model->connect(); !r.ok()) {
-          st.connect_error = r.error();
-          st.connect_failed = clock::now();
-          return r.error();
+        if (!st.connect_error || clock::now() - st.connect_failed >= std::chrono::seconds{1}) {
+          if (auto r = st.model->connect(); !r.ok()) {
+            st.connect_error = r.error();
+            st.connect_failed = clock::now();
+          } else {
+            st.connect_error.reset();
+          }
         }
-        st.connect_error.reset();
-        return std::nullopt;
+        if (st.health)
+          st.health->failing = st.connect_error.has_value();
+        if (st.connect_error && !st.reconnect_scheduled) {
+          st.reconnect_scheduled = true;
+          self->delayed_send(self, std::chrono::seconds{1}, recover_atom_v);
+        }
+        return st.connect_error;
       };
       // Runs a query; a connection found broken (PostgreSQL restarted since
       // the last use) is reopened and the query tried once more. A failure
@@ -967,6 +981,13 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
           enqueue(std::move(id), std::move(reply));
         },
         [=](flush_atom) { flush(); },
+        [=](recover_atom) {
+          self->state.reconnect_scheduled = false;
+          if (ready())
+            return;
+          if (self->state.logged.due("reconnected"))
+            std::cerr << "eventsd: read-model reader connected again\n";
+        },
         [=](list_atom, const todo_query& q, const core::reply_to<todo_page>& reply) {
           reply(list(q));
         },

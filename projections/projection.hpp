@@ -10,6 +10,7 @@
 #pragma once
 
 #include <atomic>
+#include <memory>
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -124,16 +125,25 @@ using read_model_reader_actor
                      caf::replies_to<list_atom, todo_query>::with<todo_page>,
                      caf::reacts_to<fetch_atom, std::string, core::reply_to<todo_answer>>,
                      caf::reacts_to<list_atom, todo_query, core::reply_to<todo_page>>,
-                     caf::reacts_to<flush_atom>>;
+                     caf::reacts_to<flush_atom>, caf::reacts_to<recover_atom>>;
+
+/// What a read-model reader tells those who pick one: whether its last
+/// attempt to connect failed. A failing reader tries again by itself every
+/// second until it connects, so reads can go to the others meanwhile.
+struct reader_health {
+  std::atomic<bool> failing{false};
+};
 
 /// Spawns one reader (detached) with its own connection to `dsn`, each
 /// query of which may wait `query_timeout` for its answer (0: forever), and
 /// which refuses (`diverged`) a read model of another store than `store`,
-/// and whose queries end at once when `cancel` is set (null: never).
+/// whose queries end at once when `cancel` is set (null: never), and which
+/// keeps `health` (null: none) up to date.
 read_model_reader_actor spawn_read_model_reader(
   caf::actor_system& sys, std::string dsn,
   std::chrono::milliseconds query_timeout = std::chrono::milliseconds{10000},
-  std::string store = {}, const std::atomic<bool>* cancel = nullptr);
+  std::string store = {}, const std::atomic<bool>* cancel = nullptr,
+  std::shared_ptr<reader_health> health = nullptr);
 
 /// Replays the whole log into a new table offline (CLI `--rebuild`), then
 /// swaps it in: `batch_size` events per transaction, `query_timeout` per

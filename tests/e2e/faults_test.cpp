@@ -24,6 +24,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <iostream>
 #include <map>
 #include <mutex>
 #include <set>
@@ -2046,4 +2047,91 @@ TEST_CASE("a write whose fsync fails is answered 503 saying it may or may not ha
   CHECK(ack_of(retry).position == with_it.front());
   INFO("the failed write " << (with_it.front() == 2 ? "reached" : "did not reach") << " the disk");
   CHECK(events.size() == with_it.front());
+}
+
+namespace {
+
+/// Runs one statement on the server of EVENTSD_TEST_PG_DSN as its admin.
+void admin_sql(const std::string& sql) {
+  PGconn* c = PQconnectdb(test_dsn().c_str());
+  std::unique_ptr<PGconn, decltype(&PQfinish)> guard{c, &PQfinish};
+  if (PQstatus(c) != CONNECTION_OK)
+    throw std::runtime_error(std::string{"cannot connect to EVENTSD_TEST_PG_DSN: "} + PQerrorMessage(c));
+  std::unique_ptr<PGresult, decltype(&PQclear)> r{PQexec(c, sql.c_str()), &PQclear};
+  auto st = PQresultStatus(r.get());
+  if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK)
+    throw std::runtime_error("`" + sql + "` failed: " + PQerrorMessage(c));
+}
+
+/// A login role (not a superuser: its connection limit holds) for one test;
+/// dropped on destruction, after the databases it owns.
+struct limited_role {
+  std::string name = "eventsd_e2e_role_" + random_uuid().substr(0, 8);
+  explicit limited_role(int connections) {
+    admin_sql("CREATE ROLE " + name + " LOGIN CONNECTION LIMIT " + std::to_string(connections));
+  }
+  void limit(int connections) {
+    admin_sql("ALTER ROLE " + name + " CONNECTION LIMIT " + std::to_string(connections));
+  }
+  ~limited_role() {
+    try {
+      admin_sql("DROP ROLE IF EXISTS " + name);
+    } catch (const std::exception& e) {
+      std::cerr << "e2e: cannot drop role " << name << ": " << e.what() << "\n";
+    }
+  }
+};
+
+} // namespace
+
+TEST_CASE("a read-model reader that cannot connect is skipped: reads go to the one that can, "
+          "/readyz is ready while one connects and says which cannot, and the failing reader "
+          "connects by itself once PostgreSQL lets it",
+          "[e2e][faults][postgres][readers]") {
+  // The role may open 1 connection: the projection's. Then 2: one reader too.
+  limited_role role{1};
+  test_database db;
+  admin_sql("ALTER DATABASE " + db.name() + " OWNER TO " + role.name);
+  server_options o = server_options::with_args({"--postgres.readers=2"});
+  o.dsn = db.dsn() + " user=" + role.name;
+  server s{o};
+  http_client c{s.port()};
+  auto a = ack_of(c.post_json("/todo", {{"description", "read through one reader"}}));
+  auto read_a = [&] { return c.get("/todo/" + a.id + "?minPosition=" + std::to_string(a.position)); };
+  auto readers_check = [&](const response& r) {
+    auto j = r.json_body();
+    return (r.status == 200 ? j : j["checks"]).value("readModelReaders", std::string{});
+  };
+
+  // No reader can connect: reads are 503, and eventsd is not ready.
+  for (int i = 0; i < 2; ++i) {
+    auto r = read_a();
+    INFO(r.status << " " << r.body);
+    CHECK(is_problem(r, 503));
+  }
+  auto none = c.get("/readyz");
+  INFO(none.body);
+  CHECK(none.status == 503);
+  CHECK(readers_check(none) == "2 of 2 cannot connect");
+  CHECK(none.json_body()["detail"].get<std::string>().find("no read-model reader can connect")
+        != std::string::npos);
+
+  // One may connect now: a failing reader retries by itself, and reads go
+  // to the one that connected — none of them is answered 503.
+  role.limit(2);
+  REQUIRE(eventually([&] { return readers_check(c.get("/readyz")) == "1 of 2 cannot connect"; },
+                     10000ms, 100ms));
+  auto ready = c.get("/readyz");
+  INFO(ready.body);
+  CHECK(ready.status == 200);
+  for (int i = 0; i < 20; ++i) {
+    auto r = read_a();
+    INFO("read " << i << ": " << r.status << " " << r.body);
+    CHECK(r.status == 200);
+  }
+
+  // Both may: the second connects too, by itself.
+  role.limit(-1);
+  REQUIRE(eventually([&] { return readers_check(c.get("/readyz")) == "ok"; }, 10000ms, 100ms));
+  CHECK(s.output().find("eventsd: read-model reader connected again") != std::string::npos);
 }

@@ -1,12 +1,15 @@
 // eventsd: wires storage, actors, projections and the HTTP gateway, then
 // serves until SIGINT, SIGTERM or SIGHUP.
 #include <algorithm>
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <caf/all.hpp>
@@ -57,6 +60,20 @@ int rebuild_offline(storage::event_log& log, const config::options& opts) {
   return 0;
 }
 
+/// Every connection takes a file descriptor, and so does every file RocksDB
+/// opens (a new WAL, a flushed table): the soft limit goes up to the hard one
+/// (Debian's shells start at 1024 of 524288). The gateway keeps a part of
+/// whatever it is for the store (http/server.cpp, listener).
+void raise_descriptor_limit() {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max)
+    return;
+  rl.rlim_cur = rl.rlim_max;
+  if (::setrlimit(RLIMIT_NOFILE, &rl) != 0)
+    std::cerr << "eventsd: WARNING cannot raise the file descriptor limit to " << rl.rlim_max
+              << ": " << std::strerror(errno) << "\n";
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -94,6 +111,7 @@ int main(int argc, char** argv) {
   // mid-drain: writes to it fail instead. Sockets never raise it (Beast
   // sends with MSG_NOSIGNAL).
   std::signal(SIGPIPE, SIG_IGN);
+  raise_descriptor_limit();
   // Opening a large store takes a while: a SIGTERM meanwhile stops eventsd
   // cleanly once it has started instead of killing it mid-open.
   http::server::catch_early_signals();

@@ -201,6 +201,10 @@ std::string metrics::render() const {
   family(out, "eventsd_sse_slow_disconnects_total", "counter",
          "SSE subscribers disconnected for falling more than --http.sse-max-lag events behind.");
   sample(out, "eventsd_sse_slow_disconnects_total", sse_dropped_slow.value());
+  family(out, "eventsd_http_connections_refused_total", "counter",
+         "Connections answered 503 and closed at once: the rest of the file descriptor limit "
+         "is kept for the event store.");
+  sample(out, "eventsd_http_connections_refused_total", connections_refused.value());
   return out;
 }
 

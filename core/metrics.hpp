@@ -97,6 +97,7 @@ struct metrics {
   gauge sse_catch_up_waiting; ///< subscribers waiting for a turn at the gate
   counter sse_catch_up_waits;  ///< turns waited for at the gate
   counter sse_dropped_slow;
+  counter connections_refused; ///< connections answered 503 at once: descriptors kept for the store
 
   /// Counts one HTTP request of `route` (a pattern like "/todo/{id}").
   void observe_request(const std::string& method, const std::string& route, int status,

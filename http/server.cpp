@@ -11,6 +11,7 @@
 #include <deque>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -19,6 +20,7 @@
 #include <vector>
 
 #include <poll.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <boost/asio.hpp>
@@ -1260,7 +1262,7 @@ class listener : public std::enable_shared_from_this<listener> {
 public:
   listener(net::io_context& ioc, router& r, head_signal& signal, drain_state& drain)
     : ioc_(ioc), acceptor_(net::make_strand(ioc)), router_(r), signal_(signal),
-      drain_(drain) {}
+      drain_(drain), highest_fd_(highest_connection_fd()) {}
 
   std::string open(const tcp::endpoint& ep) {
     beast::error_code ec;
@@ -1311,18 +1313,63 @@ private:
       });
       return;
     }
+    if (socket.native_handle() > highest_fd_) {
+      refuse(socket);
+      return do_accept();
+    }
     socket.set_option(tcp::no_delay(true), ec);
     std::make_shared<session>(std::move(socket), router_, signal_, drain_)->run();
     do_accept();
+  }
+
+  /// The highest descriptor a connection may have: a quarter of the process's
+  /// limit (at most 256) is kept for the event store and PostgreSQL, so that
+  /// idle clients cannot take the descriptor RocksDB needs for its next WAL
+  /// (which it rates fatal). Descriptors are handed out lowest first, so a
+  /// connection's number is at least how many are open.
+  static int highest_connection_fd() {
+    rlimit rl{};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY
+        || rl.rlim_cur > static_cast<rlim_t>(std::numeric_limits<int>::max()))
+      return std::numeric_limits<int>::max();
+    auto limit = static_cast<int>(rl.rlim_cur);
+    return limit - 1 - std::min(256, limit / 4);
+  }
+
+  /// Answers a connection over the descriptor budget with a 503 and closes it.
+  void refuse(tcp::socket& socket) {
+    auto now = std::chrono::steady_clock::now();
+    if (now - last_refusal_logged_ >= std::chrono::seconds{1}) {
+      last_refusal_logged_ = now;
+      std::cerr << "eventsd: http: refusing connections: descriptor " << socket.native_handle()
+                << " is past the " << highest_fd_ + 1
+                << " kept for connections (the rest of the file descriptor limit is the event "
+                   "store's; raise it with ulimit -n)\n";
+    }
+    static const std::string body =
+      R"({"type":"urn:eventsd:problem:unavailable","title":"Service Unavailable","status":503,)"
+      R"("detail":"too many connections open: retry later"})";
+    static const std::string answer =
+      "HTTP/1.1 503 Service Unavailable\r\nServer: eventsd\r\nContent-Type: "
+      "application/problem+json; charset=utf-8\r\nRetry-After: 1\r\nConnection: close\r\n"
+      "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    beast::error_code ec;
+    socket.non_blocking(true, ec);
+    net::write(socket, net::buffer(answer), ec); // an empty send buffer takes it whole, or not
+    socket.shutdown(tcp::socket::shutdown_both, ec);
+    socket.close(ec);
+    core::metrics::instance().connections_refused.add();
   }
 
   net::io_context& ioc_;
   tcp::acceptor acceptor_;
   net::steady_timer retry_{acceptor_.get_executor()};
   std::chrono::steady_clock::time_point last_accept_error_{};
+  std::chrono::steady_clock::time_point last_refusal_logged_{};
   router& router_;
   head_signal& signal_;
   drain_state& drain_;
+  const int highest_fd_;
 };
 
 } // namespace

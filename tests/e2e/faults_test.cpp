@@ -2135,3 +2135,92 @@ TEST_CASE("a read-model reader that cannot connect is skipped: reads go to the o
   REQUIRE(eventually([&] { return readers_check(c.get("/readyz")) == "ok"; }, 10000ms, 100ms));
   CHECK(s.output().find("eventsd: read-model reader connected again") != std::string::npos);
 }
+
+TEST_CASE("connections past the descriptor budget are answered 503 and closed at once, so idle "
+          "clients cannot take the descriptors the event store needs; writes go on",
+          "[e2e][faults][descriptors]") {
+  // eventsd under a hard limit of 128 descriptors (it raises its soft limit
+  // to the hard one), of which it keeps 32 for the store and PostgreSQL.
+  temp_dir d{"eventsd-faults-fds-"};
+  auto wrapper = d.path() + "/eventsd-128-fds";
+  {
+    std::ofstream w{wrapper};
+    w << "#!/bin/sh\nulimit -Sn 128 && ulimit -Hn 128 || exit 125\nexec '" << eventsd_binary()
+      << "' \"$@\"\n";
+  }
+  std::filesystem::permissions(wrapper, std::filesystem::perms::owner_all);
+  std::unique_ptr<server> s;
+  {
+    env_for_children binary{"EVENTSD_BINARY", wrapper};
+    s = std::make_unique<server>();
+  }
+  http_client c{s->port()};
+  REQUIRE(c.post_json("/todo", {{"description", "before the crowd"}}).status == 201);
+
+  // 120 idle clients: more than the budget leaves room for.
+  std::vector<int> idle;
+  for (int i = 0; i < 120; ++i) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(s->port());
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    idle.push_back(fd);
+  }
+  // The refused ones are told at once and closed; the others hear nothing.
+  size_t refused = 0, kept = 0, closed_silently = 0;
+  std::string refusal;
+  auto deadline = std::chrono::steady_clock::now() + 2s; // one wait for all (idle ones time out at 30 s)
+  for (int fd : idle) {
+    pollfd p{fd, POLLIN, 0};
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - std::chrono::steady_clock::now());
+    if (::poll(&p, 1, static_cast<int>(std::max<int64_t>(0, left.count()))) != 1) {
+      ++kept;
+      continue;
+    }
+    std::string got;
+    char buf[1024];
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;)
+      got.append(buf, static_cast<size_t>(n));
+    ++refused;
+    if (got.empty())
+      ++closed_silently;
+    refusal = got.empty() ? refusal : got;
+  }
+  INFO(kept << " connections kept, " << refused << " refused, " << closed_silently
+            << " of them with no answer; a refusal:\n" << refusal);
+  CHECK(closed_silently == 0);
+  CHECK(kept > 0);
+  REQUIRE(refused > 0);
+  auto r = parse_response(refusal);
+  CHECK(r.status == 503);
+  CHECK(r.header("Retry-After") == std::optional<std::string>{"1"});
+  CHECK(r.header("Content-Type") == std::optional<std::string>{"application/problem+json; charset=utf-8"});
+  CHECK(r.json_body()["detail"] == "too many connections open: retry later");
+
+  // The store still opens what it needs: writes (and their fsyncs) go on.
+  for (int i = 0; i < 50; ++i) {
+    auto w = c.post_json("/todo", {{"description", "while the crowd waits " + std::to_string(i)}});
+    INFO("write " << i << ": " << w.status << " " << w.body);
+    REQUIRE(w.status == 201);
+  }
+  CHECK(c.get("/readyz").status == 200);
+  CHECK(metric(c, "eventsd_http_connections_refused_total") == static_cast<double>(refused));
+  CHECK(s->output().find("eventsd: http: refusing connections") != std::string::npos);
+
+  // Once the crowd goes, new clients are served again.
+  for (int fd : idle)
+    ::close(fd);
+  CHECK(eventually([&] {
+    try {
+      http_client fresh{s->port()};
+      return fresh.get("/healthz").status == 200;
+    } catch (const std::exception&) {
+      return false;
+    }
+  }));
+  CHECK_FALSE(s->wait_exit(0ms)); // still serving
+}

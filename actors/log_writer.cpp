@@ -164,10 +164,15 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
       if (self->state.flush_scheduled)
         flush(self);
     },
-    [=](answered_atom, const std::string& key, uint64_t status) {
-      if (auto r = self->state.log->mark_idempotency_answer(key, status); !r.ok())
+    [=](answered_atom, const std::string& key, uint64_t status,
+        const core::reply_to<uint64_t>& recorded) {
+      auto r = self->state.log->mark_idempotency_answer(key, status);
+      if (!r.ok()) {
         std::cerr << "eventsd: cannot record the answer to Idempotency-Key " << key
                   << " (a replay would answer as usual): " << r.error().detail << "\n";
+        return recorded(status);
+      }
+      recorded(*r);
     },
     [=](tick_atom) {
       if (!self->state.log->writable())

@@ -12,6 +12,7 @@
 #include <caf/all.hpp>
 
 #include "core/messages.hpp"
+#include "core/reply_to.hpp"
 #include "storage/event_log.hpp"
 
 namespace eventsd::actors {
@@ -24,9 +25,10 @@ using log_writer_actor = caf::typed_actor<
   caf::replies_to<append_atom, storage::append_request>::with<storage::append_result>,
   caf::reacts_to<listen_atom, position_listener_actor>, caf::reacts_to<flush_atom>,
   caf::reacts_to<tick_atom>,
-  // The first answer to the request that claimed an idempotency key had this
-  // status, not the usual one (event_log::mark_idempotency_answer).
-  caf::reacts_to<answered_atom, std::string, uint64_t>>;
+  // The first answer to the request that claimed an idempotency key is to
+  // have this status, not the usual one (event_log::mark_idempotency_answer):
+  // called back, once it is durable, with the status recorded (the first).
+  caf::reacts_to<answered_atom, std::string, uint64_t, core::reply_to<uint64_t>>>;
 
 /// Deletes expired idempotency keys every `purge_interval`.
 using key_purger_actor = caf::typed_actor<caf::reacts_to<expire_atom>>;
@@ -71,3 +73,5 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
            writer_options options);
 
 } // namespace eventsd::actors
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<uint64_t>)

@@ -639,10 +639,12 @@ router::router(services& svc) : svc_(svc) {
     // An idempotent replay answers what the first answer said (API.md §6).
     // Modes other than unit-of-work always answer `success`; there the
     // first answer's status (201, or 202 when the read model lagged) is
-    // recorded with the key. A replay that finds none recorded yet (the
-    // first request is still waiting) answers when the first does and as it
-    // does; should the first be gone (a restart), it waits like it, and the
-    // first of them to answer records its status.
+    // recorded with the key, durably, before it is sent (so a crash right
+    // after the answer cannot make a replay answer otherwise). A replay that
+    // finds none recorded yet (the first request is still waiting) answers
+    // when the first does and as it does; should the first be gone (a
+    // restart before it answered), it waits like it, and the first of them to
+    // answer records its status.
     auto on_outcome = [=, &jobs, &on_drain, &answers](const actors::write_outcome& o) {
       if (o.replayed && o.first_answer != 0)
         return respond(write_reply(o, static_cast<unsigned>(o.first_answer)));
@@ -659,19 +661,22 @@ router::router(services& svc) : svc_(svc) {
         respond(write_reply(o, status));
         return true;
       };
-      // What this request decided. With a key, the first request for the
-      // event and its replays in this process answer what the first of them
-      // to decide settled (each may otherwise decide differently, a 202 on
-      // its timeout while another saw the read model catch up), and that one
-      // records it for replays after a restart.
+      // What this request decided. With a key, the first status recorded
+      // with it in the log (durably, before any answer) is what the first
+      // request for the event and its replays answer, here and after a
+      // restart (each may otherwise decide differently, a 202 on its timeout
+      // while another saw the read model catch up); replays in this process
+      // learn it from `answers`.
       auto decide = [=, &answers](unsigned status) {
-        if (key) {
-          auto settled = answers.settle(o.position, status);
-          if (settled.first)
-            caf::anon_send(writer, answered_atom_v, *key, uint64_t{settled.status});
-          status = settled.status;
-        }
-        answer(status);
+        if (!key)
+          return void(answer(status));
+        auto settle = [=, &answers](unsigned recorded) {
+          answer(answers.settle(o.position, recorded).status);
+        };
+        caf::anon_send(writer, answered_atom_v, *key, uint64_t{status},
+                       core::reply_to<uint64_t>{[settle, status](caf::expected<uint64_t> r) {
+                         settle(r ? static_cast<unsigned>(*r) : status);
+                       }});
       };
       uint64_t following = 0;
       if (key && o.replayed) {

@@ -91,8 +91,9 @@ private:
 /// for the replays in this process: a replay that comes while the request
 /// that appended the event still waits for the read model answers when it
 /// does and as it does (201, or 202 when the read model lagged), not from a
-/// wait of its own. The log records that answer with the key too, a moment
-/// later; this covers the moment. Thread-safe.
+/// wait of its own. The log records that answer with the key before it is
+/// sent (for replays after a restart); this hands it to the replays waiting
+/// here. Thread-safe.
 class first_answers {
 public:
   using clock = std::chrono::steady_clock;

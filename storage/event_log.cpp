@@ -1109,7 +1109,7 @@ result<void> event_log::save_snapshot(std::string_view stream,
   return unexpected(storage_errc::not_writable, e.what());
 }
 
-result<void> event_log::mark_idempotency_answer(std::string_view key, uint64_t status) try {
+result<uint64_t> event_log::mark_idempotency_answer(std::string_view key, uint64_t status) try {
   // Under the writer lock: an append of the same key (a replay) or a purge
   // cannot come between the read and the write.
   std::lock_guard<std::mutex> guard{impl_->write_mutex};
@@ -1123,20 +1123,22 @@ result<void> event_log::mark_idempotency_answer(std::string_view key, uint64_t s
   if (!raw)
     return raw.error();
   if (!raw->has_value())
-    return {};
+    return status;
   auto rec = keys::decode_idempotency(**raw);
   if (!rec)
     return corrupted("idempotency record", key);
   if (rec->answered != 0)
-    return {}; // the first answer recorded stays
+    return rec->answered; // the first answer recorded stays
   rec->answered = status;
   impl_->keep_memtable_nonempty();
-  auto st = impl_->db->Put(rocksdb::WriteOptions{}, name, keys::encode_idempotency(*rec));
+  rocksdb::WriteOptions wo;
+  wo.sync = impl_->sync;
+  auto st = impl_->db->Put(wo, name, keys::encode_idempotency(*rec));
   if (!st.ok()) {
     impl_->note_write_failure(st);
     return storage_error{storage_errc::not_writable, "mark idempotency key: " + public_reason(st)};
   }
-  return {};
+  return status;
 } catch (const std::exception& e) {
   return unexpected(storage_errc::not_writable, e.what());
 }

@@ -224,10 +224,12 @@ public:
 
   /// Records the status of the first answer to the request that claimed
   /// `key` (where it depends on more than the append: unit-of-work's 201 or
-  /// 202), for its replays to answer the same. The first status recorded
-  /// stays (a later call changes nothing). Not synced (the next append's
-  /// fsync makes it durable). A key no longer stored (purged) is left alone.
-  result<void> mark_idempotency_answer(std::string_view key, uint64_t status);
+  /// 202), for its replays to answer the same, and returns the status now
+  /// recorded: the first status recorded stays (a later call changes
+  /// nothing and returns it). Synced as appends are (`log_options::sync`):
+  /// recorded before the answer is sent, it outlives a crash right after.
+  /// A key no longer stored (purged) is left alone (returns `status`).
+  result<uint64_t> mark_idempotency_answer(std::string_view key, uint64_t status);
 
   /// Deletes idempotency keys created before `older_than_ms`; returns how many.
   result<size_t> purge_idempotency_keys(int64_t older_than_ms);

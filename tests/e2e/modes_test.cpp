@@ -615,6 +615,57 @@ TEST_CASE("unit-of-work: replays that come while the first request still waits a
   CHECK(c.post_json("/todo", body, {{"Idempotency-Key", key}}).status == 202);
 }
 
+TEST_CASE("unit-of-work: a keyed create answered 201 just before a kill -9 replays 201 after the "
+          "restart, also with PostgreSQL unreachable: its status was recorded before it was sent",
+          "[e2e][modes][unit-of-work][idempotency][crash]") {
+  server_behind_proxy s{{"--projection.mode=unit-of-work", "--projection.uow-timeout-ms=1500"}};
+  for (int round = 0; round < 4; ++round) {
+    CAPTURE(round);
+    // Six keyed creates at once; the process dies as the first answer arrives.
+    constexpr int writers = 6;
+    std::vector<std::string> keys;
+    for (int i = 0; i < writers; ++i)
+      keys.push_back(random_uuid());
+    auto body_of = [&](int i) {
+      return json{{"description", "round " + std::to_string(round) + " writer " + std::to_string(i)}};
+    };
+    std::vector<response> answers(writers);
+    std::atomic<int> answered{0};
+    std::vector<std::thread> threads;
+    auto port = s.srv.port();
+    for (int i = 0; i < writers; ++i)
+      threads.emplace_back([&, i] {
+        try {
+          http_client wc{port};
+          answers[i] = wc.post_json("/todo", body_of(i), {{"Idempotency-Key", keys[i]}});
+          if (answers[i].status == 201)
+            ++answered;
+        } catch (const std::exception&) {
+          // cut off by the kill: no answer
+        }
+      });
+    bool got_one = eventually([&] { return answered.load() > 0; }, 10000ms, 1ms);
+    s.srv.kill();
+    for (auto& t : threads)
+      t.join();
+    REQUIRE(got_one);
+
+    s.proxy.cut();
+    s.srv.start();
+    http_client c{s.srv.port()};
+    for (int i = 0; i < writers; ++i) {
+      if (answers[i].status != 201)
+        continue;
+      auto replay = c.post_json("/todo", body_of(i), {{"Idempotency-Key", keys[i]}});
+      INFO("writer " << i << ": first " << answers[i].body << "; replay " << replay.status << " "
+                     << replay.body);
+      CHECK(replay.status == 201);
+      CHECK(replay.body == answers[i].body);
+    }
+    s.proxy.restore();
+  }
+}
+
 TEST_CASE("unit-of-work: replays of a request answered by an earlier process (its answer never "
           "recorded) all answer as the first of them did",
           "[e2e][modes][unit-of-work][postgres-down][idempotency]") {

@@ -116,8 +116,13 @@ reply problem_for(const caf::error& err) {
         return problem(409, "Idempotency-Key was already used for a different request");
       case storage_errc::wrong_expected_version:
         return problem(409, "concurrent write to the same stream; retry");
-      case storage_errc::not_writable:
+      case storage_errc::not_writable: {
+        // A store opened read-only (its disk was full at start) takes writes
+        // only after a restart: not worth a retry every second.
+        if (detail.find("opened read-only") != std::string::npos)
+          return problem(503, "event store is not writable: " + detail).header("Retry-After", "60");
         return unavailable("event store is not writable: " + detail);
+      }
       case storage_errc::corrupted:
       case storage_errc::io_error:
         return unavailable("event store read failed: " + detail);

@@ -705,7 +705,7 @@ event_log::append(std::span<const append_request> batch) {
     std::optional<storage_error> unwritable;
     if (auto st = impl_->resume_if_needed(); !st.ok())
       unwritable = storage_error{storage_errc::not_writable,
-                                 "store not writable: " + public_reason(st) + "; nothing was appended"};
+                                 public_reason(st) + "; nothing was appended"};
     rocksdb::ReadOptions ro;
     rocksdb::WriteBatch wb;
     auto& heads = impl_->head_cache;
@@ -869,7 +869,7 @@ event_log::append(std::span<const append_request> batch) {
       auto context = text.find("While ");
       bool unknown = landed || (context != std::string::npos && text.find("sync", context) != std::string::npos);
       storage_error err{storage_errc::not_writable,
-                        "write: " + public_reason(st)
+                        public_reason(st)
                           + (unknown ? "; the disk did not confirm it, so it may or may not have "
                                        "been appended: read the stream, or retry with If-Match or "
                                        "the same Idempotency-Key"

@@ -680,6 +680,9 @@ TEST_CASE("a full disk answers 503 problem+json and the server stays up while wr
     CHECK(w.problem_json);
     CHECK(w.body.find("not writable") != std::string::npos);
     CHECK(w.body.find("nothing was appended") != std::string::npos); // tmpfs: no sync can fail
+    CHECK(w.body.find("No space left on device") != std::string::npos);
+    CHECK(w.body.find("writable: write:") == std::string::npos); // one wording, however it failed
+    CHECK(w.body.find("writable: store not writable") == std::string::npos);
     CHECK(w.body.find(disk.store()) == std::string::npos); // no file of the server's disk
   }
   REQUIRE(n503 > 0);
@@ -740,6 +743,7 @@ TEST_CASE("a server started on a full disk opens the store read-only: reads are 
   INFO("PUT done while read-only: " << refused.status << " " << refused.body);
   CHECK(refused.status == 503);
   CHECK(refused.body.find("read-only") != std::string::npos);
+  CHECK(refused.header("Retry-After") == std::optional<std::string>{"60"}); // only a restart helps
   CHECK(read_all(r).size() == while_full.size());
   // It holds the store as a writable one would: a second eventsd on the same
   // directory does not open it (read-only here too, or read-write once space

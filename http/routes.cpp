@@ -743,8 +743,10 @@ router::router(services& svc) : svc_(svc) {
       cond.idempotency = storage::idempotency_claim{key->second, fingerprint(dump(meaning)),
                                                     now_ms(), retention};
     }
-    execute(core::make_uuid(), todo::create{std::move(description)}, std::move(cond), 201,
-            respond);
+    auto id = core::make_uuid();
+    if (req.written_stream)
+      *req.written_stream = "todo-" + id;
+    execute(std::move(id), todo::create{std::move(description)}, std::move(cond), 201, respond);
   });
 
   add("PUT", "/todo/change-description", [=](incoming& req, auto&, responder& respond) {

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -29,6 +30,9 @@ struct incoming {
   std::vector<std::string> repeated_headers; ///< lowercase names sent on several lines
   std::string body;
   bool peer_is_loopback = true;
+  /// Where a create's route writes the stream it appends to (when set), so
+  /// that an answer that cannot tell whether it was written names where to look.
+  std::shared_ptr<std::string> written_stream;
 
   /// Header value or empty.
   std::string header(const std::string& lower_name) const;

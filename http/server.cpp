@@ -973,6 +973,10 @@ private:
       return send(std::move(r), router_.pattern_of(req.method, req.path), started);
     }
     route_ = route;
+    // A create's id is made by its route: kept for a late answer's detail.
+    written_stream_.reset();
+    if (req.method == "POST")
+      req.written_stream = written_stream_ = std::make_shared<std::string>();
     *route = router_.handle(std::move(req), [self, executor, route, started, request](reply r) {
       net::post(executor, [self, r = std::move(r), route, started, request]() mutable {
         if (self->answered_ >= request)
@@ -1015,9 +1019,12 @@ private:
     answered_ = request;
     deadline_.cancel();
     const bool read = method_ == "GET" || method_ == "HEAD";
+    std::string look = written_stream_ && !written_stream_->empty()
+                         ? " (GET /streams/" + *written_stream_ + ": the todo it would create)"
+                         : "";
     auto r = problem(503, read ? why
                                : why + "; a write may or may not have happened: check the "
-                                       "stream before retrying");
+                                       "stream" + look + " before retrying");
     r.header("Retry-After", "1");
     send(std::move(r), *route_, started_);
   }
@@ -1249,6 +1256,7 @@ private:
   drain_state& drain_;
   bool counted_ = false; // a routed request is in drain_.in_flight
   std::shared_ptr<std::string> route_;              // of the last routed request
+  std::shared_ptr<std::string> written_stream_;     // its create's stream, once routed
   std::chrono::steady_clock::time_point started_{}; // when it was read
   std::string method_;
   bool keep_alive_ = true;

@@ -27,6 +27,7 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -2227,4 +2228,40 @@ TEST_CASE("connections past the descriptor budget are answered 503 and closed at
     }
   }));
   CHECK_FALSE(s->wait_exit(0ms)); // still serving
+}
+
+TEST_CASE("a create still unanswered at the drain deadline is answered 503 naming the stream to "
+          "check, which after the restart holds it",
+          "[e2e][faults][drain][sync-gate]") {
+  temp_dir gate_dir{"eventsd-sync-gate-"};
+  auto gate = gate_dir.path() + "/closed";
+  auto s = server_with_sync_gate(gate, {"--http.drain-timeout-ms=300"});
+  http_client c{s->port()};
+  REQUIRE(c.post_json("/todo", {{"description", "before the stuck disk"}}).status == 201);
+
+  std::ofstream{gate} << "closed\n";
+  response held;
+  std::thread writer{[&] {
+    http_client wc{s->port()};
+    held = wc.post_json("/todo", {{"description", "its disk never confirmed it in time"}});
+  }};
+  REQUIRE(eventually([&] { return std::filesystem::exists(gate + ".held"); }, 5000ms, 5ms));
+  s->signal(SIGTERM);
+  writer.join();
+  INFO(held.status << " " << held.body);
+  REQUIRE(held.status == 503);
+  auto detail = held.json_body()["detail"].get<std::string>();
+  static const std::regex named{R"(GET /streams/(todo-[0-9a-f-]{36}): the todo it would create)"};
+  std::smatch m;
+  REQUIRE(std::regex_search(detail, m, named));
+  auto stream = m[1].str();
+
+  std::filesystem::remove(gate); // the disk confirms it after all
+  REQUIRE(s->wait_exit(20s));
+  s->start();
+  http_client c2{s->port()};
+  auto written = c2.get("/streams/" + stream);
+  INFO(written.status << " " << written.body);
+  REQUIRE(written.status == 200);
+  CHECK(written.json_body()["items"][0]["data"]["description"] == "its disk never confirmed it in time");
 }

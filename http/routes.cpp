@@ -639,8 +639,8 @@ router::router(services& svc) : svc_(svc) {
     // An idempotent replay answers what the first answer said (API.md §6).
     // Modes other than unit-of-work always answer `success`; there the
     // first answer's status (201, or 202 when the read model lagged) is
-    // recorded with the key, durably, before it is sent (so a crash right
-    // after the answer cannot make a replay answer otherwise). A replay that
+    // recorded with the key before it is sent (so a crash of the process
+    // right after the answer cannot make a replay answer otherwise). A replay that
     // finds none recorded yet (the first request is still waiting) answers
     // when the first does and as it does; should the first be gone (a
     // restart before it answered), it waits like it, and the first of them to
@@ -662,21 +662,26 @@ router::router(services& svc) : svc_(svc) {
         return true;
       };
       // What this request decided. With a key, the first status recorded
-      // with it in the log (durably, before any answer) is what the first
-      // request for the event and its replays answer, here and after a
-      // restart (each may otherwise decide differently, a 202 on its timeout
-      // while another saw the read model catch up); replays in this process
-      // learn it from `answers`.
-      auto decide = [=, &answers](unsigned status) {
+      // with it in the log (before any answer) is what the first request for
+      // the event and its replays answer, here and after a restart (each may
+      // otherwise decide differently, a 202 on its timeout while another saw
+      // the read model catch up); replays in this process learn it from
+      // `answers`. At the drain (`now`) the 202 goes out at once, without
+      // waiting for the log writer (a disk stuck in an fsync must not turn
+      // it into an error for a durable event), and is recorded after.
+      auto decide = [=, &answers](unsigned status, bool now) {
         if (!key)
           return void(answer(status));
         auto settle = [=, &answers](unsigned recorded) {
           answer(answers.settle(o.position, recorded).status);
         };
         caf::anon_send(writer, answered_atom_v, *key, uint64_t{status},
-                       core::reply_to<uint64_t>{[settle, status](caf::expected<uint64_t> r) {
-                         settle(r ? static_cast<unsigned>(*r) : status);
+                       core::reply_to<uint64_t>{[settle, status, now](caf::expected<uint64_t> r) {
+                         if (!now)
+                           settle(r ? static_cast<unsigned>(*r) : status);
                        }});
+        if (now)
+          settle(status);
       };
       uint64_t following = 0;
       if (key && o.replayed) {
@@ -689,9 +694,9 @@ router::router(services& svc) : svc_(svc) {
         on_drain.remove(hook);
         if (following != 0)
           answers.unfollow(o.position, following);
-        decide(status);
+        decide(status, false);
       };
-      auto hook = on_drain.add([=] { decide(202); });
+      auto hook = on_drain.add([=] { decide(202, true); });
       jobs.run([=](caf::event_based_actor* self) {
         self
           ->request(projection, uow_timeout, wait_atom_v, o.position,
@@ -744,7 +749,9 @@ router::router(services& svc) : svc_(svc) {
                                                     now_ms(), retention};
     }
     auto id = core::make_uuid();
-    if (req.written_stream)
+    // Named in an answer that cannot tell whether it was written; with a key,
+    // the key tells (a retry replays the first attempt, whose id differs).
+    if (req.written_stream && !cond.idempotency)
       *req.written_stream = "todo-" + id;
     execute(std::move(id), todo::create{std::move(description)}, std::move(cond), 201, respond);
   });

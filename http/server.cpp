@@ -271,10 +271,16 @@ public:
   explicit head_signal(size_t catch_up_slots)
     : catch_up_slots(std::max<size_t>(1, catch_up_slots)) {}
 
+  /// Registers a subscriber; one that comes after stop_all() is told at once.
   uint64_t subscribe(callback on_head, stop_callback on_stop) {
-    std::lock_guard<std::mutex> guard{mtx_};
+    std::unique_lock<std::mutex> guard{mtx_};
     auto id = ++next_id_;
-    callbacks_.emplace(id, subscriber{std::move(on_head), std::move(on_stop)});
+    callbacks_.emplace(id, subscriber{std::move(on_head), on_stop});
+    if (stopping_) {
+      bool now = stopping_now_;
+      guard.unlock();
+      on_stop(now);
+    }
     return id;
   }
 
@@ -359,11 +365,14 @@ public:
       cb(head);
   }
 
-  /// Tells every subscriber the server stops (see stop_callback).
+  /// Tells every subscriber the server stops (see stop_callback), and every
+  /// later one when it subscribes.
   void stop_all(bool now) {
     std::vector<stop_callback> copy;
     {
       std::lock_guard<std::mutex> guard{mtx_};
+      stopping_ = true;
+      stopping_now_ = now;
       copy.reserve(callbacks_.size());
       for (auto& [id, sub] : callbacks_)
         copy.push_back(sub.on_stop);
@@ -391,6 +400,8 @@ private:
   std::mutex mtx_;
   uint64_t next_id_ = 0;
   size_t admitted_ = 0;
+  bool stopping_ = false;     ///< stop_all() was called
+  bool stopping_now_ = false; ///< its `now`
   std::unordered_map<uint64_t, subscriber> callbacks_;
   std::mutex gate_mtx_; // not mtx_: a turn may end a session, whose leave() takes mtx_
   size_t catching_up_ = 0;
@@ -1364,7 +1375,12 @@ private:
     beast::error_code ec;
     socket.non_blocking(true, ec);
     net::write(socket, net::buffer(answer), ec); // an empty send buffer takes it whole, or not
-    socket.shutdown(tcp::socket::shutdown_both, ec);
+    socket.shutdown(tcp::socket::shutdown_send, ec);
+    // What the client sent already is read first: closing with unread input
+    // would send a reset, which may reach it before the answer.
+    std::array<char, 4096> sink;
+    for (int i = 0; i < 16 && socket.read_some(net::buffer(sink), ec) > 0 && !ec; ++i) {
+    }
     socket.close(ec);
     core::metrics::instance().connections_refused.add();
   }
@@ -1459,22 +1475,23 @@ void server::stop() {
   d.svc.on_drain.drain();
   caf::anon_send(d.svc.projection, drain_atom_v);
   auto deadline = std::chrono::steady_clock::now() + d.svc.options.drain_timeout;
-  // Done when none is in flight and no subscriber is left twice in a row,
-  // 10 ms apart (a client that had its answer before the drain began may be
-  // sending its next request).
-  auto wait_idle = [&] {
+  // Done when none is in flight twice in a row, 10 ms apart (a client that
+  // had its answer before the drain began may be sending its next request);
+  // with `subscribers`, when no SSE subscriber is left either.
+  auto wait_idle = [&](bool subscribers) {
     int idle_checks = 0;
     while (idle_checks < 2 && std::chrono::steady_clock::now() < deadline) {
-      bool idle = d.drain.in_flight.load() == 0 && d.signal.admitted() == 0;
+      bool idle = d.drain.in_flight.load() == 0 && (!subscribers || d.signal.admitted() == 0);
       idle_checks = idle ? idle_checks + 1 : 0;
       std::this_thread::sleep_for(std::chrono::milliseconds{10});
     }
   };
-  wait_idle();
+  wait_idle(false);
   // From here on no request is routed (see drain_state); one that slipped in
-  // before this is waited for too.
+  // before this is waited for too, and so are subscribers still taking their
+  // last comment (a stuck one until the deadline).
   d.drain.closed = true;
-  wait_idle();
+  wait_idle(true);
   if (d.drain.in_flight.load() > 0) {
     // Still unanswered at the deadline: a 503 each, rather than a cut
     // connection, and a moment for those answers to be written.

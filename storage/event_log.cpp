@@ -865,9 +865,15 @@ event_log::append(std::span<const append_request> batch) {
       // restart replays when the bytes reached the disk after all: the
       // outcome is unknown, and the caller is told so. A failed append
       // leaves at most a torn record, which recovery drops: nothing.
+      // RocksDB's status names the operation: "…: While fdatasync: <file>: …".
       auto text = st.ToString();
-      auto context = text.find("While ");
-      bool unknown = landed || (context != std::string::npos && text.find("sync", context) != std::string::npos);
+      auto op = text.find("While ");
+      auto op_end = op == std::string::npos ? op : text.find(':', op);
+      bool unknown = landed
+                     || (op != std::string::npos
+                         && text.substr(op, op_end == std::string::npos ? op_end : op_end - op)
+                                .find("sync")
+                              != std::string::npos);
       storage_error err{storage_errc::not_writable,
                         public_reason(st)
                           + (unknown ? "; the disk did not confirm it, so it may or may not have "
@@ -1131,9 +1137,7 @@ result<uint64_t> event_log::mark_idempotency_answer(std::string_view key, uint64
     return rec->answered; // the first answer recorded stays
   rec->answered = status;
   impl_->keep_memtable_nonempty();
-  rocksdb::WriteOptions wo;
-  wo.sync = impl_->sync;
-  auto st = impl_->db->Put(wo, name, keys::encode_idempotency(*rec));
+  auto st = impl_->db->Put(rocksdb::WriteOptions{}, name, keys::encode_idempotency(*rec));
   if (!st.ok()) {
     impl_->note_write_failure(st);
     return storage_error{storage_errc::not_writable, "mark idempotency key: " + public_reason(st)};

@@ -226,9 +226,10 @@ public:
   /// `key` (where it depends on more than the append: unit-of-work's 201 or
   /// 202), for its replays to answer the same, and returns the status now
   /// recorded: the first status recorded stays (a later call changes
-  /// nothing and returns it). Synced as appends are (`log_options::sync`):
-  /// recorded before the answer is sent, it outlives a crash right after.
-  /// A key no longer stored (purged) is left alone (returns `status`).
+  /// nothing and returns it). Not synced: written to the WAL before the
+  /// answer is sent, it outlives a crash of the process right after, and the
+  /// next append's fsync makes it durable. A key no longer stored (purged)
+  /// is left alone (returns `status`).
   result<uint64_t> mark_idempotency_answer(std::string_view key, uint64_t status);
 
   /// Deletes idempotency keys created before `older_than_ms`; returns how many.

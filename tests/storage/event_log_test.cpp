@@ -684,9 +684,10 @@ TEST_CASE("the status of a key's first answer, once marked, comes back with ever
     auto log = open_log(dir);
     append_one(*log, with_key(request("todo-1", no_stream, 1), "k1", "fp", 1000, 1'000'000));
     append_one(*log, with_key(request("todo-2", no_stream, 1), "k2", "fp", 1000, 1'000'000));
-    REQUIRE(log->mark_idempotency_answer("k1", 202));
-    REQUIRE(log->mark_idempotency_answer("k1", 201)); // the first status recorded stays
-    REQUIRE(log->mark_idempotency_answer("never-used", 202)); // nothing to mark: no error
+    CHECK(log->mark_idempotency_answer("k1", 202).value() == 202);
+    // The first status recorded stays, and a second mark is told it.
+    CHECK(log->mark_idempotency_answer("k1", 201).value() == 202);
+    CHECK(log->mark_idempotency_answer("never-used", 202).value() == 202); // nothing to mark
     CHECK(append_one(*log, with_key(request("todo-1", no_stream, 1), "k1", "fp", 1100,
                                     1'000'000))
           == append_result{"todo-1", 1, 1, 1, true, 202});
@@ -949,10 +950,16 @@ TEST_CASE("write_waiting tells how long the append being written has waited for 
 
   REQUIRE(sh("fsfreeze -f " + mnt.string()) == 0);
   std::thread writer{[&] { append_one(*log, request("todo-2", no_stream, 1)); }};
-  std::this_thread::sleep_for(std::chrono::milliseconds{500});
+  // Once the write is in (however late its thread starts), its wait grows.
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds{10};
+  bool held = false;
+  while (!(held = log->write_waiting().count() > 0) && std::chrono::steady_clock::now() < until)
+    std::this_thread::sleep_for(std::chrono::milliseconds{5});
+  std::this_thread::sleep_for(std::chrono::milliseconds{400});
   auto waited = log->write_waiting();
   sh("fsfreeze -u " + mnt.string());
   writer.join();
+  CHECK(held);
   CHECK(waited >= std::chrono::milliseconds{300});
   CHECK(log->write_waiting().count() == 0);
   CHECK(log->head() == 2);

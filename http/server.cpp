@@ -1361,17 +1361,16 @@ private:
     if (now - last_refusal_logged_ >= std::chrono::seconds{1}) {
       last_refusal_logged_ = now;
       std::cerr << "eventsd: http: refusing connections: descriptor " << socket.native_handle()
-                << " is past the " << highest_fd_ + 1
-                << " kept for connections (the rest of the file descriptor limit is the event "
-                   "store's; raise it with ulimit -n)\n";
+                << " is past those up to " << highest_fd_
+                << " that connections may take (the rest of the file descriptor limit is kept "
+                   "for the event store; raise it with ulimit -n)\n";
     }
-    static const std::string body =
-      R"({"type":"urn:eventsd:problem:unavailable","title":"Service Unavailable","status":503,)"
-      R"("detail":"too many connections open: retry later"})";
-    static const std::string answer =
-      "HTTP/1.1 503 Service Unavailable\r\nServer: eventsd\r\nContent-Type: "
-      "application/problem+json; charset=utf-8\r\nRetry-After: 1\r\nConnection: close\r\n"
-      "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    static const std::string answer = [] {
+      auto r = problem(503, "too many connections open: retry later");
+      return "HTTP/1.1 503 Service Unavailable\r\nServer: eventsd\r\nContent-Type: "
+             + r.content_type + "\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: "
+             + std::to_string(r.body.size()) + "\r\n\r\n" + r.body;
+    }();
     beast::error_code ec;
     socket.non_blocking(true, ec);
     net::write(socket, net::buffer(answer), ec); // an empty send buffer takes it whole, or not

@@ -1903,6 +1903,50 @@ std::unique_ptr<server> server_with_sync_gate(const std::string& gate,
   return std::make_unique<server>(server_options::without_postgres(args));
 }
 
+/// A create sent with the sync gate closed (its fsync held back): open()
+/// lets the disk go on, wait() takes its answer. The gate is opened and the
+/// create waited for on destruction too, so a failed check leaves no thread.
+class create_behind_gate {
+public:
+  create_behind_gate(std::string gate, uint16_t port, std::string description)
+    : gate_(std::move(gate)) {
+    std::ofstream{gate_} << "closed\n";
+    thread_ = std::thread{[this, port, d = std::move(description)] {
+      try {
+        http_client wc{port};
+        answer_ = wc.post_json("/todo", {{"description", d}});
+      } catch (const std::exception&) {
+        // no answer (status 0)
+      }
+      answered_ = true;
+    }};
+  }
+  ~create_behind_gate() {
+    open();
+    wait();
+  }
+  create_behind_gate(const create_behind_gate&) = delete;
+  create_behind_gate& operator=(const create_behind_gate&) = delete;
+
+  /// True once a sync is held at the gate (the shim's `.held` file).
+  bool held() {
+    return eventually([&] { return std::filesystem::exists(gate_ + ".held"); }, 5000ms, 5ms);
+  }
+  bool answered() const { return answered_; }
+  void open() { std::filesystem::remove(gate_); }
+  const response& wait() {
+    if (thread_.joinable())
+      thread_.join();
+    return answer_;
+  }
+
+private:
+  std::string gate_;
+  response answer_;
+  std::atomic<bool> answered_{false};
+  std::thread thread_;
+};
+
 /// What a create did while the server's fdatasync/fsync calls were held back
 /// for one second, then let go.
 struct held_sync_write {
@@ -1920,17 +1964,11 @@ held_sync_write write_with_sync_held(const std::vector<std::string>& args) {
   REQUIRE(c.post_json("/todo", {{"description", "before the gate"}}).status == 201);
 
   held_sync_write w;
-  std::ofstream{gate} << "closed\n";
-  std::atomic<bool> answered{false};
-  std::thread writer{[&] {
-    http_client wc{s->port()};
-    w.answer = wc.post_json("/todo", {{"description", "written while the disk holds its sync"}});
-    answered = true;
-  }};
+  create_behind_gate create{gate, s->port(), "written while the disk holds its sync"};
   std::this_thread::sleep_for(1000ms);
-  w.answered_while_held = answered.load();
-  std::filesystem::remove(gate);
-  writer.join();
+  w.answered_while_held = create.answered();
+  create.open();
+  w.answer = create.wait();
   w.head_after = all_head(c);
   return w;
 }
@@ -1968,20 +2006,15 @@ TEST_CASE("on SIGTERM an SSE subscriber gets a last comment and is closed, a sub
   REQUIRE(c.post_json("/todo", {{"description", "before the drain"}}).status == 201);
 
   std::string stream;
-  std::thread subscriber{[&] {
+  std::jthread subscriber{[&] { // joined however the test ends
     stream = raw_exchange(s->port(), "GET /subscribe/$all?from=1 HTTP/1.1\r\nHost: x\r\n\r\n",
                           30s, /*until_close=*/true);
   }};
   REQUIRE(eventually([&] { return metric(c, "eventsd_sse_subscribers") == 1; }, 5000ms, 20ms));
 
   // A write held in its fsync keeps the drain going.
-  std::ofstream{gate} << "closed\n";
-  response held;
-  std::thread writer{[&] {
-    http_client wc{s->port()};
-    held = wc.post_json("/todo", {{"description", "in flight at SIGTERM"}});
-  }};
-  REQUIRE(eventually([&] { return std::filesystem::exists(gate + ".held"); }, 5000ms, 5ms));
+  create_behind_gate create{gate, s->port(), "in flight at SIGTERM"};
+  REQUIRE(create.held());
   s->signal(SIGTERM);
 
   subscriber.join();
@@ -1999,8 +2032,8 @@ TEST_CASE("on SIGTERM an SSE subscriber gets a last comment and is closed, a sub
   CHECK(refused.header("Retry-After") == std::optional<std::string>{"1"});
   CHECK(refused.body.find("no new subscriptions") != std::string::npos);
 
-  std::filesystem::remove(gate);
-  writer.join();
+  create.open();
+  auto& held = create.wait();
   INFO(held.status << " " << held.body);
   CHECK(held.status == 201);
   auto status = s->wait_exit(20s);
@@ -2262,15 +2295,10 @@ TEST_CASE("a create still unanswered at the drain deadline is answered 503 namin
   http_client c{s->port()};
   REQUIRE(c.post_json("/todo", {{"description", "before the stuck disk"}}).status == 201);
 
-  std::ofstream{gate} << "closed\n";
-  response held;
-  std::thread writer{[&] {
-    http_client wc{s->port()};
-    held = wc.post_json("/todo", {{"description", "its disk never confirmed it in time"}});
-  }};
-  REQUIRE(eventually([&] { return std::filesystem::exists(gate + ".held"); }, 5000ms, 5ms));
+  create_behind_gate create{gate, s->port(), "its disk never confirmed it in time"};
+  REQUIRE(create.held());
   s->signal(SIGTERM);
-  writer.join();
+  auto held = create.wait(); // answered at the drain's deadline, the disk still held
   INFO(held.status << " " << held.body);
   REQUIRE(held.status == 503);
   auto detail = held.json_body()["detail"].get<std::string>();
@@ -2279,7 +2307,7 @@ TEST_CASE("a create still unanswered at the drain deadline is answered 503 namin
   REQUIRE(std::regex_search(detail, m, named));
   auto stream = m[1].str();
 
-  std::filesystem::remove(gate); // the disk confirms it after all
+  create.open(); // the disk confirms it after all
   REQUIRE(s->wait_exit(20s));
   s->start();
   http_client c2{s->port()};

@@ -1887,21 +1887,28 @@ private:
   std::optional<std::string> old_;
 };
 
-/// eventsd with tests/e2e/sync_gate.cpp preloaded: its fdatasync and fsync
-/// calls wait while the file `gate` exists, and fail (EIO) while `fail` does.
-std::unique_ptr<server> server_with_sync_gate(const std::string& gate,
-                                              const std::vector<std::string>& args,
-                                              const std::string& fail = "/nonexistent") {
-  const char* shim = std::getenv("EVENTSD_SYNC_GATE_LIB");
-  REQUIRE(shim != nullptr); // set by ctest (tests/e2e/faults_CMakeLists.txt)
-  env_for_children preload{"LD_PRELOAD", shim};
-  env_for_children where{"EVENTSD_TEST_SYNC_GATE", gate};
-  env_for_children failing{"EVENTSD_TEST_SYNC_FAIL", fail};
-  // The shim comes before the sanitizer's runtime in a sanitized build.
-  std::string asan = std::getenv("ASAN_OPTIONS") ? std::getenv("ASAN_OPTIONS") : "";
-  env_for_children order{"ASAN_OPTIONS", asan + (asan.empty() ? "" : ":") + "verify_asan_link_order=0"};
-  return std::make_unique<server>(server_options::without_postgres(args));
-}
+/// eventsd with tests/e2e/sync_gate.cpp preloaded, with the two files that
+/// steer it in a directory of its own: while `gate` exists its fdatasync and
+/// fsync calls wait, while `fail` exists they fail (EIO).
+struct gated_server {
+  temp_dir dir{"eventsd-sync-gate-"};
+  std::string gate = dir.path() + "/closed";
+  std::string fail = dir.path() + "/fail";
+  std::unique_ptr<server> s;
+
+  explicit gated_server(const std::vector<std::string>& args) {
+    const char* shim = std::getenv("EVENTSD_SYNC_GATE_LIB");
+    REQUIRE(shim != nullptr); // set by ctest (tests/e2e/faults_CMakeLists.txt)
+    env_for_children preload{"LD_PRELOAD", shim};
+    env_for_children where{"EVENTSD_TEST_SYNC_GATE", gate};
+    env_for_children failing{"EVENTSD_TEST_SYNC_FAIL", fail};
+    // The shim comes before the sanitizer's runtime in a sanitized build.
+    std::string asan = std::getenv("ASAN_OPTIONS") ? std::getenv("ASAN_OPTIONS") : "";
+    env_for_children order{"ASAN_OPTIONS",
+                           asan + (asan.empty() ? "" : ":") + "verify_asan_link_order=0"};
+    s = std::make_unique<server>(server_options::without_postgres(args));
+  }
+};
 
 /// A create sent with the sync gate closed (its fsync held back): open()
 /// lets the disk go on, wait() takes its answer. The gate is opened and the
@@ -1956,9 +1963,9 @@ struct held_sync_write {
 };
 
 held_sync_write write_with_sync_held(const std::vector<std::string>& args) {
-  temp_dir gate_dir{"eventsd-sync-gate-"};
-  auto gate = gate_dir.path() + "/closed";
-  auto s = server_with_sync_gate(gate, args);
+  gated_server g{args};
+  auto& gate = g.gate;
+  auto& s = g.s;
   http_client c{s->port()};
   // One write with the gate open: whatever the store syncs once is synced.
   REQUIRE(c.post_json("/todo", {{"description", "before the gate"}}).status == 201);
@@ -1999,9 +2006,9 @@ TEST_CASE("the durability check can tell: with --storage.sync=none (no fdatasync
 TEST_CASE("on SIGTERM an SSE subscriber gets a last comment and is closed, a subscription asked "
           "during the drain is a 503, and the write the drain waits for is answered",
           "[e2e][faults][drain][sse][sync-gate]") {
-  temp_dir gate_dir{"eventsd-sync-gate-"};
-  auto gate = gate_dir.path() + "/closed";
-  auto s = server_with_sync_gate(gate, {"--http.drain-timeout-ms=30000"});
+  gated_server g{{"--http.drain-timeout-ms=30000"}};
+  auto& gate = g.gate;
+  auto& s = g.s;
   http_client c{s->port()};
   REQUIRE(c.post_json("/todo", {{"description", "before the drain"}}).status == 201);
 
@@ -2046,9 +2053,9 @@ TEST_CASE("a write whose fsync fails is answered 503 saying it may or may not ha
           "restarted, the log holds it once or not at all, and a retry with its Idempotency-Key "
           "answers accordingly",
           "[e2e][faults][durability][sync-gate]") {
-  temp_dir gate_dir{"eventsd-sync-gate-"};
-  auto fail = gate_dir.path() + "/fail";
-  auto s = server_with_sync_gate(gate_dir.path() + "/closed", {}, fail);
+  gated_server g{{}};
+  auto& fail = g.fail;
+  auto& s = g.s;
   http_client c{s->port()};
   REQUIRE(c.post_json("/todo", {{"description", "before the failing disk"}}).status == 201);
 
@@ -2289,9 +2296,9 @@ TEST_CASE("connections past the descriptor budget are answered 503 and closed at
 TEST_CASE("a create still unanswered at the drain deadline is answered 503 naming the stream to "
           "check, which after the restart holds it",
           "[e2e][faults][drain][sync-gate]") {
-  temp_dir gate_dir{"eventsd-sync-gate-"};
-  auto gate = gate_dir.path() + "/closed";
-  auto s = server_with_sync_gate(gate, {"--http.drain-timeout-ms=300"});
+  gated_server g{{"--http.drain-timeout-ms=300"}};
+  auto& gate = g.gate;
+  auto& s = g.s;
   http_client c{s->port()};
   REQUIRE(c.post_json("/todo", {{"description", "before the stuck disk"}}).status == 201);
 

@@ -504,6 +504,11 @@ std::optional<std::string> parse_target(std::string_view target, std::string& pa
   // A fragment is the client's own business and never sent (RFC 9112 §3.2).
   if (target.find('#') != std::string_view::npos)
     return std::string{"a request target has no fragment (`#`)"};
+  // Only ASCII is sent as it is (RFC 9112 §3.2, RFC 3986 §2): anything else
+  // is percent-encoded UTF-8, so a raw byte above 0x7F is a client's mistake.
+  if (std::ranges::any_of(target, [](char c) { return static_cast<unsigned char>(c) > 0x7E; }))
+    return std::string{"a request target is ASCII: percent-encode other characters "
+                       "(their UTF-8 bytes)"};
   auto q = target.find('?');
   if (!decode(target.substr(0, q), false, path))
     return malformed;
@@ -1186,6 +1191,7 @@ router::router(services& svc) : svc_(svc) {
                      + std::string{"no read-model reader can connect to PostgreSQL (the reason "
                                    "is in eventsd's log)"};
             auto r = problem(503, why);
+            r.header("Retry-After", "5"); // as often as a probe would ask
             auto j = json::parse(r.body);
             j["checks"] = {{"eventStore", store},
                            {"postgres", postgres},
@@ -1195,7 +1201,9 @@ router::router(services& svc) : svc_(svc) {
             respond(std::move(r));
           },
           [=](caf::error&) {
-            respond(problem(503, "the projection did not answer (busy with PostgreSQL)"));
+            auto r = problem(503, "the projection did not answer (busy with PostgreSQL)");
+            r.header("Retry-After", "5");
+            respond(std::move(r));
           });
     });
   });
@@ -1302,34 +1310,38 @@ router::router(services& svc) : svc_(svc) {
   // -- documents and pages ----------------------------------------------------
 
   auto files = std::make_shared<static_files>(s.options.static_dir);
-  auto serve = [files](const std::string& path, responder& respond) {
+  // `no-cache` with an entity tag: a browser asks each time (a new binary
+  // may serve new files) and is answered 304 while its copy is current.
+  auto serve = [files](const incoming& req, const std::string& path, responder& respond) {
     if (auto f = files->find(path)) {
       reply r;
+      r.header("Cache-Control", "no-cache");
+      if (conditional_get(conditions_of(req, false), f->tag, r))
+        return respond(std::move(r));
       r.content_type = f->content_type;
       r.body = f->body;
-      r.header("Cache-Control", "no-cache");
       return respond(std::move(r));
     }
     respond(problem(404, "no such file: " + path));
   };
-  add("GET", "/openapi.json", [serve](incoming&, auto&, responder& respond) {
-    serve("openapi.json", respond);
+  add("GET", "/openapi.json", [serve](incoming& req, auto&, responder& respond) {
+    serve(req, "openapi.json", respond);
   });
   // The pages answer with and without a trailing slash, as a browser's user
   // would type them (their assets' paths are absolute).
   for (const char* page : {"/swagger", "/swagger/"})
-    add("GET", page, [serve](incoming&, auto&, responder& respond) {
-      serve("swagger/index.html", respond);
+    add("GET", page, [serve](incoming& req, auto&, responder& respond) {
+      serve(req, "swagger/index.html", respond);
     });
-  add("GET", "/swagger/{file}", [serve](incoming&, auto& p, responder& respond) {
-    serve("swagger/" + p[0], respond);
+  add("GET", "/swagger/{file}", [serve](incoming& req, auto& p, responder& respond) {
+    serve(req, "swagger/" + p[0], respond);
   });
   for (const char* page : {"/ui", "/ui/"})
-    add("GET", page, [serve](incoming&, auto&, responder& respond) {
-      serve("ui/index.html", respond);
+    add("GET", page, [serve](incoming& req, auto&, responder& respond) {
+      serve(req, "ui/index.html", respond);
     });
-  add("GET", "/ui/{file}", [serve](incoming&, auto& p, responder& respond) {
-    serve("ui/" + p[0], respond);
+  add("GET", "/ui/{file}", [serve](incoming& req, auto& p, responder& respond) {
+    serve(req, "ui/" + p[0], respond);
   });
 }
 

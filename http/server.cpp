@@ -693,6 +693,19 @@ bool line_ends_within(const Buffers& bytes, size_t limit) {
   return false;
 }
 
+/// True when `bytes`, what a chunked body's parser left unread (a chunk-size
+/// or trailer line it waits to see the end of), hold a line ended by a bare
+/// LF: Beast looks for CRLF only and would wait for the read timeout, but
+/// RFC 9112 §7.1 makes such a line malformed whatever follows.
+bool bare_line_feed(net::const_buffer bytes) {
+  auto* p = static_cast<const char*>(bytes.data());
+  for (auto* lf = static_cast<const char*>(std::memchr(p, '\n', bytes.size())); lf;
+       lf = static_cast<const char*>(std::memchr(lf + 1, '\n', bytes.size() - (lf + 1 - p))))
+    if (lf == p || lf[-1] != '\r')
+      return true;
+  return false;
+}
+
 /// The version a request line asks for when it is well formed ("HTTP/" digit
 /// "." digit, RFC 9112 §2.3) but not one Beast parses (1.0 and 1.1): such a
 /// request is answered 505, anything else Beast calls a bad version is a 400.
@@ -820,9 +833,24 @@ private:
   void on_header(beast::error_code ec, size_t n) {
     // An answer to a HEAD has no body, whatever it is (a 408 while its body
     // is read, say).
-    if (parser_->is_header_done())
-      head_ = parser_->get().method() == bhttp::verb::head;
     auto& h = parser_->get();
+    if (parser_->is_header_done()) {
+      head_ = h.method() == bhttp::verb::head;
+      // Taken now: Beast adds a chunked body's trailer fields to the same
+      // container, but only the header section's are the request's (RFC
+      // 9110 §6.5.1); the trailer is read and dropped.
+      header_fields_.clear();
+      repeated_fields_.clear();
+      for (auto& f : h) {
+        auto name = lower(std::string{f.name_string()});
+        // Repeated lines of one field are one comma-separated list (§5.3).
+        auto value = f.value();
+        if (auto [it, added] = header_fields_.try_emplace(name, value); !added) {
+          it->second.append(", ").append(value.data(), value.size());
+          repeated_fields_.push_back(std::move(name));
+        }
+      }
+    }
     auto expect = h.find(bhttp::field::expect);
     // HTTP/1.0 has no interim answers: its expectation is ignored (§10.1.1).
     auto expects = !ec && h.version() >= 11 && expect != h.end()
@@ -853,21 +881,30 @@ private:
                        });
       return;
     }
-    // Usually the whole body came with the header: parse it here rather than
-    // through one more asynchronous read (≈ 1 µs of an io thread per write).
-    parser_->eager(true);
-    beast::error_code pec;
-    buffer_.consume(parser_->put(buffer_.data(), pec));
-    if (pec == bhttp::error::need_more)
-      pec = {};
-    if (pec || parser_->is_done())
-      return on_read(pec, n);
     read_body();
   }
 
+  /// Parses what the buffer holds of the body, then reads the rest a part at
+  /// a time. Usually the whole body came with the header: it is parsed here
+  /// rather than through one more asynchronous read (≈ 1 µs of an io thread
+  /// per write). Eager parsing leaves no chunk data unparsed, only a line the
+  /// parser waits to see the end of, which is checked for a bare LF.
   void read_body() {
-    bhttp::async_read(stream_, buffer_, *parser_,
-                      beast::bind_front_handler(&session::on_read, shared_from_this()));
+    parser_->eager(true);
+    beast::error_code ec;
+    buffer_.consume(parser_->put(buffer_.data(), ec));
+    if (ec == bhttp::error::need_more)
+      ec = {};
+    if (!ec && !parser_->is_done() && parser_->chunked() && bare_line_feed(buffer_.data()))
+      ec = bhttp::error::bad_line_ending;
+    if (ec || parser_->is_done())
+      return on_read(ec, 0);
+    bhttp::async_read_some(stream_, buffer_, *parser_,
+                           [self = shared_from_this()](beast::error_code rec, size_t) {
+                             if (rec)
+                               return self->on_read(rec, 0);
+                             self->read_body();
+                           });
   }
 
   void on_read(beast::error_code ec, size_t) {
@@ -938,15 +975,8 @@ private:
     req.method = std::string{msg.method_string()};
     method_ = req.method;
     req.target = std::string{msg.target()};
-    for (auto& f : msg) {
-      auto name = lower(std::string{f.name_string()});
-      // Repeated lines of one field are one comma-separated list (RFC 9110 §5.3).
-      auto value = f.value();
-      if (auto [it, added] = req.headers.try_emplace(name, value); !added) {
-        it->second.append(", ").append(value.data(), value.size());
-        req.repeated_headers.push_back(std::move(name));
-      }
-    }
+    req.headers = std::move(header_fields_);
+    req.repeated_headers = std::move(repeated_fields_);
     req.body = std::move(msg.body());
     keep_alive_ = msg.keep_alive();
     chunked_ok_ = msg.version() >= 11;
@@ -1275,6 +1305,8 @@ private:
   bool close_after_ = false;
   bool head_ = false;
   size_t blank_skipped_ = 0; // CR and LF bytes dropped before the next request line
+  std::map<std::string, std::string> header_fields_; // of the request being read, as incoming's
+  std::vector<std::string> repeated_fields_;
 };
 
 class listener : public std::enable_shared_from_this<listener> {

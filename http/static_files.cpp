@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 namespace eventsd::http {
@@ -44,7 +45,9 @@ static_files::static_files(const std::string& dir) {
     std::ostringstream body;
     body << in.rdbuf();
     auto rel = fs::relative(it->path(), dir).generic_string();
-    files_[rel] = static_file{content_type_of(it->path()), body.str()};
+    auto content = body.str();
+    auto tag = std::hash<std::string>{}(content) >> 1;
+    files_[rel] = static_file{content_type_of(it->path()), std::move(content), tag};
   }
 }
 

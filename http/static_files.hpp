@@ -4,6 +4,7 @@
 // Thread-safety: immutable after construction.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -14,6 +15,9 @@ namespace eventsd::http {
 struct static_file {
   std::string content_type;
   std::string body;
+  /// Its entity tag: a hash of `body`, at most 63 bits (a tag of digits, as
+  /// the versions the other routes tag their answers with).
+  uint64_t tag = 0;
 };
 
 /// Files under a directory, keyed by relative path ("ui/app.js").

@@ -1391,6 +1391,7 @@ TEST_CASE("PostgreSQL stopped under a running server: writes go on, /readyz and 
         saw_not_ready = true;
         INFO("/readyz: " << ready.body);
         CHECK(is_problem(ready, 503));
+        CHECK(ready.header("Retry-After") == "5");
         auto j = ready.json_body();
         CHECK(j.at("detail").get<std::string>().find("PostgreSQL") != std::string::npos);
         CHECK(j["checks"]["postgres"] == "unreachable");

@@ -531,13 +531,13 @@ TEST_CASE("history and snapshot are conditional GETs: the ETag is the history's 
 }
 
 TEST_CASE("a GET or HEAD whose answer has no ETag (GET /todo, GET /streams, /healthz, "
-          "/openapi.json) evaluates its preconditions: If-Match with tags is a 412, "
+          "/metrics) evaluates its preconditions: If-Match with tags is a 412, "
           "If-None-Match: * a 304, If-Match: * and If-None-Match with tags hold",
           "[e2e][todo][conditional]") {
   auto& c = client();
   create("a listed todo");
   for (std::string target : {"/todo", "/todo?status=Created&limit=1", "/streams", "/healthz",
-                             "/openapi.json"}) {
+                             "/metrics"}) {
     INFO(target);
     auto plain = c.get(target);
     REQUIRE(plain.status == 200);
@@ -1500,6 +1500,19 @@ TEST_CASE("a request target with a fragment (`#`) is a 400: clients never send o
   check_problem(client().get("/todo/%23"), 404);
 }
 
+TEST_CASE("a request target with a raw byte outside ASCII is a 400; percent-encoded UTF-8 is "
+          "read as such",
+          "[e2e][todo][validation]") {
+  auto before = head();
+  for (std::string target : {"/todo/\xc3\xa9", "/nope\xff", "/todo?status=Don\xc3\xa9", "/\x7f"}) {
+    INFO(target);
+    auto r = parse_response(
+      raw_exchange(shared_server().port(), "GET " + target + " HTTP/1.1\r\nHost: x\r\n\r\n"));
+    check_rejected(r, 400, before);
+  }
+  check_problem(client().get("/todo/%C3%A9"), 404); // no such todo, but a readable path
+}
+
 TEST_CASE("a query parameter given twice is a 400 naming it; an encoded slash in a path is "
           "part of its segment, not a separator",
           "[e2e][todo][validation]") {
@@ -1670,6 +1683,63 @@ TEST_CASE("a chunked body whose next chunk-size line is not one is a 400 and the
   check_rejected(r, 400, before);
   CHECK(raw.find("HTTP/1.1 ", 1) == std::string::npos); // one answer, then the close
   CHECK(history(victim.id).size() == 1);
+}
+
+TEST_CASE("a chunked body's trailer fields are not the request's: an If-Match, Content-Type, "
+          "Idempotency-Key or Host in the trailer changes nothing",
+          "[e2e][todo][validation]") {
+  auto t = create("trailer fields are ignored");
+  auto chunked = [&](const std::string& request_line, const std::string& body,
+                     const std::string& trailer) {
+    char size_line[32];
+    std::snprintf(size_line, sizeof size_line, "%zx\r\n", body.size());
+    return parse_response(raw_exchange(
+      shared_server().port(), request_line + " HTTP/1.1\r\nHost: x\r\n"
+                                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                + size_line + body + "\r\n0\r\n" + trailer + "\r\n"));
+  };
+  auto changed = chunked("PUT /todo/change-description",
+                         R"({"id":")" + t.id + R"(","description":"If-Match in the trailer"})",
+                         "If-Match: \"999\"\r\nContent-Type: text/plain\r\nHost: y\r\n");
+  CHECK(check_write(changed, 200).version == 2);
+  // An Idempotency-Key only in the trailer makes two creates, not one.
+  auto first = chunked("POST /todo", R"({"description":"keyed in the trailer"})",
+                       "Idempotency-Key: trailer-key\r\n");
+  auto second = chunked("POST /todo", R"({"description":"keyed in the trailer"})",
+                        "Idempotency-Key: trailer-key\r\n");
+  CHECK(check_write(first, 201).id != check_write(second, 201).id);
+}
+
+TEST_CASE("a chunked body whose chunk-size line ends in a bare LF is a 400 at once (RFC 9112 "
+          "§7.1), not a wait for the read timeout; line feeds inside chunk data are data",
+          "[e2e][todo][validation]") {
+  auto before = head();
+  auto started = std::chrono::steady_clock::now();
+  auto raw = raw_exchange(shared_server().port(),
+                          "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                          "Transfer-Encoding: chunked\r\n\r\n"
+                          "1a\n{\"description\":\"bare LF\"}\n0\n\n",
+                          20000ms);
+  // Well within the 30 s read timeout of the shared server.
+  CHECK(std::chrono::steady_clock::now() - started < 15s);
+  check_rejected(parse_response(raw), 400, before);
+
+  // Pretty-printed JSON in chunks, also behind `Expect: 100-continue` (the
+  // body is then read after the interim answer).
+  const std::string pretty = "{\n  \"description\": \"pretty\\nprinted\"\n}\n";
+  char size_line[32];
+  std::snprintf(size_line, sizeof size_line, "%zx\r\n", pretty.size());
+  for (std::string expect : {"", "Expect: 100-continue\r\n"}) {
+    INFO(expect);
+    auto ok = raw_exchange(shared_server().port(),
+                           "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           "Transfer-Encoding: chunked\r\n" + expect + "\r\n" + size_line + pretty
+                             + "\r\n0\r\n\r\n");
+    auto final_answer = ok.find("HTTP/1.1 201 ");
+    REQUIRE(final_answer != std::string::npos);
+    auto c = check_write(parse_response(ok.substr(final_answer)), 201);
+    CHECK(history(c.id)[0]["snapshot"]["description"] == "pretty\nprinted");
+  }
 }
 
 TEST_CASE("empty lines before a request line are ignored, a few of them; a request target that "

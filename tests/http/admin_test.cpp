@@ -91,6 +91,21 @@ TEST_CASE("--http.admin-token: admin routes need Authorization: Bearer <token>",
   CHECK(c.post_json("/todo", {{"description", "no token needed"}}).status == 201);
 }
 
+// RFC 9110 §6.5.1: a trailer field is not merged into the header section, so
+// a proxy that checks Authorization in the header section cannot be bypassed.
+TEST_CASE("--http.admin-token: an Authorization field in a chunked body's trailer authorizes "
+          "nothing",
+          "[http][admin][auth]") {
+  server s{server_options::with_args({"--http.admin-token=secret"})};
+  for (const char* target : {"GET /admin/projections", "POST /admin/projections/todos/rebuild"}) {
+    INFO(target);
+    auto raw = raw_exchange(s.port(), std::string{target}
+                                        + " HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                          "0\r\nAuthorization: Bearer secret\r\n\r\n");
+    check_unauthorized(parse_response(raw));
+  }
+}
+
 // RFC 9110 §11.1: the authentication scheme is case-insensitive; §11.4: one or
 // more spaces separate it from the token.
 TEST_CASE("--http.admin-token: the Bearer scheme is matched case-insensitively, followed by "

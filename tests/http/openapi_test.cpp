@@ -156,6 +156,30 @@ TEST_CASE("GET /swagger/ and /ui/ with a trailing slash serve the same pages", "
   CHECK(client().get("/swagger//").status == 404);
 }
 
+TEST_CASE("static files carry an entity tag with Cache-Control: no-cache, so a browser "
+          "revalidates its copy and gets a 304 instead of the file again",
+          "[http][swagger]") {
+  std::set<std::string> tags;
+  for (std::string path : {"/swagger/swagger-ui-bundle.js", "/ui/app.js", "/ui", "/openapi.json"}) {
+    INFO("GET " << path);
+    auto r = client().get(path);
+    REQUIRE(r.status == 200);
+    CHECK(r.header("Cache-Control") == "no-cache");
+    auto tag = r.header("ETag").value_or("");
+    REQUIRE(tag.size() > 2);
+    CHECK(tags.insert(tag).second); // each file its own tag
+    CHECK(client().get(path).header("ETag") == tag); // the same while the file is
+    auto again = client().get(path, {{"If-None-Match", tag}});
+    CHECK(again.status == 304);
+    CHECK(again.body.empty());
+    CHECK(again.header("ETag") == tag);
+    CHECK(again.header("Cache-Control") == "no-cache");
+    CHECK(client().get(path, {{"If-None-Match", "\"1\""}}).status == 200);
+    CHECK(client().get(path, {{"If-Match", "\"1\""}}).status == 412);
+    CHECK(client().request("HEAD", path, std::nullopt, {{"If-None-Match", tag}}).status == 304);
+  }
+}
+
 TEST_CASE("GET /swagger: Swagger UI whose scripts and styles are all served", "[http][swagger]") {
   auto r = client().get("/swagger");
   REQUIRE(r.status == 200);

@@ -401,7 +401,7 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
     return "invalid --projection.mode `" + opts.projection_mode
            + "`: expected eventual, unit-of-work, on-demand or scheduled";
   // A unit-of-work write waits up to uow-timeout-ms for the read model (plus
-  // 1 s of slack for the answer) and then answers 202: the request deadline
+  // 2 s of slack for the answer) and then answers 202: the request deadline
   // must not fall first, or an appended write would be answered 503.
   if (opts.projection_mode == "unit-of-work"
       && opts.http_request_timeout_ms < opts.projection_uow_timeout_ms + 2000)

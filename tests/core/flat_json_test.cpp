@@ -1,14 +1,14 @@
 // Tests of core/flat_json.hpp: which bytes a JSON string holds as they are, found eight
 // at a time, and the flat-object scanner built on it.
+#include "core/flat_json.hpp"
+
+#include <catch2/catch.hpp>
+
 #include <optional>
 #include <random>
 #include <string>
 #include <utility>
 #include <vector>
-
-#include <catch2/catch.hpp>
-
-#include "core/flat_json.hpp"
 
 using eventsd::core::json_plain;
 using eventsd::core::json_plain_prefix;

@@ -147,6 +147,9 @@ int main(int argc, char** argv) {
   wopts.max_batch = opts.storage_max_batch;
   wopts.max_wait = std::chrono::microseconds{opts.storage_max_wait_us};
   wopts.idempotency_retention = std::chrono::seconds{opts.storage_idempotency_retention_s};
+  // A write reaches the writer within its deadline (the request timeout) or
+  // not at all; twice that leaves room for the clocks' difference.
+  wopts.purge_grace = 2 * std::chrono::milliseconds{opts.http_request_timeout_ms};
   auto writer = sys.spawn<caf::detached>(actors::log_writer, log.get(), wopts);
 
   actors::runtime_options ropts;

@@ -195,7 +195,8 @@ key_purger_actor::behavior_type key_purger(key_purger_actor::pointer self,
       // than ending the purger.
       std::string failure;
       try {
-        if (auto r = log->purge_idempotency_keys((now - options.idempotency_retention).count());
+        auto older_than = now - options.idempotency_retention - options.purge_grace;
+        if (auto r = log->purge_idempotency_keys(older_than.count());
             !r.ok())
           failure = r.error().detail;
       } catch (const std::exception& e) {

@@ -44,6 +44,12 @@ struct writer_options {
   std::chrono::milliseconds idempotency_retention{24 * 3600 * 1000};
   /// How often expired idempotency keys are purged (default 10 min).
   std::chrono::milliseconds purge_interval{10 * 60 * 1000};
+  /// How much longer than the retention a key is kept: a retry is judged by
+  /// when it arrived, and may wait for the writer up to its deadline (the
+  /// request timeout), so a key must outlive the retention by that much or
+  /// a retry that arrived in time could find it purged and create anew
+  /// (default 2 min: twice the default request timeout).
+  std::chrono::milliseconds purge_grace{2 * 60 * 1000};
 };
 
 /// State of the log writer actor.

@@ -316,6 +316,7 @@ TEST_CASE("the key purger deletes expired idempotency keys on its own thread, ev
   actors::writer_options wopts;
   wopts.idempotency_retention = std::chrono::milliseconds{30'000};
   wopts.purge_interval = std::chrono::milliseconds{20};
+  wopts.purge_grace = std::chrono::milliseconds{0};
   auto purger = rt.sys().spawn<caf::detached>(actors::key_purger, log.get(), wopts);
   // A claim of the same key dated a minute back is a replay while the key is
   // stored; once it is purged, the claim appends and stores the key again,
@@ -334,6 +335,49 @@ TEST_CASE("the key purger deletes expired idempotency keys on its own thread, ev
   CHECK(purged()); // stored after the first purge: a later one deleted it
   caf::anon_send_exit(purger, caf::exit_reason::user_shutdown);
   CHECK(log->head() == 3);
+}
+
+TEST_CASE("the key purger keeps an expired key for its grace period: a retry that arrived "
+          "within the retention window and waited in a queue still replays",
+          "[log_writer][idempotency]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto claimed = [](append_request req, int64_t at_ms) {
+    req.idempotency = storage::idempotency_claim{"key-late", "fp", at_ms};
+    return req;
+  };
+  // Created 40 s ago, kept for 30 s: expired 10 s ago.
+  const auto created = now_ms() - 40'000;
+  auto first = append_one(rt.sys(), rt.writer(), claimed(request("todo-a", storage::no_stream), created));
+  REQUIRE(first.value);
+  actors::writer_options wopts;
+  wopts.idempotency_retention = std::chrono::milliseconds{30'000};
+  wopts.purge_interval = std::chrono::milliseconds{20};
+  wopts.purge_grace = std::chrono::milliseconds{60'000};
+  {
+    auto purger = rt.sys().spawn<caf::detached>(actors::key_purger, log.get(), wopts);
+    std::this_thread::sleep_for(std::chrono::milliseconds{300}); // many purges
+    caf::anon_send_exit(purger, caf::exit_reason::user_shutdown);
+  }
+  // A retry that arrived 29 s after the first request (in time) and reaches
+  // the writer only now.
+  auto retry = append_one(rt.sys(), rt.writer(),
+                          claimed(request("todo-b", storage::no_stream), created + 29'000));
+  REQUIRE(retry.value);
+  CHECK(retry.value->replayed);
+  CHECK(retry.value->first_position == first.value->first_position);
+  // Past the grace (10 s expired, 5 s of grace) the key goes: the same retry
+  // then creates anew.
+  wopts.purge_grace = std::chrono::milliseconds{5'000};
+  auto purger = rt.sys().spawn<caf::detached>(actors::key_purger, log.get(), wopts);
+  CHECK(eventually([&] {
+    auto r = append_one(rt.sys(), rt.writer(),
+                        claimed(request("todo-c", storage::no_stream), created + 29'000));
+    REQUIRE(r.value);
+    return !r.value->replayed;
+  }));
+  caf::anon_send_exit(purger, caf::exit_reason::user_shutdown);
 }
 
 TEST_CASE("a storage error reaches the sender as a storage-category CAF error",

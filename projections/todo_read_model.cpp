@@ -99,6 +99,10 @@ constexpr const char* sql_zero_checkpoint =
 // same and avoids deadlocks with a projection still applying to the target.
 constexpr const char* sql_lock_two_checkpoints =
   "SELECT name FROM eventsd_checkpoints WHERE name IN ($1, $2) ORDER BY name FOR UPDATE";
+// A rebuilt table has no planner statistics until autovacuum gets to it (a
+// minute or more): filtered and paged reads of the swapped-in table would be
+// planned blind meanwhile. ANALYZE samples a bounded number of rows.
+constexpr const char* sql_analyze = "ANALYZE {t}";
 constexpr const char* sql_drop_target = "DROP TABLE IF EXISTS {u}";
 constexpr const char* sql_rename_table = "ALTER TABLE {t} RENAME TO {u}";
 constexpr const char* sql_rename_pkey = "ALTER INDEX IF EXISTS {t}_pkey RENAME TO {u}_pkey";
@@ -865,6 +869,8 @@ pg_result<void> todo_read_model::swap_into(std::string_view target) {
   if (t == d.table)
     return projection_error{projection_errc::query_failed, "cannot swap " + t + " into itself"};
   d.known_checkpoint.reset();
+  if (auto r = d.run(with_tables(sql_analyze, d.table, t)); !r)
+    return d.fail(r.error());
   return d.in_transaction([&] { return d.swap_once(t); });
 }
 

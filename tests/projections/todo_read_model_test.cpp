@@ -594,6 +594,27 @@ TEST_CASE("reset and swap_into replace the target's rows and checkpoint, repeate
   CHECK(require_value(reader.checkpoint()) == 21);
 }
 
+TEST_CASE("swap_into analyzes the rebuilt table first: it is swapped in with planner "
+          "statistics, not planned blind until autovacuum comes",
+          "[projections][postgres]") {
+  scratch s;
+  auto rebuild_table = s.another_table("rebuild");
+  todo_read_model live{s.dsn, s.table};
+  require_ok(live.connect());
+  todo_read_model rebuild{s.dsn, rebuild_table};
+  require_ok(rebuild.connect());
+  require_ok(rebuild.reset());
+  std::vector<todo_change> changes;
+  for (uint64_t i = 1; i <= 50; ++i)
+    changes.push_back(created(uuid(i), "rebuilt " + std::to_string(i), i));
+  require_ok(rebuild.apply(changes, 50));
+  // Never analyzed nor vacuumed yet (reltuples -1, PostgreSQL 14 and later).
+  const char* tuples = "SELECT reltuples::bigint FROM pg_class WHERE oid = $1::regclass";
+  REQUIRE(s.db.scalar(tuples, {rebuild_table}) == "-1");
+  require_ok(rebuild.swap_into(s.table));
+  CHECK(s.db.scalar(tuples, {s.table}) == "50");
+}
+
 TEST_CASE("swap_into refuses itself and invalid targets", "[projections][postgres]") {
   scratch s;
   todo_read_model m{s.dsn, s.table};

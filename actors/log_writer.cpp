@@ -194,11 +194,17 @@ key_purger_actor::behavior_type key_purger(key_purger_actor::pointer self,
       // Housekeeping: a failure, even an exception, is retried later rather
       // than ending the purger.
       std::string failure;
+      auto& m = core::metrics::instance();
+      auto started = std::chrono::steady_clock::now();
       try {
         auto older_than = now - options.idempotency_retention - options.purge_grace;
-        if (auto r = log->purge_idempotency_keys(older_than.count());
-            !r.ok())
+        if (auto r = log->purge_idempotency_keys(older_than.count()); r.ok()) {
+          m.idempotency_keys_purged.add(*r);
+          m.idempotency_purge_seconds.observe(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+        } else {
           failure = r.error().detail;
+        }
       } catch (const std::exception& e) {
         failure = e.what();
       } catch (...) {

@@ -187,6 +187,14 @@ std::string metrics::render() const {
          "Per event: from its append (occurredAt) to the commit that made it visible in the "
          "read model.");
   projection_visible_seconds.render(out, "eventsd_projection_visible_seconds", "");
+  family(out, "eventsd_idempotency_keys_purged_total", "counter",
+         "Idempotency keys deleted by the key purger (each kept its retention and twice the "
+         "request timeout).");
+  sample(out, "eventsd_idempotency_keys_purged_total", idempotency_keys_purged.value());
+  family(out, "eventsd_idempotency_purge_seconds", "histogram",
+         "Per run of the key purger (every 10 minutes): how long its scan of every stored "
+         "key took.");
+  idempotency_purge_seconds.render(out, "eventsd_idempotency_purge_seconds", "");
   family(out, "eventsd_sse_subscribers", "gauge", "Open /subscribe/$all connections.");
   sample(out, "eventsd_sse_subscribers", sse_subscribers.value());
   family(out, "eventsd_sse_catching_up", "gauge",

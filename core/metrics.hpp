@@ -78,6 +78,8 @@ struct metrics {
   counter aggregate_passivations;
   histogram activation_seconds{latency_bounds()};
   gauge log_head;
+  counter idempotency_keys_purged;
+  histogram idempotency_purge_seconds{latency_bounds()};
 
   // -- read side (projections/) --
   gauge projection_position;

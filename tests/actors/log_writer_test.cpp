@@ -317,6 +317,8 @@ TEST_CASE("the key purger deletes expired idempotency keys on its own thread, ev
   wopts.idempotency_retention = std::chrono::milliseconds{30'000};
   wopts.purge_interval = std::chrono::milliseconds{20};
   wopts.purge_grace = std::chrono::milliseconds{0};
+  auto& m = core::metrics::instance();
+  const auto purged_before = m.idempotency_keys_purged.value();
   auto purger = rt.sys().spawn<caf::detached>(actors::key_purger, log.get(), wopts);
   // A claim of the same key dated a minute back is a replay while the key is
   // stored; once it is purged, the claim appends and stores the key again,
@@ -335,6 +337,13 @@ TEST_CASE("the key purger deletes expired idempotency keys on its own thread, ev
   CHECK(purged()); // stored after the first purge: a later one deleted it
   caf::anon_send_exit(purger, caf::exit_reason::user_shutdown);
   CHECK(log->head() == 3);
+  // Both deletions are counted, and each run's duration observed.
+  CHECK(m.idempotency_keys_purged.value() >= purged_before + 2);
+  auto text = m.render();
+  CHECK(text.find("eventsd_idempotency_keys_purged_total ") != std::string::npos);
+  auto count_at = text.find("eventsd_idempotency_purge_seconds_count ");
+  REQUIRE(count_at != std::string::npos);
+  CHECK(std::stoull(text.substr(count_at + 40)) >= 2);
 }
 
 TEST_CASE("the key purger keeps an expired key for its grace period: a retry that arrived "

@@ -68,6 +68,14 @@ append_answer append_one(caf::actor_system& sys, const actors::log_writer_actor&
   return burst(sys, writer, std::move(one)).front();
 }
 
+/// `req` claiming idempotency key `key` with `fingerprint`, for a request
+/// that arrived at `at_ms`.
+append_request claimed(append_request req, std::string key, std::string fingerprint,
+                       int64_t at_ms = now_ms()) {
+  req.idempotency = storage::idempotency_claim{std::move(key), std::move(fingerprint), at_ms};
+  return req;
+}
+
 } // namespace
 
 TEST_CASE("appends from many concurrent senders all succeed with gap-free positions",
@@ -244,12 +252,6 @@ TEST_CASE("an idempotency claim replays the first append through the writer",
   auto log = open_log(dir.db());
   runtime rt{log.get()};
 
-  auto claimed = [](append_request req, std::string key, std::string fingerprint) {
-    req.idempotency = storage::idempotency_claim{std::move(key), std::move(fingerprint),
-                                                 now_ms()};
-    return req;
-  };
-
   auto first = append_one(rt.sys(), rt.writer(),
                           claimed(request("todo-a", storage::no_stream), "key-1", "fp-1"));
   REQUIRE(first.value);
@@ -306,12 +308,9 @@ TEST_CASE("the key purger deletes expired idempotency keys on its own thread, ev
   temp_dir dir;
   auto log = open_log(dir.db());
   runtime rt{log.get()};
-  auto claimed = [](append_request req, int64_t at_ms) {
-    req.idempotency = storage::idempotency_claim{"key-old", "fp", at_ms};
-    return req;
-  };
   auto first = append_one(rt.sys(), rt.writer(),
-                          claimed(request("todo-a", storage::no_stream), now_ms() - 60'000));
+                          claimed(request("todo-a", storage::no_stream), "key-old", "fp",
+                                  now_ms() - 60'000));
   REQUIRE(first.value);
   actors::writer_options wopts;
   wopts.idempotency_retention = std::chrono::milliseconds{30'000};
@@ -328,7 +327,7 @@ TEST_CASE("the key purger deletes expired idempotency keys on its own thread, ev
     return eventually([&] {
       auto r = append_one(rt.sys(), rt.writer(),
                           claimed(request("todo-poll-" + std::to_string(++polls), storage::no_stream),
-                                  now_ms() - 60'000));
+                                  "key-old", "fp", now_ms() - 60'000));
       REQUIRE(r.value);
       return !r.value->replayed;
     });
@@ -352,13 +351,10 @@ TEST_CASE("the key purger keeps an expired key for its grace period: a retry tha
   temp_dir dir;
   auto log = open_log(dir.db());
   runtime rt{log.get()};
-  auto claimed = [](append_request req, int64_t at_ms) {
-    req.idempotency = storage::idempotency_claim{"key-late", "fp", at_ms};
-    return req;
-  };
   // Created 40 s ago, kept for 30 s: expired 10 s ago.
   const auto created = now_ms() - 40'000;
-  auto first = append_one(rt.sys(), rt.writer(), claimed(request("todo-a", storage::no_stream), created));
+  auto first = append_one(rt.sys(), rt.writer(),
+                          claimed(request("todo-a", storage::no_stream), "key-late", "fp", created));
   REQUIRE(first.value);
   actors::writer_options wopts;
   wopts.idempotency_retention = std::chrono::milliseconds{30'000};
@@ -372,7 +368,8 @@ TEST_CASE("the key purger keeps an expired key for its grace period: a retry tha
   // A retry that arrived 29 s after the first request (in time) and reaches
   // the writer only now.
   auto retry = append_one(rt.sys(), rt.writer(),
-                          claimed(request("todo-b", storage::no_stream), created + 29'000));
+                          claimed(request("todo-b", storage::no_stream), "key-late", "fp",
+                                  created + 29'000));
   REQUIRE(retry.value);
   CHECK(retry.value->replayed);
   CHECK(retry.value->first_position == first.value->first_position);
@@ -382,7 +379,8 @@ TEST_CASE("the key purger keeps an expired key for its grace period: a retry tha
   auto purger = rt.sys().spawn<caf::detached>(actors::key_purger, log.get(), wopts);
   CHECK(eventually([&] {
     auto r = append_one(rt.sys(), rt.writer(),
-                        claimed(request("todo-c", storage::no_stream), created + 29'000));
+                        claimed(request("todo-c", storage::no_stream), "key-late", "fp",
+                                created + 29'000));
     REQUIRE(r.value);
     return !r.value->replayed;
   }));

@@ -695,12 +695,15 @@ bool line_ends_within(const Buffers& bytes, size_t limit) {
 
 /// True when `bytes`, what a chunked body's parser left unread (a chunk-size
 /// or trailer line it waits to see the end of), hold a line ended by a bare
-/// LF: Beast looks for CRLF only and would wait for the read timeout, but
-/// RFC 9112 §7.1 makes such a line malformed whatever follows.
-bool bare_line_feed(net::const_buffer bytes) {
+/// LF from byte `from` on: Beast looks for CRLF only and would wait for the
+/// read timeout, but RFC 9112 §7.1 makes such a line malformed whatever
+/// follows.
+bool bare_line_feed(net::const_buffer bytes, size_t from) {
   auto* p = static_cast<const char*>(bytes.data());
-  for (auto* lf = static_cast<const char*>(std::memchr(p, '\n', bytes.size())); lf;
-       lf = static_cast<const char*>(std::memchr(lf + 1, '\n', bytes.size() - (lf + 1 - p))))
+  auto* end = p + bytes.size();
+  for (auto* lf = p + std::min(from, bytes.size());
+       (lf = static_cast<const char*>(std::memchr(lf, '\n', static_cast<size_t>(end - lf))));
+       ++lf)
     if (lf == p || lf[-1] != '\r')
       return true;
   return false;
@@ -805,6 +808,7 @@ private:
     head_ = false;
     method_.clear();
     parser_.emplace();
+    lf_checked_ = 0;
     parser_->body_limit(router_.svc().options.body_limit);
     parser_->header_limit(header_limit);
     // The whole request must arrive within the read timeout. Not the stream's
@@ -892,19 +896,38 @@ private:
   void read_body() {
     parser_->eager(true);
     beast::error_code ec;
-    buffer_.consume(parser_->put(buffer_.data(), ec));
+    auto used = parser_->put(buffer_.data(), ec);
+    buffer_.consume(used);
     if (ec == bhttp::error::need_more)
       ec = {};
-    if (!ec && !parser_->is_done() && parser_->chunked() && bare_line_feed(buffer_.data()))
-      ec = bhttp::error::bad_line_ending;
+    // Only what arrived since the last check is scanned (a line sent a byte
+    // at a time must not be scanned again for each byte).
+    if (used > 0)
+      lf_checked_ = 0;
+    if (!ec && !parser_->is_done() && parser_->chunked()) {
+      if (bare_line_feed(buffer_.data(), lf_checked_))
+        ec = bhttp::error::bad_line_ending;
+      lf_checked_ = buffer_.size();
+    }
     if (ec || parser_->is_done())
       return on_read(ec, 0);
-    bhttp::async_read_some(stream_, buffer_, *parser_,
-                           [self = shared_from_this()](beast::error_code rec, size_t) {
-                             if (rec)
-                               return self->on_read(rec, 0);
-                             self->read_body();
-                           });
+    // Bytes, not a parse: Beast's parsing read would go on reading while its
+    // parser needs more, and a pending line would never be checked.
+    stream_.async_read_some(
+      buffer_.prepare(beast::read_size(buffer_, 65536)),
+      [self = shared_from_this()](beast::error_code rec, size_t n) {
+        self->buffer_.commit(n);
+        if (rec == net::error::eof) {
+          // The client stopped sending within the body (it may still read):
+          // a partial message, answered as one.
+          beast::error_code partial;
+          self->parser_->put_eof(partial);
+          return self->on_read(partial ? partial : rec, 0);
+        }
+        if (rec)
+          return self->on_read(rec, 0);
+        self->read_body();
+      });
   }
 
   void on_read(beast::error_code ec, size_t) {
@@ -1307,6 +1330,7 @@ private:
   size_t blank_skipped_ = 0; // CR and LF bytes dropped before the next request line
   std::map<std::string, std::string> header_fields_; // of the request being read, as incoming's
   std::vector<std::string> repeated_fields_;
+  size_t lf_checked_ = 0; // bytes of a chunked body's pending line checked for a bare LF
 };
 
 class listener : public std::enable_shared_from_this<listener> {

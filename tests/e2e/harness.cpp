@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -845,8 +846,10 @@ size_t complete_response_length(const std::string& raw) {
 
 } // namespace
 
-std::string raw_exchange(uint16_t port, const std::string& bytes,
-                         std::chrono::milliseconds timeout, bool until_close) {
+namespace {
+
+/// A blocking TCP connection to 127.0.0.1:`port`, without SIGPIPE on writes.
+int connect_loopback(uint16_t port) {
   ignore_sigpipe();
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
@@ -860,6 +863,48 @@ std::string raw_exchange(uint16_t port, const std::string& bytes,
     ::close(fd);
     throw std::runtime_error("cannot connect to 127.0.0.1:" + std::to_string(port) + ": " + err);
   }
+  return fd;
+}
+
+} // namespace
+
+std::string raw_exchange_in_pieces(uint16_t port, const std::vector<std::string>& pieces,
+                                   std::chrono::milliseconds pause,
+                                   std::chrono::milliseconds timeout) {
+  int fd = connect_loopback(port);
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    if (i > 0)
+      std::this_thread::sleep_for(pause);
+    for (size_t sent = 0; sent < pieces[i].size();) {
+      auto w = ::send(fd, pieces[i].data() + sent, pieces[i].size() - sent, MSG_NOSIGNAL);
+      if (w <= 0)
+        break; // answered and closed early: read what came
+      sent += static_cast<size_t>(w);
+    }
+  }
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  std::string in;
+  char buf[16384];
+  while (complete_response_length(in) == 0) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - std::chrono::steady_clock::now());
+    pollfd p{fd, POLLIN, 0};
+    if (left.count() <= 0 || ::poll(&p, 1, static_cast<int>(left.count())) <= 0)
+      break;
+    auto r = ::recv(fd, buf, sizeof buf, 0);
+    if (r <= 0)
+      break;
+    in.append(buf, static_cast<size_t>(r));
+  }
+  ::close(fd);
+  return in;
+}
+
+std::string raw_exchange(uint16_t port, const std::string& bytes,
+                         std::chrono::milliseconds timeout, bool until_close) {
+  int fd = connect_loopback(port);
   auto deadline = std::chrono::steady_clock::now() + timeout;
   std::string in;
   size_t sent = 0;

@@ -271,6 +271,13 @@ std::string raw_exchange(uint16_t port, const std::string& bytes,
                          std::chrono::milliseconds timeout = std::chrono::milliseconds{5000},
                          bool until_close = false);
 
+/// Like raw_exchange, but writes `pieces` one at a time, `pause` apart (each a
+/// packet of its own), then reads until a final response is complete or
+/// `timeout` passes.
+std::string raw_exchange_in_pieces(uint16_t port, const std::vector<std::string>& pieces,
+                                   std::chrono::milliseconds pause,
+                                   std::chrono::milliseconds timeout = std::chrono::milliseconds{5000});
+
 /// Parses the first HTTP/1.1 response in `raw` (status, headers, body by
 /// Content-Length). Throws when `raw` holds no complete response head.
 response parse_response(const std::string& raw);

@@ -1740,6 +1740,23 @@ TEST_CASE("a chunked body whose chunk-size line ends in a bare LF is a 400 at on
     auto c = check_write(parse_response(ok.substr(final_answer)), 201);
     CHECK(history(c.id)[0]["snapshot"]["description"] == "pretty\nprinted");
   }
+
+  // The same arriving a few bytes at a time: the body is read part by part,
+  // each new part of a pending chunk-size line checked.
+  const std::string head_section = "POST /todo HTTP/1.1\r\nHost: x\r\n"
+                                   "Content-Type: application/json\r\n"
+                                   "Transfer-Encoding: chunked\r\n\r\n";
+  const std::string data = R"({"description":"trickled"})";
+  char hex[16];
+  std::snprintf(hex, sizeof hex, "%zx", data.size());
+  auto trickled = raw_exchange_in_pieces(
+    shared_server().port(), {head_section, hex, "\r", "\n" + data, "\r\n0", "\r\n\r", "\n"}, 50ms);
+  auto t = check_write(parse_response(trickled), 201);
+  CHECK(history(t.id)[0]["snapshot"]["description"] == "trickled");
+  auto before_trickle = head();
+  auto bare = raw_exchange_in_pieces(shared_server().port(), {head_section, hex, "\n" + data}, 50ms,
+                                     15000ms);
+  check_rejected(parse_response(bare), 400, before_trickle);
 }
 
 TEST_CASE("empty lines before a request line are ignored, a few of them; a request target that "

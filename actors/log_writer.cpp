@@ -166,6 +166,7 @@ log_writer(log_writer_actor::stateful_pointer<log_writer_state> self, storage::e
     },
     [=](answered_atom, const std::string& key, uint64_t status,
         const core::reply_to<uint64_t>& recorded) {
+      core::failpoint_pause("log-writer.slow-answer-record", std::chrono::seconds{2});
       auto r = self->state.log->mark_idempotency_answer(key, status);
       if (!r.ok()) {
         std::cerr << "eventsd: cannot record the answer to Idempotency-Key " << key

@@ -1,14 +1,16 @@
 // Failpoints: named places in the code where a test can make eventsd fail
-// as it would on an unexpected error, to prove the failure is handled. The
-// environment variable EVENTSD_FAILPOINTS (comma-separated names, read once)
-// arms them; `failpoint(name)` then throws there. Unset — always, outside
-// tests — a failpoint costs one test of an empty list.
+// as it would on an unexpected error, or be slow, to prove the failure or the
+// race is handled. The environment variable EVENTSD_FAILPOINTS
+// (comma-separated names, read once) arms them; `failpoint(name)` then throws
+// there, `failpoint_pause(name, d)` sleeps. Unset — always, outside tests — a
+// failpoint costs one test of an empty list.
 #pragma once
 
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 namespace eventsd::core {
@@ -30,14 +32,29 @@ inline const std::vector<std::string>& armed_failpoints() {
   return armed;
 }
 
-/// Throws std::runtime_error("failpoint <name>") when `name` is armed.
-inline void failpoint(std::string_view name) {
+/// Whether `name` is armed.
+inline bool failpoint_armed(std::string_view name) {
   auto& armed = armed_failpoints();
   if (armed.empty())
-    return;
+    return false;
   for (auto& a : armed)
     if (a == name)
-      throw std::runtime_error("failpoint " + std::string{name});
+      return true;
+  return false;
+}
+
+/// Throws std::runtime_error("failpoint <name>") when `name` is armed.
+inline void failpoint(std::string_view name) {
+  if (failpoint_armed(name))
+    throw std::runtime_error("failpoint " + std::string{name});
+}
+
+/// Sleeps `pause` when `name` is armed: a stage made slow, so that a test can
+/// order what would otherwise race.
+template <class Duration>
+void failpoint_pause(std::string_view name, Duration pause) {
+  if (failpoint_armed(name))
+    std::this_thread::sleep_for(pause);
 }
 
 } // namespace eventsd::core

@@ -13,6 +13,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/failpoint.hpp"
 #include "core/flat_json.hpp"
 #include "core/metrics.hpp"
 #include "core/uuid.hpp"
@@ -623,9 +624,10 @@ router::router(services& svc) : svc_(svc) {
 
   // Sends `cmd` to todo `id`; answers 200/201 (202 when the read model does
   // not catch up in time in unit-of-work mode) or a problem.
-  auto execute = [&s, mode, uow_timeout](std::string id, todo::command cmd,
-                                         actors::write_conditions cond, unsigned success,
-                                         responder respond) {
+  auto drain_timeout = s.options.drain_timeout;
+  auto execute = [&s, mode, uow_timeout, drain_timeout](
+                   std::string id, todo::command cmd, actors::write_conditions cond,
+                   unsigned success, responder respond) {
     // Not decided and taken by the log writer within the request timeout:
     // refused unwritten, so that the answer says what happened (the session
     // waits longer for a write; see arm_deadline). A route that read first
@@ -671,22 +673,27 @@ router::router(services& svc) : svc_(svc) {
       // the event and its replays answer, here and after a restart (each may
       // otherwise decide differently, a 202 on its timeout while another saw
       // the read model catch up); replays in this process learn it from
-      // `answers`. At the drain (`now`) the 202 goes out at once, without
-      // waiting for the log writer (a disk stuck in an fsync must not turn
-      // it into an error for a durable event), and is recorded after.
-      auto decide = [=, &answers](unsigned status, bool now) {
+      // `answers`. At the drain (`now`) the 202 is recorded like any status,
+      // so that it yields to one a request recorded just before (which its
+      // requests then all answer, as after a restart); should the log writer
+      // not answer within half the drain's time (a disk stuck in an fsync),
+      // the 202 goes out unrecorded rather than letting the drain's deadline
+      // make it an error for a durable event.
+      auto decide = [=, &answers, &jobs](unsigned status, bool now) {
         if (!key)
           return void(answer(status));
         auto settle = [=, &answers](unsigned recorded) {
           answer(answers.settle(o.position, recorded).status);
         };
         caf::anon_send(writer, answered_atom_v, *key, uint64_t{status},
-                       core::reply_to<uint64_t>{[settle, status, now](caf::expected<uint64_t> r) {
-                         if (!now)
-                           settle(r ? static_cast<unsigned>(*r) : status);
+                       core::reply_to<uint64_t>{[settle, status](caf::expected<uint64_t> r) {
+                         settle(r ? static_cast<unsigned>(*r) : status);
                        }});
         if (now)
-          settle(status);
+          jobs.run([=](caf::event_based_actor* self) {
+            self->delayed_send(self, drain_timeout / 2, run_atom_v,
+                               core::bridge_job{[=](caf::event_based_actor*) { settle(status); }});
+          });
       };
       uint64_t following = 0;
       if (key && o.replayed) {
@@ -702,12 +709,17 @@ router::router(services& svc) : svc_(svc) {
         decide(status, false);
       };
       auto hook = on_drain.add([=] { decide(202, true); });
-      jobs.run([=](caf::event_based_actor* self) {
+      core::bridge_job wait = [=](caf::event_based_actor* self) {
         self
           ->request(projection, uow_timeout, wait_atom_v, o.position,
                     static_cast<uint64_t>(uow_timeout.count()))
           .then([=](uint64_t) { done(hook, success); }, [=](caf::error&) { done(hook, 202); });
-      });
+      };
+      if (o.replayed && core::failpoint_armed("uow.replay-waits-late"))
+        return jobs.run([wait](caf::event_based_actor* self) {
+          self->delayed_send(self, std::chrono::seconds{3}, run_atom_v, wait);
+        });
+      jobs.run(std::move(wait));
     };
     caf::anon_send(shard, execute_atom_v, std::move(id), std::move(cmd), std::move(cond),
                    answer_to<actors::write_outcome>(

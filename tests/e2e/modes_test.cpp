@@ -615,6 +615,106 @@ TEST_CASE("unit-of-work: replays that come while the first request still waits a
   CHECK(c.post_json("/todo", body, {{"Idempotency-Key", key}}).status == 202);
 }
 
+TEST_CASE("unit-of-work: a keyed write and its replay still unanswered when SIGTERM comes answer "
+          "the status the log recorded for the key first, as replays after the restart do",
+          "[e2e][modes][unit-of-work][postgres-down][idempotency][shutdown]") {
+  // The log writer takes 2 s to record each answer's status: the first
+  // request's 201 is still on its way into the log when the drain begins.
+  // A replay waits 3 s before it asks the read model: it is still waiting
+  // then (without, its wait would end with the first's, a moment before).
+  ::setenv("EVENTSD_FAILPOINTS", "log-writer.slow-answer-record,uow.replay-waits-late", 1);
+  std::optional<server_behind_proxy> s;
+  try {
+    s.emplace(std::vector<std::string>{"--projection.mode=unit-of-work",
+                                       "--projection.uow-timeout-ms=20000"});
+  } catch (...) {
+    ::unsetenv("EVENTSD_FAILPOINTS");
+    throw;
+  }
+  ::unsetenv("EVENTSD_FAILPOINTS");
+  http_client c{s->srv.port()};
+  REQUIRE(c.post_json("/todo", {{"description", "before the hang"}}).status == 201);
+  auto head_before = all_head(c);
+  json body{{"description", "keyed, answered as the server stops"}};
+  auto key = random_uuid();
+  s->proxy.stall();
+  response first, replay;
+  std::thread first_thread{[&] {
+    http_client fc{s->srv.port()};
+    first = fc.post_json("/todo", body, {{"Idempotency-Key", key}});
+  }};
+  // Durable, waiting for the read model.
+  REQUIRE(eventually([&] { return all_head(c) > head_before; }, 5000ms, 10ms));
+  std::thread replay_thread{[&] {
+    http_client rc{s->srv.port()};
+    replay = rc.post_json("/todo", body, {{"Idempotency-Key", key}});
+  }};
+  std::this_thread::sleep_for(300ms); // the replay waits with the first request
+  // The read model catches up: the first request decides 201 and the log
+  // writer starts recording it; the drain begins during that.
+  s->proxy.restore();
+  std::this_thread::sleep_for(500ms);
+  auto status = s->srv.stop(1, 15s);
+  first_thread.join();
+  replay_thread.join();
+  CHECK(WIFEXITED(status));
+  INFO("first: " << first.status << " " << first.body);
+  INFO("replay: " << replay.status << " " << replay.body);
+  CHECK(first.status == 201);
+  CHECK(replay.status == first.status);
+  CHECK(replay.body == first.body);
+
+  s->srv.start();
+  http_client after{s->srv.port()};
+  auto later = after.post_json("/todo", body, {{"Idempotency-Key", key}});
+  CHECK(later.status == first.status);
+  CHECK(later.body == first.body);
+  CHECK(all_head(after) == head_before + 1);
+}
+
+TEST_CASE("unit-of-work: a keyed write waiting when SIGTERM comes is answered 202 before the "
+          "drain's deadline though the log writer is slow to record that status",
+          "[e2e][modes][unit-of-work][postgres-down][idempotency][shutdown]") {
+  // The log writer takes 2 s to record an answer's status, longer than the
+  // whole drain (1.5 s): the 202 goes out unrecorded at half of it.
+  ::setenv("EVENTSD_FAILPOINTS", "log-writer.slow-answer-record", 1);
+  std::optional<server_behind_proxy> s;
+  try {
+    s.emplace(std::vector<std::string>{"--projection.mode=unit-of-work",
+                                       "--projection.uow-timeout-ms=20000",
+                                       "--http.drain-timeout-ms=1500"});
+  } catch (...) {
+    ::unsetenv("EVENTSD_FAILPOINTS");
+    throw;
+  }
+  ::unsetenv("EVENTSD_FAILPOINTS");
+  http_client c{s->srv.port()};
+  REQUIRE(c.post_json("/todo", {{"description", "before the hang"}}).status == 201);
+  auto head_before = all_head(c);
+  s->proxy.stall();
+  response answered;
+  std::atomic<bool> got{false};
+  std::thread writer{[&] {
+    http_client wc{s->srv.port()};
+    answered = wc.post_json("/todo", {{"description", "keyed, durable while PostgreSQL hangs"}},
+                            {{"Idempotency-Key", random_uuid()}});
+    got = true;
+  }};
+  REQUIRE(eventually([&] { return all_head(c) > head_before; }, 5000ms, 10ms));
+  auto t0 = std::chrono::steady_clock::now();
+  std::thread stopper{[&] { s->srv.stop(1, 15s); }};
+  while (!got && std::chrono::steady_clock::now() - t0 < 10s)
+    std::this_thread::sleep_for(20ms);
+  auto took = std::chrono::steady_clock::now() - t0;
+  writer.join();
+  stopper.join();
+  s->proxy.restore();
+  INFO("answer: " << answered.status << " " << answered.body);
+  CHECK(answered.status == 202); // not the drain deadline's 503
+  CHECK(took >= 600ms);          // it waited for the log writer first
+  CHECK(took < 1400ms);
+}
+
 TEST_CASE("unit-of-work: a keyed create answered 201 just before a kill -9 replays 201 after the "
           "restart, also with PostgreSQL unreachable: its status was recorded before it was sent",
           "[e2e][modes][unit-of-work][idempotency][crash]") {

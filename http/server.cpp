@@ -237,9 +237,10 @@ std::optional<reply> framing_problem(unsigned version, incoming& req) {
   return std::nullopt;
 }
 
-/// Logs an I/O failure worth knowing about. At most one line a second: any
-/// client can cause these (malformed requests), and must not flood the log.
-void fail(beast::error_code ec, const char* what) {
+/// Logs an I/O failure worth knowing about, with the client's address when
+/// there is one. At most one line a second: any client can cause these
+/// (malformed requests), and must not flood the log.
+void fail(beast::error_code ec, const char* what, const tcp::socket* peer = nullptr) {
   if (ec == net::error::operation_aborted || ec == beast::error::timeout
       || ec == net::error::eof || ec == net::error::connection_reset
       || ec == net::error::broken_pipe || ec == bhttp::error::end_of_stream)
@@ -254,7 +255,11 @@ void fail(beast::error_code ec, const char* what) {
     suppressed.fetch_add(1, std::memory_order_relaxed);
     return;
   }
-  std::cerr << "eventsd: http " << what << ": " << ec.message();
+  std::cerr << "eventsd: http " << what;
+  beast::error_code unknown;
+  if (auto from = peer ? peer->remote_endpoint(unknown) : tcp::endpoint{}; peer && !unknown)
+    std::cerr << " from " << from;
+  std::cerr << ": " << ec.message();
   if (auto n = suppressed.exchange(0); n > 0)
     std::cerr << " (and " << n << " more failures not logged in the last second(s))";
   std::cerr << "\n";
@@ -978,7 +983,7 @@ private:
     if (ec == bhttp::error::bad_method && !parser_->is_header_done() && skip_blank_lines())
       return start_read();
     if (ec) {
-      fail(ec, "read");
+      fail(ec, "read", &stream_.socket());
       if (ec != beast::error::timeout && ec != net::error::eof
           && ec.category() == bhttp::make_error_code(bhttp::error::bad_target).category()) {
         close_after_ = true;
@@ -1250,7 +1255,7 @@ private:
     res_.reset();
     finish_request();
     if (ec)
-      return fail(ec, "write");
+      return fail(ec, "write", &stream_.socket());
     if (close)
       return do_close();
     do_read();

@@ -310,7 +310,7 @@ TEST_CASE("/metrics follows the Prometheus naming conventions (promtool lint cle
 }
 
 TEST_CASE("malformed requests are answered 400 each, and logged at most once a second with a "
-          "count of the rest",
+          "count of the rest and the address of the client",
           "[http][operations]") {
   server s;
   for (int i = 0; i < 50; ++i) {
@@ -325,4 +325,9 @@ TEST_CASE("malformed requests are answered 400 each, and logged at most once a s
   INFO(out);
   CHECK(lines >= 1);
   CHECK(lines < 10); // one per second of the loop, not one per request
+  auto first = out.find("eventsd: http read");
+  REQUIRE(first != std::string::npos);
+  auto line = out.substr(first, out.find('\n', first) - first);
+  CHECK(line.rfind("eventsd: http read from 127.0.0.1:", 0) == 0);
+  CHECK(line.find(": bad field") != std::string::npos);
 }

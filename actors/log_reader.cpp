@@ -59,6 +59,9 @@ log_reader_actor::behavior_type log_reader(log_reader_actor::pointer self,
         const core::reply_to<todo::state>& reply) {
       answer(todo_state_at(*log, id, event_id), reply);
     },
+    [=](version_atom, const std::string& id, const core::reply_to<uint64_t>& reply) {
+      answer(todo_version(*log, id), reply);
+    },
     [=](stream_atom, const std::string& stream, uint64_t from, uint64_t limit,
         const core::reply_to<recorded_events>& reply) {
       answer(log->read_stream(stream, from, limit, storage::stream_caching::fill), reply);

@@ -41,6 +41,8 @@ using log_reader_actor = caf::typed_actor<
   caf::reacts_to<history_atom, std::string, uint64_t, uint64_t, todo::state,
                  core::reply_to<todo_history_chunk>>,
   caf::reacts_to<state_at_atom, std::string, std::string, core::reply_to<todo::state>>,
+  /// A todo's version; see todo_version.
+  caf::reacts_to<version_atom, std::string, core::reply_to<uint64_t>>,
   caf::reacts_to<stream_atom, std::string, uint64_t, uint64_t, core::reply_to<recorded_events>>,
   caf::reacts_to<all_atom, uint64_t, uint64_t, core::reply_to<recorded_events>>,
   caf::reacts_to<streams_atom, uint64_t, uint64_t, core::reply_to<stream_summaries>>>;

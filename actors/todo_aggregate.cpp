@@ -5,6 +5,8 @@
 #include <iterator>
 #include <span>
 
+#include "core/failpoint.hpp"
+
 namespace eventsd::actors {
 
 namespace {
@@ -94,6 +96,8 @@ storage::result<todo_history_chunk> todo_history_page(const storage::event_log& 
                                                       const std::string& id, uint64_t from,
                                                       std::optional<todo::state> before,
                                                       size_t limit, uint64_t through) {
+  if (core::failpoint_armed("log-reader.history-page-fails"))
+    return storage::storage_error{storage::storage_errc::io_error, "failpoint"};
   if (through != 0)
     limit = from > through ? 0 : std::min<uint64_t>(limit, through - from + 1);
   auto stream = stream_of(id);
@@ -117,6 +121,10 @@ storage::result<todo_history_chunk> todo_history_page(const storage::event_log& 
   chunk->through = through;
   chunk->more = last < through;
   return chunk;
+}
+
+storage::result<uint64_t> todo_version(const storage::event_log& log, const std::string& id) {
+  return log.stream_version(stream_of(id));
 }
 
 std::optional<storage::result<todo_history_chunk>>

@@ -104,6 +104,10 @@ storage::result<todo_history_chunk> todo_history_page(const storage::event_log& 
 std::optional<storage::result<todo_history_chunk>>
 cached_todo_history(const storage::event_log& log, const std::string& id);
 
+/// The version of todo `id` (its last event's). Fails with `stream_not_found`
+/// for an unknown todo.
+storage::result<uint64_t> todo_version(const storage::event_log& log, const std::string& id);
+
 /// The whole history of todo `id`, oldest first. Fails with
 /// `stream_not_found` for an unknown todo.
 storage::result<std::vector<todo_history_item>> todo_history(const storage::event_log& log,

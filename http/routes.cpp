@@ -981,22 +981,38 @@ router::router(services& svc) : svc_(svc) {
     }
     auto reader = s.log_reader();
     auto key = *id;
-    caf::anon_send(
-      reader, history_atom_v, key, uint64_t{1}, uint64_t{0}, todo::state{},
-      answer_to<actors::todo_history_chunk>(
-        [=](actors::todo_history_chunk& first) {
-          reply r;
-          if (conditional_get(cond, first.through, r))
-            return respond(std::move(r));
-          if (first.more) {
-            // Longer than a page: sent page by page (chunked), never whole.
-            r.stream = std::make_shared<history_stream>(reader, key, std::move(first));
-            return respond(std::move(r));
-          }
-          r.body = history_part(first, true);
-          respond(std::move(r));
-        },
-        [=](caf::error& err) { respond(todo_problem(err)); }));
+    auto read = [=] {
+      caf::anon_send(
+        reader, history_atom_v, key, uint64_t{1}, uint64_t{0}, todo::state{},
+        answer_to<actors::todo_history_chunk>(
+          [=](actors::todo_history_chunk& first) {
+            reply r;
+            if (conditional_get(cond, first.through, r))
+              return respond(std::move(r));
+            if (first.more) {
+              // Longer than a page: sent page by page (chunked), never whole.
+              r.stream = std::make_shared<history_stream>(reader, key, std::move(first));
+              return respond(std::move(r));
+            }
+            r.body = history_part(first, true);
+            respond(std::move(r));
+          },
+          [=](caf::error& err) { respond(todo_problem(err)); }));
+    };
+    if (!cond.if_match && !cond.if_none_match && !cond.if_none_match_any)
+      return read();
+    // A conditional read is compared with the todo's version first: its 304
+    // (or 412) reads no event, however long the history (a client polling
+    // a long one with If-None-Match).
+    caf::anon_send(reader, version_atom_v, key,
+                   answer_to<uint64_t>(
+                     [=](uint64_t version) {
+                       reply r;
+                       if (conditional_get(cond, version, r))
+                         return respond(std::move(r));
+                       read();
+                     },
+                     [=](caf::error& err) { respond(todo_problem(err)); }));
   });
 
   // The state right after an event never changes; its entity tag is the

@@ -2,6 +2,7 @@
 // log reads, with storage errors answered as CAF errors.
 #include "actors/log_reader.hpp"
 
+#include <future>
 #include <string>
 
 #include <caf/all.hpp>
@@ -13,7 +14,23 @@
 using namespace eventsd;
 using namespace eventsd::test;
 
-TEST_CASE("the log reader answers history, state at an event, streams and $all",
+namespace {
+
+/// A todo's version as the log reader answers it (`version_atom`).
+caf::expected<uint64_t> version_of(const actors::log_reader_actor& reader, const std::string& id) {
+  std::promise<caf::expected<uint64_t>> answered;
+  auto answer = answered.get_future();
+  caf::anon_send(reader, version_atom_v, id,
+                 core::reply_to<uint64_t>{[&answered](caf::expected<uint64_t> r) {
+                   answered.set_value(std::move(r));
+                 }});
+  REQUIRE(answer.wait_for(std::chrono::seconds{10}) == std::future_status::ready);
+  return answer.get();
+}
+
+} // namespace
+
+TEST_CASE("the log reader answers history, state at an event, a todo's version, streams and $all",
           "[log_reader]") {
   temp_dir dir;
   auto log = open_log(dir.db());
@@ -57,6 +74,9 @@ TEST_CASE("the log reader answers history, state at an event, streams and $all",
         CHECK(streams[0].version == 2);
       },
       fail);
+  auto version = version_of(reader, id);
+  REQUIRE(version);
+  CHECK(*version == 2);
   caf::anon_send_exit(reader, caf::exit_reason::user_shutdown);
 }
 
@@ -80,5 +100,9 @@ TEST_CASE("the log reader answers storage errors for unknown todos and events",
     .receive([&](actors::recorded_events&) { FAIL("an unknown stream"); },
              [&](caf::error& e) { stream_error = e; });
   CHECK(is_error(stream_error, storage::storage_errc::stream_not_found));
+
+  auto version = version_of(reader, core::make_uuid());
+  REQUIRE_FALSE(version);
+  CHECK(is_error(version.error(), storage::storage_errc::stream_not_found));
   caf::anon_send_exit(reader, caf::exit_reason::user_shutdown);
 }

@@ -618,6 +618,43 @@ TEST_CASE("a history read again comes from the stream cache and shows every writ
   CHECK(metric(c, "eventsd_stream_cache_bytes") > 0);
 }
 
+TEST_CASE("a conditional history read is answered from the todo's version: its 304 or 412 "
+          "reads no event, however long the history",
+          "[e2e][todo][history]") {
+  // Every history page read fails (a failpoint), and no stream is cached:
+  // an answer that needs no page must come without one.
+  ::setenv("EVENTSD_FAILPOINTS", "log-reader.history-page-fails", 1);
+  std::unique_ptr<server> s;
+  try {
+    s = std::make_unique<server>(server_options::with_args({"--storage.stream-cache-mb=0"}));
+  } catch (...) {
+    ::unsetenv("EVENTSD_FAILPOINTS");
+    throw;
+  }
+  ::unsetenv("EVENTSD_FAILPOINTS");
+  http_client c{s->port()};
+  auto todo = ack_of(c.post_json("/todo", {{"description", "long history"}}));
+  REQUIRE(c.put("/todo/" + todo.id + "/put-in-progress").status == 200);
+  auto url = "/todo/" + todo.id + "/history";
+  auto read = c.get(url);
+  INFO("unconditional: " << read.status << " " << read.body);
+  CHECK(read.status >= 500); // the failpoint holds: a page read fails
+
+  for (std::string method : {"GET", "HEAD"}) {
+    INFO(method);
+    auto r = c.request(method, url, std::nullopt, {{"If-None-Match", "\"2\""}});
+    CHECK(r.status == 304);
+    CHECK(r.header("ETag") == "\"2\"");
+    CHECK(r.body.empty());
+  }
+  auto mismatch = c.get(url, {{"If-Match", "\"1\""}});
+  check_problem(mismatch, 412);
+  CHECK(mismatch.header("ETag") == "\"2\"");
+  check_problem(c.get("/todo/" + random_uuid() + "/history", {{"If-None-Match", "\"1\""}}), 404);
+  // A tag that no longer matches needs the events: the page read fails.
+  CHECK(c.get(url, {{"If-None-Match", "\"1\""}}).status >= 500);
+}
+
 TEST_CASE("with --storage.stream-cache-mb=0 every history is read from RocksDB",
           "[e2e][todo][history]") {
   server s{server_options::with_args({"--storage.stream-cache-mb=0"})};

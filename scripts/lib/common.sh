@@ -44,10 +44,23 @@ ensure_packages() {
     [[ $p == npm ]] && command -v npm >/dev/null 2>&1 && continue
     missing+=("$p")
   done
-  [[ ${#missing[@]} -eq 0 ]] && return 0
-  log "installing missing packages: ${missing[*]}"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -q
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    log "installing missing packages: ${missing[*]}"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${missing[@]}"
+  fi
+  check_node
+}
+
+# Warns when Node.js is older than 20: the locked npm packages of the web assets' tests
+# (the OpenAPI validator, the /ui browser test) need 20 or later; Debian 12's own nodejs
+# is 18, so a machine without a newer one (e.g. NodeSource's) fails those two tests.
+check_node() {
+  local major
+  major=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null) || return 0
+  if (( major < 20 )); then
+    warn "Node.js $(node --version) is older than 20: the OpenAPI validation and /ui browser tests need Node.js 20 or later (e.g. NodeSource's nodejs 20)"
+  fi
 }
 
 # Configures build/ (Ninja, Release) unless it already is, then builds the given

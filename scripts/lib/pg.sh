@@ -11,8 +11,9 @@
 #
 # Environment:
 #   EVENTSD_POSTGRES_DSN  if already set, pg_start does nothing and that server is used
-#   EVENTSD_TEST_PG_DSN   exported by pg_start (database eventsd_test)
-#   EVENTSD_PG_PORT       TCP port on 127.0.0.1 (default 55432)
+#   EVENTSD_TEST_PG_DSN   exported by pg_start (database eventsd_test) unless already set
+#   EVENTSD_PG_PORT       TCP port on 127.0.0.1 (default 55432); a cluster already running
+#                         on another port is used there, not moved
 #   EVENTSD_PG_BIN        PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 #
 # The functions return non-zero on failure and change no shell options.
@@ -86,7 +87,7 @@ _pg_prepare_base() {
     if ! runuser -u postgres -- test -w "$link" 2>/dev/null; then
       # postgres cannot reach into the repository: keep the cluster in /tmp instead.
       rmdir "$link" 2>/dev/null \
-        || { _pg_fail "postgres cannot use $link and it is not empty; remove it"; return 1; }
+        || { _pg_fail "user postgres cannot write to $link, which holds a cluster (the read model): give postgres access to it and to every directory above it (ls -ld $EVENTSD_ROOT/var $link), or, to start afresh, remove it"; return 1; }
       tmp=$(_pg_tmp_base) || return 1
       ln -s "$tmp" "$link" || return 1
       _pg_log "repository not reachable by user postgres; cluster kept in $tmp (var/pg links there)"
@@ -176,16 +177,17 @@ _pg_ensure_db() {
 _pg_start_locked() {
   _pg_prepare_base || return 1
   [[ -f $_pg_data/PG_VERSION ]] || _pg_initdb || return 1
-  _pg_write_conf || return 1
 
   if _pg_is_running; then
+    # Another port asked for: the cluster stays where it runs (a server may be using it).
     local running_port
     running_port=$(_pg_running_port)
-    if [[ $running_port != "$_pg_port" ]]; then
-      _pg_log "running on port $running_port, restarting on $_pg_port"
-      _pg_as "$EVENTSD_PG_BIN/pg_ctl" stop -D "$_pg_data" -m fast -w -s || return 1
+    if [[ -n $running_port && $running_port != "$_pg_port" ]]; then
+      _pg_log "already running on port $running_port (EVENTSD_PG_PORT asks for $_pg_port): using it there; scripts/pg stop, then start again, to move it"
+      _pg_port=$running_port
     fi
   fi
+  _pg_write_conf || return 1
   if ! _pg_is_running; then
     local rc=0
     "$EVENTSD_PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$_pg_port" -t 2 || rc=$?
@@ -226,8 +228,16 @@ pg_start() {
   [[ -x $EVENTSD_PG_BIN/pg_ctl ]] || { _pg_fail "no $EVENTSD_PG_BIN/pg_ctl (install postgresql-15)"; return 1; }
   _pg_locked _pg_start_locked || return 1
   _pg_paths
-  export EVENTSD_POSTGRES_DSN="host=127.0.0.1 port=$_pg_port dbname=eventsd user=postgres"
-  export EVENTSD_TEST_PG_DSN="host=127.0.0.1 port=$_pg_port dbname=eventsd_test user=postgres"
+  local port
+  port=$(_pg_running_port)  # where it runs, which may not be EVENTSD_PG_PORT (above)
+  port=${port:-$_pg_port}
+  export EVENTSD_POSTGRES_DSN="host=127.0.0.1 port=$port dbname=eventsd user=postgres"
+  if [[ -n ${EVENTSD_TEST_PG_DSN:-} && ${EVENTSD_TEST_PG_DSN} != "${_pg_own_test_dsn:-}" ]]; then
+    _pg_log "tests use EVENTSD_TEST_PG_DSN from the environment"
+  else
+    export EVENTSD_TEST_PG_DSN="host=127.0.0.1 port=$port dbname=eventsd_test user=postgres"
+    _pg_own_test_dsn=$EVENTSD_TEST_PG_DSN
+  fi
   _pg_own_dsn=$EVENTSD_POSTGRES_DSN  # a later pg_start in this shell still manages the cluster
 }
 

@@ -679,20 +679,25 @@ router::router(services& svc) : svc_(svc) {
       // not answer within half the drain's time (a disk stuck in an fsync),
       // the 202 goes out unrecorded rather than letting the drain's deadline
       // make it an error for a durable event.
+      // The fallback holds the settling weakly: CAF's clock keeps a delayed
+      // message until the actor system ends, after the server (and the
+      // session an answer would reach) is gone.
       auto decide = [=, &answers, &jobs](unsigned status, bool now) {
         if (!key)
           return void(answer(status));
-        auto settle = [=, &answers](unsigned recorded) {
-          answer(answers.settle(o.position, recorded).status);
-        };
+        auto settle = std::make_shared<std::function<void(unsigned)>>(
+          [=, &answers](unsigned recorded) { answer(answers.settle(o.position, recorded).status); });
         caf::anon_send(writer, answered_atom_v, *key, uint64_t{status},
                        core::reply_to<uint64_t>{[settle, status](caf::expected<uint64_t> r) {
-                         settle(r ? static_cast<unsigned>(*r) : status);
+                         (*settle)(r ? static_cast<unsigned>(*r) : status);
                        }});
         if (now)
-          jobs.run([=](caf::event_based_actor* self) {
+          jobs.run([weak = std::weak_ptr{settle}, status, drain_timeout](caf::event_based_actor* self) {
             self->delayed_send(self, drain_timeout / 2, run_atom_v,
-                               core::bridge_job{[=](caf::event_based_actor*) { settle(status); }});
+                               core::bridge_job{[weak, status](caf::event_based_actor*) {
+                                 if (auto settle = weak.lock())
+                                   (*settle)(status);
+                               }});
           });
       };
       uint64_t following = 0;

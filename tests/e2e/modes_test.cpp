@@ -625,8 +625,10 @@ TEST_CASE("unit-of-work: a keyed write and its replay still unanswered when SIGT
   ::setenv("EVENTSD_FAILPOINTS", "log-writer.slow-answer-record,uow.replay-waits-late", 1);
   std::optional<server_behind_proxy> s;
   try {
+    // The drain's fallback (half its time) comes well after the log writer's answer.
     s.emplace(std::vector<std::string>{"--projection.mode=unit-of-work",
-                                       "--projection.uow-timeout-ms=20000"});
+                                       "--projection.uow-timeout-ms=20000",
+                                       "--http.drain-timeout-ms=10000"});
   } catch (...) {
     ::unsetenv("EVENTSD_FAILPOINTS");
     throw;
@@ -653,14 +655,16 @@ TEST_CASE("unit-of-work: a keyed write and its replay still unanswered when SIGT
   // The read model catches up: the first request decides 201 and the log
   // writer starts recording it; the drain begins during that.
   s->proxy.restore();
-  std::this_thread::sleep_for(500ms);
-  auto status = s->srv.stop(1, 15s);
+  std::this_thread::sleep_for(1000ms);
+  auto status = s->srv.stop(1, 20s);
   first_thread.join();
   replay_thread.join();
   CHECK(WIFEXITED(status));
   INFO("first: " << first.status << " " << first.body);
   INFO("replay: " << replay.status << " " << replay.body);
-  CHECK(first.status == 201);
+  // 201 as a rule; 202 (for all three) should the first request's wait not
+  // have ended before the drain began, on a very slow machine.
+  CHECK((first.status == 201 || first.status == 202));
   CHECK(replay.status == first.status);
   CHECK(replay.body == first.body);
 

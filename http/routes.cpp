@@ -1313,7 +1313,11 @@ router::router(services& svc) : svc_(svc) {
                         {"completed", st.rebuilds_completed}}}};
             respond(json_reply(200, {{"items", json::array({item})}}));
           },
-          [=](caf::error& err) { respond(problem(503, "projection busy: " + caf::to_string(err))); });
+          [=](caf::error& err) {
+            auto r = problem(503, "projection busy: " + caf::to_string(err));
+            r.header("Retry-After", "1");
+            respond(std::move(r));
+          });
     });
   });
 

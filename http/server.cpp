@@ -991,6 +991,16 @@ private:
           if (auto version = unsupported_version(buffer_.data(), header_limit))
             return send(problem(505, *version + " is not supported: send HTTP/1.1 (or 1.0)"),
                         "bad-request", std::chrono::steady_clock::now());
+        // RFC 9112 §6.1 lets a server refuse both framings at once; Beast
+        // says the second is bad (the fields before it are in the header).
+        auto& fields = parser_->get();
+        if ((ec == bhttp::error::bad_content_length
+             && fields.count(bhttp::field::transfer_encoding) > 0)
+            || (ec == bhttp::error::bad_transfer_encoding
+                && fields.count(bhttp::field::content_length) > 0))
+          return send(problem(400, "malformed HTTP request: both Transfer-Encoding and "
+                                   "Content-Length given; send one (RFC 9112 §6.1)"),
+                      "bad-request", std::chrono::steady_clock::now());
         return send(problem(400, "malformed HTTP request: " + ec.message()), "bad-request",
                     std::chrono::steady_clock::now());
       }
@@ -1013,8 +1023,10 @@ private:
       close_after_ = true;
       return send(std::move(*bad), "bad-request", started);
     }
-    // A method HTTP does not define (names are case-sensitive: `get` is
-    // none) is not implemented for any resource (RFC 9110 §9.1).
+    // A method no HTTP specification defines (Beast knows RFC 9110's and
+    // the registered extensions', WebDAV's and others; names are
+    // case-sensitive: `get` is none) is not implemented for any resource
+    // (RFC 9110 §9.1).
     if (msg.method() == bhttp::verb::unknown)
       return send(problem(501, "method `" + req.method + "` is not implemented"),
                   "method-not-implemented", started);

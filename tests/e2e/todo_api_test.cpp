@@ -1700,6 +1700,31 @@ TEST_CASE("a request whose body framing cannot be trusted is a 400 and the conne
   }
 }
 
+TEST_CASE("a request with both Transfer-Encoding and Content-Length is a 400 saying so, in either "
+          "order, and the connection closes unread",
+          "[e2e][todo][validation]") {
+  auto before = head();
+  const std::string body = R"({"description":"smuggled?"})";
+  char size_line[32];
+  std::snprintf(size_line, sizeof size_line, "%zx\r\n", body.size());
+  const std::string chunks = std::string{size_line} + body + "\r\n0\r\n\r\n";
+  const std::string length = "Content-Length: " + std::to_string(body.size()) + "\r\n";
+  for (std::string fields : {"Transfer-Encoding: chunked\r\n" + length,
+                             length + "transfer-encoding: chunked\r\n"}) {
+    INFO(fields);
+    auto raw = raw_exchange(shared_server().port(),
+                            "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                              + fields + "\r\n" + chunks,
+                            5000ms, true);
+    auto r = parse_response(raw);
+    check_rejected(r, 400, before);
+    CHECK(r.json_body().value("detail", "").find("both Transfer-Encoding and Content-Length")
+          != std::string::npos);
+    CHECK(r.header("Connection").value_or("") == "close");
+    CHECK(raw.find("HTTP/1.1 ", 1) == std::string::npos);
+  }
+}
+
 TEST_CASE("a chunked body whose next chunk-size line is not one is a 400 and the connection "
           "closes: the rest of the body is never read as a request, though it begins with CRLF",
           "[e2e][todo][validation]") {

@@ -121,6 +121,21 @@ TEST_CASE("GET /openapi.json: every operation lists the answers any request may 
     }
     INFO("HEAD " << path << " as its GET");
     CHECK(names(ops["head"]) == names(ops["get"]));
+    // A HEAD answers the headers its GET would: each answer both list
+    // declares the same header fields.
+    auto header_names = [&](const json& response) {
+      std::set<std::string> out;
+      auto headers = resolve(doc, response).value("headers", json::object());
+      for (auto& [name, header] : headers.items())
+        out.insert(name);
+      return out;
+    };
+    for (auto& [status, response] : ops["get"]["responses"].items()) {
+      if (!ops["head"]["responses"].contains(status))
+        continue;
+      INFO("HEAD " << path << " " << status << " declares the headers of its GET");
+      CHECK(header_names(ops["head"]["responses"][status]) == header_names(response));
+    }
   }
   CHECK(operations > 40);
 }

@@ -662,9 +662,13 @@ router::router(services& svc) : svc_(svc) {
       // event is durable, so 202, never 503, even while the projection is
       // stuck in PostgreSQL.
       auto answered = std::make_shared<std::atomic<bool>>(false);
-      auto answer = [=](unsigned status) {
+      // Its drain hook, forgotten once it is answered (0: none).
+      auto hook = std::make_shared<std::atomic<uint64_t>>(0);
+      auto answer = [=, &on_drain](unsigned status) {
         if (answered->exchange(true))
           return false;
+        if (auto id = hook->exchange(0))
+          on_drain.remove(id);
         respond(write_reply(o, status));
         return true;
       };
@@ -707,19 +711,26 @@ router::router(services& svc) : svc_(svc) {
           return void(answer(*f.status));
         following = f.id;
       }
-      auto done = [=, &on_drain, &answers](uint64_t hook, unsigned status) {
-        on_drain.remove(hook);
+      auto done = [=, &answers](unsigned status) {
         if (following != 0)
           answers.unfollow(o.position, following);
         decide(status, false);
       };
-      auto hook = on_drain.add([=] { decide(202, true); });
+      // Registered until the request is answered, also while its status is
+      // being recorded: a disk stuck then leaves it the drain's 202, not the
+      // drain deadline's 503.
+      hook->store(on_drain.add([=] { decide(202, true); }));
+      if (answered->load()) // by a follow, before the hook was known
+        if (auto id = hook->exchange(0))
+          on_drain.remove(id);
       core::bridge_job wait = [=](caf::event_based_actor* self) {
         self
           ->request(projection, uow_timeout, wait_atom_v, o.position,
                     static_cast<uint64_t>(uow_timeout.count()))
-          .then([=](uint64_t) { done(hook, success); }, [=](caf::error&) { done(hook, 202); });
+          .then([=](uint64_t) { done(success); }, [=](caf::error&) { done(202); });
       };
+      // Tests only. CAF's clock holds the delayed job until it fires (or the
+      // actor system ends, after the server: a test must let it fire first).
       if (o.replayed && core::failpoint_armed("uow.replay-waits-late"))
         return jobs.run([wait](caf::event_based_actor* self) {
           self->delayed_send(self, std::chrono::seconds{3}, run_atom_v, wait);

@@ -187,6 +187,11 @@ const std::string& http_date() {
 /// transfer coding other than chunked (501), a content coding (415).
 /// Rewrites an absolute-form target (`http://host/p`) to its origin form
 /// (RFC 9112 §3.2.2). The connection closes after any of these.
+/// RFC 9112 §6.1 lets a server refuse a request that gives both framings.
+constexpr const char* both_framings =
+  "malformed HTTP request: both Transfer-Encoding and Content-Length given; send one "
+  "(RFC 9112 §6.1)";
+
 std::optional<reply> framing_problem(unsigned version, incoming& req) {
   if (version >= 11 && req.headers.count("host") == 0)
     return problem(400, "HTTP/1.1 request without a Host header");
@@ -219,6 +224,8 @@ std::optional<reply> framing_problem(unsigned version, incoming& req) {
   if (!codings.empty() && version < 11)
     return problem(400, "Transfer-Encoding in an HTTP/1.0 request: its framing cannot be "
                         "trusted (send HTTP/1.1, or Content-Length)");
+  if (!codings.empty() && req.headers.count("content-length") > 0)
+    return problem(400, both_framings);
   if (auto n = std::ranges::count(codings, "chunked"); n > 1)
     return problem(400, "Transfer-Encoding names chunked more than once");
   else if (n == 1 && codings.back() != "chunked")
@@ -991,16 +998,14 @@ private:
           if (auto version = unsupported_version(buffer_.data(), header_limit))
             return send(problem(505, *version + " is not supported: send HTTP/1.1 (or 1.0)"),
                         "bad-request", std::chrono::steady_clock::now());
-        // RFC 9112 §6.1 lets a server refuse both framings at once; Beast
-        // says the second is bad (the fields before it are in the header).
+        // Both framings: Beast says the second is bad (the fields before it
+        // are in the header); framing_problem answers the orders it accepts.
         auto& fields = parser_->get();
         if ((ec == bhttp::error::bad_content_length
              && fields.count(bhttp::field::transfer_encoding) > 0)
             || (ec == bhttp::error::bad_transfer_encoding
                 && fields.count(bhttp::field::content_length) > 0))
-          return send(problem(400, "malformed HTTP request: both Transfer-Encoding and "
-                                   "Content-Length given; send one (RFC 9112 §6.1)"),
-                      "bad-request", std::chrono::steady_clock::now());
+          return send(problem(400, both_framings), "bad-request", std::chrono::steady_clock::now());
         return send(problem(400, "malformed HTTP request: " + ec.message()), "bad-request",
                     std::chrono::steady_clock::now());
       }

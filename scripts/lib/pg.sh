@@ -183,7 +183,7 @@ _pg_start_locked() {
     local running_port
     running_port=$(_pg_running_port)
     if [[ -n $running_port && $running_port != "$_pg_port" ]]; then
-      _pg_log "already running on port $running_port (EVENTSD_PG_PORT asks for $_pg_port): using it there; scripts/pg stop, then start again, to move it"
+      _pg_log "already running on port $running_port, not $_pg_port: using it there; scripts/pg stop, then start again, to move it"
       _pg_port=$running_port
     fi
   fi
@@ -229,7 +229,7 @@ pg_start() {
   _pg_locked _pg_start_locked || return 1
   _pg_paths
   local port
-  port=$(_pg_running_port)  # where it runs, which may not be EVENTSD_PG_PORT (above)
+  port=$(_pg_running_port || true)  # where it runs, which may not be EVENTSD_PG_PORT (above)
   port=${port:-$_pg_port}
   export EVENTSD_POSTGRES_DSN="host=127.0.0.1 port=$port dbname=eventsd user=postgres"
   if [[ -n ${EVENTSD_TEST_PG_DSN:-} && ${EVENTSD_TEST_PG_DSN} != "${_pg_own_test_dsn:-}" ]]; then

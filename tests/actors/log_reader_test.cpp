@@ -18,11 +18,12 @@ namespace {
 
 /// A todo's version as the log reader answers it (`version_atom`).
 caf::expected<uint64_t> version_of(const actors::log_reader_actor& reader, const std::string& id) {
-  std::promise<caf::expected<uint64_t>> answered;
-  auto answer = answered.get_future();
+  // Shared: a reply after a timed-out wait must not reach a destroyed promise.
+  auto answered = std::make_shared<std::promise<caf::expected<uint64_t>>>();
+  auto answer = answered->get_future();
   caf::anon_send(reader, version_atom_v, id,
-                 core::reply_to<uint64_t>{[&answered](caf::expected<uint64_t> r) {
-                   answered.set_value(std::move(r));
+                 core::reply_to<uint64_t>{[answered](caf::expected<uint64_t> r) {
+                   answered->set_value(std::move(r));
                  }});
   REQUIRE(answer.wait_for(std::chrono::seconds{10}) == std::future_status::ready);
   return answer.get();
@@ -35,6 +36,8 @@ TEST_CASE("the log reader answers history, state at an event, a todo's version, 
   temp_dir dir;
   auto log = open_log(dir.db());
   runtime rt{log.get()};
+  // Another todo first: versions differ from positions.
+  REQUIRE(rt.execute(core::make_uuid(), todo::create{"before"}));
   auto id = core::make_uuid();
   REQUIRE(rt.execute(id, todo::create{"read me"}));
   REQUIRE(rt.execute(id, todo::mark_done{}));
@@ -65,11 +68,11 @@ TEST_CASE("the log reader answers history, state at an event, a todo's version, 
       },
       fail);
   self->request(reader, reply_timeout, all_atom_v, uint64_t{1}, uint64_t{10})
-    .receive([&](actors::recorded_events& events) { CHECK(events.size() == 2); }, fail);
+    .receive([&](actors::recorded_events& events) { CHECK(events.size() == 3); }, fail);
   self->request(reader, reply_timeout, streams_atom_v, uint64_t{0}, uint64_t{10})
     .receive(
       [&](actors::stream_summaries& streams) {
-        REQUIRE(streams.size() == 1);
+        REQUIRE(streams.size() == 2); // the most recently written first
         CHECK(streams[0].stream == "todo-" + id);
         CHECK(streams[0].version == 2);
       },

@@ -1283,15 +1283,9 @@ TEST_CASE("an exception that ends the log writer stops the server: the write it 
           "answered 503 and not appended, the reason is logged, and eventsd exits with status 70",
           "[e2e][faults][lifeline]") {
   // The failpoint makes the log writer throw before it writes its first batch.
-  ::setenv("EVENTSD_FAILPOINTS", "log-writer.before-append", 1);
   std::unique_ptr<server> s;
-  try {
-    s = std::make_unique<server>(server_options::without_postgres({}));
-  } catch (...) {
-    ::unsetenv("EVENTSD_FAILPOINTS");
-    throw;
-  }
-  ::unsetenv("EVENTSD_FAILPOINTS");
+  with_failpoints("log-writer.before-append",
+                  [&] { s = std::make_unique<server>(server_options::without_postgres({})); });
   {
     http_client c{s->port()};
     auto r = c.post_json("/todo", {{"description", "held when the writer failed"}});

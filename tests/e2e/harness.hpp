@@ -5,6 +5,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdlib>
 #include <csignal>
 #include <cstdint>
 #include <map>
@@ -324,6 +325,18 @@ bool eventually(F&& fn, std::chrono::milliseconds within = std::chrono::millisec
                 std::chrono::milliseconds every = std::chrono::milliseconds{20});
 
 void sleep_for(std::chrono::milliseconds d);
+
+/// Runs `start` (which starts a server) with EVENTSD_FAILPOINTS set to
+/// `names`: the process started inherits it, later restarts do not. Unset
+/// again when `start` returns or throws.
+template <class F>
+void with_failpoints(const char* names, F&& start) {
+  ::setenv("EVENTSD_FAILPOINTS", names, 1);
+  struct unset {
+    ~unset() { ::unsetenv("EVENTSD_FAILPOINTS"); }
+  } at_exit;
+  start();
+}
 
 template <class F>
 bool eventually(F&& fn, std::chrono::milliseconds within, std::chrono::milliseconds every) {

@@ -622,18 +622,13 @@ TEST_CASE("unit-of-work: a keyed write and its replay still unanswered when SIGT
   // request's 201 is still on its way into the log when the drain begins.
   // A replay waits 3 s before it asks the read model: it is still waiting
   // then (without, its wait would end with the first's, a moment before).
-  ::setenv("EVENTSD_FAILPOINTS", "log-writer.slow-answer-record,uow.replay-waits-late", 1);
+  // The drain's fallback (half its time) comes well after the log writer's answer.
   std::optional<server_behind_proxy> s;
-  try {
-    // The drain's fallback (half its time) comes well after the log writer's answer.
+  with_failpoints("log-writer.slow-answer-record,uow.replay-waits-late", [&] {
     s.emplace(std::vector<std::string>{"--projection.mode=unit-of-work",
                                        "--projection.uow-timeout-ms=20000",
                                        "--http.drain-timeout-ms=10000"});
-  } catch (...) {
-    ::unsetenv("EVENTSD_FAILPOINTS");
-    throw;
-  }
-  ::unsetenv("EVENTSD_FAILPOINTS");
+  });
   http_client c{s->srv.port()};
   REQUIRE(c.post_json("/todo", {{"description", "before the hang"}}).status == 201);
   auto head_before = all_head(c);
@@ -690,17 +685,12 @@ TEST_CASE("unit-of-work: a keyed write unanswered when SIGTERM comes is answered
   CAPTURE(recording);
   // The log writer takes 2 s to record an answer's status, longer than the
   // whole drain (1.5 s): the 202 goes out unrecorded at half of it.
-  ::setenv("EVENTSD_FAILPOINTS", "log-writer.slow-answer-record", 1);
   std::optional<server_behind_proxy> s;
-  try {
+  with_failpoints("log-writer.slow-answer-record", [&] {
     s.emplace(std::vector<std::string>{"--projection.mode=unit-of-work",
                                        "--projection.uow-timeout-ms=20000",
                                        "--http.drain-timeout-ms=1500"});
-  } catch (...) {
-    ::unsetenv("EVENTSD_FAILPOINTS");
-    throw;
-  }
-  ::unsetenv("EVENTSD_FAILPOINTS");
+  });
   http_client c{s->srv.port()};
   REQUIRE(c.post_json("/todo", {{"description", "before the hang"}}).status == 201);
   auto head_before = all_head(c);

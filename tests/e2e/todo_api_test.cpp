@@ -56,6 +56,13 @@ uint64_t head() {
 }
 
 /// Checks that `r` is an RFC 9457 problem with `status`.
+/// `data` as a chunked body: one chunk, then the last (empty) one.
+std::string one_chunk(const std::string& data) {
+  char size_line[32];
+  std::snprintf(size_line, sizeof size_line, "%zx\r\n", data.size());
+  return size_line + data + "\r\n0\r\n\r\n";
+}
+
 void check_problem(const response& r, unsigned status) {
   INFO("answer " << r.status << ": " << r.body);
   CHECK(r.status == status);
@@ -623,15 +630,10 @@ TEST_CASE("a conditional history read is answered from the todo's version: its 3
           "[e2e][todo][history]") {
   // Every history page read fails (a failpoint), and no stream is cached:
   // an answer that needs no page must come without one.
-  ::setenv("EVENTSD_FAILPOINTS", "log-reader.history-page-fails", 1);
   std::unique_ptr<server> s;
-  try {
+  with_failpoints("log-reader.history-page-fails", [&] {
     s = std::make_unique<server>(server_options::with_args({"--storage.stream-cache-mb=0"}));
-  } catch (...) {
-    ::unsetenv("EVENTSD_FAILPOINTS");
-    throw;
-  }
-  ::unsetenv("EVENTSD_FAILPOINTS");
+  });
   http_client c{s->port()};
   // Another todo first: the version (2) is not the position (3).
   REQUIRE(c.post_json("/todo", {{"description", "before"}}).status == 201);
@@ -1424,9 +1426,7 @@ TEST_CASE("a body of exactly 65536 bytes is accepted and 65537 bytes is a 413",
   // A chunked body over the limit too.
   std::string chunked = "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                         "Transfer-Encoding: chunked\r\n\r\n";
-  char size_line[32];
-  std::snprintf(size_line, sizeof size_line, "%zx\r\n", over.size());
-  chunked += size_line + over + "\r\n0\r\n\r\n";
+  chunked += one_chunk(over);
   check_rejected(parse_response(raw_exchange(shared_server().port(), chunked)), 413, before);
   // The answer to a HEAD has no body, also when it is a 413 (RFC 9110 §9.3.2).
   auto head_raw = raw_exchange(
@@ -1650,12 +1650,10 @@ TEST_CASE("HTTP/1.1 framing rules: no Host is a 400, an unknown transfer coding 
                                 "POST /todo HTTP/1.1\r\nHost: a\r\nHost: b\r\n"
                                 "Content-Type: application/json\r\n" + length + "\r\n" + body);
   check_rejected(parse_response(two_hosts), 400, before);
-  char size_line[32];
-  std::snprintf(size_line, sizeof size_line, "%zx\r\n", body.size());
   auto gzip_te = raw_exchange(shared_server().port(),
                               "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                               "Transfer-Encoding: gzip, chunked\r\n\r\n"
-                                + std::string{size_line} + body + "\r\n0\r\n\r\n");
+                                + one_chunk(body));
   auto not_implemented = parse_response(gzip_te);
   check_rejected(not_implemented, 501, before);
   CHECK(not_implemented.json_body().value("title", std::string{}) == "Not Implemented");
@@ -1679,9 +1677,7 @@ TEST_CASE("a request whose body framing cannot be trusted is a 400 and the conne
           "[e2e][todo][validation]") {
   auto before = head();
   const std::string body = R"({"description":"smuggled?"})";
-  char size_line[32];
-  std::snprintf(size_line, sizeof size_line, "%zx\r\n", body.size());
-  const std::string chunks = std::string{size_line} + body + "\r\n0\r\n\r\n";
+  const std::string chunks = one_chunk(body);
   // Each followed by a second request on the same connection: had the body
   // been taken for none, its bytes would have been read as that request.
   const std::string next = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
@@ -1707,9 +1703,7 @@ TEST_CASE("a request with both Transfer-Encoding and Content-Length is a 400 say
           "[e2e][todo][validation]") {
   auto before = head();
   const std::string body = R"({"description":"smuggled?"})";
-  char size_line[32];
-  std::snprintf(size_line, sizeof size_line, "%zx\r\n", body.size());
-  const std::string chunks = std::string{size_line} + body + "\r\n0\r\n\r\n";
+  const std::string chunks = one_chunk(body);
   const std::string length = "Content-Length: " + std::to_string(body.size()) + "\r\n";
   for (std::string fields : {"Transfer-Encoding: chunked\r\n" + length,
                              length + "transfer-encoding: chunked\r\n",

@@ -6,13 +6,19 @@
 EVENTSD_ROOT=${EVENTSD_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)}
 export EVENTSD_ROOT
 
-# Debian packages the build, the tests and the benchmarks need.
-EVENTSD_PACKAGES=(
+# Debian packages the build and the server need (scripts/run; the build configures the
+# tests too, hence catch2; nodejs and npm build the web assets).
+EVENTSD_RUN_PACKAGES=(
   build-essential cmake ninja-build
   libcaf-dev librocksdb-dev libboost-dev libboost-system-dev libpq-dev libtcmalloc-minimal4
   catch2 nlohmann-json3-dev
   postgresql-15 postgresql-client-15 postgresql-contrib
-  curl nodejs npm wrk rocksdb-tools bc chromium prometheus
+  curl nodejs npm
+)
+# ... and what the tests and the benchmarks need besides.
+EVENTSD_PACKAGES=(
+  "${EVENTSD_RUN_PACKAGES[@]}"
+  wrk rocksdb-tools bc chromium prometheus
   e2fsprogs # mkfs.ext4, for a test's frozen file system (fsfreeze)
 )
 

@@ -6,6 +6,7 @@
 // failpoint costs one test of an empty list.
 #pragma once
 
+#include <algorithm>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
@@ -35,12 +36,7 @@ inline const std::vector<std::string>& armed_failpoints() {
 /// Whether `name` is armed.
 inline bool failpoint_armed(std::string_view name) {
   auto& armed = armed_failpoints();
-  if (armed.empty())
-    return false;
-  for (auto& a : armed)
-    if (a == name)
-      return true;
-  return false;
+  return std::find(armed.begin(), armed.end(), name) != armed.end();
 }
 
 /// Throws std::runtime_error("failpoint <name>") when `name` is armed.

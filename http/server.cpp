@@ -181,17 +181,18 @@ const std::string& http_date() {
   return value;
 }
 
-/// What RFC 9112/9110 make a server refuse before routing: an HTTP/1.1
-/// request without `Host`; a body whose framing cannot be trusted (400):
-/// chunked applied twice or not last, any transfer coding in HTTP/1.0; a
-/// transfer coding other than chunked (501), a content coding (415).
-/// Rewrites an absolute-form target (`http://host/p`) to its origin form
-/// (RFC 9112 §3.2.2). The connection closes after any of these.
 /// RFC 9112 §6.1 lets a server refuse a request that gives both framings.
 constexpr const char* both_framings =
   "malformed HTTP request: both Transfer-Encoding and Content-Length given; send one "
   "(RFC 9112 §6.1)";
 
+/// What RFC 9112/9110 make a server refuse before routing: an HTTP/1.1
+/// request without `Host`; a body whose framing cannot be trusted (400):
+/// chunked applied twice or not last, both framings, any transfer coding in
+/// HTTP/1.0; a transfer coding other than chunked (501), a content coding
+/// (415).
+/// Rewrites an absolute-form target (`http://host/p`) to its origin form
+/// (RFC 9112 §3.2.2). The connection closes after any of these.
 std::optional<reply> framing_problem(unsigned version, incoming& req) {
   if (version >= 11 && req.headers.count("host") == 0)
     return problem(400, "HTTP/1.1 request without a Host header");
@@ -264,8 +265,9 @@ void fail(beast::error_code ec, const char* what, const tcp::socket* peer = null
   }
   std::cerr << "eventsd: http " << what;
   beast::error_code unknown;
-  if (auto from = peer ? peer->remote_endpoint(unknown) : tcp::endpoint{}; peer && !unknown)
-    std::cerr << " from " << from;
+  if (peer)
+    if (auto from = peer->remote_endpoint(unknown); !unknown)
+      std::cerr << " from " << from;
   std::cerr << ": " << ec.message();
   if (auto n = suppressed.exchange(0); n > 0)
     std::cerr << " (and " << n << " more failures not logged in the last second(s))";

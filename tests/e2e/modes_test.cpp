@@ -13,6 +13,31 @@ using namespace std::chrono_literals;
 
 namespace {
 
+/// Starts `s`: unit-of-work mode, PostgreSQL behind its proxy, the given
+/// drain timeout, `failpoints` armed; then writes one todo, so that the
+/// projection is connected. Returns the log's head after it.
+uint64_t start_unit_of_work(std::optional<server_behind_proxy>& s, const char* failpoints,
+                            const std::string& drain_timeout_ms) {
+  with_failpoints(failpoints, [&] {
+    s.emplace(std::vector<std::string>{"--projection.mode=unit-of-work",
+                                       "--projection.uow-timeout-ms=20000",
+                                       "--http.drain-timeout-ms=" + drain_timeout_ms});
+  });
+  http_client c{s->srv.port()};
+  REQUIRE(c.post_json("/todo", {{"description", "before the hang"}}).status == 201);
+  return all_head(c);
+}
+
+/// Waits (1.5 s at most) until the read model has applied a position past `position`.
+bool read_model_past(http_client& c, uint64_t position) {
+  return eventually(
+    [&] {
+      auto at = c.get("/todo").header("X-Read-Model-Position");
+      return at && std::stoull(*at) > position;
+    },
+    1500ms, 20ms);
+}
+
 struct expected_write {
   write_ack ack;
   json state; // {id, description, status, version} right after the write
@@ -624,14 +649,9 @@ TEST_CASE("unit-of-work: a keyed write and its replay still unanswered when SIGT
   // then (without, its wait would end with the first's, a moment before).
   // The drain's fallback (half its time) comes well after the log writer's answer.
   std::optional<server_behind_proxy> s;
-  with_failpoints("log-writer.slow-answer-record,uow.replay-waits-late", [&] {
-    s.emplace(std::vector<std::string>{"--projection.mode=unit-of-work",
-                                       "--projection.uow-timeout-ms=20000",
-                                       "--http.drain-timeout-ms=10000"});
-  });
+  auto head_before =
+    start_unit_of_work(s, "log-writer.slow-answer-record,uow.replay-waits-late", "10000");
   http_client c{s->srv.port()};
-  REQUIRE(c.post_json("/todo", {{"description", "before the hang"}}).status == 201);
-  auto head_before = all_head(c);
   json body{{"description", "keyed, answered as the server stops"}};
   auto key = random_uuid();
   s->proxy.stall();
@@ -650,12 +670,7 @@ TEST_CASE("unit-of-work: a keyed write and its replay still unanswered when SIGT
   // The read model catches up: the first request decides 201 and the log
   // writer starts recording it (2 s); the drain begins during that.
   s->proxy.restore();
-  REQUIRE(eventually(
-    [&] {
-      auto position = c.get("/todo").header("X-Read-Model-Position");
-      return position && std::stoull(*position) > head_before;
-    },
-    1500ms, 20ms));
+  REQUIRE(read_model_past(c, head_before));
   std::this_thread::sleep_for(200ms);
   auto status = s->srv.stop(1, 20s);
   first_thread.join();
@@ -686,14 +701,8 @@ TEST_CASE("unit-of-work: a keyed write unanswered when SIGTERM comes is answered
   // The log writer takes 2 s to record an answer's status, longer than the
   // whole drain (1.5 s): the 202 goes out unrecorded at half of it.
   std::optional<server_behind_proxy> s;
-  with_failpoints("log-writer.slow-answer-record", [&] {
-    s.emplace(std::vector<std::string>{"--projection.mode=unit-of-work",
-                                       "--projection.uow-timeout-ms=20000",
-                                       "--http.drain-timeout-ms=1500"});
-  });
+  auto head_before = start_unit_of_work(s, "log-writer.slow-answer-record", "1500");
   http_client c{s->srv.port()};
-  REQUIRE(c.post_json("/todo", {{"description", "before the hang"}}).status == 201);
-  auto head_before = all_head(c);
   if (!recording)
     s->proxy.stall();
   response answered;
@@ -707,12 +716,7 @@ TEST_CASE("unit-of-work: a keyed write unanswered when SIGTERM comes is answered
   REQUIRE(eventually([&] { return all_head(c) > head_before; }, 5000ms, 10ms));
   if (recording) {
     // The read model has it: the write's wait ends, its 201 is being recorded.
-    REQUIRE(eventually(
-      [&] {
-        auto position = c.get("/todo").header("X-Read-Model-Position");
-        return position && std::stoull(*position) > head_before;
-      },
-      1500ms, 20ms));
+    REQUIRE(read_model_past(c, head_before));
     std::this_thread::sleep_for(100ms);
   }
   auto t0 = std::chrono::steady_clock::now();

@@ -163,8 +163,13 @@ std::string media_type(const std::string& content_type) {
   return media;
 }
 
-/// Checks Content-Type and parses a JSON object body.
-std::optional<reply> require_json_object(const incoming& req, json& out) {
+/// The 415 of a body whose Content-Type is not JSON in UTF-8 (a 400 when
+/// the field, which takes one value, is given twice: which would count is a
+/// guess).
+std::optional<reply> json_content_type_problem(const incoming& req) {
+  if (req.repeated("content-type"))
+    return problem(400, "Content-Type given more than once",
+                   {{"Content-Type", {"must be given once"}}});
   auto type = lower(req.header("content-type"));
   if (media_type(type) != "application/json")
     return problem(415, "expected a body of type application/json");
@@ -189,6 +194,13 @@ std::optional<reply> require_json_object(const incoming& req, json& out) {
       return problem(415, "a JSON body is UTF-8; charset=" + std::string{charset}
                             + " is not accepted");
   }
+  return std::nullopt;
+}
+
+/// Checks Content-Type and parses a JSON object body.
+std::optional<reply> require_json_object(const incoming& req, json& out) {
+  if (auto err = json_content_type_problem(req))
+    return err;
   if (!todo::count_code_points(req.body))
     return problem(400, "body is not valid UTF-8");
   // The usual body, e.g. {"description":"…"}, without the parser: the same
@@ -787,7 +799,7 @@ router::router(services& svc) : svc_(svc) {
     if (req.written_stream && !cond.idempotency)
       *req.written_stream = "todo-" + id;
     execute(std::move(id), todo::create{std::move(description)}, std::move(cond), 201, respond);
-  });
+  }, true);
 
   add("PUT", "/todo/change-description", [=](incoming& req, auto&, responder& respond) {
     json body;
@@ -809,7 +821,7 @@ router::router(services& svc) : svc_(svc) {
       return respond(problem(400, "validation failed", std::move(errors)));
     execute(*id, todo::change_description{std::move(description)},
             conditions_of(req), 200, hinting_malformed_tags(req, respond));
-  });
+  }, true);
 
   // The status changes: no body, one event each.
   for (auto [pattern, command] :
@@ -1393,8 +1405,8 @@ router::router(services& svc) : svc_(svc) {
   });
 }
 
-void router::add(std::string method, std::string pattern, handler fn) {
-  route r{std::move(method), pattern, {}, std::move(fn)};
+void router::add(std::string method, std::string pattern, handler fn, bool json_body) {
+  route r{std::move(method), pattern, {}, std::move(fn), json_body};
   std::stringstream ss{pattern.substr(1)};
   std::string seg;
   while (std::getline(ss, seg, '/'))
@@ -1505,6 +1517,13 @@ std::string router::pattern_of(const std::string& method, std::string_view targe
   return r ? r->pattern : "unmatched";
 }
 
+namespace {
+/// The metrics' route name of an `unrouted` answer.
+std::string unrouted_pattern(const reply& r) {
+  return r.status == 204 ? "options" : r.status == 405 ? "method-not-allowed" : "unmatched";
+}
+} // namespace
+
 std::string router::handle(incoming req, responder respond) {
   std::vector<std::string> best_params, allowed;
   if (req.target == "*") {
@@ -1525,28 +1544,45 @@ std::string router::handle(incoming req, responder respond) {
     best->fn(req, best_params, respond);
     return best->pattern;
   }
-  if (!allowed.empty()) {
-    if (std::find(allowed.begin(), allowed.end(), "GET") != allowed.end())
-      allowed.push_back("HEAD");
-    allowed.push_back("OPTIONS");
-    std::string allow;
-    for (auto& m : allowed)
-      allow += (allow.empty() ? "" : ", ") + m;
-    if (req.method == "OPTIONS") {
-      reply r;
-      r.status = 204;
-      r.content_type.clear();
-      r.header("Allow", allow);
-      respond(std::move(r));
-      return "options";
-    }
-    auto r = problem(405, "method " + req.method + " is not allowed on " + req.path);
-    r.header("Allow", allow);
-    respond(std::move(r));
-    return "method-not-allowed";
+  auto r = unrouted(req, std::move(allowed));
+  auto pattern = unrouted_pattern(r);
+  respond(std::move(r));
+  return pattern;
+}
+
+reply router::unrouted(const incoming& req, std::vector<std::string> allowed) const {
+  if (allowed.empty())
+    return problem(404, "no route for " + req.method + " " + req.path);
+  if (std::find(allowed.begin(), allowed.end(), "GET") != allowed.end())
+    allowed.push_back("HEAD");
+  allowed.push_back("OPTIONS");
+  std::string allow;
+  for (auto& m : allowed)
+    allow += (allow.empty() ? "" : ", ") + m;
+  reply r;
+  if (req.method == "OPTIONS") {
+    r.status = 204;
+    r.content_type.clear();
+  } else {
+    r = problem(405, "method " + req.method + " is not allowed on " + req.path);
   }
-  respond(problem(404, "no route for " + req.method + " " + req.path));
-  return "unmatched";
+  r.header("Allow", allow);
+  return r;
+}
+
+std::optional<std::pair<reply, std::string>>
+router::refusal_before_body(const incoming& req) const {
+  if (req.target == "*")
+    return std::nullopt; // OPTIONS' answer (or the 400 of another method)
+  std::vector<std::string> params, allowed;
+  if (auto* r = find(req.method, req.path, params, allowed)) {
+    if (auto err = r->json_body ? json_content_type_problem(req) : std::nullopt)
+      return std::pair{std::move(*err), r->pattern};
+    return std::nullopt;
+  }
+  auto r = unrouted(req, std::move(allowed));
+  auto pattern = unrouted_pattern(r);
+  return std::pair{std::move(r), std::move(pattern)};
 }
 
 bool is_loopback_address(const std::string& address) {

@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "http/reply.hpp"
@@ -91,6 +92,13 @@ public:
   /// for the metrics of a request refused before it is routed.
   std::string pattern_of(const std::string& method, std::string_view target) const;
 
+  /// The answer `req` gets whatever its body is, when its header alone
+  /// decides it: no route (404), a method the path does not take (405), a
+  /// body that is not JSON where JSON is expected (415). For a request that
+  /// expects `100 Continue`, which then need not send its body. With the
+  /// route pattern for the metrics, as `handle` returns it.
+  std::optional<std::pair<reply, std::string>> refusal_before_body(const incoming& req) const;
+
   services& svc() { return svc_; }
 
 private:
@@ -100,8 +108,12 @@ private:
     std::string pattern;
     std::vector<std::string> segments;
     handler fn;
+    bool json_body = false; ///< its body must be `application/json`
   };
-  void add(std::string method, std::string pattern, handler fn);
+  void add(std::string method, std::string pattern, handler fn, bool json_body = false);
+  /// The 404 or 405 (or an OPTIONS' 204) of a request no route takes;
+  /// `allowed` lists the methods of routes of its path.
+  reply unrouted(const incoming& req, std::vector<std::string> allowed) const;
   /// The route for `method` on `path` (the one with most literal segments),
   /// its parameters in `params`; the methods other routes of the path take
   /// are added to `allowed`.

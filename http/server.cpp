@@ -245,6 +245,31 @@ std::optional<reply> framing_problem(unsigned version, incoming& req) {
   return std::nullopt;
 }
 
+/// A request refused before it is routed: its answer, the route name of its
+/// metrics, and whether the connection closes after it.
+struct refusal {
+  reply answer;
+  std::string route;
+  bool close = false;
+};
+
+/// framing_problem's refusals, then a method no HTTP specification defines
+/// (Beast knows RFC 9110's and the registered extensions', WebDAV's and
+/// others; names are case-sensitive: `get` is none), which is not
+/// implemented for any resource (RFC 9110 §9.1), then a malformed target.
+/// Sets `req.path` and `req.query`.
+std::optional<refusal> refused_before_routing(unsigned version, bhttp::verb method, incoming& req) {
+  if (auto bad = framing_problem(version, req))
+    return refusal{std::move(*bad), "bad-request", true};
+  if (method == bhttp::verb::unknown)
+    return refusal{problem(501, "method `" + req.method + "` is not implemented"),
+                   "method-not-implemented"};
+  if (req.target != "*")
+    if (auto why = parse_target(req.target, req.path, req.query))
+      return refusal{problem(400, *why), "bad-request"};
+  return std::nullopt;
+}
+
 /// Logs an I/O failure worth knowing about, with the client's address when
 /// there is one. At most one line a second: any client can cause these
 /// (malformed requests), and must not flood the log.
@@ -890,6 +915,16 @@ private:
     if (ec || parser_->is_done())
       return on_read(ec, n);
     if (expects == expectation::continue_first) {
+      // An answer the header decides is sent instead of 100 Continue, so the
+      // body is never sent (§10.1.1); the connection closes, as the body
+      // may follow regardless.
+      if (auto refused = refusal_before_body(h)) {
+        read_deadline_.cancel();
+        ++read_phase_;
+        close_after_ = true;
+        method_ = std::string{h.method_string()};
+        return send(std::move(refused->answer), refused->route, std::chrono::steady_clock::now());
+      }
       static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
       net::async_write(stream_, net::buffer(continue_line.data(), continue_line.size()),
                        [self = shared_from_this()](beast::error_code wec, size_t) {
@@ -900,6 +935,22 @@ private:
       return;
     }
     read_body();
+  }
+
+  /// The answer of a request its header alone refuses: what on_read refuses
+  /// before routing, then what the route would (404, 405, 415).
+  std::optional<refusal>
+  refusal_before_body(const bhttp::request_parser<bhttp::string_body>::value_type& h) {
+    incoming req;
+    req.method = std::string{h.method_string()};
+    req.target = std::string{h.target()};
+    req.headers = header_fields_;
+    req.repeated_headers = repeated_fields_;
+    if (auto refused = refused_before_routing(h.version(), h.method(), req))
+      return refused;
+    if (auto r = router_.refusal_before_body(req))
+      return refusal{std::move(r->first), std::move(r->second), true};
+    return std::nullopt;
   }
 
   /// Parses what the buffer holds of the body, then reads the rest a part at
@@ -1026,20 +1077,11 @@ private:
     keep_alive_ = msg.keep_alive();
     chunked_ok_ = msg.version() >= 11;
     head_ = msg.method() == bhttp::verb::head;
-    if (auto bad = framing_problem(msg.version(), req)) {
-      close_after_ = true;
-      return send(std::move(*bad), "bad-request", started);
+    if (auto refused = refused_before_routing(msg.version(), msg.method(), req)) {
+      if (refused->close)
+        close_after_ = true;
+      return send(std::move(refused->answer), refused->route, started);
     }
-    // A method no HTTP specification defines (Beast knows RFC 9110's and
-    // the registered extensions', WebDAV's and others; names are
-    // case-sensitive: `get` is none) is not implemented for any resource
-    // (RFC 9110 §9.1).
-    if (msg.method() == bhttp::verb::unknown)
-      return send(problem(501, "method `" + req.method + "` is not implemented"),
-                  "method-not-implemented", started);
-    if (req.target != "*")
-      if (auto why = parse_target(req.target, req.path, req.query))
-        return send(problem(400, *why), "bad-request", started);
     if (router_.is_subscription(req))
       return start_subscription(req);
     auto executor = stream_.get_executor();

@@ -1391,6 +1391,25 @@ TEST_CASE("a body without Content-Type or with a non-JSON type is a 415",
   }
 }
 
+TEST_CASE("a body with Content-Type given on two lines is a 400 naming the field, even when "
+          "both lines say application/json",
+          "[e2e][todo][validation]") {
+  auto c = create("two content types target");
+  auto before = head();
+  std::string create_body = R"({"description":"typed twice"})";
+  std::string change_body = R"({"id":")" + c.id + R"(","description":"typed twice"})";
+  for (auto second : {"application/json", "text/plain"}) {
+    INFO("second Content-Type " << second);
+    header_list h{{"Content-Type", "application/json"}, {"Content-Type", second}};
+    for (auto r : {client().request("POST", "/todo", create_body, h),
+                   client().request("PUT", "/todo/change-description", change_body, h)}) {
+      check_rejected(r, 400, before);
+      CHECK(r.json_body()["detail"] == "Content-Type given more than once");
+      CHECK(r.json_body()["errors"][0]["field"] == "Content-Type");
+    }
+  }
+}
+
 TEST_CASE("Content-Type application/json with parameters or in another letter case is accepted",
           "[e2e][todo][validation]") {
   for (auto type : {"application/json; charset=utf-8", "application/json;charset=UTF-8",
@@ -1953,6 +1972,55 @@ TEST_CASE("a request with Expect: 100-continue gets 100 Continue before its body
   INFO("HTTP/1.0 answer: " << old_http);
   CHECK(old_http.rfind("HTTP/1.1 201 ", 0) == 0);
   CHECK(head() == before + 2);
+}
+
+TEST_CASE("a request expecting 100-continue that its header already refuses gets the refusal "
+          "instead, before its body is sent, and the connection closes",
+          "[e2e][todo][validation]") {
+  const std::string body = R"({"description":"never sent"})";
+  auto header_only = [&](const std::string& request_line, const std::string& fields) {
+    return request_line + "\r\nHost: x\r\nExpect: 100-continue\r\n" + fields
+           + "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n";
+  };
+  struct refused_case {
+    std::string what, request_line, fields;
+    unsigned status;
+  };
+  auto port = shared_server().port();
+  auto before = head();
+  for (auto& c : std::vector<refused_case>{
+         {"no route", "POST /nowhere HTTP/1.1", "Content-Type: application/json\r\n", 404},
+         {"a method the path does not take", "DELETE /todo HTTP/1.1",
+          "Content-Type: application/json\r\n", 405},
+         {"a body that is not JSON", "POST /todo HTTP/1.1", "Content-Type: text/plain\r\n", 415},
+         {"JSON in another charset", "PUT /todo/change-description HTTP/1.1",
+          "Content-Type: application/json; charset=latin1\r\n", 415},
+         {"a malformed target", "POST /todo?%zz HTTP/1.1", "Content-Type: application/json\r\n",
+          400},
+         {"a method HTTP does not define", "FROB /todo HTTP/1.1",
+          "Content-Type: application/json\r\n", 501},
+       }) {
+    CAPTURE(c.what);
+    // Only the header is sent: the final answer must come without the body.
+    auto answer = raw_exchange(port, header_only(c.request_line, c.fields), 1500ms);
+    INFO("answer: " << answer);
+    CHECK(answer.find("100 Continue") == std::string::npos);
+    auto r = parse_response(answer);
+    check_rejected(r, c.status, before);
+    CHECK(r.header("Connection") == "close");
+    if (c.status == 405)
+      CHECK(r.header("Allow") == "POST, GET, HEAD, OPTIONS");
+  }
+  // A route that takes the body still asks for it first, with any Content-Type
+  // its handler would accept.
+  auto met = raw_exchange(port,
+                          header_only("POST /todo HTTP/1.1",
+                                      "Content-Type: application/json; charset=UTF-8\r\n")
+                            + body,
+                          1500ms);
+  REQUIRE(met.rfind("HTTP/1.1 100 Continue\r\n\r\n", 0) == 0);
+  check_write(parse_response(met.substr(std::string{"HTTP/1.1 100 Continue\r\n\r\n"}.size())), 201);
+  CHECK(head() == before + 1);
 }
 
 TEST_CASE("an expectation other than 100-continue is refused with 417 before anything is "

@@ -291,9 +291,15 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
       },
       [self, reply, cmd](caf::error& err) mutable {
         if (err != storage::storage_errc::wrong_expected_version) {
-          // Nothing was appended (an idempotency conflict, a failed write):
-          // a todo that does not exist is not kept alive for it.
-          idle_if_absent<A>(self);
+          // A failed write may have reached the log after all (its answer
+          // says "may or may not"): this state may be a version behind, so
+          // the next command goes to a successor recovered from the log.
+          // Otherwise nothing was appended (an idempotency conflict, a
+          // deadline): a todo that does not exist is not kept alive for it.
+          if (err == storage::storage_errc::not_writable || err == core::runtime_errc::shutting_down)
+            self->send(self->state.env->registry, idle_atom_v, A::id_of(self->state.current));
+          else
+            idle_if_absent<A>(self);
           return reply(std::move(err));
         }
         // Our view of the stream was stale (a fresh aggregate whose id exists

@@ -561,6 +561,79 @@ TEST_CASE("an aggregate whose append hit a version conflict accepts the next com
   CHECK(fold(*log, id).description == "raced, renamed");
 }
 
+namespace {
+
+/// Stands between the registry and the log writer: passes everything on, but
+/// while `landed_but_failed` is set answers the next append, once it is in
+/// the log, as a write that failed and may or may not have been appended
+/// (what the store answers when a failed write's batch landed after all).
+actors::log_writer_actor landing_failures(caf::actor_system& sys, actors::log_writer_actor writer,
+                                          std::shared_ptr<std::atomic<bool>> landed_but_failed) {
+  return sys.spawn([writer, landed_but_failed](actors::log_writer_actor::pointer self)
+                     -> actors::log_writer_actor::behavior_type {
+    return {
+      [=](append_atom, storage::append_request& req) -> caf::result<storage::append_result> {
+        auto rp = self->make_response_promise<storage::append_result>();
+        self->request(writer, caf::infinite, append_atom_v, std::move(req))
+          .then(
+            [rp, landed_but_failed](storage::append_result& r) mutable {
+              if (landed_but_failed->exchange(false))
+                rp.deliver(caf::make_error(
+                  storage::storage_errc::not_writable,
+                  "the disk did not confirm it, so it may or may not have been appended"));
+              else
+                rp.deliver(std::move(r));
+            },
+            [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+        return rp;
+      },
+      [=](listen_atom a, actors::position_listener_actor& l) { self->send(writer, a, l); },
+      [=](flush_atom a) { self->send(writer, a); },
+      [=](tick_atom a) { self->send(writer, a); },
+      [=](answered_atom a, std::string& key, uint64_t status, core::reply_to<uint64_t>& done) {
+        self->send(writer, a, std::move(key), status, std::move(done));
+      },
+    };
+  });
+}
+
+} // namespace
+
+TEST_CASE("an aggregate whose write failed but may have landed decides the next command on the "
+          "log as it is",
+          "[aggregate]") {
+  // A failed write whose batch reached the log after all: the live actor's
+  // state is a version behind the log. A client that reads the stream and
+  // sends the next command with If-Match of the version it read must not be
+  // refused from that stale state.
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  auto landed_but_failed = std::make_shared<std::atomic<bool>>(false);
+  runtime rt{log.get(), {}, {},
+             [&](caf::actor_system& sys, actors::log_writer_actor writer) {
+               return landing_failures(sys, writer, landed_but_failed);
+             }};
+  auto id = core::make_uuid();
+  REQUIRE_OK(rt.execute(id, todo::create{"landed anyway"}));
+
+  landed_but_failed->store(true);
+  auto failed = rt.execute(id, todo::put_in_progress{});
+  INFO("failed: " << failed.rendered);
+  REQUIRE_FALSE(failed);
+  CHECK(is_error(failed.error, storage::storage_errc::not_writable));
+  REQUIRE(log->stream_version(stream_of(id)).value() == 2u); // it landed
+
+  write_conditions cond;
+  cond.if_match = std::vector<uint64_t>{2};
+  auto next = rt.execute(id, todo::change_description{"read the stream, then renamed"}, cond);
+  INFO("next: " << next.rendered);
+  REQUIRE(next);
+  CHECK(next->version == 3u);
+  auto folded = fold(*log, id);
+  CHECK(folded.description == "read the stream, then renamed");
+  CHECK(folded.status == todo::status::in_progress);
+}
+
 TEST_CASE("aggregates recover their state after the actor system is rebuilt on the same store",
           "[aggregate][recovery]") {
   temp_dir dir;

@@ -106,19 +106,27 @@ struct outcome {
   const actors::write_outcome* operator->() const { return &*value; }
 };
 
-/// A running log writer and Todo registry over an event log, wired like main.
+/// What the registry writes through in place of the log writer: made from it
+/// (a test's actor that passes appends on and alters their answers).
+using writer_front =
+  std::function<actors::log_writer_actor(caf::actor_system&, actors::log_writer_actor)>;
+
+/// A running log writer and Todo registry over an event log, wired like main
+/// (unless a `front` stands between them).
 /// REQUIRES: `log` outlives the runtime.
 class runtime {
 public:
   runtime(storage::event_log* log, actors::runtime_options ropts = {},
-          actors::writer_options wopts = {})
+          actors::writer_options wopts = {}, writer_front front = {})
     : log_(log), sys_(cfg_) {
     writer_ = sys_.spawn<caf::detached>(actors::log_writer, log, wopts);
-    registry_.emplace(sys_, log, writer_, ropts);
+    front_ = front ? front(sys_, writer_) : writer_;
+    registry_.emplace(sys_, log, front_, ropts);
   }
 
   ~runtime() {
     registry_->stop();
+    caf::anon_send_exit(front_, caf::exit_reason::user_shutdown);
     caf::anon_send_exit(writer_, caf::exit_reason::user_shutdown);
   }
 
@@ -190,6 +198,7 @@ private:
   test_config cfg_;
   caf::actor_system sys_;
   actors::log_writer_actor writer_;
+  actors::log_writer_actor front_;
   std::optional<actors::todo_registry> registry_;
 };
 

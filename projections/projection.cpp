@@ -191,6 +191,14 @@ void update_metrics(worker_ptr self) {
   m.projection_unapplied_since_ms.set(since);
 }
 
+/// The id of the log's event at `position`, if it has one.
+std::optional<std::string> event_id_at(const storage::event_log* log, uint64_t position) {
+  auto e = log->read_all(position, 1);
+  if (!e.ok() || e->empty() || e->front().position != position)
+    return std::nullopt;
+  return e->front().id;
+}
+
 /// Starts a rebuild into `rebuild_table` unless one runs; `resume_at` goes on
 /// from what an interrupted one of this store left there (its rows and
 /// checkpoint were written together), otherwise the table is emptied first.
@@ -213,8 +221,10 @@ void start_rebuild(worker_ptr self, std::optional<uint64_t> resume_at = std::nul
 /// nothing of it. Only one of this store's: a row of another store, or of
 /// none yet (its rebuild had not begun; another store's server may be about
 /// to claim it), is left alone. Its rows and checkpoint were written
-/// together, so it goes on from there, unless its table is gone or its
-/// checkpoint is past the log's head: then it starts over.
+/// together, so it goes on from there, unless its table is gone, or its
+/// checkpoint is past the log's head or names an event the log does not
+/// hold at that position (an older copy of the store restored): then it
+/// starts over.
 void resume_interrupted_rebuild(worker_ptr self) {
   auto& st = self->state;
   if (st.looked_for_rebuild || st.now.rebuilding)
@@ -226,8 +236,12 @@ void resume_interrupted_rebuild(worker_ptr self) {
   if (!*row || st.opts.store.empty() || (*row)->store != st.opts.store)
     return;
   auto head = st.log->head();
+  // A log restored from an older copy may have grown past the position with
+  // other events: the rows up to it are then not this log's.
+  auto& last = (*row)->last_event;
+  bool same_log = last.empty() || event_id_at(st.log, (*row)->position) == last;
   std::optional<uint64_t> resume_at;
-  if ((*row)->table_exists && (*row)->position <= head)
+  if ((*row)->table_exists && (*row)->position <= head && same_log)
     resume_at = (*row)->position;
   std::cerr << "eventsd: taking up the read-model rebuild that a stop interrupted ("
             << (resume_at ? "at position " + std::to_string(*resume_at) + " of " + std::to_string(head)
@@ -257,12 +271,7 @@ bool ensure_connected(worker_ptr self) {
   // The checkpoint must count positions of this store's log: a read model
   // of another store, one ahead of the log, or one whose checkpoint event is
   // not this log's event at its position, is never applied to.
-  auto event_at = [log = st.log](uint64_t position) -> std::optional<std::string> {
-    auto e = log->read_all(position, 1);
-    if (!e.ok() || e->empty() || e->front().position != position)
-      return std::nullopt;
-    return e->front().id;
-  };
+  auto event_at = [log = st.log](uint64_t position) { return event_id_at(log, position); };
   auto cp = st.opts.store.empty() ? st.model->checkpoint()
                                   : st.model->bind_store(st.log->head(), event_at);
   now.connected = st.model->connected();
@@ -419,8 +428,9 @@ void rebuild_step(worker_ptr self) {
   st.model = make_model(st.opts, live_table);
   now.position_known = false;
   st.backoff = std::chrono::milliseconds{0};
-  ensure_connected(self);
-  if (now.position < st.target)
+  if (!ensure_connected(self))
+    schedule_run(self, st.backoff); // until it knows the new table's position
+  else if (now.position < st.target)
     schedule_run(self);
 }
 
@@ -470,6 +480,10 @@ worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* lo
         st.target = std::max(st.target, std::min(wanted, st.log->head()));
         schedule_run(self);
       }
+      // A read may wait for the position to be read again (on-demand's
+      // catch-up): a run connects and reads it, with nothing to apply.
+      if (!st.now.position_known)
+        schedule_run(self);
       stop_waiting_if_due(self);
     },
     [=](stats_atom) {
@@ -492,6 +506,8 @@ worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* lo
             && clock::now() - st.connect_failed > std::chrono::seconds{5}
             && ensure_connected(self))
           st.backoff = std::chrono::milliseconds{0};
+        else
+          schedule_run(self, st.backoff); // connects again, as after a failed apply
       }
       update_metrics(self);
       ++st.now.probes_answered;

@@ -627,6 +627,17 @@ pg_result<uint64_t> todo_read_model::checkpoint() {
   return projection_error{projection_errc::query_failed, "unreadable checkpoint"};
 }
 
+namespace {
+/// The event id of a `last_event` column (`<position>:<id>`, see
+/// sql_add_checkpoint_columns) when it is of `position`; empty otherwise.
+std::string event_of_tag(std::string_view tagged, uint64_t position) {
+  auto colon = tagged.find(':');
+  if (colon == std::string_view::npos || tagged.substr(0, colon) != std::to_string(position))
+    return {};
+  return std::string{tagged.substr(colon + 1)};
+}
+} // namespace
+
 pg_result<std::optional<todo_read_model::checkpoint_row>>
 todo_read_model::checkpoint_of(std::string_view table) {
   auto& d = *impl_;
@@ -634,7 +645,7 @@ todo_read_model::checkpoint_of(std::string_view table) {
     return *e;
   const pg::param ps[] = {table};
   auto r = pg::exec(d.s(),
-                    "SELECT position, store, to_regclass($1) IS NOT NULL "
+                    "SELECT position, store, to_regclass($1) IS NOT NULL, last_event "
                     "FROM eventsd_checkpoints WHERE name = $1",
                     ps);
   if (!r)
@@ -645,7 +656,8 @@ todo_read_model::checkpoint_of(std::string_view table) {
   if (!position)
     return projection_error{projection_errc::query_failed, "unreadable checkpoint"};
   return std::optional{checkpoint_row{*position, std::string{pg::text(r->get(), 0, 1)},
-                                      pg::text(r->get(), 0, 2) == "t"}};
+                                      pg::text(r->get(), 0, 2) == "t",
+                                      event_of_tag(pg::text(r->get(), 0, 3), *position)}};
 }
 
 pg_result<uint64_t> todo_read_model::bind_store(
@@ -669,12 +681,7 @@ pg_result<uint64_t> todo_read_model::bind_store(
       refused = d.diverged(stored);
       return {};
     }
-    // `<position>:<id>`, see sql_add_checkpoint_columns.
-    std::string_view tagged{pg::text(row->get(), 0, 2)};
-    auto colon = tagged.find(':');
-    std::string last_event;
-    if (colon != std::string_view::npos && tagged.substr(0, colon) == std::to_string(position))
-      last_event = tagged.substr(colon + 1);
+    auto last_event = event_of_tag(pg::text(row->get(), 0, 2), position);
     if (position <= head && position > 0 && !last_event.empty() && event_at) {
       // Behind the head, but is it this log's past? A log restored from an
       // older copy may have grown past the checkpoint with other events.

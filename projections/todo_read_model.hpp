@@ -150,6 +150,7 @@ public:
     uint64_t position = 0;
     std::string store; ///< empty when not claimed by a store
     bool table_exists = false; ///< the table itself (dropped by hand, say)
+    std::string last_event; ///< id of the log's event at `position`; empty: not known
   };
   pg_result<std::optional<checkpoint_row>> checkpoint_of(std::string_view table);
 

@@ -382,6 +382,29 @@ TEST_CASE("unit-of-work with PostgreSQL unreachable: writes answer 202 with the 
   CHECK(c.get("/healthz").status == 200);
 }
 
+TEST_CASE("on-demand: once PostgreSQL is back after a probe found it gone, a read reconnects "
+          "the projection at once, with no write to prompt it",
+          "[e2e][modes][on-demand][postgres-down]") {
+  server_behind_proxy s{{"--projection.mode=on-demand"}};
+  http_client c{s.srv.port()};
+  auto a = ack_of(c.post_json("/todo", {{"description", "read across an outage"}}));
+  REQUIRE(c.get("/todo/" + a.id).status == 200);
+  // A readiness probe finds PostgreSQL gone and fails to reconnect: the
+  // projection no longer knows its position and must read it again.
+  s.proxy.cut();
+  REQUIRE(c.get("/readyz").status == 503);
+  s.proxy.restore();
+  // No write comes: the read itself has the projection connect again.
+  auto began = std::chrono::steady_clock::now();
+  auto r = c.get("/todo/" + a.id);
+  auto took = std::chrono::steady_clock::now() - began;
+  INFO("answer after " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                       << " ms: " << r.status << " " << r.body);
+  CHECK(r.status == 200);
+  CHECK(r.header("X-Read-Model-Position") == std::to_string(a.position));
+  CHECK(took < 3s); // not a 503 at the end of the 5 s catch-up wait
+}
+
 TEST_CASE("on-demand and minPosition reads with PostgreSQL never reached answer 503 saying so, "
           "without claiming a read-model position",
           "[e2e][modes][on-demand][postgres-down]") {

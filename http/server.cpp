@@ -899,32 +899,28 @@ private:
     auto expects = !ec && h.version() >= 11 && expect != h.end()
                      ? expectation_of(expect->value())
                      : expectation::none;
-    if (expects == expectation::unknown) {
-      // An expectation the server cannot meet is refused before anything is
-      // done (§10.1.1); a body that may follow is not read, so the
-      // connection closes.
+    // An expectation the server cannot meet is refused before anything is
+    // done; a request expecting 100 Continue whose header decides its answer
+    // gets that answer instead, and need not send its body (§10.1.1). Either
+    // way a body that may follow is not read, so the connection closes.
+    std::optional<refusal> refused;
+    if (expects == expectation::unknown)
+      refused = refusal{problem(417, "unknown expectation `" + std::string{expect->value()}
+                                       + "`: only 100-continue is understood"),
+                        router_.pattern_of(std::string{h.method_string()},
+                                           {h.target().data(), h.target().size()})};
+    else if (expects == expectation::continue_first && !parser_->is_done())
+      refused = refusal_before_body(h);
+    if (refused) {
       read_deadline_.cancel();
       ++read_phase_;
       close_after_ = true;
       method_ = std::string{h.method_string()};
-      return send(problem(417, "unknown expectation `" + std::string{expect->value()}
-                                 + "`: only 100-continue is understood"),
-                  router_.pattern_of(method_, {h.target().data(), h.target().size()}),
-                  std::chrono::steady_clock::now());
+      return send(std::move(refused->answer), refused->route, std::chrono::steady_clock::now());
     }
     if (ec || parser_->is_done())
       return on_read(ec, n);
     if (expects == expectation::continue_first) {
-      // An answer the header decides is sent instead of 100 Continue, so the
-      // body is never sent (§10.1.1); the connection closes, as the body
-      // may follow regardless.
-      if (auto refused = refusal_before_body(h)) {
-        read_deadline_.cancel();
-        ++read_phase_;
-        close_after_ = true;
-        method_ = std::string{h.method_string()};
-        return send(std::move(refused->answer), refused->route, std::chrono::steady_clock::now());
-      }
       static constexpr std::string_view continue_line = "HTTP/1.1 100 Continue\r\n\r\n";
       net::async_write(stream_, net::buffer(continue_line.data(), continue_line.size()),
                        [self = shared_from_this()](beast::error_code wec, size_t) {

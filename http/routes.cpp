@@ -473,8 +473,8 @@ std::string lower(std::string s) {
   return s;
 }
 
-std::optional<std::string> parse_target(std::string_view target, std::string& path,
-                                        std::map<std::string, std::string>& query) {
+std::optional<reply> parse_target(std::string_view target, std::string& path,
+                                  std::map<std::string, std::string>& query) {
   // In the query `+` is a space; in the path an encoded `/` stays encoded.
   auto decode = [](std::string_view in, bool in_query, std::string& out) {
     out.clear();
@@ -509,19 +509,19 @@ std::optional<std::string> parse_target(std::string_view target, std::string& pa
     }
     return true;
   };
-  const std::string malformed = "malformed percent escape in the request target";
+  const auto malformed = problem(400, "malformed percent escape in the request target");
   // Origin form; the absolute form was rewritten to it, `*` is not parsed.
   if (!target.starts_with('/'))
-    return std::string{"a request target begins with `/` (or is an absolute URI, or `*` "
-                       "for OPTIONS)"};
+    return problem(400, "a request target begins with `/` (or is an absolute URI, or `*` "
+                        "for OPTIONS)");
   // A fragment is the client's own business and never sent (RFC 9112 §3.2).
   if (target.find('#') != std::string_view::npos)
-    return std::string{"a request target has no fragment (`#`)"};
+    return problem(400, "a request target has no fragment (`#`)");
   // Only ASCII is sent as it is (RFC 9112 §3.2, RFC 3986 §2): anything else
   // is percent-encoded UTF-8, so a raw byte above 0x7F is a client's mistake.
   if (std::ranges::any_of(target, [](char c) { return static_cast<unsigned char>(c) > 0x7E; }))
-    return std::string{"a request target is ASCII: percent-encode other characters "
-                       "(their UTF-8 bytes)"};
+    return problem(400, "a request target is ASCII: percent-encode other characters "
+                        "(their UTF-8 bytes)");
   auto q = target.find('?');
   if (!decode(target.substr(0, q), false, path))
     return malformed;
@@ -539,7 +539,8 @@ std::optional<std::string> parse_target(std::string_view target, std::string& pa
     if (eq != std::string_view::npos && !decode(pair.substr(eq + 1), true, value))
       return malformed;
     if (!key.empty() && !query.emplace(key, std::move(value)).second)
-      return "query parameter `" + key + "` given more than once";
+      return problem(400, "query parameter `" + key + "` given more than once",
+                     {{key, {"is given more than once"}}});
     if (amp == std::string_view::npos)
       break;
     rest = rest.substr(amp + 1);

@@ -49,10 +49,11 @@ using responder = std::function<void(reply)>;
 
 /// Splits `target` into path and query (percent-decoded; an encoded `/` in
 /// the path stays `%2F`, a character of a segment, never a separator).
-/// Answers why it cannot: a malformed percent escape, or a query parameter
-/// given more than once (which of them would count is anyone's guess).
-std::optional<std::string> parse_target(std::string_view target, std::string& path,
-                                        std::map<std::string, std::string>& query);
+/// Answers the 400 of why it cannot: a malformed percent escape, or a query
+/// parameter given more than once (which of them would count is anyone's
+/// guess; `errors` names it).
+std::optional<reply> parse_target(std::string_view target, std::string& path,
+                                  std::map<std::string, std::string>& query);
 
 /// A non-negative decimal number of a query parameter or header: digits only,
 /// leading zeros allowed; past 19 significant digits it is UINT64_MAX (a

@@ -265,8 +265,8 @@ std::optional<refusal> refused_before_routing(unsigned version, bhttp::verb meth
     return refusal{problem(501, "method `" + req.method + "` is not implemented"),
                    "method-not-implemented"};
   if (req.target != "*")
-    if (auto why = parse_target(req.target, req.path, req.query))
-      return refusal{problem(400, *why), "bad-request"};
+    if (auto bad = parse_target(req.target, req.path, req.query))
+      return refusal{std::move(*bad), "bad-request"};
   return std::nullopt;
 }
 
@@ -856,19 +856,30 @@ private:
     stream_.expires_never();
     read_timed_out_ = false;
     read_deadline_.expires_at(read_until_);
-    // A timer that fired as the request came in is queued already and runs
-    // despite on_read's cancel(): it must not touch the answer's write or the
-    // next request's read (read_phase_ has moved on by then).
-    read_deadline_.async_wait([weak = weak_from_this(), phase = ++read_phase_](beast::error_code ec) {
+    arm_read_deadline(++read_phase_);
+    bhttp::async_read_header(stream_, buffer_, *parser_,
+                             beast::bind_front_handler(&session::on_header, shared_from_this()));
+  }
+
+  /// At the read deadline, cancels the request's read; on_read answers the
+  /// 408. A read that completed as the timer fired is not cancelled, and the
+  /// next one (Beast's header loop, read_body's) would then run without a
+  /// deadline, for as long as the client sends: the cancel is repeated
+  /// until on_read has run. A timer that fired as the request came in is
+  /// queued already and runs despite on_read's cancel(): it must not touch
+  /// the answer's write or the next request's read (read_phase_ has moved on
+  /// by then).
+  void arm_read_deadline(uint64_t phase) {
+    read_deadline_.async_wait([weak = weak_from_this(), phase](beast::error_code ec) {
       auto self = weak.lock();
       if (ec || !self || self->read_phase_ != phase)
         return;
       self->read_timed_out_ = true;
       beast::error_code ignored;
-      self->stream_.socket().cancel(ignored); // on_read answers
+      self->stream_.socket().cancel(ignored);
+      self->read_deadline_.expires_after(std::chrono::milliseconds{20});
+      self->arm_read_deadline(phase);
     });
-    bhttp::async_read_header(stream_, buffer_, *parser_,
-                             beast::bind_front_handler(&session::on_header, shared_from_this()));
   }
 
   /// The header is in: a request with a body still to come gets `100 Continue`
@@ -911,13 +922,8 @@ private:
                                            {h.target().data(), h.target().size()})};
     else if (expects == expectation::continue_first && !parser_->is_done())
       refused = refusal_before_body(h);
-    if (refused) {
-      read_deadline_.cancel();
-      ++read_phase_;
-      close_after_ = true;
-      method_ = std::string{h.method_string()};
-      return send(std::move(refused->answer), refused->route, std::chrono::steady_clock::now());
-    }
+    if (refused)
+      return refuse_unread(std::move(refused->answer), refused->route);
     if (ec || parser_->is_done())
       return on_read(ec, n);
     if (expects == expectation::continue_first) {
@@ -931,6 +937,16 @@ private:
       return;
     }
     read_body();
+  }
+
+  /// Answers a request whose body is not read (or not all of it): the
+  /// connection closes after the answer.
+  void refuse_unread(reply r, const std::string& route) {
+    read_deadline_.cancel();
+    ++read_phase_;
+    close_after_ = true;
+    method_ = std::string{parser_->get().method_string()};
+    send(std::move(r), route, std::chrono::steady_clock::now());
   }
 
   /// The answer of a request its header alone refuses: what on_read refuses
@@ -969,9 +985,24 @@ private:
       if (bare_line_feed(buffer_.data(), lf_checked_))
         ec = bhttp::error::bad_line_ending;
       lf_checked_ = buffer_.size();
+      // What the parser leaves unconsumed is a line it waits to see the end
+      // of: a chunk's size line, or the trailer section, which Beast keeps
+      // whole. Neither counts against a limit of Beast's (the body limit
+      // counts chunk data; the header limit, the header section only), so a
+      // line that never ends would grow the buffer for as long as the client
+      // sends.
+      if (!ec && buffer_.size() > header_limit) {
+        auto& h = parser_->get();
+        return refuse_unread(problem(400, "a chunk's size line or the trailer section does not "
+                                          "end within " + std::to_string(header_limit) + " bytes"),
+                             router_.pattern_of(std::string{h.method_string()},
+                                                {h.target().data(), h.target().size()}));
+      }
     }
     if (ec || parser_->is_done())
       return on_read(ec, 0);
+    if (read_timed_out_) // a read that completed as the deadline came
+      return on_read(beast::error::timeout, 0);
     // Bytes, not a parse: Beast's parsing read would go on reading while its
     // parser needs more, and a pending line would never be checked.
     stream_.async_read_some(
@@ -1427,13 +1458,15 @@ public:
 
 private:
   void do_accept() {
+    if (!acceptor_.is_open())
+      return; // closed by the drain (a connection accepted as it began was served)
     acceptor_.async_accept(net::make_strand(ioc_),
                            beast::bind_front_handler(&listener::on_accept, shared_from_this()));
   }
 
   void on_accept(beast::error_code ec, tcp::socket socket) {
     if (ec) {
-      if (ec == net::error::operation_aborted)
+      if (ec == net::error::operation_aborted || !acceptor_.is_open())
         return;
       // Out of descriptors (or memory): the pending connection stays in the
       // backlog, so accepting again at once would fail again at once, in a

@@ -1812,6 +1812,119 @@ TEST_CASE("a client too slow to send its request within --http.read-timeout-ms g
   CHECK(c.connections() == 1);
 }
 
+namespace {
+
+/// What a client that keeps sending a request's body gets back: sends
+/// `header`, then `piece` after `piece` (a millisecond apart, or as fast as
+/// the socket takes them) while reading, until an answer is complete or
+/// `limit` passes. `answered_after` is when the answer was complete.
+struct streamed_answer {
+  std::string raw;
+  std::chrono::milliseconds answered_after{-1};
+};
+
+streamed_answer send_body_until_answered(uint16_t port, const std::string& header,
+                                         const std::string& piece,
+                                         std::chrono::milliseconds limit, bool paced = true) {
+  streamed_answer out;
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(port);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    throw std::runtime_error(std::string{"connect: "} + std::strerror(errno));
+  }
+  auto t0 = clock_type::now();
+  bool sending = ::send(fd, header.data(), header.size(), MSG_NOSIGNAL) > 0;
+  size_t sent = 0; // of the current piece
+  char buf[16384];
+  while (clock_type::now() - t0 < limit) {
+    if (sending) {
+      auto w = ::send(fd, piece.data() + sent, piece.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (w > 0)
+        sent = (sent + static_cast<size_t>(w)) % piece.size();
+      else if (errno != EAGAIN)
+        sending = false; // closed by the server: read what it said
+    }
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, paced ? 1 : 0) > 0) {
+      auto r = ::recv(fd, buf, sizeof buf, 0);
+      if (r <= 0)
+        break;
+      out.raw.append(buf, static_cast<size_t>(r));
+      if (out.raw.find("\r\n\r\n") != std::string::npos && out.raw.find("}") != std::string::npos) {
+        out.answered_after =
+          std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - t0);
+        break;
+      }
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+} // namespace
+
+TEST_CASE("a client that keeps sending its body past --http.read-timeout-ms gets its 408 at the "
+          "deadline, however its bytes fall around it",
+          "[e2e][faults][slow-client]") {
+  // A read that completed just as the deadline fired used to escape its
+  // cancel, and the connection then read on with no deadline at all, for as
+  // long as the client sent: here until the body limit's 413, 64 Ki chunks
+  // later (each with a 1 KiB extension, so that it takes a while).
+  server s{server_options::with_args({"--http.read-timeout-ms=300"})};
+  const std::string header = "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             "Transfer-Encoding: chunked\r\n\r\n";
+  const std::string chunk = "1;x=" + std::string(15000, 'x') + "\r\n \r\n";
+  std::vector<streamed_answer> answers(8);
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < answers.size(); ++i)
+    clients.emplace_back([&, i] {
+      // Half of them trickle (a chunk a millisecond), half send flat out.
+      answers[i] = send_body_until_answered(s.port(), header, chunk, 10000ms, i % 2 == 0);
+    });
+  for (auto& t : clients)
+    t.join();
+  for (auto& a : answers) {
+    INFO("answered after " << a.answered_after.count() << " ms: " << a.raw.substr(0, 600));
+    REQUIRE(a.answered_after.count() >= 0);
+    CHECK(a.raw.rfind("HTTP/1.1 408 ", 0) == 0);
+    CHECK(a.answered_after < 1500ms);
+  }
+}
+
+TEST_CASE("a chunked body whose size line or trailer section does not end within 16 KiB is a "
+          "400 and the connection closes, rather than a buffer that grows while the client sends",
+          "[e2e][faults][limits]") {
+  server s;
+  http_client c{s.port()};
+  auto before = all_head(c, 0);
+  const std::string header = "POST /todo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                             "Transfer-Encoding: chunked\r\n\r\n";
+  struct endless {
+    const char* what;
+    std::string start, piece;
+  };
+  for (auto& e : std::vector<endless>{
+         {"a chunk extension that never ends", "1;ext=", std::string(1024, 'a')},
+         {"a trailer section that never ends", "0\r\n", "X-Trailer: " + std::string(1000, 'b') + "\r\n"},
+       }) {
+    CAPTURE(e.what);
+    auto a = send_body_until_answered(s.port(), header + e.start, e.piece, 10000ms);
+    INFO("answered after " << a.answered_after.count() << " ms: " << a.raw.substr(0, 300));
+    REQUIRE(a.answered_after.count() >= 0);
+    auto r = parse_response(a.raw);
+    CHECK(r.status == 400);
+    CHECK(r.header("Connection") == "close");
+    CHECK(r.json_body().value("detail", "").find("does not end within 16384 bytes") != std::string::npos);
+    CHECK(a.answered_after < 3000ms); // not the 30 s read timeout
+  }
+  CHECK(all_head(c, 0) == before);
+  CHECK(c.get("/healthz").status == 200);
+}
+
 TEST_CASE("a request that comes on an idle keep-alive connection while the drain waits for "
           "another is served and closes its connection; both are in the log",
           "[e2e][faults][shutdown]") {

@@ -1578,6 +1578,8 @@ TEST_CASE("a query parameter given twice is a 400 naming it; an encoded slash in
   check_problem(twice, 400);
   CHECK(twice.json_body()["detail"].get<std::string>().find("`status` given more than once")
         != std::string::npos);
+  CHECK(twice.json_body()["errors"]
+        == json::parse(R"([{"field":"status","messages":["is given more than once"]}])"));
   check_problem(client().get("/streams/$all?from=2&from=3"), 400);
   auto a = check_write(client().post_json("/todo", {{"description", "slash test"}}), 201);
   CHECK(client().get("/todo/" + a.id + "?minPosition=" + std::to_string(a.position)).status == 200);

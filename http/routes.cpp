@@ -1293,6 +1293,16 @@ router::router(services& svc) : svc_(svc) {
                              "non-loopback address without --http.admin-token"));
         return false;
       }
+      // Open to this machine only: not to a web page of another origin in a
+      // browser here (a blind POST needs no CORS preflight), nor to a DNS
+      // name an attacker rebound to 127.0.0.1, nor to a proxy forwarding
+      // another host's requests.
+      if (auto foreign = foreign_to_loopback(req)) {
+        respond(problem(403, "admin routes without --http.admin-token answer only requests to "
+                             "a loopback host from no other origin; this one has "
+                             + *foreign));
+        return false;
+      }
       return true;
     }
     auto h = req.header("authorization");
@@ -1584,6 +1594,31 @@ router::refusal_before_body(const incoming& req) const {
   auto r = unrouted(req, std::move(allowed));
   auto pattern = unrouted_pattern(r);
   return std::pair{std::move(r), std::move(pattern)};
+}
+
+namespace {
+/// The host of an authority (`[::1]:8000` → `::1`, `LocalHost:80` → `localhost`).
+std::string host_of_authority(std::string_view authority) {
+  if (authority.starts_with('[')) {
+    auto end = authority.find(']');
+    return lower(std::string{end == std::string_view::npos ? authority
+                                                           : authority.substr(1, end - 1)});
+  }
+  return lower(std::string{authority.substr(0, authority.find(':'))});
+}
+} // namespace
+
+std::optional<std::string> foreign_to_loopback(const incoming& req) {
+  // HTTP/1.0 may leave Host out; a browser never does.
+  if (auto host = req.header("host"); !host.empty() && !is_loopback_address(host_of_authority(host)))
+    return "Host `" + host + "`";
+  if (auto origin = req.header("origin"); !origin.empty()) {
+    auto scheme_end = origin.find("://");
+    if (scheme_end == std::string::npos
+        || !is_loopback_address(host_of_authority(std::string_view{origin}.substr(scheme_end + 3))))
+      return "Origin `" + origin + "`";
+  }
+  return std::nullopt;
 }
 
 bool is_loopback_address(const std::string& address) {

@@ -64,6 +64,10 @@ std::optional<uint64_t> parse_count(std::string_view v);
 /// and "localhost".
 bool is_loopback_address(const std::string& address);
 
+/// What names another machine in `req`: a `Host` that is not a loopback
+/// host, or an `Origin` whose host is not; nullopt when neither does.
+std::optional<std::string> foreign_to_loopback(const incoming& req);
+
 /// Where GET /subscribe/$all starts: `from` (inclusive, default 1), or one past
 /// `Last-Event-ID`, which overrides it. Answers the 400 for a malformed one.
 std::optional<reply> subscription_start(const incoming& req, uint64_t& from);

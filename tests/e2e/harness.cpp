@@ -722,8 +722,12 @@ response http_client::request(const std::string& method, const std::string& targ
   req.target(target);
   req.version(11);
   req.set(bhttp::field::host, "127.0.0.1:" + std::to_string(port_));
-  for (auto& [k, v] : headers)
-    req.insert(k, v);
+  for (auto& [k, v] : headers) {
+    if (beast::iequals(k, "host"))
+      req.set(bhttp::field::host, v); // in place of the default
+    else
+      req.insert(k, v);
+  }
   if (body) {
     req.body() = *body;
     req.prepare_payload();

@@ -237,8 +237,9 @@ public:
   http_client(const http_client&) = delete;
   http_client& operator=(const http_client&) = delete;
 
-  /// Sends one request; `body` nullopt sends none. Adds Host and
-  /// Content-Length only; pass Content-Type in `headers`. Throws on I/O errors.
+  /// Sends one request; `body` nullopt sends none. Adds Host (unless
+  /// `headers` names one) and Content-Length only; pass Content-Type in
+  /// `headers`. Throws on I/O errors.
   response request(const std::string& method, const std::string& target,
                    const std::optional<std::string>& body = std::nullopt,
                    const header_list& headers = {});

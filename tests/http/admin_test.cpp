@@ -147,6 +147,46 @@ TEST_CASE("without a token, admin routes are refused (403) when listening on a n
   }
 }
 
+TEST_CASE("without a token, a loopback server's admin routes refuse (403) a request naming "
+          "another host or sent from another origin: a web page or a rebound DNS name in a "
+          "browser here cannot use them",
+          "[http][admin][auth]") {
+  server s;
+  http_client c{s.port()};
+  auto port = std::to_string(s.port());
+  for (const header_list& h : std::vector<header_list>{
+         {{"Host", "evil.example:" + port}},
+         {{"Host", "127.0.0.1.nip.io:" + port}},
+         {{"Origin", "http://evil.example"}},
+         {{"Origin", "null"}},
+         {{"Host", "localhost:" + port}, {"Origin", "https://evil.example:" + port}},
+       }) {
+    INFO(h.front().first << ": " << h.front().second << (h.size() > 1 ? " + " + h.back().second : ""));
+    auto r = c.get("/admin/projections", h);
+    check_problem(r, 403);
+    CHECK(r.json_body()["detail"].get<std::string>().find("no other origin") != std::string::npos);
+    // The cross-site form a browser sends without a preflight: refused, no rebuild.
+    header_list post = h;
+    post.push_back({"Content-Type", "text/plain"});
+    check_problem(c.request("POST", "/admin/projections/todos/rebuild", "x", post), 403);
+  }
+  CHECK(projection_status(c, {}).at("rebuild").at("active") == false);
+  // This machine's names and addresses, and its own pages (Swagger UI's POST).
+  for (const header_list& h : std::vector<header_list>{
+         {{"Host", "localhost:" + port}},
+         {{"Host", "LOCALHOST"}},
+         {{"Host", "[::1]:" + port}},
+         {{"Host", "127.0.0.2:" + port}},
+         {{"Origin", "http://127.0.0.1:" + port}},
+         {{"Host", "localhost:" + port}, {"Origin", "http://localhost:" + port}},
+       }) {
+    INFO(h.front().first << ": " << h.front().second);
+    CHECK(c.get("/admin/projections", h).status == 200);
+  }
+  // Other routes do not care.
+  CHECK(c.get("/healthz", {{"Host", "evil.example"}}).status == 200);
+}
+
 TEST_CASE("GET /admin/projections: name, mode, position, head, lag, state", "[http][admin]") {
   for (std::string mode : {"eventual", "scheduled"}) {
     INFO("--projection.mode=" << mode);

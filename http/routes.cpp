@@ -133,6 +133,10 @@ reply duplicate_member(const std::string& name) {
 /// member named twice in the top-level object is refused.
 std::optional<reply> parse_json_body(const std::string& body, json& out,
                                      bool refuse_duplicates = false) {
+  // JSON text holds no raw NUL (in a string it is `\u0000`); nlohmann's
+  // parser takes one for the end of the text and would accept what follows.
+  if (body.find('\0') != std::string::npos)
+    return problem(400, "body is not well-formed JSON: it holds a NUL byte");
   std::set<std::string> names;
   std::optional<std::string> duplicate;
   auto top_level_names = [&](int depth, json::parse_event_t event, json& parsed) {

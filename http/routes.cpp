@@ -1386,11 +1386,17 @@ router::router(services& svc) : svc_(svc) {
 
   auto files = std::make_shared<static_files>(s.options.static_dir);
   // `no-cache` with an entity tag: a browser asks each time (a new binary
-  // may serve new files) and is answered 304 while its copy is current.
+  // may serve new files) and is answered 304 while its copy is current. No
+  // other site may frame the pages (the event browser's buttons append
+  // events: a framing page could have them clicked), nor may a browser
+  // take a file for another type than it is served as.
   auto serve = [files](const incoming& req, const std::string& path, responder& respond) {
     if (auto f = files->find(path)) {
       reply r;
       r.header("Cache-Control", "no-cache");
+      r.header("X-Frame-Options", "DENY");
+      r.header("Content-Security-Policy", "frame-ancestors 'none'");
+      r.header("X-Content-Type-Options", "nosniff");
       if (conditional_get(conditions_of(req, false), f->tag, r))
         return respond(std::move(r));
       r.content_type = f->content_type;

@@ -218,6 +218,19 @@ TEST_CASE("static files carry an entity tag with Cache-Control: no-cache, so a b
   }
 }
 
+TEST_CASE("the pages and their files may not be framed by another site, nor their types "
+          "sniffed: the event browser's buttons append events",
+          "[http][swagger][ui]") {
+  for (std::string path : {"/ui", "/ui/app.js", "/swagger", "/openapi.json"}) {
+    INFO("GET " << path);
+    auto r = client().get(path);
+    REQUIRE(r.status == 200);
+    CHECK(r.header("X-Frame-Options") == "DENY");
+    CHECK(r.header("Content-Security-Policy") == "frame-ancestors 'none'");
+    CHECK(r.header("X-Content-Type-Options") == "nosniff");
+  }
+}
+
 TEST_CASE("GET /swagger: Swagger UI whose scripts and styles are all served", "[http][swagger]") {
   auto r = client().get("/swagger");
   REQUIRE(r.status == 200);

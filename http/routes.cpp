@@ -631,6 +631,31 @@ private:
   todo::state state_;
 };
 
+/// The host of an authority (`[::1]:8000` → `::1`, `LocalHost:80` → `localhost`).
+std::string host_of_authority(std::string_view authority) {
+  if (authority.starts_with('[')) {
+    auto end = authority.find(']');
+    return lower(std::string{end == std::string_view::npos ? authority
+                                                           : authority.substr(1, end - 1)});
+  }
+  return lower(std::string{authority.substr(0, authority.find(':'))});
+}
+
+/// What names another machine in `req`: a `Host` that is not a loopback
+/// host, or an `Origin` whose host is not; nullopt when neither does.
+std::optional<std::string> foreign_to_loopback(const incoming& req) {
+  // HTTP/1.0 may leave Host out; a browser never does.
+  if (auto host = req.header("host"); !host.empty() && !is_loopback_address(host_of_authority(host)))
+    return "Host `" + host + "`";
+  if (auto origin = req.header("origin"); !origin.empty()) {
+    auto scheme_end = origin.find("://");
+    if (scheme_end == std::string::npos
+        || !is_loopback_address(host_of_authority(std::string_view{origin}.substr(scheme_end + 3))))
+      return "Origin `" + origin + "`";
+  }
+  return std::nullopt;
+}
+
 } // namespace
 
 router::router(services& svc) : svc_(svc) {
@@ -1538,13 +1563,6 @@ std::string router::pattern_of(const std::string& method, std::string_view targe
   return r ? r->pattern : "unmatched";
 }
 
-namespace {
-/// The metrics' route name of an `unrouted` answer.
-std::string unrouted_pattern(const reply& r) {
-  return r.status == 204 ? "options" : r.status == 405 ? "method-not-allowed" : "unmatched";
-}
-} // namespace
-
 std::string router::handle(incoming req, responder respond) {
   std::vector<std::string> best_params, allowed;
   if (req.target == "*") {
@@ -1565,30 +1583,31 @@ std::string router::handle(incoming req, responder respond) {
     best->fn(req, best_params, respond);
     return best->pattern;
   }
-  auto r = unrouted(req, std::move(allowed));
-  auto pattern = unrouted_pattern(r);
+  auto [r, pattern] = unrouted(req, std::move(allowed));
   respond(std::move(r));
   return pattern;
 }
 
-reply router::unrouted(const incoming& req, std::vector<std::string> allowed) const {
+std::pair<reply, std::string> router::unrouted(const incoming& req,
+                                               std::vector<std::string> allowed) const {
   if (allowed.empty())
-    return problem(404, "no route for " + req.method + " " + req.path);
+    return {problem(404, "no route for " + req.method + " " + req.path), "unmatched"};
   if (std::find(allowed.begin(), allowed.end(), "GET") != allowed.end())
     allowed.push_back("HEAD");
   allowed.push_back("OPTIONS");
   std::string allow;
   for (auto& m : allowed)
     allow += (allow.empty() ? "" : ", ") + m;
-  reply r;
   if (req.method == "OPTIONS") {
+    reply r;
     r.status = 204;
     r.content_type.clear();
-  } else {
-    r = problem(405, "method " + req.method + " is not allowed on " + req.path);
+    r.header("Allow", allow);
+    return {std::move(r), "options"};
   }
+  auto r = problem(405, "method " + req.method + " is not allowed on " + req.path);
   r.header("Allow", allow);
-  return r;
+  return {std::move(r), "method-not-allowed"};
 }
 
 std::optional<std::pair<reply, std::string>>
@@ -1601,34 +1620,7 @@ router::refusal_before_body(const incoming& req) const {
       return std::pair{std::move(*err), r->pattern};
     return std::nullopt;
   }
-  auto r = unrouted(req, std::move(allowed));
-  auto pattern = unrouted_pattern(r);
-  return std::pair{std::move(r), std::move(pattern)};
-}
-
-namespace {
-/// The host of an authority (`[::1]:8000` → `::1`, `LocalHost:80` → `localhost`).
-std::string host_of_authority(std::string_view authority) {
-  if (authority.starts_with('[')) {
-    auto end = authority.find(']');
-    return lower(std::string{end == std::string_view::npos ? authority
-                                                           : authority.substr(1, end - 1)});
-  }
-  return lower(std::string{authority.substr(0, authority.find(':'))});
-}
-} // namespace
-
-std::optional<std::string> foreign_to_loopback(const incoming& req) {
-  // HTTP/1.0 may leave Host out; a browser never does.
-  if (auto host = req.header("host"); !host.empty() && !is_loopback_address(host_of_authority(host)))
-    return "Host `" + host + "`";
-  if (auto origin = req.header("origin"); !origin.empty()) {
-    auto scheme_end = origin.find("://");
-    if (scheme_end == std::string::npos
-        || !is_loopback_address(host_of_authority(std::string_view{origin}.substr(scheme_end + 3))))
-      return "Origin `" + origin + "`";
-  }
-  return std::nullopt;
+  return unrouted(req, std::move(allowed));
 }
 
 bool is_loopback_address(const std::string& address) {

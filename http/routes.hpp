@@ -64,10 +64,6 @@ std::optional<uint64_t> parse_count(std::string_view v);
 /// and "localhost".
 bool is_loopback_address(const std::string& address);
 
-/// What names another machine in `req`: a `Host` that is not a loopback
-/// host, or an `Origin` whose host is not; nullopt when neither does.
-std::optional<std::string> foreign_to_loopback(const incoming& req);
-
 /// Where GET /subscribe/$all starts: `from` (inclusive, default 1), or one past
 /// `Last-Event-ID`, which overrides it. Answers the 400 for a malformed one.
 std::optional<reply> subscription_start(const incoming& req, uint64_t& from);
@@ -116,9 +112,11 @@ private:
     bool json_body = false; ///< its body must be `application/json`
   };
   void add(std::string method, std::string pattern, handler fn, bool json_body = false);
-  /// The 404 or 405 (or an OPTIONS' 204) of a request no route takes;
-  /// `allowed` lists the methods of routes of its path.
-  reply unrouted(const incoming& req, std::vector<std::string> allowed) const;
+  /// The 404 or 405 (or an OPTIONS' 204) of a request no route takes, with
+  /// its route name for the metrics; `allowed` lists the methods of routes
+  /// of its path.
+  std::pair<reply, std::string> unrouted(const incoming& req,
+                                         std::vector<std::string> allowed) const;
   /// The route for `method` on `path` (the one with most literal segments),
   /// its parameters in `params`; the methods other routes of the path take
   /// are added to `allowed`.

@@ -55,6 +55,7 @@ async function until(page, what, fn, arg) {
 }
 
 const text = (page, testid) => page.getByTestId(testid).textContent();
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function main() {
   if (!/^https?:\/\/[^/]+$/.test(base)) {
@@ -215,6 +216,102 @@ async function main() {
 
     await page.getByTestId('error').waitFor({ state: 'hidden' }); // the refresh succeeded
     await screenshot(page, 'ui-live-tail.png');
+
+    // -- a double click creates one todo, and undoes once ------------------------------------
+    const before = (await api('GET', '/streams/$all?from=1&limit=1000')).items.length;
+    await page.getByTestId('create-description').fill('Double click');
+    await page.getByTestId('create-submit').dblclick();
+    await until(page, 'the double-clicked todo to be selected',
+      () => document.querySelector('[data-testid="state-description"]')?.textContent === 'Double click');
+    const dblStream = await text(page, 'selected-stream');
+    await page.getByTestId('event-row').first().getByTestId('undo-button').dblclick();
+    await until(page, 'the double-clicked undo to show',
+      () => document.querySelectorAll('[data-testid="event-row"]').length === 2);
+    await sleep(500); // a second request would have been sent at once
+    const sinceBefore = (await api('GET', `/streams/$all?from=${before + 1}&limit=1000`)).items;
+    assert.deepEqual(sinceBefore.map((e) => [e.stream, e.type]),
+      [[dblStream, 'created'], [dblStream, 'undo-to-some-history-state']],
+      'a double click sends one create and one undo');
+    // An undo from a page that shows an older version is a 412 (If-Match), not an undo.
+    const firstEvent = sinceBefore[0].id;
+    await page.evaluate(([id, ev]) => guarded(() => undoTo(id, ev, 1)), [dblStream.slice(5), firstEvent]);
+    assert.match(await text(page, 'error'), /^412 /);
+    assert.equal((await api('GET', `/streams/${dblStream}`)).items.length, 2, 'the stale undo appended nothing');
+    problems.splice(0, problems.length, ...problems.filter((p) => !/status of 412/.test(p)));
+    log('double clicks: one create, one undo; a stale undo is a 412');
+
+    // -- the selected stream follows steady writes, and an older read never wins -------------
+    const steady = await api('POST', '/todo', { description: 'Steady writes' });
+    const steadyStream = `todo-${steady.id}`;
+    await page.evaluate((s) => { location.hash = `#${s}`; }, steadyStream); // hashchange selects it
+    await until(page, 'the hash to select the stream',
+      (s) => document.querySelector('[data-testid="selected-stream"]')?.textContent === s
+        && document.querySelectorAll('[data-testid="event-row"]').length === 1, steadyStream);
+    const shown = new Set();
+    let version = 1;
+    for (let i = 0; i < 60; i++) { // a write every ~45 ms for about 3 s
+      version = (await api('PUT', `/todo/${steady.id}/${i % 2 ? 'done' : 'put-in-progress'}`)).version;
+      shown.add(await text(page, 'state-version'));
+      await sleep(45);
+    }
+    const between = [...shown].map(Number).filter((v) => v > 1 && v < version);
+    assert.ok(between.length > 0, `the detail showed versions ${[...shown]} while writes went on to ${version}`);
+    await until(page, 'the last write to show',
+      (v) => document.querySelector('[data-testid="state-version"]')?.textContent === String(v), version);
+    // The read of an earlier refresh is held back past a later write's: the later one is shown.
+    let held = 0;
+    await page.route(`**/streams/${steadyStream}?*`, async (route) => {
+      if (held++ === 0) await sleep(1000);
+      await route.continue();
+    });
+    await api('PUT', `/todo/${steady.id}/put-in-progress`);
+    await sleep(400);
+    const final = await api('PUT', `/todo/${steady.id}/done`);
+    await sleep(2000);
+    await page.unroute(`**/streams/${steadyStream}?*`);
+    assert.equal(await text(page, 'state-version'), String(final.version));
+    assert.equal(await page.getByTestId('event-row').count(), final.version);
+    assert.equal(await page.getByTestId('event-state').count(), final.version, 'every event has its state');
+    log(`steady writes: versions ${between.length} shown between 1 and ${version}; a late read did not win`);
+
+    // -- a description without spaces wraps inside its panel ------------------------------------
+    const long = await api('POST', '/todo', { description: 'L'.repeat(255) });
+    await page.evaluate((s) => { location.hash = `#${s}`; }, `todo-${long.id}`);
+    await until(page, 'the long todo to show',
+      () => document.querySelector('[data-testid="state-description"]')?.textContent.length === 255);
+    const table = await page.locator('table.events').boundingBox();
+    const panel = await page.locator('#detail').boundingBox();
+    assert.ok(table.x + table.width <= panel.x + panel.width,
+      `the events table (right edge ${table.x + table.width}) stays in its panel (${panel.x + panel.width})`);
+    log('long description: wrapped');
+
+    // -- a tail or a first load refused is asked again; nothing from before is replayed ----------
+    const refused = await context.newPage();
+    refused.setDefaultTimeout(TIMEOUT);
+    refused.on('pageerror', (e) => problems.push(`refused page error: ${e.message}`));
+    const refuse = async (route) => route.fulfill({
+      status: 503,
+      contentType: 'application/problem+json',
+      body: JSON.stringify({ type: 'about:blank', title: 'Service Unavailable', status: 503, detail: 'refused by the test' }),
+    });
+    await refused.route('**/streams?limit=50', refuse, { times: 1 });
+    await refused.route('**/subscribe/**', refuse, { times: 1 });
+    await refused.goto(`${base}/ui`);
+    await refused.getByTestId('error').waitFor({ state: 'visible' });
+    assert.match(await text(refused, 'error'), /503 .*refused by the test/);
+    await until(refused, 'the refused tail to come back',
+      () => document.querySelector('[data-testid="live-status"]')?.textContent === 'live');
+    await refused.getByTestId('error').waitFor({ state: 'hidden' });
+    assert.equal(await refused.getByTestId('live-event').count(), 0, 'nothing from before is replayed');
+    const afterRefusal = await api('POST', '/todo', { description: 'After a refusal' });
+    await refused.locator(`[data-testid="live-event"][data-position="${afterRefusal.position}"]`).waitFor();
+    assert.equal(await refused.getByTestId('live-event').count(), 1);
+    // An address whose #fragment is not a stream name is said so.
+    await refused.goto(`${base}/ui#%E0%A4%A`);
+    await refused.getByTestId('error').waitFor({ state: 'visible' });
+    assert.match(await text(refused, 'error'), /is not a stream name/);
+    await refused.close();
+    log('refusals: the first load and the tail asked again; a bad #fragment said');
 
     // -- Swagger UI renders the server's document -------------------------------------------
     const swagger = await context.newPage();

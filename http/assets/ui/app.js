@@ -14,6 +14,10 @@ const app = {
   selected: null,       // selected stream name
   head: 0,              // highest position seen
   source: null,         // EventSource of the live tail
+  tailFrom: 1,          // the position the live tail asks for when it connects again by hand
+  retryMs: 1000,        // wait before that, doubled up to 30 s while refused
+  reads: 0,             // reads of a selected stream started; only the newest is shown
+  createKey: null,      // Idempotency-Key of the create being tried, kept for its retries
 };
 
 // -- helpers -------------------------------------------------------------------
@@ -42,8 +46,8 @@ class ApiError extends Error {
 }
 
 /** Calls the API; answers the parsed JSON body or throws an ApiError (problem+json made readable). */
-async function api(method, path, body) {
-  const init = { method, headers: { Accept: 'application/json' } };
+async function api(method, path, body, headers = {}) {
+  const init = { method, headers: { Accept: 'application/json', ...headers } };
   if (body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(body);
@@ -61,11 +65,12 @@ async function api(method, path, body) {
   return data;
 }
 
+/** Shows an ApiError, a message of the page's own (a string), or nothing (null). */
 function showError(err) {
   const box = $('error');
   box.textContent = err ? (err instanceof ApiError ? err.message : String(err)) : '';
   box.hidden = !err;
-  if (err && !(err instanceof ApiError)) console.error(err);
+  if (err && !(err instanceof ApiError) && typeof err !== 'string') console.error(err);
 }
 
 /**
@@ -137,15 +142,16 @@ async function readWholeStream(stream) {
 }
 
 async function selectStream(stream) {
+  const read = ++app.reads;
   app.selected = stream;
   if (location.hash !== `#${stream}`) history.replaceState(null, '', `#${stream}`);
   renderStreams();
   const todoId = todoIdOf(stream);
-  const [events, hist] = await Promise.all([
-    readWholeStream(stream),
-    todoId ? api('GET', `/todo/${todoId}/history`) : null,
-  ]);
-  if (app.selected !== stream) return; // another stream was selected meanwhile
+  // The events first, then the history: it is as new as they are or newer, so every event
+  // shown has its state, and the state on top is the one after the last event shown.
+  const events = await readWholeStream(stream);
+  const hist = todoId ? await api('GET', `/todo/${todoId}/history`) : null;
+  if (read !== app.reads) return; // a newer read (of this stream or another) was started
   const after = new Map((hist ? hist.items : []).map((h) => [h.id, h.snapshot]));
   renderDetail(stream, todoId, events, after);
 }
@@ -156,6 +162,7 @@ function renderDetail(stream, todoId, events, after) {
   $('detail-body').classList.toggle('is-todo', !!todoId);
   $('selected-stream').textContent = stream;
 
+  const version = events.length ? events[events.length - 1].version : 0;
   const last = events.length ? after.get(events[events.length - 1].id) : null;
   $('state').hidden = !last;
   $('state-description').textContent = last ? last.description : '';
@@ -175,23 +182,53 @@ function renderDetail(stream, todoId, events, after) {
       el('td', { class: 'todo-only' }, todoId ? el('button', {
         type: 'button', class: 'small', 'data-testid': 'undo-button',
         title: 'Append an event restoring the state right after this one',
-        onclick: () => guarded(() => undoTo(todoId, e.id)),
+        onclick: () => guarded(() => undoTo(todoId, e.id, version)),
       }, 'undo to here') : ''));
   }));
 }
 
-async function undoTo(todoId, eventId) {
-  const w = await api('PUT', `/todo/${todoId}/undo-to/${eventId}`);
-  bumpStream(TODO_PREFIX + w.id, w.version, w.position);
-  await selectStream(TODO_PREFIX + w.id);
+/**
+ * Undoes to `eventId` of a todo shown at `version`. The buttons are off until the answer (a
+ * second click is not a second undo), and If-Match makes a todo changed since it was shown a
+ * 412, after which the page shows it as it is now.
+ */
+async function undoTo(todoId, eventId, version) {
+  const buttons = [...document.querySelectorAll('[data-testid="undo-button"]')];
+  for (const b of buttons) b.disabled = true;
+  try {
+    const w = await api('PUT', `/todo/${todoId}/undo-to/${eventId}`, undefined, { 'If-Match': `"${version}"` });
+    bumpStream(TODO_PREFIX + w.id, w.version, w.position);
+    await selectStream(TODO_PREFIX + w.id);
+  } catch (e) {
+    if (e.status === 412) await guarded(() => selectStream(TODO_PREFIX + todoId), true);
+    throw e;
+  } finally {
+    for (const b of buttons) b.disabled = false; // those still shown, if the stream was not read again
+  }
 }
 
 // -- live tail ---------------------------------------------------------------------
 
+// The selected stream is read again 150 ms after an event of it comes, and under steady
+// writes at least that often: a read in progress is followed by one more, never cut short.
 let refreshTimer = null;
+let refreshing = false;
+let refreshAgain = false;
 function refreshSelectedSoon() {
-  clearTimeout(refreshTimer);
-  refreshTimer = setTimeout(() => { if (app.selected) guarded(() => selectStream(app.selected), true); }, 150);
+  if (refreshing) { refreshAgain = true; return; }
+  if (refreshTimer) return;
+  refreshTimer = setTimeout(async () => {
+    refreshTimer = null;
+    refreshing = true;
+    try {
+      do {
+        refreshAgain = false;
+        if (app.selected) await guarded(() => selectStream(app.selected), true);
+      } while (refreshAgain);
+    } finally {
+      refreshing = false;
+    }
+  }, 150);
 }
 
 function onLiveEvent(msg) {
@@ -199,6 +236,7 @@ function onLiveEvent(msg) {
   try { e = JSON.parse(msg.data); } catch { return; }
   const tail = $('live-tail');
   if (tail.querySelector(`[data-position="${Number(e.position)}"]`)) return; // replay after reconnect
+  app.tailFrom = Math.max(app.tailFrom, Number(e.position) + 1);
   tail.prepend(el('li', { 'data-testid': 'live-event', 'data-position': e.position, 'data-stream': e.stream },
     el('span', { class: 'muted' }, `#${e.position}`), ' ',
     el('a', { href: `#${e.stream}`, onclick: (ev) => { ev.preventDefault(); guarded(() => selectStream(e.stream)); } }, e.stream),
@@ -208,42 +246,104 @@ function onLiveEvent(msg) {
   if (e.stream === app.selected) refreshSelectedSoon();
 }
 
+/**
+ * Subscribes to $all from `app.tailFrom`. After a cut, EventSource connects again by itself
+ * and sends Last-Event-ID, which the server honours over `from`. An answer other than a
+ * stream (a 503 while the server has as many subscribers as it takes, say) makes it give up
+ * for good: then the page asks again, later and later, from where its tail is.
+ */
 function startLiveTail() {
   const status = $('live-status');
-  // Start just after the head seen by the first stream page: nothing is missed, nothing repeated.
-  // On reconnect EventSource sends Last-Event-ID, which the server honours over `from`.
-  app.source = new EventSource(`/subscribe/$all?from=${app.head + 1}`);
-  app.source.onopen = () => { status.textContent = 'live'; status.className = 'badge ok'; };
-  app.source.onerror = () => { status.textContent = 'reconnecting'; status.className = 'badge warn'; };
-  app.source.onmessage = onLiveEvent;
+  const source = new EventSource(`/subscribe/$all?from=${app.tailFrom}`);
+  app.source = source;
+  source.onopen = () => {
+    status.textContent = 'live';
+    status.className = 'badge ok';
+    app.retryMs = 1000;
+  };
+  source.onerror = () => {
+    status.textContent = 'reconnecting';
+    status.className = 'badge warn';
+    if (source.readyState !== EventSource.CLOSED) return;
+    setTimeout(() => { if (app.source === source) startLiveTail(); }, app.retryMs);
+    app.retryMs = Math.min(app.retryMs * 2, 30000);
+  };
+  source.onmessage = onLiveEvent;
 }
 
 // -- create form -------------------------------------------------------------------
 
+function newKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return [...bytes].map((b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+/**
+ * Creates a todo. The button is off until the answer (a double click creates one todo), and
+ * the Idempotency-Key stays the same for a retry of the same text after a failure whose
+ * outcome the page cannot know (no answer, a 5xx): the retry answers the todo created, if any.
+ */
 async function createTodo(ev) {
   ev.preventDefault();
   const input = $('create-description');
-  const w = await api('POST', '/todo', { description: input.value });
-  input.value = '';
-  bumpStream(TODO_PREFIX + w.id, w.version, w.position);
-  await selectStream(TODO_PREFIX + w.id);
+  const button = $('create-submit');
+  if (button.disabled) return;
+  button.disabled = true;
+  app.createKey ??= newKey();
+  try {
+    const w = await api('POST', '/todo', { description: input.value }, { 'Idempotency-Key': app.createKey });
+    app.createKey = null;
+    input.value = '';
+    bumpStream(TODO_PREFIX + w.id, w.version, w.position);
+    await selectStream(TODO_PREFIX + w.id);
+  } catch (e) {
+    if (e.status >= 400 && e.status < 500) app.createKey = null; // nothing was created
+    throw e;
+  } finally {
+    button.disabled = false;
+  }
 }
 
 // -- start -------------------------------------------------------------------------
 
+/** Selects the stream the address's #fragment names, if it names one. */
+function selectFromHash() {
+  let stream;
+  try {
+    stream = decodeURIComponent(location.hash.slice(1));
+  } catch {
+    showError(`The address's #${location.hash.slice(1)} is not a stream name.`);
+    return;
+  }
+  if (stream && stream !== app.selected) guarded(() => selectStream(stream));
+}
+
+/**
+ * Loads the newest streams, then starts the live tail just after the head they show: nothing
+ * is missed, nothing repeated. Until the head is known the tail waits (from position 1 it
+ * would replay the whole log as live); a failed load is shown and tried again every 3 s.
+ */
+async function start(failedBefore = false) {
+  try {
+    await loadStreams(false);
+  } catch (e) {
+    showError(e);
+    setTimeout(() => start(true), 3000);
+    return;
+  }
+  if (failedBefore) showError(null);
+  app.tailFrom = app.head + 1;
+  startLiveTail();
+  selectFromHash();
+}
+
 function init() {
   $('create-form').addEventListener('submit', (ev) => guarded(() => createTodo(ev)));
+  $('create-description').addEventListener('input', () => { app.createKey = null; });
   $('streams-older').addEventListener('click', () => guarded(() => loadStreams(true)));
   $('streams-refresh').addEventListener('click', () => guarded(() => loadStreams(false)));
-  guarded(async () => {
-    try {
-      await loadStreams(false);
-    } finally {
-      startLiveTail();
-    }
-    const fromHash = decodeURIComponent(location.hash.slice(1));
-    if (fromHash) await selectStream(fromHash);
-  });
+  window.addEventListener('hashchange', selectFromHash);
+  start();
 }
 
 init();

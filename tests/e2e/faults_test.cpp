@@ -23,7 +23,6 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <iostream>
 #include <map>
 #include <mutex>
@@ -41,105 +40,15 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/statvfs.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 using namespace eventsd::e2e;
 using namespace std::chrono_literals;
 
-extern char** environ;
-
 namespace {
 
 using clock_type = std::chrono::steady_clock;
-
-// -- child processes -----------------------------------------------------------
-
-struct run_result {
-  int status = -1;        ///< as from waitpid
-  bool timed_out = false; ///< killed after the timeout (or on `stop_at`)
-  std::string output;     ///< stdout and stderr, merged
-
-  int exit_code() const { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
-};
-
-/// Runs `args` (argv[0] looked up in PATH) in `cwd` with stdout+stderr captured,
-/// without the environment variables named in `unset`. Kills it (SIGKILL) after
-/// `timeout`, or as soon as its output contains `stop_at` (when not empty).
-/// `with_child`, when given, is called with the child's pid once it runs.
-run_result run_command(const std::vector<std::string>& args,
-                       std::chrono::milliseconds timeout = 30s, const std::string& cwd = "/",
-                       const std::vector<std::string>& unset = {},
-                       const std::string& stop_at = {},
-                       const std::function<void(pid_t)>& with_child = {}) {
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e != nullptr; ++e) {
-    std::string kv = *e;
-    bool drop = std::any_of(unset.begin(), unset.end(),
-                            [&](const std::string& n) { return kv.rfind(n + "=", 0) == 0; });
-    if (!drop)
-      env_strings.push_back(kv);
-  }
-  std::vector<char*> envp;
-  for (auto& s : env_strings)
-    envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::vector<std::string> argv_strings = args;
-  std::vector<char*> argv;
-  for (auto& a : argv_strings)
-    argv.push_back(a.data());
-  argv.push_back(nullptr);
-
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0)
-    throw std::runtime_error(std::string{"pipe2: "} + std::strerror(errno));
-  pid_t pid = ::fork();
-  if (pid < 0)
-    throw std::runtime_error(std::string{"fork: "} + std::strerror(errno));
-  if (pid == 0) {
-    ::dup2(fds[1], STDOUT_FILENO);
-    ::dup2(fds[1], STDERR_FILENO);
-    int devnull = ::open("/dev/null", O_RDONLY);
-    if (devnull >= 0)
-      ::dup2(devnull, STDIN_FILENO);
-    // Nothing else of ours may leak into the child (a postmaster lives on).
-    ::syscall(SYS_close_range, 3u, ~0u, 0u);
-    if (::chdir(cwd.c_str()) != 0)
-      ::_exit(126);
-    ::execvpe(argv[0], argv.data(), envp.data());
-    ::_exit(127);
-  }
-  ::close(fds[1]);
-  if (with_child)
-    with_child(pid);
-  run_result r;
-  auto deadline = clock_type::now() + timeout;
-  char buf[4096];
-  for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now());
-    if (left.count() <= 0 || (!stop_at.empty() && r.output.find(stop_at) != std::string::npos)) {
-      r.timed_out = true;
-      ::kill(pid, SIGKILL);
-      break;
-    }
-    pollfd p{fds[0], POLLIN, 0};
-    int n = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 100)));
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n <= 0)
-      continue;
-    auto got = ::read(fds[0], buf, sizeof buf);
-    if (got < 0 && errno == EINTR)
-      continue;
-    if (got <= 0)
-      break;
-    r.output.append(buf, static_cast<size_t>(got));
-  }
-  ::close(fds[0]);
-  ::waitpid(pid, &r.status, 0);
-  return r;
-}
 
 std::string eventsd_binary() {
   const char* bin = std::getenv("EVENTSD_BINARY");
@@ -159,7 +68,7 @@ bool one_line(const std::string& out) {
 
 /// A start refused as a bad configuration: exit code 2, and one line that
 /// says `says`.
-void check_refused(const run_result& r, const std::string& says) {
+void check_refused(const command_result& r, const std::string& says) {
   CHECK(r.exit_code() == 2);
   CHECK(one_line(r.output));
   CHECK(r.output.find(says) != std::string::npos);
@@ -396,9 +305,9 @@ public:
   }
 
 private:
-  run_result as_postgres(std::vector<std::string> args) {
+  command_result as_postgres(std::vector<std::string> args) {
     args.insert(args.begin(), {"runuser", "-u", "postgres", "--"});
-    return run_command(args, 60s);
+    return run_command(args, {.timeout = 60s, .cwd = "/"});
   }
 
   std::string bin_;
@@ -751,7 +660,7 @@ TEST_CASE("a server started on a full disk opens the store read-only: reads are 
   // is freed, its compactions deleting files the first still reads).
   auto second = run_command({eventsd_binary(), "--storage.dir=" + disk.store(), "--http.port=0",
                              "--postgres.dsn=" + unreachable_dsn},
-                            20s, "/", {}, "listening on");
+                            {.timeout = 20s, .cwd = "/", .stop_at = "listening on"});
   INFO("second eventsd: " << second.output);
   CHECK_FALSE(second.timed_out);
   CHECK(second.exit_code() == 1);
@@ -902,7 +811,7 @@ TEST_CASE("eventsd refuses to start on a storage directory it cannot use: non-ze
   }
   auto run = [&](const std::string& dir) {
     return run_command({bin, "--storage.dir=" + dir, "--http.port=0", "--postgres.dsn=" + unreachable_dsn},
-                       20s, d.path(), {}, "listening on");
+                       {.timeout = 20s, .cwd = d.path(), .stop_at = "listening on"});
   };
 
   SECTION("the path is a regular file") {
@@ -957,16 +866,16 @@ namespace {
 /// eventsd on `dir` (no PostgreSQL), sent `signals` as soon as it has created
 /// `dir` — right before it opens the store, long before it listens — and run
 /// to its end.
-run_result signalled_while_starting(const temp_dir& d, const std::string& dir,
-                                    const std::vector<int>& signals) {
+command_result signalled_while_starting(const temp_dir& d, const std::string& dir,
+                                        const std::vector<int>& signals) {
   bool seen = false;
   auto r = run_command({eventsd_binary(), "--storage.dir=" + dir, "--http.port=0",
                         "--postgres.dsn=" + unreachable_dsn},
-                       30s, d.path(), {}, {}, [&](pid_t pid) {
+                       {.timeout = 30s, .cwd = d.path(), .with_child = [&](pid_t pid) {
                          seen = eventually([&] { return std::filesystem::exists(dir); }, 10s, 1ms);
                          for (int s : signals)
                            ::kill(pid, s);
-                       });
+                       }});
   if (!seen)
     throw std::runtime_error("eventsd did not create " + dir + " within 10 s: " + r.output);
   return r;
@@ -987,7 +896,7 @@ TEST_CASE("a SIGINT, SIGTERM or SIGHUP while eventsd opens its store stops it cl
   CHECK(r.output.find("eventsd: shutting down") != std::string::npos);
   auto again = run_command({eventsd_binary(), "--storage.dir=" + dir, "--http.port=0",
                             "--postgres.dsn=" + unreachable_dsn},
-                           30s, d.path(), {}, "listening on");
+                           {.timeout = 30s, .cwd = d.path(), .stop_at = "listening on"});
   INFO("started again: " << again.output);
   CHECK(again.output.find("listening on") != std::string::npos); // then stopped by us
 }
@@ -1032,7 +941,7 @@ TEST_CASE("an offline rebuild gets the signal actions eventsd started with: SIGI
   auto previous = std::signal(SIGINT, SIG_IGN); // inherited, as by `eventsd … &` in a script
   auto r = run_command({eventsd_binary(), "--storage.dir=" + d.path() + "/data",
                         "--postgres.dsn=" + dsn, "--rebuild=todos"},
-                       30s, d.path(), {}, {}, [&](pid_t pid) {
+                       {.timeout = 30s, .cwd = d.path(), .with_child = [&](pid_t pid) {
                          // The rebuild runs once it connects to PostgreSQL; before, while
                          // eventsd started, SIGINT was caught (asio's handler).
                          pollfd p{hang.fd(), POLLIN, 0};
@@ -1044,7 +953,7 @@ TEST_CASE("an offline rebuild gets the signal actions eventsd started with: SIGI
                          survived_sigint = ::kill(pid, 0) == 0;
                          ::kill(pid, SIGTERM);
                          ::close(conn);
-                       });
+                       }});
   std::signal(SIGINT, previous);
   INFO("status " << r.status << ": " << r.output);
   CHECK(stayed_ignored);
@@ -1111,7 +1020,7 @@ TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reas
   for (auto& c : cases) {
     std::vector<std::string> args{bin, "--storage.dir=" + dir, "--postgres.dsn=" + unreachable_dsn};
     args.insert(args.end(), c.args.begin(), c.args.end());
-    auto r = run_command(args, 20s, d.path(), {}, "listening on");
+    auto r = run_command(args, {.timeout = 20s, .cwd = d.path(), .stop_at = "listening on"});
     INFO(c.args.front() << " -> exit " << r.exit_code() << ": " << r.output);
     CHECK_FALSE(r.timed_out);
     check_refused(r, c.names);
@@ -1122,8 +1031,11 @@ TEST_CASE("a bad option value stops eventsd with exit code 2 and a one-line reas
     CHECK_FALSE(std::filesystem::exists(dir));
   }
   // No DSN anywhere (command line or EVENTSD_POSTGRES_DSN) is a bad configuration too.
-  auto r = run_command({bin, "--storage.dir=" + dir, "--http.port=0"}, 20s, d.path(),
-                       {"EVENTSD_POSTGRES_DSN"}, "listening on");
+  auto r = run_command({bin, "--storage.dir=" + dir, "--http.port=0"},
+                       {.timeout = 20s,
+                        .cwd = d.path(),
+                        .unset_env = {"EVENTSD_POSTGRES_DSN"},
+                        .stop_at = "listening on"});
   INFO("no DSN -> exit " << r.exit_code() << ": " << r.output);
   check_refused(r, "postgres.dsn");
   CHECK_FALSE(std::filesystem::exists(dir));
@@ -1138,7 +1050,7 @@ TEST_CASE("without openapi.json eventsd refuses a --http.static-dir named for it
   std::filesystem::create_directories(empty);
   auto r = run_command({eventsd_binary(), "--storage.dir=" + dir, "--http.port=0",
                         "--postgres.dsn=" + unreachable_dsn, "--http.static-dir=" + empty},
-                       20s, d.path(), {}, "listening on");
+                       {.timeout = 20s, .cwd = d.path(), .stop_at = "listening on"});
   INFO(r.output);
   check_refused(r, "--http.static-dir " + empty + " holds no openapi.json");
   CHECK_FALSE(std::filesystem::exists(dir));
@@ -1147,7 +1059,7 @@ TEST_CASE("without openapi.json eventsd refuses a --http.static-dir named for it
   std::filesystem::copy_file(eventsd_binary(), alone);
   auto warned = run_command({alone, "--storage.dir=" + dir, "--http.port=0",
                              "--postgres.dsn=" + unreachable_dsn},
-                            20s, d.path(), {}, "listening on");
+                            {.timeout = 20s, .cwd = d.path(), .stop_at = "listening on"});
   INFO(warned.output);
   CHECK(warned.output.find("listening on") != std::string::npos);
   CHECK(warned.output.find("eventsd: WARNING no openapi.json in " + d.path() + "/static")
@@ -1161,7 +1073,8 @@ TEST_CASE("--help lists eventsd's own options with their defaults and exits 0, b
   temp_dir d{"eventsd-faults-help-"};
   for (auto flag : {"--help", "-h", "--long-help"}) {
     // No DSN anywhere: help needs none.
-    auto r = run_command({bin, flag}, 20s, d.path(), {"EVENTSD_POSTGRES_DSN"});
+    auto r = run_command({bin, flag},
+                         {.timeout = 20s, .cwd = d.path(), .unset_env = {"EVENTSD_POSTGRES_DSN"}});
     INFO(flag << " -> exit " << r.exit_code() << ": " << r.output.substr(0, 400));
     CHECK(r.exit_code() == 0);
     CHECK(r.output.rfind("usage: eventsd", 0) == 0);
@@ -1190,7 +1103,7 @@ TEST_CASE("a bad value in the config file stops eventsd with exit code 2 and a o
     }
     auto r = run_command({bin, "--config-file=" + conf, "--storage.dir=" + dir, "--http.port=0",
                           "--postgres.dsn=" + unreachable_dsn},
-                         10s, d.path(), {}, "listening on");
+                         {.timeout = 10s, .cwd = d.path(), .stop_at = "listening on"});
     INFO("config file:\n" << body << "-> exit " << r.exit_code() << (r.timed_out ? " (killed: it started serving)" : "")
                           << ": " << r.output);
     CHECK_FALSE(r.timed_out);
@@ -1201,7 +1114,7 @@ TEST_CASE("a bad value in the config file stops eventsd with exit code 2 and a o
   for (auto named : {d.path(), d.path() + "/missing.conf"}) {
     auto r = run_command({bin, "--config-file=" + named, "--storage.dir=" + dir, "--http.port=0",
                           "--postgres.dsn=" + unreachable_dsn},
-                         10s, d.path(), {}, "listening on");
+                         {.timeout = 10s, .cwd = d.path(), .stop_at = "listening on"});
     INFO(named << " -> exit " << r.exit_code() << ": " << r.output);
     check_refused(r, named);
   }
@@ -1225,7 +1138,7 @@ TEST_CASE("every option can come from EVENTSD_<GROUP>_<NAME> when the command li
     if (dsn_on_command_line)
       args.push_back("--postgres.dsn=" + unreachable_dsn);
     args.insert(args.end(), extra.begin(), extra.end());
-    return run_command(args, 20s, d.path(), {}, "listening on");
+    return run_command(args, {.timeout = 20s, .cwd = d.path(), .stop_at = "listening on"});
   };
   struct refused {
     std::string variable, value, says;
@@ -1633,7 +1546,7 @@ std::string seed_long_todo(server& s, uint64_t events) {
   auto seeded = run_command({seeder, "--dir=" + s.storage_dir(), "--work=0", "--history=0",
                              "--long=" + std::to_string(events), "--long-count=0",
                              "--long-raw-count=1", "--out=" + lists.path() + "/seed"},
-                            120s);
+                            {.timeout = 120s, .cwd = "/"});
   INFO(seeded.output);
   REQUIRE(seeded.exit_code() == 0);
   std::ifstream long_list{lists.path() + "/seed.long"};

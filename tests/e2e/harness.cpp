@@ -25,6 +25,7 @@
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -34,6 +35,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <libpq-fe.h>
+
+extern char** environ;
 
 namespace eventsd::e2e {
 
@@ -423,6 +426,144 @@ temp_dir::~temp_dir() {
   std::filesystem::remove_all(path_, ec);
 }
 
+// -- child processes ----------------------------------------------------------
+
+namespace {
+
+/// In a forked child: says `what` on stderr and exits with `code`.
+template <size_t N>
+[[noreturn]] void child_fails(const char (&what)[N], int code) {
+  (void)!::write(STDERR_FILENO, what, N - 1);
+  ::_exit(code);
+}
+
+/// A child started by `spawn`.
+struct child {
+  pid_t pid = -1;
+  int output = -1; ///< the read end of its stdout and stderr, merged
+};
+
+/// Starts `argv` (argv[0] looked up on PATH) with the environment `env`
+/// ("NAME=value" entries), stdin from `stdin_file`, in `cwd` ("" keeps this
+/// process's) and with no other descriptor of this process. The child gets
+/// SIGKILL when the calling thread ends.
+child spawn(std::vector<std::string> argv, std::vector<std::string> env,
+            const std::string& stdin_file, const std::string& cwd) {
+  if (argv.empty())
+    throw std::invalid_argument("spawn: empty argv");
+  // Everything the child needs is built here: after fork it may not allocate.
+  std::vector<char*> cargv, envp;
+  for (auto& a : argv)
+    cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  for (auto& e : env)
+    envp.push_back(e.data());
+  envp.push_back(nullptr);
+
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0)
+    throw std::runtime_error(std::string{"pipe2 failed: "} + std::strerror(errno));
+  pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    throw std::runtime_error(std::string{"fork failed: "} + std::strerror(errno));
+  }
+  if (pid == 0) {
+    // Child: only async-signal-safe calls until exec.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int in = ::open(stdin_file.c_str(), O_RDONLY);
+    if (in >= 0)
+      ::dup2(in, STDIN_FILENO);
+    ::dup2(fds[1], STDOUT_FILENO);
+    ::dup2(fds[1], STDERR_FILENO);
+    // Nothing else of ours may leak into the child (a postmaster, say, lives on
+    // and would hold our pipes and sockets open).
+    ::syscall(SYS_close_range, 3u, ~0u, 0u);
+    if (!cwd.empty() && ::chdir(cwd.c_str()) != 0)
+      child_fails("e2e: chdir failed\n", 126);
+    ::execvpe(cargv[0], cargv.data(), envp.data());
+    child_fails("e2e: exec failed\n", 127);
+  }
+  ::close(fds[1]);
+  return {pid, fds[0]};
+}
+
+/// This process's environment with the entries of `set` ("NAME=value") in place
+/// of its own and without the variables named in `unset`.
+std::vector<std::string> environment(const std::vector<std::string>& set = {},
+                                     const std::vector<std::string>& unset = {}) {
+  std::vector<std::string> out;
+  for (char** e = environ; *e != nullptr; ++e) {
+    std::string kv = *e;
+    auto named = [&](const std::string& name) { return kv.rfind(name + "=", 0) == 0; };
+    auto replaced = [&](const std::string& entry) {
+      return named(entry.substr(0, entry.find('=')));
+    };
+    if (std::none_of(unset.begin(), unset.end(), named)
+        && std::none_of(set.begin(), set.end(), replaced))
+      out.push_back(kv);
+  }
+  out.insert(out.end(), set.begin(), set.end());
+  return out;
+}
+
+} // namespace
+
+int command_result::exit_code() const {
+  if (timed_out)
+    return -1;
+  if (WIFEXITED(status))
+    return WEXITSTATUS(status);
+  if (WIFSIGNALED(status))
+    return 128 + WTERMSIG(status);
+  return -1;
+}
+
+command_result run_command(const std::vector<std::string>& argv, const command_options& opts) {
+  auto c = spawn(argv, environment(opts.env, opts.unset_env),
+                 opts.stdin_file.empty() ? "/dev/null" : opts.stdin_file, opts.cwd);
+  command_result r;
+  // Stops reading and reaps the child, SIGKILLed first when `kill_it`.
+  auto finish = [&](bool kill_it) {
+    if (kill_it)
+      ::kill(c.pid, SIGKILL);
+    ::close(c.output);
+    while (::waitpid(c.pid, &r.status, 0) < 0 && errno == EINTR) {
+    }
+  };
+  if (opts.with_child) {
+    try {
+      opts.with_child(c.pid);
+    } catch (...) {
+      finish(true);
+      throw;
+    }
+  }
+  auto deadline = std::chrono::steady_clock::now() + opts.timeout;
+  char buf[8192];
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0
+        || (!opts.stop_at.empty() && r.output.find(opts.stop_at) != std::string::npos)) {
+      r.timed_out = true;
+      break;
+    }
+    pollfd p{c.output, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 100))) <= 0)
+      continue; // EINTR, or time to look at the deadline again
+    auto got = ::read(c.output, buf, sizeof buf);
+    if (got < 0 && errno == EINTR)
+      continue;
+    if (got <= 0)
+      break;
+    r.output.append(buf, static_cast<size_t>(got));
+  }
+  finish(r.timed_out);
+  return r;
+}
+
 // -- server -------------------------------------------------------------------
 
 /// Reads the child's merged stdout/stderr into a buffer until EOF.
@@ -507,38 +648,10 @@ void server::start() {
   std::vector<std::string> args{bin, "--storage.dir=" + storage_dir_, "--http.port=0",
                                 "--http.address=127.0.0.1", "--postgres.dsn=" + dsn_};
   args.insert(args.end(), opts_.args.begin(), opts_.args.end());
-  std::vector<char*> argv;
-  for (auto& a : args)
-    argv.push_back(a.data());
-  argv.push_back(nullptr);
-  std::string cwd = dir_->path();
-
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0)
-    throw std::runtime_error(std::string{"pipe2 failed: "} + std::strerror(errno));
-  pid_t pid = ::fork();
-  if (pid < 0) {
-    ::close(fds[0]);
-    ::close(fds[1]);
-    throw std::runtime_error(std::string{"fork failed: "} + std::strerror(errno));
-  }
-  if (pid == 0) {
-    // Child: only async-signal-safe calls until exec.
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    ::dup2(fds[1], STDOUT_FILENO);
-    ::dup2(fds[1], STDERR_FILENO);
-    int devnull = ::open("/dev/null", O_RDONLY);
-    if (devnull >= 0)
-      ::dup2(devnull, STDIN_FILENO);
-    // A relative config/eventsd.conf must not leak in from the test's cwd.
-    if (::chdir(cwd.c_str()) != 0)
-      ::_exit(126);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  ::close(fds[1]);
-  pid_ = pid;
-  pump_ = std::make_shared<output_pump>(fds[0]);
+  // In its own directory: a relative config/eventsd.conf must not leak in from the test's cwd.
+  auto c = spawn(args, environment(), "/dev/null", dir_->path());
+  pid_ = c.pid;
+  pump_ = std::make_shared<output_pump>(c.output);
 
   static const std::regex listening{R"(listening on http://[^:\s]+:(\d+))"};
   auto deadline = std::chrono::steady_clock::now() + opts_.start_timeout;

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <csignal>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -208,6 +209,45 @@ struct server_behind_proxy {
   explicit server_behind_proxy(std::vector<std::string> args,
                                const std::string& dsn_options = "connect_timeout=2");
 };
+
+/// What `run_command` saw of a child process.
+struct command_result {
+  int status = -1;        ///< as from waitpid
+  bool timed_out = false; ///< killed (SIGKILL) after the timeout, or on `stop_at`
+  std::string output;     ///< stdout and stderr, merged
+
+  /// The exit status, or 128 + signal when a signal ended it, or -1 when it
+  /// timed out.
+  int exit_code() const;
+};
+
+/// Options of `run_command`, meant for designated initializers, e.g.
+/// `{.timeout = 20s, .cwd = dir, .stop_at = "listening on"}`. Every member has
+/// an initializer, so that naming only some of them draws no warning
+/// (-Wmissing-field-initializers).
+struct command_options {
+  /// SIGKILL after this long.
+  std::chrono::milliseconds timeout{60000};
+  /// The child's working directory ("" keeps this process's).
+  std::string cwd{};
+  /// "NAME=value" entries added to this process's environment (replacing its value).
+  std::vector<std::string> env{};
+  /// Names of variables of this process's environment the child does not get.
+  std::vector<std::string> unset_env{};
+  /// The child's stdin ("" is /dev/null).
+  std::string stdin_file{};
+  /// When not empty, SIGKILL as soon as the output contains it (`timed_out` then).
+  std::string stop_at{};
+  /// When set, called with the child's pid once it runs, before any output is
+  /// read (when it throws, the child is killed and reaped first).
+  std::function<void(pid_t)> with_child{};
+};
+
+/// Runs `argv` (argv[0] looked up on PATH) to its end, with stdout and stderr
+/// captured and no other descriptor of this process. The child gets SIGKILL
+/// when the calling thread ends.
+command_result run_command(const std::vector<std::string>& argv,
+                           const command_options& opts = {});
 
 /// Case-insensitive ordering for header names.
 struct ci_less {

@@ -9,22 +9,15 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
-#include <csignal>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <thread>
 
-#include <fcntl.h>
 #include <libpq-fe.h>
-#include <poll.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 using namespace eventsd::e2e;
 using namespace std::chrono_literals;
@@ -181,64 +174,6 @@ long pg_exec(const std::string& dsn, const std::string& sql) {
   return rows;
 }
 
-struct run_result {
-  int status = -1;
-  std::string output;
-  int exit_code() const { return WIFEXITED(status) ? WEXITSTATUS(status) : -1; }
-};
-
-/// Runs `args` in `cwd`, capturing stdout and stderr; SIGKILL after `timeout`.
-run_result run_command(const std::vector<std::string>& args, const std::string& cwd,
-                       std::chrono::milliseconds timeout = 60s) {
-  std::vector<std::string> strings = args;
-  std::vector<char*> argv;
-  for (auto& a : strings)
-    argv.push_back(a.data());
-  argv.push_back(nullptr);
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0)
-    throw std::runtime_error(std::string{"pipe2: "} + std::strerror(errno));
-  pid_t pid = ::fork();
-  if (pid < 0)
-    throw std::runtime_error(std::string{"fork: "} + std::strerror(errno));
-  if (pid == 0) {
-    ::dup2(fds[1], STDOUT_FILENO);
-    ::dup2(fds[1], STDERR_FILENO);
-    int devnull = ::open("/dev/null", O_RDONLY);
-    if (devnull >= 0)
-      ::dup2(devnull, STDIN_FILENO);
-    ::syscall(SYS_close_range, 3u, ~0u, 0u);
-    if (::chdir(cwd.c_str()) != 0)
-      ::_exit(126);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  ::close(fds[1]);
-  run_result r;
-  auto deadline = clock_type::now() + timeout;
-  char buf[4096];
-  for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now());
-    if (left.count() <= 0) {
-      ::kill(pid, SIGKILL);
-      break;
-    }
-    pollfd p{fds[0], POLLIN, 0};
-    int n = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), 100)));
-    if (n <= 0)
-      continue;
-    auto got = ::read(fds[0], buf, sizeof buf);
-    if (got < 0 && errno == EINTR)
-      continue;
-    if (got <= 0)
-      break;
-    r.output.append(buf, static_cast<size_t>(got));
-  }
-  ::close(fds[0]);
-  ::waitpid(pid, &r.status, 0);
-  return r;
-}
-
 std::string eventsd_binary() {
   const char* bin = std::getenv("EVENTSD_BINARY");
   if (bin == nullptr || *bin == '\0')
@@ -369,7 +304,7 @@ TEST_CASE("offline rebuild: `eventsd --rebuild=todos` on a stopped server's stor
   {
     // The live server holds the store: the CLI must not touch anything.
     auto rows = pg_exec(s.dsn(), "SELECT count(*) FROM todos");
-    auto r = run_command(cli, cwd);
+    auto r = run_command(cli, {.cwd = cwd});
     INFO("CLI beside the live server: exit " << r.exit_code() << ": " << r.output);
     CHECK(r.exit_code() == 1);
     CHECK(r.output.find("cannot open the event store") != std::string::npos);
@@ -388,7 +323,7 @@ TEST_CASE("offline rebuild: `eventsd --rebuild=todos` on a stopped server's stor
   pg_exec(s.dsn(), "DELETE FROM todos WHERE created_position % 3 = 1");
   REQUIRE(pg_exec(s.dsn(), "SELECT count(*) FROM todos") < rows);
 
-  auto r = run_command(cli, cwd);
+  auto r = run_command(cli, {.cwd = cwd});
   INFO("CLI rebuild: exit " << r.exit_code() << ": " << r.output);
   REQUIRE(r.exit_code() == 0);
   CHECK(r.output.find("rebuilt todos up to position " + std::to_string(head)) != std::string::npos);

@@ -12,18 +12,13 @@
 #include <thread>
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
-
-extern char** environ;
 
 namespace eventsd::http_tests {
 
@@ -426,92 +421,7 @@ prom_exposition parse_prometheus(const std::string& text) {
   return out;
 }
 
-// -- processes ------------------------------------------------------------------------
-
-command_result run_command(const std::vector<std::string>& argv,
-                           const std::vector<std::string>& env, const std::string& stdin_file,
-                           std::chrono::milliseconds timeout) {
-  ignore_sigpipe();
-  if (argv.empty())
-    throw std::invalid_argument("run_command: empty argv");
-  std::vector<std::string> envs;
-  for (char** e = environ; *e != nullptr; ++e)
-    envs.emplace_back(*e);
-  for (auto& kv : env) {
-    auto name = kv.substr(0, kv.find('=') + 1);
-    envs.erase(std::remove_if(envs.begin(), envs.end(),
-                              [&](const std::string& e) { return e.rfind(name, 0) == 0; }),
-               envs.end());
-    envs.push_back(kv);
-  }
-  std::vector<char*> cargv, cenv;
-  auto args = argv;
-  for (auto& a : args)
-    cargv.push_back(a.data());
-  cargv.push_back(nullptr);
-  for (auto& e : envs)
-    cenv.push_back(e.data());
-  cenv.push_back(nullptr);
-  std::string in = stdin_file.empty() ? std::string{"/dev/null"} : stdin_file;
-
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0)
-    throw std::runtime_error(std::string{"pipe2 failed: "} + std::strerror(errno));
-  pid_t pid = ::fork();
-  if (pid < 0)
-    throw std::runtime_error(std::string{"fork failed: "} + std::strerror(errno));
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    int infd = ::open(in.c_str(), O_RDONLY);
-    if (infd >= 0)
-      ::dup2(infd, STDIN_FILENO);
-    ::dup2(fds[1], STDOUT_FILENO);
-    ::dup2(fds[1], STDERR_FILENO);
-    ::execvpe(cargv[0], cargv.data(), cenv.data());
-    const char msg[] = "run_command: exec failed\n";
-    (void)!::write(STDERR_FILENO, msg, sizeof msg - 1);
-    ::_exit(127);
-  }
-  ::close(fds[1]);
-  command_result result;
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  bool timed_out = false;
-  char buf[8192];
-  for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-      deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0) {
-      timed_out = true;
-      break;
-    }
-    pollfd p{fds[0], POLLIN, 0};
-    int n = ::poll(&p, 1, static_cast<int>(left.count()));
-    if (n < 0 && errno == EINTR)
-      continue;
-    if (n == 0) {
-      timed_out = true;
-      break;
-    }
-    auto r = ::read(fds[0], buf, sizeof buf);
-    if (r < 0 && errno == EINTR)
-      continue;
-    if (r <= 0)
-      break;
-    result.output.append(buf, static_cast<size_t>(r));
-  }
-  ::close(fds[0]);
-  if (timed_out)
-    ::kill(pid, SIGKILL);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  if (timed_out)
-    result.exit_code = -1;
-  else if (WIFEXITED(status))
-    result.exit_code = WEXITSTATUS(status);
-  else if (WIFSIGNALED(status))
-    result.exit_code = 128 + WTERMSIG(status);
-  return result;
-}
+// -- other helpers -------------------------------------------------------------------
 
 std::string require_env(const char* name) {
   const char* v = std::getenv(name);

@@ -1,7 +1,7 @@
 // Helpers of the HTTP-level tests (tests/http/): on top of the e2e harness
-// (tests/e2e/harness.hpp: the real eventsd, a fresh database, an HTTP client)
-// they add a streaming Server-Sent-Events reader over a raw socket, a
-// Prometheus text-format parser, a child-process runner and shared checks.
+// (tests/e2e/harness.hpp: the real eventsd, a fresh database, an HTTP client,
+// a child-process runner) they add a streaming Server-Sent-Events reader over a
+// raw socket, a Prometheus text-format parser and shared checks.
 // Thread-safety: an `sse_client` is used by one thread at a time; the free
 // functions are thread-safe.
 #pragma once
@@ -130,20 +130,7 @@ struct prom_exposition {
 /// Parses a Prometheus text exposition (format 0.0.4). Throws on a malformed line.
 prom_exposition parse_prometheus(const std::string& text);
 
-// -- processes -----------------------------------------------------------------
-
-struct command_result {
-  int exit_code = -1;     ///< exit status, or 128 + signal, or -1 when it timed out
-  std::string output;     ///< stdout and stderr, merged
-};
-
-/// Runs `argv` (argv[0] looked up on PATH) with stdin from `stdin_file` (or
-/// /dev/null), extra `env` entries ("NAME=value") on top of this process's
-/// environment, and waits up to `timeout` (then SIGKILL).
-command_result run_command(const std::vector<std::string>& argv,
-                           const std::vector<std::string>& env = {},
-                           const std::string& stdin_file = {},
-                           std::chrono::milliseconds timeout = std::chrono::milliseconds{60000});
+// -- other helpers -------------------------------------------------------------
 
 /// The value of environment variable `name`; throws naming it when unset or empty.
 std::string require_env(const char* name);

@@ -37,7 +37,8 @@ void check_not_ready(const response& r) {
 command_result promtool_check(const std::string& text) {
   temp_dir dir{"eventsd-http-metrics-"};
   auto file = write_temp_file(dir, "metrics.txt", text);
-  return run_command({require_env("EVENTSD_PROMTOOL"), "check", "metrics"}, {}, file, 30000ms);
+  return run_command({require_env("EVENTSD_PROMTOOL"), "check", "metrics"},
+                     {.timeout = 30s, .stdin_file = file});
 }
 
 } // namespace
@@ -156,8 +157,8 @@ TEST_CASE("/metrics: Prometheus text format (promtool check metrics) with the fa
   // Prometheus's own parser: exit 1 is a format error, 3 only lint findings
   // (naming conventions, checked by the next test case).
   auto checked = promtool_check(text);
-  INFO("promtool check metrics (exit " << checked.exit_code << "):\n" << checked.output);
-  CHECK((checked.exit_code == 0 || checked.exit_code == 3));
+  INFO("promtool check metrics (exit " << checked.exit_code() << "):\n" << checked.output);
+  CHECK((checked.exit_code() == 0 || checked.exit_code() == 3));
   CHECK(checked.output.find("error while linting") == std::string::npos);
   CHECK(checked.output.find("parsing error") == std::string::npos);
 
@@ -290,7 +291,7 @@ TEST_CASE("promtool rejects a malformed exposition (the format check has teeth)"
   auto checked = promtool_check("# HELP eventsd_x_total x\n# TYPE eventsd_x_total counter\n"
                                 "eventsd_x_total{route=\"/todo} 1\n");
   INFO(checked.output);
-  CHECK(checked.exit_code == 1);
+  CHECK(checked.exit_code() == 1);
   CHECK(checked.output.find("parsing error") != std::string::npos);
 }
 
@@ -305,8 +306,8 @@ TEST_CASE("/metrics follows the Prometheus naming conventions (promtool lint cle
   auto r = c.get("/metrics");
   REQUIRE(r.status == 200);
   auto checked = promtool_check(r.body);
-  INFO("promtool check metrics (exit " << checked.exit_code << "):\n" << checked.output);
-  CHECK(checked.exit_code == 0);
+  INFO("promtool check metrics (exit " << checked.exit_code() << "):\n" << checked.output);
+  CHECK(checked.exit_code() == 0);
 }
 
 TEST_CASE("malformed requests are answered 400 each, and logged at most once a second with a "

@@ -18,8 +18,9 @@ TEST_CASE("/ui in headless Chromium: live tail, streams, events, state, undo", "
   REQUIRE(c.get("/ui").status == 200);
   auto url = "http://127.0.0.1:" + std::to_string(s.port());
   auto result = run_command({require_env("EVENTSD_NODE"), require_env("EVENTSD_UI_SCRIPT"), url},
-                            {"EVENTSD_CHROMIUM=" + require_env("EVENTSD_CHROMIUM")}, {}, 90000ms);
+                            {.timeout = 90s,
+                             .env = {"EVENTSD_CHROMIUM=" + require_env("EVENTSD_CHROMIUM")}});
   std::cout << result.output << std::flush;
-  INFO("ui_browser.js (exit " << result.exit_code << "):\n" << result.output);
-  CHECK(result.exit_code == 0);
+  INFO("ui_browser.js (exit " << result.exit_code() << "):\n" << result.output);
+  CHECK(result.exit_code() == 0);
 }

@@ -213,6 +213,10 @@ std::string metrics::render() const {
          "Connections answered 503 and closed at once: the rest of the file descriptor limit "
          "is kept for the event store.");
   sample(out, "eventsd_http_connections_refused_total", connections_refused.value());
+  family(out, "eventsd_http_requests_abandoned_total", "counter",
+         "Reads waiting for minPosition whose client closed its connection: not answered, the "
+         "connection closed at once.");
+  sample(out, "eventsd_http_requests_abandoned_total", requests_abandoned.value());
   return out;
 }
 

@@ -100,6 +100,7 @@ struct metrics {
   counter sse_catch_up_waits;  ///< turns waited for at the gate
   counter sse_dropped_slow;
   counter connections_refused; ///< connections answered 503 at once: descriptors kept for the store
+  counter requests_abandoned; ///< minPosition waits whose client closed its connection
 
   /// Counts one HTTP request of `route` (a pattern like "/todo/{id}").
   void observe_request(const std::string& method, const std::string& route, int status,

@@ -21,6 +21,7 @@
 
 #include <poll.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <boost/asio.hpp>
@@ -1130,6 +1131,9 @@ private:
       return send(std::move(r), router_.pattern_of(req.method, req.path), started);
     }
     route_ = route;
+    // A read that may wait long for the read model watches its client.
+    const bool may_wait = (req.method == "GET" || req.method == "HEAD")
+                          && req.target.find("minPosition=") != std::string::npos;
     // A create's id is made by its route: kept for a late answer's detail.
     written_stream_.reset();
     if (req.method == "POST")
@@ -1143,8 +1147,39 @@ private:
         self->send(std::move(r), *route, started);
       });
     });
-    if (answered_ < request)
+    if (answered_ < request) {
       arm_deadline(request);
+      if (may_wait)
+        watch_client(request);
+    }
+  }
+
+  /// While request `request` (a read waiting for minPosition, up to 30 s)
+  /// waits for its answer, a client that closes its connection, or only its
+  /// sending side, or resets it, is no longer waited for: its answer is
+  /// dropped and the connection closed at once, so that abandoned waits do
+  /// not hold a descriptor each. Bytes of a next request (pipelined) are left
+  /// for the read after the answer.
+  void watch_client(uint64_t request) {
+    stream_.socket().async_wait(
+      tcp::socket::wait_read, [weak = weak_from_this(), request](beast::error_code ec) {
+        auto self = weak.lock();
+        if (ec || !self || self->answered_ >= request)
+          return;
+        char byte;
+        auto n = ::recv(self->stream_.socket().native_handle(), &byte, 1,
+                        MSG_PEEK | MSG_DONTWAIT);
+        if (n > 0)
+          return;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+          return self->watch_client(request);
+        self->answered_ = request;
+        self->deadline_.cancel();
+        self->finish_request();
+        core::metrics::instance().requests_abandoned.add();
+        beast::error_code ignored;
+        self->stream_.socket().close(ignored);
+      });
   }
 
   /// Answers 503 when the actors have not answered request `request` within

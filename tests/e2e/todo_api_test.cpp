@@ -779,6 +779,67 @@ TEST_CASE("minPosition beyond the log head with waitMs=200 is a 503 with Retry-A
   }
 }
 
+TEST_CASE("a client that closes its connection, or its sending side, during a minPosition wait "
+          "is not waited for: the connection closes at once; a request pipelined behind a wait "
+          "is answered after it",
+          "[e2e][todo][read]") {
+  auto c = create("abandoned wait");
+  auto target = "/todo/" + c.id + "?minPosition=" + std::to_string(c.position + 1000000)
+                + "&waitMs=30000";
+  auto request = "GET " + target + " HTTP/1.1\r\nHost: x\r\n\r\n";
+  auto connect = [] {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(shared_server().port());
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    timeval tv{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+  };
+  auto abandoned = [&] { return metric(client(), "eventsd_http_requests_abandoned_total"); };
+  const double before = abandoned();
+
+  // Only its sending side: the server closes without an answer, long before waitMs.
+  int fd = connect();
+  REQUIRE(::send(fd, request.data(), request.size(), MSG_NOSIGNAL)
+          == static_cast<ssize_t>(request.size()));
+  std::this_thread::sleep_for(200ms); // the wait has begun
+  ::shutdown(fd, SHUT_WR);
+  auto started = std::chrono::steady_clock::now();
+  char buf[256];
+  auto n = ::recv(fd, buf, sizeof buf, 0);
+  auto took = std::chrono::steady_clock::now() - started;
+  ::close(fd);
+  CHECK(n == 0); // end of stream, no answer
+  CHECK(took < 5s);
+  CHECK(abandoned() == before + 1);
+
+  // The whole connection: counted, and its descriptor closed.
+  fd = connect();
+  REQUIRE(::send(fd, request.data(), request.size(), MSG_NOSIGNAL)
+          == static_cast<ssize_t>(request.size()));
+  std::this_thread::sleep_for(200ms);
+  ::close(fd);
+  auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (abandoned() < before + 2 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(20ms);
+  CHECK(abandoned() == before + 2);
+
+  // A next request sent while the first waits is no sign of a client gone.
+  auto short_wait = "GET /todo/" + c.id + "?minPosition=" + std::to_string(c.position + 1000000)
+                    + "&waitMs=500 HTTP/1.1\r\nHost: x\r\n\r\n";
+  auto raw = raw_exchange(shared_server().port(),
+                          short_wait + "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                          10s, true);
+  INFO(raw);
+  CHECK(raw.rfind("HTTP/1.1 503 ", 0) == 0);
+  CHECK(raw.find("HTTP/1.1 200 ") != std::string::npos);
+  CHECK(abandoned() == before + 2);
+}
+
 TEST_CASE("minPosition beyond int64 is a 400 naming it, not a wait", "[e2e][todo][read]") {
   auto c = create("no such position");
   for (auto target : {std::string{"/todo?minPosition=9223372036854775808"},

@@ -1131,9 +1131,11 @@ private:
       return send(std::move(r), router_.pattern_of(req.method, req.path), started);
     }
     route_ = route;
-    // A read that may wait long for the read model watches its client.
+    // A read that may wait long for the read model watches its client (a
+    // percent-encoded query may name minPosition too).
     const bool may_wait = (req.method == "GET" || req.method == "HEAD")
-                          && req.target.find("minPosition=") != std::string::npos;
+                          && (req.target.find("minPosition=") != std::string::npos
+                              || req.target.find('%') != std::string::npos);
     // A create's id is made by its route: kept for a late answer's detail.
     written_stream_.reset();
     if (req.method == "POST")
@@ -1158,28 +1160,55 @@ private:
   /// waits for its answer, a client that closes its connection, or only its
   /// sending side, or resets it, is no longer waited for: its answer is
   /// dropped and the connection closed at once, so that abandoned waits do
-  /// not hold a descriptor each. Bytes of a next request (pipelined) are left
-  /// for the read after the answer.
+  /// not hold a descriptor each. Bytes of a next request (pipelined) end the
+  /// watch and are left for the read after the answer; the answer ends it
+  /// too (`send`), so that no wait is left queued ahead of that read.
   void watch_client(uint64_t request) {
+    watching_ = true;
     stream_.socket().async_wait(
       tcp::socket::wait_read, [weak = weak_from_this(), request](beast::error_code ec) {
         auto self = weak.lock();
         if (ec || !self || self->answered_ >= request)
           return;
-        char byte;
-        auto n = ::recv(self->stream_.socket().native_handle(), &byte, 1,
-                        MSG_PEEK | MSG_DONTWAIT);
-        if (n > 0)
-          return;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
-          return self->watch_client(request);
-        self->answered_ = request;
-        self->deadline_.cancel();
-        self->finish_request();
-        core::metrics::instance().requests_abandoned.add();
-        beast::error_code ignored;
-        self->stream_.socket().close(ignored);
+        self->watching_ = false;
+        self->look_at_client(request);
       });
+    // The socket's readiness is reported by edges: a close that came before
+    // the wait was queued would never be reported to it.
+    look_at_client(request);
+  }
+
+  /// What the client has sent since request `request`: nothing yet (watch
+  /// on, if it is not), a next request (watch over), or its close.
+  void look_at_client(uint64_t request) {
+    char byte;
+    auto n = ::recv(stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) {
+      stop_watching();
+      return;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      if (!watching_)
+        watch_client(request);
+      return;
+    }
+    answered_ = request;
+    deadline_.cancel();
+    finish_request();
+    core::metrics::instance().requests_abandoned.add();
+    watching_ = false;
+    beast::error_code ignored;
+    stream_.socket().close(ignored);
+  }
+
+  /// Ends the watch of `watch_client`, if one is queued (nothing else is
+  /// then: the session reads nothing while a request waits for its answer).
+  void stop_watching() {
+    if (!watching_)
+      return;
+    watching_ = false;
+    beast::error_code ignored;
+    stream_.socket().cancel(ignored);
   }
 
   /// Answers 503 when the actors have not answered request `request` within
@@ -1246,6 +1275,7 @@ private:
   }
 
   void send(reply r, const std::string& route, std::chrono::steady_clock::time_point started) {
+    stop_watching();
     if (r.stream)
       return send_stream(std::move(r), route, started);
     auto res = std::make_shared<bhttp::response<bhttp::string_body>>(
@@ -1447,6 +1477,7 @@ private:
   head_signal& signal_;
   drain_state& drain_;
   bool counted_ = false; // a routed request is in drain_.in_flight
+  bool watching_ = false; // watch_client's wait is queued
   std::shared_ptr<std::string> route_;              // of the last routed request
   std::shared_ptr<std::string> written_stream_;     // its create's stream, once routed
   std::chrono::steady_clock::time_point started_{}; // when it was read

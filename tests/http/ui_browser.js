@@ -218,7 +218,7 @@ async function main() {
     await screenshot(page, 'ui-live-tail.png');
 
     // -- a double click creates one todo, and undoes once ------------------------------------
-    const before = (await api('GET', '/streams/$all?from=1&limit=1000')).items.length;
+    const before = (await api('GET', '/streams?limit=1')).items[0].lastPosition; // the log's head
     await page.getByTestId('create-description').fill('Double click');
     await page.getByTestId('create-submit').dblclick();
     await until(page, 'the double-clicked todo to be selected',
@@ -258,17 +258,22 @@ async function main() {
     assert.ok(between.length > 0, `the detail showed versions ${[...shown]} while writes went on to ${version}`);
     await until(page, 'the last write to show',
       (v) => document.querySelector('[data-testid="state-version"]')?.textContent === String(v), version);
-    // The read of an earlier refresh is held back past a later write's: the later one is shown.
+    // A read whose answer comes after a newer read's is not shown: the newer one is.
     let held = 0;
     await page.route(`**/streams/${steadyStream}?*`, async (route) => {
-      if (held++ === 0) await sleep(1000);
-      await route.continue();
+      if (held++ > 0) return route.continue();
+      const answer = await route.fetch(); // the stream as it is now ...
+      await sleep(1500); // ... delivered after the write below and the read that shows it
+      return route.fulfill({ response: answer });
     });
-    await api('PUT', `/todo/${steady.id}/put-in-progress`);
-    await sleep(400);
+    await page.evaluate((s) => { guarded(() => selectStream(s)); }, steadyStream); // not awaited
+    await sleep(300);
     const final = await api('PUT', `/todo/${steady.id}/done`);
-    await sleep(2000);
+    await page.evaluate((s) => guarded(() => selectStream(s)), steadyStream);
+    assert.equal(await text(page, 'state-version'), String(final.version));
+    await sleep(2000); // the held answer has come
     await page.unroute(`**/streams/${steadyStream}?*`);
+    assert.ok(held >= 2, `the stream was read ${held} times`);
     assert.equal(await text(page, 'state-version'), String(final.version));
     assert.equal(await page.getByTestId('event-row').count(), final.version);
     assert.equal(await page.getByTestId('event-state').count(), final.version, 'every event has its state');

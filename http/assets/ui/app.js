@@ -144,7 +144,8 @@ async function readWholeStream(stream) {
 async function selectStream(stream) {
   const read = ++app.reads;
   app.selected = stream;
-  if (location.hash !== `#${stream}`) history.replaceState(null, '', `#${stream}`);
+  const hash = `#${encodeURIComponent(stream)}`;
+  if (location.hash !== hash) history.replaceState(null, '', hash);
   renderStreams();
   const todoId = todoIdOf(stream);
   // The events first, then the history: it is as new as they are or newer, so every event
@@ -209,8 +210,8 @@ async function undoTo(todoId, eventId, version) {
 
 // -- live tail ---------------------------------------------------------------------
 
-// The selected stream is read again 150 ms after an event of it comes, and under steady
-// writes at least that often: a read in progress is followed by one more, never cut short.
+// The selected stream is read again 150 ms after an event of it comes; under steady writes
+// a read in progress is followed by one more, 150 ms after it ends, never cut short.
 let refreshTimer = null;
 let refreshing = false;
 let refreshAgain = false;
@@ -221,10 +222,12 @@ function refreshSelectedSoon() {
     refreshTimer = null;
     refreshing = true;
     try {
-      do {
+      for (;;) {
         refreshAgain = false;
         if (app.selected) await guarded(() => selectStream(app.selected), true);
-      } while (refreshAgain);
+        if (!refreshAgain) break;
+        await new Promise((resolve) => setTimeout(resolve, 150));
+      }
     } finally {
       refreshing = false;
     }
@@ -239,7 +242,7 @@ function onLiveEvent(msg) {
   app.tailFrom = Math.max(app.tailFrom, Number(e.position) + 1);
   tail.prepend(el('li', { 'data-testid': 'live-event', 'data-position': e.position, 'data-stream': e.stream },
     el('span', { class: 'muted' }, `#${e.position}`), ' ',
-    el('a', { href: `#${e.stream}`, onclick: (ev) => { ev.preventDefault(); guarded(() => selectStream(e.stream)); } }, e.stream),
+    el('a', { href: `#${encodeURIComponent(e.stream)}`, onclick: (ev) => { ev.preventDefault(); guarded(() => selectStream(e.stream)); } }, e.stream),
     ' ', el('span', { class: 'type' }, e.type), ' ', el('span', { class: 'data' }, shortJson(e.data))));
   while (tail.children.length > LIVE_MAX) tail.lastElementChild.remove();
   bumpStream(e.stream, e.version, e.position);
@@ -289,8 +292,8 @@ async function createTodo(ev) {
   const button = $('create-submit');
   if (button.disabled) return;
   button.disabled = true;
-  app.createKey ??= newKey();
   try {
+    app.createKey ??= newKey();
     const w = await api('POST', '/todo', { description: input.value }, { 'Idempotency-Key': app.createKey });
     app.createKey = null;
     input.value = '';

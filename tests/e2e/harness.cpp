@@ -460,6 +460,7 @@ child spawn(std::vector<std::string> argv, std::vector<std::string> env,
     envp.push_back(e.data());
   envp.push_back(nullptr);
 
+  const int max_fd = static_cast<int>(std::min<long>(::sysconf(_SC_OPEN_MAX), 65536));
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0)
     throw std::runtime_error(std::string{"pipe2 failed: "} + std::strerror(errno));
@@ -473,13 +474,16 @@ child spawn(std::vector<std::string> argv, std::vector<std::string> env,
     // Child: only async-signal-safe calls until exec.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     int in = ::open(stdin_file.c_str(), O_RDONLY);
-    if (in >= 0)
-      ::dup2(in, STDIN_FILENO);
+    if (in < 0)
+      child_fails("e2e: cannot open the child's stdin\n", 126);
+    ::dup2(in, STDIN_FILENO);
     ::dup2(fds[1], STDOUT_FILENO);
     ::dup2(fds[1], STDERR_FILENO);
     // Nothing else of ours may leak into the child (a postmaster, say, lives on
     // and would hold our pipes and sockets open).
-    ::syscall(SYS_close_range, 3u, ~0u, 0u);
+    if (::syscall(SYS_close_range, 3u, ~0u, 0u) != 0)
+      for (int fd = 3; fd < max_fd; ++fd) // a kernel or filter without close_range
+        ::close(fd);
     if (!cwd.empty() && ::chdir(cwd.c_str()) != 0)
       child_fails("e2e: chdir failed\n", 126);
     ::execvpe(cargv[0], cargv.data(), envp.data());

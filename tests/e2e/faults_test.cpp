@@ -1740,15 +1740,7 @@ streamed_answer send_body_until_answered(uint16_t port, const std::string& heade
                                          const std::string& piece,
                                          std::chrono::milliseconds limit, bool paced = true) {
   streamed_answer out;
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(port);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    throw std::runtime_error(std::string{"connect: "} + std::strerror(errno));
-  }
+  int fd = connect_loopback(port);
   auto t0 = clock_type::now();
   bool sending = ::send(fd, header.data(), header.size(), MSG_NOSIGNAL) > 0;
   size_t sent = 0; // of the current piece
@@ -2232,13 +2224,7 @@ TEST_CASE("connections past the descriptor budget are answered 503 and closed at
   // a request at once (a refused one must still read its 503, not a reset).
   std::vector<int> idle;
   for (int i = 0; i < 120; ++i) {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(s->port());
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    int fd = connect_loopback(s->port());
     if (i % 2 == 1) {
       std::string req = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
       REQUIRE(::send(fd, req.data(), req.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(req.size()));

@@ -967,8 +967,6 @@ size_t complete_response_length(const std::string& raw) {
 
 } // namespace
 
-namespace {
-
 /// A blocking TCP connection to 127.0.0.1:`port`, without SIGPIPE on writes.
 int connect_loopback(uint16_t port) {
   ignore_sigpipe();
@@ -986,8 +984,6 @@ int connect_loopback(uint16_t port) {
   }
   return fd;
 }
-
-} // namespace
 
 std::string raw_exchange_in_pieces(uint16_t port, const std::vector<std::string>& pieces,
                                    std::chrono::milliseconds pause,

@@ -305,6 +305,10 @@ private:
   int connections_ = 0;
 };
 
+/// A blocking TCP connection to 127.0.0.1:`port` (SIGPIPE ignored); throws
+/// when it cannot connect.
+int connect_loopback(uint16_t port);
+
 /// Opens a new connection, writes `bytes` as they are (errors while writing are
 /// ignored: the server may answer and close early), then reads until the server
 /// closes, a final (not 1xx) response is complete (unless `until_close`), or

@@ -16,8 +16,6 @@
 #include <stdexcept>
 #include <thread>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 
@@ -788,13 +786,7 @@ TEST_CASE("a client that closes its connection, or its sending side, during a mi
                 + "&waitMs=30000";
   auto request = "GET " + target + " HTTP/1.1\r\nHost: x\r\n\r\n";
   auto connect = [] {
-    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(shared_server().port());
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    int fd = connect_loopback(shared_server().port());
     timeval tv{10, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return fd;
@@ -1537,13 +1529,7 @@ TEST_CASE("a body of exactly 65536 bytes is accepted and 65537 bytes is a 413",
 TEST_CASE("after a 413 the rest of the body is read and dropped before the close, so the "
           "client gets the answer and a clean end of stream, not a reset",
           "[e2e][todo][validation]") {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  REQUIRE(fd >= 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(shared_server().port());
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+  int fd = connect_loopback(shared_server().port());
   timeval tv{5, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   auto send_all = [&](const std::string& bytes) {

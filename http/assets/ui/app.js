@@ -178,7 +178,7 @@ function renderDetail(stream, todoId, events, after) {
       el('td', { class: 'type' }, e.type),
       el('td', { class: 'muted' }, e.occurredAt),
       el('td', { class: 'data' }, shortJson(e.data)),
-      el('td', { class: 'todo-only' }, snap ? el('span', { 'data-testid': 'event-state' },
+      el('td', { class: 'todo-only state-after' }, snap ? el('span', { 'data-testid': 'event-state' },
         el('span', { class: `status status-${snap.status}` }, snap.status), ' ', snap.description) : ''),
       el('td', { class: 'todo-only' }, todoId ? el('button', {
         type: 'button', class: 'small', 'data-testid': 'undo-button',

@@ -1151,7 +1151,7 @@ private:
     });
     if (answered_ < request) {
       arm_deadline(request);
-      if (may_wait)
+      if (may_wait && buffer_.size() == 0) // bytes read past it: the client's next request
         watch_client(request);
     }
   }
@@ -1160,9 +1160,11 @@ private:
   /// waits for its answer, a client that closes its connection, or only its
   /// sending side, or resets it, is no longer waited for: its answer is
   /// dropped and the connection closed at once, so that abandoned waits do
-  /// not hold a descriptor each. Bytes of a next request (pipelined) end the
-  /// watch and are left for the read after the answer; the answer ends it
-  /// too (`send`), so that no wait is left queued ahead of that read.
+  /// not hold a descriptor each. Bytes of a next request (pipelined), read
+  /// already or arriving, mean a client that waits for its answers: they end
+  /// (or prevent) the watch and are left for the read after the answer; the
+  /// answer ends the watch too (`send`), so that no wait is left queued ahead
+  /// of that read.
   void watch_client(uint64_t request) {
     watching_ = true;
     stream_.socket().async_wait(

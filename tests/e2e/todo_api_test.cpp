@@ -837,6 +837,23 @@ TEST_CASE("a client that closes its connection, or its sending side, during a mi
   CHECK(raw.rfind("HTTP/1.1 503 ", 0) == 0);
   CHECK(raw.find("HTTP/1.1 200 ") != std::string::npos);
   CHECK(abandoned() == before + 2);
+
+  // The same, sent in one write and followed by the end of what the client
+  // sends (nc -N): the next request was read with the first, before the end.
+  for (int i = 0; i < 5; ++i) {
+    fd = connect();
+    auto both = short_wait + next;
+    REQUIRE(::send(fd, both.data(), both.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(both.size()));
+    ::shutdown(fd, SHUT_WR);
+    raw.clear();
+    while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0)
+      raw.append(buf, static_cast<size_t>(n));
+    ::close(fd);
+    INFO("try " << i << ": " << raw);
+    CHECK(raw.rfind("HTTP/1.1 503 ", 0) == 0);
+    CHECK(raw.find("HTTP/1.1 200 ") != std::string::npos);
+  }
+  CHECK(abandoned() == before + 2);
 }
 
 TEST_CASE("minPosition beyond int64 is a 400 naming it, not a wait", "[e2e][todo][read]") {

@@ -1170,30 +1170,23 @@ private:
     stream_.socket().async_wait(
       tcp::socket::wait_read, [weak = weak_from_this(), request](beast::error_code ec) {
         auto self = weak.lock();
-        if (ec || !self || self->answered_ >= request)
-          return;
-        self->watching_ = false;
-        self->look_at_client(request);
+        if (!ec && self && self->answered_ < request)
+          self->watch_client(request); // queued again, then a look
       });
     // The socket's readiness is reported by edges: a close that came before
     // the wait was queued would never be reported to it.
     look_at_client(request);
   }
 
-  /// What the client has sent since request `request`: nothing yet (watch
-  /// on, if it is not), a next request (watch over), or its close.
+  /// What the client has sent since request `request`: nothing yet (the
+  /// watch goes on), a next request (the watch ends), or its close.
   void look_at_client(uint64_t request) {
     char byte;
     auto n = ::recv(stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n > 0) {
-      stop_watching();
+    if (n > 0)
+      return stop_watching();
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
       return;
-    }
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-      if (!watching_)
-        watch_client(request);
-      return;
-    }
     answered_ = request;
     deadline_.cancel();
     finish_request();

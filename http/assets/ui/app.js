@@ -210,28 +210,25 @@ async function undoTo(todoId, eventId, version) {
 
 // -- live tail ---------------------------------------------------------------------
 
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 // The selected stream is read again 150 ms after an event of it comes; under steady writes
 // a read in progress is followed by one more, 150 ms after it ends, never cut short.
-let refreshTimer = null;
 let refreshing = false;
 let refreshAgain = false;
-function refreshSelectedSoon() {
-  if (refreshing) { refreshAgain = true; return; }
-  if (refreshTimer) return;
-  refreshTimer = setTimeout(async () => {
-    refreshTimer = null;
-    refreshing = true;
-    try {
-      for (;;) {
-        refreshAgain = false;
-        if (app.selected) await guarded(() => selectStream(app.selected), true);
-        if (!refreshAgain) break;
-        await new Promise((resolve) => setTimeout(resolve, 150));
-      }
-    } finally {
-      refreshing = false;
+async function refreshSelectedSoon() {
+  refreshAgain = true;
+  if (refreshing) return;
+  refreshing = true;
+  try {
+    while (refreshAgain) {
+      await sleep(150);
+      refreshAgain = false;
+      if (app.selected) await guarded(() => selectStream(app.selected), true);
     }
-  }, 150);
+  } finally {
+    refreshing = false;
+  }
 }
 
 function onLiveEvent(msg) {

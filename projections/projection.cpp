@@ -5,6 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/clock.hpp"
 #include "core/flat_json.hpp"
 #include "core/lifeline.hpp"
 #include "core/metrics.hpp"
@@ -17,6 +18,9 @@ namespace {
 using clock = std::chrono::steady_clock;
 constexpr const char* live_table = "todos";
 constexpr const char* rebuild_table = "todos_rebuild";
+/// The event store's note of an online rebuild answered 202 and not yet
+/// swapped in: a stop before its first step must not lose it.
+constexpr std::string_view rebuild_work = "rebuild todos";
 /// Where the reason for a read-model failure told to a client is.
 const std::string see_log = " (the reason is in eventsd's log and GET /admin/projections)";
 
@@ -39,12 +43,6 @@ struct failure_log {
 
 caf::error to_caf(const projection_error& err) {
   return caf::make_error(err.code, err.detail);
-}
-
-int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-           std::chrono::system_clock::now().time_since_epoch())
-    .count();
 }
 
 /// What the projection's worker (which talks to PostgreSQL) tells the front
@@ -91,7 +89,7 @@ using worker_actor = caf::typed_actor<
   caf::reacts_to<tick_atom>>;
 
 struct worker_state {
-  const storage::event_log* log = nullptr;
+  storage::event_log* log = nullptr;
   projection_options opts;
   front_actor front;
   std::unique_ptr<todo_read_model> model;
@@ -220,11 +218,12 @@ void start_rebuild(worker_ptr self, std::optional<uint64_t> resume_at = std::nul
 /// for: it was asked for, and /admin/projections would otherwise show
 /// nothing of it. Only one of this store's: a row of another store, or of
 /// none yet (its rebuild had not begun; another store's server may be about
-/// to claim it), is left alone. Its rows and checkpoint were written
-/// together, so it goes on from there, unless its table is gone, or its
-/// checkpoint is past the log's head or names an event the log does not
-/// hold at that position (an older copy of the store restored): then it
-/// starts over.
+/// to claim it), is left alone, unless the event store noted a rebuild
+/// asked for and not finished (a stop before its first step, say): then it
+/// starts from the start. Its rows and checkpoint were written together, so
+/// it goes on from there, unless its table is gone, or its checkpoint is
+/// past the log's head or names an event the log does not hold at that
+/// position (an older copy of the store restored): then it starts over.
 void resume_interrupted_rebuild(worker_ptr self) {
   auto& st = self->state;
   if (st.looked_for_rebuild || st.now.rebuilding)
@@ -233,8 +232,19 @@ void resume_interrupted_rebuild(worker_ptr self) {
   if (!row.ok())
     return; // looked for at the next connect
   st.looked_for_rebuild = true;
-  if (!*row || st.opts.store.empty() || (*row)->store != st.opts.store)
+  if (!*row || st.opts.store.empty() || (*row)->store != st.opts.store) {
+    auto asked = st.log->pending_work(rebuild_work);
+    if (!asked.ok())
+      std::cerr << "eventsd: cannot tell whether a read-model rebuild was asked for before the "
+                   "last stop: "
+                << asked.error().detail << "\n";
+    else if (*asked) {
+      std::cerr << "eventsd: taking up the read-model rebuild asked for before the last stop "
+                   "(from the start)\n";
+      start_rebuild(self);
+    }
     return;
+  }
   auto head = st.log->head();
   // A log restored from an older copy may have grown past the position with
   // other events: the rows up to it are then not this log's.
@@ -361,7 +371,7 @@ void step(worker_ptr self) {
   m.projection_batch_events.observe(static_cast<double>(events->size()));
   m.projection_apply_seconds.observe(
     std::chrono::duration<double>(clock::now() - started).count());
-  auto committed_ms = now_ms();
+  auto committed_ms = core::unix_ms();
   for (auto& e : *events)
     m.projection_visible_seconds.observe(
       static_cast<double>(std::max<int64_t>(0, committed_ms - e.occurred_at_ms)) / 1000.0);
@@ -425,6 +435,10 @@ void rebuild_step(worker_ptr self) {
   now.rebuilding = false;
   st.rebuild_model.reset();
   ++now.rebuilds_completed;
+  if (auto r = st.log->finish_pending_work(rebuild_work); !r.ok())
+    std::cerr << "eventsd: the finished read-model rebuild is still noted as asked for (the next "
+                 "start rebuilds again): "
+              << r.error().detail << "\n";
   st.model = make_model(st.opts, live_table);
   now.position_known = false;
   st.backoff = std::chrono::milliseconds{0};
@@ -434,7 +448,7 @@ void rebuild_step(worker_ptr self) {
     schedule_run(self);
 }
 
-worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* log,
+worker_actor::behavior_type worker(worker_ptr self, storage::event_log* log,
                                    projection_options opts, front_actor front) {
   core::name_this_thread("projection");
   core::end_on_exception(self);
@@ -462,7 +476,7 @@ worker_actor::behavior_type worker(worker_ptr self, const storage::event_log* lo
       // scheduled mode); the next update_metrics reads the exact time.
       auto& m = core::metrics::instance();
       if (m.projection_unapplied_since_ms.value() == 0 && c.position > st.now.position)
-        m.projection_unapplied_since_ms.set(now_ms());
+        m.projection_unapplied_since_ms.set(core::unix_ms());
       if (mode == projection_mode::eventual || mode == projection_mode::unit_of_work) {
         st.target = std::max(st.target, c.position);
         schedule_run(self);
@@ -553,7 +567,7 @@ struct status_waiter {
 };
 
 struct front_state {
-  const storage::event_log* log = nullptr;
+  storage::event_log* log = nullptr;
   projection_mode mode = projection_mode::eventual;
   worker_actor worker;
   projection_report report; // the worker's latest
@@ -561,6 +575,7 @@ struct front_state {
   uint64_t wanted = 0;        // what the worker was told reads wait for
   bool draining = false;      // the server is stopping: waits end at once
   uint64_t rebuilds_sent = 0; // rebuild_atoms passed on to the worker
+  bool noting_rebuild = false; // a rebuild asked for waits for the store's note
   uint64_t probes_sent = 0;   // stats_atoms passed on to the worker
   clock::time_point probe_sent_at{};
   std::vector<status_waiter> status_waiters; // for the probe under way
@@ -694,7 +709,22 @@ projection_status stuck_status(const front_state& st) {
   return s;
 }
 
-front_actor::behavior_type front(front_ptr self, const storage::event_log* log,
+/// Notes an online rebuild in the event store (one message), then ends.
+caf::behavior rebuild_noter(caf::event_based_actor* self, storage::event_log* log) {
+  return {
+    [=](rebuild_atom) {
+      auto rp = self->make_response_promise<bool>();
+      if (auto noted = log->note_pending_work(rebuild_work); noted.ok())
+        rp.deliver(true);
+      else
+        rp.deliver(core::make_error(storage::storage_error{
+          noted.error().code, "the rebuild cannot be noted: " + noted.error().detail}));
+      self->quit();
+    },
+  };
+}
+
+front_actor::behavior_type front(front_ptr self, storage::event_log* log,
                                  projection_options opts) {
   core::end_on_exception(self);
   auto& st = self->state;
@@ -756,13 +786,31 @@ front_actor::behavior_type front(front_ptr self, const storage::event_log* log,
       self->delayed_send(self, deadline - now, expire_atom_v);
       return rp;
     },
-    [=](rebuild_atom) {
+    [=](rebuild_atom) -> caf::typed_response_promise<bool> {
       auto& st = self->state;
-      if (st.report.rebuilding || st.rebuilds_sent > st.report.rebuilds_asked)
-        return false;
-      ++st.rebuilds_sent;
-      self->send(st.worker, rebuild_atom_v);
-      return true;
+      auto rp = self->make_response_promise<bool>();
+      if (st.noting_rebuild || st.report.rebuilding
+          || st.rebuilds_sent > st.report.rebuilds_asked)
+        return rp.deliver(false);
+      // Noted (fsynced) before the 202, so that a stop before the rebuild's
+      // first step (PostgreSQL unreachable, say) does not lose it; on a
+      // thread of its own: a disk that stalls must not hold this actor
+      // (waits, /readyz) nor the CAF workers.
+      st.noting_rebuild = true;
+      self->request(self->spawn<caf::detached>(rebuild_noter, st.log), caf::infinite, rebuild_atom_v)
+        .then(
+          [=](bool) mutable {
+            auto& st = self->state;
+            st.noting_rebuild = false;
+            ++st.rebuilds_sent;
+            self->send(st.worker, rebuild_atom_v);
+            rp.deliver(true);
+          },
+          [=](caf::error& err) mutable {
+            self->state.noting_rebuild = false;
+            rp.deliver(std::move(err));
+          });
+      return rp;
     },
     [=](expire_atom) {
       auto& st = self->state;
@@ -875,7 +923,7 @@ std::optional<todo_change> to_change(const storage::recorded_event& e) {
   return c;
 }
 
-projection_actor spawn_projection(caf::actor_system& sys, const storage::event_log* log,
+projection_actor spawn_projection(caf::actor_system& sys, storage::event_log* log,
                                   projection_options opts) {
   return sys.spawn(front, log, std::move(opts)); // the projection_actor part of front_actor
 }
@@ -1012,7 +1060,7 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
     std::move(dsn));
 }
 
-pg_result<uint64_t> rebuild_offline(const storage::event_log& log, const std::string& dsn,
+pg_result<uint64_t> rebuild_offline(storage::event_log& log, const std::string& dsn,
                                     size_t batch_size, std::chrono::milliseconds query_timeout,
                                     const std::function<void(uint64_t, uint64_t)>& progress) {
   connection_options conn;
@@ -1040,6 +1088,11 @@ pg_result<uint64_t> rebuild_offline(const storage::event_log& log, const std::st
   }
   if (auto r = fresh.swap_into(live_table); !r.ok())
     return r.error();
+  // An online rebuild asked for before is done by this one.
+  if (auto r = log.finish_pending_work(rebuild_work); !r.ok())
+    std::cerr << "eventsd: an online rebuild asked for earlier is still noted (the next start "
+                 "rebuilds again): "
+              << r.error().detail << "\n";
   return position;
 }
 

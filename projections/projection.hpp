@@ -104,7 +104,10 @@ using projection_actor = caf::typed_actor<
   /// The status, after a probe of PostgreSQL; within 3 s even when
   /// PostgreSQL does not answer (then it says so).
   caf::replies_to<stats_atom>::with<projection_status>,
-  /// Starts a rebuild into a fresh table; false when one is running.
+  /// Starts a rebuild into a fresh table, noted in the event store first so
+  /// that a stop before it ends does not lose it (the next start takes it
+  /// up); false when one is running; fails (`not_writable`) when it cannot
+  /// be noted.
   caf::replies_to<rebuild_atom>::with<bool>,
   /// The server is stopping: every wait, and any later one, ends at once
   /// (`unavailable`), so that what waits on the read model is answered.
@@ -112,7 +115,7 @@ using projection_actor = caf::typed_actor<
 
 /// Spawns the projection (a front actor and its detached worker).
 /// REQUIRES: `log` outlives it.
-projection_actor spawn_projection(caf::actor_system& sys, const storage::event_log* log,
+projection_actor spawn_projection(caf::actor_system& sys, storage::event_log* log,
                                   projection_options opts);
 
 /// Converts one logged event to its effect on the `todos` table; empty for
@@ -146,10 +149,10 @@ read_model_reader_actor spawn_read_model_reader(
   std::shared_ptr<reader_health> health = nullptr);
 
 /// Replays the whole log into a new table offline (CLI `--rebuild`), then
-/// swaps it in: `batch_size` events per transaction, `query_timeout` per
+/// swaps it in (an online rebuild the store notes as asked for is then done): `batch_size` events per transaction, `query_timeout` per
 /// statement (0: forever), progress through `progress(position, head)`.
 /// Returns the final position.
-pg_result<uint64_t> rebuild_offline(const storage::event_log& log, const std::string& dsn,
+pg_result<uint64_t> rebuild_offline(storage::event_log& log, const std::string& dsn,
                                     size_t batch_size, std::chrono::milliseconds query_timeout,
                                     const std::function<void(uint64_t, uint64_t)>& progress);
 

@@ -1,9 +1,10 @@
 // The event log on RocksDB.
 //
 // Thread-safety: every write (appends, idempotency purges and answers, snapshots,
-// Resume attempts) is serialised by `write_mutex`
-// (the single writer owns position assignment); reads take a RocksDB snapshot
-// and run concurrently with them. `rocksdb::Status` never leaves this file.
+// pending-work notes, Resume attempts) is serialised by `write_mutex` (the
+// single writer owns position assignment); reads run concurrently with them,
+// without a RocksDB snapshot (only find_event takes one: its two reads must
+// agree). `rocksdb::Status` never leaves this file.
 #include "storage/event_log.hpp"
 
 #include <algorithm>
@@ -114,7 +115,8 @@ storage_error unexpected(storage_errc code, const char* what) {
   return storage_error{code, std::string{"unexpected exception: "} + what};
 }
 
-/// A `ReadOptions` that reads from `snap` and keeps its bounds alive.
+/// A `ReadOptions` over the keys from `lo` (inclusive) to `up` (exclusive)
+/// that keeps its bounds alive.
 struct bounded_read {
   std::string lower;
   std::string upper;
@@ -122,11 +124,9 @@ struct bounded_read {
   rocksdb::Slice upper_slice;
   rocksdb::ReadOptions options;
 
-  bounded_read(const rocksdb::Snapshot* snap, std::string lo, std::string up)
-    : lower(std::move(lo)), upper(std::move(up)) {
+  bounded_read(std::string lo, std::string up) : lower(std::move(lo)), upper(std::move(up)) {
     lower_slice = as_slice(lower);
     upper_slice = as_slice(upper);
-    options.snapshot = snap;
     options.iterate_lower_bound = &lower_slice;
     options.iterate_upper_bound = &upper_slice;
     // The default family has a prefix extractor (stream index only): every
@@ -227,8 +227,9 @@ struct event_log::impl {
   bool read_only = false;
   /// RocksDB's LOCK file, held by us when read_only (RocksDB holds it otherwise).
   rocksdb::FileLock* lock = nullptr;
-  /// Serialises the writers: `append`, `purge_idempotency_keys` and
-  /// `save_snapshot` (the loaders' threads).
+  /// Serialises the writers: `append`, `purge_idempotency_keys`,
+  /// `save_snapshot` (the loaders' threads), `mark_idempotency_answer`, the
+  /// pending-work notes and `try_resume`.
   std::mutex write_mutex;
   /// Position of the newest durable event; written only under `write_mutex`.
   std::atomic<uint64_t> head{0};
@@ -330,6 +331,30 @@ struct event_log::impl {
   }
   static constexpr std::string_view resume_marker{"\0eventsd-resume-marker", 22};
 
+  /// Writes one key of the default family, or deletes it (`value` nullopt),
+  /// once a store that needs it is resumed: as every write through the
+  /// WAL, under the writers' lock. A failure leaves the store to be resumed;
+  /// its error starts with `what` (when not empty).
+  /// REQUIRES: `write_mutex` held.
+  result<void> write_one(std::string_view what, const std::string& key,
+                         std::optional<std::string_view> value, bool synced) {
+    auto failed = [what](const rocksdb::Status& st) {
+      return storage_error{storage_errc::not_writable,
+                           (what.empty() ? "" : std::string{what} + ": ") + public_reason(st)};
+    };
+    if (auto st = resume_if_needed(); !st.ok())
+      return failed(st);
+    rocksdb::WriteOptions wo;
+    wo.sync = synced;
+    keep_memtable_nonempty();
+    auto st = value ? db->Put(wo, key, as_slice(*value)) : db->Delete(wo, key);
+    if (!st.ok()) {
+      note_write_failure(st);
+      return failed(st);
+    }
+    return {};
+  }
+
   /// Point lookup; nullopt when absent, error on I/O failure.
   result<std::optional<std::string>> get(const rocksdb::ReadOptions& ro,
                                          const std::string& key,
@@ -363,7 +388,7 @@ struct event_log::impl {
   /// again), then dropped from the default family with one range deletion.
   result<void> move_to_family(char prefix, rocksdb::ColumnFamilyHandle* family) {
     const std::string begin(1, prefix), end = keys::prefix_end(prefix);
-    bounded_read br{nullptr, begin, end};
+    bounded_read br{begin, end};
     br.options.fill_cache = false;
     std::unique_ptr<rocksdb::Iterator> it{db->NewIterator(br.options, default_cf)};
     it->Seek(br.lower_slice);
@@ -391,7 +416,7 @@ struct event_log::impl {
 
   /// Position of the last key in `$all` (0 when empty).
   result<uint64_t> last_position() const {
-    bounded_read br{nullptr, std::string(1, keys::all_prefix),
+    bounded_read br{std::string(1, keys::all_prefix),
                     keys::prefix_end(keys::all_prefix)};
     std::unique_ptr<rocksdb::Iterator> it{db->NewIterator(br.options, events)};
     it->SeekToLast();
@@ -930,7 +955,7 @@ event_log::read_stream(std::string_view stream, uint64_t from_version, size_t li
                      head.positions.begin() + static_cast<ptrdiff_t>(last));
   } else {
     positions.reserve(count);
-    bounded_read br{nullptr, keys::stream_index_key(stream, from_version),
+    bounded_read br{keys::stream_index_key(stream, from_version),
                     keys::stream_index_key(stream, last + 1)};
     br.options.total_order_seek = false;
     br.options.prefix_same_as_start = true;
@@ -970,7 +995,7 @@ result<std::vector<recorded_event>> event_log::read_all(uint64_t from_position,
   std::vector<recorded_event> events;
   if (limit == 0)
     return events;
-  bounded_read br{nullptr, keys::all_key(std::max<uint64_t>(from_position, 1)),
+  bounded_read br{keys::all_key(std::max<uint64_t>(from_position, 1)),
                   keys::prefix_end(keys::all_prefix)};
   std::unique_ptr<rocksdb::Iterator> it{impl_->db->NewIterator(br.options, impl_->events)};
   events.reserve(std::min(limit, max_reserve));
@@ -1031,7 +1056,7 @@ result<std::vector<stream_summary>> event_log::list_streams(uint64_t before_posi
   // `r` + be64(before_position), whatever stream name follows.
   auto upper = before_position == 0 ? keys::prefix_end(keys::recency_prefix)
                                     : keys::recency_key(before_position, {});
-  bounded_read br{nullptr, std::string(1, keys::recency_prefix), std::move(upper)};
+  bounded_read br{std::string(1, keys::recency_prefix), std::move(upper)};
   std::unique_ptr<rocksdb::Iterator> it{impl_->db->NewIterator(br.options)};
   streams.reserve(std::min(limit, max_reserve));
   for (it->SeekToLast(); it->Valid() && streams.size() < limit; it->Prev()) {
@@ -1136,13 +1161,34 @@ result<uint64_t> event_log::mark_idempotency_answer(std::string_view key, uint64
   if (rec->answered != 0)
     return rec->answered; // the first answer recorded stays
   rec->answered = status;
-  impl_->keep_memtable_nonempty();
-  auto st = impl_->db->Put(rocksdb::WriteOptions{}, name, keys::encode_idempotency(*rec));
-  if (!st.ok()) {
-    impl_->note_write_failure(st);
-    return storage_error{storage_errc::not_writable, "mark idempotency key: " + public_reason(st)};
-  }
+  if (auto w = impl_->write_one("mark idempotency key", name, keys::encode_idempotency(*rec),
+                                false);
+      !w)
+    return w.error();
   return status;
+} catch (const std::exception& e) {
+  return unexpected(storage_errc::not_writable, e.what());
+}
+
+result<void> event_log::note_pending_work(std::string_view name) try {
+  std::lock_guard<std::mutex> guard{impl_->write_mutex};
+  return impl_->write_one("", keys::pending_key(name), "", impl_->sync);
+} catch (const std::exception& e) {
+  return unexpected(storage_errc::not_writable, e.what());
+}
+
+result<bool> event_log::pending_work(std::string_view name) const try {
+  auto raw = impl_->get(rocksdb::ReadOptions{}, keys::pending_key(name));
+  if (!raw)
+    return raw.error();
+  return raw->has_value();
+} catch (const std::exception& e) {
+  return unexpected(storage_errc::io_error, e.what());
+}
+
+result<void> event_log::finish_pending_work(std::string_view name) try {
+  std::lock_guard<std::mutex> guard{impl_->write_mutex};
+  return impl_->write_one("", keys::pending_key(name), std::nullopt, false);
 } catch (const std::exception& e) {
   return unexpected(storage_errc::not_writable, e.what());
 }
@@ -1172,7 +1218,7 @@ result<size_t> event_log::purge_idempotency_keys(int64_t older_than_ms) try {
     // One chunk per writer-lock hold: an append can never see a key vanish
     // between its check and its write.
     std::lock_guard<std::mutex> guard{impl_->write_mutex};
-    bounded_read br{nullptr, resume_at, end};
+    bounded_read br{resume_at, end};
     br.options.fill_cache = false;
     std::unique_ptr<rocksdb::Iterator> it{impl_->db->NewIterator(br.options)};
     rocksdb::WriteBatch wb;

@@ -235,6 +235,19 @@ public:
   /// Deletes idempotency keys created before `older_than_ms`; returns how many.
   result<size_t> purge_idempotency_keys(int64_t older_than_ms);
 
+  /// Work the server accepted and must still do after a crash: an online
+  /// rebuild answered 202, say. `name` is kept (fsynced, unless the log was
+  /// opened without sync) until `finish_pending_work(name)`. Fails with
+  /// `not_writable` when it cannot be recorded.
+  result<void> note_pending_work(std::string_view name);
+
+  /// Whether `name` was noted and not finished since.
+  result<bool> pending_work(std::string_view name) const;
+
+  /// `name` is done (nothing when it was not noted); not synced: a crash
+  /// right after only does the work once more.
+  result<void> finish_pending_work(std::string_view name);
+
 private:
   struct impl;
   explicit event_log(std::unique_ptr<impl> pimpl);

@@ -187,6 +187,10 @@ std::string snapshot_key(std::string_view stream) {
   return prefixed(snapshot_prefix, stream);
 }
 
+std::string pending_key(std::string_view name) {
+  return prefixed(pending_prefix, name);
+}
+
 std::string encode_head(const stream_head& head) {
   std::string out;
   out.reserve(16 + 8 * head.positions.size());

@@ -14,13 +14,15 @@
 
 namespace eventsd::storage::keys {
 
-// -- prefixes: one byte each, all in RocksDB's default column family ---------
+// -- prefixes: one byte each; `a` keys in the `events` column family, `e` keys
+// -- in `event_ids`, the others in the default one ----------------------------
 
 inline constexpr char all_prefix = 'a';          ///< `$all`: be64(position) -> event record
 inline constexpr char event_id_prefix = 'e';     ///< event id -> be64(position)
 inline constexpr char head_prefix = 'h';         ///< stream -> stream head
 inline constexpr char idempotency_prefix = 'i';  ///< idempotency key -> idempotency record
 inline constexpr char snapshot_prefix = 'n';     ///< stream -> snapshot record
+inline constexpr char pending_prefix = 'p';      ///< name of accepted work not yet done -> empty
 inline constexpr char recency_prefix = 'r';      ///< be64(last_position) + stream -> be64(version)
 /// escaped stream + 0x00 + be64(version) -> be64(position), for streams whose head carries
 /// no positions (more than `head_positions_max` events, or written before heads did)
@@ -76,6 +78,9 @@ std::string idempotency_key(std::string_view key);
 
 /// `n` + stream.
 std::string snapshot_key(std::string_view stream);
+
+/// `p` + name.
+std::string pending_key(std::string_view name);
 
 // -- values ------------------------------------------------------------------
 

@@ -655,6 +655,14 @@ TEST_CASE("a server started on a full disk opens the store read-only: reads are 
   CHECK(refused.body.find("read-only") != std::string::npos);
   CHECK(refused.header("Retry-After") == std::optional<std::string>{"60"}); // only a restart helps
   CHECK(read_all(r).size() == while_full.size());
+  // An online rebuild cannot be noted, so it is not started (a 202 would be
+  // lost with the next stop).
+  auto rebuild = r.request("POST", "/admin/projections/todos/rebuild");
+  INFO("POST rebuild while read-only: " << rebuild.status << " " << rebuild.body);
+  CHECK(rebuild.status == 503);
+  CHECK(rebuild.body.find("the rebuild cannot be noted") != std::string::npos);
+  CHECK(r.get("/admin/projections").json_body().at("items").at(0).at("rebuild").at("active")
+        == false);
   // It holds the store as a writable one would: a second eventsd on the same
   // directory does not open it (read-only here too, or read-write once space
   // is freed, its compactions deleting files the first still reads).

@@ -525,6 +525,55 @@ TEST_CASE("an online rebuild asked for while PostgreSQL is unreachable starts, o
   CHECK(c.get("/todo/00000000-0000-4000-8000-000000000001").status == 404);
 }
 
+TEST_CASE("an online rebuild answered 202 while PostgreSQL is unreachable and killed (-9) before "
+          "it could begin is taken up at the next start, from the start; once it is done, the "
+          "next start does not rebuild again",
+          "[e2e][rebuild][crash][postgres-down]") {
+  server_behind_proxy p{{}};
+  auto& [db, proxy, s] = p;
+  {
+    http_client c{s.port()};
+    for (int i = 0; i < 3; ++i)
+      REQUIRE(c.post_json("/todo", {{"description", "kept " + std::to_string(i)}}).status == 201);
+    REQUIRE(eventually([&] { return c.get("/readyz").status == 200; }, 10000ms, 20ms));
+    check_read_model_is_fold_of_log(c);
+    proxy.cut();
+    auto started = c.request("POST", "/admin/projections/todos/rebuild");
+    INFO("POST rebuild: " << started.status << " " << started.body);
+    REQUIRE(started.status == 202);
+  }
+  s.kill();
+  // Nothing of it reached PostgreSQL: only the event store knows of it.
+  CHECK(pg_exec(db.dsn(), "SELECT count(*) FROM eventsd_checkpoints WHERE name = 'todos_rebuild'")
+        == 0);
+  proxy.restore();
+  s.start();
+  http_client c{s.port()};
+  rebuild_watch w;
+  bool done = w.until_completed(c, 1, 20000ms);
+  INFO("last status: " << w.last.dump() << "\noutput: " << s.output());
+  REQUIRE(done);
+  CHECK(s.output().find("taking up the read-model rebuild asked for before the last stop (from "
+                        "the start)")
+        != std::string::npos);
+  REQUIRE(eventually([&] { return c.get("/readyz").status == 200; }, 10000ms, 20ms));
+  check_read_model_is_fold_of_log(c);
+
+  // Done: a restart (even a kill -9) has nothing to take up.
+  s.kill();
+  s.start();
+  http_client c2{s.port()};
+  REQUIRE(eventually([&] { return c2.get("/readyz").status == 200; }, 10000ms, 20ms));
+  sleep_for(300ms);
+  auto rb = projection_status(c2).at("rebuild");
+  CHECK(rb.at("active") == false);
+  CHECK(rb.at("completed") == 0);
+  auto out = s.output(); // of every start
+  auto first = out.find("taking up");
+  CHECK(first != std::string::npos);
+  CHECK(out.find("taking up", first + 1) == std::string::npos);
+}
+
 TEST_CASE("an online rebuild that a kill -9 interrupted is taken up at the next start where it "
           "stopped, also when the live table is diverged, and ends with the fold of the log; "
           "one of another store is left alone",

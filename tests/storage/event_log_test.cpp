@@ -755,6 +755,29 @@ TEST_CASE("snapshots are saved, overwritten and loaded; a missing one is "
   CHECK_FALSE(log->load_snapshot("todo-2"));
 }
 
+TEST_CASE("pending work is noted until it is finished, also across a reopen; finishing work "
+          "never noted changes nothing; names do not see each other") {
+  temp_dir dir;
+  {
+    auto log = open_log(dir);
+    CHECK(log->pending_work("rebuild todos").value() == false);
+    REQUIRE(log->note_pending_work("rebuild todos"));
+    REQUIRE(log->note_pending_work("rebuild todos")); // noting twice is one note
+    CHECK(log->pending_work("rebuild todos").value() == true);
+    CHECK(log->pending_work("rebuild").value() == false);
+    CHECK(log->pending_work("rebuild todos2").value() == false);
+    REQUIRE(log->finish_pending_work("never noted"));
+    append_one(*log, request("todo-1", no_stream, 1));
+  }
+  auto log = open_log(dir);
+  CHECK(log->pending_work("rebuild todos").value() == true);
+  CHECK(log->head() == 1); // beside the events, not among them
+  REQUIRE(log->finish_pending_work("rebuild todos"));
+  CHECK(log->pending_work("rebuild todos").value() == false);
+  log.reset();
+  CHECK(open_log(dir)->pending_work("rebuild todos").value() == false);
+}
+
 TEST_CASE("opening on a path that is a regular file fails with an error") {
   temp_dir dir;
   auto file = dir.path() / "not-a-dir";
@@ -984,6 +1007,29 @@ TEST_CASE("a snapshot write that fails on a full disk makes the store not writab
   REQUIRE(result);
   CHECK(result->first_position == 2);
   CHECK(log->writable());
+}
+
+TEST_CASE("pending work is not noted while the store is not writable (a write failed on a "
+          "full disk): not_writable; it is noted once space is back") {
+  small_disk disk;
+  if (!disk.usable())
+    return;
+  auto log = disk.open();
+  append_one(*log, request("todo-1", no_stream, 1));
+  disk.fill();
+  REQUIRE_FALSE(log->save_snapshot("todo-1", snapshot_record{1, std::string(256 * 1024, 's')}));
+  auto noted = log->note_pending_work("rebuild todos");
+  REQUIRE_FALSE(noted);
+  CHECK(noted.error().code == storage_errc::not_writable);
+  CHECK_FALSE(log->writable());
+  CHECK(log->pending_work("rebuild todos").value() == false);
+
+  disk.free();
+  auto again = log->note_pending_work("rebuild todos");
+  INFO((again.ok() ? std::string{"noted"} : again.error().detail));
+  REQUIRE(again);
+  CHECK(log->writable());
+  CHECK(log->pending_work("rebuild todos").value() == true);
 }
 
 TEST_CASE("a write that fails on a full disk leaves no stream head behind: once space is "

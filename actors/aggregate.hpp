@@ -25,6 +25,7 @@
 #include <caf/all.hpp>
 
 #include "actors/log_writer.hpp"
+#include "core/clock.hpp"
 #include "core/lifeline.hpp"
 #include "core/messages.hpp"
 #include "core/metrics.hpp"
@@ -262,10 +263,7 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
   req.stream = std::string{A::stream_prefix} + A::id_of(cur);
   req.expected_version = A::version(cur);
   req.events.push_back(storage::proposed_event{
-    core::make_uuid(), std::string{A::type_name(ev)}, A::encode(ev),
-    std::chrono::duration_cast<std::chrono::milliseconds>(
-      std::chrono::system_clock::now().time_since_epoch())
-      .count()});
+    core::make_uuid(), std::string{A::type_name(ev)}, A::encode(ev), core::unix_ms()});
   req.idempotency = std::move(cond.idempotency);
   req.deadline = cond.deadline;
   self->request(env.writer, caf::infinite, append_atom_v, std::move(req))
@@ -404,7 +402,7 @@ struct registry_state {
   std::unordered_map<key, std::vector<queued_command<A>>, typename A::key_hash> stopping;
   static inline const char* name = "aggregate_registry";
 
-  /// Stops the aggregate `i` points at. Messages delegated to it earlier
+  /// Stops the aggregate `n` holds. Messages delegated to it earlier
   /// precede the passivate message in its mailbox, so none is lost; later
   /// ones wait in `stopping` until it has stopped.
   template <class Self>

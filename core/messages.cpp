@@ -6,8 +6,6 @@ const char* to_string(runtime_errc x) {
   switch (x) {
     case runtime_errc::precondition_failed:
       return "precondition_failed";
-    case runtime_errc::overloaded:
-      return "overloaded";
     case runtime_errc::shutting_down:
       return "shutting_down";
     case runtime_errc::invalid_id:

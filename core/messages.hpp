@@ -22,7 +22,6 @@ namespace eventsd::core {
 /// Why the runtime refused or could not finish a command. Starts at 1.
 enum class runtime_errc : uint8_t {
   precondition_failed = 1, ///< `If-Match` differs from the current version
-  overloaded,              ///< the runtime cannot take more work now
   shutting_down,           ///< the server is stopping
   invalid_id,              ///< not an id of the aggregate type (e.g. a todo id is a UUID)
   deadline_passed,         ///< a write that had not reached the log by its deadline: not written

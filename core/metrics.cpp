@@ -8,6 +8,8 @@
 #include <iterator>
 #include <string_view>
 
+#include "core/clock.hpp"
+
 namespace eventsd::core {
 
 namespace {
@@ -228,10 +230,7 @@ int64_t metrics::projection_lag_ms() const {
   auto since = projection_unapplied_since_ms.value();
   if (since == 0 || projection_lag_events() == 0)
     return 0;
-  auto now = std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-               .count();
-  return std::max<int64_t>(0, now - since);
+  return std::max<int64_t>(0, unix_ms() - since);
 }
 
 metrics& metrics::instance() {

@@ -1,8 +1,8 @@
 // Process-wide metrics rendered in the Prometheus text format.
 //
 // Thread-safety: every member may be used from any thread; counters and
-// histograms are lock-free atomics, labeled families take a mutex only the
-// first time a label set is seen.
+// histograms are lock-free atomics; the per-route request counts take a
+// mutex for every request they count.
 #pragma once
 
 #include <array>

@@ -5,6 +5,8 @@
 #include <chrono>
 #include <random>
 
+#include "core/clock.hpp"
+
 namespace eventsd::core {
 
 std::string make_uuid() {
@@ -13,9 +15,7 @@ std::string make_uuid() {
     std::seed_seq seq{rd(), rd(), rd(), rd(), rd(), rd(), rd(), rd()};
     return std::mt19937_64{seq};
   }()};
-  auto ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                    std::chrono::system_clock::now().time_since_epoch())
-                                    .count());
+  auto ms = static_cast<uint64_t>(unix_ms());
   // RFC 9562 §6.2 method 1: rand_a is a counter within the millisecond, so ids
   // made one after another in this process sort in that order (an index keyed
   // by them is appended to, not inserted into). 4096 ids in one millisecond

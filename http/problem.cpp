@@ -63,13 +63,13 @@ std::string context_string(const caf::error& err, size_t i) {
   return {};
 }
 
-reply unavailable(std::string detail) {
+} // namespace
+
+reply unavailable(std::string detail, const char* retry_after) {
   auto r = problem(503, std::move(detail));
-  r.header("Retry-After", "1");
+  r.header("Retry-After", retry_after);
   return r;
 }
-
-} // namespace
 
 reply problem(unsigned status, std::string detail, std::vector<field_error> errors) {
   auto kind = kind_of(status);
@@ -154,8 +154,6 @@ reply problem_for(const caf::error& err) {
       case core::runtime_errc::deadline_passed:
         return unavailable("not written: the write did not reach the event log within the "
                            "request timeout (" + detail + "); nothing was appended, retry");
-      case core::runtime_errc::overloaded:
-        return unavailable(core::to_string(static_cast<core::runtime_errc>(err.code())));
       case core::runtime_errc::shutting_down:
         return unavailable("the server is stopping" + (detail.empty() ? "" : ": " + detail));
     }

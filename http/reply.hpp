@@ -54,6 +54,9 @@ struct field_error {
 /// An RFC 9457 problem+json answer; `errors` only for validation (400).
 reply problem(unsigned status, std::string detail, std::vector<field_error> errors = {});
 
+/// A 503 problem that says when to try again (`Retry-After`, in seconds).
+reply unavailable(std::string detail, const char* retry_after = "1");
+
 /// The one place where errors of every layer become HTTP answers.
 reply problem_for(const caf::error& err);
 

@@ -6,13 +6,13 @@
 #include <fstream>
 #include <set>
 #include <span>
-#include <sstream>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
 #include <nlohmann/json.hpp>
 
+#include "core/clock.hpp"
 #include "core/failpoint.hpp"
 #include "core/flat_json.hpp"
 #include "core/metrics.hpp"
@@ -114,12 +114,6 @@ std::string fingerprint(std::string_view s) {
   char buf[17];
   std::snprintf(buf, sizeof(buf), "%016llx", static_cast<unsigned long long>(h));
   return buf;
-}
-
-int64_t now_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-           std::chrono::system_clock::now().time_since_epoch())
-    .count();
 }
 
 /// The 400 of a body object naming one member twice: which one counts would
@@ -821,7 +815,7 @@ router::router(services& svc) : svc_(svc) {
       // same request (and a body of just `description` hashes as it always did).
       json meaning = {{"description", description}};
       cond.idempotency = storage::idempotency_claim{key->second, fingerprint(dump(meaning)),
-                                                    now_ms(), retention};
+                                                    core::unix_ms(), retention};
     }
     auto id = core::make_uuid();
     // Named in an answer that cannot tell whether it was written; with a key,
@@ -1244,13 +1238,18 @@ router::router(services& svc) : svc_(svc) {
                                                     : std::to_string(failing) + " of "
                                                         + std::to_string(readers)
                                                         + " cannot connect";
-            if (writable && st.connected && !st.diverged && readers_ok)
-              return respond(json_reply(200, {{"status", "ready"},
-                                              {"eventStore", store},
-                                              {"postgres", postgres},
-                                              {"readModel", read_model},
-                                              {"readModelReaders", reader_check}}));
+            json checks{{"eventStore", store},
+                        {"postgres", postgres},
+                        {"readModel", read_model},
+                        {"readModelReaders", reader_check}};
+            if (writable && st.connected && !st.diverged && readers_ok) {
+              checks["status"] = "ready";
+              return respond(json_reply(200, checks));
+            }
             std::string why;
+            auto also = [&why](const std::string& reason) {
+              why += (why.empty() ? "" : "; ") + reason;
+            };
             if (stalled)
               why = "a write to the event store has been waiting " + std::to_string(waiting.count())
                     + " ms for the disk";
@@ -1264,32 +1263,22 @@ router::router(services& svc) : svc_(svc) {
                       "retried every second)";
             // PostgreSQL's words name hosts, ports and users: for the log and
             // the admin routes only.
-            if (st.stuck)
-              why += (why.empty() ? "" : "; ") + st.last_error;
+            if (st.stuck || (st.connected && st.diverged))
+              also(st.last_error);
             else if (!st.connected)
-              why += (why.empty() ? "" : "; ")
-                     + std::string{"PostgreSQL is not reachable (the reason is in eventsd's "
-                                   "log and GET /admin/projections)"};
-            else if (st.diverged)
-              why += (why.empty() ? "" : "; ") + st.last_error;
+              also("PostgreSQL is not reachable (the reason is in eventsd's log and GET "
+                   "/admin/projections)");
             if (!readers_ok)
-              why += (why.empty() ? "" : "; ")
-                     + std::string{"no read-model reader can connect to PostgreSQL (the reason "
-                                   "is in eventsd's log)"};
-            auto r = problem(503, why);
-            r.header("Retry-After", "5"); // as often as a probe would ask
+              also("no read-model reader can connect to PostgreSQL (the reason is in eventsd's "
+                   "log)");
+            auto r = unavailable(why, "5"); // as often as a probe would ask
             auto j = json::parse(r.body);
-            j["checks"] = {{"eventStore", store},
-                           {"postgres", postgres},
-                           {"readModel", read_model},
-                           {"readModelReaders", reader_check}};
+            j["checks"] = std::move(checks);
             r.body = dump(j);
             respond(std::move(r));
           },
           [=](caf::error&) {
-            auto r = problem(503, "the projection did not answer (busy with PostgreSQL)");
-            r.header("Retry-After", "5");
-            respond(std::move(r));
+            respond(unavailable("the projection did not answer (busy with PostgreSQL)", "5"));
           });
     });
   });
@@ -1377,9 +1366,7 @@ router::router(services& svc) : svc_(svc) {
             respond(json_reply(200, {{"items", json::array({item})}}));
           },
           [=](caf::error& err) {
-            auto r = problem(503, "projection busy: " + caf::to_string(err));
-            r.header("Retry-After", "1");
-            respond(std::move(r));
+            respond(unavailable("projection busy: " + caf::to_string(err)));
           });
     });
   });
@@ -1451,17 +1438,6 @@ router::router(services& svc) : svc_(svc) {
   });
 }
 
-void router::add(std::string method, std::string pattern, handler fn, bool json_body) {
-  route r{std::move(method), pattern, {}, std::move(fn), json_body};
-  std::stringstream ss{pattern.substr(1)};
-  std::string seg;
-  while (std::getline(ss, seg, '/'))
-    r.segments.push_back(seg);
-  if (pattern.size() > 1 && pattern.back() == '/')
-    r.segments.emplace_back(); // as split_path splits the request's path
-  routes_.push_back(std::move(r));
-}
-
 namespace {
 
 std::vector<std::string> split_path(const std::string& path) {
@@ -1517,6 +1493,12 @@ bool ids_are_uuids(const std::vector<std::string>& pattern, const std::vector<st
 }
 
 } // namespace
+
+void router::add(std::string method, std::string pattern, handler fn, bool json_body) {
+  auto segments = split_path(pattern); // as the request's path is split
+  routes_.push_back(route{std::move(method), std::move(pattern), std::move(segments),
+                          std::move(fn), json_body});
+}
 
 bool router::is_subscription(const incoming& req) const {
   return req.method == "GET" && req.path == "/subscribe/$all";

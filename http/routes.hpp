@@ -30,7 +30,6 @@ struct incoming {
   std::map<std::string, std::string> headers;
   std::vector<std::string> repeated_headers; ///< lowercase names sent on several lines
   std::string body;
-  bool peer_is_loopback = true;
   /// Where a create's route writes the stream it appends to (when set), so
   /// that an answer that cannot tell whether it was written names where to look.
   std::shared_ptr<std::string> written_stream;
@@ -70,13 +69,6 @@ std::optional<reply> subscription_start(const incoming& req, uint64_t& from);
 
 /// Compares secrets in time independent of where they differ.
 bool constant_time_equal(std::string_view a, std::string_view b);
-
-/// Where a request goes: the route pattern (for metrics) and whether it is
-/// the SSE subscription, which the session serves itself.
-struct route_match {
-  std::string pattern;
-  bool subscription = false;
-};
 
 class router {
 public:

@@ -1126,9 +1126,8 @@ private:
     if (drain_.closed.load()) {
       answered_ = request;
       close_after_ = true;
-      auto r = problem(503, "the server is stopping: this request was not served; retry");
-      r.header("Retry-After", "1");
-      return send(std::move(r), router_.pattern_of(req.method, req.path), started);
+      return send(unavailable("the server is stopping: this request was not served; retry"),
+                  router_.pattern_of(req.method, req.path), started);
     }
     route_ = route;
     // A read that may wait long for the read model watches its client (a
@@ -1238,11 +1237,10 @@ private:
     std::string look = written_stream_ && !written_stream_->empty()
                          ? " (GET /streams/" + *written_stream_ + ": the todo it would create)"
                          : "";
-    auto r = problem(503, read ? why
-                               : why + "; a write may or may not have happened: check the "
-                                       "stream" + look + " before retrying");
-    r.header("Retry-After", "1");
-    send(std::move(r), *route_, started_);
+    send(unavailable(read ? why
+                          : why + "; a write may or may not have happened: check the stream"
+                              + look + " before retrying"),
+         *route_, started_);
   }
 
   void start_subscription(const incoming& req) {
@@ -1250,19 +1248,18 @@ private:
     if (auto bad = subscription_start(req, from))
       return send(std::move(*bad), "/subscribe/$all", std::chrono::steady_clock::now());
     if (drain_.draining.load()) {
-      auto stopping = problem(503, "the server is stopping: no new subscriptions; retry");
-      stopping.header("Retry-After", "1");
       close_after_ = true;
-      return send(std::move(stopping), "/subscribe/$all", std::chrono::steady_clock::now());
+      return send(unavailable("the server is stopping: no new subscriptions; retry"),
+                  "/subscribe/$all", std::chrono::steady_clock::now());
     }
     // Each subscriber reads the log after every batch: their number is
     // bounded like any other resource a client can claim.
     if (auto max = router_.svc().options.sse_max_subscribers; !signal_.admit(max)) {
-      auto busy = problem(503, "already " + std::to_string(max)
-                                 + " subscribers (--http.sse-max-subscribers); retry later");
-      busy.header("Retry-After", "5");
       close_after_ = true;
-      return send(std::move(busy), "/subscribe/$all", std::chrono::steady_clock::now());
+      return send(unavailable("already " + std::to_string(max)
+                                + " subscribers (--http.sse-max-subscribers); retry later",
+                              "5"),
+                  "/subscribe/$all", std::chrono::steady_clock::now());
     }
     core::metrics::instance().observe_request("GET", "/subscribe/$all", 200, 0);
     stream_.expires_never();

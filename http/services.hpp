@@ -1,8 +1,9 @@
 // Everything the HTTP gateway talks to, wired once by `main` (or a test).
 // Holds actor handles only; no Beast types here.
 //
-// Thread-safety: immutable after construction except for the round-robin
-// counters, which are atomics; used by every io thread.
+// Thread-safety: used by every io thread; immutable after construction
+// except for the round-robin counters (atomics) and the drain hooks and
+// first answers (each behind its own mutex).
 #pragma once
 
 #include <atomic>

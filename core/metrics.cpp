@@ -145,80 +145,76 @@ std::string metrics::render() const {
     for (auto& [labels, stats] : labeled)
       stats->latency.render(out, "eventsd_http_request_duration_seconds", labels);
   }
-  family(out, "eventsd_events_appended_total", "counter", "Events appended to the log.");
-  sample(out, "eventsd_events_appended_total", events_appended.value());
-  family(out, "eventsd_append_conflicts_total", "counter",
+  // One family of one sample, or one histogram without labels.
+  auto metric = [&out](const char* name, const char* type, auto value, const char* help) {
+    family(out, name, type, help);
+    sample(out, name, value);
+  };
+  auto histogram_of = [&out](const char* name, const histogram& h, const char* help) {
+    family(out, name, "histogram", help);
+    h.render(out, name, "");
+  };
+  metric("eventsd_events_appended_total", "counter", events_appended.value(),
+         "Events appended to the log.");
+  metric("eventsd_append_conflicts_total", "counter", append_conflicts.value(),
          "Appends refused by an expected-version or idempotency conflict.");
-  sample(out, "eventsd_append_conflicts_total", append_conflicts.value());
-  family(out, "eventsd_fsync_batches_total", "counter", "Group-commit batches written.");
-  sample(out, "eventsd_fsync_batches_total", fsync_batches.value());
-  family(out, "eventsd_fsync_batch_events", "histogram", "Events written per group-commit batch (replays and refusals write none).");
-  batch_events.render(out, "eventsd_fsync_batch_events", "");
-  family(out, "eventsd_fsync_duration_seconds", "histogram",
-         "Time to write and fsync one batch.");
-  fsync_seconds.render(out, "eventsd_fsync_duration_seconds", "");
-  family(out, "eventsd_log_head_position", "gauge", "Position of the newest event in $all.");
-  sample(out, "eventsd_log_head_position", log_head.value());
-  family(out, "eventsd_live_aggregates", "gauge", "Aggregate actors currently alive.");
-  sample(out, "eventsd_live_aggregates", live_aggregates.value());
-  family(out, "eventsd_aggregate_activations_total", "counter", "Aggregate actors spawned.");
-  sample(out, "eventsd_aggregate_activations_total", aggregate_activations.value());
-  family(out, "eventsd_aggregate_passivations_total", "counter", "Aggregate actors stopped.");
-  sample(out, "eventsd_aggregate_passivations_total", aggregate_passivations.value());
-  family(out, "eventsd_aggregate_activation_seconds", "histogram",
-         "Time to recover an aggregate from snapshot and log.");
-  activation_seconds.render(out, "eventsd_aggregate_activation_seconds", "");
-  family(out, "eventsd_projection_position", "gauge", "Last position applied to the read model.");
-  sample(out, "eventsd_projection_position", projection_position.value());
-  family(out, "eventsd_projection_lag_events", "gauge", "Log head minus projection position.");
-  sample(out, "eventsd_projection_lag_events", projection_lag_events());
+  metric("eventsd_fsync_batches_total", "counter", fsync_batches.value(),
+         "Group-commit batches written.");
+  histogram_of("eventsd_fsync_batch_events", batch_events,
+               "Events written per group-commit batch (replays and refusals write none).");
+  histogram_of("eventsd_fsync_duration_seconds", fsync_seconds,
+               "Time to write and fsync one batch.");
+  metric("eventsd_log_head_position", "gauge", log_head.value(),
+         "Position of the newest event in $all.");
+  metric("eventsd_live_aggregates", "gauge", live_aggregates.value(),
+         "Aggregate actors currently alive.");
+  metric("eventsd_aggregate_activations_total", "counter", aggregate_activations.value(),
+         "Aggregate actors spawned.");
+  metric("eventsd_aggregate_passivations_total", "counter", aggregate_passivations.value(),
+         "Aggregate actors stopped.");
+  histogram_of("eventsd_aggregate_activation_seconds", activation_seconds,
+               "Time to recover an aggregate from snapshot and log.");
+  metric("eventsd_projection_position", "gauge", projection_position.value(),
+         "Last position applied to the read model.");
+  metric("eventsd_projection_lag_events", "gauge", projection_lag_events(),
+         "Log head minus projection position.");
   family(out, "eventsd_projection_lag_seconds", "gauge",
          "Age of the oldest event not yet applied to the read model.");
   out += "eventsd_projection_lag_seconds "
          + format_double(static_cast<double>(projection_lag_ms()) / 1000.0) + "\n";
-  family(out, "eventsd_projection_batches_total", "counter", "Read-model transactions committed.");
-  sample(out, "eventsd_projection_batches_total", projection_batches.value());
-  family(out, "eventsd_projection_errors_total", "counter", "Failed read-model transactions.");
-  sample(out, "eventsd_projection_errors_total", projection_errors.value());
-  family(out, "eventsd_projection_batch_events", "histogram", "Events per read-model batch.");
-  projection_batch_events.render(out, "eventsd_projection_batch_events", "");
-  family(out, "eventsd_projection_apply_seconds", "histogram",
-         "Time to apply one read-model batch.");
-  projection_apply_seconds.render(out, "eventsd_projection_apply_seconds", "");
-  family(out, "eventsd_projection_visible_seconds", "histogram",
-         "Per event: from its append (occurredAt) to the commit that made it visible in the "
-         "read model.");
-  projection_visible_seconds.render(out, "eventsd_projection_visible_seconds", "");
-  family(out, "eventsd_idempotency_keys_purged_total", "counter",
+  metric("eventsd_projection_batches_total", "counter", projection_batches.value(),
+         "Read-model transactions committed.");
+  metric("eventsd_projection_errors_total", "counter", projection_errors.value(),
+         "Failed read-model transactions.");
+  histogram_of("eventsd_projection_batch_events", projection_batch_events,
+               "Events per read-model batch.");
+  histogram_of("eventsd_projection_apply_seconds", projection_apply_seconds,
+               "Time to apply one read-model batch.");
+  histogram_of("eventsd_projection_visible_seconds", projection_visible_seconds,
+               "Per event: from its append (occurredAt) to the commit that made it visible in the "
+               "read model.");
+  metric("eventsd_idempotency_keys_purged_total", "counter", idempotency_keys_purged.value(),
          "Idempotency keys deleted by the key purger (each kept its retention and twice the "
          "request timeout).");
-  sample(out, "eventsd_idempotency_keys_purged_total", idempotency_keys_purged.value());
-  family(out, "eventsd_idempotency_purge_seconds", "histogram",
-         "Per run of the key purger (every 10 minutes): how long its scan of every stored "
-         "key took.");
-  idempotency_purge_seconds.render(out, "eventsd_idempotency_purge_seconds", "");
-  family(out, "eventsd_sse_subscribers", "gauge", "Open /subscribe/$all connections.");
-  sample(out, "eventsd_sse_subscribers", sse_subscribers.value());
-  family(out, "eventsd_sse_catching_up", "gauge",
+  histogram_of("eventsd_idempotency_purge_seconds", idempotency_purge_seconds,
+               "Per run of the key purger (every 10 minutes): how long its scan of every stored "
+               "key took.");
+  metric("eventsd_sse_subscribers", "gauge", sse_subscribers.value(),
+         "Open /subscribe/$all connections.");
+  metric("eventsd_sse_catching_up", "gauge", sse_catching_up.value(),
          "SSE subscribers behind the head reading a page now (at most half the cores' worth).");
-  sample(out, "eventsd_sse_catching_up", sse_catching_up.value());
-  family(out, "eventsd_sse_catch_up_waiting", "gauge",
+  metric("eventsd_sse_catch_up_waiting", "gauge", sse_catch_up_waiting.value(),
          "SSE subscribers behind the head waiting for their turn to read a page.");
-  sample(out, "eventsd_sse_catch_up_waiting", sse_catch_up_waiting.value());
-  family(out, "eventsd_sse_catch_up_waits_total", "counter",
+  metric("eventsd_sse_catch_up_waits_total", "counter", sse_catch_up_waits.value(),
          "Times an SSE subscriber behind the head waited for its turn to read a page.");
-  sample(out, "eventsd_sse_catch_up_waits_total", sse_catch_up_waits.value());
-  family(out, "eventsd_sse_slow_disconnects_total", "counter",
+  metric("eventsd_sse_slow_disconnects_total", "counter", sse_dropped_slow.value(),
          "SSE subscribers disconnected for falling more than --http.sse-max-lag events behind.");
-  sample(out, "eventsd_sse_slow_disconnects_total", sse_dropped_slow.value());
-  family(out, "eventsd_http_connections_refused_total", "counter",
+  metric("eventsd_http_connections_refused_total", "counter", connections_refused.value(),
          "Connections answered 503 and closed at once: the rest of the file descriptor limit "
          "is kept for the event store.");
-  sample(out, "eventsd_http_connections_refused_total", connections_refused.value());
-  family(out, "eventsd_http_requests_abandoned_total", "counter",
+  metric("eventsd_http_requests_abandoned_total", "counter", requests_abandoned.value(),
          "Reads waiting for minPosition whose client closed its connection: not answered, the "
          "connection closed at once.");
-  sample(out, "eventsd_http_requests_abandoned_total", requests_abandoned.value());
   return out;
 }
 

@@ -338,12 +338,7 @@ struct todo_read_model::impl {
                                          + copts.store + ")" + rebuild};
   }
 
-  pg::outcome<void> run(const std::string& sql) {
-    auto r = pg::exec(s(), sql.c_str());
-    if (!r)
-      return r.error();
-    return {};
-  }
+  pg::outcome<void> run(const std::string& sql) { return run(sql.c_str()); }
 
   pg::outcome<void> run(const char* sql) {
     auto r = pg::exec(s(), sql);

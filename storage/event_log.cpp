@@ -986,8 +986,7 @@ event_log::cached_stream(std::string_view stream) const {
 }
 
 stream_cache_stats event_log::stream_cache_statistics() const {
-  auto st = impl_->cache.statistics();
-  return {st.hits, st.misses, st.streams, st.bytes};
+  return impl_->cache.statistics();
 }
 
 result<std::vector<recorded_event>> event_log::read_all(uint64_t from_position,
@@ -1074,13 +1073,20 @@ result<std::vector<stream_summary>> event_log::list_streams(uint64_t before_posi
   return unexpected(storage_errc::io_error, e.what());
 }
 
-std::chrono::milliseconds event_log::write_waiting() const {
-  auto began = impl_->write_began_ns.load(std::memory_order_relaxed);
-  if (began == 0)
-    return std::chrono::milliseconds{0};
+namespace {
+
+/// Milliseconds since `ns` (steady_clock nanoseconds), 0 for a time ahead.
+std::chrono::milliseconds since(int64_t ns) {
   auto now = std::chrono::steady_clock::now().time_since_epoch().count();
   return std::chrono::duration_cast<std::chrono::milliseconds>(
-    std::chrono::nanoseconds{std::max<int64_t>(0, now - began)});
+    std::chrono::nanoseconds{std::max<int64_t>(0, now - ns)});
+}
+
+} // namespace
+
+std::chrono::milliseconds event_log::write_waiting() const {
+  auto began = impl_->write_began_ns.load(std::memory_order_relaxed);
+  return began == 0 ? std::chrono::milliseconds{0} : since(began);
 }
 
 bool event_log::writable() const {
@@ -1095,9 +1101,7 @@ std::optional<std::chrono::milliseconds> event_log::since_write_failure() const 
   auto at = impl_->last_failure_ns.load(std::memory_order_relaxed);
   if (at == 0)
     return std::nullopt;
-  auto now = std::chrono::steady_clock::now().time_since_epoch().count();
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-    std::chrono::nanoseconds{std::max<int64_t>(0, now - at)});
+  return since(at);
 }
 
 bool event_log::try_resume() {

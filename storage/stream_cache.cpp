@@ -99,8 +99,8 @@ void stream_cache::take(shard& s, std::string_view stream, std::list<entry>& out
   out.splice(out.end(), s.lru, it);
 }
 
-stream_cache::stats stream_cache::statistics() const {
-  stats st;
+stream_cache_stats stream_cache::statistics() const {
+  stream_cache_stats st;
   st.hits = hits_.load(std::memory_order_relaxed);
   st.misses = misses_.load(std::memory_order_relaxed);
   for (auto& s : shards_) {

@@ -64,13 +64,7 @@ public:
   /// True when streams of `n` events may be kept.
   bool holds(uint64_t n) const { return n <= max_events_ && shard_budget_ > 0; }
 
-  struct stats {
-    uint64_t hits = 0;
-    uint64_t misses = 0;
-    uint64_t streams = 0;
-    uint64_t bytes = 0;
-  };
-  stats statistics() const;
+  stream_cache_stats statistics() const;
 
   /// Counts a lookup that found nothing and went to the store (to fill).
   void count_miss() { misses_.fetch_add(1, std::memory_order_relaxed); }

@@ -40,6 +40,11 @@ extern char** environ;
 
 namespace eventsd::e2e {
 
+void ignore_sigpipe() {
+  static std::once_flag once;
+  std::call_once(once, [] { std::signal(SIGPIPE, SIG_IGN); });
+}
+
 namespace {
 
 namespace asio = boost::asio;
@@ -47,12 +52,6 @@ namespace beast = boost::beast;
 namespace bhttp = beast::http;
 using tcp = asio::ip::tcp;
 using namespace std::chrono_literals;
-
-/// Writing to a socket the server closed must fail with EPIPE, not kill the test.
-void ignore_sigpipe() {
-  static std::once_flag once;
-  std::call_once(once, [] { std::signal(SIGPIPE, SIG_IGN); });
-}
 
 std::mt19937_64& rng() {
   static thread_local std::mt19937_64 gen{std::random_device{}() ^ (uint64_t(::getpid()) << 32)
@@ -756,6 +755,26 @@ std::string server::output() const {
   return previous_output_ + (pump_ ? pump_->snapshot() : std::string{});
 }
 
+server& shared_server(const server_options& opts, const std::function<void(server&)>& seed) {
+  static std::string failure;
+  if (!failure.empty())
+    throw std::runtime_error("the shared eventsd did not start (see the first failing test): "
+                             + failure.substr(0, 300));
+  try {
+    static server s{opts};
+    static bool seeded = [&] {
+      if (seed)
+        seed(s);
+      return true;
+    }();
+    (void)seeded;
+    return s;
+  } catch (const std::exception& e) {
+    failure = e.what();
+    throw;
+  }
+}
+
 server_behind_proxy::server_behind_proxy(std::vector<std::string> args,
                                          const std::string& dsn_options)
     : proxy(host_port_of(db.dsn()).first, host_port_of(db.dsn()).second),
@@ -766,7 +785,25 @@ server_behind_proxy::server_behind_proxy(std::vector<std::string> args,
         return o;
       }()) {}
 
-// -- silent listener -----------------------------------------------------------
+// -- loopback ports: free, silent ----------------------------------------------
+
+uint16_t free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof a;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0
+      || ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    auto err = std::string{std::strerror(errno)};
+    if (fd >= 0)
+      ::close(fd);
+    throw std::runtime_error("cannot find a free port: " + err);
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
 
 silent_listener::silent_listener() : fd_(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0)) {
   sockaddr_in a{};
@@ -947,18 +984,15 @@ size_t complete_response_length(const std::string& raw) {
     auto rest = complete_response_length(raw.substr(end + 4));
     return rest > 0 ? end + 4 + rest : 0;
   }
-  auto head = raw.substr(0, end);
-  std::string lower;
-  for (char c : head)
-    lower += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  auto head = lower(raw.substr(0, end));
   size_t length = 0;
-  auto i = lower.find("\r\ncontent-length:");
+  auto i = head.find("\r\ncontent-length:");
   if (i != std::string::npos)
-    length = std::stoul(lower.substr(i + 17));
+    length = std::stoul(head.substr(i + 17));
   // Neither length nor transfer coding (an answer to HTTP/1.0): the body
   // ends when the server closes — unless the status has no body.
-  bool bodiless = lower.compare(9, 3, "204") == 0 || lower.compare(9, 3, "304") == 0;
-  if (i == std::string::npos && lower.find("\r\ntransfer-encoding:") == std::string::npos
+  bool bodiless = head.compare(9, 3, "204") == 0 || head.compare(9, 3, "304") == 0;
+  if (i == std::string::npos && head.find("\r\ntransfer-encoding:") == std::string::npos
       && !bodiless)
     return 0;
   auto total = end + 4 + length;
@@ -967,12 +1001,14 @@ size_t complete_response_length(const std::string& raw) {
 
 } // namespace
 
-/// A blocking TCP connection to 127.0.0.1:`port`, without SIGPIPE on writes.
-int connect_loopback(uint16_t port) {
+int connect_loopback(uint16_t port, int receive_buffer) {
   ignore_sigpipe();
   int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0)
     throw std::runtime_error(std::string{"socket failed: "} + std::strerror(errno));
+  // Before connect(): the window scale is agreed in the SYN.
+  if (receive_buffer > 0)
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(port);
@@ -1107,15 +1143,24 @@ double metric(http_client& c, const std::string& name) {
   return -1;
 }
 
+namespace {
+
+/// The page of `$all` from `from` (up to 1000 events); throws unless 200.
+json all_page(http_client& c, uint64_t from) {
+  auto r = c.get("/streams/$all?from=" + std::to_string(from) + "&limit=1000");
+  if (r.status != 200)
+    throw std::runtime_error("GET /streams/$all answered " + std::to_string(r.status) + ": "
+                             + r.body);
+  return r.json_body();
+}
+
+} // namespace
+
 uint64_t all_head(http_client& c, uint64_t hint) {
   uint64_t from = std::max<uint64_t>(hint, 1);
   uint64_t head = 0;
   for (;;) {
-    auto r = c.get("/streams/$all?from=" + std::to_string(from) + "&limit=1000");
-    if (r.status != 200)
-      throw std::runtime_error("GET /streams/$all answered " + std::to_string(r.status) + ": "
-                               + r.body);
-    auto j = r.json_body();
+    auto j = all_page(c, from);
     auto& items = j.at("items");
     if (items.empty() && head == 0 && from > 1) {
       from = 1; // the hint was past the end
@@ -1132,17 +1177,25 @@ uint64_t all_head(http_client& c, uint64_t hint) {
 std::vector<json> read_all(http_client& c, uint64_t from) {
   std::vector<json> out;
   for (;;) {
-    auto r = c.get("/streams/$all?from=" + std::to_string(from) + "&limit=1000");
-    if (r.status != 200)
-      throw std::runtime_error("GET /streams/$all answered " + std::to_string(r.status) + ": "
-                               + r.body);
-    auto j = r.json_body();
+    auto j = all_page(c, from);
     for (auto& e : j.at("items"))
       out.push_back(e);
     if (j.at("next").is_null())
       return out;
     from = j.at("next").get<uint64_t>();
   }
+}
+
+json projection_status(http_client& c, const header_list& headers) {
+  auto r = c.get("/admin/projections", headers);
+  if (r.status != 200)
+    throw std::runtime_error("GET /admin/projections answered " + std::to_string(r.status) + ": "
+                             + r.body);
+  auto j = r.json_body();
+  if (!j.is_object() || !j.contains("items") || !j["items"].is_array() || j["items"].size() != 1)
+    throw std::runtime_error("GET /admin/projections did not list exactly one projection: "
+                             + r.body);
+  return j["items"][0];
 }
 
 std::string etag_of(uint64_t version) {
@@ -1173,6 +1226,12 @@ std::string random_uuid() {
 std::string upper(std::string s) {
   for (auto& c : s)
     c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string lower(std::string s) {
+  for (auto& c : s)
+    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return s;
 }
 

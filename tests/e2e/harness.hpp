@@ -54,6 +54,10 @@ std::string dsn_with_host_port(const std::string& dsn, const std::string& host, 
 /// The `host` and `port` that `dsn` names (defaults: 127.0.0.1 and 5432).
 std::pair<std::string, uint16_t> host_port_of(const std::string& dsn);
 
+/// A loopback TCP port that was free a moment ago (bound to port 0, then
+/// released): nothing listens on it. Throws when none can be bound.
+uint16_t free_port();
+
 /// A loopback TCP port that completes handshakes (the kernel's backlog) and
 /// never answers: a PostgreSQL host that hangs before its startup reply.
 class silent_listener {
@@ -197,6 +201,14 @@ private:
   std::string previous_output_;
 };
 
+/// The one server that every test case of an executable shares, started by the
+/// first call (with `opts`, then `seed` run on it once); later calls return it
+/// and ignore their arguments. When the start or the seed fails, that call
+/// throws and so does every later one, at once, with the first error.
+/// REQUIRES: called first from the thread that runs the tests (see `server`).
+server& shared_server(const server_options& opts = {},
+                      const std::function<void(server&)>& seed = {});
+
 /// A server on a fresh database whose PostgreSQL connections pass through
 /// `proxy`, so that a test can cut them or make PostgreSQL hang.
 struct server_behind_proxy {
@@ -305,9 +317,14 @@ private:
   int connections_ = 0;
 };
 
+/// Makes SIGPIPE ignored (once per process): writing to a socket the peer
+/// closed then fails with EPIPE instead of killing the test.
+void ignore_sigpipe();
+
 /// A blocking TCP connection to 127.0.0.1:`port` (SIGPIPE ignored); throws
-/// when it cannot connect.
-int connect_loopback(uint16_t port);
+/// when it cannot connect. `receive_buffer` > 0 sets SO_RCVBUF, before
+/// connecting (the window is offered in the SYN): a slow reader.
+int connect_loopback(uint16_t port, int receive_buffer = 0);
 
 /// Opens a new connection, writes `bytes` as they are (errors while writing are
 /// ignored: the server may answer and close early), then reads until the server
@@ -348,6 +365,10 @@ double metric(http_client& c, const std::string& name);
 /// Every event of `$all` from `from` on, paging with `next`.
 std::vector<json> read_all(http_client& c, uint64_t from = 1);
 
+/// The one projection that GET /admin/projections lists (sent with `headers`,
+/// e.g. an Authorization). Throws unless it answers 200 with exactly one item.
+json projection_status(http_client& c, const header_list& headers = {});
+
 /// The entity tag of `version`: `"<version>"` with the quotes.
 std::string etag_of(uint64_t version);
 
@@ -362,6 +383,9 @@ std::string random_uuid();
 
 /// `s` in upper case (ASCII).
 std::string upper(std::string s);
+
+/// `s` in lower case (ASCII).
+std::string lower(std::string s);
 
 /// Polls `fn` every `every` until it returns true or `within` passes.
 /// Returns the last result.

@@ -1,6 +1,6 @@
 // A mixed write load over HTTP, the fold of `$all` into todo states and the
 // whole read model as listed by GET /todo: what the e2e tests compare to prove the read model is exactly the
-// fold of the log. Header-only, for the test files that need it.
+// fold of the log, and the Catch2 check that does. Header-only, for the test files that need it.
 #pragma once
 
 #include <atomic>
@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
 #include "e2e/harness.hpp"
@@ -74,6 +75,65 @@ inline std::map<std::string, json> list_read_model(http_client& c, uint64_t posi
       return out;
     after = j.at("next").get<std::string>();
   }
+}
+
+/// The fold of `events`; REQUIREs that every event folds.
+inline std::map<std::string, json> fold(const std::vector<json>& events) {
+  std::string error;
+  auto todos = fold(events, error);
+  INFO("fold: " << error);
+  REQUIRE(error.empty());
+  return todos;
+}
+
+/// The read model once it has applied `position`; REQUIREs that every page
+/// answers 200 and lists each todo once.
+inline std::map<std::string, json> list_read_model(http_client& c, uint64_t position) {
+  std::string error;
+  auto todos = list_read_model(c, position, error);
+  INFO("read model: " << error);
+  REQUIRE(error.empty());
+  return todos;
+}
+
+/// Differences between the read model and the expected states (at most 5 described).
+inline std::vector<std::string> differences(const std::map<std::string, json>& actual,
+                                            const std::map<std::string, json>& expected,
+                                            size_t& count) {
+  std::vector<std::string> out;
+  count = 0;
+  auto note = [&](std::string s) {
+    if (++count <= 5)
+      out.push_back(std::move(s));
+  };
+  for (auto& [id, t] : expected) {
+    auto i = actual.find(id);
+    if (i == actual.end())
+      note("missing from the read model: " + t.dump());
+    else if (i->second != t)
+      note("read model " + i->second.dump() + " but the log folds to " + t.dump());
+  }
+  for (auto& [id, t] : actual)
+    if (expected.count(id) == 0)
+      note("in the read model but not in the log: " + t.dump());
+  return out;
+}
+
+/// Checks that the read model equals the fold of the whole log, at the log's
+/// head ($all being 1..head without gaps); returns the head.
+inline uint64_t check_read_model_is_fold_of_log(http_client& c) {
+  auto events = read_all(c);
+  auto expected = fold(events);
+  for (size_t i = 0; i < events.size(); ++i)
+    REQUIRE(events[i].at("position") == i + 1);
+  auto actual = list_read_model(c, events.size());
+  size_t count = 0;
+  auto diffs = differences(actual, expected, count);
+  for (auto& d : diffs)
+    UNSCOPED_INFO(d);
+  CHECK(count == 0);
+  CHECK(actual.size() == expected.size());
+  return events.size();
 }
 
 /// Writes about `events` events from `threads` clients: each todo is created,

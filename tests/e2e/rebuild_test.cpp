@@ -26,43 +26,6 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-
-/// Checks that the read model equals the fold of the whole log, at the log's
-/// head; returns the head.
-uint64_t check_read_model_is_fold_of_log(http_client& c) {
-  auto events = read_all(c);
-  std::string fold_error, list_error;
-  auto expected = fold(events, fold_error);
-  INFO("fold: " << fold_error);
-  REQUIRE(fold_error.empty());
-  for (size_t i = 0; i < events.size(); ++i)
-    REQUIRE(events[i].at("position") == i + 1);
-  auto actual = list_read_model(c, events.size(), list_error);
-  INFO("read model: " << list_error);
-  REQUIRE(list_error.empty());
-  size_t count = 0;
-  for (auto& [id, t] : expected) {
-    auto i = actual.find(id);
-    if (i == actual.end() || i->second != t)
-      if (++count <= 5)
-        UNSCOPED_INFO("the log folds to " << t.dump() << ", the read model has "
-                                          << (i == actual.end() ? "nothing" : i->second.dump()));
-  }
-  CHECK(count == 0);
-  CHECK(actual.size() == expected.size());
-  return events.size();
-}
-
-/// The projection as GET /admin/projections shows it.
-json projection_status(http_client& c) {
-  auto r = c.get("/admin/projections");
-  if (r.status != 200)
-    throw std::runtime_error("GET /admin/projections answered " + std::to_string(r.status) + ": "
-                             + r.body);
-  return r.json_body().at("items").at(0);
-}
-
-
 /// Reads from another thread until stopped: GET /todo/{id} must keep answering
 /// `expected` (200) and GET /todo a full first page.
 class background_reader {

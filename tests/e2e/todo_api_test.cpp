@@ -13,7 +13,6 @@
 #include <exception>
 #include <mutex>
 #include <set>
-#include <stdexcept>
 #include <thread>
 
 #include <sys/socket.h>
@@ -24,21 +23,8 @@ using namespace std::chrono_literals;
 
 namespace {
 
-/// The server of this file, started by the first test that needs it. When it
-/// cannot start, every later test fails at once with the first error.
-server& shared_server() {
-  static std::string failure;
-  if (!failure.empty())
-    throw std::runtime_error("the shared eventsd did not start (see the first failing test): "
-                             + failure.substr(0, 300));
-  try {
-    static server s{};
-    return s;
-  } catch (const std::exception& e) {
-    failure = e.what();
-    throw;
-  }
-}
+// shared_server() (harness): the server of this file, started by the first
+// test that needs it.
 
 http_client& client() {
   static http_client c{shared_server().port()};

@@ -4,6 +4,7 @@
 // progress visible, reads keep working, the rebuilt read model equals the old
 // one), unknown projection 404.
 #include "http_support.hpp"
+#include "e2e/log_fold.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -20,36 +21,6 @@ using namespace std::chrono_literals;
 namespace {
 
 const header_list bearer{{"Authorization", "Bearer secret"}};
-
-/// Every todo of the read model (GET /todo, all pages), keyed by id.
-std::map<std::string, json> read_model(http_client& c, uint64_t min_position) {
-  std::map<std::string, json> out;
-  std::string target = "/todo?limit=1000&waitMs=20000&minPosition=" + std::to_string(min_position);
-  for (int pages = 0; pages < 100; ++pages) {
-    auto r = c.get(target);
-    INFO("GET " << target << " answered " << r.status << ": " << r.body.substr(0, 300));
-    REQUIRE(r.status == 200);
-    auto j = r.json_body();
-    for (auto& t : j["items"])
-      out[t["id"].get<std::string>()] = t;
-    if (j["next"].is_null())
-      return out;
-    target = "/todo?limit=1000&after=" + j["next"].get<std::string>();
-  }
-  FAIL("GET /todo did not end within 100 pages");
-  return out;
-}
-
-/// The one item of GET /admin/projections.
-json projection_status(http_client& c, const header_list& auth = bearer) {
-  auto r = c.get("/admin/projections", auth);
-  INFO("GET /admin/projections answered " << r.status << ": " << r.body);
-  REQUIRE(r.status == 200);
-  auto j = r.json_body();
-  REQUIRE(j["items"].is_array());
-  REQUIRE(j["items"].size() == 1);
-  return j["items"][0];
-}
 
 void check_unauthorized(const response& r) {
   check_problem(r, 401);
@@ -257,7 +228,7 @@ TEST_CASE("POST /admin/projections/todos/rebuild: 202, progress visible, reads k
   REQUIRE(batch.acks.size() == 6400);
   uint64_t head = all_head(c);
   REQUIRE(head == 6400);
-  auto before = read_model(c, head);
+  auto before = list_read_model(c, head);
   REQUIRE(before.size() == 1600);
   for (auto& [id, t] : before)
     if (sample_ids.size() < 20)
@@ -267,7 +238,7 @@ TEST_CASE("POST /admin/projections/todos/rebuild: 202, progress visible, reads k
     auto h = c.get("/todo/" + id + "/history").json_body();
     CHECK(before[id] == h["items"].back()["snapshot"]);
   }
-  auto st = projection_status(c);
+  auto st = projection_status(c, bearer);
   CHECK(st["rebuild"]["active"] == false);
   auto completed_before = st["rebuild"]["completed"].get<uint64_t>();
 
@@ -353,7 +324,7 @@ TEST_CASE("POST /admin/projections/todos/rebuild: 202, progress visible, reads k
   CHECK(bad_reads == 0);
 
   // The rebuilt read model equals the old one (plus the write made during the rebuild).
-  auto after = read_model(c, during_ack.position);
+  auto after = list_read_model(c, during_ack.position);
   auto expected = before;
   expected[during_ack.id] = {{"id", during_ack.id},
                              {"description", "written during the rebuild"},
@@ -365,7 +336,7 @@ TEST_CASE("POST /admin/projections/todos/rebuild: 202, progress visible, reads k
     if (after[id] != t)
       ++differing;
   CHECK(differing == 0);
-  st = projection_status(c);
+  st = projection_status(c, bearer);
   CHECK(st["position"] == head + 1);
   CHECK(st["lag"] == 0);
   CHECK(st["state"] == "live");
@@ -390,7 +361,7 @@ TEST_CASE("POST /admin/projections/{name}/rebuild: an unknown projection is a 40
   auto wrong_method = c.get("/admin/projections/todos/rebuild", bearer);
   check_problem(wrong_method, 405);
   CHECK(wrong_method.header("Allow").value_or("").find("POST") != std::string::npos);
-  CHECK(projection_status(c)["rebuild"]["completed"] == 0);
+  CHECK(projection_status(c, bearer)["rebuild"]["completed"] == 0);
 }
 
 TEST_CASE("POST /admin/projections/todos/rebuild ignores a body, unless it says it is JSON and "
@@ -407,7 +378,7 @@ TEST_CASE("POST /admin/projections/todos/rebuild ignores a body, unless it says 
     check_problem(c.request("POST", "/admin/projections/todos/rebuild", broken,
                             with_type("application/json")),
                   400);
-  auto status = projection_status(c);
+  auto status = projection_status(c, bearer);
   CHECK(status["rebuild"]["active"] == false);
   CHECK(status["rebuild"]["completed"] == 0);
   CHECK(c.request("POST", "/admin/projections/todos/rebuild", std::string{"now"},

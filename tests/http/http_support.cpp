@@ -2,18 +2,13 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <limits>
-#include <mutex>
 #include <stdexcept>
 #include <thread>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -25,21 +20,7 @@ namespace eventsd::http_tests {
 using namespace std::chrono_literals;
 using eventsd::e2e::is_canonical_uuid;
 using eventsd::e2e::is_rfc3339_ms_utc;
-
-namespace {
-
-void ignore_sigpipe() {
-  static std::once_flag once;
-  std::call_once(once, [] { std::signal(SIGPIPE, SIG_IGN); });
-}
-
-std::string lower(std::string s) {
-  for (auto& c : s)
-    c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
-
-} // namespace
+using eventsd::e2e::lower;
 
 // -- checks -----------------------------------------------------------------------
 
@@ -89,23 +70,8 @@ void check_event_shape(const json& e) {
 sse_client::sse_client(uint16_t port, const std::string& target)
     : sse_client(port, target, options{}) {}
 
-sse_client::sse_client(uint16_t port, const std::string& target, options opts) {
-  ignore_sigpipe();
-  fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd_ < 0)
-    throw std::runtime_error(std::string{"socket failed: "} + std::strerror(errno));
-  if (opts.receive_buffer > 0)
-    ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &opts.receive_buffer, sizeof opts.receive_buffer);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    auto err = std::string{std::strerror(errno)};
-    ::close(fd_);
-    fd_ = -1;
-    throw std::runtime_error("cannot connect to 127.0.0.1:" + std::to_string(port) + ": " + err);
-  }
+sse_client::sse_client(uint16_t port, const std::string& target, options opts)
+    : fd_(eventsd::e2e::connect_loopback(port, opts.receive_buffer)) {
   std::string req = "GET " + target + " HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port)
                     + "\r\nAccept: text/event-stream\r\n";
   for (auto& [k, v] : opts.headers)
@@ -440,22 +406,6 @@ std::string write_temp_file(const eventsd::e2e::temp_dir& dir, const std::string
   if (!out)
     throw std::runtime_error("cannot write " + path);
   return path;
-}
-
-uint16_t closed_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = 0;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-    ::close(fd);
-    throw std::runtime_error("closed_port: bind failed");
-  }
-  socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd); // bound, never listened: nothing accepts on it
-  return ntohs(a.sin_port);
 }
 
 double quantile(std::vector<double> values, double q) {

@@ -139,9 +139,6 @@ std::string require_env(const char* name);
 std::string write_temp_file(const eventsd::e2e::temp_dir& dir, const std::string& name,
                             const std::string& text);
 
-/// A loopback TCP port that nothing listens on (bound and released).
-uint16_t closed_port();
-
 /// The `q`-quantile (0..1) of `values` (copied and sorted); 0 when empty.
 double quantile(std::vector<double> values, double q);
 

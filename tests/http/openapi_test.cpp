@@ -16,11 +16,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-server& shared_server() {
-  static server s{};
-  return s;
-}
-
 http_client& client() {
   static http_client c{shared_server().port()};
   return c;

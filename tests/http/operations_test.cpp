@@ -51,7 +51,7 @@ TEST_CASE("/healthz answers 200 while the process serves", "[http][ops]") {
   CHECK(media_type(r) == "application/json");
   // Also on a server whose PostgreSQL is unreachable: health is about the process.
   server_options o;
-  o.dsn = dsn_with_host_port(test_dsn(), "127.0.0.1", closed_port()) + " connect_timeout=1";
+  o.dsn = dsn_with_host_port(test_dsn(), "127.0.0.1", free_port()) + " connect_timeout=1";
   server down{o};
   http_client d{down.port()};
   CHECK(d.get("/healthz").status == 200);
@@ -67,7 +67,7 @@ TEST_CASE("/readyz: 200 with PostgreSQL up, 503 problem+json with a reason when 
     check_ready(c.get("/readyz"));
   }
   server_options o;
-  o.dsn = dsn_with_host_port(test_dsn(), "127.0.0.1", closed_port()) + " connect_timeout=1";
+  o.dsn = dsn_with_host_port(test_dsn(), "127.0.0.1", free_port()) + " connect_timeout=1";
   server s{o};
   http_client c{s.port()};
   // Never ready, however long we look.

@@ -18,21 +18,9 @@ using namespace std::chrono_literals;
 
 namespace {
 
-server& shared_server() {
-  static std::string failure;
-  if (!failure.empty())
-    throw std::runtime_error("the shared eventsd did not start: " + failure.substr(0, 300));
-  try {
-    static server s{server_options::with_args({"--http.sse-heartbeat-ms=200"})};
-    return s;
-  } catch (const std::exception& e) {
-    failure = e.what();
-    throw;
-  }
-}
-
+/// The port of this file's server (harness's shared_server).
 uint16_t port() {
-  return shared_server().port();
+  return shared_server(server_options::with_args({"--http.sse-heartbeat-ms=200"})).port();
 }
 
 http_client& client() {

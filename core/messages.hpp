@@ -127,5 +127,7 @@ CAF_BEGIN_TYPE_ID_BLOCK(eventsd, caf::first_custom_type_id)
   CAF_ADD_ATOM(eventsd, eventsd, drain_atom, "drain")
   CAF_ADD_ATOM(eventsd, eventsd, rebuild_step_atom, "rb_step")
   CAF_ADD_ATOM(eventsd, eventsd, version_atom, "version")
+  CAF_ADD_ATOM(eventsd, eventsd, note_atom, "note")
+  CAF_ADD_ATOM(eventsd, eventsd, forget_atom, "forget")
 
 CAF_END_TYPE_ID_BLOCK(eventsd)

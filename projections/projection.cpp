@@ -10,6 +10,7 @@
 #include "core/lifeline.hpp"
 #include "core/metrics.hpp"
 #include "core/thread_name.hpp"
+#include "core/uuid.hpp"
 
 namespace eventsd::projections {
 
@@ -19,7 +20,8 @@ using clock = std::chrono::steady_clock;
 constexpr const char* live_table = "todos";
 constexpr const char* rebuild_table = "todos_rebuild";
 /// The event store's note of an online rebuild answered 202 and not yet
-/// swapped in: a stop before its first step must not lose it.
+/// swapped in: a stop before its first step must not lose it. Its value
+/// (a fresh UUID per note) tells one request's note from the next.
 constexpr std::string_view rebuild_work = "rebuild todos";
 /// Where the reason for a read-model failure told to a client is.
 const std::string see_log = " (the reason is in eventsd's log and GET /admin/projections)";
@@ -75,6 +77,36 @@ typename Inspector::result_type inspect(Inspector& f, projection_report& x) {
 using front_actor = projection_actor::extend<caf::reacts_to<projection_report>,
                                              caf::reacts_to<expire_atom>>;
 
+// -- the notes: the event store's record of rebuilds asked for ---------------
+
+/// Writes and forgets the notes of rebuilds asked for, in the order asked,
+/// on a thread of its own: a disk that stalls holds neither the front
+/// (waits, /readyz) nor the worker.
+using notes_actor = caf::typed_actor<
+  /// Notes a rebuild asked for under a value of its own; answers once durable.
+  caf::replies_to<note_atom, std::string>::with<bool>,
+  /// The rebuild noted under this value is done (a newer note stays).
+  caf::reacts_to<forget_atom, std::string>>;
+
+notes_actor::behavior_type rebuild_notes(notes_actor::pointer self, storage::event_log* log) {
+  core::name_this_thread("rebuild-notes");
+  core::end_on_exception(self);
+  return {
+    [=](note_atom, const std::string& value) -> caf::result<bool> {
+      if (auto noted = log->note_pending_work(rebuild_work, value); !noted.ok())
+        return core::make_error(storage::storage_error{
+          noted.error().code, "the rebuild cannot be noted: " + noted.error().detail});
+      return true;
+    },
+    [=](forget_atom, const std::string& value) {
+      if (auto r = log->finish_pending_work(rebuild_work, value); !r.ok())
+        std::cerr << "eventsd: a finished read-model rebuild is still noted as asked for (the "
+                     "next start rebuilds again): "
+                  << r.error().detail << "\n";
+    },
+  };
+}
+
 // -- the worker: applies the log to PostgreSQL (blocking, own thread) --------
 
 /// What the worker asks of itself or hears from the front.
@@ -92,6 +124,7 @@ struct worker_state {
   storage::event_log* log = nullptr;
   projection_options opts;
   front_actor front;
+  notes_actor notes;
   std::unique_ptr<todo_read_model> model;
   projection_report now;       // position, errors, rebuild progress
   projection_report published; // what the front was told last
@@ -110,6 +143,7 @@ struct worker_state {
   std::unique_ptr<todo_read_model> rebuild_model;
   bool rebuild_reset = false; ///< the rebuild's table was emptied for this rebuild
   bool looked_for_rebuild = false; ///< for one a stop interrupted (once connected)
+  std::string rebuild_note; ///< value of the note the running rebuild answers ("": none)
   static inline const char* name = "todo_projection";
 };
 
@@ -202,6 +236,13 @@ std::optional<std::string> event_id_at(const storage::event_log* log, uint64_t p
 /// checkpoint were written together), otherwise the table is emptied first.
 void start_rebuild(worker_ptr self, std::optional<uint64_t> resume_at = std::nullopt) {
   auto& st = self->state;
+  // The rebuild answers the request noted last, also when it was already
+  // running (it replays the log up to the head when it ends); a note it
+  // cannot read stays, and the next start rebuilds once more.
+  if (auto note = st.log->pending_work(rebuild_work); note.ok() && *note)
+    st.rebuild_note = std::move(**note);
+  // It answers an interrupted one too: none is looked for after it.
+  st.looked_for_rebuild = true;
   if (st.now.rebuilding)
     return;
   st.now.rebuilding = true;
@@ -238,7 +279,7 @@ void resume_interrupted_rebuild(worker_ptr self) {
       std::cerr << "eventsd: cannot tell whether a read-model rebuild was asked for before the "
                    "last stop: "
                 << asked.error().detail << "\n";
-    else if (*asked) {
+    else if (asked->has_value()) {
       std::cerr << "eventsd: taking up the read-model rebuild asked for before the last stop "
                    "(from the start)\n";
       start_rebuild(self);
@@ -435,10 +476,8 @@ void rebuild_step(worker_ptr self) {
   now.rebuilding = false;
   st.rebuild_model.reset();
   ++now.rebuilds_completed;
-  if (auto r = st.log->finish_pending_work(rebuild_work); !r.ok())
-    std::cerr << "eventsd: the finished read-model rebuild is still noted as asked for (the next "
-                 "start rebuilds again): "
-              << r.error().detail << "\n";
+  if (!st.rebuild_note.empty())
+    self->send(st.notes, forget_atom_v, std::exchange(st.rebuild_note, {}));
   st.model = make_model(st.opts, live_table);
   now.position_known = false;
   st.backoff = std::chrono::milliseconds{0};
@@ -449,13 +488,15 @@ void rebuild_step(worker_ptr self) {
 }
 
 worker_actor::behavior_type worker(worker_ptr self, storage::event_log* log,
-                                   projection_options opts, front_actor front) {
+                                   projection_options opts, front_actor front,
+                                   notes_actor notes) {
   core::name_this_thread("projection");
   core::end_on_exception(self);
   auto& st = self->state;
   st.log = log;
   st.opts = opts;
   st.front = std::move(front);
+  st.notes = std::move(notes);
   st.model = make_model(opts, live_table);
   auto mode = opts.mode;
   if (mode == projection_mode::eventual || mode == projection_mode::unit_of_work) {
@@ -561,6 +602,11 @@ struct waiter {
   caf::typed_response_promise<uint64_t> promise;
 };
 
+struct rebuild_waiter {
+  clock::time_point deadline;
+  caf::typed_response_promise<bool> promise;
+};
+
 struct status_waiter {
   clock::time_point deadline;
   caf::typed_response_promise<projection_status> promise;
@@ -575,7 +621,9 @@ struct front_state {
   uint64_t wanted = 0;        // what the worker was told reads wait for
   bool draining = false;      // the server is stopping: waits end at once
   uint64_t rebuilds_sent = 0; // rebuild_atoms passed on to the worker
+  notes_actor notes;
   bool noting_rebuild = false; // a rebuild asked for waits for the store's note
+  std::vector<rebuild_waiter> rebuild_waiters; // its requests (they share the answer)
   uint64_t probes_sent = 0;   // stats_atoms passed on to the worker
   clock::time_point probe_sent_at{};
   std::vector<status_waiter> status_waiters; // for the probe under way
@@ -683,7 +731,7 @@ projection_status status_of(const front_state& st, const projection_report& r) {
   else
     s.state = "catching-up";
   s.diverged = r.diverged;
-  s.rebuilding = r.rebuilding || st.rebuilds_sent > r.rebuilds_asked;
+  s.rebuilding = r.rebuilding || st.rebuilds_sent > r.rebuilds_asked || st.noting_rebuild;
   s.rebuild_position = r.rebuild_position;
   // A finished rebuild reached the head it was chasing.
   s.rebuild_head = s.rebuilding ? s.head : r.rebuild_position;
@@ -709,19 +757,25 @@ projection_status stuck_status(const front_state& st) {
   return s;
 }
 
-/// Notes an online rebuild in the event store (one message), then ends.
-caf::behavior rebuild_noter(caf::event_based_actor* self, storage::event_log* log) {
-  return {
-    [=](rebuild_atom) {
-      auto rp = self->make_response_promise<bool>();
-      if (auto noted = log->note_pending_work(rebuild_work); noted.ok())
-        rp.deliver(true);
-      else
-        rp.deliver(core::make_error(storage::storage_error{
-          noted.error().code, "the rebuild cannot be noted: " + noted.error().detail}));
-      self->quit();
-    },
-  };
+/// How long a rebuild asked for waits for the store's note before its
+/// request is answered 503 (less than the gateway's 10 s).
+constexpr auto note_patience = std::chrono::seconds{5};
+
+/// The store noted the rebuild asked for (or failed to: `err`): every
+/// request waiting for the note gets the same answer.
+void rebuild_noted(front_ptr self, const caf::error& err) {
+  auto& st = self->state;
+  st.noting_rebuild = false;
+  if (!err) {
+    ++st.rebuilds_sent;
+    self->send(st.worker, rebuild_atom_v);
+  }
+  for (auto& w : st.rebuild_waiters)
+    if (err)
+      w.promise.deliver(err);
+    else
+      w.promise.deliver(true);
+  st.rebuild_waiters.clear();
 }
 
 front_actor::behavior_type front(front_ptr self, storage::event_log* log,
@@ -730,8 +784,9 @@ front_actor::behavior_type front(front_ptr self, storage::event_log* log,
   auto& st = self->state;
   st.log = log;
   st.mode = opts.mode;
+  st.notes = self->spawn<caf::detached + caf::linked>(rebuild_notes, log);
   st.worker = self->spawn<caf::detached + caf::linked>(worker, log, std::move(opts),
-                                                       front_actor{self});
+                                                       front_actor{self}, st.notes);
   return {
     [=](core::committed c) { self->send(self->state.worker, c); },
     [=](const projection_report& r) {
@@ -789,27 +844,19 @@ front_actor::behavior_type front(front_ptr self, storage::event_log* log,
     [=](rebuild_atom) -> caf::typed_response_promise<bool> {
       auto& st = self->state;
       auto rp = self->make_response_promise<bool>();
-      if (st.noting_rebuild || st.report.rebuilding
-          || st.rebuilds_sent > st.report.rebuilds_asked)
+      if (st.report.rebuilding || st.rebuilds_sent > st.report.rebuilds_asked)
         return rp.deliver(false);
-      // Noted (fsynced) before the 202, so that a stop before the rebuild's
-      // first step (PostgreSQL unreachable, say) does not lose it; on a
-      // thread of its own: a disk that stalls must not hold this actor
-      // (waits, /readyz) nor the CAF workers.
-      st.noting_rebuild = true;
-      self->request(self->spawn<caf::detached>(rebuild_noter, st.log), caf::infinite, rebuild_atom_v)
-        .then(
-          [=](bool) mutable {
-            auto& st = self->state;
-            st.noting_rebuild = false;
-            ++st.rebuilds_sent;
-            self->send(st.worker, rebuild_atom_v);
-            rp.deliver(true);
-          },
-          [=](caf::error& err) mutable {
-            self->state.noting_rebuild = false;
-            rp.deliver(std::move(err));
-          });
+      // Answered once the store has noted it (fsynced), so that a stop
+      // before the rebuild's first step (PostgreSQL unreachable, say) does
+      // not lose it. Requests that come meanwhile share its answer.
+      st.rebuild_waiters.push_back(rebuild_waiter{clock::now() + note_patience, rp});
+      self->delayed_send(self, note_patience, expire_atom_v);
+      if (!st.noting_rebuild) {
+        st.noting_rebuild = true;
+        self->request(st.notes, caf::infinite, note_atom_v, core::make_uuid())
+          .then([=](bool) { rebuild_noted(self, caf::error{}); },
+                [=](caf::error& err) { rebuild_noted(self, err); });
+      }
       return rp;
     },
     [=](expire_atom) {
@@ -835,6 +882,14 @@ front_actor::behavior_type front(front_ptr self, storage::event_log* log,
           i->promise.deliver(s);
         st.status_waiters.erase(late, st.status_waiters.end());
       }
+      auto overdue = std::partition(st.rebuild_waiters.begin(), st.rebuild_waiters.end(),
+                                    [&](const rebuild_waiter& w) { return w.deadline > now; });
+      for (auto i = overdue; i != st.rebuild_waiters.end(); ++i)
+        i->promise.deliver(core::make_error(storage::storage_error{
+          storage::storage_errc::not_writable,
+          "the rebuild was not noted within 5 s (a disk that does not complete writes?); it "
+          "starts once it is: see GET /admin/projections"}));
+      st.rebuild_waiters.erase(overdue, st.rebuild_waiters.end());
     },
     [=](drain_atom) {
       self->state.draining = true;

@@ -1174,25 +1174,33 @@ result<uint64_t> event_log::mark_idempotency_answer(std::string_view key, uint64
   return unexpected(storage_errc::not_writable, e.what());
 }
 
-result<void> event_log::note_pending_work(std::string_view name) try {
+result<void> event_log::note_pending_work(std::string_view name, std::string_view value) try {
   std::lock_guard<std::mutex> guard{impl_->write_mutex};
-  return impl_->write_one("", keys::pending_key(name), "", impl_->sync);
+  return impl_->write_one("", keys::pending_key(name), value, impl_->sync);
 } catch (const std::exception& e) {
   return unexpected(storage_errc::not_writable, e.what());
 }
 
-result<bool> event_log::pending_work(std::string_view name) const try {
-  auto raw = impl_->get(rocksdb::ReadOptions{}, keys::pending_key(name));
-  if (!raw)
-    return raw.error();
-  return raw->has_value();
+result<std::optional<std::string>> event_log::pending_work(std::string_view name) const try {
+  return impl_->get(rocksdb::ReadOptions{}, keys::pending_key(name));
 } catch (const std::exception& e) {
   return unexpected(storage_errc::io_error, e.what());
 }
 
-result<void> event_log::finish_pending_work(std::string_view name) try {
+result<void> event_log::finish_pending_work(std::string_view name,
+                                            std::optional<std::string_view> only_if) try {
+  // Under the writers' lock: a new note cannot come between the read and
+  // the delete.
   std::lock_guard<std::mutex> guard{impl_->write_mutex};
-  return impl_->write_one("", keys::pending_key(name), std::nullopt, false);
+  auto key = keys::pending_key(name);
+  if (only_if) {
+    auto now = impl_->get(rocksdb::ReadOptions{}, key);
+    if (!now)
+      return now.error();
+    if (*now != *only_if)
+      return {}; // not noted, or noted again since: kept
+  }
+  return impl_->write_one("", key, std::nullopt, false);
 } catch (const std::exception& e) {
   return unexpected(storage_errc::not_writable, e.what());
 }

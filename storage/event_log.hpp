@@ -236,17 +236,21 @@ public:
   result<size_t> purge_idempotency_keys(int64_t older_than_ms);
 
   /// Work the server accepted and must still do after a crash: an online
-  /// rebuild answered 202, say. `name` is kept (fsynced, unless the log was
-  /// opened without sync) until `finish_pending_work(name)`. Fails with
-  /// `not_writable` when it cannot be recorded.
-  result<void> note_pending_work(std::string_view name);
+  /// rebuild answered 202, say. `name` is kept with `value` (which tells one
+  /// request from another), fsynced unless the log was opened without sync,
+  /// until `finish_pending_work`; noting it again replaces the value. Fails
+  /// with `not_writable` when it cannot be recorded (a write whose fsync
+  /// failed may still be found after a restart).
+  result<void> note_pending_work(std::string_view name, std::string_view value);
 
-  /// Whether `name` was noted and not finished since.
-  result<bool> pending_work(std::string_view name) const;
+  /// The value `name` was noted with, nullopt when it is not noted.
+  result<std::optional<std::string>> pending_work(std::string_view name) const;
 
-  /// `name` is done (nothing when it was not noted); not synced: a crash
-  /// right after only does the work once more.
-  result<void> finish_pending_work(std::string_view name);
+  /// `name` is done: forgotten, when its value is `only_if` (or whatever
+  /// its value, without `only_if`); nothing when it is not noted. Not
+  /// synced: a crash right after only does the work once more.
+  result<void> finish_pending_work(std::string_view name,
+                                   std::optional<std::string_view> only_if = std::nullopt);
 
 private:
   struct impl;

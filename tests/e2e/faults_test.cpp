@@ -23,6 +23,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <iostream>
 #include <map>
 #include <mutex>
@@ -1847,7 +1848,10 @@ struct gated_server {
   std::string fail = dir.path() + "/fail";
   std::unique_ptr<server> s;
 
-  explicit gated_server(const std::vector<std::string>& args) {
+  explicit gated_server(const std::vector<std::string>& args)
+    : gated_server(server_options::without_postgres(args)) {}
+
+  explicit gated_server(server_options opts) {
     const char* shim = std::getenv("EVENTSD_SYNC_GATE_LIB");
     REQUIRE(shim != nullptr); // set by ctest (tests/e2e/faults_CMakeLists.txt)
     env_for_children preload{"LD_PRELOAD", shim};
@@ -1857,7 +1861,7 @@ struct gated_server {
     std::string asan = std::getenv("ASAN_OPTIONS") ? std::getenv("ASAN_OPTIONS") : "";
     env_for_children order{"ASAN_OPTIONS",
                            asan + (asan.empty() ? "" : ":") + "verify_asan_link_order=0"};
-    s = std::make_unique<server>(server_options::without_postgres(args));
+    s = std::make_unique<server>(std::move(opts));
   }
 };
 
@@ -2004,7 +2008,7 @@ TEST_CASE("a write whose fsync fails is answered 503 saying it may or may not ha
           "restarted, the log holds it once or not at all, and a retry with its Idempotency-Key "
           "answers accordingly",
           "[e2e][faults][durability][sync-gate]") {
-  gated_server g{{}};
+  gated_server g{std::vector<std::string>{}};
   auto& fail = g.fail;
   auto& s = g.s;
   http_client c{s->port()};
@@ -2267,4 +2271,69 @@ TEST_CASE("a create still unanswered at the drain deadline is answered 503 namin
   INFO(written.status << " " << written.body);
   REQUIRE(written.status == 200);
   CHECK(written.json_body()["items"][0]["data"]["description"] == "its disk never confirmed it in time");
+}
+
+TEST_CASE("a rebuild asked for while the disk holds its syncs back: requests that come while it "
+          "is being noted share its answer (a 503 after 5 s, not a 409), /admin/projections "
+          "shows it active, and it starts once the note is written",
+          "[e2e][faults][rebuild][sync-gate]") {
+  gated_server g{std::vector<std::string>{}};
+  auto& s = *g.s;
+  http_client c{s.port()};
+  REQUIRE(c.post_json("/todo", {{"description", "before the gate"}}).status == 201);
+  std::ofstream{g.gate} << "closed\n";
+  auto ask = [port = s.port()] {
+    return std::async(std::launch::async, [port] {
+      http_client rc{port};
+      return rc.request("POST", "/admin/projections/todos/rebuild");
+    });
+  };
+  auto first = ask();
+  REQUIRE(eventually([&] { return std::filesystem::exists(g.gate + ".held"); }, 5000ms, 5ms));
+  auto second = ask();
+  sleep_for(300ms);
+  CHECK(projection_status(c).at("rebuild").at("active") == true);
+  for (auto* answer : {&first, &second}) {
+    auto r = answer->get();
+    INFO("POST rebuild while the note waits for the disk: " << r.status << " " << r.body);
+    CHECK(r.status == 503);
+    CHECK(r.body.find("not noted within 5 s") != std::string::npos);
+    CHECK(r.header("Retry-After").has_value());
+  }
+  std::filesystem::remove(g.gate);
+  // Noted now, so it runs (PostgreSQL is never reached here: it stays at its
+  // start), and one runs at a time.
+  REQUIRE(eventually(
+    [&] { return c.request("POST", "/admin/projections/todos/rebuild").status == 409; }, 10000ms,
+    20ms));
+  CHECK(projection_status(c).at("rebuild").at("active") == true);
+}
+
+TEST_CASE("a rebuild that ends while the disk holds a write's sync back is swapped in and "
+          "reported done: forgetting its note does not hold the projection",
+          "[e2e][faults][rebuild][sync-gate]") {
+  // Small steps, so that the rebuild still runs once the gate is closed.
+  gated_server g{server_options::with_args({"--projection.rebuild-batch-size=1"})};
+  auto& s = *g.s;
+  std::vector<std::string> samples;
+  REQUIRE(write_events(s.port(), 1500, 4, samples) == 0);
+  http_client c{s.port()};
+  REQUIRE(c.request("POST", "/admin/projections/todos/rebuild").status == 202);
+  create_behind_gate held{g.gate, s.port(), "written while the disk holds its sync"};
+  REQUIRE(held.held());
+  CHECK(projection_status(c).at("rebuild").at("active") == true);
+  json last;
+  bool done = eventually(
+    [&] {
+      last = projection_status(c);
+      auto& rb = last.at("rebuild");
+      return rb.at("completed") == 1 && rb.at("active") == false;
+    },
+    30000ms, 20ms);
+  INFO("last /admin/projections: " << last.dump());
+  CHECK(done);
+  CHECK(last.at("lastError").is_null());
+  CHECK_FALSE(held.answered());
+  held.open();
+  CHECK(held.wait().status == 201);
 }

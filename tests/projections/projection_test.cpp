@@ -845,7 +845,7 @@ TEST_CASE("rebuild_offline: replays the whole log into the live table `batch_siz
   f.append(a, todo::status_changed_to_done{});
   f.append(b, todo::description_changed{"second, renamed"});
   auto head = f.append(a, todo::status_changed_to_in_progress{});
-  REQUIRE(f.log().note_pending_work("rebuild todos")); // a 202 whose rebuild never began
+  REQUIRE(f.log().note_pending_work("rebuild todos", "1")); // a 202 whose rebuild never began
   std::vector<uint64_t> progress;
   auto r = rebuild_offline(f.log(), f.dsn(), 2, 5000ms,
                            [&](uint64_t position, uint64_t) { progress.push_back(position); });
@@ -856,5 +856,5 @@ TEST_CASE("rebuild_offline: replays the whole log into the live table `batch_siz
   CHECK(f.checkpoint() == head);
   CHECK(f.row(a) == row_of(a, "first", "InProgress", 3));
   CHECK(f.row(b) == row_of(b, "second, renamed", "Created", 2));
-  CHECK(f.log().pending_work("rebuild todos").value() == false);
+  CHECK_FALSE(f.log().pending_work("rebuild todos").value());
 }

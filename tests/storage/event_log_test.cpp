@@ -755,27 +755,33 @@ TEST_CASE("snapshots are saved, overwritten and loaded; a missing one is "
   CHECK_FALSE(log->load_snapshot("todo-2"));
 }
 
-TEST_CASE("pending work is noted until it is finished, also across a reopen; finishing work "
-          "never noted changes nothing; names do not see each other") {
+TEST_CASE("pending work is noted with a value until it is finished, also across a reopen; a "
+          "finish for another value keeps it; names do not see each other") {
+  using opt = std::optional<std::string>;
   temp_dir dir;
   {
     auto log = open_log(dir);
-    CHECK(log->pending_work("rebuild todos").value() == false);
-    REQUIRE(log->note_pending_work("rebuild todos"));
-    REQUIRE(log->note_pending_work("rebuild todos")); // noting twice is one note
-    CHECK(log->pending_work("rebuild todos").value() == true);
-    CHECK(log->pending_work("rebuild").value() == false);
-    CHECK(log->pending_work("rebuild todos2").value() == false);
+    CHECK(log->pending_work("rebuild todos").value() == opt{});
+    REQUIRE(log->note_pending_work("rebuild todos", "first"));
+    REQUIRE(log->note_pending_work("rebuild todos", "second")); // noted again: replaced
+    CHECK(log->pending_work("rebuild todos").value() == opt{"second"});
+    CHECK(log->pending_work("rebuild").value() == opt{});
+    CHECK(log->pending_work("rebuild todos2").value() == opt{});
     REQUIRE(log->finish_pending_work("never noted"));
+    REQUIRE(log->finish_pending_work("rebuild todos", "first")); // an older request's finish
+    CHECK(log->pending_work("rebuild todos").value() == opt{"second"});
     append_one(*log, request("todo-1", no_stream, 1));
   }
   auto log = open_log(dir);
-  CHECK(log->pending_work("rebuild todos").value() == true);
+  CHECK(log->pending_work("rebuild todos").value() == opt{"second"});
   CHECK(log->head() == 1); // beside the events, not among them
-  REQUIRE(log->finish_pending_work("rebuild todos"));
-  CHECK(log->pending_work("rebuild todos").value() == false);
+  REQUIRE(log->finish_pending_work("rebuild todos", "second"));
+  CHECK(log->pending_work("rebuild todos").value() == opt{});
+  REQUIRE(log->note_pending_work("rebuild todos", "third"));
+  REQUIRE(log->finish_pending_work("rebuild todos")); // whatever its value
+  CHECK(log->pending_work("rebuild todos").value() == opt{});
   log.reset();
-  CHECK(open_log(dir)->pending_work("rebuild todos").value() == false);
+  CHECK(open_log(dir)->pending_work("rebuild todos").value() == opt{});
 }
 
 TEST_CASE("opening on a path that is a regular file fails with an error") {
@@ -1018,18 +1024,18 @@ TEST_CASE("pending work is not noted while the store is not writable (a write fa
   append_one(*log, request("todo-1", no_stream, 1));
   disk.fill();
   REQUIRE_FALSE(log->save_snapshot("todo-1", snapshot_record{1, std::string(256 * 1024, 's')}));
-  auto noted = log->note_pending_work("rebuild todos");
+  auto noted = log->note_pending_work("rebuild todos", "1");
   REQUIRE_FALSE(noted);
   CHECK(noted.error().code == storage_errc::not_writable);
   CHECK_FALSE(log->writable());
-  CHECK(log->pending_work("rebuild todos").value() == false);
+  CHECK_FALSE(log->pending_work("rebuild todos").value());
 
   disk.free();
-  auto again = log->note_pending_work("rebuild todos");
+  auto again = log->note_pending_work("rebuild todos", "1");
   INFO((again.ok() ? std::string{"noted"} : again.error().detail));
   REQUIRE(again);
   CHECK(log->writable());
-  CHECK(log->pending_work("rebuild todos").value() == true);
+  CHECK(log->pending_work("rebuild todos").value() == std::optional<std::string>{"1"});
 }
 
 TEST_CASE("a write that fails on a full disk leaves no stream head behind: once space is "

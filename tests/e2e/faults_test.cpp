@@ -594,6 +594,7 @@ TEST_CASE("a server started on a full disk opens the store read-only: reads are 
   INFO("POST rebuild while read-only: " << rebuild.status << " " << rebuild.body);
   CHECK(rebuild.status == 503);
   CHECK(rebuild.body.find("the rebuild cannot be noted") != std::string::npos);
+  CHECK(rebuild.header("Retry-After") == std::optional<std::string>{"60"}); // only a restart helps
   CHECK(r.get("/admin/projections").json_body().at("items").at(0).at("rebuild").at("active")
         == false);
   // It holds the store as a writable one would: a second eventsd on the same

@@ -15,11 +15,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
 #include <unordered_map>
-#include <variant>
 #include <vector>
 
 #include <caf/all.hpp>
@@ -61,12 +61,6 @@ struct write_outcome {
   uint64_t first_answer = 0; ///< replays: the first answer's status, when recorded
 };
 
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, write_outcome& x) {
-  return f(caf::meta::type_name("write_outcome"), x.id, x.version, x.position, x.replayed,
-           x.first_answer);
-}
-
 /// Runtime options of the aggregate actors.
 struct runtime_options {
   /// Stop an aggregate actor after this long without commands (default 60 s).
@@ -82,43 +76,42 @@ struct runtime_options {
 /// Where the answer to a command goes when its sender is not an actor.
 using write_reply = core::reply_to<write_outcome>;
 
-/// Handle of one aggregate actor of definition `A`. A command is a request
-/// (answered with the outcome) or carries a `write_reply`.
+/// Handle of one aggregate actor of definition `A`. A command carries the
+/// `write_reply` its outcome goes to.
 template <class A>
 using aggregate_actor = caf::typed_actor<
-  typename caf::replies_to<execute_atom, typename A::command_type,
-                            write_conditions>::template with<write_outcome>,
   caf::reacts_to<execute_atom, typename A::command_type, write_conditions, write_reply>,
   caf::reacts_to<passivate_atom>>;
 
 /// Handle of one registry shard: routes a command to the aggregate `id`.
 template <class A>
 using registry_actor
-  = caf::typed_actor<typename caf::replies_to<execute_atom, std::string, typename A::command_type,
-                                              write_conditions>::template with<write_outcome>,
-                     caf::reacts_to<execute_atom, std::string, typename A::command_type,
+  = caf::typed_actor<caf::reacts_to<execute_atom, std::string, typename A::command_type,
                                     write_conditions, write_reply>,
                      caf::reacts_to<idle_atom, std::string>, caf::reacts_to<tick_atom>,
                      caf::reacts_to<stopped_atom, std::string>,
                      caf::replies_to<stats_atom>::with<uint64_t>>;
 
-/// Recovers the state of aggregate `id` from its latest snapshot plus the
-/// events after it. Fails only when the log cannot be read or decoded.
+/// Recovers the state of aggregate `id` right after version `through` (by
+/// default its latest) from its latest snapshot at or before it plus the
+/// events after that. Fails only when the log cannot be read or decoded.
 template <class A>
-storage::result<typename A::state_type> recover(const storage::event_log& log,
-                                                const std::string& id) {
+storage::result<typename A::state_type>
+recover(const storage::event_log& log, const std::string& id,
+        uint64_t through = std::numeric_limits<uint64_t>::max()) {
   auto stream = std::string{A::stream_prefix} + id;
   auto st = A::initial(id);
   uint64_t from = 1;
-  if (auto snap = log.load_snapshot(stream); snap.ok()) {
+  if (auto snap = log.load_snapshot(stream); snap.ok() && snap->version <= through) {
     if (auto decoded = A::decode_state(snap->state)) {
       st = std::move(*decoded);
       from = snap->version + 1;
     }
   }
-  constexpr size_t page = 1024;
-  for (;;) {
-    auto events = log.read_stream(stream, from, page);
+  constexpr uint64_t page = 1024;
+  while (from <= through) {
+    auto want = std::min(page, through - from + 1);
+    auto events = log.read_stream(stream, from, want);
     if (!events.ok()) {
       if (events.error().code == storage::storage_errc::stream_not_found)
         return st;
@@ -131,10 +124,11 @@ storage::result<typename A::state_type> recover(const storage::event_log& log,
                                       "undecodable event " + e.id + " in " + stream};
       st = A::evolve(std::move(st), *ev);
     }
-    if (events->size() < page)
+    if (events->size() < want)
       return st;
-    from += page;
+    from += want;
   }
+  return st;
 }
 
 /// Handle of a loader: recovers aggregates of definition `A` from the log
@@ -224,12 +218,11 @@ void idle_if_absent(aggregate_pointer<A> self) {
     self->send(st.env->registry, idle_atom_v, A::id_of(st.current));
 }
 
-/// Decides `cmd`, appends its event and answers through `reply` (callable
-/// with a write_outcome or a caf::error). The next command waits (`await`)
-/// until this one's event is durable.
-template <class A, class Reply>
+/// Decides `cmd`, appends its event and answers through `reply`. The next
+/// command waits (`await`) until this one's event is durable.
+template <class A>
 void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write_conditions& cond,
-                 Reply reply) {
+                 const write_reply& reply) {
   auto& st = self->state;
   auto& env = *st.env;
   auto& cur = st.current;
@@ -354,12 +347,6 @@ aggregate(aggregate_pointer<A> self, const std::string& id,
         });
   }
   return {
-    [self](execute_atom, typename A::command_type& cmd,
-           write_conditions& cond) -> caf::result<write_outcome> {
-      auto rp = self->template make_response_promise<write_outcome>();
-      run_command<A>(self, cmd, cond, [rp](auto answer) mutable { rp.deliver(std::move(answer)); });
-      return rp;
-    },
     [self](execute_atom, typename A::command_type& cmd, write_conditions& cond,
            write_reply& reply) { run_command<A>(self, cmd, cond, reply); },
     [self](passivate_atom) { self->quit(); },
@@ -383,7 +370,7 @@ template <class A>
 struct queued_command {
   typename A::command_type cmd;
   write_conditions cond;
-  std::variant<caf::typed_response_promise<write_outcome>, write_reply> reply;
+  write_reply reply;
 };
 
 /// A registry shard keys its maps by `A::key_type`, a compact form of the id
@@ -402,7 +389,7 @@ struct registry_state {
   std::unordered_map<key, std::vector<queued_command<A>>, typename A::key_hash> stopping;
   static inline const char* name = "aggregate_registry";
 
-  /// Stops the aggregate `n` holds. Messages delegated to it earlier
+  /// Stops the aggregate `n` holds. Messages sent to it earlier
   /// precede the passivate message in its mailbox, so none is lost; later
   /// ones wait in `stopping` until it has stopped.
   template <class Self>
@@ -498,19 +485,6 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
   };
   return {
     [=](execute_atom, const std::string& id, typename A::command_type& cmd,
-        write_conditions& cond) -> caf::typed_response_promise<write_outcome> {
-      auto rp = self->template make_response_promise<write_outcome>();
-      auto k = A::key_of(id);
-      if (!k)
-        rp.deliver(invalid(id));
-      else if (auto handle = route(*k, id, A::creates(cmd)))
-        return rp.delegate(*handle, execute_atom_v, std::move(cmd), std::move(cond));
-      else
-        self->state.stopping[*k].push_back(
-          queued_command<A>{std::move(cmd), std::move(cond), rp});
-      return rp;
-    },
-    [=](execute_atom, const std::string& id, typename A::command_type& cmd,
         write_conditions& cond, write_reply& reply) {
       auto k = A::key_of(id);
       if (!k)
@@ -553,13 +527,9 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
       if (waiting.empty())
         return;
       auto handle = st.add(*k, self->spawn(aggregate<A>, id, env, false))->second.handle;
-      for (auto& w : waiting) {
-        if (auto rp = std::get_if<caf::typed_response_promise<write_outcome>>(&w.reply))
-          rp->delegate(handle, execute_atom_v, std::move(w.cmd), std::move(w.cond));
-        else
-          self->send(handle, execute_atom_v, std::move(w.cmd), std::move(w.cond),
-                     std::move(std::get<write_reply>(w.reply)));
-      }
+      for (auto& w : waiting)
+        self->send(handle, execute_atom_v, std::move(w.cmd), std::move(w.cond),
+                   std::move(w.reply));
     },
     [=](tick_atom) {
       auto& st = self->state;

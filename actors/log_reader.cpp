@@ -7,13 +7,6 @@ namespace eventsd::actors {
 namespace {
 
 template <class T>
-caf::result<T> answer(storage::result<T>&& r) {
-  if (!r.ok())
-    return core::make_error(r.error());
-  return std::move(r.value());
-}
-
-template <class T>
 void answer(storage::result<T>&& r, const core::reply_to<T>& reply) {
   if (!r.ok())
     return reply(core::make_error(r.error()));
@@ -27,26 +20,6 @@ log_reader_actor::behavior_type log_reader(log_reader_actor::pointer self,
   core::name_this_thread("log-reader");
   core::end_on_exception(self);
   return {
-    [=](history_atom, const std::string& id) -> caf::result<todo_history_items> {
-      return answer(todo_history(*log, id));
-    },
-    [=](state_at_atom, const std::string& id,
-        const std::string& event_id) -> caf::result<todo::state> {
-      return answer(todo_state_at(*log, id, event_id));
-    },
-    [=](stream_atom, const std::string& stream, uint64_t from,
-        uint64_t limit) -> caf::result<recorded_events> {
-      return answer(log->read_stream(stream, from, limit, storage::stream_caching::fill));
-    },
-    [=](all_atom, uint64_t from, uint64_t limit) -> caf::result<recorded_events> {
-      return answer(log->read_all(from, limit));
-    },
-    [=](streams_atom, uint64_t before, uint64_t limit) -> caf::result<stream_summaries> {
-      return answer(log->list_streams(before, limit));
-    },
-    [=](history_atom, const std::string& id, const core::reply_to<todo_history_items>& reply) {
-      answer(todo_history(*log, id), reply);
-    },
     [=](history_atom, const std::string& id, uint64_t from, uint64_t through,
         todo::state& before, const core::reply_to<todo_history_chunk>& reply) {
       std::optional<todo::state> st;

@@ -21,20 +21,13 @@ namespace eventsd::actors {
 
 using recorded_events = std::vector<storage::recorded_event>;
 using stream_summaries = std::vector<storage::stream_summary>;
-using todo_history_items = std::vector<todo_history_item>;
 
 /// Most events of one history page (`history_atom` with a version).
 inline constexpr size_t history_page_size = 1000;
 
-/// Handle of one log reader. Every read is a request, or carries a
-/// `core::reply_to` (for senders that are not actors: the HTTP gateway).
+/// Handle of one log reader. Every read carries the `core::reply_to` its
+/// answer goes to (its senders are not actors: the HTTP gateway).
 using log_reader_actor = caf::typed_actor<
-  caf::replies_to<history_atom, std::string>::with<todo_history_items>,
-  caf::replies_to<state_at_atom, std::string, std::string>::with<todo::state>,
-  caf::replies_to<stream_atom, std::string, uint64_t, uint64_t>::with<recorded_events>,
-  caf::replies_to<all_atom, uint64_t, uint64_t>::with<recorded_events>,
-  caf::replies_to<streams_atom, uint64_t, uint64_t>::with<stream_summaries>,
-  caf::reacts_to<history_atom, std::string, core::reply_to<todo_history_items>>,
   /// One page of a history from a version up to where it ends (0: not
   /// known yet), given the state before it (ignored for version 1); see
   /// todo_history_page.
@@ -53,10 +46,8 @@ log_reader_actor::behavior_type log_reader(log_reader_actor::pointer self,
 
 } // namespace eventsd::actors
 
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::actors::todo_history_items)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::actors::todo_history_chunk)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::actors::todo_history_chunk>)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::actors::todo_history_items>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::todo::state>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::actors::recorded_events>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::actors::stream_summaries>)

@@ -184,27 +184,7 @@ storage::result<todo::state> todo_state_at(const storage::event_log& log, const 
                                   "event " + event_id + " is not in " + stream};
   }
   // Fold from the newest snapshot at or before the target when there is one.
-  auto st = todo_aggregate::initial(id);
-  uint64_t from = 1;
-  if (auto snap = log.load_snapshot(stream); snap.ok() && snap->version <= target->version) {
-    if (auto decoded = todo_aggregate::decode_state(snap->state)) {
-      st = std::move(*decoded);
-      from = snap->version + 1;
-    }
-  }
-  while (from <= target->version) {
-    auto events = log.read_stream(stream, from, std::min<uint64_t>(1000, target->version - from + 1));
-    if (!events.ok())
-      return events.error();
-    if (events->empty())
-      break;
-    auto folded = fold_state(std::move(st), *events);
-    if (!folded.ok())
-      return folded.error();
-    st = std::move(*folded);
-    from += events->size();
-  }
-  return st;
+  return recover<todo_aggregate>(log, id, target->version);
 }
 
 } // namespace eventsd::actors

@@ -69,20 +69,9 @@ caf::error make_error(const storage::storage_error& err);
 namespace eventsd::storage {
 
 template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, recorded_event& x) {
-  return f(caf::meta::type_name("recorded_event"), x.id, x.stream, x.type, x.version,
-           x.position, x.occurred_at_ms, x.data);
-}
-
-template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, append_result& x) {
   return f(caf::meta::type_name("append_result"), x.stream, x.version, x.first_position,
            x.last_position, x.replayed, x.first_answer);
-}
-
-template <class Inspector>
-typename Inspector::result_type inspect(Inspector& f, stream_summary& x) {
-  return f(caf::meta::type_name("stream_summary"), x.stream, x.version, x.last_position);
 }
 
 } // namespace eventsd::storage
@@ -96,9 +85,7 @@ CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::bridge_job)
 CAF_BEGIN_TYPE_ID_BLOCK(eventsd, caf::first_custom_type_id)
 
   CAF_ADD_TYPE_ID(eventsd, (eventsd::core::committed))
-  CAF_ADD_TYPE_ID(eventsd, (eventsd::storage::recorded_event))
   CAF_ADD_TYPE_ID(eventsd, (eventsd::storage::append_result))
-  CAF_ADD_TYPE_ID(eventsd, (eventsd::storage::stream_summary))
 
   CAF_ADD_ATOM(eventsd, eventsd, append_atom, "append")
   CAF_ADD_ATOM(eventsd, eventsd, flush_atom, "flush")

@@ -1071,33 +1071,12 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
           }
         }
       };
-      auto enqueue = [self](std::string id, core::reply_to<todo_answer> reply) {
-        auto& pending = self->state.pending;
-        pending.push_back(pending_fetch{std::move(id), std::move(reply)});
-        if (pending.size() == 1)
-          self->send(self, flush_atom_v);
-      };
-      auto list = [self, run](const todo_query& q) -> caf::expected<todo_page> {
-        auto r = run([&] { return self->state.model->list(q); });
-        if (!r.ok())
-          return to_caf(r.error());
-        return std::move(r.value());
-      };
       return {
-        [=](fetch_atom, std::string& id) -> caf::result<todo_answer> {
-          auto promise = self->make_response_promise<todo_answer>();
-          enqueue(std::move(id), core::reply_to<todo_answer>{
-                                   [promise](caf::expected<todo_answer> r) mutable {
-                                     if (r)
-                                       promise.deliver(std::move(*r));
-                                     else
-                                       promise.deliver(std::move(r.error()));
-                                   }});
-          return promise;
-        },
-        [=](list_atom, const todo_query& q) -> caf::result<todo_page> { return list(q); },
         [=](fetch_atom, std::string& id, core::reply_to<todo_answer>& reply) {
-          enqueue(std::move(id), std::move(reply));
+          auto& pending = self->state.pending;
+          pending.push_back(pending_fetch{std::move(id), std::move(reply)});
+          if (pending.size() == 1)
+            self->send(self, flush_atom_v);
         },
         [=](flush_atom) { flush(); },
         [=](recover_atom) {
@@ -1108,7 +1087,10 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
             std::cerr << "eventsd: read-model reader connected again\n";
         },
         [=](list_atom, const todo_query& q, const core::reply_to<todo_page>& reply) {
-          reply(list(q));
+          auto r = run([&] { return self->state.model->list(q); });
+          if (!r.ok())
+            return reply(to_caf(r.error()));
+          reply(std::move(r.value()));
         },
       };
     },

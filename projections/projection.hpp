@@ -124,9 +124,7 @@ std::optional<todo_change> to_change(const storage::recorded_event& e);
 
 /// Handle of a read-model reader.
 using read_model_reader_actor
-  = caf::typed_actor<caf::replies_to<fetch_atom, std::string>::with<todo_answer>,
-                     caf::replies_to<list_atom, todo_query>::with<todo_page>,
-                     caf::reacts_to<fetch_atom, std::string, core::reply_to<todo_answer>>,
+  = caf::typed_actor<caf::reacts_to<fetch_atom, std::string, core::reply_to<todo_answer>>,
                      caf::reacts_to<list_atom, todo_query, core::reply_to<todo_page>>,
                      caf::reacts_to<flush_atom>, caf::reacts_to<recover_atom>>;
 
@@ -158,8 +156,6 @@ pg_result<uint64_t> rebuild_offline(storage::event_log& log, const std::string& 
 
 } // namespace eventsd::projections
 
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::projections::todo_answer)
-CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::projections::todo_page)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::projections::todo_query)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::projections::todo_answer>)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(eventsd::core::reply_to<eventsd::projections::todo_page>)

@@ -2,14 +2,15 @@
 // actor system configured like main, and a running writer + Todo registry.
 //
 // Thread-safety: a `runtime` is built and torn down by one test thread; its
-// `execute`/`live` helpers make their own scoped actors and may be called
-// from any thread (but Catch2 assertions only from the test thread).
+// `execute`/`live` helpers may be called from any thread (but Catch2
+// assertions only from the test thread).
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <memory>
 #include <optional>
 #include <random>
@@ -141,17 +142,9 @@ public:
   /// Sends one command to the shard of `id` and waits for the answer.
   outcome execute(const std::string& id, todo::command cmd,
                   actors::write_conditions cond = {}) {
-    caf::scoped_actor self{sys_};
-    outcome result;
-    self
-      ->request(registry_->shard_for(id), reply_timeout, execute_atom_v, id, std::move(cmd),
-                std::move(cond))
-      .receive([&](actors::write_outcome& o) { result.value = std::move(o); },
-               [&](caf::error& e) {
-                 result.rendered = sys_.render(e);
-                 result.error = std::move(e);
-               });
-    return result;
+    std::vector<addressed_command> one;
+    one.push_back(addressed_command{id, std::move(cmd), std::move(cond)});
+    return std::move(execute_burst(std::move(one)).front());
   }
 
   /// One command of a burst.
@@ -161,24 +154,37 @@ public:
     actors::write_conditions cond = {};
   };
 
-  /// Sends every command from one scoped actor without waiting in between,
-  /// then collects the answers in sending order.
+  /// Sends every command, each with a `write_reply` (the gateway's form),
+  /// from this thread without waiting in between (so each shard receives its
+  /// commands in sending order), then collects the answers in sending order.
+  /// An answer that has not come `reply_timeout` after the sending is a
+  /// `request_timeout` error.
   std::vector<outcome> execute_burst(std::vector<addressed_command> cmds) {
-    caf::scoped_actor self{sys_};
-    using handle = decltype(self->request(registry_->shard_for(""), reply_timeout,
-                                          execute_atom_v, std::string{}, todo::command{},
-                                          actors::write_conditions{}));
-    std::vector<handle> handles;
-    for (auto& c : cmds)
-      handles.push_back(self->request(registry_->shard_for(c.id), reply_timeout, execute_atom_v,
-                                      c.id, std::move(c.cmd), std::move(c.cond)));
-    std::vector<outcome> results(handles.size());
-    for (size_t i = 0; i < handles.size(); ++i)
-      handles[i].receive([&](actors::write_outcome& o) { results[i].value = std::move(o); },
-                         [&](caf::error& e) {
-                           results[i].rendered = sys_.render(e);
-                           results[i].error = std::move(e);
-                         });
+    using answer = caf::expected<actors::write_outcome>;
+    auto deadline = std::chrono::steady_clock::now();
+    deadline += reply_timeout;
+    std::vector<std::future<answer>> answers;
+    for (auto& c : cmds) {
+      // Shared: a reply after a timed-out wait must not reach a destroyed promise.
+      auto answered = std::make_shared<std::promise<answer>>();
+      answers.push_back(answered->get_future());
+      caf::anon_send(registry_->shard_for(c.id), execute_atom_v, c.id, std::move(c.cmd),
+                     std::move(c.cond), actors::write_reply{[answered](answer r) {
+                       answered->set_value(std::move(r));
+                     }});
+    }
+    std::vector<outcome> results(answers.size());
+    for (size_t i = 0; i < answers.size(); ++i) {
+      answer r{caf::make_error(caf::sec::request_timeout)};
+      if (answers[i].wait_until(deadline) == std::future_status::ready)
+        r = answers[i].get();
+      if (r) {
+        results[i].value = std::move(*r);
+      } else {
+        results[i].rendered = sys_.render(r.error());
+        results[i].error = std::move(r.error());
+      }
+    }
     return results;
   }
 

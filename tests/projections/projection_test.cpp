@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <future>
 #include <memory>
 #include <optional>
 #include <random>
@@ -759,11 +760,19 @@ TEST_CASE("read-model reader: lookups sent together are each answered with their
     }
   }
 
-  // The request/response form answers the same way.
-  caf::scoped_actor self{f.sys()};
-  self->request(reader, caf::duration{10s}, fetch_atom_v, ids[7])
-    .receive([&](const todo_answer& a) { CHECK(a.row.description == "todo 7"); },
-             [&](caf::error& e) { FAIL("fetch failed: " << f.sys().render(e)); });
+  // A lookup sent alone (a batch of one) answers the same way.
+  // Shared: a reply after a timed-out wait must not reach a destroyed promise.
+  auto alone = std::make_shared<std::promise<caf::expected<todo_answer>>>();
+  auto alone_answer = alone->get_future();
+  caf::anon_send(reader, fetch_atom_v, ids[7],
+                 core::reply_to<todo_answer>{[alone](caf::expected<todo_answer> r) {
+                   alone->set_value(std::move(r));
+                 }});
+  REQUIRE(alone_answer.wait_for(10s) == std::future_status::ready);
+  auto a = alone_answer.get();
+  if (!a)
+    FAIL("fetch failed: " << f.sys().render(a.error()));
+  CHECK(a->row.description == "todo 7");
   caf::anon_send_exit(reader, caf::exit_reason::user_shutdown);
 }
 

@@ -458,16 +458,21 @@ TEST_CASE("a log restored from an older copy that grew past the read model's che
   check_read_model_is_fold_of_log(c);
 }
 
+/// Three creates, then waits until the server is ready with them in the read model.
+void create_three_and_project(http_client& c) {
+  for (int i = 0; i < 3; ++i)
+    REQUIRE(c.post_json("/todo", {{"description", "kept " + std::to_string(i)}}).status == 201);
+  REQUIRE(eventually([&] { return c.get("/readyz").status == 200; }, 10000ms, 20ms));
+  check_read_model_is_fold_of_log(c);
+}
+
 TEST_CASE("an online rebuild asked for while PostgreSQL is unreachable starts, once it is back, "
           "from an empty table: what an interrupted rebuild of another store left is dropped",
           "[e2e][rebuild][postgres-down]") {
   server_behind_proxy p{{}};
   auto& [db, proxy, s] = p;
   http_client c{s.port()};
-  for (int i = 0; i < 3; ++i)
-    REQUIRE(c.post_json("/todo", {{"description", "kept " + std::to_string(i)}}).status == 201);
-  REQUIRE(eventually([&] { return c.get("/readyz").status == 200; }, 10000ms, 20ms));
-  check_read_model_is_fold_of_log(c);
+  create_three_and_project(c);
   // A rebuild killed with -9 leaves its table; this one even of another store.
   pg_exec(db.dsn(), "CREATE TABLE todos_rebuild (LIKE todos INCLUDING ALL)");
   pg_exec(db.dsn(), "INSERT INTO todos_rebuild VALUES "
@@ -496,10 +501,7 @@ TEST_CASE("an online rebuild answered 202 while PostgreSQL is unreachable and ki
   auto& [db, proxy, s] = p;
   {
     http_client c{s.port()};
-    for (int i = 0; i < 3; ++i)
-      REQUIRE(c.post_json("/todo", {{"description", "kept " + std::to_string(i)}}).status == 201);
-    REQUIRE(eventually([&] { return c.get("/readyz").status == 200; }, 10000ms, 20ms));
-    check_read_model_is_fold_of_log(c);
+    create_three_and_project(c);
     proxy.cut();
     auto started = c.request("POST", "/admin/projections/todos/rebuild");
     INFO("POST rebuild: " << started.status << " " << started.body);

@@ -62,6 +62,7 @@ struct projection_report {
   uint64_t rebuild_position = 0;
   uint64_t rebuilds_asked = 0; ///< rebuild requests received
   uint64_t rebuilds_completed = 0;
+  bool rebuild_noted = false; ///< the store notes a rebuild asked for, not yet taken up
   bool operator==(const projection_report&) const = default;
 };
 
@@ -69,7 +70,7 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, projection_report& x) {
   return f(caf::meta::type_name("projection_report"), x.position, x.position_known, x.reached,
            x.connected, x.diverged, x.last_error, x.reach_failures, x.probes_answered, x.rebuilding,
-           x.rebuild_position, x.rebuilds_asked, x.rebuilds_completed);
+           x.rebuild_position, x.rebuilds_asked, x.rebuilds_completed, x.rebuild_noted);
 }
 
 /// The front's interface: the projection's, plus what its worker and its
@@ -239,8 +240,13 @@ void start_rebuild(worker_ptr self, std::optional<uint64_t> resume_at = std::nul
   // The rebuild answers the request noted last, also when it was already
   // running (it replays the log up to the head when it ends); a note it
   // cannot read stays, and the next start rebuilds once more.
-  if (auto note = st.log->pending_work(rebuild_work); note.ok() && *note)
+  if (auto note = st.log->pending_work(rebuild_work); !note.ok())
+    std::cerr << "eventsd: cannot read the note of the read-model rebuild asked for (it stays, "
+                 "and the next start rebuilds once more): "
+              << note.error().detail << "\n";
+  else if (*note)
     st.rebuild_note = std::move(**note);
+  st.now.rebuild_noted = false;
   // It answers an interrupted one too: none is looked for after it.
   st.looked_for_rebuild = true;
   if (st.now.rebuilding)
@@ -273,6 +279,7 @@ void resume_interrupted_rebuild(worker_ptr self) {
   if (!row.ok())
     return; // looked for at the next connect
   st.looked_for_rebuild = true;
+  st.now.rebuild_noted = false; // taken up below, or not asked for
   if (!*row || st.opts.store.empty() || (*row)->store != st.opts.store) {
     auto asked = st.log->pending_work(rebuild_work);
     if (!asked.ok())
@@ -497,6 +504,12 @@ worker_actor::behavior_type worker(worker_ptr self, storage::event_log* log,
   st.opts = opts;
   st.front = std::move(front);
   st.notes = std::move(notes);
+  // A rebuild noted before the last stop shows as running from the start,
+  // though it is taken up only once PostgreSQL is reached.
+  if (auto note = log->pending_work(rebuild_work); note.ok() && *note) {
+    st.now.rebuild_noted = true;
+    publish(self);
+  }
   st.model = make_model(opts, live_table);
   auto mode = opts.mode;
   if (mode == projection_mode::eventual || mode == projection_mode::unit_of_work) {
@@ -731,8 +744,10 @@ projection_status status_of(const front_state& st, const projection_report& r) {
   else
     s.state = "catching-up";
   s.diverged = r.diverged;
-  s.rebuilding = r.rebuilding || st.rebuilds_sent > r.rebuilds_asked || st.noting_rebuild;
-  s.rebuild_position = r.rebuild_position;
+  s.rebuilding = r.rebuilding || st.rebuilds_sent > r.rebuilds_asked || st.noting_rebuild
+                 || r.rebuild_noted;
+  // One asked for and not begun yet is at its start, not where the last ended.
+  s.rebuild_position = s.rebuilding && !r.rebuilding ? 0 : r.rebuild_position;
   // A finished rebuild reached the head it was chasing.
   s.rebuild_head = s.rebuilding ? s.head : r.rebuild_position;
   s.rebuilds_completed = r.rebuilds_completed;
@@ -763,13 +778,19 @@ constexpr auto note_patience = std::chrono::seconds{5};
 
 /// The store noted the rebuild asked for (or failed to: `err`): every
 /// request waiting for the note gets the same answer.
-void rebuild_noted(front_ptr self, const caf::error& err) {
+void on_rebuild_noted(front_ptr self, const caf::error& err) {
   auto& st = self->state;
   st.noting_rebuild = false;
   if (!err) {
     ++st.rebuilds_sent;
     self->send(st.worker, rebuild_atom_v);
   }
+  // Its requests were answered 503 at the deadline: the log says how it ended.
+  if (st.rebuild_waiters.empty())
+    std::cerr << "eventsd: the read-model rebuild asked for "
+              << (err ? "could not be noted after all (not started): " + caf::to_string(err)
+                      : std::string{"was noted late; it starts now"})
+              << "\n";
   for (auto& w : st.rebuild_waiters)
     if (err)
       w.promise.deliver(err);
@@ -844,7 +865,8 @@ front_actor::behavior_type front(front_ptr self, storage::event_log* log,
     [=](rebuild_atom) -> caf::typed_response_promise<bool> {
       auto& st = self->state;
       auto rp = self->make_response_promise<bool>();
-      if (st.report.rebuilding || st.rebuilds_sent > st.report.rebuilds_asked)
+      if (st.report.rebuilding || st.report.rebuild_noted
+          || st.rebuilds_sent > st.report.rebuilds_asked)
         return rp.deliver(false);
       // Answered once the store has noted it (fsynced), so that a stop
       // before the rebuild's first step (PostgreSQL unreachable, say) does
@@ -854,8 +876,8 @@ front_actor::behavior_type front(front_ptr self, storage::event_log* log,
       if (!st.noting_rebuild) {
         st.noting_rebuild = true;
         self->request(st.notes, caf::infinite, note_atom_v, core::make_uuid())
-          .then([=](bool) { rebuild_noted(self, caf::error{}); },
-                [=](caf::error& err) { rebuild_noted(self, err); });
+          .then([=](bool) { on_rebuild_noted(self, caf::error{}); },
+                [=](caf::error& err) { on_rebuild_noted(self, err); });
       }
       return rp;
     },
@@ -884,6 +906,9 @@ front_actor::behavior_type front(front_ptr self, storage::event_log* log,
       }
       auto overdue = std::partition(st.rebuild_waiters.begin(), st.rebuild_waiters.end(),
                                     [&](const rebuild_waiter& w) { return w.deadline > now; });
+      if (overdue != st.rebuild_waiters.end())
+        std::cerr << "eventsd: the read-model rebuild asked for is not noted within 5 s (the "
+                     "disk has not completed the write): answered 503; it starts once noted\n";
       for (auto i = overdue; i != st.rebuild_waiters.end(); ++i)
         i->promise.deliver(core::make_error(storage::storage_error{
           storage::storage_errc::not_writable,

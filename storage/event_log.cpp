@@ -347,7 +347,13 @@ struct event_log::impl {
     rocksdb::WriteOptions wo;
     wo.sync = synced;
     keep_memtable_nonempty();
+    // A synced write holds the writers' lock for as long as the disk takes,
+    // as an append does: write_waiting() (/readyz) tells it the same way.
+    if (synced)
+      write_began_ns.store(std::chrono::steady_clock::now().time_since_epoch().count(),
+                           std::memory_order_relaxed);
     auto st = value ? db->Put(wo, key, as_slice(*value)) : db->Delete(wo, key);
+    write_began_ns.store(0, std::memory_order_relaxed);
     if (!st.ok()) {
       note_write_failure(st);
       return failed(st);

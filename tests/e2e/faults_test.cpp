@@ -2294,6 +2294,13 @@ TEST_CASE("a rebuild asked for while the disk holds its syncs back: requests tha
   auto second = ask();
   sleep_for(300ms);
   CHECK(projection_status(c).at("rebuild").at("active") == true);
+  // The note holds the store's writers: /readyz says the store is stalled.
+  CHECK(eventually(
+    [&] {
+      auto r = c.get("/readyz");
+      return r.status == 503 && r.json_body().at("checks").at("eventStore") == "stalled";
+    },
+    4000ms, 100ms));
   for (auto* answer : {&first, &second}) {
     auto r = answer->get();
     INFO("POST rebuild while the note waits for the disk: " << r.status << " " << r.body);
@@ -2337,4 +2344,11 @@ TEST_CASE("a rebuild that ends while the disk holds a write's sync back is swapp
   CHECK_FALSE(held.answered());
   held.open();
   CHECK(held.wait().status == 201);
+  // Its note was forgotten: the next start has no rebuild to take up.
+  s.restart();
+  http_client c2{s.port()};
+  REQUIRE(eventually([&] { return c2.get("/readyz").status == 200; }, 10000ms, 20ms));
+  sleep_for(300ms);
+  CHECK(projection_status(c2).at("rebuild").at("active") == false);
+  CHECK(s.output().find("taking up") == std::string::npos);
 }

@@ -494,8 +494,8 @@ TEST_CASE("an online rebuild asked for while PostgreSQL is unreachable starts, o
 }
 
 TEST_CASE("an online rebuild answered 202 while PostgreSQL is unreachable and killed (-9) before "
-          "it could begin is taken up at the next start, from the start; once it is done, the "
-          "next start does not rebuild again",
+          "it could begin shows as running from the next start and is taken up once PostgreSQL "
+          "is reached, from the start; once it is done, the next start does not rebuild again",
           "[e2e][rebuild][crash][postgres-down]") {
   server_behind_proxy p{{}};
   auto& [db, proxy, s] = p;
@@ -511,9 +511,14 @@ TEST_CASE("an online rebuild answered 202 while PostgreSQL is unreachable and ki
   // Nothing of it reached PostgreSQL: only the event store knows of it.
   CHECK(pg_exec(db.dsn(), "SELECT count(*) FROM eventsd_checkpoints WHERE name = 'todos_rebuild'")
         == 0);
-  proxy.restore();
   s.start();
   http_client c{s.port()};
+  // Still unreachable: noted, so shown as running, at its start, and one at a time.
+  REQUIRE(eventually([&] { return projection_status(c).at("rebuild").at("active") == true; },
+                     5000ms, 20ms));
+  CHECK(projection_status(c).at("rebuild").at("position") == 0);
+  CHECK(c.request("POST", "/admin/projections/todos/rebuild").status == 409);
+  proxy.restore();
   rebuild_watch w;
   bool done = w.until_completed(c, 1, 20000ms);
   INFO("last status: " << w.last.dump() << "\noutput: " << s.output());

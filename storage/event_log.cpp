@@ -264,6 +264,18 @@ struct event_log::impl {
   /// steady_clock nanoseconds when the write in progress began; 0: none.
   std::atomic<int64_t> write_began_ns{0};
 
+  /// Runs `write` with write_began_ns set (write_waiting(), /readyz, tell
+  /// how long it has waited for the disk); its result.
+  /// REQUIRES: `write_mutex` held.
+  template <class F>
+  rocksdb::Status timed_write(F&& write) {
+    write_began_ns.store(std::chrono::steady_clock::now().time_since_epoch().count(),
+                         std::memory_order_relaxed);
+    auto st = std::forward<F>(write)();
+    write_began_ns.store(0, std::memory_order_relaxed);
+    return st;
+  }
+
   /// Tries to make the store writable again after a failed write.
   /// REQUIRES: `write_mutex` held.
   rocksdb::Status resume_if_needed() {
@@ -349,11 +361,8 @@ struct event_log::impl {
     keep_memtable_nonempty();
     // A synced write holds the writers' lock for as long as the disk takes,
     // as an append does: write_waiting() (/readyz) tells it the same way.
-    if (synced)
-      write_began_ns.store(std::chrono::steady_clock::now().time_since_epoch().count(),
-                           std::memory_order_relaxed);
-    auto st = value ? db->Put(wo, key, as_slice(*value)) : db->Delete(wo, key);
-    write_began_ns.store(0, std::memory_order_relaxed);
+    auto write = [&] { return value ? db->Put(wo, key, as_slice(*value)) : db->Delete(wo, key); };
+    auto st = synced ? timed_write(write) : write();
     if (!st.ok()) {
       note_write_failure(st);
       return failed(st);
@@ -877,11 +886,8 @@ event_log::append(std::span<const append_request> batch) {
     rocksdb::WriteOptions wo;
     wo.sync = impl_->sync;
     impl_->keep_memtable_nonempty();
-    impl_->write_began_ns.store(
-      std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
     writing_streams writing{impl_->cache, std::move(extended)};
-    auto st = db.Write(wo, &wb);
-    impl_->write_began_ns.store(0, std::memory_order_relaxed);
+    auto st = impl_->timed_write([&] { return db.Write(wo, &wb); });
     if (!st.ok()) {
       heads.clear(); // it holds this batch's heads, which did not become durable
       impl_->cache.clear(); // readers may see whatever part of it RocksDB kept

@@ -72,12 +72,12 @@ std::optional<reply> query_number(const incoming& req, const std::string& name,
     return std::nullopt;
   }
   auto v = parse_count(i->second); // huge but numeric: clamped below
-  if (!v)
-    return problem(400, "query parameter `" + name + "` must be a non-negative integer",
-                   {{name, {"must be a non-negative integer"}}});
-  if (*v < min)
-    return problem(400, "query parameter `" + name + "` must be at least " + std::to_string(min),
-                   {{name, {"must be at least " + std::to_string(min)}}});
+  if (!v || *v < min) {
+    // One wording for both, so that `limit=-1` does not suggest that 0 would do.
+    auto want = "must be " + (min == 0 ? std::string{"a non-negative integer"}
+                                       : "an integer of at least " + std::to_string(min));
+    return problem(400, "query parameter `" + name + "` " + want, {{name, {want}}});
+  }
   out = std::min(*v, max);
   return std::nullopt;
 }

@@ -400,6 +400,22 @@ TEST_CASE("GET /streams/{streamId} and /streams/$all: a malformed from or limit 
   }
 }
 
+TEST_CASE("a rejected limit says what it must be: -1 and 0 name the same bound, 1",
+          "[http][streams][errors]") {
+  for (std::string q : {"limit=-1", "limit=0", "limit=abc"}) {
+    INFO("GET /streams/$all?" << q);
+    auto r = client().get("/streams/$all?" + q);
+    check_problem(r, 400);
+    auto p = r.json_body();
+    CHECK(p["detail"] == "query parameter `limit` must be an integer of at least 1");
+    CHECK(p["errors"][0]["field"] == "limit");
+    CHECK(p["errors"][0]["messages"][0] == "must be an integer of at least 1");
+  }
+  auto r = client().get("/streams/$all?from=-1");
+  check_problem(r, 400);
+  CHECK(r.json_body()["detail"] == "query parameter `from` must be a non-negative integer");
+}
+
 TEST_CASE("GET /streams/{streamId}: an unknown stream is a 404", "[http][streams][errors]") {
   for (std::string target :
        {"/streams/todo-" + random_uuid(), "/streams/todo-" + random_uuid() + "?from=1&limit=10",

@@ -208,7 +208,7 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
       }
       std::cout << "\n  --scheduler.policy=sharing|stealing (default sharing)\n"
                    "  --scheduler.max-threads=N (default: cores - 1, at least 1)\n"
-                   "  --config-file=PATH (default config/eventsd.conf)\n";
+                   "  --config-file=PATH (default config/eventsd.conf; /dev/null: none)\n";
       opts.cli_helptext_printed = true;
       return std::nullopt;
     }
@@ -218,10 +218,13 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
     }
   }
   std::error_code ec;
-  bool has_file = std::filesystem::exists(file, ec);
+  // `--config-file=/dev/null` is the Unix way of saying "none", also where
+  // the working directory holds a config/eventsd.conf.
+  const bool none = file_named && std::filesystem::weakly_canonical(file, ec) == "/dev/null";
+  bool has_file = !none && std::filesystem::exists(file, ec);
   if (has_file && !std::filesystem::is_regular_file(file, ec))
     return "invalid --config-file " + file + ": not a regular file";
-  if (!has_file && file_named)
+  if (!has_file && file_named && !none)
     return "invalid --config-file " + file + ": no such file";
   if (has_file) {
     // CAF skips config-file values it cannot convert (`[http] threads="many"`

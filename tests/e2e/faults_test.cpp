@@ -1062,6 +1062,31 @@ TEST_CASE("a bad value in the config file stops eventsd with exit code 2 and a o
   }
 }
 
+TEST_CASE("--config-file=/dev/null reads no config file, not even the working directory's "
+          "config/eventsd.conf",
+          "[e2e][faults][startup]") {
+  temp_dir d{"eventsd-faults-no-config-"};
+  auto dir = d.path() + "/data";
+  std::filesystem::create_directories(d.path() + "/config");
+  {
+    std::ofstream out{d.path() + "/config/eventsd.conf"};
+    out << "[http]\nthreads=\"many\"\n"; // refused, were it read
+  }
+  auto args = [&](std::vector<std::string> extra) {
+    std::vector<std::string> a{eventsd_binary(), "--storage.dir=" + dir, "--http.port=0",
+                               "--postgres.dsn=" + unreachable_dsn};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  auto read = run_command(args({}), {.timeout = 20s, .cwd = d.path(), .stop_at = "listening on"});
+  INFO("without --config-file: " << read.output);
+  check_refused(read, "config/eventsd.conf");
+  auto none = run_command(args({"--config-file=/dev/null"}),
+                          {.timeout = 20s, .cwd = d.path(), .stop_at = "listening on"});
+  INFO("with --config-file=/dev/null: " << none.output);
+  CHECK(none.output.find("listening on") != std::string::npos);
+}
+
 TEST_CASE("every option can come from EVENTSD_<GROUP>_<NAME> when the command line leaves it "
           "out; a bad value there stops eventsd with exit code 2 naming the variable",
           "[e2e][faults][startup]") {

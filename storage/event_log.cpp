@@ -757,6 +757,17 @@ event_log::append(std::span<const append_request> batch) {
     uint64_t next = first_free;
     // Existing streams this batch appends to (a new one was never cached).
     std::vector<std::string_view> extended;
+    // The results that were judged on this batch's own appends (they
+    // themselves; a replay of a key claimed earlier in the batch; a conflict
+    // with a version or a key it writes) and share the write's fate. The
+    // others were judged on what was durable before: they stand, so a replay
+    // of a key answered earlier gets its first answer even when the write of
+    // the batch it came in fails.
+    std::vector<size_t> on_batch;
+    auto written_by_batch = [&](std::string_view stream) {
+      return std::any_of(on_batch.begin(), on_batch.end(),
+                         [&](size_t i) { return batch[i].stream == stream; });
+    };
 
     for (const auto& req : batch) {
       if (req.events.empty()) {
@@ -780,6 +791,7 @@ event_log::append(std::span<const append_request> batch) {
         std::optional<idempotency_record> live;
         if (auto i = pending_keys.find(claim.key); i != pending_keys.end()) {
           live = i->second;
+          on_batch.push_back(results.size());
         } else {
           auto raw = impl_->get(ro, keys::idempotency_key(claim.key));
           if (!raw) {
@@ -827,6 +839,8 @@ event_log::append(std::span<const append_request> batch) {
           head = std::move(**stored);
       }
       if (req.expected_version != any_version && req.expected_version != head.version) {
+        if (written_by_batch(req.stream))
+          on_batch.push_back(results.size());
         results.emplace_back(storage_error{
           storage_errc::wrong_expected_version,
           "stream " + req.stream + " is at version " + std::to_string(head.version)
@@ -873,6 +887,7 @@ event_log::append(std::span<const append_request> batch) {
         wb.Put(keys::idempotency_key(claim.key), keys::encode_idempotency(rec));
         pending_keys.insert_or_assign(claim.key, std::move(rec));
       }
+      on_batch.push_back(results.size());
       results.emplace_back(append_result{req.stream, after.version, first_position,
                                          after.last_position, false});
       if (previous_version > 0)
@@ -917,8 +932,8 @@ event_log::append(std::span<const append_request> batch) {
                                        "been appended: read the stream, or retry with If-Match or "
                                        "the same Idempotency-Key"
                                      : "; nothing was appended")};
-      for (auto& r : results)
-        r = err; // conflicts and replays too: they may have been judged on this batch
+      for (auto i : on_batch)
+        results[i] = err;
       return results;
     }
     impl_->head.store(next - 1, std::memory_order_release);

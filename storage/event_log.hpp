@@ -139,8 +139,10 @@ public:
   /// Appends every request of `batch` in one RocksDB WriteBatch (and one
   /// fsync when `sync`). Each request gets its own result: a version
   /// conflict or idempotency conflict fails only that request. When the
-  /// write itself fails every request fails with `not_writable` and nothing
-  /// is appended (positions are not consumed).
+  /// write itself fails, the requests it would have appended fail with
+  /// `not_writable`, as do the results judged on them (a replay or conflict
+  /// with this batch's own writes); nothing is appended (positions are not
+  /// consumed). Results judged on what was durable before stand.
   /// REQUIRES: called from one thread at a time.
   std::vector<result<append_result>> append(std::span<const append_request> batch);
 

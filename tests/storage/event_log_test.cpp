@@ -850,7 +850,8 @@ private:
 
 } // namespace
 
-TEST_CASE("a failed write fails every request of the batch and consumes no positions") {
+TEST_CASE("a failed write fails every request of the batch it would have appended, keeps a "
+          "conflict with a durable head a conflict, and consumes no positions") {
   temp_dir dir;
   {
     auto log = open_log(dir);
@@ -859,7 +860,7 @@ TEST_CASE("a failed write fails every request of the batch and consumes no posit
     REQUIRE(wal > (fs::exists(info_log) ? fs::file_size(info_log) : 0) + (64 << 10));
 
     std::vector<append_request> batch{request("todo-2", no_stream, 1),
-                                      request("todo-1", 7, 1, 2), // would conflict anyway
+                                      request("todo-1", 7, 1, 2), // todo-1 is durably at 2
                                       request("todo-3", no_stream, 2)};
     std::vector<result<append_result>> results;
     {
@@ -867,11 +868,13 @@ TEST_CASE("a failed write fails every request of the batch and consumes no posit
       results = log->append(batch);
     }
     REQUIRE(results.size() == 3);
-    for (const auto& r : results) {
-      REQUIRE_FALSE(r);
-      CHECK(r.error().code == storage_errc::not_writable);
-      CHECK_FALSE(r.error().detail.empty());
+    for (size_t i : {0, 2}) {
+      REQUIRE_FALSE(results[i]);
+      CHECK(results[i].error().code == storage_errc::not_writable);
+      CHECK_FALSE(results[i].error().detail.empty());
     }
+    REQUIRE_FALSE(results[1]);
+    CHECK(results[1].error().code == storage_errc::wrong_expected_version);
     CHECK(log->head() == 2);
     CHECK(positions_of(log->read_all(1, 100).value()) == range(1, 2));
     CHECK_FALSE(log->stream_version("todo-2"));
@@ -1068,6 +1071,45 @@ TEST_CASE("a write that fails on a full disk leaves no stream head behind: once 
   auto next = request("todo-1", 2, 1, 4);
   CHECK(append_one(*log, next).version == 3);
   CHECK(log->stream_version("todo-1").value() == 3);
+}
+
+TEST_CASE("when a batch's write fails on a full disk, the answers judged on what was durable "
+          "before stand: a replay of a key answered earlier gets its first answer and a "
+          "conflict with a durable head stays a conflict; the batch's own appends and what "
+          "was judged on them fail") {
+  small_disk disk;
+  if (!disk.usable())
+    return;
+  auto log = disk.open();
+  auto first = append_one(*log, with_key(request("todo-1", no_stream, 1), "k1", "fp", 1000));
+  disk.fill();
+
+  auto too_big = request("todo-2", no_stream, 1, 10);
+  too_big.events[0].data = std::string(256 * 1024, 'x');
+  std::vector<append_request> batch{
+    with_key(request("todo-9", no_stream, 1, 20), "k1", "fp", 1500), // replay of the durable k1
+    request("todo-1", 5, 1, 30),                                      // todo-1 is at 1, durably
+    too_big,                                                          // the write that fails
+    with_key(request("todo-3", no_stream, 1, 40), "k2", "fp2", 1500), // claims k2 in this batch
+    with_key(request("todo-4", no_stream, 1, 50), "k2", "fp2", 1500), // replays that claim
+    with_key(request("todo-5", no_stream, 1, 60), "k2", "other", 1500), // conflicts with it
+    request("todo-2", 7, 1, 70), // a conflict with the head this batch writes
+  };
+  auto results = log->append(batch);
+  REQUIRE(results.size() == batch.size());
+
+  REQUIRE(results[0]);
+  CHECK(results[0]->replayed);
+  CHECK(results[0]->stream == "todo-1");
+  CHECK(results[0]->first_position == first.first_position);
+  REQUIRE_FALSE(results[1]);
+  CHECK(results[1].error().code == storage_errc::wrong_expected_version);
+  for (size_t i = 2; i < batch.size(); ++i) {
+    INFO("request " << i << ": " << (results[i] ? std::string{"ok"} : results[i].error().detail));
+    REQUIRE_FALSE(results[i]);
+    CHECK(results[i].error().code == storage_errc::not_writable);
+  }
+  CHECK(log->head() == first.last_position);
 }
 
 TEST_CASE("a failure RocksDB rates fatal (no inode for a new WAL file) is reported as "

@@ -1401,13 +1401,26 @@ router::router(services& svc) : svc_(svc) {
   // may serve new files) and is answered 304 while its copy is current. No
   // other site may frame the pages (the event browser's buttons append
   // events: a framing page could have them clicked), nor may a browser
-  // take a file for another type than it is served as.
+  // take a file for another type than it is served as. The two pages load
+  // scripts, styles and images from this server only (images also as
+  // data: URLs), so that a text of the log, were it ever put in a page as
+  // markup, could load nothing and send nothing elsewhere; Swagger UI sets
+  // styles inline. Each page has its policy at its own path and as a file.
+  static constexpr const char* ui_policy =
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'";
+  static constexpr const char* swagger_policy =
+    "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
   auto serve = [files](const incoming& req, const std::string& path, responder& respond) {
     if (auto f = files->find(path)) {
       reply r;
       r.header("Cache-Control", "no-cache");
       r.header("X-Frame-Options", "DENY");
-      r.header("Content-Security-Policy", "frame-ancestors 'none'");
+      auto policy = path == "ui/index.html"        ? ui_policy
+                    : path == "swagger/index.html" ? swagger_policy
+                                                   : "frame-ancestors 'none'";
+      r.header("Content-Security-Policy", policy);
       r.header("X-Content-Type-Options", "nosniff");
       if (conditional_get(conditions_of(req, false), f->tag, r))
         return respond(std::move(r));

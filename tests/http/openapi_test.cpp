@@ -9,6 +9,8 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 using namespace eventsd::e2e;
 using namespace eventsd::http_tests;
@@ -242,8 +244,42 @@ TEST_CASE("the pages and their files may not be framed by another site, nor thei
     auto r = client().get(path);
     REQUIRE(r.status == 200);
     CHECK(r.header("X-Frame-Options") == "DENY");
-    CHECK(r.header("Content-Security-Policy") == "frame-ancestors 'none'");
+    CHECK(r.header("Content-Security-Policy").value_or("").ends_with("frame-ancestors 'none'"));
     CHECK(r.header("X-Content-Type-Options") == "nosniff");
+  }
+}
+
+TEST_CASE("the pages load scripts, styles and images from this server only (Swagger UI's "
+          "styles may be inline); the other files' policy only forbids framing",
+          "[http][swagger][ui]") {
+  const std::string ui = "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+                         "base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+  const std::string swagger = "default-src 'self'; img-src 'self' data:; "
+                              "style-src 'self' 'unsafe-inline'; object-src 'none'; "
+                              "base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+  const std::string file = "frame-ancestors 'none'";
+  const std::vector<std::pair<std::string, std::string>> policies{
+    {"/ui", ui},
+    {"/ui/", ui},
+    {"/ui/index.html", ui}, // the same page by its file name
+    {"/swagger", swagger},
+    {"/swagger/", swagger},
+    {"/swagger/index.html", swagger},
+    {"/ui/app.js", file},
+    {"/ui/style.css", file},
+    {"/swagger/swagger-init.js", file},
+    {"/swagger/swagger-ui-bundle.js", file},
+    {"/swagger/swagger-ui.css", file},
+    {"/openapi.json", file}};
+  for (auto& [path, policy] : policies) {
+    INFO("GET " << path);
+    auto r = client().get(path);
+    REQUIRE(r.status == 200);
+    CHECK(r.header("Content-Security-Policy") == policy);
+    // A revalidated copy is used under the policy of the 304.
+    auto again = client().get(path, {{"If-None-Match", r.header("ETag").value_or("")}});
+    CHECK(again.status == 304);
+    CHECK(again.header("Content-Security-Policy") == policy);
   }
 }
 

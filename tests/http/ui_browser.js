@@ -3,7 +3,10 @@
 // against a running eventsd whose database holds nothing else:
 //   open /ui, create a todo through the API, see it appear live in the tail and the
 //   stream list, open its stream (events and the state after each one), undo to its
-//   first event, check the state; create one through the form; Swagger UI renders.
+//   first event, check the state; create one through the form; a long stream opens at
+//   its newest rows and reads only what is new; links in capitals, to $all and to no
+//   stream; the stream list stays one page per page loaded; a hidden tab closes its
+//   tail; Swagger UI renders, runs a request and keeps no token.
 // Screenshots of the three views go to $EVENTSD_SCREENSHOTS_DIR when it is set.
 //
 // Usage: NODE_PATH=<assets node_modules> node ui_browser.js http://127.0.0.1:<port>
@@ -56,6 +59,49 @@ async function until(page, what, fn, arg) {
 
 const text = (page, testid) => page.getByTestId(testid).textContent();
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const ROWS = 50; // app.js: events of a stream shown at first
+const PAGE_SIZE = 50; // app.js: streams per page
+const range = (from, to) => Array.from({ length: to - from + 1 }, (_, i) => from + i);
+const rowVersions = (page) => page.getByTestId('event-row').evaluateAll((els) => els.map((e) => Number(e.dataset.version)));
+const listedStreams = (page) => page.getByTestId('stream-item').evaluateAll((els) => els.map((e) => e.dataset.stream));
+const livePositions = (page) => page.getByTestId('live-event').evaluateAll((els) => els.map((e) => Number(e.dataset.position)));
+
+/**
+ * A new tab of `context` whose errors go to `problems`, which records the URLs it requests
+ * and every EventSource it opens (window.__sources).
+ */
+async function openPage(context, name, problems) {
+  const page = await context.newPage();
+  page.setDefaultTimeout(TIMEOUT);
+  const requests = [];
+  page.on('request', (r) => requests.push(r.url()));
+  page.on('pageerror', (e) => problems.push(`${name} page error: ${e.message}`));
+  page.on('console', (m) => { if (m.type() === 'error') problems.push(`${name} console error: ${m.text()}`); });
+  page.on('requestfailed', (r) => {
+    // An EventSource is cut when it is closed or its page; anything else is a failure.
+    if (!r.url().includes('/subscribe/')) problems.push(`${name} request failed: ${r.url()} ${r.failure()?.errorText}`);
+  });
+  await page.addInitScript(() => {
+    const Native = window.EventSource;
+    window.__sources = [];
+    window.EventSource = class extends Native {
+      constructor(...args) {
+        super(...args);
+        window.__sources.push(this);
+      }
+    };
+  });
+  return { page, requests };
+}
+
+/** Makes `page` hidden or visible as a browser does when its tab is switched away or back. */
+async function setHidden(page, hidden) {
+  await page.evaluate((h) => {
+    Object.defineProperty(document, 'hidden', { configurable: true, get: () => h });
+    Object.defineProperty(document, 'visibilityState', { configurable: true, get: () => (h ? 'hidden' : 'visible') });
+    document.dispatchEvent(new Event('visibilitychange'));
+  }, hidden);
+}
 
 async function main() {
   if (!/^https?:\/\/[^/]+$/.test(base)) {
@@ -275,8 +321,9 @@ async function main() {
     await page.unroute(`**/streams/${steadyStream}?*`);
     assert.ok(held >= 2, `the stream was read ${held} times`);
     assert.equal(await text(page, 'state-version'), String(final.version));
-    assert.equal(await page.getByTestId('event-row').count(), final.version);
-    assert.equal(await page.getByTestId('event-state').count(), final.version, 'every event has its state');
+    assert.ok(final.version > ROWS);
+    assert.deepEqual(await rowVersions(page), range(final.version - ROWS + 1, final.version), `the newest ${ROWS} events`);
+    assert.equal(await page.getByTestId('event-state').count(), ROWS, 'every event shown has its state');
     log(`steady writes: versions ${between.length} shown between 1 and ${version}; a late read did not win`);
 
     // -- a description without spaces wraps inside its panel ------------------------------------
@@ -289,6 +336,121 @@ async function main() {
     assert.ok(table.x + table.width <= panel.x + panel.width,
       `the events table (right edge ${table.x + table.width}) stays in its panel (${panel.x + panel.width})`);
     log('long description: wrapped');
+
+    // -- a link to $all is refused; one in capitals opens the stream at its newest rows -------
+    const link = await openPage(context, 'link', problems);
+    await link.page.goto(`${base}/ui#$all`);
+    await link.page.getByTestId('error').waitFor({ state: 'visible' });
+    assert.match(await text(link.page, 'error'), /#\$all is not a stream/);
+    assert.equal(await link.page.locator('#detail-body').isHidden(), true, 'nothing is shown for #$all');
+    // Named with its UUID in capitals (API §6: the same stream), it is shown as the server names it.
+    await link.page.evaluate((h) => { location.hash = h; }, `#todo-${steady.id.toUpperCase()}`);
+    await until(link.page, 'the stream named in capitals to open',
+      (s) => document.querySelector('[data-testid="selected-stream"]')?.textContent === s, steadyStream);
+    assert.equal(new URL(link.page.url()).hash, `#${steadyStream}`);
+    assert.deepEqual(await rowVersions(link.page), range(final.version - ROWS + 1, final.version),
+      `a long stream opens at its newest ${ROWS} events`);
+    assert.equal(await link.page.getByTestId('event-state').count(), ROWS);
+    assert.equal(await text(link.page, 'state-version'), String(final.version));
+    const linkItem = link.page.locator(`[data-testid="stream-item"][data-stream="${steadyStream}"]`);
+    assert.equal(await linkItem.getAttribute('class'), 'selected');
+    // A live event of it is read alone: from the version after the last shown, with the
+    // state after it from its snapshot, never the whole stream or its history again.
+    const mark = link.requests.length;
+    const next = await api('PUT', `/todo/${steady.id}/put-in-progress`);
+    const nextEvent = (await api('GET', `/streams/${steadyStream}?from=${next.version}&limit=1`)).items[0].id;
+    await until(link.page, 'its live event to show',
+      (v) => document.querySelector('[data-testid="state-version"]')?.textContent === String(v), next.version);
+    assert.deepEqual(await rowVersions(link.page), range(next.version - ROWS + 1, next.version));
+    assert.equal(await linkItem.getAttribute('class'), 'selected');
+    const read = link.requests.slice(mark).map((u) => new URL(u)).filter((u) => !u.pathname.startsWith('/subscribe/'));
+    assert.ok(read.length > 0);
+    for (const u of read) {
+      if (u.pathname === `/streams/${steadyStream}`) assert.equal(u.searchParams.get('from'), String(next.version), `${u}`);
+      else assert.equal(u.pathname, `/todo/${steady.id}/snapshot/${nextEvent}`, `${u}`);
+    }
+    // Older events on request, each with its state.
+    await link.page.getByTestId('events-older').click();
+    await until(link.page, 'the older events',
+      (n) => document.querySelectorAll('[data-testid="event-row"]').length === n, Math.min(next.version, 2 * ROWS));
+    assert.deepEqual(await rowVersions(link.page), range(Math.max(1, next.version - 2 * ROWS + 1), next.version));
+    assert.equal(await link.page.getByTestId('event-state').count(), Math.min(next.version, 2 * ROWS));
+    assert.equal(await link.page.getByTestId('events-older').isHidden(), next.version <= 2 * ROWS);
+    // A link to no stream is a 404; the stream shown stays, named by the #fragment, and live.
+    await link.page.evaluate((h) => { location.hash = h; }, `#todo-${crypto.randomUUID()}`);
+    await until(link.page, 'the 404', () => /^404 /.test(document.querySelector('[data-testid="error"]')?.textContent));
+    assert.equal(await text(link.page, 'selected-stream'), steadyStream);
+    assert.equal(new URL(link.page.url()).hash, `#${steadyStream}`);
+    const after404 = await api('PUT', `/todo/${steady.id}/done`);
+    await until(link.page, 'the stream shown to follow its writes after a 404',
+      (v) => document.querySelector('[data-testid="state-version"]')?.textContent === String(v), after404.version);
+    // #$all again, by hashchange this time.
+    await link.page.evaluate(() => { location.hash = '#$all'; });
+    await until(link.page, 'the #$all refusal', () => /#\$all is not a stream/.test(document.querySelector('[data-testid="error"]')?.textContent));
+    assert.equal(new URL(link.page.url()).hash, `#${steadyStream}`);
+    assert.equal(await text(link.page, 'selected-stream'), steadyStream);
+    const global = link.requests.filter((u) => /\/streams\/(%24|\$)all/i.test(u));
+    assert.deepEqual(global, [], '#$all reads nothing of the log');
+    await link.page.close();
+    problems.splice(0, problems.length, ...problems.filter((p) => !/^link console error: .*status of 404/.test(p)));
+    log(`links: #$all refused; capitals open ${steadyStream} at v${final.version - ROWS + 1}..; a new event read from v${next.version}; a 404 keeps it`);
+
+    // -- the stream list keeps one page per page loaded; ↻ keeps what came meanwhile ---------
+    const lists = await openPage(context, 'lists', problems);
+    await lists.page.goto(`${base}/ui`);
+    await until(lists.page, 'the live tail to connect',
+      () => document.querySelector('[data-testid="live-status"]')?.textContent === 'live');
+    const many = await Promise.all(range(1, PAGE_SIZE + 10).map((i) => api('POST', '/todo', { description: `Many ${i}` })));
+    const newest = many.reduce((a, b) => (a.position > b.position ? a : b));
+    await until(lists.page, 'the newest stream on top of a full list',
+      ([s, n]) => document.querySelectorAll('[data-testid="stream-item"]').length === n
+        && document.querySelector('[data-testid="stream-item"]').dataset.stream === s,
+      [`todo-${newest.id}`, PAGE_SIZE]);
+    assert.deepEqual(await listedStreams(lists.page), (await api('GET', `/streams?limit=${PAGE_SIZE}`)).items.map((s) => s.stream),
+      `the ${PAGE_SIZE} streams written last, after ${many.length} new ones came live`);
+    // "Older streams" goes on after the streams kept.
+    const twoPages = (await api('GET', `/streams?limit=${2 * PAGE_SIZE}`));
+    await lists.page.getByTestId('streams-older').click();
+    await until(lists.page, 'the older page',
+      (n) => document.querySelectorAll('[data-testid="stream-item"]').length === n, twoPages.items.length);
+    assert.deepEqual(await listedStreams(lists.page), twoPages.items.map((s) => s.stream));
+    assert.equal(await lists.page.getByTestId('streams-older').isHidden(), twoPages.next === null);
+    // ↻ whose answer was read before a stream was written, and comes after it is listed.
+    let during = null;
+    await lists.page.route(`**/streams?limit=${PAGE_SIZE}`, async (route) => {
+      const answer = await route.fetch();
+      during = await api('POST', '/todo', { description: 'During a refresh' });
+      await until(lists.page, 'the stream written during the refresh to be listed',
+        (s) => !!document.querySelector(`[data-testid="stream-item"][data-stream="${s}"]`), `todo-${during.id}`);
+      return route.fulfill({ response: answer });
+    }, { times: 1 });
+    await lists.page.getByTestId('streams-refresh').click();
+    await until(lists.page, 'the list cut back to one page by ↻',
+      (n) => document.querySelectorAll('[data-testid="stream-item"]').length === n, PAGE_SIZE);
+    const refreshed = await listedStreams(lists.page);
+    assert.equal(refreshed[0], `todo-${during.id}`, 'a stream written during ↻ stays listed, on top');
+    assert.deepEqual(refreshed, (await api('GET', `/streams?limit=${PAGE_SIZE}`)).items.map((s) => s.stream));
+    log(`stream list: ${PAGE_SIZE} kept of ${many.length} new; older page; ↻ kept todo-${during.id}`);
+
+    // -- a hidden tab closes its tail, and shown again goes on where it was -----------------
+    const tailFrom = await lists.page.evaluate(() => app.tailFrom);
+    const opened = await lists.page.evaluate(() => window.__sources.length);
+    await setHidden(lists.page, true);
+    assert.equal(await lists.page.evaluate(() => window.__sources.at(-1).readyState), 2, 'closed while hidden');
+    assert.equal(await text(lists.page, 'live-status'), 'paused');
+    const whileHidden = [];
+    for (let i = 0; i < 3; i++) whileHidden.push(await api('POST', '/todo', { description: `While hidden ${i + 1}` }));
+    await setHidden(lists.page, false);
+    await until(lists.page, 'the writes made while hidden in the tail',
+      (p) => !!document.querySelector(`[data-testid="live-event"][data-position="${p}"]`), whileHidden[2].position);
+    const sources = await lists.page.evaluate(() => window.__sources.map((s) => s.url));
+    assert.equal(sources.length, opened + 1, 'one EventSource opened when shown again');
+    assert.equal(new URL(sources.at(-1)).search, `?from=${tailFrom}`);
+    const resumed = await livePositions(lists.page);
+    assert.deepEqual(resumed, range(resumed.at(-1), whileHidden[2].position).reverse(), 'the tail has no gap and no repeat');
+    assert.ok(resumed.at(-1) <= Math.min(...many.map((m) => m.position)), 'from the first write after the tab opened');
+    await lists.page.close();
+    log(`hidden: tail closed at #${tailFrom - 1}, reopened from ${tailFrom}, ${resumed.length} events without gaps`);
 
     // -- a tail or a first load refused is asked again; nothing from before is replayed ----------
     const refused = await context.newPage();
@@ -321,12 +483,26 @@ async function main() {
     // -- Swagger UI renders the server's document -------------------------------------------
     const swagger = await context.newPage();
     swagger.on('pageerror', (e) => problems.push(`swagger page error: ${e.message}`));
+    swagger.on('console', (m) => {
+      if (m.type() === 'error' && /Content Security Policy/.test(m.text())) problems.push(`swagger: ${m.text()}`);
+    });
     await swagger.goto(`${base}/swagger`);
     await swagger.locator('.opblock').first().waitFor();
     const operations = await swagger.locator('.opblock').count();
     assert.ok(operations >= 20, `Swagger UI shows ${operations} operations`);
     assert.equal(await swagger.locator('.errors-wrapper').count(), 0, 'Swagger UI reports no errors');
-    log(`swagger: ${operations} operations`);
+    // Its Execute runs under the page's Content-Security-Policy (a violation is a console error).
+    const healthz = swagger.locator('#operations-operations-healthz');
+    await healthz.locator('.opblock-summary').click();
+    await healthz.locator('button.execute').click();
+    await healthz.locator('.live-responses-table .response-col_status', { hasText: '200' }).waitFor();
+    // The admin token typed into Authorize is not kept in localStorage.
+    await swagger.locator('.auth-wrapper button.authorize').click();
+    await swagger.locator('.modal-ux input').first().fill('some-admin-token');
+    await swagger.locator('.modal-ux .auth-btn-wrapper button.authorize').click();
+    await swagger.locator('.modal-ux .auth-btn-wrapper button.btn-done').click();
+    assert.equal(await swagger.evaluate(() => localStorage.getItem('authorized')), null, 'no token in localStorage');
+    log(`swagger: ${operations} operations; Execute ran; Authorize kept nothing`);
 
     assert.deepEqual(problems, [], 'no page errors, console errors or failed requests');
   } finally {

@@ -7,7 +7,9 @@ window.addEventListener('load', function () {
     deepLinking: true,
     tryItOutEnabled: true,
     displayRequestDuration: true,
-    persistAuthorization: true,
+    // The admin token typed into Authorize lasts as long as the page: kept, it would stay in
+    // localStorage for any later user of this browser profile (and any script of this origin).
+    persistAuthorization: false,
     validatorUrl: null, // no internet: never call the public validator
     presets: [SwaggerUIBundle.presets.apis, SwaggerUIStandalonePreset],
     plugins: [SwaggerUIBundle.plugins.DownloadUrl],

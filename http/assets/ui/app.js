@@ -2,22 +2,25 @@
 // undo), and a live tail of $all. Plain JS, no framework; every text goes through textContent.
 'use strict';
 
-const PAGE_SIZE = 50;        // streams per page
+const PAGE_SIZE = 50;        // streams per page; the list keeps this many per page loaded
+const ROWS = 50;             // events of the selected stream shown at first, and added by "Older events"
 const LIVE_MAX = 100;        // live-tail entries kept
 const TODO_PREFIX = 'todo-';
 
 const $ = (id) => document.getElementById(id);
 
 const app = {
-  streams: new Map(),   // stream name -> {stream, version, lastPosition}
+  streams: new Map(),   // stream name -> {stream, version, lastPosition}, at most listMax of them
+  listMax: PAGE_SIZE,   // streams kept, the most recently written: PAGE_SIZE per page loaded
   olderBefore: null,    // `before` of the next older page, null at the end
-  selected: null,       // selected stream name
+  shown: null,          // the selected stream: {stream, todoId, first, last, seen, limit}, see selectStream
   head: 0,              // highest position seen
-  source: null,         // EventSource of the live tail
-  tailFrom: 1,          // the position the live tail asks for when it connects again by hand
+  source: null,         // EventSource of the live tail, null while closed
+  tailFrom: null,       // the position the live tail asks for next; null until the head is known
   retryMs: 1000,        // wait before that, doubled up to 30 s while refused
-  reads: 0,             // reads of a selected stream started; only the newest is shown
+  reads: 0,             // selections started; only the newest is shown
   createKey: null,      // Idempotency-Key of the create being tried, kept for its retries
+  liveQueue: [],        // live events not drawn yet, oldest first, at most LIVE_MAX
 };
 
 // -- helpers -------------------------------------------------------------------
@@ -88,6 +91,27 @@ async function guarded(action, quiet = false) {
 
 const todoIdOf = (stream) => (stream && stream.startsWith(TODO_PREFIX) ? stream.slice(TODO_PREFIX.length) : null);
 const shortJson = (v) => (v && Object.keys(v).length ? JSON.stringify(v) : '');
+const streamPath = (stream) => `/streams/${encodeURIComponent(stream)}`;
+const todoPath = (todoId) => `/todo/${encodeURIComponent(todoId)}`;
+
+/** Makes the address's #fragment name `stream` (without a hashchange: it is shown already). */
+function setHash(stream) {
+  const hash = `#${encodeURIComponent(stream)}`;
+  if (location.hash !== hash) history.replaceState(null, '', hash);
+}
+
+// Live events can come by the thousand a second: what they change is drawn once per frame.
+const dirty = new Set();
+function drawSoon(part) {
+  if (dirty.size === 0) requestAnimationFrame(draw);
+  dirty.add(part);
+}
+function draw() {
+  const parts = [...dirty];
+  dirty.clear();
+  if (parts.includes('streams')) renderStreams();
+  if (parts.includes('live')) renderLive();
+}
 
 // -- streams list ----------------------------------------------------------------
 
@@ -97,7 +121,7 @@ function renderStreams() {
   list.replaceChildren(...items.map((s) => el('li', {
     'data-testid': 'stream-item',
     'data-stream': s.stream,
-    class: s.stream === app.selected ? 'selected' : null,
+    class: s.stream === app.shown?.stream ? 'selected' : null,
   }, el('button', { type: 'button', onclick: () => guarded(() => selectStream(s.stream)) },
     el('span', { class: 'stream-name' }, s.stream),
     el('span', { class: 'muted' }, `v${s.version} · #${s.lastPosition}`)))));
@@ -105,145 +129,279 @@ function renderStreams() {
   $('streams-older').hidden = app.olderBefore === null;
 }
 
-/** Loads a page of streams: the newest when `older` is false, else the next older page. */
+/** Keeps the `app.listMax` streams written last; "Older streams" then goes on after those. */
+function trimStreams() {
+  if (app.streams.size <= app.listMax) return;
+  const items = [...app.streams.values()].sort((a, b) => b.lastPosition - a.lastPosition);
+  for (const s of items.slice(app.listMax)) app.streams.delete(s.stream);
+  app.olderBefore = items[app.listMax - 1].lastPosition;
+}
+
+/** Records what the server says of `s` unless the page knows something newer of it. */
+function mergeStream(s) {
+  const known = app.streams.get(s.stream);
+  if (known && known.lastPosition >= s.lastPosition) return false;
+  app.streams.set(s.stream, s);
+  app.head = Math.max(app.head, s.lastPosition);
+  return true;
+}
+
+/**
+ * Loads a page of streams: the newest when `older` is false (the list is then cut back to one
+ * page), else the next older page. A page is merged into the list, not put in its place: a
+ * stream written while the page was on its way keeps the newer entry the live tail gave it.
+ */
 async function loadStreams(older = false) {
   const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
   if (older && app.olderBefore !== null) q.set('before', String(app.olderBefore));
   const page = await api('GET', `/streams?${q}`);
-  if (!older) app.streams.clear();
-  for (const s of page.items) {
-    app.streams.set(s.stream, s);
-    app.head = Math.max(app.head, s.lastPosition);
-  }
+  app.listMax = older ? app.listMax + PAGE_SIZE : PAGE_SIZE;
+  for (const s of page.items) mergeStream(s);
   app.olderBefore = page.next ?? null;
+  trimStreams();
   renderStreams();
 }
 
 /** Records that `stream` reached `version` at `position` (from the live tail or a write). */
 function bumpStream(stream, version, position) {
-  const known = app.streams.get(stream);
-  if (known && known.lastPosition >= position) return;
-  app.streams.set(stream, { stream, version, lastPosition: position });
-  app.head = Math.max(app.head, position);
-  renderStreams();
+  if (!mergeStream({ stream, version, lastPosition: position })) return;
+  trimStreams();
+  drawSoon('streams');
 }
 
 // -- selected stream -------------------------------------------------------------
 
-async function readWholeStream(stream) {
+/** Up to `count` events of `stream` from version `from` on, page by page. */
+async function readEvents(stream, from, count = Infinity) {
   const events = [];
-  let from = 1;
-  while (from !== null) {
-    const page = await api('GET', `/streams/${encodeURIComponent(stream)}?from=${from}&limit=1000`);
+  while (from !== null && events.length < count) {
+    const limit = Math.min(1000, count - events.length);
+    const page = await api('GET', `${streamPath(stream)}?from=${from}&limit=${limit}`);
     events.push(...page.items);
     from = page.items.length ? page.next ?? null : null;
   }
   return events;
 }
 
-async function selectStream(stream) {
-  const read = ++app.reads;
-  app.selected = stream;
-  const hash = `#${encodeURIComponent(stream)}`;
-  if (location.hash !== hash) history.replaceState(null, '', hash);
-  renderStreams();
-  const todoId = todoIdOf(stream);
-  // The events first, then the history: it is as new as they are or newer, so every event
-  // shown has its state, and the state on top is the one after the last event shown.
-  const events = await readWholeStream(stream);
-  const hist = todoId ? await api('GET', `/todo/${todoId}/history`) : null;
-  if (read !== app.reads) return; // a newer read (of this stream or another) was started
-  const after = new Map((hist ? hist.items : []).map((h) => [h.id, h.snapshot]));
-  renderDetail(stream, todoId, events, after);
+/**
+ * Finds the last version of the stream `name` with reads of one event each: from `hint` (a
+ * version it likely has) on in doubling steps until one is past its end, then by halving.
+ * Answers {stream, last}, `stream` spelt as the server spells it.
+ */
+async function findLast(name, hint) {
+  let have = 0;         // a version the stream has
+  let past = Infinity;  // a version past its end
+  let step = 1;
+  let probe = Math.max(1, hint);
+  for (;;) {
+    const page = await api('GET', `${streamPath(name)}?from=${probe}&limit=1`);
+    const e = page.items[0];
+    if (e && page.next === null) return { stream: e.stream, last: e.version };
+    if (!e && probe === 1) throw new ApiError(404, { title: 'Not Found', detail: `${name} has no events` });
+    if (e) have = probe;
+    else past = probe;
+    if (past <= have + 1) { past = Infinity; step = 1; } // it grew meanwhile: on from `have`
+    if (past === Infinity) {
+      probe = have + step;
+      step *= 2;
+    } else {
+      probe = Math.max(1, Math.floor((have + past) / 2));
+    }
+  }
 }
 
-function renderDetail(stream, todoId, events, after) {
+/**
+ * The state of a todo right after each of `events`, by event id, as the server folds it (the
+ * page never folds events itself): from the history when the events are the whole stream
+ * (one request), else from each event's snapshot.
+ */
+async function statesAfter(todoId, events, whole) {
+  if (!todoId || !events.length) return new Map();
+  if (whole) {
+    const hist = await api('GET', `${todoPath(todoId)}/history`);
+    return new Map(hist.items.map((h) => [h.id, h.snapshot]));
+  }
+  const snaps = await Promise.all(events.map((e) =>
+    api('GET', `${todoPath(todoId)}/snapshot/${encodeURIComponent(e.id)}`)));
+  return new Map(events.map((e, i) => [e.id, snaps[i]]));
+}
+
+/**
+ * Shows the newest ROWS events of the stream `name` (with a todo's state after each). The
+ * selection and the address's #fragment change only when that has been read, and to the
+ * name as the server spells it (a UUID in capitals names the same stream). Only the newest
+ * selection started is shown, whichever answers last.
+ */
+async function selectStream(name) {
+  const read = ++app.reads;
+  const { stream, last } = await findLast(name, app.streams.get(name)?.version ?? 1);
+  const events = (await readEvents(stream, Math.max(1, last - ROWS + 1))).slice(-ROWS);
+  const todoId = todoIdOf(stream);
+  const after = await statesAfter(todoId, events, events[0].version === 1);
+  if (read !== app.reads) return;
+  // first, last: the versions shown; seen: the newest version known (from the live tail);
+  // limit: rows shown at most, ROWS more for each "Older events".
+  app.shown = { stream, todoId, first: 0, last: 0, seen: 0, limit: ROWS };
+  setHash(stream);
+  renderStreams();
   $('detail-empty').hidden = true;
   $('detail-body').hidden = false;
   $('detail-body').classList.toggle('is-todo', !!todoId);
   $('selected-stream').textContent = stream;
+  $('event-list').replaceChildren();
+  appendRows(events, after);
+  // Events that came live while it was read were not its events yet.
+  const known = app.streams.get(stream)?.version ?? 0;
+  if (known > app.shown.last) refreshSelected(known);
+}
 
-  const version = events.length ? events[events.length - 1].version : 0;
-  const last = events.length ? after.get(events[events.length - 1].id) : null;
-  $('state').hidden = !last;
-  $('state-description').textContent = last ? last.description : '';
-  $('state-status').textContent = last ? last.status : '';
-  $('state-version').textContent = last ? String(last.version) : '';
+function eventRow(e, snap, todoId) {
+  return el('tr', { 'data-testid': 'event-row', 'data-event-id': e.id, 'data-version': e.version },
+    el('td', {}, e.version),
+    el('td', {}, e.position),
+    el('td', { class: 'type' }, e.type),
+    el('td', { class: 'muted' }, e.occurredAt),
+    el('td', { class: 'data' }, shortJson(e.data)),
+    el('td', { class: 'todo-only state-after' }, snap ? el('span', { 'data-testid': 'event-state' },
+      el('span', { class: `status status-${snap.status}` }, snap.status), ' ', snap.description) : ''),
+    el('td', { class: 'todo-only' }, todoId ? el('button', {
+      type: 'button', class: 'small', 'data-testid': 'undo-button',
+      title: 'Append an event restoring the state right after this one',
+      onclick: () => guarded(() => undoTo(todoId, e.id, app.shown.last)),
+    }, 'undo to here') : ''));
+}
 
-  $('event-list').replaceChildren(...events.map((e) => {
-    const snap = after.get(e.id);
-    return el('tr', { 'data-testid': 'event-row', 'data-event-id': e.id, 'data-version': e.version },
-      el('td', {}, e.version),
-      el('td', {}, e.position),
-      el('td', { class: 'type' }, e.type),
-      el('td', { class: 'muted' }, e.occurredAt),
-      el('td', { class: 'data' }, shortJson(e.data)),
-      el('td', { class: 'todo-only state-after' }, snap ? el('span', { 'data-testid': 'event-state' },
-        el('span', { class: `status status-${snap.status}` }, snap.status), ' ', snap.description) : ''),
-      el('td', { class: 'todo-only' }, todoId ? el('button', {
-        type: 'button', class: 'small', 'data-testid': 'undo-button',
-        title: 'Append an event restoring the state right after this one',
-        onclick: () => guarded(() => undoTo(todoId, e.id, version)),
-      }, 'undo to here') : ''));
-  }));
+/**
+ * Adds the shown stream's `events` (next after those shown, or newer: then only they are
+ * shown, rows being consecutive versions) below its rows, dropping the oldest beyond its
+ * limit; the state on top is the one after the last of them.
+ */
+function appendRows(events, after) {
+  const shown = app.shown;
+  const list = $('event-list');
+  if (events[0].version !== shown.last + 1) list.replaceChildren();
+  list.append(...events.map((e) => eventRow(e, after.get(e.id), shown.todoId)));
+  while (list.children.length > shown.limit) list.firstElementChild.remove();
+  shown.first = Number(list.firstElementChild.dataset.version);
+  shown.last = events[events.length - 1].version;
+  shown.seen = Math.max(shown.seen, shown.last);
+  $('events-older').hidden = shown.first <= 1;
+
+  const state = after.get(events[events.length - 1].id);
+  $('state').hidden = !state;
+  $('state-description').textContent = state ? state.description : '';
+  $('state-status').textContent = state ? state.status : '';
+  $('state-version').textContent = state ? String(state.version) : '';
+}
+
+/** Reads the shown stream's events after the last shown: the newest `limit`, when more came. */
+async function readNewer() {
+  const shown = app.shown;
+  if (!shown) return;
+  const events = (await readEvents(shown.stream, Math.max(shown.last + 1, shown.seen - shown.limit + 1)))
+    .slice(-shown.limit);
+  if (!events.length) return;
+  const after = await statesAfter(shown.todoId, events, false);
+  if (app.shown !== shown) return; // another stream was selected meanwhile
+  appendRows(events, after);
+}
+
+// One read of the selected stream's new events at a time: events that come during one make
+// one more follow it, so a burst of writes costs two reads, not one per event.
+let refreshing = null;
+let refreshAgain = false;
+
+/** Shows the selected stream's events after the last shown, `version` being one of them. */
+function refreshSelected(version = 0) {
+  if (app.shown) app.shown.seen = Math.max(app.shown.seen, version);
+  refreshAgain = true;
+  refreshing ??= (async () => {
+    try {
+      while (refreshAgain) {
+        refreshAgain = false;
+        await guarded(readNewer, true);
+      }
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
+}
+
+/** Shows the ROWS events before the oldest shown, with their states, above it. */
+async function loadOlderEvents() {
+  const shown = app.shown;
+  const first = shown?.first;
+  if (!first || first <= 1) return;
+  const from = Math.max(1, first - ROWS);
+  const events = await readEvents(shown.stream, from, first - from);
+  const after = await statesAfter(shown.todoId, events, false);
+  if (app.shown !== shown || shown.first !== first) return; // rows changed meanwhile: click again
+  shown.limit += events.length;
+  shown.first = from;
+  $('event-list').prepend(...events.map((e) => eventRow(e, after.get(e.id), shown.todoId)));
+  $('events-older').hidden = shown.first <= 1;
+}
+
+/** Shows a write of this page: its stream on top of the list and its new event. */
+async function showWrite(w) {
+  const stream = TODO_PREFIX + w.id;
+  bumpStream(stream, w.version, w.position);
+  if (app.shown?.stream === stream) await refreshSelected(w.version);
+  else await selectStream(stream);
 }
 
 /**
  * Undoes to `eventId` of a todo shown at `version`. The buttons are off until the answer (a
  * second click is not a second undo), and If-Match makes a todo changed since it was shown a
- * 412, after which the page shows it as it is now.
+ * 412, after which the page shows what changed.
  */
 async function undoTo(todoId, eventId, version) {
   const buttons = [...document.querySelectorAll('[data-testid="undo-button"]')];
   for (const b of buttons) b.disabled = true;
   try {
-    const w = await api('PUT', `/todo/${todoId}/undo-to/${eventId}`, undefined, { 'If-Match': `"${version}"` });
-    bumpStream(TODO_PREFIX + w.id, w.version, w.position);
-    await selectStream(TODO_PREFIX + w.id);
+    const w = await api('PUT', `${todoPath(todoId)}/undo-to/${encodeURIComponent(eventId)}`, undefined,
+      { 'If-Match': `"${version}"` });
+    await showWrite(w);
   } catch (e) {
-    if (e.status === 412) await guarded(() => selectStream(TODO_PREFIX + todoId), true);
+    if (e.status === 412) await refreshSelected();
     throw e;
   } finally {
-    for (const b of buttons) b.disabled = false; // those still shown, if the stream was not read again
+    for (const b of buttons) b.disabled = false; // those still shown
   }
 }
 
 // -- live tail ---------------------------------------------------------------------
 
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+function liveItem(e) {
+  return el('li', { 'data-testid': 'live-event', 'data-position': e.position, 'data-stream': e.stream },
+    el('span', { class: 'muted' }, `#${e.position}`), ' ',
+    el('a', { href: `#${encodeURIComponent(e.stream)}`, onclick: (ev) => { ev.preventDefault(); guarded(() => selectStream(e.stream)); } }, e.stream),
+    ' ', el('span', { class: 'type' }, e.type), ' ', el('span', { class: 'data' }, shortJson(e.data)));
+}
 
-// The selected stream is read again 150 ms after an event of it comes; under steady writes
-// a read in progress is followed by one more, 150 ms after it ends, never cut short.
-let refreshing = false;
-let refreshAgain = false;
-async function refreshSelectedSoon() {
-  refreshAgain = true;
-  if (refreshing) return;
-  refreshing = true;
-  try {
-    while (refreshAgain) {
-      await sleep(150);
-      refreshAgain = false;
-      if (app.selected) await guarded(() => selectStream(app.selected), true);
-    }
-  } finally {
-    refreshing = false;
-  }
+function renderLive() {
+  const tail = $('live-tail');
+  tail.prepend(...app.liveQueue.splice(0).reverse().map(liveItem));
+  while (tail.children.length > LIVE_MAX) tail.lastElementChild.remove();
 }
 
 function onLiveEvent(msg) {
   let e;
   try { e = JSON.parse(msg.data); } catch { return; }
-  const tail = $('live-tail');
-  if (tail.querySelector(`[data-position="${Number(e.position)}"]`)) return; // replay after reconnect
-  app.tailFrom = Math.max(app.tailFrom, Number(e.position) + 1);
-  tail.prepend(el('li', { 'data-testid': 'live-event', 'data-position': e.position, 'data-stream': e.stream },
-    el('span', { class: 'muted' }, `#${e.position}`), ' ',
-    el('a', { href: `#${encodeURIComponent(e.stream)}`, onclick: (ev) => { ev.preventDefault(); guarded(() => selectStream(e.stream)); } }, e.stream),
-    ' ', el('span', { class: 'type' }, e.type), ' ', el('span', { class: 'data' }, shortJson(e.data))));
-  while (tail.children.length > LIVE_MAX) tail.lastElementChild.remove();
+  if (e.position < app.tailFrom) return; // replayed after a reconnect: shown already
+  app.tailFrom = e.position + 1;
+  app.liveQueue.push(e);
+  if (app.liveQueue.length > LIVE_MAX) app.liveQueue.shift();
+  drawSoon('live');
   bumpStream(e.stream, e.version, e.position);
-  if (e.stream === app.selected) refreshSelectedSoon();
+  if (e.stream === app.shown?.stream) refreshSelected(e.version);
+}
+
+function showLiveStatus(text, kind = '') {
+  const status = $('live-status');
+  status.textContent = text;
+  status.className = `badge ${kind}`.trim();
 }
 
 /**
@@ -253,22 +411,36 @@ function onLiveEvent(msg) {
  * for good: then the page asks again, later and later, from where its tail is.
  */
 function startLiveTail() {
-  const status = $('live-status');
+  showLiveStatus('connecting');
   const source = new EventSource(`/subscribe/$all?from=${app.tailFrom}`);
   app.source = source;
   source.onopen = () => {
-    status.textContent = 'live';
-    status.className = 'badge ok';
+    showLiveStatus('live', 'ok');
     app.retryMs = 1000;
   };
   source.onerror = () => {
-    status.textContent = 'reconnecting';
-    status.className = 'badge warn';
+    showLiveStatus('reconnecting', 'warn');
     if (source.readyState !== EventSource.CLOSED) return;
     setTimeout(() => { if (app.source === source) startLiveTail(); }, app.retryMs);
     app.retryMs = Math.min(app.retryMs * 2, 30000);
   };
   source.onmessage = onLiveEvent;
+}
+
+/**
+ * A hidden tab closes its live tail and opens it again from where it was when shown: a
+ * browser allows six connections to a server, and six tabs each holding one would leave
+ * none for any other request to it.
+ */
+function onVisibilityChange() {
+  if (app.tailFrom === null) return; // not started: start() opens it
+  if (document.hidden && app.source) {
+    app.source.close();
+    app.source = null;
+    showLiveStatus('paused');
+  } else if (!document.hidden && !app.source) {
+    startLiveTail();
+  }
 }
 
 // -- create form -------------------------------------------------------------------
@@ -294,8 +466,7 @@ async function createTodo(ev) {
     const w = await api('POST', '/todo', { description: input.value }, { 'Idempotency-Key': app.createKey });
     app.createKey = null;
     input.value = '';
-    bumpStream(TODO_PREFIX + w.id, w.version, w.position);
-    await selectStream(TODO_PREFIX + w.id);
+    await showWrite(w);
   } catch (e) {
     if (e.status >= 400 && e.status < 500) app.createKey = null; // nothing was created
     throw e;
@@ -306,7 +477,11 @@ async function createTodo(ev) {
 
 // -- start -------------------------------------------------------------------------
 
-/** Selects the stream the address's #fragment names, if it names one. */
+/**
+ * Selects the stream the address's #fragment names, if it names one. Names starting with `$`
+ * are the server's own: `$all` is the whole log, far too long to read into a page. When the
+ * stream cannot be shown, the #fragment names the one shown again.
+ */
 function selectFromHash() {
   let stream;
   try {
@@ -315,7 +490,21 @@ function selectFromHash() {
     showError(`The address's #${location.hash.slice(1)} is not a stream name.`);
     return;
   }
-  if (stream && stream !== app.selected) guarded(() => selectStream(stream));
+  if (!stream || stream === app.shown?.stream) return;
+  const restoreHash = () => { if (app.shown) setHash(app.shown.stream); };
+  if (stream.startsWith('$')) {
+    showError(`The address's #${stream} is not a stream: names starting with $ are the server's own ($all is the whole log, too long to show here).`);
+    restoreHash();
+    return;
+  }
+  guarded(async () => {
+    try {
+      await selectStream(stream);
+    } catch (e) {
+      restoreHash();
+      throw e;
+    }
+  });
 }
 
 /**
@@ -333,7 +522,8 @@ async function start(failedBefore = false) {
   }
   if (failedBefore) showError(null);
   app.tailFrom = app.head + 1;
-  startLiveTail();
+  if (document.hidden) showLiveStatus('paused');
+  else startLiveTail();
   selectFromHash();
 }
 
@@ -342,7 +532,9 @@ function init() {
   $('create-description').addEventListener('input', () => { app.createKey = null; });
   $('streams-older').addEventListener('click', () => guarded(() => loadStreams(true)));
   $('streams-refresh').addEventListener('click', () => guarded(() => loadStreams(false)));
+  $('events-older').addEventListener('click', () => guarded(loadOlderEvents));
   window.addEventListener('hashchange', selectFromHash);
+  document.addEventListener('visibilitychange', onVisibilityChange);
   start();
 }
 

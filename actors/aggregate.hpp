@@ -102,7 +102,7 @@ recover(const storage::event_log& log, const std::string& id,
   auto stream = std::string{A::stream_prefix} + id;
   auto st = A::initial(id);
   uint64_t from = 1;
-  if (auto snap = log.load_snapshot(stream); snap.ok() && snap->version <= through) {
+  if (auto snap = log.load_snapshot(stream, through); snap.ok()) {
     if (auto decoded = A::decode_state(snap->state)) {
       st = std::move(*decoded);
       from = snap->version + 1;

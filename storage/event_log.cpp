@@ -1161,7 +1161,8 @@ result<void> event_log::save_snapshot(std::string_view stream,
   // append) before the Put.
   std::lock_guard<std::mutex> guard{impl_->write_mutex};
   impl_->keep_memtable_nonempty(); // a failure here must leave Resume() a flush too
-  auto st = impl_->db->Put(wo, keys::snapshot_key(stream), keys::encode_snapshot(snap));
+  auto st = impl_->db->Put(wo, keys::snapshot_key(stream, snap.version),
+                           keys::encode_snapshot(snap));
   if (!st.ok()) {
     impl_->note_write_failure(st);
     return storage_error{storage_errc::not_writable, "save snapshot: " + public_reason(st)};
@@ -1232,16 +1233,41 @@ result<void> event_log::finish_pending_work(std::string_view name,
   return unexpected(storage_errc::not_writable, e.what());
 }
 
-result<snapshot_record> event_log::load_snapshot(std::string_view stream) const try {
-  auto raw = impl_->get(rocksdb::ReadOptions{}, keys::snapshot_key(stream));
+result<snapshot_record> event_log::load_snapshot(std::string_view stream,
+                                                uint64_t through) const try {
+  auto not_found = [&] {
+    return storage_error{storage_errc::snapshot_not_found,
+                         "no snapshot of " + std::string{stream} + " at or before version "
+                           + std::to_string(through)};
+  };
+  // The newest of the stream's snapshots at or before `through`: the last
+  // key below the next version's.
+  bounded_read br{keys::snapshot_key(stream, 0),
+                  through == std::numeric_limits<uint64_t>::max()
+                    ? keys::snapshots_end(stream)
+                    : keys::snapshot_key(stream, through + 1)};
+  std::unique_ptr<rocksdb::Iterator> it{impl_->db->NewIterator(br.options)};
+  it->SeekToLast();
+  if (it->Valid()) {
+    auto snap = keys::decode_snapshot(as_view(it->value()));
+    if (!snap)
+      return corrupted("snapshot record", stream);
+    return std::move(*snap);
+  }
+  if (!it->status().ok())
+    return read_error(it->status(), "read the snapshots of " + std::string{stream});
+  // A store written before snapshots were kept by version has at most one,
+  // its latest, under the old key.
+  auto raw = impl_->get(rocksdb::ReadOptions{}, keys::latest_snapshot_key(stream));
   if (!raw)
     return raw.error();
   if (!raw->has_value())
-    return storage_error{storage_errc::snapshot_not_found,
-                         "no snapshot of " + std::string{stream}};
+    return not_found();
   auto snap = keys::decode_snapshot(**raw);
   if (!snap)
     return corrupted("snapshot record", stream);
+  if (snap->version > through)
+    return not_found();
   return std::move(*snap);
 } catch (const std::exception& e) {
   return unexpected(storage_errc::io_error, e.what());

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <span>
@@ -217,12 +218,16 @@ public:
   /// makes it writable again. nullopt while a retry may still succeed.
   std::optional<std::string> unrecoverable() const;
 
-  /// Stores `snap` as the latest snapshot of `stream` (not fsynced: a
-  /// snapshot is a cache that can always be rebuilt from the log).
+  /// Stores `snap` as the snapshot of `stream` at `snap.version`, beside
+  /// those at other versions (not fsynced: a snapshot is a cache that can
+  /// always be rebuilt from the log).
   result<void> save_snapshot(std::string_view stream, const snapshot_record& snap);
 
-  /// Latest snapshot of `stream`. Fails with `snapshot_not_found`.
-  result<snapshot_record> load_snapshot(std::string_view stream) const;
+  /// The newest snapshot of `stream` at or before version `through` (by
+  /// default its newest). Fails with `snapshot_not_found`.
+  result<snapshot_record>
+  load_snapshot(std::string_view stream,
+                uint64_t through = std::numeric_limits<uint64_t>::max()) const;
 
   /// Records the status of the first answer to the request that claimed
   /// `key` (where it depends on more than the append: unit-of-work's 201 or

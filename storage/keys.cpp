@@ -143,23 +143,37 @@ std::string escape_stream(std::string_view stream) {
   return out;
 }
 
-std::string stream_index_key(std::string_view stream, uint64_t version) {
+namespace {
+
+/// `prefix` + escape_stream(stream) + 0x00 + be64(version): a key per version of a stream.
+std::string versioned_key(char prefix, std::string_view stream, uint64_t version) {
   std::string key;
   key.reserve(1 + stream.size() + 1 + 8);
-  key.push_back(stream_prefix);
+  key.push_back(prefix);
   key.append(escape_stream(stream));
   key.push_back('\x00');
   put_be64(key, version);
   return key;
 }
 
-std::string stream_index_end(std::string_view stream) {
+/// `prefix` + escape_stream(stream) + 0x01: past every versioned key of the stream.
+std::string versioned_end(char prefix, std::string_view stream) {
   std::string key;
   key.reserve(1 + stream.size() + 1);
-  key.push_back(stream_prefix);
+  key.push_back(prefix);
   key.append(escape_stream(stream));
   key.push_back('\x01');
   return key;
+}
+
+} // namespace
+
+std::string stream_index_key(std::string_view stream, uint64_t version) {
+  return versioned_key(stream_prefix, stream, version);
+}
+
+std::string stream_index_end(std::string_view stream) {
+  return versioned_end(stream_prefix, stream);
 }
 
 std::string head_key(std::string_view stream) {
@@ -183,8 +197,16 @@ std::string idempotency_key(std::string_view key) {
   return prefixed(idempotency_prefix, key);
 }
 
-std::string snapshot_key(std::string_view stream) {
-  return prefixed(snapshot_prefix, stream);
+std::string latest_snapshot_key(std::string_view stream) {
+  return prefixed(latest_snapshot_prefix, stream);
+}
+
+std::string snapshot_key(std::string_view stream, uint64_t version) {
+  return versioned_key(snapshot_prefix, stream, version);
+}
+
+std::string snapshots_end(std::string_view stream) {
+  return versioned_end(snapshot_prefix, stream);
 }
 
 std::string pending_key(std::string_view name) {

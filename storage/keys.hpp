@@ -21,12 +21,16 @@ inline constexpr char all_prefix = 'a';          ///< `$all`: be64(position) -> 
 inline constexpr char event_id_prefix = 'e';     ///< event id -> be64(position)
 inline constexpr char head_prefix = 'h';         ///< stream -> stream head
 inline constexpr char idempotency_prefix = 'i';  ///< idempotency key -> idempotency record
-inline constexpr char snapshot_prefix = 'n';     ///< stream -> snapshot record
+/// stream -> snapshot record: the one snapshot of a stream kept by stores
+/// written before 28 November 2026; read, never written
+inline constexpr char latest_snapshot_prefix = 'n';
 inline constexpr char pending_prefix = 'p';      ///< name of accepted work not yet done -> empty
 inline constexpr char recency_prefix = 'r';      ///< be64(last_position) + stream -> be64(version)
 /// escaped stream + 0x00 + be64(version) -> be64(position), for streams whose head carries
 /// no positions (more than `head_positions_max` events, or written before heads did)
 inline constexpr char stream_prefix = 's';
+/// escaped stream + 0x00 + be64(version) -> snapshot record: every snapshot kept
+inline constexpr char snapshot_prefix = 'v';
 
 /// Format byte that starts every variable-length record.
 inline constexpr uint8_t record_format_v1 = 1;
@@ -76,8 +80,14 @@ std::string recency_key(uint64_t last_position, std::string_view stream);
 /// `i` + idempotency key.
 std::string idempotency_key(std::string_view key);
 
-/// `n` + stream.
-std::string snapshot_key(std::string_view stream);
+/// `n` + stream (stores written before 28 November 2026).
+std::string latest_snapshot_key(std::string_view stream);
+
+/// `v` + escape_stream(stream) + 0x00 + be64(version).
+std::string snapshot_key(std::string_view stream, uint64_t version);
+
+/// `v` + escape_stream(stream) + 0x01: exclusive upper bound of the stream's snapshot keys.
+std::string snapshots_end(std::string_view stream);
 
 /// `p` + name.
 std::string pending_key(std::string_view name);

@@ -719,6 +719,30 @@ TEST_CASE("recovery from a snapshot plus the tail equals a full replay",
     CHECK(from_snapshot->status == full.status);
   }
 
+  SECTION("the state at a past version starts from the newest snapshot at or before it, "
+          "every one being kept") {
+    for (uint64_t v : {10, 20, 30})
+      CHECK(log->load_snapshot(stream_of(id), v).value().version == v);
+    auto fold_to = [&](size_t version) {
+      auto st = todo_aggregate::initial(id);
+      for (size_t i = 0; i < version; ++i)
+        st = todo::evolve(st, *todo::decode_event(events[i].type, events[i].data));
+      return st;
+    };
+    // The snapshot at 20, doctored: the state at 20 is it, not a fold from
+    // event 1 or from the snapshot at 10.
+    auto at_20 = todo::decode_state(log->load_snapshot(stream_of(id), 20).value().state);
+    REQUIRE(at_20);
+    at_20->description = "only in the snapshot at 20";
+    REQUIRE(log->save_snapshot(stream_of(id),
+                               storage::snapshot_record{20, todo::encode_state(*at_20)})
+              .ok());
+    CHECK(actors::recover<todo_aggregate>(*log, id, 20).value() == *at_20);
+    CHECK(actors::recover<todo_aggregate>(*log, id, 19).value() == fold_to(19));
+    // Event 21 changes the description: from there on the fold is the log's again.
+    CHECK(actors::recover<todo_aggregate>(*log, id, 25).value() == fold_to(25));
+  }
+
   SECTION("an undecodable snapshot falls back to a full replay") {
     REQUIRE(log->save_snapshot(stream_of(id), storage::snapshot_record{30, "not a state"}).ok());
     auto replayed = actors::recover<todo_aggregate>(*log, id);

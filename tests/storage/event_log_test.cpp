@@ -739,7 +739,8 @@ TEST_CASE("purging many idempotency keys works across chunks") {
   CHECK(log->purge_idempotency_keys(INT64_MAX).value() == 1500);
 }
 
-TEST_CASE("snapshots are saved, overwritten and loaded; a missing one is "
+TEST_CASE("snapshots are kept by version: the newest at or before a version is loaded, a "
+          "second one at the same version replaces the first; none there is "
           "snapshot_not_found") {
   temp_dir dir;
   auto log = open_log(dir);
@@ -752,7 +753,48 @@ TEST_CASE("snapshots are saved, overwritten and loaded; a missing one is "
   CHECK(log->load_snapshot("todo-1").value() == snapshot_record{3, bytes});
   REQUIRE(log->save_snapshot("todo-1", snapshot_record{7, "later"}));
   CHECK(log->load_snapshot("todo-1").value() == snapshot_record{7, "later"});
+  // A stream whose name extends another's has snapshots of its own.
+  REQUIRE(log->save_snapshot("todo-10", snapshot_record{5, "another stream"}));
+  REQUIRE(log->save_snapshot("todo-", snapshot_record{9, "a shorter name"}));
+
+  CHECK(log->load_snapshot("todo-1", 7).value() == snapshot_record{7, "later"});
+  CHECK(log->load_snapshot("todo-1", 6).value() == snapshot_record{3, bytes});
+  CHECK(log->load_snapshot("todo-1", 3).value() == snapshot_record{3, bytes});
+  auto before_any = log->load_snapshot("todo-1", 2);
+  REQUIRE_FALSE(before_any);
+  CHECK(before_any.error().code == storage_errc::snapshot_not_found);
+  CHECK(log->load_snapshot("todo-10").value() == snapshot_record{5, "another stream"});
+  CHECK(log->load_snapshot("todo-", 100).value() == snapshot_record{9, "a shorter name"});
   CHECK_FALSE(log->load_snapshot("todo-2"));
+
+  REQUIRE(log->save_snapshot("todo-1", snapshot_record{3, "again"}));
+  CHECK(log->load_snapshot("todo-1", 5).value() == snapshot_record{3, "again"});
+  CHECK(log->load_snapshot("todo-1").value() == snapshot_record{7, "later"});
+}
+
+TEST_CASE("a store written before snapshots were kept by version has its one snapshot read, "
+          "where no newer one is at or before the version asked for") {
+  temp_dir dir;
+  {
+    auto log = open_log(dir);
+    append_one(*log, request("todo-1", no_stream, 1));
+  }
+  {
+    raw_store raw{dir};
+    REQUIRE(raw.db()
+              .Put({}, keys::latest_snapshot_key("todo-1"),
+                   keys::encode_snapshot(snapshot_record{50, "kept by an older eventsd"}))
+              .ok());
+  }
+  auto log = open_log(dir);
+  CHECK(log->load_snapshot("todo-1").value() == snapshot_record{50, "kept by an older eventsd"});
+  CHECK(log->load_snapshot("todo-1", 50).value()
+        == snapshot_record{50, "kept by an older eventsd"});
+  CHECK_FALSE(log->load_snapshot("todo-1", 49));
+  REQUIRE(log->save_snapshot("todo-1", snapshot_record{100, "by version"}));
+  CHECK(log->load_snapshot("todo-1").value() == snapshot_record{100, "by version"});
+  CHECK(log->load_snapshot("todo-1", 99).value()
+        == snapshot_record{50, "kept by an older eventsd"});
 }
 
 TEST_CASE("pending work is noted with a value until it is finished, also across a reopen; a "

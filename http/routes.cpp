@@ -1234,10 +1234,13 @@ router::router(services& svc) : svc_(svc) {
             auto readers = svc->read_model_readers.size();
             auto failing = svc->failing_read_model_readers();
             const bool readers_ok = readers == 0 || failing < readers;
-            std::string reader_check = failing == 0 ? std::string{"ok"}
-                                                    : std::to_string(failing) + " of "
-                                                        + std::to_string(readers)
-                                                        + " cannot connect";
+            // A reader learns that PostgreSQL is gone at its next read: "ok"
+            // only while PostgreSQL is reachable and one has connected.
+            std::string reader_check
+              = failing > 0 ? std::to_string(failing) + " of " + std::to_string(readers)
+                                + " cannot connect"
+              : !st.connected || svc->no_read_model_reader_connected_yet() ? "unknown"
+                                                                          : "ok";
             json checks{{"eventStore", store},
                         {"postgres", postgres},
                         {"readModel", read_model},

@@ -115,6 +115,12 @@ const projections::read_model_reader_actor& services::read_model_reader() {
   return read_model_readers[first % n]; // all failing: any answers why
 }
 
+bool services::no_read_model_reader_connected_yet() const {
+  return !read_model_health.empty()
+         && std::all_of(read_model_health.begin(), read_model_health.end(),
+                        [](const auto& h) { return h->never_connected.load(); });
+}
+
 size_t services::failing_read_model_readers() const {
   return static_cast<size_t>(std::count_if(read_model_health.begin(), read_model_health.end(),
                                            [](const auto& h) { return h->failing.load(); }));

@@ -156,6 +156,9 @@ struct services {
   const projections::read_model_reader_actor& read_model_reader();
   /// Read-model readers whose last connect failed.
   size_t failing_read_model_readers() const;
+  /// True until a read-model reader has connected (readers connect at their
+  /// first read).
+  bool no_read_model_reader_connected_yet() const;
 
   std::atomic<size_t> next_log_reader{0};
   std::atomic<size_t> next_read_model_reader{0};

@@ -1036,6 +1036,8 @@ read_model_reader_actor spawn_read_model_reader(caf::actor_system& sys, std::str
             st.connect_failed = clock::now();
           } else {
             st.connect_error.reset();
+            if (st.health)
+              st.health->never_connected = false;
           }
         }
         if (st.health)

@@ -130,9 +130,11 @@ using read_model_reader_actor
 
 /// What a read-model reader tells those who pick one: whether its last
 /// attempt to connect failed. A failing reader tries again by itself every
-/// second until it connects, so reads can go to the others meanwhile.
+/// second until it connects, so reads can go to the others meanwhile. A
+/// reader connects at its first read: until then it has `never_connected`.
 struct reader_health {
   std::atomic<bool> failing{false};
+  std::atomic<bool> never_connected{true};
 };
 
 /// Spawns one reader (detached) with its own connection to `dsn`, each

@@ -2134,6 +2134,10 @@ TEST_CASE("a read-model reader that cannot connect is skipped: reads go to the o
     return (r.status == 200 ? j : j["checks"]).value("readModelReaders", std::string{});
   };
 
+  // Before any read no reader has tried: not known, and not "ok".
+  REQUIRE(eventually([&] { return c.get("/readyz").status == 200; }, 10000ms, 50ms));
+  CHECK(readers_check(c.get("/readyz")) == "unknown");
+
   // No reader can connect: reads are 503, and eventsd is not ready.
   for (int i = 0; i < 2; ++i) {
     auto r = read_a();

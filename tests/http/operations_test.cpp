@@ -65,15 +65,19 @@ TEST_CASE("/readyz: 200 with PostgreSQL up, 503 problem+json with a reason when 
     http_client c{s.port()};
     CHECK(eventually([&] { return c.get("/readyz").status == 200; }, 10000ms, 50ms));
     check_ready(c.get("/readyz"));
+    // The readers connect at their first read; then they are known to be "ok".
+    REQUIRE(c.get("/todo").status == 200);
+    CHECK(c.get("/readyz").json_body()["readModelReaders"] == "ok");
   }
   server_options o;
   o.dsn = dsn_with_host_port(test_dsn(), "127.0.0.1", free_port()) + " connect_timeout=1";
   server s{o};
   http_client c{s.port()};
-  // Never ready, however long we look.
+  // Never ready, however long we look; the readers, which have not tried, are not "ok".
   for (int i = 0; i < 5; ++i) {
     auto r = c.get("/readyz");
     check_not_ready(r);
+    CHECK(r.json_body()["checks"]["readModelReaders"] == "unknown");
     sleep_for(200ms);
   }
 }

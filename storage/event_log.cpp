@@ -757,13 +757,14 @@ event_log::append(std::span<const append_request> batch) {
     uint64_t next = first_free;
     // Existing streams this batch appends to (a new one was never cached).
     std::vector<std::string_view> extended;
-    // The results that were judged on this batch's own appends (they
-    // themselves; a replay of a key claimed earlier in the batch; a conflict
-    // with a version or a key it writes) and share the write's fate. The
-    // others were judged on what was durable before: they stand, so a replay
-    // of a key answered earlier gets its first answer even when the write of
-    // the batch it came in fails.
+    // The results that share the fate of this batch's write: its appends,
+    // and replays of keys claimed earlier in it. Conflicts with a version or
+    // a key it writes were judged on it too: when the write fails they are
+    // not known, but their own requests were not appended. The other results
+    // were judged on what was there before and stand, so a replay of a key
+    // answered earlier gets its first answer even when the batch's write fails.
     std::vector<size_t> on_batch;
+    std::vector<size_t> conflicts_on_batch;
     auto written_by_batch = [&](std::string_view stream) {
       return std::any_of(on_batch.begin(), on_batch.end(),
                          [&](size_t i) { return batch[i].stream == stream; });
@@ -789,9 +790,10 @@ event_log::append(std::span<const append_request> batch) {
       if (req.idempotency) {
         const auto& claim = *req.idempotency;
         std::optional<idempotency_record> live;
+        bool claimed_in_batch = false;
         if (auto i = pending_keys.find(claim.key); i != pending_keys.end()) {
           live = i->second;
-          on_batch.push_back(results.size());
+          claimed_in_batch = true;
         } else {
           auto raw = impl_->get(ro, keys::idempotency_key(claim.key));
           if (!raw) {
@@ -809,6 +811,9 @@ event_log::append(std::span<const append_request> batch) {
           }
         }
         if (live) {
+          if (claimed_in_batch)
+            (live->fingerprint != claim.fingerprint ? conflicts_on_batch : on_batch)
+              .push_back(results.size());
           if (live->fingerprint != claim.fingerprint) {
             results.emplace_back(storage_error{
               storage_errc::idempotency_conflict,
@@ -840,7 +845,7 @@ event_log::append(std::span<const append_request> batch) {
       }
       if (req.expected_version != any_version && req.expected_version != head.version) {
         if (written_by_batch(req.stream))
-          on_batch.push_back(results.size());
+          conflicts_on_batch.push_back(results.size());
         results.emplace_back(storage_error{
           storage_errc::wrong_expected_version,
           "stream " + req.stream + " is at version " + std::to_string(head.version)
@@ -934,6 +939,9 @@ event_log::append(std::span<const append_request> batch) {
                                      : "; nothing was appended")};
       for (auto i : on_batch)
         results[i] = err;
+      for (auto i : conflicts_on_batch)
+        results[i] = storage_error{storage_errc::not_writable,
+                                   public_reason(st) + "; nothing was appended"};
       return results;
     }
     impl_->head.store(next - 1, std::memory_order_release);
@@ -1158,11 +1166,28 @@ result<void> event_log::save_snapshot(std::string_view stream,
   wo.sync = false;
   // Under the writers' lock, as every write through the WAL: the memtable
   // kept non-empty here must not be emptied (a flush by Resume() or by an
-  // append) before the Put.
+  // append) before the write.
   std::lock_guard<std::mutex> guard{impl_->write_mutex};
   impl_->keep_memtable_nonempty(); // a failure here must leave Resume() a flush too
-  auto st = impl_->db->Put(wo, keys::snapshot_key(stream, snap.version),
-                           keys::encode_snapshot(snap));
+  // Every snapshot goes under its version; the latest also under `n`, where
+  // an activation finds it with one point read. The latest it replaces is
+  // under its version already, except in a store written before snapshots
+  // were kept by version: put it there too (a rewrite otherwise).
+  const auto latest_key = keys::latest_snapshot_key(stream);
+  auto latest = impl_->get(rocksdb::ReadOptions{}, latest_key);
+  if (!latest)
+    return latest.error();
+  std::optional<snapshot_record> replaced;
+  if (latest->has_value())
+    replaced = keys::decode_snapshot(**latest);
+  const auto encoded = keys::encode_snapshot(snap);
+  rocksdb::WriteBatch wb;
+  if (replaced && replaced->version < snap.version)
+    wb.Put(keys::snapshot_key(stream, replaced->version), **latest);
+  if (!replaced || replaced->version <= snap.version)
+    wb.Put(latest_key, encoded);
+  wb.Put(keys::snapshot_key(stream, snap.version), encoded);
+  auto st = impl_->db->Write(wo, &wb);
   if (!st.ok()) {
     impl_->note_write_failure(st);
     return storage_error{storage_errc::not_writable, "save snapshot: " + public_reason(st)};
@@ -1240,34 +1265,30 @@ result<snapshot_record> event_log::load_snapshot(std::string_view stream,
                          "no snapshot of " + std::string{stream} + " at or before version "
                            + std::to_string(through)};
   };
-  // The newest of the stream's snapshots at or before `through`: the last
-  // key below the next version's.
-  bounded_read br{keys::snapshot_key(stream, 0),
-                  through == std::numeric_limits<uint64_t>::max()
-                    ? keys::snapshots_end(stream)
-                    : keys::snapshot_key(stream, through + 1)};
-  std::unique_ptr<rocksdb::Iterator> it{impl_->db->NewIterator(br.options)};
-  it->SeekToLast();
-  if (it->Valid()) {
-    auto snap = keys::decode_snapshot(as_view(it->value()));
-    if (!snap)
-      return corrupted("snapshot record", stream);
-    return std::move(*snap);
-  }
-  if (!it->status().ok())
-    return read_error(it->status(), "read the snapshots of " + std::string{stream});
-  // A store written before snapshots were kept by version has at most one,
-  // its latest, under the old key.
+  // The latest first: one point read, and what an activation asks for.
   auto raw = impl_->get(rocksdb::ReadOptions{}, keys::latest_snapshot_key(stream));
   if (!raw)
     return raw.error();
   if (!raw->has_value())
+    return not_found(); // a stream with snapshots has its latest here
+  auto latest = keys::decode_snapshot(**raw);
+  if (!latest)
+    return corrupted("snapshot record", stream);
+  if (latest->version <= through)
+    return std::move(*latest);
+  // An earlier one: the last of the stream's versioned keys below the next
+  // version's (`through` < the latest's version: no overflow).
+  bounded_read br{keys::snapshot_key(stream, 0), keys::snapshot_key(stream, through + 1)};
+  std::unique_ptr<rocksdb::Iterator> it{impl_->db->NewIterator(br.options)};
+  it->SeekToLast();
+  if (!it->Valid()) {
+    if (!it->status().ok())
+      return read_error(it->status(), "read the snapshots of " + std::string{stream});
     return not_found();
-  auto snap = keys::decode_snapshot(**raw);
+  }
+  auto snap = keys::decode_snapshot(as_view(it->value()));
   if (!snap)
     return corrupted("snapshot record", stream);
-  if (snap->version > through)
-    return not_found();
   return std::move(*snap);
 } catch (const std::exception& e) {
   return unexpected(storage_errc::io_error, e.what());

@@ -156,16 +156,6 @@ std::string versioned_key(char prefix, std::string_view stream, uint64_t version
   return key;
 }
 
-/// `prefix` + escape_stream(stream) + 0x01: past every versioned key of the stream.
-std::string versioned_end(char prefix, std::string_view stream) {
-  std::string key;
-  key.reserve(1 + stream.size() + 1);
-  key.push_back(prefix);
-  key.append(escape_stream(stream));
-  key.push_back('\x01');
-  return key;
-}
-
 } // namespace
 
 std::string stream_index_key(std::string_view stream, uint64_t version) {
@@ -173,7 +163,12 @@ std::string stream_index_key(std::string_view stream, uint64_t version) {
 }
 
 std::string stream_index_end(std::string_view stream) {
-  return versioned_end(stream_prefix, stream);
+  std::string key;
+  key.reserve(1 + stream.size() + 1);
+  key.push_back(stream_prefix);
+  key.append(escape_stream(stream));
+  key.push_back('\x01');
+  return key;
 }
 
 std::string head_key(std::string_view stream) {
@@ -203,10 +198,6 @@ std::string latest_snapshot_key(std::string_view stream) {
 
 std::string snapshot_key(std::string_view stream, uint64_t version) {
   return versioned_key(snapshot_prefix, stream, version);
-}
-
-std::string snapshots_end(std::string_view stream) {
-  return versioned_end(snapshot_prefix, stream);
 }
 
 std::string pending_key(std::string_view name) {

@@ -21,8 +21,8 @@ inline constexpr char all_prefix = 'a';          ///< `$all`: be64(position) -> 
 inline constexpr char event_id_prefix = 'e';     ///< event id -> be64(position)
 inline constexpr char head_prefix = 'h';         ///< stream -> stream head
 inline constexpr char idempotency_prefix = 'i';  ///< idempotency key -> idempotency record
-/// stream -> snapshot record: the one snapshot of a stream kept by stores
-/// written before 28 November 2026; read, never written
+/// stream -> its latest snapshot record (also under `v`; stores written
+/// before 28 November 2026 kept only this one)
 inline constexpr char latest_snapshot_prefix = 'n';
 inline constexpr char pending_prefix = 'p';      ///< name of accepted work not yet done -> empty
 inline constexpr char recency_prefix = 'r';      ///< be64(last_position) + stream -> be64(version)
@@ -80,14 +80,11 @@ std::string recency_key(uint64_t last_position, std::string_view stream);
 /// `i` + idempotency key.
 std::string idempotency_key(std::string_view key);
 
-/// `n` + stream (stores written before 28 November 2026).
+/// `n` + stream.
 std::string latest_snapshot_key(std::string_view stream);
 
 /// `v` + escape_stream(stream) + 0x00 + be64(version).
 std::string snapshot_key(std::string_view stream, uint64_t version);
-
-/// `v` + escape_stream(stream) + 0x01: exclusive upper bound of the stream's snapshot keys.
-std::string snapshots_end(std::string_view stream);
 
 /// `p` + name.
 std::string pending_key(std::string_view name);

@@ -5,8 +5,10 @@
 //   stream list, open its stream (events and the state after each one), undo to its
 //   first event, check the state; create one through the form; a long stream opens at
 //   its newest rows and reads only what is new; links in capitals, to $all and to no
-//   stream; the stream list stays one page per page loaded; a hidden tab closes its
-//   tail; Swagger UI renders, runs a request and keeps no token.
+//   stream, and a 404 that cancels no selection on its way; the stream list stays one page
+//   per page loaded, and loses none to a live stream while "Older streams" loads; a hidden
+//   tab closes its tail, and shown again after a burst reads only the rows it shows;
+//   Swagger UI renders, runs a request and keeps no token.
 // Screenshots of the three views go to $EVENTSD_SCREENSHOTS_DIR when it is set.
 //
 // Usage: NODE_PATH=<assets node_modules> node ui_browser.js http://127.0.0.1:<port>
@@ -391,9 +393,35 @@ async function main() {
     assert.equal(await text(link.page, 'selected-stream'), steadyStream);
     const global = link.requests.filter((u) => /\/streams\/(%24|\$)all/i.test(u));
     assert.deepEqual(global, [], '#$all reads nothing of the log');
+    // A stream clicked whose read is held back, then a link to no stream: the 404 cancels
+    // nothing, and the stream clicked is shown when its answer comes.
+    const slowStream = `todo-${long.id}`;
+    let releaseSlow;
+    const slowReleased = new Promise((resolve) => { releaseSlow = resolve; });
+    let slowAsked;
+    const slowRead = new Promise((resolve) => { slowAsked = resolve; });
+    await link.page.route((u) => u.pathname === `/streams/${slowStream}`, async (route) => {
+      slowAsked();
+      await slowReleased;
+      return route.continue();
+    }, { times: 1 });
+    await link.page.locator(`[data-testid="stream-item"][data-stream="${slowStream}"] button`).click();
+    await slowRead;
+    await link.page.evaluate((h) => { location.hash = h; }, `#todo-${crypto.randomUUID()}`);
+    await until(link.page, 'the 404 while the stream clicked is on its way',
+      () => /^404 /.test(document.querySelector('[data-testid="error"]')?.textContent));
+    assert.equal(await text(link.page, 'selected-stream'), steadyStream);
+    assert.equal(new URL(link.page.url()).hash, `#${steadyStream}`);
+    releaseSlow();
+    await until(link.page, 'the stream clicked before the 404 to show',
+      (s) => document.querySelector('[data-testid="selected-stream"]')?.textContent === s, slowStream);
+    assert.equal(new URL(link.page.url()).hash, `#${slowStream}`);
+    assert.deepEqual(await rowVersions(link.page), [1]);
+    assert.equal((await text(link.page, 'state-description')).length, 255);
+    assert.equal(await link.page.locator(`[data-testid="stream-item"][data-stream="${slowStream}"]`).getAttribute('class'), 'selected');
     await link.page.close();
     problems.splice(0, problems.length, ...problems.filter((p) => !/^link console error: .*status of 404/.test(p)));
-    log(`links: #$all refused; capitals open ${steadyStream} at v${final.version - ROWS + 1}..; a new event read from v${next.version}; a 404 keeps it`);
+    log(`links: #$all refused; capitals open ${steadyStream} at v${final.version - ROWS + 1}..; a new event read from v${next.version}; a 404 keeps it and cancels no selection on its way`);
 
     // -- the stream list keeps one page per page loaded; ↻ keeps what came meanwhile ---------
     const lists = await openPage(context, 'lists', problems);
@@ -449,8 +477,106 @@ async function main() {
     const resumed = await livePositions(lists.page);
     assert.deepEqual(resumed, range(resumed.at(-1), whileHidden[2].position).reverse(), 'the tail has no gap and no repeat');
     assert.ok(resumed.at(-1) <= Math.min(...many.map((m) => m.position)), 'from the first write after the tab opened');
-    await lists.page.close();
     log(`hidden: tail closed at #${tailFrom - 1}, reopened from ${tailFrom}, ${resumed.length} events without gaps`);
+
+    // -- "Older streams" loses no stream to one written while its page is on its way ------------
+    // More than two pages of streams, so that the page merged cuts the list and a third follows.
+    const existing = (await api('GET', '/streams?limit=1000')).items.length;
+    const more = await Promise.all(range(1, Math.max(0, 2 * PAGE_SIZE + 10 - existing))
+      .map((i) => api('POST', '/todo', { description: `More ${i}` })));
+    if (more.length) {
+      const top = more.reduce((a, b) => (a.position > b.position ? a : b));
+      await until(lists.page, 'the streams added on top of the list',
+        (s) => document.querySelector('[data-testid="stream-item"]')?.dataset.stream === s, `todo-${top.id}`);
+    }
+    // A page refused keeps the list at one page: a stream coming live after it pushes one out.
+    await lists.page.route((u) => u.pathname === '/streams' && u.searchParams.has('before'), (route) => route.fulfill({
+      status: 503,
+      contentType: 'application/problem+json',
+      body: JSON.stringify({ type: 'about:blank', title: 'Service Unavailable', status: 503, detail: 'older page refused by the test' }),
+    }), { times: 1 });
+    await lists.page.getByTestId('streams-older').click();
+    await until(lists.page, 'the refused older page to be said',
+      () => /^503 .*older page refused/.test(document.querySelector('[data-testid="error"]')?.textContent));
+    const afterRefused = await api('POST', '/todo', { description: 'After a refused older page' });
+    await lists.page.locator(`[data-testid="stream-item"][data-stream="todo-${afterRefused.id}"]`).waitFor();
+    assert.deepEqual(await listedStreams(lists.page), (await api('GET', `/streams?limit=${PAGE_SIZE}`)).items.map((s) => s.stream),
+      `still the ${PAGE_SIZE} streams written last after a refused older page`);
+    problems.splice(0, problems.length, ...problems.filter((p) => !/^lists console error: .*status of 503/.test(p)));
+    const onePage = await listedStreams(lists.page);
+    assert.equal(onePage.length, PAGE_SIZE);
+    let duringOlder = null;
+    await lists.page.route((u) => u.pathname === '/streams' && u.searchParams.has('before'), async (route) => {
+      const answer = await route.fetch(); // the page after the oldest listed, read before ...
+      duringOlder = await api('POST', '/todo', { description: 'During an older page' }); // ... this write
+      await until(lists.page, 'the stream written while the older page was on its way to be listed',
+        (s) => !!document.querySelector(`[data-testid="stream-item"][data-stream="${s}"]`), `todo-${duringOlder.id}`);
+      return route.fulfill({ response: answer });
+    }, { times: 1 });
+    await lists.page.getByTestId('streams-older').click();
+    await until(lists.page, 'the older page after a stream came live',
+      (n) => document.querySelectorAll('[data-testid="stream-item"]').length === n, 2 * PAGE_SIZE);
+    const withOlder = await listedStreams(lists.page);
+    assert.ok(withOlder.includes(onePage.at(-1)), `${onePage.at(-1)}, the oldest listed when "Older streams" was clicked, stays listed`);
+    assert.equal(withOlder[0], `todo-${duringOlder.id}`);
+    assert.deepEqual(withOlder, (await api('GET', `/streams?limit=${2 * PAGE_SIZE}`)).items.map((s) => s.stream),
+      'the list holds the newest two pages of streams, none lost');
+    // The next "Older streams" goes on right after the oldest of those.
+    const threePages = await api('GET', `/streams?limit=${3 * PAGE_SIZE}`);
+    await lists.page.getByTestId('streams-older').click();
+    await until(lists.page, 'the third page',
+      (n) => document.querySelectorAll('[data-testid="stream-item"]').length === n, threePages.items.length);
+    assert.deepEqual(await listedStreams(lists.page), threePages.items.map((s) => s.stream));
+    assert.equal(await lists.page.getByTestId('streams-older').isHidden(), threePages.next === null);
+    await lists.page.close();
+    log(`older streams: one refused kept one page; todo-${duringOlder.id} came live while a page was on its way; ${onePage.at(-1)} kept; ${threePages.items.length} after a third page`);
+
+    // -- a hot todo's tab shown again reads only the rows it shows -------------------------------
+    const hotTodo = await api('POST', '/todo', { description: 'Hot 0' });
+    const hotStream = `todo-${hotTodo.id}`;
+    const hot = await openPage(context, 'hot', problems);
+    await hot.page.goto(`${base}/ui#${hotStream}`);
+    await until(hot.page, 'the hot todo to open, its tail live',
+      (s) => document.querySelector('[data-testid="selected-stream"]')?.textContent === s
+        && document.querySelector('[data-testid="live-status"]')?.textContent === 'live', hotStream);
+    await setHidden(hot.page, true);
+    // More events than one read of a stream answers (1000), written ten at a time.
+    const HOT_WRITES = 1100;
+    let hotLast = hotTodo;
+    for (let i = 0; i < HOT_WRITES; i += 10) {
+      const acks = await Promise.all(range(i + 1, i + 10).map((n) =>
+        api('PUT', '/todo/change-description', { id: hotTodo.id, description: `Hot ${n}` })));
+      for (const a of acks) if (a.version > hotLast.version) hotLast = a;
+    }
+    assert.equal(hotLast.version, HOT_WRITES + 1);
+    const hotMark = hot.requests.length;
+    await setHidden(hot.page, false);
+    await until(hot.page, 'the tail to catch up with the writes made while hidden',
+      (p) => !!document.querySelector(`[data-testid="live-event"][data-position="${p}"]`), hotLast.position);
+    await until(hot.page, 'the newest version to show, with no read of it left',
+      (v) => document.querySelector('[data-testid="state-version"]')?.textContent === String(v) && refreshing === null,
+      hotLast.version);
+    const newestRows = range(hotLast.version - ROWS + 1, hotLast.version);
+    assert.deepEqual(await rowVersions(hot.page), newestRows, `the newest ${ROWS} events`);
+    const hotHistory = (await api('GET', `/todo/${hotTodo.id}/history`)).items.slice(-ROWS);
+    assert.deepEqual(await hot.page.getByTestId('event-state').allTextContents(),
+      hotHistory.map((h) => `${h.snapshot.status} ${h.snapshot.description}`), 'each with the state after it');
+    assert.equal(await text(hot.page, 'state-description'), hotHistory.at(-1).snapshot.description);
+    const since = hot.requests.slice(hotMark).map((u) => new URL(u));
+    const streamReads = since.filter((u) => u.pathname === `/streams/${hotStream}`)
+      .map((u) => ({ from: Number(u.searchParams.get('from')), limit: Number(u.searchParams.get('limit')) }));
+    const probes = streamReads.filter((r) => r.limit === 1);
+    const rowReads = streamReads.filter((r) => r.limit > 1);
+    for (const r of rowReads)
+      assert.ok(r.from >= newestRows[0] && r.limit <= ROWS, `a read of rows not shown: ${JSON.stringify(r)}`);
+    assert.ok(rowReads.reduce((n, r) => n + r.limit, 0) <= ROWS, `events read beyond one-event probes: ${JSON.stringify(rowReads)}`);
+    assert.ok(probes.length < HOT_WRITES / 10, `${probes.length} one-event probes for ${HOT_WRITES} new events`);
+    const hotSnapshots = since.filter((u) => u.pathname.startsWith(`/todo/${hotTodo.id}/`));
+    assert.ok(hotSnapshots.length <= ROWS, `${hotSnapshots.length} reads of states`);
+    for (const u of hotSnapshots)
+      assert.ok(hotHistory.some((h) => u.pathname === `/todo/${hotTodo.id}/snapshot/${h.id}`), `${u}`);
+    await hot.page.close();
+    log(`hot todo: ${HOT_WRITES} events while hidden; shown again, ${probes.length} one-event probes, ${rowReads.length} read(s) of rows, ${hotSnapshots.length} states`);
 
     // -- a tail or a first load refused is asked again; nothing from before is replayed ----------
     const refused = await context.newPage();

@@ -18,7 +18,8 @@ const app = {
   source: null,         // EventSource of the live tail, null while closed
   tailFrom: null,       // the position the live tail asks for next; null until the head is known
   retryMs: 1000,        // wait before that, doubled up to 30 s while refused
-  reads: 0,             // selections started; only the newest is shown
+  selections: 0,        // selections started; each is numbered by this count as it starts
+  selected: 0,          // the number of the selection shown; one numbered lower is not shown after it
   createKey: null,      // Idempotency-Key of the create being tried, kept for its retries
   liveQueue: [],        // live events not drawn yet, oldest first, at most LIVE_MAX
 };
@@ -147,19 +148,51 @@ function mergeStream(s) {
 }
 
 /**
- * Loads a page of streams: the newest when `older` is false (the list is then cut back to one
- * page), else the next older page. A page is merged into the list, not put in its place: a
- * stream written while the page was on its way keeps the newer entry the live tail gave it.
+ * Loads the newest page of streams and cuts the list back to one page. A page is merged into
+ * the list, not put in its place: a stream written while the page was on its way keeps the
+ * newer entry the live tail gave it.
  */
-async function loadStreams(older = false) {
-  const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
-  if (older && app.olderBefore !== null) q.set('before', String(app.olderBefore));
-  const page = await api('GET', `/streams?${q}`);
-  app.listMax = older ? app.listMax + PAGE_SIZE : PAGE_SIZE;
+async function loadStreams() {
+  const page = await api('GET', `/streams?limit=${PAGE_SIZE}`);
+  app.listMax = PAGE_SIZE;
   for (const s of page.items) mergeStream(s);
   app.olderBefore = page.next ?? null;
   trimStreams();
   renderStreams();
+}
+
+let loadingOlder = null; // the "Older streams" load on its way: a second click waits for it
+
+/**
+ * Loads the page of streams after the oldest kept, merged like loadStreams's. The list keeps
+ * PAGE_SIZE more from the moment the page is asked for: raised only once it came, a stream
+ * coming live meanwhile would push the oldest kept out, and the page, which starts after
+ * that one, would never bring it back.
+ */
+function loadOlderStreams() {
+  loadingOlder ??= (async () => {
+    const before = app.olderBefore;
+    if (before === null) return;
+    app.listMax += PAGE_SIZE;
+    let page;
+    try {
+      page = await api('GET', `/streams?limit=${PAGE_SIZE}&before=${before}`);
+    } catch (e) {
+      app.listMax = Math.max(PAGE_SIZE, app.listMax - PAGE_SIZE);
+      trimStreams();
+      drawSoon('streams');
+      throw e;
+    }
+    // The cut moved meanwhile: more than PAGE_SIZE streams came live, filling the list with
+    // streams newer than any of the page's, or ↻ cut it back to one page. The page no longer
+    // follows the list; the next click asks for the one that does.
+    if (app.olderBefore !== before) return;
+    for (const s of page.items) mergeStream(s);
+    app.olderBefore = page.next ?? null;
+    trimStreams();
+    renderStreams();
+  })().finally(() => { loadingOlder = null; });
+  return loadingOlder;
 }
 
 /** Records that `stream` reached `version` at `position` (from the live tail or a write). */
@@ -186,7 +219,7 @@ async function readEvents(stream, from, count = Infinity) {
 /**
  * Finds the last version of the stream `name` with reads of one event each: from `hint` (a
  * version it likely has) on in doubling steps until one is past its end, then by halving.
- * Answers {stream, last}, `stream` spelt as the server spells it.
+ * Answers {stream, last, event}: `stream` spelt as the server spells it, `event` the last.
  */
 async function findLast(name, hint) {
   let have = 0;         // a version the stream has
@@ -196,7 +229,7 @@ async function findLast(name, hint) {
   for (;;) {
     const page = await api('GET', `${streamPath(name)}?from=${probe}&limit=1`);
     const e = page.items[0];
-    if (e && page.next === null) return { stream: e.stream, last: e.version };
+    if (e && page.next === null) return { stream: e.stream, last: e.version, event: e };
     if (!e && probe === 1) throw new ApiError(404, { title: 'Not Found', detail: `${name} has no events` });
     if (e) have = probe;
     else past = probe;
@@ -229,16 +262,19 @@ async function statesAfter(todoId, events, whole) {
 /**
  * Shows the newest ROWS events of the stream `name` (with a todo's state after each). The
  * selection and the address's #fragment change only when that has been read, and to the
- * name as the server spells it (a UUID in capitals names the same stream). Only the newest
- * selection started is shown, whichever answers last.
+ * name as the server spells it (a UUID in capitals names the same stream). A selection
+ * answering after one started later has been shown is not shown; one that fails hides none.
  */
 async function selectStream(name) {
-  const read = ++app.reads;
+  const selection = ++app.selections;
   const { stream, last } = await findLast(name, app.streams.get(name)?.version ?? 1);
   const events = (await readEvents(stream, Math.max(1, last - ROWS + 1))).slice(-ROWS);
   const todoId = todoIdOf(stream);
   const after = await statesAfter(todoId, events, events[0].version === 1);
-  if (read !== app.reads) return;
+  // Counted only now that it has been read: a later selection that fails (a link to no
+  // stream, say) must not leave the person with neither stream shown.
+  if (selection < app.selected) return;
+  app.selected = selection;
   // first, last: the versions shown; seen: the newest version known (from the live tail);
   // limit: rows shown at most, ROWS more for each "Older events".
   app.shown = { stream, todoId, first: 0, last: 0, seen: 0, limit: ROWS };
@@ -294,13 +330,18 @@ function appendRows(events, after) {
   $('state-version').textContent = state ? String(state.version) : '';
 }
 
-/** Reads the shown stream's events after the last shown: the newest `limit`, when more came. */
+/**
+ * Reads the shown stream's events after the last shown: the newest `limit` of them, when more
+ * came. Its end is found first (one read when the live tail told it), as a tab shown again
+ * after a while hidden may have thousands to catch up on, of which it keeps `limit` rows.
+ */
 async function readNewer() {
   const shown = app.shown;
   if (!shown) return;
-  const events = (await readEvents(shown.stream, Math.max(shown.last + 1, shown.seen - shown.limit + 1)))
-    .slice(-shown.limit);
-  if (!events.length) return;
+  const end = await findLast(shown.stream, shown.seen);
+  if (end.last <= shown.last) return;
+  const from = Math.max(shown.last + 1, end.last - shown.limit + 1);
+  const events = from === end.last ? [end.event] : await readEvents(shown.stream, from, end.last - from + 1);
   const after = await statesAfter(shown.todoId, events, false);
   if (app.shown !== shown) return; // another stream was selected meanwhile
   appendRows(events, after);
@@ -514,7 +555,7 @@ function selectFromHash() {
  */
 async function start(failedBefore = false) {
   try {
-    await loadStreams(false);
+    await loadStreams();
   } catch (e) {
     showError(e);
     setTimeout(() => start(true), 3000);
@@ -530,8 +571,8 @@ async function start(failedBefore = false) {
 function init() {
   $('create-form').addEventListener('submit', (ev) => guarded(() => createTodo(ev)));
   $('create-description').addEventListener('input', () => { app.createKey = null; });
-  $('streams-older').addEventListener('click', () => guarded(() => loadStreams(true)));
-  $('streams-refresh').addEventListener('click', () => guarded(() => loadStreams(false)));
+  $('streams-older').addEventListener('click', () => guarded(loadOlderStreams));
+  $('streams-refresh').addEventListener('click', () => guarded(loadStreams));
   $('events-older').addEventListener('click', () => guarded(loadOlderEvents));
   window.addEventListener('hashchange', selectFromHash);
   document.addEventListener('visibilitychange', onVisibilityChange);

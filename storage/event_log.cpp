@@ -1262,8 +1262,10 @@ result<snapshot_record> event_log::load_snapshot(std::string_view stream,
                                                 uint64_t through) const try {
   auto not_found = [&] {
     return storage_error{storage_errc::snapshot_not_found,
-                         "no snapshot of " + std::string{stream} + " at or before version "
-                           + std::to_string(through)};
+                         "no snapshot of " + std::string{stream}
+                           + (through == std::numeric_limits<uint64_t>::max()
+                                ? std::string{}
+                                : " at or before version " + std::to_string(through))};
   };
   // The latest first: one point read, and what an activation asks for.
   auto raw = impl_->get(rocksdb::ReadOptions{}, keys::latest_snapshot_key(stream));

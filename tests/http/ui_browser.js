@@ -59,6 +59,29 @@ async function until(page, what, fn, arg) {
   }
 }
 
+/**
+ * Holds the next answer to a request `url` matches: reads it, then creates a todo described
+ * `description` and waits until the page lists its stream live, then lets the answer through.
+ * Answers once the route is set: {written}, the create's answer once the held one went through.
+ */
+async function writeWhileAnswerHeld(page, url, description) {
+  let settle;
+  const written = new Promise((resolve, reject) => { settle = { resolve, reject }; });
+  await page.route(url, async (route) => {
+    try {
+      const answer = await route.fetch();
+      const w = await api('POST', '/todo', { description });
+      await until(page, `the stream of "${description}" to be listed`,
+        (s) => !!document.querySelector(`[data-testid="stream-item"][data-stream="${s}"]`), `todo-${w.id}`);
+      await route.fulfill({ response: answer });
+      settle.resolve(w);
+    } catch (e) {
+      settle.reject(e);
+    }
+  }, { times: 1 });
+  return { written };
+}
+
 const text = (page, testid) => page.getByTestId(testid).textContent();
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 const ROWS = 50; // app.js: events of a stream shown at first
@@ -444,19 +467,12 @@ async function main() {
     assert.deepEqual(await listedStreams(lists.page), twoPages.items.map((s) => s.stream));
     assert.equal(await lists.page.getByTestId('streams-older').isHidden(), twoPages.next === null);
     // ↻ whose answer was read before a stream was written, and comes after it is listed.
-    let during = null;
-    await lists.page.route(`**/streams?limit=${PAGE_SIZE}`, async (route) => {
-      const answer = await route.fetch();
-      during = await api('POST', '/todo', { description: 'During a refresh' });
-      await until(lists.page, 'the stream written during the refresh to be listed',
-        (s) => !!document.querySelector(`[data-testid="stream-item"][data-stream="${s}"]`), `todo-${during.id}`);
-      return route.fulfill({ response: answer });
-    }, { times: 1 });
+    const during = await writeWhileAnswerHeld(lists.page, `**/streams?limit=${PAGE_SIZE}`, 'During a refresh');
     await lists.page.getByTestId('streams-refresh').click();
     await until(lists.page, 'the list cut back to one page by ↻',
       (n) => document.querySelectorAll('[data-testid="stream-item"]').length === n, PAGE_SIZE);
     const refreshed = await listedStreams(lists.page);
-    assert.equal(refreshed[0], `todo-${during.id}`, 'a stream written during ↻ stays listed, on top');
+    assert.equal(refreshed[0], `todo-${(await during.written).id}`, 'a stream written during ↻ stays listed, on top');
     assert.deepEqual(refreshed, (await api('GET', `/streams?limit=${PAGE_SIZE}`)).items.map((s) => s.stream));
     log(`stream list: ${PAGE_SIZE} kept of ${many.length} new; older page; ↻ kept todo-${during.id}`);
 
@@ -505,20 +521,15 @@ async function main() {
     problems.splice(0, problems.length, ...problems.filter((p) => !/^lists console error: .*status of 503/.test(p)));
     const onePage = await listedStreams(lists.page);
     assert.equal(onePage.length, PAGE_SIZE);
-    let duringOlder = null;
-    await lists.page.route((u) => u.pathname === '/streams' && u.searchParams.has('before'), async (route) => {
-      const answer = await route.fetch(); // the page after the oldest listed, read before ...
-      duringOlder = await api('POST', '/todo', { description: 'During an older page' }); // ... this write
-      await until(lists.page, 'the stream written while the older page was on its way to be listed',
-        (s) => !!document.querySelector(`[data-testid="stream-item"][data-stream="${s}"]`), `todo-${duringOlder.id}`);
-      return route.fulfill({ response: answer });
-    }, { times: 1 });
+    // The page after the oldest listed, read before a write, answered after it is listed.
+    const duringOlder = await writeWhileAnswerHeld(lists.page,
+      (u) => u.pathname === '/streams' && u.searchParams.has('before'), 'During an older page');
     await lists.page.getByTestId('streams-older').click();
     await until(lists.page, 'the older page after a stream came live',
       (n) => document.querySelectorAll('[data-testid="stream-item"]').length === n, 2 * PAGE_SIZE);
     const withOlder = await listedStreams(lists.page);
     assert.ok(withOlder.includes(onePage.at(-1)), `${onePage.at(-1)}, the oldest listed when "Older streams" was clicked, stays listed`);
-    assert.equal(withOlder[0], `todo-${duringOlder.id}`);
+    assert.equal(withOlder[0], `todo-${(await duringOlder.written).id}`);
     assert.deepEqual(withOlder, (await api('GET', `/streams?limit=${2 * PAGE_SIZE}`)).items.map((s) => s.stream),
       'the list holds the newest two pages of streams, none lost');
     // The next "Older streams" goes on right after the oldest of those.

@@ -1039,15 +1039,21 @@ TEST_CASE("write_waiting tells how long the append being written has waited for 
   CHECK(log->head() == 2);
 }
 
+/// Appends todo-1's first event, fills the disk, and tries to save a
+/// snapshot too big for what is left: the write that fails.
+result<void> fail_a_snapshot_on_a_full_disk(const small_disk& disk, event_log& log) {
+  append_one(log, request("todo-1", no_stream, 1));
+  disk.fill();
+  return log.save_snapshot("todo-1", snapshot_record{1, std::string(256 * 1024, 's')});
+}
+
 TEST_CASE("a snapshot write that fails on a full disk makes the store not writable until "
           "an append resumes it") {
   small_disk disk;
   if (!disk.usable())
     return;
   auto log = disk.open();
-  append_one(*log, request("todo-1", no_stream, 1));
-  disk.fill();
-  auto saved = log->save_snapshot("todo-1", snapshot_record{1, std::string(256 * 1024, 's')});
+  auto saved = fail_a_snapshot_on_a_full_disk(disk, *log);
   REQUIRE_FALSE(saved);
   CHECK(saved.error().code == storage_errc::not_writable);
   CHECK_FALSE(log->writable()); // /readyz says so, and the next append resumes first
@@ -1066,9 +1072,7 @@ TEST_CASE("pending work is not noted while the store is not writable (a write fa
   if (!disk.usable())
     return;
   auto log = disk.open();
-  append_one(*log, request("todo-1", no_stream, 1));
-  disk.fill();
-  REQUIRE_FALSE(log->save_snapshot("todo-1", snapshot_record{1, std::string(256 * 1024, 's')}));
+  REQUIRE_FALSE(fail_a_snapshot_on_a_full_disk(disk, *log));
   auto noted = log->note_pending_work("rebuild todos", "1");
   REQUIRE_FALSE(noted);
   CHECK(noted.error().code == storage_errc::not_writable);

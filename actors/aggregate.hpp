@@ -219,10 +219,12 @@ void idle_if_absent(aggregate_pointer<A> self) {
 }
 
 /// Decides `cmd`, appends its event and answers through `reply`. The next
-/// command waits (`await`) until this one's event is durable.
+/// command waits (`await`) until this one's event is durable. An append that
+/// conflicts with the log (this actor's view was stale) is decided once more
+/// on the recovered state (`retried` set then).
 template <class A>
 void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write_conditions& cond,
-                 const write_reply& reply) {
+                 const write_reply& reply, bool retried = false) {
   auto& st = self->state;
   auto& env = *st.env;
   auto& cur = st.current;
@@ -257,6 +259,7 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
   req.expected_version = A::version(cur);
   req.events.push_back(storage::proposed_event{
     core::make_uuid(), std::string{A::type_name(ev)}, A::encode(ev), core::unix_ms()});
+  auto retry_cond = cond;
   req.idempotency = std::move(cond.idempotency);
   req.deadline = cond.deadline;
   self->request(env.writer, caf::infinite, append_atom_v, std::move(req))
@@ -280,7 +283,7 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
                      storage::snapshot_record{after, A::encode_state(st.current)});
         reply(write_outcome{A::id_of(st.current), after, r.last_position, false});
       },
-      [self, reply, cmd](caf::error& err) mutable {
+      [self, reply, cmd, retry_cond, retried](caf::error& err) mutable {
         if (err != storage::storage_errc::wrong_expected_version) {
           // A failed write may have reached the log after all (its answer
           // says "may or may not"): this state may be a version behind, so
@@ -294,16 +297,18 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
           return reply(std::move(err));
         }
         // Our view of the stream was stale (a fresh aggregate whose id exists
-        // after all, or another writer): recover from the log and answer
-        // what the command means against the real state.
+        // after all, or another writer): recover from the log and decide the
+        // command again against the real state — its conditions, a refusal
+        // and a new append included — once; a second conflict is answered.
         auto id = A::id_of(self->state.current);
         self->request(self->state.env->loader_for(id), caf::infinite, recover_atom_v, id)
           .await(
-            [self, reply, cmd, err](typename A::state_type& recovered) mutable {
+            [self, reply, cmd, retry_cond, retried,
+             err](typename A::state_type& recovered) mutable {
               self->state.current = std::move(recovered);
-              if (auto rej = A::rejected(A::decide(self->state.current, cmd)))
-                return reply(std::move(*rej));
-              reply(std::move(err));
+              if (retried)
+                return reply(std::move(err));
+              run_command<A>(self, cmd, retry_cond, reply, true);
             },
             [self, reply, id, err](caf::error&) mutable {
               self->send(self->state.env->registry, idle_atom_v, id);
@@ -465,6 +470,15 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
       self->send_exit(entry.handle, msg.reason);
     self->quit(msg.reason);
   });
+  // A new live aggregate `id`, the oldest ones stopped first to stay within
+  // max_live.
+  auto spawn_capped = [=](const typename A::key_type& k, const std::string& id,
+                          bool creates) -> const aggregate_actor<A>& {
+    auto& st = self->state;
+    while (st.live.size() >= max_live && st.oldest)
+      st.passivate(self, st.oldest);
+    return st.add(k, self->spawn(aggregate<A>, id, env, creates))->second.handle;
+  };
   // The live aggregate `id` (key `k`), spawned when needed; nullptr while
   // the previous instance is stopping (the caller queues the command).
   auto route = [=](const typename A::key_type& k, const std::string& id,
@@ -476,9 +490,7 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
       st.touch(&*i);
       return &i->second.handle;
     }
-    while (st.live.size() >= max_live && st.oldest)
-      st.passivate(self, st.oldest);
-    return &st.add(k, self->spawn(aggregate<A>, id, env, creates))->second.handle;
+    return &spawn_capped(k, id, creates);
   };
   auto invalid = [](const std::string& id) {
     return caf::make_error(core::runtime_errc::invalid_id, id);
@@ -526,7 +538,7 @@ registry_shard(typename registry_actor<A>::template stateful_pointer<registry_st
       st.stopping.erase(q);
       if (waiting.empty())
         return;
-      auto handle = st.add(*k, self->spawn(aggregate<A>, id, env, false))->second.handle;
+      auto handle = spawn_capped(*k, id, false);
       for (auto& w : waiting)
         self->send(handle, execute_atom_v, std::move(w.cmd), std::move(w.cond),
                    std::move(w.reply));

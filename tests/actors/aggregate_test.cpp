@@ -517,16 +517,20 @@ TEST_CASE("commands to an aggregate evicted while its last command is in flight 
   }
   INFO(failed << " of " << rounds << " commands failed, first: " << first_error);
   CHECK(failed == 0);
+  // The successor spawned for commands queued behind a stopping actor is
+  // capped too.
+  CHECK(rt.live() <= 1);
   CHECK(log->stream_version(stream_of(a)).value() == 1 + rounds / 2);
   CHECK(log->stream_version(stream_of(b)).value() == 1 + rounds / 2);
 }
 
-TEST_CASE("an aggregate whose append hit a version conflict accepts the next command",
+TEST_CASE("an aggregate whose append hit a version conflict decides the command again on the "
+          "log's state, and the next command too",
           "[aggregate]") {
-  // A conflict means the actor decided on a stale state (e.g. it was spawned
-  // while an evicted predecessor still had an append in flight). The next
-  // command must be decided on the stream as it is in the log, not refused
-  // again and again until the actor happens to be passivated.
+  // A conflict means the actor decided on a stale state (another writer
+  // appended to its stream). The command, and every later one, must be
+  // decided on the stream as it is in the log, not refused again and again
+  // until the actor happens to be passivated.
   temp_dir dir;
   auto log = open_log(dir.db());
   runtime rt{log.get()};
@@ -549,16 +553,52 @@ TEST_CASE("an aggregate whose append hit a version conflict accepts the next com
                [&](caf::error& e) { FAIL(rt.sys().render(e)); });
   }
 
-  // Decided on version 1, its append conflicts with the log's version 2.
+  // Decided on version 1, its append conflicts with the log's version 2; it
+  // is decided again on version 2 and appended as version 3.
   auto first = rt.execute(id, todo::put_in_progress{});
   INFO("first: " << first.rendered);
-  REQUIRE_FALSE(first);
-  CHECK(is_error(first.error, storage::storage_errc::wrong_expected_version));
+  REQUIRE(first);
+  CHECK(first->version == 3u);
   auto second = rt.execute(id, todo::change_description{"raced, renamed"});
   INFO("second: " << second.rendered);
   REQUIRE(second);
-  CHECK(second->version == 3u);
-  CHECK(fold(*log, id).description == "raced, renamed");
+  CHECK(second->version == 4u);
+  auto folded = fold(*log, id);
+  CHECK(folded.description == "raced, renamed");
+  CHECK(folded.status == todo::status::in_progress);
+  CHECK(log->stream_version(stream_of(id)).value() == 4u);
+}
+
+TEST_CASE("a conditional command whose append hit a version conflict is judged again on the "
+          "log's version: 412 and nothing appended",
+          "[aggregate]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  runtime rt{log.get()};
+  auto id = core::make_uuid();
+  REQUIRE_OK(rt.execute(id, todo::create{"raced"}));
+  storage::append_request foreign;
+  foreign.stream = stream_of(id);
+  foreign.expected_version = 1;
+  todo::event done = todo::status_changed_to_done{};
+  foreign.events.push_back(storage::proposed_event{core::make_uuid(),
+                                                   std::string{todo::type_name(done)},
+                                                   todo::encode_data(done), now_ms()});
+  {
+    caf::scoped_actor self{rt.sys()};
+    self->request(rt.writer(), reply_timeout, append_atom_v, std::move(foreign))
+      .receive([](storage::append_result& r) { REQUIRE(r.version == 2); },
+               [&](caf::error& e) { FAIL(rt.sys().render(e)); });
+  }
+
+  // The actor still holds version 1, so If-Match: "1" passes its check; the
+  // append conflicts, and against the log's version 2 the condition fails.
+  auto o = rt.execute(id, todo::put_in_progress{}, if_match(1));
+  INFO("answer: " << o.rendered);
+  REQUIRE_FALSE(o);
+  CHECK(is_error(o.error, core::runtime_errc::precondition_failed));
+  CHECK(log->stream_version(stream_of(id)).value() == 2u);
+  CHECK(fold(*log, id).status == todo::status::done);
 }
 
 namespace {

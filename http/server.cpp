@@ -889,6 +889,11 @@ private:
     // An answer to a HEAD has no body, whatever it is (a 408 while its body
     // is read, say).
     auto& h = parser_->get();
+    // Beast limits the request line and the fields each, not together: a
+    // header section that came whole but is longer than the limit is
+    // refused here (`n` is what the parser took, the header only).
+    if (!ec && parser_->is_header_done() && n > header_limit)
+      ec = bhttp::error::header_limit;
     if (parser_->is_header_done()) {
       head_ = h.method() == bhttp::verb::head;
       // Taken now: Beast adds a chunked body's trailer fields to the same

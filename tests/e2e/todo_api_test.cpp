@@ -1608,6 +1608,21 @@ TEST_CASE("a request target longer than the 16 KiB header limit is a 414, header
     INFO("target of " << target << " bytes");
     check_rejected(parse_response(raw_exchange(shared_server().port(), both)), 431, before);
   }
+  // The limit is inclusive and counts the whole header section, request
+  // line and final empty line included, however short the request line.
+  for (std::string line : {std::string{"GET /healthz HTTP/1.1\r\n"},
+                           "GET /healthz?" + std::string(9000, 'q') + " HTTP/1.1\r\n"}) {
+    auto section = [&](size_t size) {
+      auto start = line + "Host: x\r\nX-Pad: ";
+      return start + std::string(size - start.size() - 4, 'p') + "\r\n\r\n";
+    };
+    INFO("request line of " << line.size() << " bytes");
+    REQUIRE(section(16 * 1024).size() == 16 * 1024);
+    auto at_limit = parse_response(raw_exchange(shared_server().port(), section(16 * 1024)));
+    CHECK(at_limit.status == 200);
+    check_rejected(parse_response(raw_exchange(shared_server().port(), section(16 * 1024 + 1))),
+                   431, before);
+  }
 }
 
 TEST_CASE("a request target with a fragment (`#`) is a 400: clients never send one",

@@ -174,14 +174,24 @@ std::string metrics::render() const {
          "Aggregate actors stopped.");
   histogram_of("eventsd_aggregate_activation_seconds", activation_seconds,
                "Time to recover an aggregate from snapshot and log.");
-  metric("eventsd_projection_position", "gauge", projection_position.value(),
-         "Last position applied to the read model.");
-  metric("eventsd_projection_lag_events", "gauge", projection_lag_events(),
-         "Log head minus projection position.");
+  // Not known until the projection has read the read model's checkpoint (a
+  // server started while PostgreSQL is down): the three families have no
+  // sample then, rather than a position of 0 and the whole log as lag.
+  auto known = projection_position.value() >= 0;
+  family(out, "eventsd_projection_position", "gauge",
+         "Last position applied to the read model (no sample until it is known).");
+  if (known)
+    sample(out, "eventsd_projection_position", projection_position.value());
+  family(out, "eventsd_projection_lag_events", "gauge",
+         "Log head minus projection position (no sample until it is known).");
+  if (known)
+    sample(out, "eventsd_projection_lag_events", projection_lag_events());
   family(out, "eventsd_projection_lag_seconds", "gauge",
-         "Age of the oldest event not yet applied to the read model.");
-  out += "eventsd_projection_lag_seconds "
-         + format_double(static_cast<double>(projection_lag_ms()) / 1000.0) + "\n";
+         "Age of the oldest event not yet applied to the read model (no sample until it is "
+         "known).");
+  if (known)
+    out += "eventsd_projection_lag_seconds "
+           + format_double(static_cast<double>(projection_lag_ms()) / 1000.0) + "\n";
   metric("eventsd_projection_batches_total", "counter", projection_batches.value(),
          "Read-model transactions committed.");
   metric("eventsd_projection_errors_total", "counter", projection_errors.value(),
@@ -219,7 +229,8 @@ std::string metrics::render() const {
 }
 
 int64_t metrics::projection_lag_events() const {
-  return std::max<int64_t>(0, log_head.value() - projection_position.value());
+  auto position = projection_position.value();
+  return position < 0 ? 0 : std::max<int64_t>(0, log_head.value() - position);
 }
 
 int64_t metrics::projection_lag_ms() const {

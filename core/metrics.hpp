@@ -29,6 +29,7 @@ private:
 /// A value that goes up and down.
 class gauge {
 public:
+  explicit gauge(int64_t initial = 0) noexcept : value_{initial} {}
   void set(int64_t v) noexcept { value_.store(v, std::memory_order_relaxed); }
   void add(int64_t n) noexcept { value_.fetch_add(n, std::memory_order_relaxed); }
   int64_t value() const noexcept { return value_.load(std::memory_order_relaxed); }
@@ -82,7 +83,7 @@ struct metrics {
   histogram idempotency_purge_seconds{latency_bounds()};
 
   // -- read side (projections/) --
-  gauge projection_position;
+  gauge projection_position{-1}; ///< -1 until the read model's checkpoint was read
   /// When the oldest event not applied yet occurred (Unix ms); 0: none.
   /// The lags are computed from it when asked, so they grow while nothing
   /// is applied (PostgreSQL down, scheduled mode) without anyone updating.

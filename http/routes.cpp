@@ -1358,7 +1358,7 @@ router::router(services& svc) : svc_(svc) {
                       {"lag", st.position_known
                                 ? json(st.head > st.position ? st.head - st.position : 0)
                                 : json(nullptr)},
-                      {"lagMs", st.lag_ms},
+                      {"lagMs", st.position_known ? json(st.lag_ms) : json(nullptr)},
                       {"connected", st.connected},
                       {"lastError", st.last_error.empty() ? json(nullptr) : json(st.last_error)},
                       {"rebuild",

@@ -215,7 +215,10 @@ void update_metrics(worker_ptr self) {
   auto& m = core::metrics::instance();
   auto head = st.log->head();
   auto position = st.now.position;
-  m.projection_position.set(static_cast<int64_t>(position));
+  // Unknown (the gauge's -1, no sample) until a checkpoint was read; the last
+  // one read stays a lower bound while PostgreSQL is out of reach.
+  if (st.now.reached)
+    m.projection_position.set(static_cast<int64_t>(position));
   int64_t since = 0;
   if (head > position) {
     if (auto next = st.log->read_all(position + 1, 1); next.ok() && !next->empty())

@@ -387,8 +387,8 @@ TEST_CASE("POST /admin/projections/todos/rebuild ignores a body, unless it says 
         == 202);
 }
 
-TEST_CASE("/admin/projections: while PostgreSQL has not been reached since the start, the "
-          "position and lag are unknown (null), not 0",
+TEST_CASE("/admin/projections and /metrics: while PostgreSQL has not been reached since the "
+          "start, the position and lag are unknown (null, no sample), not 0 and the whole log",
           "[http][admin]") {
   server s{server_options::without_postgres({})};
   http_client c{s.port()};
@@ -396,7 +396,17 @@ TEST_CASE("/admin/projections: while PostgreSQL has not been reached since the s
   auto st = projection_status(c, {});
   CHECK(st["position"].is_null());
   CHECK(st["lag"].is_null());
+  CHECK(st["lagMs"].is_null());
   CHECK(st["head"] == 1);
   CHECK(st["connected"] == false);
   CHECK(st["lastError"].is_string());
+  auto metrics = c.get("/metrics");
+  REQUIRE(metrics.status == 200);
+  for (std::string family : {"eventsd_projection_position", "eventsd_projection_lag_events",
+                             "eventsd_projection_lag_seconds"}) {
+    INFO(family);
+    CHECK(metrics.body.find("# TYPE " + family + " gauge\n") != std::string::npos);
+    CHECK(metrics.body.find("\n" + family + " ") == std::string::npos);
+  }
+  CHECK(metrics.body.find("\neventsd_log_head_position 1\n") != std::string::npos);
 }

@@ -152,7 +152,7 @@ bool several_hosts(const std::string& dsn) {
 failure timed_out(session s) {
   return failure{true, "",
                  "PostgreSQL did not answer within " + std::to_string(s.timeout.count())
-                   + " ms (postgres.query-timeout-ms); the connection is closed"};
+                   + " ms (" + std::string{s.timeout_source} + "); the connection is closed"};
 }
 
 /// Sends what a PQsend* call queued and collects its results, never waiting

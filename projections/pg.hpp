@@ -86,6 +86,8 @@ struct session {
   /// When set (non-null and true), a call waiting for PostgreSQL gives up
   /// within 100 ms and fails with `connection_lost`, as at `timeout`.
   const std::atomic<bool>* cancel = nullptr;
+  /// What set `timeout`, named in the error when it runs out.
+  std::string_view timeout_source = "postgres.query-timeout-ms";
 };
 
 /// Runs `sql` (no parameters; may hold several statements) with the simple

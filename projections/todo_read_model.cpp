@@ -600,7 +600,9 @@ pg_result<void> todo_read_model::probe(std::chrono::milliseconds deadline) {
   auto& d = *impl_;
   if (auto e = d.require_ready())
     return *e;
-  if (auto r = pg::exec(pg::session{d.c(), deadline, d.copts.cancel}, "SELECT 1"); !r)
+  pg::session s{d.c(), deadline, d.copts.cancel,
+                "the limit of the status probe for /readyz and /admin/projections"};
+  if (auto r = pg::exec(s, "SELECT 1"); !r)
     return d.fail(r.error());
   return {};
 }

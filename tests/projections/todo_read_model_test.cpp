@@ -713,9 +713,19 @@ TEST_CASE("a PostgreSQL that stops answering fails the call after the query time
     REQUIRE_FALSE(r);
     CHECK(r.error().code == projection_errc::unavailable);
     INFO(r.error().detail);
-    CHECK(r.error().detail.find("did not answer within 300 ms") != std::string::npos);
+    CHECK(r.error().detail.find("did not answer within 300 ms (postgres.query-timeout-ms)")
+          != std::string::npos);
     CHECK(took >= 300ms);
     CHECK(took < 3s);
+    CHECK_FALSE(m.connected());
+  }
+  SECTION("the status probe, whose own limit the error names (not the query timeout)") {
+    auto r = m.probe(200ms);
+    REQUIRE_FALSE(r);
+    INFO(r.error().detail);
+    CHECK(r.error().detail.find("did not answer within 200 ms (the limit of the status probe")
+          != std::string::npos);
+    CHECK(r.error().detail.find("postgres.query-timeout-ms") == std::string::npos);
     CHECK_FALSE(m.connected());
   }
   SECTION("an apply, retried whole on the new connection") {

@@ -979,8 +979,24 @@ private:
   void read_body() {
     parser_->eager(true);
     beast::error_code ec;
-    auto used = parser_->put(buffer_.data(), ec);
-    buffer_.consume(used);
+    size_t used = 0;
+    if (!parser_->chunked()) {
+      used = parser_->put(buffer_.data(), ec);
+      buffer_.consume(used);
+    } else {
+      // A chunked body is shown to the parser at most the limit at a time,
+      // so a size line or trailer section longer than that is never taken
+      // whole, however it arrived: it stays in the buffer, checked below.
+      for (;;) {
+        auto data = buffer_.data();
+        auto n = parser_->put(net::buffer(data.data(), std::min(data.size(), header_limit)), ec);
+        buffer_.consume(n);
+        used += n;
+        if (n == 0 || parser_->is_done() || (ec && ec != bhttp::error::need_more))
+          break;
+        ec = {};
+      }
+    }
     if (ec == bhttp::error::need_more)
       ec = {};
     // Only what arrived since the last check is scanned (a line sent a byte
@@ -996,7 +1012,8 @@ private:
       // whole. Neither counts against a limit of Beast's (the body limit
       // counts chunk data; the header limit, the header section only), so a
       // line that never ends would grow the buffer for as long as the client
-      // sends.
+      // sends; one longer than the limit never ends within what the parser
+      // is shown.
       if (!ec && buffer_.size() > header_limit) {
         auto& h = parser_->get();
         return refuse_unread(problem(400, "a chunk's size line or the trailer section does not "

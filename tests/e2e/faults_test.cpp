@@ -1766,7 +1766,8 @@ TEST_CASE("a client that keeps sending its body past --http.read-timeout-ms gets
 }
 
 TEST_CASE("a chunked body whose size line or trailer section does not end within 16 KiB is a "
-          "400 and the connection closes, rather than a buffer that grows while the client sends",
+          "400 and the connection closes, rather than a buffer that grows while the client sends; "
+          "the same when it arrives at once",
           "[e2e][faults][limits]") {
   server s;
   http_client c{s.port()};
@@ -1791,7 +1792,37 @@ TEST_CASE("a chunked body whose size line or trailer section does not end within
     CHECK(r.json_body().value("detail", "").find("does not end within 16384 bytes") != std::string::npos);
     CHECK(a.answered_after < 3000ms); // not the 30 s read timeout
   }
-  CHECK(all_head(c, 0) == before);
+  // The same limit when the whole request arrives at once (the parser could
+  // take a complete long line in one go): a size line or trailer section of
+  // more than 16 KiB is refused, one within it is read.
+  const std::string body = R"({"description":"chunked, sent at once"})";
+  auto size_line = [&](const std::string& extension) {
+    std::ostringstream hex;
+    hex << std::hex << body.size();
+    return hex.str() + extension + "\r\n" + body + "\r\n";
+  };
+  auto trailer = [](size_t value_size) {
+    return "X-Trailer: " + std::string(value_size, 't') + "\r\n";
+  };
+  struct whole {
+    const char* what;
+    std::string chunks;
+    unsigned status;
+  };
+  for (auto& w : std::vector<whole>{
+         {"a chunk extension of 17 000 bytes", size_line(";e=" + std::string(17000, 'x')) + "0\r\n\r\n", 400},
+         {"a trailer section of 17 000 bytes", size_line("") + "0\r\n" + trailer(17000) + "\r\n", 400},
+         {"a chunk extension of 16 000 bytes", size_line(";e=" + std::string(16000, 'x')) + "0\r\n\r\n", 201},
+         {"a trailer section of 16 000 bytes", size_line("") + "0\r\n" + trailer(16000) + "\r\n", 201},
+       }) {
+    CAPTURE(w.what);
+    auto r = parse_response(raw_exchange(s.port(), header + w.chunks));
+    CHECK(r.status == w.status);
+    if (w.status == 400)
+      CHECK(r.json_body().value("detail", "").find("does not end within 16384 bytes")
+            != std::string::npos);
+  }
+  CHECK(all_head(c, 0) == before + 2);
   CHECK(c.get("/healthz").status == 200);
 }
 

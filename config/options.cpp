@@ -308,10 +308,14 @@ std::optional<std::string> parse(options& opts, int argc, char** argv) {
              + ": " + why_not(o, value, parsed.error());
     from_env.emplace_back(str(o.full_name()), std::move(var));
   }
-  // A misspelt variable of one of our groups would otherwise be ignored.
+  // A misspelt variable of one of our groups would otherwise be ignored; an
+  // empty one counts as unset, whatever its name.
   for (char** e = environ; *e != nullptr; ++e) {
     std::string_view kv = *e;
-    auto name = kv.substr(0, kv.find('='));
+    auto eq = kv.find('=');
+    if (eq == std::string_view::npos || eq + 1 == kv.size())
+      continue;
+    auto name = kv.substr(0, eq);
     for (auto group : setting_groups) {
       if (name.rfind("EVENTSD_" + env_word(group) + "_", 0) != 0)
         continue;

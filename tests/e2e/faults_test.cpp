@@ -1150,8 +1150,10 @@ TEST_CASE("every option can come from EVENTSD_<GROUP>_<NAME> when the command li
           != std::string::npos);
   }
   {
-    // An empty variable counts as unset: the default applies.
+    // An empty variable counts as unset: the default applies; and an empty
+    // one of an unknown name is not refused.
     scoped_env mode{"EVENTSD_PROJECTION_MODE", ""};
+    scoped_env misspelt{"EVENTSD_HTTP_PROT", ""};
     auto r = run({"--http.port=0"});
     INFO("exit " << r.exit_code() << ": " << r.output);
     CHECK(r.output.find("(mode eventual") != std::string::npos);

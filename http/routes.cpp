@@ -1226,7 +1226,11 @@ router::router(services& svc) : svc_(svc) {
             auto failed = log->since_write_failure();
             const bool writable = log->writable() && !stalled && !(failed && *failed < 5s);
             const char* store = stalled ? "stalled" : writable ? "open" : "not writable";
-            const char* postgres = st.connected ? "reachable" : "unreachable";
+            // Stuck: it took the connection but holds a statement (a lock, a
+            // stopped server): not the same as refusing connections.
+            const char* postgres = st.stuck       ? "not answering"
+                                   : st.connected ? "reachable"
+                                                  : "unreachable";
             const char* read_model = st.diverged    ? "diverged"
                                      : st.connected ? "ok"
                                                     : "unknown";
@@ -1246,8 +1250,11 @@ router::router(services& svc) : svc_(svc) {
                         {"readModel", read_model},
                         {"readModelReaders", reader_check}};
             if (writable && st.connected && !st.diverged && readers_ok) {
-              checks["status"] = "ready";
-              return respond(json_reply(200, checks));
+              // The checks also under `checks`, where a 503 has them.
+              auto ready = checks;
+              ready["status"] = "ready";
+              ready["checks"] = std::move(checks);
+              return respond(json_reply(200, ready));
             }
             std::string why;
             auto also = [&why](const std::string& reason) {

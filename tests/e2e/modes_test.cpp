@@ -514,6 +514,8 @@ TEST_CASE("eventual: with PostgreSQL hung while the projection applies a batch, 
   INFO("readyz: " << ready.status << " " << ready.body);
   CHECK(ready.status == 503);
   CHECK(ready.body.find("has not answered") != std::string::npos);
+  // It took the connection, but does not answer: not "unreachable".
+  CHECK(ready.json_body()["checks"]["postgres"] == "not answering");
   CHECK(ready_took < 2500ms); // not another 3 s
 
   auto [waited, waited_took] = timed([&] {

@@ -67,7 +67,11 @@ TEST_CASE("/readyz: 200 with PostgreSQL up, 503 problem+json with a reason when 
     check_ready(c.get("/readyz"));
     // The readers connect at their first read; then they are known to be "ok".
     REQUIRE(c.get("/todo").status == 200);
-    CHECK(c.get("/readyz").json_body()["readModelReaders"] == "ok");
+    auto ready = c.get("/readyz").json_body();
+    CHECK(ready["readModelReaders"] == "ok");
+    // The checks are also where a 503 has them: one shape to read for both.
+    CHECK(ready["checks"] == json{{"eventStore", "open"}, {"postgres", "reachable"},
+                                  {"readModel", "ok"}, {"readModelReaders", "ok"}});
   }
   server_options o;
   o.dsn = dsn_with_host_port(test_dsn(), "127.0.0.1", free_port()) + " connect_timeout=1";

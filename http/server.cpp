@@ -1004,23 +1004,24 @@ private:
     if (used > 0)
       lf_checked_ = 0;
     if (!ec && !parser_->is_done() && parser_->chunked()) {
-      if (bare_line_feed(buffer_.data(), lf_checked_))
-        ec = bhttp::error::bad_line_ending;
-      lf_checked_ = buffer_.size();
       // What the parser leaves unconsumed is a line it waits to see the end
       // of: a chunk's size line, or the trailer section, which Beast keeps
       // whole. Neither counts against a limit of Beast's (the body limit
       // counts chunk data; the header limit, the header section only), so a
       // line that never ends would grow the buffer for as long as the client
       // sends; one longer than the limit never ends within what the parser
-      // is shown.
-      if (!ec && buffer_.size() > header_limit) {
+      // is shown. (Checked first: the buffer then also holds what follows
+      // that line, chunk data whose line feeds are no line endings.)
+      if (buffer_.size() > header_limit) {
         auto& h = parser_->get();
         return refuse_unread(problem(400, "a chunk's size line or the trailer section does not "
                                           "end within " + std::to_string(header_limit) + " bytes"),
                              router_.pattern_of(std::string{h.method_string()},
                                                 {h.target().data(), h.target().size()}));
       }
+      if (bare_line_feed(buffer_.data(), lf_checked_))
+        ec = bhttp::error::bad_line_ending;
+      lf_checked_ = buffer_.size();
     }
     if (ec || parser_->is_done())
       return on_read(ec, 0);

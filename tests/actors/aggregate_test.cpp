@@ -524,6 +524,23 @@ TEST_CASE("commands to an aggregate evicted while its last command is in flight 
   CHECK(log->stream_version(stream_of(b)).value() == 1 + rounds / 2);
 }
 
+namespace {
+
+/// An append of a `status-changed-to-done` event to todo `id` at
+/// `expected_version`: another writer's, which the live aggregate has not seen.
+storage::append_request foreign_done(const std::string& id, uint64_t expected_version) {
+  storage::append_request foreign;
+  foreign.stream = stream_of(id);
+  foreign.expected_version = expected_version;
+  todo::event done = todo::status_changed_to_done{};
+  foreign.events.push_back(storage::proposed_event{core::make_uuid(),
+                                                   std::string{todo::type_name(done)},
+                                                   todo::encode_data(done), now_ms()});
+  return foreign;
+}
+
+} // namespace
+
 TEST_CASE("an aggregate whose append hit a version conflict decides the command again on the "
           "log's state, and the next command too",
           "[aggregate]") {
@@ -539,16 +556,9 @@ TEST_CASE("an aggregate whose append hit a version conflict decides the command 
 
   // An event the live actor has not seen (what an evicted predecessor's
   // in-flight append looks like to it).
-  storage::append_request foreign;
-  foreign.stream = stream_of(id);
-  foreign.expected_version = 1;
-  todo::event done = todo::status_changed_to_done{};
-  foreign.events.push_back(storage::proposed_event{core::make_uuid(),
-                                                   std::string{todo::type_name(done)},
-                                                   todo::encode_data(done), now_ms()});
   {
     caf::scoped_actor self{rt.sys()};
-    self->request(rt.writer(), reply_timeout, append_atom_v, std::move(foreign))
+    self->request(rt.writer(), reply_timeout, append_atom_v, foreign_done(id, 1))
       .receive([](storage::append_result& r) { REQUIRE(r.version == 2); },
                [&](caf::error& e) { FAIL(rt.sys().render(e)); });
   }
@@ -577,16 +587,9 @@ TEST_CASE("a conditional command whose append hit a version conflict is judged a
   runtime rt{log.get()};
   auto id = core::make_uuid();
   REQUIRE_OK(rt.execute(id, todo::create{"raced"}));
-  storage::append_request foreign;
-  foreign.stream = stream_of(id);
-  foreign.expected_version = 1;
-  todo::event done = todo::status_changed_to_done{};
-  foreign.events.push_back(storage::proposed_event{core::make_uuid(),
-                                                   std::string{todo::type_name(done)},
-                                                   todo::encode_data(done), now_ms()});
   {
     caf::scoped_actor self{rt.sys()};
-    self->request(rt.writer(), reply_timeout, append_atom_v, std::move(foreign))
+    self->request(rt.writer(), reply_timeout, append_atom_v, foreign_done(id, 1))
       .receive([](storage::append_result& r) { REQUIRE(r.version == 2); },
                [&](caf::error& e) { FAIL(rt.sys().render(e)); });
   }
@@ -672,6 +675,79 @@ TEST_CASE("an aggregate whose write failed but may have landed decides the next 
   auto folded = fold(*log, id);
   CHECK(folded.description == "read the stream, then renamed");
   CHECK(folded.status == todo::status::in_progress);
+}
+
+namespace {
+
+/// Stands between the registry and the log writer: while `races` is above
+/// zero, each append is preceded by another writer's append to the same
+/// stream at the same expected version, so that it conflicts; `seen` counts
+/// the appends it passed on.
+actors::log_writer_actor racing_writer(caf::actor_system& sys, actors::log_writer_actor writer,
+                                       std::shared_ptr<std::atomic<int>> races,
+                                       std::shared_ptr<std::atomic<int>> seen) {
+  return sys.spawn([writer, races, seen](actors::log_writer_actor::pointer self)
+                     -> actors::log_writer_actor::behavior_type {
+    return {
+      [=](append_atom, storage::append_request& req) -> caf::result<storage::append_result> {
+        auto rp = self->make_response_promise<storage::append_result>();
+        ++*seen;
+        auto pass_on = [=](storage::append_request req) mutable {
+          self->request(writer, caf::infinite, append_atom_v, std::move(req))
+            .then([rp](storage::append_result& r) mutable { rp.deliver(std::move(r)); },
+                  [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+        };
+        if (races->fetch_sub(1) <= 0) {
+          pass_on(std::move(req));
+          return rp;
+        }
+        auto id = req.stream.substr(std::string_view{"todo-"}.size());
+        self->request(writer, caf::infinite, append_atom_v, foreign_done(id, req.expected_version))
+          .then([=](storage::append_result&) mutable { pass_on(req); },
+                [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+        return rp;
+      },
+      [=](listen_atom a, actors::position_listener_actor& l) { self->send(writer, a, l); },
+      [=](flush_atom a) { self->send(writer, a); },
+      [=](tick_atom a) { self->send(writer, a); },
+      [=](answered_atom a, std::string& key, uint64_t status, core::reply_to<uint64_t>& done) {
+        self->send(writer, a, std::move(key), status, std::move(done));
+      },
+    };
+  });
+}
+
+} // namespace
+
+TEST_CASE("a command whose append conflicts again after it was decided once more is answered "
+          "with the conflict, with no third attempt, and the next command succeeds",
+          "[aggregate]") {
+  temp_dir dir;
+  auto log = open_log(dir.db());
+  auto races = std::make_shared<std::atomic<int>>(0);
+  auto seen = std::make_shared<std::atomic<int>>(0);
+  runtime rt{log.get(), {}, {},
+             [&](caf::actor_system& sys, actors::log_writer_actor writer) {
+               return racing_writer(sys, writer, races, seen);
+             }};
+  auto id = core::make_uuid();
+  REQUIRE_OK(rt.execute(id, todo::create{"raced twice"}));
+  REQUIRE(seen->load() == 1);
+
+  races->store(2);
+  auto o = rt.execute(id, todo::put_in_progress{});
+  INFO("answer: " << o.rendered);
+  REQUIRE_FALSE(o);
+  CHECK(is_error(o.error, storage::storage_errc::wrong_expected_version));
+  CHECK(seen->load() == 3); // the command's append and its one retry
+  CHECK(log->stream_version(stream_of(id)).value() == 3u); // the two foreign events only
+
+  auto next = rt.execute(id, todo::put_in_progress{});
+  INFO("next: " << next.rendered);
+  REQUIRE(next);
+  CHECK(next->version == 4u);
+  CHECK(seen->load() == 4);
+  CHECK(fold(*log, id).status == todo::status::in_progress);
 }
 
 TEST_CASE("aggregates recover their state after the actor system is rebuilt on the same store",

@@ -1816,6 +1816,9 @@ TEST_CASE("a chunked body whose size line or trailer section does not end within
          {"a trailer section of 17 000 bytes", size_line("") + "0\r\n" + trailer(17000) + "\r\n", 400},
          {"a chunk extension of 16 000 bytes", size_line(";e=" + std::string(16000, 'x')) + "0\r\n\r\n", 201},
          {"a trailer section of 16 000 bytes", size_line("") + "0\r\n" + trailer(16000) + "\r\n", 201},
+         // Chunk data after the long line holds line feeds: still the long line's 400.
+         {"a chunk extension of 17 000 bytes, then chunk data with line feeds",
+          size_line(";e=" + std::string(17000, 'x')) + "3\r\n\n\n\n\r\n0\r\n\r\n", 400},
        }) {
     CAPTURE(w.what);
     auto r = parse_response(raw_exchange(s.port(), header + w.chunks));

@@ -178,6 +178,9 @@ std::string metrics::render() const {
   // server started while PostgreSQL is down): the three families have no
   // sample then, rather than a position of 0 and the whole log as lag.
   auto known = projection_position.value() >= 0;
+  metric("eventsd_projection_position_known", "gauge", known ? 1 : 0,
+         "1 once the read model's position was read from PostgreSQL, 0 before (a server "
+         "started while PostgreSQL is out of reach): alert on 0 as on a lag.");
   family(out, "eventsd_projection_position", "gauge",
          "Last position applied to the read model (no sample until it is known).");
   if (known)

@@ -1226,8 +1226,9 @@ router::router(services& svc) : svc_(svc) {
             auto failed = log->since_write_failure();
             const bool writable = log->writable() && !stalled && !(failed && *failed < 5s);
             const char* store = stalled ? "stalled" : writable ? "open" : "not writable";
-            // Stuck: it took the connection but holds a statement (a lock, a
-            // stopped server): not the same as refusing connections.
+            // Stuck: the projection is inside a statement or a connection
+            // attempt that has had no answer for seconds (a lock, a stopped
+            // server): not the same as a refused or failed connection.
             const char* postgres = st.stuck       ? "not answering"
                                    : st.connected ? "reachable"
                                                   : "unreachable";

@@ -409,4 +409,5 @@ TEST_CASE("/admin/projections and /metrics: while PostgreSQL has not been reache
     CHECK(metrics.body.find("\n" + family + " ") == std::string::npos);
   }
   CHECK(metrics.body.find("\neventsd_log_head_position 1\n") != std::string::npos);
+  CHECK(metrics.body.find("\neventsd_projection_position_known 0\n") != std::string::npos);
 }

@@ -236,6 +236,7 @@ TEST_CASE("/metrics: Prometheus text format (promtool check metrics) with the fa
   CHECK(m.types["eventsd_projection_position"] == "gauge");
   CHECK(m.types["eventsd_projection_lag_events"] == "gauge");
   CHECK(m.value("eventsd_projection_position") == static_cast<double>(head));
+  CHECK(m.value("eventsd_projection_position_known") == 1);
   CHECK(m.value("eventsd_projection_lag_events") == 0);
   CHECK(m.types["eventsd_projection_lag_seconds"] == "gauge");
   CHECK(m.value("eventsd_projection_lag_seconds") == 0);

@@ -118,7 +118,7 @@ using worker_actor = caf::typed_actor<
   caf::reacts_to<wait_atom, uint64_t>,
   /// Probes PostgreSQL, then reports (`probes_answered`).
   caf::reacts_to<stats_atom>,
-  caf::reacts_to<rebuild_atom>, caf::reacts_to<run_atom>, caf::reacts_to<rebuild_step_atom>,
+  caf::reacts_to<rebuild_atom>, caf::reacts_to<run_atom, uint64_t>, caf::reacts_to<rebuild_step_atom>,
   caf::reacts_to<tick_atom>>;
 
 struct worker_state {
@@ -132,6 +132,11 @@ struct worker_state {
   uint64_t target = 0; // apply up to here now
   uint64_t wanted = 0; // the highest position reads wait for (0: none)
   bool run_scheduled = false;
+  // The run_atom that counts: one sent early (a batch that need not linger,
+  // a read that waits during a backoff) supersedes the one scheduled, which
+  // is ignored when it comes (else each early run would start a second chain
+  // of retries).
+  uint64_t run_generation = 0;
   // When the latest batch began; none yet, so the first one goes at once
   // (not `time_point{}`: steady_clock counts from boot, and a batch wait
   // longer than the uptime would hold the first batch back).
@@ -139,6 +144,8 @@ struct worker_state {
   bool lingering = false;         // the scheduled run is a batch waiting for company
   std::chrono::milliseconds backoff{0};
   clock::time_point connect_failed{}; // when connecting last failed
+  clock::time_point failed_at{};      // when anything last failed
+  bool retry_pending = false;         // a run a waiting read asked for is on its way
   failure_log logged;
   // online rebuild
   std::unique_ptr<todo_read_model> rebuild_model;
@@ -172,9 +179,9 @@ void schedule_run(worker_ptr self, clock::duration delay = clock::duration::zero
     return;
   st.run_scheduled = true;
   if (delay.count() > 0)
-    self->delayed_send(self, delay, run_atom_v);
+    self->delayed_send(self, delay, run_atom_v, ++st.run_generation);
   else
-    self->send(self, run_atom_v);
+    self->send(self, run_atom_v, ++st.run_generation);
 }
 
 /// Says on stderr that the read model cannot be updated: each new reason,
@@ -208,6 +215,7 @@ void fail(worker_ptr self, const projection_error& err) {
   core::metrics::instance().projection_errors.add();
   auto next = st.backoff.count() == 0 ? st.opts.retry_min : st.backoff * 2;
   st.backoff = std::min(next, st.opts.retry_max);
+  st.failed_at = clock::now();
 }
 
 void update_metrics(worker_ptr self) {
@@ -366,14 +374,34 @@ clock::duration batch_wait_left(const worker_state& st) {
 }
 
 /// Runs a batch that waits for company at once when it need not wait any
-/// longer (it became full, or a read waits for it); the delayed run then finds
-/// nothing to do, or more.
+/// longer (it became full, or a read waits for it); the delayed run, which
+/// this one supersedes, is ignored when it comes.
 void stop_waiting_if_due(worker_ptr self) {
   auto& st = self->state;
   if (st.lingering && batch_wait_left(st) == clock::duration::zero()) {
     st.lingering = false;
-    self->send(self, run_atom_v);
+    self->send(self, run_atom_v, ++st.run_generation);
   }
+}
+
+/// Minimum time between two attempts a waiting read asks for.
+constexpr auto read_retry_gap = std::chrono::milliseconds{250};
+
+/// On-demand reads wait for the read model to be brought up to the head:
+/// while a failure's backoff (up to retry_max, 5 s) holds the next attempt,
+/// a read asks for one within a quarter second of the last failure instead,
+/// so that it learns soon whether PostgreSQL is back (the front fails the
+/// waiting reads when it is not). It supersedes the backoff's run.
+void retry_for_read(worker_ptr self) {
+  auto& st = self->state;
+  if (!st.run_scheduled || st.lingering || st.retry_pending || st.now.last_error.empty())
+    return;
+  st.retry_pending = true;
+  auto left = st.failed_at + read_retry_gap - clock::now();
+  if (left > clock::duration::zero())
+    self->delayed_send(self, left, run_atom_v, ++st.run_generation);
+  else
+    self->send(self, run_atom_v, ++st.run_generation);
 }
 
 /// Applies one batch towards `target`; schedules the next step.
@@ -555,6 +583,8 @@ worker_actor::behavior_type worker(worker_ptr self, storage::event_log* log,
       // catch-up): a run connects and reads it, with nothing to apply.
       if (!st.now.position_known)
         schedule_run(self);
+      if (mode == projection_mode::on_demand && wanted > 0)
+        retry_for_read(self);
       stop_waiting_if_due(self);
     },
     [=](stats_atom) {
@@ -590,9 +620,12 @@ worker_actor::behavior_type worker(worker_ptr self, storage::event_log* log,
       start_rebuild(self);
       publish(self);
     },
-    [=](run_atom) {
+    [=](run_atom, uint64_t generation) {
+      if (generation != self->state.run_generation)
+        return; // superseded by a run sent early
       self->state.run_scheduled = false;
       self->state.lingering = false;
+      self->state.retry_pending = false;
       step(self);
       publish(self);
     },

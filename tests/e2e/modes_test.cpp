@@ -405,6 +405,40 @@ TEST_CASE("on-demand: once PostgreSQL is back after a probe found it gone, a rea
   CHECK(took < 3s); // not a 503 at the end of the 5 s catch-up wait
 }
 
+TEST_CASE("on-demand: reads during a long PostgreSQL outage answer 503 within a second, not at "
+          "the end of the projection's retry backoff, and the first read after it is served",
+          "[e2e][modes][on-demand][postgres-down]") {
+  server_behind_proxy s{{"--projection.mode=on-demand"}};
+  http_client c{s.srv.port()};
+  auto a = ack_of(c.post_json("/todo", {{"description", "read during an outage"}}));
+  REQUIRE(c.get("/todo/" + a.id).status == 200);
+  s.proxy.cut();
+  REQUIRE(c.post_json("/todo", {{"description", "written during the outage"}}).status == 201);
+  // Each read has the projection try to reach PostgreSQL; each failure
+  // doubles its retry backoff (0.1 s, 0.2 s, … up to 5 s), which the reads
+  // must not wait out.
+  for (int i = 0; i < 9; ++i) {
+    auto began = std::chrono::steady_clock::now();
+    auto r = c.get("/todo/" + a.id);
+    auto took = std::chrono::steady_clock::now() - began;
+    INFO("read " << i << " after "
+                 << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+                 << " ms: " << r.status << " " << r.body);
+    CHECK(r.status == 503);
+    CHECK(took < 1500ms);
+  }
+  s.proxy.restore();
+  auto began = std::chrono::steady_clock::now();
+  auto back = c.get("/todo/" + a.id);
+  auto took = std::chrono::steady_clock::now() - began;
+  INFO("after the outage, in "
+       << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
+       << " ms: " << back.status << " " << back.body);
+  CHECK(back.status == 200);
+  CHECK(back.header("X-Read-Model-Position") == "2");
+  CHECK(took < 3s);
+}
+
 TEST_CASE("on-demand and minPosition reads with PostgreSQL never reached answer 503 saying so, "
           "without claiming a read-model position",
           "[e2e][modes][on-demand][postgres-down]") {

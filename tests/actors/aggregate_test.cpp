@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
@@ -539,6 +540,18 @@ storage::append_request foreign_done(const std::string& id, uint64_t expected_ve
   return foreign;
 }
 
+/// A todo created through `rt`, then given a second event by another writer,
+/// which its live aggregate has not seen.
+std::string raced_todo(runtime& rt) {
+  auto id = core::make_uuid();
+  REQUIRE_OK(rt.execute(id, todo::create{"raced"}));
+  caf::scoped_actor self{rt.sys()};
+  self->request(rt.writer(), reply_timeout, append_atom_v, foreign_done(id, 1))
+    .receive([](storage::append_result& r) { REQUIRE(r.version == 2); },
+             [&](caf::error& e) { FAIL(rt.sys().render(e)); });
+  return id;
+}
+
 } // namespace
 
 TEST_CASE("an aggregate whose append hit a version conflict decides the command again on the "
@@ -551,17 +564,7 @@ TEST_CASE("an aggregate whose append hit a version conflict decides the command 
   temp_dir dir;
   auto log = open_log(dir.db());
   runtime rt{log.get()};
-  auto id = core::make_uuid();
-  REQUIRE_OK(rt.execute(id, todo::create{"raced"}));
-
-  // An event the live actor has not seen (what an evicted predecessor's
-  // in-flight append looks like to it).
-  {
-    caf::scoped_actor self{rt.sys()};
-    self->request(rt.writer(), reply_timeout, append_atom_v, foreign_done(id, 1))
-      .receive([](storage::append_result& r) { REQUIRE(r.version == 2); },
-               [&](caf::error& e) { FAIL(rt.sys().render(e)); });
-  }
+  auto id = raced_todo(rt);
 
   // Decided on version 1, its append conflicts with the log's version 2; it
   // is decided again on version 2 and appended as version 3.
@@ -585,14 +588,7 @@ TEST_CASE("a conditional command whose append hit a version conflict is judged a
   temp_dir dir;
   auto log = open_log(dir.db());
   runtime rt{log.get()};
-  auto id = core::make_uuid();
-  REQUIRE_OK(rt.execute(id, todo::create{"raced"}));
-  {
-    caf::scoped_actor self{rt.sys()};
-    self->request(rt.writer(), reply_timeout, append_atom_v, foreign_done(id, 1))
-      .receive([](storage::append_result& r) { REQUIRE(r.version == 2); },
-               [&](caf::error& e) { FAIL(rt.sys().render(e)); });
-  }
+  auto id = raced_todo(rt);
 
   // The actor still holds version 1, so If-Match: "1" passes its check; the
   // append conflicts, and against the log's version 2 the condition fails.
@@ -606,28 +602,22 @@ TEST_CASE("a conditional command whose append hit a version conflict is judged a
 
 namespace {
 
-/// Stands between the registry and the log writer: passes everything on, but
-/// while `landed_but_failed` is set answers the next append, once it is in
-/// the log, as a write that failed and may or may not have been appended
-/// (what the store answers when a failed write's batch landed after all).
-actors::log_writer_actor landing_failures(caf::actor_system& sys, actors::log_writer_actor writer,
-                                          std::shared_ptr<std::atomic<bool>> landed_but_failed) {
-  return sys.spawn([writer, landed_but_failed](actors::log_writer_actor::pointer self)
+using append_promise = caf::typed_response_promise<storage::append_result>;
+/// What a front does with an append: `self` the front, `writer` the real one.
+using append_handler = std::function<void(actors::log_writer_actor::pointer self,
+                                          const actors::log_writer_actor& writer,
+                                          storage::append_request req, append_promise rp)>;
+
+/// Stands between the registry and the log writer: passes everything on, and
+/// each append to `on_append`.
+actors::log_writer_actor writer_front_of(caf::actor_system& sys, actors::log_writer_actor writer,
+                                         append_handler on_append) {
+  return sys.spawn([writer, on_append](actors::log_writer_actor::pointer self)
                      -> actors::log_writer_actor::behavior_type {
     return {
       [=](append_atom, storage::append_request& req) -> caf::result<storage::append_result> {
         auto rp = self->make_response_promise<storage::append_result>();
-        self->request(writer, caf::infinite, append_atom_v, std::move(req))
-          .then(
-            [rp, landed_but_failed](storage::append_result& r) mutable {
-              if (landed_but_failed->exchange(false))
-                rp.deliver(caf::make_error(
-                  storage::storage_errc::not_writable,
-                  "the disk did not confirm it, so it may or may not have been appended"));
-              else
-                rp.deliver(std::move(r));
-            },
-            [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+        on_append(self, writer, std::move(req), rp);
         return rp;
       },
       [=](listen_atom a, actors::position_listener_actor& l) { self->send(writer, a, l); },
@@ -637,6 +627,37 @@ actors::log_writer_actor landing_failures(caf::actor_system& sys, actors::log_wr
         self->send(writer, a, std::move(key), status, std::move(done));
       },
     };
+  });
+}
+
+/// Appends `req` through `writer` and answers `rp` with what it answers.
+void pass_on(actors::log_writer_actor::pointer self, const actors::log_writer_actor& writer,
+             storage::append_request req, append_promise rp) {
+  self->request(writer, caf::infinite, append_atom_v, std::move(req))
+    .then([rp](storage::append_result& r) mutable { rp.deliver(std::move(r)); },
+          [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
+}
+
+/// Passes everything on, but while `landed_but_failed` is set answers the
+/// next append, once it is in the log, as a write that failed and may or may
+/// not have been appended (what the store answers when a failed write's batch
+/// landed after all).
+actors::log_writer_actor landing_failures(caf::actor_system& sys, actors::log_writer_actor writer,
+                                          std::shared_ptr<std::atomic<bool>> landed_but_failed) {
+  return writer_front_of(sys, writer, [landed_but_failed](auto self, const auto& writer,
+                                                          storage::append_request req,
+                                                          append_promise rp) {
+    self->request(writer, caf::infinite, append_atom_v, std::move(req))
+      .then(
+        [rp, landed_but_failed](storage::append_result& r) mutable {
+          if (landed_but_failed->exchange(false))
+            rp.deliver(caf::make_error(
+              storage::storage_errc::not_writable,
+              "the disk did not confirm it, so it may or may not have been appended"));
+          else
+            rp.deliver(std::move(r));
+        },
+        [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
   });
 }
 
@@ -679,41 +700,22 @@ TEST_CASE("an aggregate whose write failed but may have landed decides the next 
 
 namespace {
 
-/// Stands between the registry and the log writer: while `races` is above
-/// zero, each append is preceded by another writer's append to the same
-/// stream at the same expected version, so that it conflicts; `seen` counts
-/// the appends it passed on.
+/// Passes everything on, but while `races` is above zero precedes each append
+/// by another writer's append to the same stream at the same expected
+/// version, so that it conflicts; `seen` counts the appends it passed on.
 actors::log_writer_actor racing_writer(caf::actor_system& sys, actors::log_writer_actor writer,
                                        std::shared_ptr<std::atomic<int>> races,
                                        std::shared_ptr<std::atomic<int>> seen) {
-  return sys.spawn([writer, races, seen](actors::log_writer_actor::pointer self)
-                     -> actors::log_writer_actor::behavior_type {
-    return {
-      [=](append_atom, storage::append_request& req) -> caf::result<storage::append_result> {
-        auto rp = self->make_response_promise<storage::append_result>();
-        ++*seen;
-        auto pass_on = [=](storage::append_request req) mutable {
-          self->request(writer, caf::infinite, append_atom_v, std::move(req))
-            .then([rp](storage::append_result& r) mutable { rp.deliver(std::move(r)); },
-                  [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
-        };
-        if (races->fetch_sub(1) <= 0) {
-          pass_on(std::move(req));
-          return rp;
-        }
-        auto id = req.stream.substr(std::string_view{"todo-"}.size());
-        self->request(writer, caf::infinite, append_atom_v, foreign_done(id, req.expected_version))
-          .then([=](storage::append_result&) mutable { pass_on(req); },
-                [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
-        return rp;
-      },
-      [=](listen_atom a, actors::position_listener_actor& l) { self->send(writer, a, l); },
-      [=](flush_atom a) { self->send(writer, a); },
-      [=](tick_atom a) { self->send(writer, a); },
-      [=](answered_atom a, std::string& key, uint64_t status, core::reply_to<uint64_t>& done) {
-        self->send(writer, a, std::move(key), status, std::move(done));
-      },
-    };
+  return writer_front_of(sys, writer, [races, seen](auto self, const auto& writer,
+                                                    storage::append_request req,
+                                                    append_promise rp) {
+    ++*seen;
+    if (races->fetch_sub(1) <= 0)
+      return pass_on(self, writer, std::move(req), rp);
+    auto id = req.stream.substr(std::string_view{"todo-"}.size());
+    self->request(writer, caf::infinite, append_atom_v, foreign_done(id, req.expected_version))
+      .then([=](storage::append_result&) mutable { pass_on(self, writer, req, rp); },
+            [rp](caf::error& err) mutable { rp.deliver(std::move(err)); });
   });
 }
 

@@ -382,6 +382,19 @@ TEST_CASE("unit-of-work with PostgreSQL unreachable: writes answer 202 with the 
   CHECK(c.get("/healthz").status == 200);
 }
 
+namespace {
+
+/// GET `target`, and how long its answer took.
+std::pair<response, std::chrono::milliseconds> timed_get(http_client& c,
+                                                         const std::string& target) {
+  auto began = std::chrono::steady_clock::now();
+  auto r = c.get(target);
+  return {r, std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::steady_clock::now() - began)};
+}
+
+} // namespace
+
 TEST_CASE("on-demand: once PostgreSQL is back after a probe found it gone, a read reconnects "
           "the projection at once, with no write to prompt it",
           "[e2e][modes][on-demand][postgres-down]") {
@@ -395,11 +408,8 @@ TEST_CASE("on-demand: once PostgreSQL is back after a probe found it gone, a rea
   REQUIRE(c.get("/readyz").status == 503);
   s.proxy.restore();
   // No write comes: the read itself has the projection connect again.
-  auto began = std::chrono::steady_clock::now();
-  auto r = c.get("/todo/" + a.id);
-  auto took = std::chrono::steady_clock::now() - began;
-  INFO("answer after " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
-                       << " ms: " << r.status << " " << r.body);
+  auto [r, took] = timed_get(c, "/todo/" + a.id);
+  INFO("answer after " << took.count() << " ms: " << r.status << " " << r.body);
   CHECK(r.status == 200);
   CHECK(r.header("X-Read-Model-Position") == std::to_string(a.position));
   CHECK(took < 3s); // not a 503 at the end of the 5 s catch-up wait
@@ -418,22 +428,14 @@ TEST_CASE("on-demand: reads during a long PostgreSQL outage answer 503 within a 
   // doubles its retry backoff (0.1 s, 0.2 s, … up to 5 s), which the reads
   // must not wait out.
   for (int i = 0; i < 9; ++i) {
-    auto began = std::chrono::steady_clock::now();
-    auto r = c.get("/todo/" + a.id);
-    auto took = std::chrono::steady_clock::now() - began;
-    INFO("read " << i << " after "
-                 << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
-                 << " ms: " << r.status << " " << r.body);
+    auto [r, took] = timed_get(c, "/todo/" + a.id);
+    INFO("read " << i << " after " << took.count() << " ms: " << r.status << " " << r.body);
     CHECK(r.status == 503);
     CHECK(took < 1500ms);
   }
   s.proxy.restore();
-  auto began = std::chrono::steady_clock::now();
-  auto back = c.get("/todo/" + a.id);
-  auto took = std::chrono::steady_clock::now() - began;
-  INFO("after the outage, in "
-       << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
-       << " ms: " << back.status << " " << back.body);
+  auto [back, took] = timed_get(c, "/todo/" + a.id);
+  INFO("after the outage, in " << took.count() << " ms: " << back.status << " " << back.body);
   CHECK(back.status == 200);
   CHECK(back.header("X-Read-Model-Position") == "2");
   CHECK(took < 3s);

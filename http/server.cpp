@@ -19,7 +19,9 @@
 #include <utility>
 #include <vector>
 
+#include <linux/sockios.h>
 #include <poll.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -462,7 +464,7 @@ public:
   /// REQUIRES: `signal.admit()` admitted this subscriber.
   sse_session(beast::tcp_stream stream, services& svc, head_signal& signal, uint64_t from)
     : stream_(std::move(stream)), svc_(svc), signal_(signal), next_(from),
-      heartbeat_(stream_.get_executor()) {}
+      heartbeat_(stream_.get_executor()), stall_check_(stream_.get_executor()) {}
 
   void start() {
     core::metrics::instance().sse_subscribers.add(1);
@@ -478,6 +480,7 @@ public:
         if (auto s = weak.lock())
           net::post(s->stream_.get_executor(), [s, now] { s->on_stop(now); });
       });
+    stream_.expires_never(); // stalled writes are found by check_stall()
     out_ = "HTTP/1.1 200 OK\r\nServer: eventsd\r\nDate: " + http_date()
            + "\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
              "Connection: close\r\nX-Accel-Buffering: no\r\n\r\n: subscribed from "
@@ -609,19 +612,64 @@ private:
     writing_ = true;
     sending_.swap(out_);
     out_.clear();
-    stream_.expires_after(svc_.options.read_timeout);
-    net::async_write(stream_, net::buffer(sending_),
-                     [self = shared_from_this()](beast::error_code ec, size_t) {
-                       self->on_write(ec);
-                     });
+    sent_ = 0;
+    if (!stall_check_armed_) {
+      stall_check_armed_ = true;
+      acked_at_check_ = acked();
+      arm_stall_check();
+    }
+    write_some();
+  }
+
+  void write_some() {
+    stream_.async_write_some(net::buffer(sending_.data() + sent_, sending_.size() - sent_),
+                             [self = shared_from_this()](beast::error_code ec, size_t n) {
+                               self->sent_ += n;
+                               self->handed_ += n;
+                               if (!ec && self->sent_ < self->sending_.size())
+                                 return self->write_some();
+                               self->on_write(ec);
+                             });
+  }
+
+  /// Bytes the client has taken: handed to the kernel and no longer queued
+  /// in its send buffer.
+  uint64_t acked() {
+    int queued = 0;
+    if (::ioctl(stream_.socket().native_handle(), SIOCOUTQ, &queued) != 0 || queued < 0)
+      queued = 0;
+    return handed_ - std::min<uint64_t>(handed_, static_cast<uint64_t>(queued));
+  }
+
+  /// While a write is under way, a client that has taken nothing for the read
+  /// timeout is dropped (it resumes with Last-Event-ID). Measured by what the
+  /// client took, not by how long a write waits: the kernel lets a write go
+  /// on only once a good part of a large send buffer is free, which a client
+  /// reading slowly but steadily can take longer than the timeout to free.
+  void arm_stall_check() {
+    stall_check_.expires_after(svc_.options.read_timeout);
+    stall_check_.async_wait([weak = weak_from_this()](beast::error_code ec) {
+      auto s = weak.lock();
+      if (!s || ec || s->closed_)
+        return;
+      if (!s->writing_) {
+        s->stall_check_armed_ = false;
+        return;
+      }
+      auto now = s->acked();
+      if (now == s->acked_at_check_)
+        return s->shutdown();
+      s->acked_at_check_ = now;
+      s->arm_stall_check();
+    });
   }
 
   void on_write(beast::error_code ec) {
     writing_ = false;
     sending_.clear();
     if (ec) {
-      // A client too slow to take one page within the timeout is dropped;
-      // it resumes with Last-Event-ID.
+      // A client that took nothing within the timeout is dropped; it
+      // resumes with Last-Event-ID.
       return shutdown();
     }
     if (!out_.empty())
@@ -673,6 +721,7 @@ private:
     closed_ = true;
     signal_.unsubscribe(sub_id_);
     heartbeat_.cancel();
+    stall_check_.cancel();
     beast::error_code ec;
     stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
     stream_.close();
@@ -693,6 +742,11 @@ private:
   std::array<char, 512> peer_buf_{};
   std::string out_;
   std::string sending_;
+  size_t sent_ = 0;           ///< of sending_
+  uint64_t handed_ = 0;       ///< bytes handed to the kernel since the start
+  uint64_t acked_at_check_ = 0;
+  net::steady_timer stall_check_;
+  bool stall_check_armed_ = false;
   bool writing_ = false;
   bool reading_ = false;
   bool live_ = false;

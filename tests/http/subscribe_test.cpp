@@ -523,6 +523,45 @@ TEST_CASE("SSE: a live subscriber that falls more than --http.sse-max-lag behind
   CHECK(c.get("/healthz").status == 200);
 }
 
+TEST_CASE("SSE: a subscriber that takes a large backlog slowly but steadily is not dropped at "
+          "--http.read-timeout-ms; one that takes nothing is",
+          "[http][sse][slow]") {
+  server s{server_options::with_args({"--http.read-timeout-ms=5000"})};
+  http_client c{s.port()};
+  // A backlog of ~4 MB, larger than the kernel lets a connection buffer at
+  // first: the server's writes wait for the client's reading (the kernel lets
+  // one go on only once a good part of a send buffer grown large is free).
+  REQUIRE(create_todos(s.port(), 4, 3000, "backlog").acks.size() == 12000);
+  auto end = all_head(c);
+
+  sse_client::options small;
+  small.receive_buffer = 2048;
+  sse_client steady{s.port(), "/subscribe/$all?from=1", small};
+  sse_client idle{s.port(), "/subscribe/$all?from=1", small};
+  REQUIRE(steady.head().status == 200);
+  REQUIRE(idle.head().status == 200);
+  // About 150 KB/s for 22 s (more than four read timeouts), never pausing
+  // for long: never dropped (a black-box test saw such a reader dropped
+  // after 17 s, its stream cut inside an event).
+  std::vector<sse_message> got;
+  auto until = std::chrono::steady_clock::now() + 22s;
+  while (std::chrono::steady_clock::now() < until && !steady.ended()) {
+    if (auto m = steady.next(1000ms))
+      got.push_back(*m);
+    std::this_thread::sleep_for(2ms);
+  }
+  INFO("the steady reader got " << got.size() << " of " << end << " events");
+  CHECK_FALSE(steady.ended());
+  REQUIRE_FALSE(got.empty());
+  auto ids = ids_of(got);
+  CHECK(ids == range(1, ids.back()));
+  // The one that read nothing all that time was dropped (it resumes with
+  // Last-Event-ID).
+  while (idle.next(6000ms)) {
+  }
+  CHECK(idle.ended());
+}
+
 TEST_CASE("SSE: past --http.sse-max-subscribers one more subscriber is a 503 with Retry-After; "
           "once one leaves, a new one is served",
           "[http][sse]") {

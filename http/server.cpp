@@ -1189,6 +1189,14 @@ private:
     }
     if (router_.is_subscription(req))
       return start_subscription(req);
+    // A HEAD answers what a GET would: while the server stops, the 503 of a
+    // new subscription (a malformed start is still the route's 400).
+    if (head_ && drain_.draining.load()
+        && router_.pattern_of("GET", req.target) == "/subscribe/$all") {
+      uint64_t from = 1;
+      if (!subscription_start(req, from))
+        return refuse_new_subscription();
+    }
     auto executor = stream_.get_executor();
     auto self = shared_from_this();
     auto route = std::make_shared<std::string>();
@@ -1320,15 +1328,18 @@ private:
          *route_, started_);
   }
 
+  void refuse_new_subscription() {
+    close_after_ = true;
+    send(unavailable("the server is stopping: no new subscriptions; retry"), "/subscribe/$all",
+         std::chrono::steady_clock::now());
+  }
+
   void start_subscription(const incoming& req) {
     uint64_t from = 1;
     if (auto bad = subscription_start(req, from))
       return send(std::move(*bad), "/subscribe/$all", std::chrono::steady_clock::now());
-    if (drain_.draining.load()) {
-      close_after_ = true;
-      return send(unavailable("the server is stopping: no new subscriptions; retry"),
-                  "/subscribe/$all", std::chrono::steady_clock::now());
-    }
+    if (drain_.draining.load())
+      return refuse_new_subscription();
     // Each subscriber reads the log after every batch: their number is
     // bounded like any other resource a client can claim.
     if (auto max = router_.svc().options.sse_max_subscribers; !signal_.admit(max)) {

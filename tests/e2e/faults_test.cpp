@@ -2021,13 +2021,16 @@ TEST_CASE("the durability check can tell: with --storage.sync=none (no fdatasync
 }
 
 TEST_CASE("on SIGTERM an SSE subscriber gets a last comment and is closed, a subscription asked "
-          "during the drain is a 503, and the write the drain waits for is answered",
+          "during the drain is a 503 (also to a HEAD), and the write the drain waits for is "
+          "answered",
           "[e2e][faults][drain][sse][sync-gate]") {
   gated_server g{{"--http.drain-timeout-ms=30000"}};
   auto& gate = g.gate;
   auto& s = g.s;
   http_client c{s->port()};
   REQUIRE(c.post_json("/todo", {{"description", "before the drain"}}).status == 201);
+  http_client h{s->port()}; // kept open for a HEAD during the drain
+  REQUIRE(h.get("/healthz").status == 200);
 
   std::string stream;
   std::jthread subscriber{[&] { // joined however the test ends
@@ -2055,6 +2058,10 @@ TEST_CASE("on SIGTERM an SSE subscriber gets a last comment and is closed, a sub
   CHECK(refused.status == 503);
   CHECK(refused.header("Retry-After") == std::optional<std::string>{"1"});
   CHECK(refused.body.find("no new subscriptions") != std::string::npos);
+  // A HEAD answers what a GET would.
+  auto head = h.request("HEAD", "/subscribe/$all?from=1");
+  CHECK(head.status == 503);
+  CHECK(head.header("Retry-After") == std::optional<std::string>{"1"});
 
   create.open();
   auto& held = create.wait();

@@ -480,7 +480,7 @@ public:
         if (auto s = weak.lock())
           net::post(s->stream_.get_executor(), [s, now] { s->on_stop(now); });
       });
-    stream_.expires_never(); // stalled writes are found by check_stall()
+    stream_.expires_never(); // a stalled client is found by arm_stall_check()
     out_ = "HTTP/1.1 200 OK\r\nServer: eventsd\r\nDate: " + http_date()
            + "\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
              "Connection: close\r\nX-Accel-Buffering: no\r\n\r\n: subscribed from "

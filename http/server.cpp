@@ -632,27 +632,32 @@ private:
                              });
   }
 
-  /// Bytes the client has taken: handed to the kernel and no longer queued
-  /// in its send buffer.
-  uint64_t acked() {
+  /// Bytes handed to the kernel that the client has not taken yet.
+  uint64_t queued() {
     int queued = 0;
     if (::ioctl(stream_.socket().native_handle(), SIOCOUTQ, &queued) != 0 || queued < 0)
       queued = 0;
-    return handed_ - std::min<uint64_t>(handed_, static_cast<uint64_t>(queued));
+    return std::min<uint64_t>(handed_, static_cast<uint64_t>(queued));
   }
 
-  /// While a write is under way, a client that has taken nothing for the read
-  /// timeout is dropped (it resumes with Last-Event-ID). Measured by what the
-  /// client took, not by how long a write waits: the kernel lets a write go
-  /// on only once a good part of a large send buffer is free, which a client
-  /// reading slowly but steadily can take longer than the timeout to free.
+  /// Bytes the client has taken.
+  uint64_t acked() { return handed_ - queued(); }
+
+  /// While there is something for it (a write under way, or bytes the kernel
+  /// still queues), a client that has taken nothing for the read timeout is
+  /// dropped (it resumes with Last-Event-ID). Measured by what the client
+  /// took, not by how long a write waits: the kernel lets a write go on only
+  /// once a good part of a large send buffer is free, which a client reading
+  /// slowly but steadily can take longer than the timeout to free; and a
+  /// client that reads nothing on an idle server is found too, once its
+  /// buffers are full (heartbeats still fit in the server's).
   void arm_stall_check() {
     stall_check_.expires_after(svc_.options.read_timeout);
     stall_check_.async_wait([weak = weak_from_this()](beast::error_code ec) {
       auto s = weak.lock();
       if (!s || ec || s->closed_)
         return;
-      if (!s->writing_) {
+      if (!s->writing_ && s->queued() == 0) {
         s->stall_check_armed_ = false;
         return;
       }

@@ -562,6 +562,28 @@ TEST_CASE("SSE: a subscriber that takes a large backlog slowly but steadily is n
   CHECK(idle.ended());
 }
 
+TEST_CASE("SSE: a subscriber that reads nothing is dropped after --http.read-timeout-ms also "
+          "when the server is idle (its heartbeats would still fit in the kernel's buffers)",
+          "[http][sse][slow]") {
+  server s{server_options::with_args({"--http.read-timeout-ms=1500",
+                                      "--http.sse-heartbeat-ms=200"})};
+  http_client c{s.port()};
+  REQUIRE(create_todos(s.port(), 2, 30, "enough to fill a small window", 200).acks.size() == 60);
+  sse_client::options small;
+  small.receive_buffer = 2048;
+  sse_client idle{s.port(), "/subscribe/$all?from=1", small};
+  REQUIRE(idle.head().status == 200);
+  auto subscribers = [&] {
+    return parse_prometheus(c.get("/metrics").body).value("eventsd_sse_subscribers");
+  };
+  REQUIRE(eventually([&] { return subscribers() == 1; }, 2000ms, 20ms));
+  // Nothing more is written: only heartbeats, which the server's send
+  // buffer would take for hours. The client has taken nothing since its
+  // window filled, so it goes within about the read timeout.
+  CHECK(eventually([&] { return subscribers() == 0; }, 6000ms, 100ms));
+  CHECK(c.get("/healthz").status == 200);
+}
+
 TEST_CASE("SSE: past --http.sse-max-subscribers one more subscriber is a 503 with Retry-After; "
           "once one leaves, a new one is served",
           "[http][sse]") {

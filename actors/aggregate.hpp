@@ -259,9 +259,12 @@ void run_command(aggregate_pointer<A> self, typename A::command_type& cmd, write
   req.expected_version = A::version(cur);
   req.events.push_back(storage::proposed_event{
     core::make_uuid(), std::string{A::type_name(ev)}, A::encode(ev), core::unix_ms()});
-  auto retry_cond = cond;
   req.idempotency = std::move(cond.idempotency);
   req.deadline = cond.deadline;
+  // Kept for a retry after a conflict, without the claim: only a create
+  // carries one, and a create that conflicts is refused on the recovered
+  // state before it appends.
+  auto retry_cond = std::move(cond);
   self->request(env.writer, caf::infinite, append_atom_v, std::move(req))
     .await(
       [self, reply, ev](storage::append_result& r) mutable {

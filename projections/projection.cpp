@@ -145,7 +145,6 @@ struct worker_state {
   std::chrono::milliseconds backoff{0};
   clock::time_point connect_failed{}; // when connecting last failed
   clock::time_point failed_at{};      // when anything last failed
-  bool retry_pending = false;         // a run a waiting read asked for is on its way
   failure_log logged;
   // online rebuild
   std::unique_ptr<todo_read_model> rebuild_model;
@@ -391,12 +390,12 @@ constexpr auto read_retry_gap = std::chrono::milliseconds{250};
 /// while a failure's backoff (up to retry_max, 5 s) holds the next attempt,
 /// a read asks for one within a quarter second of the last failure instead,
 /// so that it learns soon whether PostgreSQL is back (the front fails the
-/// waiting reads when it is not). It supersedes the backoff's run.
+/// waiting reads when it is not). It supersedes the backoff's run, and each
+/// later read's supersedes it: however many ask, one attempt is made.
 void retry_for_read(worker_ptr self) {
   auto& st = self->state;
-  if (!st.run_scheduled || st.lingering || st.retry_pending || st.now.last_error.empty())
+  if (!st.run_scheduled || st.lingering || st.now.last_error.empty())
     return;
-  st.retry_pending = true;
   auto left = st.failed_at + read_retry_gap - clock::now();
   if (left > clock::duration::zero())
     self->delayed_send(self, left, run_atom_v, ++st.run_generation);
@@ -625,7 +624,6 @@ worker_actor::behavior_type worker(worker_ptr self, storage::event_log* log,
         return; // superseded by a run sent early
       self->state.run_scheduled = false;
       self->state.lingering = false;
-      self->state.retry_pending = false;
       step(self);
       publish(self);
     },
